@@ -1,0 +1,67 @@
+# Shared helpers for the scripts (sourced, not run).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Cargo's target directory lives outside the clone so fresh clones reuse the RocksDB build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/foreshard/target}"
+FORESHARD="$CARGO_TARGET_DIR/release/foreshard"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ensure_pkgs CMD:PKG ...: installs the Debian package PKG when command CMD is missing
+# (CMD may also be a file path).
+ensure_pkgs() {
+    local missing=() pair cmd pkg
+    for pair in "$@"; do
+        cmd="${pair%%:*}"
+        pkg="${pair##*:}"
+        if [[ "$cmd" == /* ]]; then
+            [[ -e "$cmd" ]] || missing+=("$pkg")
+        else
+            command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+        fi
+    done
+    if ((${#missing[@]})); then
+        say "installing ${missing[*]}"
+        [[ $(id -u) -eq 0 ]] || die "need root to install ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+            { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; }
+    fi
+}
+
+# What building and mounting need on a fresh Debian machine.
+ensure_build_deps() {
+    ensure_pkgs fusermount3:fuse3 /usr/include/clang-c/Index.h:libclang-dev clang:clang \
+        pkg-config:pkg-config mkfs.ext4:e2fsprogs losetup:mount
+    command -v cargo >/dev/null || die "cargo not found (the Rust toolchain is required)"
+    [[ -e /dev/fuse ]] || modprobe fuse 2>/dev/null || true
+}
+
+build() {
+    say "building (target dir $CARGO_TARGET_DIR; a first build compiles RocksDB, ~15 min on 2 cores)"
+    (cd "$ROOT" && cargo build --release --locked 2>&1 | grep -vE '^\s+(Compiling|Checking)' || true)
+    [[ -x "$FORESHARD" ]] || die "build failed"
+}
+
+# mkdisks DIR N SIZE: N backing disks under DIR: loop-mounted ext4 images when loop devices
+# work, else plain directories. Prints the disk directories.
+mkdisks() {
+    local dir=$1 n=$2 size=$3 i img d
+    mkdir -p "$dir"
+    for ((i = 0; i < n; i++)); do
+        d="$dir/disk$i"
+        img="$dir/disk$i.img"
+        mkdir -p "$d"
+        if ! mountpoint -q "$d"; then
+            if truncate -s "$size" "$img" && mkfs.ext4 -q -F "$img" >/dev/null 2>&1 &&
+                mount -o loop "$img" "$d" 2>/dev/null; then
+                :
+            else
+                rm -f "$img"
+                echo "note: loop devices unavailable; $d is a plain directory" >&2
+            fi
+        fi
+        echo "$d"
+    done
+}

@@ -1,0 +1,508 @@
+//! Whole-pool reports and checks: `status`, `shards`, `fsck`. Each works on an `Fs`, so the
+//! daemon answers them over the control socket and the CLI runs them on an unmounted pool.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fs::{Fs, StatsSnapshot};
+use crate::meta::{DirentVal, ExtentRec, InodeRec, Kind, CF_DIRENTS, CF_INODES, CF_ORPHANS, CF_XATTRS, ROOT_INO};
+use crate::store::ExtentId;
+
+#[derive(Serialize, Deserialize)]
+pub struct DiskStatus {
+    pub id: u32,
+    pub path: String,
+    pub state: String,
+    /// Bytes of extent replicas foreshard keeps on the disk.
+    pub used_bytes: u64,
+    /// Free bytes on the disk's filesystem.
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    /// Extent replicas the disk holds.
+    pub extents: u64,
+    pub shards: u64,
+    pub io_errors: u64,
+    pub checksum_errors: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ReplicaHealth {
+    pub extents: u64,
+    pub replicas_expected: u64,
+    pub replicas_present: u64,
+    /// Extents with fewer live replicas than the pool's replica count.
+    pub under_replicated: u64,
+    /// Extents with no live replica at all.
+    pub unavailable: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ShardSummary {
+    pub count: u64,
+    pub with_failed_disk: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Status {
+    pub pool_id: String,
+    pub mounted: bool,
+    pub replicas: u32,
+    pub extent_size_bytes: u64,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub disks: Vec<DiskStatus>,
+    pub shards: ShardSummary,
+    pub replica_health: ReplicaHealth,
+    pub stats: Option<StatsSnapshot>,
+}
+
+pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
+    let disks = fs.store.disks();
+    let mut used: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut h = ReplicaHealth { extents: 0, replicas_expected: 0, replicas_present: 0, under_replicated: 0, unavailable: 0 };
+    let live: HashSet<u32> = disks.iter().filter(|d| d.is_up()).map(|d| d.id).collect();
+    fs.meta.each_extent(|_, _, e| {
+        h.extents += 1;
+        h.replicas_expected += u64::from(fs.cfg.replicas);
+        let n = e.replicas.iter().filter(|d| live.contains(d)).count() as u64;
+        h.replicas_present += n;
+        if n < u64::from(fs.cfg.replicas) {
+            h.under_replicated += 1;
+        }
+        if n == 0 {
+            h.unavailable += 1;
+        }
+        for d in &e.replicas {
+            let u = used.entry(*d).or_default();
+            u.0 += u64::from(e.len);
+            u.1 += 1;
+        }
+    })?;
+    let mut shard_count: HashMap<u32, u64> = HashMap::new();
+    let mut with_failed = 0;
+    for i in 0..fs.cfg.shard_count {
+        let s = fs.shard(i);
+        if s.disks.iter().any(|d| !live.contains(d)) {
+            with_failed += 1;
+        }
+        for d in &s.disks {
+            *shard_count.entry(*d).or_default() += 1;
+        }
+    }
+    let disks = disks
+        .iter()
+        .map(|d| {
+            let (total, free) = d.space().unwrap_or((0, 0));
+            let (u, n) = used.get(&d.id).copied().unwrap_or((0, 0));
+            DiskStatus {
+                id: d.id,
+                path: d.root.to_string_lossy().into_owned(),
+                state: d.state().name().to_string(),
+                used_bytes: u,
+                free_bytes: free,
+                total_bytes: total,
+                extents: n,
+                shards: shard_count.get(&d.id).copied().unwrap_or(0),
+                io_errors: d.io_errors.load(Ordering::Relaxed),
+                checksum_errors: d.checksum_errors.load(Ordering::Relaxed),
+            }
+        })
+        .collect();
+    let st = fs.statfs();
+    Ok(Status {
+        pool_id: fs.cfg.pool_id.clone(),
+        mounted,
+        replicas: fs.cfg.replicas,
+        extent_size_bytes: fs.cfg.extent_size,
+        capacity_bytes: st.total_bytes,
+        free_bytes: st.free_bytes,
+        disks,
+        shards: ShardSummary { count: u64::from(fs.cfg.shard_count), with_failed_disk: with_failed },
+        replica_health: h,
+        stats: mounted.then(|| fs.stats()),
+    })
+}
+
+pub fn fmt_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+pub fn status_table(s: &Status) -> String {
+    let mut o = String::new();
+    o += &format!(
+        "pool {}  ({}, {} replica(s), extent {})\ncapacity {}  free {}\n\n",
+        s.pool_id,
+        if s.mounted { "mounted" } else { "not mounted" },
+        s.replicas,
+        fmt_bytes(s.extent_size_bytes),
+        fmt_bytes(s.capacity_bytes),
+        fmt_bytes(s.free_bytes)
+    );
+    o += &format!(
+        "{:>4}  {:<8} {:>10} {:>10} {:>9} {:>7} {:>6} {:>6}  {}\n",
+        "DISK", "STATE", "USED", "FREE", "EXTENTS", "SHARDS", "IOERR", "CSUM", "PATH"
+    );
+    for d in &s.disks {
+        o += &format!(
+            "{:>4}  {:<8} {:>10} {:>10} {:>9} {:>7} {:>6} {:>6}  {}\n",
+            d.id,
+            d.state,
+            fmt_bytes(d.used_bytes),
+            fmt_bytes(d.free_bytes),
+            d.extents,
+            d.shards,
+            d.io_errors,
+            d.checksum_errors,
+            d.path
+        );
+    }
+    let h = &s.replica_health;
+    o += &format!(
+        "\nshards: {} ({} on a failed disk)\nextents: {}  replicas {}/{}  under-replicated {}  unavailable {}\n",
+        s.shards.count,
+        s.shards.with_failed_disk,
+        h.extents,
+        h.replicas_present,
+        h.replicas_expected,
+        h.under_replicated,
+        h.unavailable
+    );
+    if let Some(st) = &s.stats {
+        o += &format!(
+            "since mount: read {}  written {}  bad replica reads {}  repaired {}  degraded writes {}\n",
+            fmt_bytes(st.bytes_read),
+            fmt_bytes(st.bytes_written),
+            st.replica_read_failures,
+            st.repairs_done,
+            st.degraded_writes
+        );
+    }
+    o
+}
+
+/// Path of every reachable inode (first name found for hard-linked files).
+pub fn paths(fs: &Fs) -> anyhow::Result<HashMap<u64, String>> {
+    let mut out = HashMap::new();
+    out.insert(ROOT_INO, "/".to_string());
+    let mut stack = vec![(ROOT_INO, String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let mut kids = Vec::new();
+        fs.meta.read_dir(dir, 0, |e| {
+            kids.push(e);
+            true
+        })?;
+        for e in kids {
+            let p = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
+            if out.contains_key(&e.ino) {
+                continue;
+            }
+            out.insert(e.ino, p.clone());
+            if e.kind == Kind::Dir {
+                stack.push((e.ino, p));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ShardExtent {
+    pub path: Option<String>,
+    pub index: u64,
+    pub ino: u64,
+    pub version: u64,
+    pub replicas: Vec<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub id: u32,
+    pub epoch: u64,
+    pub disks: Vec<u32>,
+    pub extents: Vec<ShardExtent>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Shards {
+    pub extent_size_bytes: u64,
+    pub shards: Vec<ShardInfo>,
+}
+
+pub fn shards(fs: &Fs) -> anyhow::Result<Shards> {
+    let paths = paths(fs)?;
+    let mut shards: Vec<ShardInfo> = (0..fs.cfg.shard_count)
+        .map(|id| {
+            let s = fs.shard(id);
+            ShardInfo { id, epoch: s.epoch, disks: s.disks.clone(), extents: Vec::new() }
+        })
+        .collect();
+    fs.meta.each_extent(|ino, index, e| {
+        if let Some(s) = shards.get_mut(e.shard as usize) {
+            s.extents.push(ShardExtent { path: paths.get(&ino).cloned(), index, ino, version: e.version, replicas: e.replicas });
+        }
+    })?;
+    Ok(Shards { extent_size_bytes: fs.cfg.extent_size, shards })
+}
+
+pub fn shards_table(s: &Shards) -> String {
+    let mut o = format!("{:>6} {:>6} {:>10} {:>8}  EXTENTS (path:index)\n", "SHARD", "EPOCH", "DISKS", "COUNT");
+    for sh in &s.shards {
+        let disks = sh.disks.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+        let mut list: Vec<String> = sh
+            .extents
+            .iter()
+            .take(4)
+            .map(|e| format!("{}:{}", e.path.as_deref().unwrap_or("(unlinked)"), e.index))
+            .collect();
+        if sh.extents.len() > 4 {
+            list.push(format!("... {} more", sh.extents.len() - 4));
+        }
+        o += &format!("{:>6} {:>6} {:>10} {:>8}  {}\n", sh.id, sh.epoch, disks, sh.extents.len(), list.join(" "));
+    }
+    o
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct FsckReport {
+    pub inodes: u64,
+    pub extents: u64,
+    pub replicas_checked: u64,
+    pub bytes_verified: u64,
+    pub problems: Vec<String>,
+    pub repaired: u64,
+    pub unrepaired: u64,
+    pub clean: bool,
+}
+
+/// Verifies every replica of every extent and the metadata against itself; with `repair`,
+/// rewrites bad copies from a good replica, restores missing replicas, fixes link counts and
+/// removes orphans.
+pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
+    let mut r = FsckReport::default();
+    let problem = |r: &mut FsckReport, fixed: bool, msg: String| {
+        tracing::warn!("fsck: {msg}{}", if fixed { " (repaired)" } else { "" });
+        r.problems.push(if fixed { format!("{msg} (repaired)") } else { msg });
+        if fixed {
+            r.repaired += 1;
+        } else {
+            r.unrepaired += 1;
+        }
+    };
+    let inodes: HashMap<u64, InodeRec> = fs
+        .meta
+        .all::<InodeRec>(CF_INODES)?
+        .into_iter()
+        .map(|(k, v)| (u64::from_be_bytes(k[..8].try_into().unwrap()), v))
+        .collect();
+    r.inodes = inodes.len() as u64;
+    let orphans: HashSet<u64> =
+        fs.meta.keys(CF_ORPHANS)?.iter().map(|k| u64::from_be_bytes(k[..8].try_into().unwrap())).collect();
+    let mut links: HashMap<u64, u32> = HashMap::new();
+    let mut subdirs: HashMap<u64, u32> = HashMap::new();
+    let mut dir_parent: HashMap<u64, u64> = HashMap::new();
+    let mut b = fs.meta.batch();
+    for (k, v) in fs.meta.all::<DirentVal>(CF_DIRENTS)? {
+        let parent = u64::from_be_bytes(k[..8].try_into().unwrap());
+        let name = String::from_utf8_lossy(&k[16..]).into_owned();
+        if crate::meta::dirent_key(parent, &k[16..]) != k {
+            problem(&mut r, false, format!("directory entry {name:?} in {parent} has a wrong key"));
+        }
+        match (inodes.get(&parent), inodes.get(&v.ino)) {
+            (Some(p), Some(c)) if p.kind == Kind::Dir && c.kind == v.kind => {
+                *links.entry(v.ino).or_default() += 1;
+                if v.kind == Kind::Dir {
+                    *subdirs.entry(parent).or_default() += 1;
+                    dir_parent.insert(v.ino, parent);
+                }
+            }
+            _ => {
+                if repair {
+                    b.del_dirent(parent, &k[16..]);
+                }
+                problem(&mut r, repair, format!("directory entry {name:?} in {parent} points to missing or mismatched inode {}", v.ino));
+            }
+        }
+    }
+    let mut dead = Vec::new();
+    for (ino, rec) in &inodes {
+        let ino = *ino;
+        let n = links.get(&ino).copied().unwrap_or(0);
+        if ino != ROOT_INO && n == 0 {
+            if orphans.contains(&ino) && fs_has_open(fs, ino) {
+                continue;
+            }
+            if repair {
+                dead.push(ino);
+            }
+            problem(&mut r, repair, format!("inode {ino} is not in any directory (orphan)"));
+            continue;
+        }
+        let want = if rec.kind == Kind::Dir { 2 + subdirs.get(&ino).copied().unwrap_or(0) } else { n };
+        let mut fixed = rec.clone();
+        if rec.nlink != want {
+            fixed.nlink = want;
+            problem(&mut r, repair, format!("inode {ino} has link count {} but {want} links", rec.nlink));
+        }
+        if rec.kind == Kind::Dir {
+            let p = if ino == ROOT_INO { ROOT_INO } else { dir_parent.get(&ino).copied().unwrap_or(0) };
+            if rec.parent != p {
+                fixed.parent = p;
+                problem(&mut r, repair, format!("directory {ino} records parent {} but lives in {p}", rec.parent));
+            }
+        }
+        if repair && &fixed != rec {
+            b.put_inode(ino, &fixed);
+        }
+    }
+    for k in fs.meta.keys(CF_XATTRS)? {
+        let ino = u64::from_be_bytes(k[..8].try_into().unwrap());
+        if !inodes.contains_key(&ino) {
+            if repair {
+                b.del_xattr(ino, &k[8..]);
+            }
+            problem(&mut r, repair, format!("extended attribute of missing inode {ino}"));
+        }
+    }
+    if repair && !b.is_empty() {
+        fs.meta.write(b)?;
+    }
+    for ino in dead {
+        fs.delete_inode(ino).map_err(|e| anyhow::anyhow!("cannot free inode {ino}: errno {}", e.0))?;
+    }
+
+    // Data: every replica of every extent, every block.
+    let mut exts: Vec<(u64, u64, ExtentRec)> = Vec::new();
+    fs.meta.each_extent(|ino, index, e| exts.push((ino, index, e)))?;
+    r.extents = exts.len() as u64;
+    let mut live_files: HashSet<(u32, u64, u64, u64)> = HashSet::new();
+    for (ino, index, e) in exts {
+        let owner = inodes.get(&ino);
+        let beyond = owner.is_some_and(|o| index * fs.cfg.extent_size >= o.size);
+        if owner.is_none_or(|o| o.kind != Kind::File) || beyond {
+            let what = if beyond { "past the end of" } else { "of missing inode" };
+            if repair {
+                fs.cas_extent(ino, index, e.version, None).map_err(|e| anyhow::anyhow!("errno {}", e.0))?;
+            } else {
+                for d in &e.replicas {
+                    live_files.insert((*d, ino, index, e.version));
+                }
+            }
+            problem(&mut r, repair, format!("extent {index} {what} file {ino}"));
+            continue;
+        }
+        for d in &e.replicas {
+            live_files.insert((*d, ino, index, e.version));
+        }
+        let id = ExtentId { ino, index, version: e.version };
+        let mut bad = Vec::new();
+        for d in &e.replicas {
+            let Some(disk) = fs.store.disk(*d).filter(|d| d.is_up()) else { continue };
+            r.replicas_checked += 1;
+            match fs.store.read_verified(&disk, &id, &e.sums, 0, e.len as usize) {
+                Ok(_) => {
+                    // A longer file has bytes the checksums do not cover.
+                    let len = std::fs::metadata(disk.extent_path(&id)).map(|m| m.len()).unwrap_or(0);
+                    if len != u64::from(e.len) {
+                        bad.push((*d, format!("length {len}, expected {}", e.len)));
+                    } else {
+                        r.bytes_verified += u64::from(e.len);
+                    }
+                }
+                Err(err) => bad.push((*d, err.to_string())),
+            }
+        }
+        let path_of = |ino| format!("inode {ino}");
+        for (d, why) in bad {
+            let mut fixed = false;
+            if repair {
+                if let Some(data) = fs.read_good_copy(ino, index, &e) {
+                    if let Some(disk) = fs.store.disk(d) {
+                        fixed = fs.store.rewrite_extent(&disk, &id, &data).is_ok();
+                    }
+                }
+            }
+            problem(&mut r, fixed, format!("{} extent {index} replica on disk {d}: {why}", path_of(ino)));
+        }
+        let live_disks: Vec<u32> =
+            e.replicas.iter().copied().filter(|d| fs.store.disk(*d).is_some_and(|x| x.is_up())).collect();
+        if (live_disks.len() as u32) < fs.cfg.replicas {
+            let fixed = repair && restore_replicas(fs, ino, index, &e, &live_disks, &mut live_files);
+            problem(
+                &mut r,
+                fixed,
+                format!("inode {ino} extent {index} has {} of {} replicas", live_disks.len(), fs.cfg.replicas),
+            );
+        }
+    }
+    for disk in fs.store.disks() {
+        if !disk.is_up() {
+            continue;
+        }
+        for (id, _) in disk.scan()? {
+            if !live_files.contains(&(disk.id, id.ino, id.index, id.version)) && !fs_has_open(fs, id.ino) {
+                if repair {
+                    fs.store.remove_extent(&disk, &id);
+                }
+                problem(&mut r, repair, format!("disk {}: unreferenced extent file {:?}", disk.id, id));
+            }
+        }
+    }
+    r.clean = r.unrepaired == 0;
+    Ok(r)
+}
+
+fn fs_has_open(fs: &Fs, ino: u64) -> bool {
+    fs.is_open(ino)
+}
+
+/// Copies an under-replicated extent to live disks of its shard that lack it, then commits
+/// the longer replica list. Returns whether the full count was reached.
+fn restore_replicas(
+    fs: &Fs,
+    ino: u64,
+    index: u64,
+    e: &ExtentRec,
+    live: &[u32],
+    files: &mut HashSet<(u32, u64, u64, u64)>,
+) -> bool {
+    let Some(data) = fs.read_good_copy(ino, index, e) else { return false };
+    let id = ExtentId { ino, index, version: e.version };
+    let mut replicas = live.to_vec();
+    let shard = fs.shard(e.shard);
+    let candidates: Vec<u32> = shard
+        .disks
+        .iter()
+        .copied()
+        .chain(fs.store.disks().iter().map(|d| d.id))
+        .filter(|d| !replicas.contains(d))
+        .collect();
+    for d in candidates {
+        if replicas.len() >= fs.cfg.replicas as usize {
+            break;
+        }
+        let Some(disk) = fs.store.disk(d).filter(|x| x.is_up()) else { continue };
+        if replicas.contains(&d) {
+            continue;
+        }
+        if fs.store.rewrite_extent(&disk, &id, &data).is_ok() {
+            replicas.push(d);
+            files.insert((d, ino, index, e.version));
+        }
+    }
+    let mut rec = e.clone();
+    rec.replicas = replicas;
+    fs.cas_extent(ino, index, e.version, Some(&rec)) == Ok(true) && rec.replicas.len() >= fs.cfg.replicas as usize
+}

@@ -1,0 +1,220 @@
+//! `foreshard mount` and `foreshard umount`: the daemon's life cycle.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::fs::FsOptions;
+use crate::fuse::{config, FuseFs};
+use crate::pool::{self, Pool};
+
+pub const PID_FILE: &str = "daemon.pid";
+/// How long `umount` waits for the daemon to finish flushing and exit.
+const UMOUNT_WAIT_SECS_MAX: u64 = 120;
+
+pub struct MountArgs {
+    pub pool: PathBuf,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub threads: usize,
+}
+
+fn check_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
+    match fs::metadata(mp) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("mountpoint {}: not a directory", mp.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            // A daemon that died (kill -9) leaves its mount behind; clear it.
+            eprintln!("note: {} is a stale mount of a dead daemon; unmounting it", mp.display());
+            lazy_unmount(mp)?;
+        }
+        Err(e) => bail!("mountpoint {}: {e}", mp.display()),
+    }
+    let c = fs::canonicalize(mp).with_context(|| format!("mountpoint {}", mp.display()))?;
+    if mount_source(&c)?.is_some() {
+        bail!("mountpoint {}: something is already mounted there", mp.display());
+    }
+    Ok(c)
+}
+
+fn lazy_unmount(mp: &Path) -> anyhow::Result<()> {
+    let ok = std::process::Command::new("fusermount3").arg("-uz").arg(mp).status().is_ok_and(|s| s.success())
+        || std::process::Command::new("umount").arg("-l").arg(mp).status().is_ok_and(|s| s.success());
+    if !ok {
+        bail!("cannot unmount {}", mp.display());
+    }
+    Ok(())
+}
+
+/// The (source, fstype) of whatever is mounted exactly at `mp`, from /proc/self/mountinfo.
+fn mount_source(mp: &Path) -> anyhow::Result<Option<(String, String)>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let want = mp.to_string_lossy().replace(' ', "\\040");
+    let mut found = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 10 || f[4] != want {
+            continue;
+        }
+        let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
+        if let (Some(t), Some(s)) = (f.get(sep + 1), f.get(sep + 2)) {
+            found = Some((s.to_string(), t.to_string()));
+        }
+    }
+    Ok(found)
+}
+
+/// Mounts the pool; unless `foreground`, returns once the daemon has mounted (or failed).
+pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
+    let pool_dir = fs::canonicalize(&a.pool).with_context(|| format!("pool {}", a.pool.display()))?;
+    if !pool::is_pool(&pool_dir) {
+        bail!("{}: not a foreshard pool (run `foreshard init` first)", a.pool.display());
+    }
+    let mp = check_mountpoint(&a.mountpoint)?;
+    if a.foreground {
+        return run(&pool_dir, &mp, a.threads, None);
+    }
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the process is single-threaded here (nothing has spawned threads yet).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors come from pipe2 above and are owned once each.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    if pid > 0 {
+        drop(wr);
+        let mut msg = String::new();
+        fs::File::from(rd).read_to_string(&mut msg)?;
+        return match msg.strip_prefix("ok") {
+            Some(_) => Ok(()),
+            None if msg.is_empty() => {
+                bail!("daemon exited during start-up; see {}", pool_dir.join(pool::LOG_FILE).display())
+            }
+            None => bail!("{}", msg.trim_start_matches("err ")),
+        };
+    }
+    drop(rd);
+    // SAFETY: plain libc calls in the child.
+    unsafe { libc::setsid() };
+    let log = fs::OpenOptions::new().create(true).append(true).open(pool_dir.join(pool::LOG_FILE));
+    if let Ok(log) = log {
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid descriptors.
+        unsafe {
+            libc::dup2(log.as_raw_fd(), 1);
+            libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+    let mut wr = fs::File::from(wr);
+    match run(&pool_dir, &mp, a.threads, Some(&mut wr)) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            let _ = write!(wr, "err {e:#}");
+            eprintln!("mount failed: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Blocks SIGINT/SIGTERM in every thread (call before spawning any) so one thread can wait
+/// for them and unmount cleanly.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn run(pool_dir: &Path, mp: &Path, threads: usize, notify: Option<&mut fs::File>) -> anyhow::Result<()> {
+    let sigs = block_signals();
+    let pool = Pool::open(pool_dir)?;
+    let fs = pool.fs(FsOptions::default())?;
+    let (freed, removed) = pool::cleanup(&fs)?;
+    if freed + removed > 0 {
+        tracing::info!("start-up cleanup: {freed} orphaned inode(s) freed, {removed} stray extent file(s) removed");
+    }
+    fs.start_background();
+    crate::control::serve(fs.clone(), &pool_dir.join(pool::SOCKET_FILE))?;
+    let mut cfg = config(threads);
+    let p = pool_dir.to_string_lossy();
+    if !p.contains([',', ' ', '\\']) {
+        cfg.mount_options[0] = fuser::MountOption::FSName(format!("foreshard:{p}"));
+    }
+    let mut session = fuser::Session::new(FuseFs { fs: fs.clone() }, mp, &cfg)
+        .with_context(|| format!("cannot mount on {}", mp.display()))?;
+    fs::write(pool_dir.join(PID_FILE), format!("{}\n{}\n", std::process::id(), mp.display()))?;
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut sig = 0;
+        // SAFETY: sigs is a valid set; sig a valid out-pointer.
+        unsafe { libc::sigwait(&sigs, &mut sig) };
+        tracing::info!("signal {sig}: unmounting");
+        let _ = unmounter.unmount();
+    })?;
+    tracing::info!("mounted {} on {}", pool_dir.display(), mp.display());
+    if let Some(w) = notify {
+        w.write_all(b"ok")?;
+    }
+    let res = session.run();
+    // The kernel may not send DESTROY (e.g. lazy unmount); make sure nothing is left buffered.
+    fs.flush_all().and_then(|_| fs.sync_all()).map_err(|e| anyhow::anyhow!("final flush failed: errno {}", e.0))?;
+    let _ = fs::remove_file(pool_dir.join(pool::SOCKET_FILE));
+    let _ = fs::remove_file(pool_dir.join(PID_FILE));
+    tracing::info!("unmounted");
+    res.context("FUSE session ended with an error")
+}
+
+/// Unmounts a foreshard mount and waits for its daemon to finish and exit.
+pub fn umount(mp: &Path) -> anyhow::Result<()> {
+    let c = fs::canonicalize(mp).or_else(|e| {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            Ok(mp.to_path_buf())
+        } else {
+            Err(e)
+        }
+    });
+    let c = c.with_context(|| format!("mountpoint {}", mp.display()))?;
+    let Some((source, fstype)) = mount_source(&c)? else {
+        bail!("{}: nothing is mounted there", mp.display());
+    };
+    if !fstype.contains("foreshard") && !source.starts_with("foreshard") {
+        bail!("{}: not a foreshard mount ({fstype} from {source})", mp.display());
+    }
+    let pid = source
+        .strip_prefix("foreshard:")
+        .and_then(|p| fs::read_to_string(Path::new(p).join(PID_FILE)).ok())
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+    let st = std::process::Command::new("fusermount3").arg("-u").arg(&c).status();
+    if !st.is_ok_and(|s| s.success()) {
+        let st = std::process::Command::new("umount").arg(&c).status();
+        if !st.is_ok_and(|s| s.success()) {
+            bail!("cannot unmount {} (busy?)", mp.display());
+        }
+    }
+    if let Some(pid) = pid {
+        let start = Instant::now();
+        // SAFETY: kill with signal 0 only checks existence.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            if start.elapsed() > Duration::from_secs(UMOUNT_WAIT_SECS_MAX) {
+                bail!("daemon {pid} still running {UMOUNT_WAIT_SECS_MAX}s after unmount");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,577 @@
+//! File data: buffered writes, extent commits, verified reads, truncation, repair.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{now_ns, Errno, Fs, FsResult, Handle, NodeInner, RepairReq};
+use crate::meta::{Batch, ExtentRec, Kind};
+use crate::store::{block_sums, ExtentId, ReadError};
+
+/// Bound on cached extent records per open file.
+const NODE_EXTENT_CACHE_MAX: usize = 4096;
+/// Largest file: the index of any extent must fit comfortably in u64 offsets.
+pub const FILE_SIZE_MAX: u64 = 1 << 50;
+
+impl Fs {
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let node = self.acquire(ino)?;
+        if node.inner.lock().rec.kind == Kind::Dir && (flags & libc::O_ACCMODE) != libc::O_RDONLY {
+            drop(node);
+            self.release_node(ino)?;
+            return Err(Errno::EISDIR);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Handle { ino, append: flags & libc::O_APPEND != 0 });
+        Ok(fh)
+    }
+
+    /// Close of one handle: buffered data is committed (visible to a crash-restart, not yet
+    /// durable: that is fsync's job).
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = self.handles.lock().remove(&fh).ok_or(Errno::EBADF)?;
+        self.release_node(h.ino)
+    }
+
+    pub fn flush(&self, ino: u64) -> FsResult<()> {
+        let Some(node) = self.node(ino) else { return Ok(()) };
+        let mut n = node.inner.lock();
+        self.commit_all(ino, &mut n)?;
+        self.persist_rec(ino, &mut n)
+    }
+
+    fn persist_rec(&self, ino: u64, n: &mut NodeInner) -> FsResult<()> {
+        if n.rec_dirty && n.rec.nlink > 0 {
+            let mut b = self.meta.batch();
+            b.put_inode(ino, &n.rec);
+            self.meta.write(b)?;
+            n.rec_dirty = false;
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, ino: u64) -> FsResult<()> {
+        self.flush(ino)?;
+        self.sync_all()
+    }
+
+    fn extent_rec(&self, ino: u64, index: u64, n: &mut NodeInner) -> FsResult<Option<Arc<ExtentRec>>> {
+        if let Some(e) = n.extents.get(&index) {
+            return Ok(Some(e.clone()));
+        }
+        let Some(e) = self.meta.extent(ino, index)? else { return Ok(None) };
+        if n.extents.len() >= NODE_EXTENT_CACHE_MAX {
+            n.extents.clear();
+        }
+        let e = Arc::new(e);
+        n.extents.insert(index, e.clone());
+        Ok(Some(e))
+    }
+
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        for attempt in 0.. {
+            match self.read_once(ino, offset, size) {
+                // An extent file replaced by a concurrent commit vanishes under the reader:
+                // look the extent up again.
+                Err(Errno::ENOENT) if attempt < 3 => {
+                    if let Some(node) = self.node(ino) {
+                        node.inner.lock().extents.clear();
+                    }
+                }
+                r => return r,
+            }
+        }
+        unreachable!()
+    }
+
+    fn read_once(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let node = self.node(ino).ok_or(Errno::EBADF)?;
+        let es = self.extent_size();
+        // Plan under the node lock, read disks without it.
+        let mut plan: Vec<(usize, u64, Arc<ExtentRec>, usize, usize)> = Vec::new();
+        let mut out;
+        {
+            let mut n = node.inner.lock();
+            if n.rec.kind == Kind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            let end = (offset + u64::from(size)).min(n.rec.size);
+            if offset >= end {
+                return Ok(Vec::new());
+            }
+            out = vec![0u8; (end - offset) as usize];
+            let mut pos = offset;
+            while pos < end {
+                let index = pos / es;
+                let start = (pos % es) as usize;
+                let stop = ((index + 1) * es).min(end);
+                let len = (stop - pos) as usize;
+                let at = (pos - offset) as usize;
+                if let Some(buf) = n.dirty.get(&index) {
+                    if start < buf.len() {
+                        let m = len.min(buf.len() - start);
+                        out[at..at + m].copy_from_slice(&buf[start..start + m]);
+                    }
+                } else if let Some(e) = self.extent_rec(ino, index, &mut n)? {
+                    if start < e.len as usize {
+                        plan.push((at, index, e, start, len));
+                    }
+                }
+                pos = stop;
+            }
+            // relatime: update atime when it is older than the last change or a day old.
+            let now = now_ns();
+            let r = &mut n.rec;
+            if r.atime_ns <= r.mtime_ns || r.atime_ns <= r.ctime_ns || now - r.atime_ns > 86_400_000_000_000 {
+                r.atime_ns = now;
+                n.rec_dirty = true;
+            }
+        }
+        for (at, index, e, start, len) in plan {
+            let data = self.read_extent(ino, index, &e, start, start + len)?;
+            out[at..at + data.len()].copy_from_slice(&data);
+        }
+        self.stats.bytes_read.fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Reads `[start, end)` of an extent (clipped to its length) from the first replica that
+    /// returns verified data; when none has the whole range, block by block from any replica.
+    /// Bad replicas are queued for repair.
+    pub(crate) fn read_extent(
+        &self,
+        ino: u64,
+        index: u64,
+        e: &ExtentRec,
+        start: usize,
+        end: usize,
+    ) -> FsResult<Vec<u8>> {
+        let (buf, bad) = self.read_extent_quiet(ino, index, e, start, end)?;
+        for d in bad {
+            self.queue_repair(ino, index, e.version, d);
+        }
+        Ok(buf)
+    }
+
+    /// `read_extent` without queueing repairs: returns the data and the replicas found bad.
+    fn read_extent_quiet(
+        &self,
+        ino: u64,
+        index: u64,
+        e: &ExtentRec,
+        start: usize,
+        end: usize,
+    ) -> FsResult<(Vec<u8>, Vec<u32>)> {
+        let bs = self.store.block_size;
+        let len = e.len as usize;
+        let end = end.min(len);
+        if start >= end {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let b0 = start / bs * bs;
+        let b1 = end.div_ceil(bs).saturating_mul(bs).min(len);
+        let id = ExtentId { ino, index, version: e.version };
+        let n = e.replicas.len();
+        // Spread reads of different extents over their replicas.
+        let first = ((ino ^ index) as usize) % n.max(1);
+        let order: Vec<Arc<crate::store::Disk>> = (0..n)
+            .filter_map(|k| self.store.disk(e.replicas[(first + k) % n]))
+            .filter(|d| d.is_up())
+            .collect();
+        let mut bad: Vec<u32> = Vec::new();
+        let mut missing = 0;
+        for disk in &order {
+            match self.store.read_verified(disk, &id, &e.sums, b0, b1 - b0) {
+                Ok(buf) => return Ok((buf[start - b0..end - b0].to_vec(), bad)),
+                Err(ReadError::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {
+                    missing += 1;
+                    bad.push(disk.id);
+                }
+                Err(err) => {
+                    self.stats.replica_read_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(disk = disk.id, ino, index, version = e.version, "bad replica: {err}");
+                    bad.push(disk.id);
+                }
+            }
+        }
+        if missing == bad.len() && missing > 0 {
+            // Every replica vanished: most likely replaced by a newer version meanwhile.
+            return Err(Errno::ENOENT);
+        }
+        // No replica has the whole range intact: take each block from any copy that has it.
+        let mut out = Vec::with_capacity(b1 - b0);
+        for b in (b0..b1).step_by(bs) {
+            let blen = bs.min(b1 - b);
+            let got = order.iter().find_map(|d| self.store.read_verified(d, &id, &e.sums, b, blen).ok());
+            match got {
+                Some(block) => out.extend_from_slice(&block),
+                None => {
+                    tracing::error!(ino, index, version = e.version, block = b / bs, "no good replica of this block");
+                    return Err(Errno::EIO);
+                }
+            }
+        }
+        Ok((out[start - b0..end - b0].to_vec(), bad))
+    }
+
+    fn queue_repair(&self, ino: u64, index: u64, version: u64, disk: u32) {
+        if self.repair_tx.try_send(RepairReq { ino, index, version, disk }).is_err() {
+            self.stats.repairs_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Rewrites a bad copy from a good replica, if the extent still has that version.
+    pub(crate) fn repair(&self, req: &RepairReq) {
+        let res = (|| -> anyhow::Result<bool> {
+            let Some(e) = self.meta.extent(req.ino, req.index)? else { return Ok(false) };
+            if e.version != req.version || !e.replicas.contains(&req.disk) {
+                return Ok(false);
+            }
+            let data = self
+                .read_good_copy(req.ino, req.index, &e)
+                .ok_or_else(|| anyhow::anyhow!("no good replica"))?;
+            let disk = self.store.disk(req.disk).ok_or_else(|| anyhow::anyhow!("disk gone"))?;
+            let id = ExtentId { ino: req.ino, index: req.index, version: e.version };
+            self.store.rewrite_extent(&disk, &id, &data)?;
+            Ok(true)
+        })();
+        match res {
+            Ok(true) => {
+                self.stats.repairs_done.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(disk = req.disk, ino = req.ino, index = req.index, "replica repaired");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.stats.repairs_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(disk = req.disk, ino = req.ino, index = req.index, "repair failed: {e:#}");
+            }
+        }
+    }
+
+    /// The whole extent, verified (assembled block by block from all replicas if need be).
+    pub(crate) fn read_good_copy(&self, ino: u64, index: u64, e: &ExtentRec) -> Option<Vec<u8>> {
+        self.read_extent_quiet(ino, index, e, 0, e.len as usize).ok().map(|(b, _)| b)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let (ino, append) = {
+            let h = self.handles.lock();
+            let h = h.get(&fh).ok_or(Errno::EBADF)?;
+            (h.ino, h.append)
+        };
+        let node = self.node(ino).ok_or(Errno::EBADF)?;
+        let es = self.extent_size();
+        let mut n = node.inner.lock();
+        let offset = if append { n.rec.size } else { offset };
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > FILE_SIZE_MAX {
+            return Err(Errno::EFBIG);
+        }
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / es;
+            let start = (pos % es) as usize;
+            let stop = ((index + 1) * es).min(end);
+            let len = (stop - pos) as usize;
+            let src = &data[(pos - offset) as usize..(pos - offset) as usize + len];
+            if !n.dirty.contains_key(&index) {
+                let buf = self.load_for_write(ino, index, start, len, &mut n)?;
+                self.dirty_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                n.dirty.insert(index, buf);
+            }
+            let buf = n.dirty.get_mut(&index).expect("inserted above");
+            if buf.len() < start + len {
+                self.dirty_bytes.fetch_add((start + len - buf.len()) as u64, Ordering::Relaxed);
+                buf.resize(start + len, 0);
+            }
+            buf[start..start + len].copy_from_slice(src);
+            pos = stop;
+            // A write that reaches the end of an extent most likely moves on: commit it now.
+            if start + len == es as usize {
+                self.commit(ino, &mut n, &[index], None)?;
+            }
+        }
+        let now = now_ns();
+        n.rec.size = n.rec.size.max(end);
+        n.rec.mtime_ns = now;
+        n.rec.ctime_ns = now;
+        n.rec_dirty = true;
+        self.stats.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.dirty_bytes.load(Ordering::Relaxed) > self.opts.dirty_bytes_max {
+            self.commit_all(ino, &mut n)?;
+        }
+        Ok(data.len())
+    }
+
+    /// The current contents of an extent about to be partly overwritten.
+    fn load_for_write(&self, ino: u64, index: u64, start: usize, len: usize, n: &mut NodeInner) -> FsResult<Vec<u8>> {
+        let Some(e) = self.extent_rec(ino, index, n)? else { return Ok(Vec::new()) };
+        if start == 0 && len >= e.len as usize {
+            return Ok(Vec::new());
+        }
+        let mut buf = self.read_extent(ino, index, &e, 0, e.len as usize)?;
+        // Bytes past the file size are never visible; drop them.
+        let keep = n.rec.size.saturating_sub(index * self.extent_size()).min(buf.len() as u64);
+        buf.truncate(keep as usize);
+        Ok(buf)
+    }
+
+    pub(crate) fn commit_all(&self, ino: u64, n: &mut NodeInner) -> FsResult<()> {
+        if n.dirty.is_empty() {
+            return Ok(());
+        }
+        let idx: Vec<u64> = n.dirty.keys().copied().collect();
+        self.commit(ino, n, &idx, None)
+    }
+
+    /// Writes the dirty buffers `indices` as new extent versions on every live replica of
+    /// their shards, then switches the metadata in one batch (with `extra` changes and the
+    /// inode), then removes the old versions.
+    pub(crate) fn commit(&self, ino: u64, n: &mut NodeInner, indices: &[u64], extra: Option<Batch<'_>>) -> FsResult<()> {
+        let mut batch = extra.unwrap_or_else(|| self.meta.batch());
+        let mut new_recs: Vec<(u64, ExtentRec)> = Vec::new();
+        let mut written: Vec<(u64, ExtentRec)> = Vec::new();
+        let mut failed = None;
+        for &index in indices {
+            let Some(data) = n.dirty.get(&index) else { continue };
+            match self.write_extent_version(ino, index, data) {
+                Ok(Some(rec)) => new_recs.push((index, rec)),
+                Ok(None) => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // Leave the buffers dirty; remove the files of versions that never got committed.
+            for (index, rec) in new_recs {
+                self.remove_version(ino, index, &rec);
+            }
+            return Err(e);
+        }
+        let mut old: Vec<(u64, Arc<ExtentRec>)> = Vec::new();
+        for (index, rec) in new_recs {
+            if let Some(prev) = self.extent_rec(ino, index, n)? {
+                old.push((index, prev));
+            }
+            batch.put_extent(ino, index, &rec);
+            written.push((index, rec));
+        }
+        // Empty buffers (a truncation to an extent boundary) just delete the extent.
+        for &index in indices {
+            if n.dirty.get(&index).is_some_and(|d| d.is_empty()) {
+                if let Some(prev) = self.extent_rec(ino, index, n)? {
+                    old.push((index, prev));
+                }
+                batch.del_extent(ino, index);
+            }
+        }
+        let mut alloc = n.rec.alloc as i64;
+        for (_, rec) in &written {
+            alloc += i64::from(rec.len);
+        }
+        for (_, prev) in &old {
+            alloc -= i64::from(prev.len);
+        }
+        let alloc_before = n.rec.alloc;
+        n.rec.alloc = alloc.max(0) as u64;
+        batch.put_inode(ino, &n.rec);
+        if let Err(e) = self.meta.write(batch) {
+            n.rec.alloc = alloc_before;
+            for (index, rec) in &written {
+                self.remove_version(ino, *index, rec);
+            }
+            return Err(e.into());
+        }
+        n.rec_dirty = false;
+        for &index in indices {
+            if let Some(d) = n.dirty.remove(&index) {
+                self.dirty_bytes.fetch_sub(d.len() as u64, Ordering::Relaxed);
+            }
+            n.extents.remove(&index);
+        }
+        for (index, rec) in written {
+            self.mark_unsynced(&rec.replicas);
+            n.extents.insert(index, Arc::new(rec));
+            self.stats.extents_committed.fetch_add(1, Ordering::Relaxed);
+        }
+        for (index, prev) in old {
+            self.remove_version(ino, index, &prev);
+        }
+        Ok(())
+    }
+
+    fn remove_version(&self, ino: u64, index: u64, rec: &ExtentRec) {
+        let id = ExtentId { ino, index, version: rec.version };
+        for d in &rec.replicas {
+            if let Some(disk) = self.store.disk(*d) {
+                self.store.remove_extent(&disk, &id);
+            }
+        }
+    }
+
+    /// Writes one new version of an extent to the live disks of its shard, in parallel.
+    /// Returns None for an empty buffer (nothing to store).
+    fn write_extent_version(&self, ino: u64, index: u64, data: &[u8]) -> FsResult<Option<ExtentRec>> {
+        if data.is_empty() {
+            return Ok(None);
+        }
+        assert!(data.len() as u64 <= self.extent_size(), "extent buffer larger than the extent size");
+        let shard = self.shard_of(ino, index);
+        let disks = self.live_disks(&self.shard(shard).disks);
+        if disks.is_empty() {
+            tracing::error!(shard, "no live disk to write to");
+            return Err(Errno::EIO);
+        }
+        let version = self.meta.alloc_version();
+        let id = ExtentId { ino, index, version };
+        let sums = block_sums(data, self.store.block_size);
+        debug_assert_eq!(sums.len(), data.len().div_ceil(self.store.block_size));
+        let results: Vec<(u32, std::io::Result<()>)> = if disks.len() == 1 {
+            vec![(disks[0].id, self.store.write_extent(&disks[0], &id, data))]
+        } else {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = disks
+                    .iter()
+                    .map(|d| s.spawn(|| (d.id, self.store.write_extent(d, &id, data))))
+                    .collect();
+                hs.into_iter().map(|h| h.join().expect("replica writer")).collect()
+            })
+        };
+        let mut replicas = Vec::new();
+        let mut nospace = false;
+        for (d, r) in results {
+            match r {
+                Ok(()) => replicas.push(d),
+                Err(e) => nospace |= e.raw_os_error() == Some(libc::ENOSPC),
+            }
+        }
+        if replicas.is_empty() {
+            return Err(if nospace { Errno::ENOSPC } else { Errno::EIO });
+        }
+        if replicas.len() < self.cfg.replicas as usize {
+            self.stats.degraded_writes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(ino, index, "extent committed with {} of {} replicas", replicas.len(), self.cfg.replicas);
+        }
+        Ok(Some(ExtentRec { version, len: data.len() as u32, shard, replicas, sums }))
+    }
+
+    /// Sets the size of a file (caller holds a node reference). Shrinking drops whole extents
+    /// past the end and rewrites the boundary extent, all in one metadata batch.
+    pub(crate) fn set_size(&self, ino: u64, n: &mut NodeInner, size: u64) -> FsResult<()> {
+        if size > FILE_SIZE_MAX {
+            return Err(Errno::EFBIG);
+        }
+        let es = self.extent_size();
+        let old = n.rec.size;
+        n.rec.size = size;
+        n.rec_dirty = true;
+        if size >= old {
+            return Ok(());
+        }
+        let keep_extents = size.div_ceil(es);
+        let mut batch = self.meta.batch();
+        let mut gone: Vec<(u64, Arc<ExtentRec>)> = Vec::new();
+        let mut doomed = Vec::new();
+        self.meta.extents_of(ino, keep_extents, |i, _| {
+            doomed.push(i);
+            true
+        })?;
+        for i in doomed {
+            if let Some(e) = self.extent_rec(ino, i, n)? {
+                n.rec.alloc = n.rec.alloc.saturating_sub(u64::from(e.len));
+                gone.push((i, e));
+            }
+            batch.del_extent(ino, i);
+        }
+        let drop_dirty: Vec<u64> = n.dirty.range(keep_extents..).map(|(i, _)| *i).collect();
+        for i in drop_dirty {
+            let d = n.dirty.remove(&i).expect("listed");
+            self.dirty_bytes.fetch_sub(d.len() as u64, Ordering::Relaxed);
+        }
+        let mut boundary = Vec::new();
+        if size % es != 0 {
+            let index = size / es;
+            let keep = (size % es) as usize;
+            if !n.dirty.contains_key(&index) {
+                if let Some(e) = self.extent_rec(ino, index, n)? {
+                    if e.len as usize > keep {
+                        let buf = self.read_extent(ino, index, &e, 0, keep)?;
+                        self.dirty_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                        n.dirty.insert(index, buf);
+                        boundary.push(index);
+                    }
+                }
+            } else {
+                let d = n.dirty.get_mut(&index).expect("checked");
+                if d.len() > keep {
+                    self.dirty_bytes.fetch_sub((d.len() - keep) as u64, Ordering::Relaxed);
+                    d.truncate(keep);
+                }
+                boundary.push(index);
+            }
+        }
+        self.commit(ino, n, &boundary, Some(batch))?;
+        for (i, e) in gone {
+            n.extents.remove(&i);
+            self.remove_version(ino, i, &e);
+        }
+        Ok(())
+    }
+
+    /// Removes an inode with no links and no users: metadata first (one batch), then files.
+    pub(crate) fn delete_inode(&self, ino: u64) -> FsResult<()> {
+        let mut exts = Vec::new();
+        self.meta.extents_of(ino, 0, |i, e| {
+            exts.push((i, e));
+            true
+        })?;
+        let mut b = self.meta.batch();
+        for (i, _) in &exts {
+            b.del_extent(ino, *i);
+        }
+        for (name, _) in self.meta.xattrs_of(ino)? {
+            b.del_xattr(ino, &name);
+        }
+        b.del_inode(ino);
+        b.del_orphan(ino);
+        self.meta.write(b)?;
+        for (i, e) in exts {
+            self.remove_version(ino, i, &e);
+        }
+        Ok(())
+    }
+
+    /// fallocate: mode 0 extends the size (checking there is room); KEEP_SIZE only checks room.
+    pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+        let need = length.saturating_mul(u64::from(self.cfg.replicas));
+        let st = self.statfs();
+        if need > st.free_bytes.saturating_mul(u64::from(self.cfg.replicas)) {
+            return Err(Errno::ENOSPC);
+        }
+        if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Ok(());
+        }
+        let node = self.acquire(ino)?;
+        let res = (|| {
+            let mut n = node.inner.lock();
+            if n.rec.kind != Kind::File {
+                return Err(Errno::EINVAL);
+            }
+            if end > n.rec.size {
+                self.set_size(ino, &mut n, end)?;
+                n.rec.ctime_ns = now_ns();
+                n.rec.mtime_ns = n.rec.ctime_ns;
+                self.persist_rec(ino, &mut n)?;
+            }
+            Ok(())
+        })();
+        drop(node);
+        self.release_node(ino)?;
+        res
+    }
+}

@@ -1,0 +1,491 @@
+//! The filesystem core: POSIX semantics over `meta` (RocksDB) and `store` (extent files).
+//!
+//! Free of FUSE types so tests drive it directly; `crate::fuse` is a thin adapter over it.
+//!
+//! Locking: `ns` serialises namespace changes (create, link, unlink, rename, setattr of nlink)
+//! and node creation; each open inode has a `Node` whose mutex guards its attributes and
+//! dirty extent buffers. Order: `ns` -> `nodes` map -> one node. Disk reads run with no lock.
+
+mod data;
+mod ns;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{DiskState, ExtentRec, InodeRec, Kind, Meta, PoolConfig, ShardRec};
+use crate::store::{Disk, Store};
+
+pub use ns::{SetAttr, TimeSet};
+
+/// A POSIX error number (libc value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const EIO: Errno = Errno(libc::EIO);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
+    pub const EISDIR: Errno = Errno(libc::EISDIR);
+    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
+    pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const ENOSPC: Errno = Errno(libc::ENOSPC);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
+    pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const EFBIG: Errno = Errno(libc::EFBIG);
+    pub const E2BIG: Errno = Errno(libc::E2BIG);
+}
+
+impl From<anyhow::Error> for Errno {
+    fn from(e: anyhow::Error) -> Errno {
+        tracing::error!("metadata error: {e:#}");
+        Errno::EIO
+    }
+}
+
+pub type FsResult<T> = Result<T, Errno>;
+
+/// Who is asking (from the FUSE request).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Ctx {
+    pub fn root() -> Ctx {
+        Ctx::default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Bytes of disk used (one replica), in 512-byte units.
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub crtime: SystemTime,
+    pub rdev: u32,
+}
+
+pub struct DirEntryOut {
+    pub ino: u64,
+    /// Pass back as the readdir offset to continue after this entry.
+    pub offset: u64,
+    pub kind: Kind,
+    pub name: Vec<u8>,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+pub fn ns_to_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+pub fn time_to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+/// Counters shown by `status` and the metrics endpoint.
+#[derive(Default)]
+pub struct Stats {
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub extents_committed: AtomicU64,
+    pub replica_read_failures: AtomicU64,
+    pub repairs_done: AtomicU64,
+    pub repairs_failed: AtomicU64,
+    pub repairs_dropped: AtomicU64,
+    pub degraded_writes: AtomicU64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub extents_committed: u64,
+    pub replica_read_failures: u64,
+    pub repairs_done: u64,
+    pub repairs_failed: u64,
+    pub repairs_dropped: u64,
+    pub degraded_writes: u64,
+    pub dirty_bytes: u64,
+    pub open_nodes: usize,
+}
+
+/// Tunables of a mounted pool, with their limits.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Buffered (not yet committed) file data across all files; beyond it writers commit.
+    pub dirty_bytes_max: u64,
+    /// Repair requests waiting for the repair thread; more are dropped and counted.
+    pub repair_queue_max: usize,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions { dirty_bytes_max: 256 << 20, repair_queue_max: 1024 }
+    }
+}
+
+pub(crate) struct NodeInner {
+    pub rec: InodeRec,
+    /// Attributes changed in memory but not yet written to metadata.
+    pub rec_dirty: bool,
+    /// Uncommitted extent data by index; a buffer's length is the extent's valid length.
+    pub dirty: BTreeMap<u64, Vec<u8>>,
+    /// Extent records read recently; cleared when it grows past a bound.
+    pub extents: HashMap<u64, Arc<ExtentRec>>,
+    /// Open handles and temporary users; the node leaves the map at zero.
+    pub refs: u32,
+}
+
+pub(crate) struct Node {
+    pub inner: Mutex<NodeInner>,
+}
+
+pub(crate) struct RepairReq {
+    pub ino: u64,
+    pub index: u64,
+    pub version: u64,
+    pub disk: u32,
+}
+
+pub(crate) struct Handle {
+    pub ino: u64,
+    pub append: bool,
+}
+
+pub struct Fs {
+    pub meta: Arc<Meta>,
+    pub store: Arc<Store>,
+    pub cfg: PoolConfig,
+    pub opts: FsOptions,
+    pub stats: Stats,
+    ns: Mutex<()>,
+    nodes: Mutex<HashMap<u64, Arc<Node>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    shards: Vec<ShardRec>,
+    dirty_bytes: AtomicU64,
+    /// Disks written since the last sync; guarded by the mutex so that an fsync never returns
+    /// before a concurrent one that took its disks has finished syncing them.
+    unsynced: Mutex<HashSet<u32>>,
+    repair_tx: SyncSender<RepairReq>,
+    repair_rx: Mutex<Option<Receiver<RepairReq>>>,
+}
+
+impl Fs {
+    pub fn new(meta: Arc<Meta>, store: Arc<Store>, cfg: PoolConfig, opts: FsOptions) -> anyhow::Result<Arc<Fs>> {
+        let mut shards: Vec<ShardRec> = Vec::new();
+        for (id, rec) in meta.shards()? {
+            anyhow::ensure!(id as usize == shards.len(), "shard table has a gap at shard {id}");
+            shards.push(rec);
+        }
+        anyhow::ensure!(shards.len() == cfg.shard_count as usize, "shard table incomplete");
+        let (tx, rx) = sync_channel(opts.repair_queue_max);
+        Ok(Arc::new(Fs {
+            meta,
+            store,
+            cfg,
+            opts,
+            stats: Stats::default(),
+            ns: Mutex::new(()),
+            nodes: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            shards,
+            dirty_bytes: AtomicU64::new(0),
+            unsynced: Mutex::new(HashSet::new()),
+            repair_tx: tx,
+            repair_rx: Mutex::new(Some(rx)),
+        }))
+    }
+
+    /// Starts the background repair thread (bad replicas found by reads are rewritten).
+    pub fn start_background(self: &Arc<Self>) {
+        if let Some(rx) = self.repair_rx.lock().take() {
+            let fs = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name("repair".into())
+                .spawn(move || {
+                    while let Ok(req) = rx.recv() {
+                        let Some(fs) = fs.upgrade() else { break };
+                        fs.repair(&req);
+                    }
+                })
+                .expect("spawn repair thread");
+        }
+    }
+
+    pub fn extent_size(&self) -> u64 {
+        self.cfg.extent_size
+    }
+
+    /// The simple placement rule until sharding is adaptive: extents are spread over the fixed
+    /// shard set by a hash of (inode, index).
+    pub fn shard_of(&self, ino: u64, index: u64) -> u32 {
+        let h = ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        ((h >> 17) % self.shards.len() as u64) as u32
+    }
+
+    pub fn shard(&self, id: u32) -> &ShardRec {
+        &self.shards[id as usize]
+    }
+
+    pub(crate) fn live_disks(&self, ids: &[u32]) -> Vec<Arc<Disk>> {
+        ids.iter().filter_map(|id| self.store.disk(*id)).filter(|d| d.is_up()).collect()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            bytes_read: l(&s.bytes_read),
+            bytes_written: l(&s.bytes_written),
+            extents_committed: l(&s.extents_committed),
+            replica_read_failures: l(&s.replica_read_failures),
+            repairs_done: l(&s.repairs_done),
+            repairs_failed: l(&s.repairs_failed),
+            repairs_dropped: l(&s.repairs_dropped),
+            degraded_writes: l(&s.degraded_writes),
+            dirty_bytes: l(&self.dirty_bytes),
+            open_nodes: self.nodes.lock().len(),
+        }
+    }
+
+    fn node(&self, ino: u64) -> Option<Arc<Node>> {
+        self.nodes.lock().get(&ino).cloned()
+    }
+
+    /// Takes a reference on the inode's node, loading it when it is not in memory.
+    /// Caller holds `ns`.
+    fn acquire_locked(&self, ino: u64) -> FsResult<Arc<Node>> {
+        if let Some(n) = self.node(ino) {
+            n.inner.lock().refs += 1;
+            return Ok(n);
+        }
+        let rec = self.meta.inode(ino)?.ok_or(Errno::ENOENT)?;
+        let node = Arc::new(Node {
+            inner: Mutex::new(NodeInner {
+                rec,
+                rec_dirty: false,
+                dirty: BTreeMap::new(),
+                extents: HashMap::new(),
+                refs: 1,
+            }),
+        });
+        self.nodes.lock().insert(ino, node.clone());
+        Ok(node)
+    }
+
+    fn acquire(&self, ino: u64) -> FsResult<Arc<Node>> {
+        let _g = self.ns.lock();
+        self.acquire_locked(ino)
+    }
+
+    /// Drops a reference; the last one commits buffered data, persists attributes and, for an
+    /// inode unlinked while open, frees it.
+    fn release_node(&self, ino: u64) -> FsResult<()> {
+        let _g = self.ns.lock();
+        let Some(node) = self.node(ino) else { return Ok(()) };
+        let mut n = node.inner.lock();
+        n.refs -= 1;
+        if n.refs > 0 {
+            return Ok(());
+        }
+        let res = self.commit_all(ino, &mut n);
+        if n.rec.nlink == 0 {
+            self.nodes.lock().remove(&ino);
+            drop(n);
+            return self.delete_inode(ino).and(res);
+        }
+        if n.rec_dirty {
+            let mut b = self.meta.batch();
+            b.put_inode(ino, &n.rec);
+            self.meta.write(b)?;
+            n.rec_dirty = false;
+        }
+        if res.is_ok() {
+            self.nodes.lock().remove(&ino);
+        } else {
+            // Keep the data in memory rather than lose it; a later close or fsync retries.
+            n.refs = 0;
+        }
+        res
+    }
+
+    /// Current attributes of an inode: the node's while it is in memory, else the stored ones.
+    fn rec(&self, ino: u64) -> FsResult<InodeRec> {
+        if let Some(n) = self.node(ino) {
+            return Ok(n.inner.lock().rec.clone());
+        }
+        self.meta.inode(ino)?.ok_or(Errno::ENOENT)
+    }
+
+    fn attr_of(&self, ino: u64, rec: &InodeRec) -> Attr {
+        let blocks = if rec.kind == Kind::File { rec.alloc.div_ceil(4096) * 8 } else { rec.size.div_ceil(512) };
+        Attr {
+            ino,
+            kind: rec.kind,
+            perm: rec.perm,
+            nlink: rec.nlink,
+            uid: rec.uid,
+            gid: rec.gid,
+            size: rec.size,
+            blocks,
+            atime: ns_to_time(rec.atime_ns),
+            mtime: ns_to_time(rec.mtime_ns),
+            ctime: ns_to_time(rec.ctime_ns),
+            crtime: ns_to_time(rec.crtime_ns),
+            rdev: rec.rdev,
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if let Some(n) = self.node(ino) {
+            let n = n.inner.lock();
+            let dirty: u64 = n.dirty.values().map(|d| d.len() as u64).sum();
+            let mut a = self.attr_of(ino, &n.rec);
+            a.blocks = (n.rec.alloc + dirty).div_ceil(4096) * 8;
+            return Ok(a);
+        }
+        let rec = self.meta.inode(ino)?.ok_or(Errno::ENOENT)?;
+        Ok(self.attr_of(ino, &rec))
+    }
+
+    pub fn statfs(&self) -> FsStat {
+        let mut total = 0u64;
+        let mut free = 0u64;
+        let mut files_free = u64::MAX;
+        for d in self.store.disks() {
+            if !d.is_up() {
+                continue;
+            }
+            if let Ok((t, f, _, ff)) = crate::store::statvfs(&d.root) {
+                total += t;
+                free += f;
+                files_free = files_free.min(ff);
+            }
+        }
+        let r = u64::from(self.cfg.replicas.max(1));
+        FsStat { total_bytes: total / r, free_bytes: free / r, files_free }
+    }
+
+    /// Makes all data and metadata written so far durable on every live replica.
+    pub fn sync_all(&self) -> FsResult<()> {
+        let mut unsynced = self.unsynced.lock();
+        let disks: Vec<Arc<Disk>> = unsynced.iter().filter_map(|id| self.store.disk(*id)).collect();
+        let results: Vec<std::io::Result<()>> = std::thread::scope(|s| {
+            let hs: Vec<_> = disks
+                .iter()
+                .filter(|d| d.is_up())
+                .map(|d| s.spawn(|| self.store.sync_disk(d)))
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("sync thread")).collect()
+        });
+        for r in results {
+            if let Err(e) = r {
+                tracing::error!("syncfs failed: {e}");
+                return Err(Errno::EIO);
+            }
+        }
+        unsynced.clear();
+        self.meta.sync_wal()?;
+        Ok(())
+    }
+
+    pub(crate) fn mark_unsynced(&self, disks: &[u32]) {
+        let mut u = self.unsynced.lock();
+        u.extend(disks.iter().copied());
+    }
+
+    /// Commits every buffered write of every open file (unmount, periodic flush).
+    pub fn flush_all(&self) -> FsResult<()> {
+        let nodes: Vec<(u64, Arc<Node>)> = self.nodes.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut res = Ok(());
+        for (ino, node) in nodes {
+            let mut n = node.inner.lock();
+            if let Err(e) = self.commit_all(ino, &mut n) {
+                res = Err(e);
+            }
+            if n.rec_dirty && n.rec.nlink > 0 {
+                let mut b = self.meta.batch();
+                b.put_inode(ino, &n.rec);
+                self.meta.write(b)?;
+                n.rec_dirty = false;
+            }
+        }
+        res
+    }
+
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.nodes.lock().contains_key(&ino)
+    }
+
+    /// Replaces (or with None deletes) an extent record only if it still has version
+    /// `expect`: background work (repair, fsck, later migration) never undoes a newer write.
+    pub fn cas_extent(&self, ino: u64, index: u64, expect: u64, rec: Option<&ExtentRec>) -> FsResult<bool> {
+        let _g = self.ns.lock();
+        let node = self.node(ino);
+        let mut guard = node.as_ref().map(|n| n.inner.lock());
+        if self.meta.extent(ino, index)?.map(|c| c.version) != Some(expect) {
+            return Ok(false);
+        }
+        let mut b = self.meta.batch();
+        match rec {
+            Some(r) => b.put_extent(ino, index, r),
+            None => b.del_extent(ino, index),
+        }
+        self.meta.write(b)?;
+        if let Some(g) = guard.as_mut() {
+            g.extents.remove(&index);
+        }
+        Ok(true)
+    }
+
+    /// Marks a disk failed in memory (reads and writes bypass it).
+    pub fn fail_disk(&self, id: u32) {
+        if let Some(d) = self.store.disk(id) {
+            d.set_state(DiskState::Failed);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct FsStat {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub files_free: u64,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,11 @@
+//! foreshard: a replicated, checksummed FUSE filesystem over several backing disks.
+//! See ARCHITECTURE.md for the map of modules and their invariants.
+
+pub mod admin;
+pub mod control;
+pub mod daemon;
+pub mod fs;
+pub mod fuse;
+pub mod meta;
+pub mod pool;
+pub mod store;

@@ -1,0 +1,533 @@
+//! All metadata lives in RocksDB, one column family per kind of record.
+//!
+//! Keys are big-endian so that iteration order is numeric order: a file's extents come out by
+//! index, a directory's entries by name cookie. Values are postcard-encoded records. Every change
+//! that must be atomic (a rename, an extent commit with its inode size) goes in one `Batch`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{bail, Context};
+use parking_lot::Mutex;
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub const CF_CONFIG: &str = "config";
+pub const CF_INODES: &str = "inodes";
+pub const CF_DIRENTS: &str = "dirents";
+pub const CF_EXTENTS: &str = "extents";
+pub const CF_SHARDS: &str = "shards";
+pub const CF_DISK_SHARDS: &str = "disk_shards";
+pub const CF_DISKS: &str = "disks";
+pub const CF_XATTRS: &str = "xattrs";
+pub const CF_ORPHANS: &str = "orphans";
+const ALL_CFS: [&str; 9] = [
+    CF_CONFIG,
+    CF_INODES,
+    CF_DIRENTS,
+    CF_EXTENTS,
+    CF_SHARDS,
+    CF_DISK_SHARDS,
+    CF_DISKS,
+    CF_XATTRS,
+    CF_ORPHANS,
+];
+
+pub const ROOT_INO: u64 = 1;
+/// Counters are reserved in blocks so that a crash never hands out a number twice, while the
+/// common path does not write the counter at all.
+const COUNTER_BLOCK: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl Kind {
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => return None,
+        })
+    }
+}
+
+/// Pool-wide settings fixed at `init`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PoolConfig {
+    pub pool_id: String,
+    pub replicas: u32,
+    pub extent_size: u64,
+    /// Checksum block size; a read verifies only the blocks it touches.
+    pub block_size: u32,
+    pub shard_count: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InodeRec {
+    pub kind: Kind,
+    /// Permission bits including suid/sgid/sticky (no file type bits).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub crtime_ns: i64,
+    pub rdev: u32,
+    /// Parent directory, kept for directories only (they have exactly one).
+    pub parent: u64,
+    pub symlink: Option<Vec<u8>>,
+    /// Bytes of committed extent data (one copy), for `st_blocks`.
+    pub alloc: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExtentRec {
+    /// Unique per write of this extent; names the extent files, so a new version never
+    /// overwrites the old one in place.
+    pub version: u64,
+    /// Valid bytes in the extent file (at most the extent size); bytes past it read as zeros.
+    pub len: u32,
+    pub shard: u32,
+    /// Disks that hold a complete copy of this version.
+    pub replicas: Vec<u32>,
+    /// blake3 of each checksum block of the extent's data.
+    pub sums: Vec<[u8; 32]>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShardRec {
+    /// Raised whenever `disks` changes; commits under an older epoch are refused.
+    pub epoch: u64,
+    pub disks: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum DiskState {
+    Up,
+    Suspect,
+    Failed,
+}
+
+impl DiskState {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskState::Up => "up",
+            DiskState::Suspect => "suspect",
+            DiskState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DiskRec {
+    pub id: u32,
+    pub path: String,
+    pub state: DiskState,
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("in-memory record always encodes")
+}
+
+pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> anyhow::Result<T> {
+    postcard::from_bytes(bytes).with_context(|| format!("corrupt {what} record in metadata"))
+}
+
+pub fn ino_key(ino: u64) -> [u8; 8] {
+    ino.to_be_bytes()
+}
+
+pub fn extent_key(ino: u64, index: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&ino.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Directory entries are keyed by (parent, cookie, name). The cookie is a stable hash of the
+/// name, so a readdir offset stays valid while other entries come and go.
+pub fn name_cookie(name: &[u8]) -> u64 {
+    let h = blake3::hash(name);
+    let v = u64::from_be_bytes(h.as_bytes()[..8].try_into().unwrap());
+    // Offsets 0..=2 are start, "." and "..".
+    (v >> 2) + 3
+}
+
+pub fn dirent_key(parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + name.len());
+    k.extend_from_slice(&parent.to_be_bytes());
+    k.extend_from_slice(&name_cookie(name).to_be_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn xattr_key(ino: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&ino.to_be_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn disk_shard_key(disk: u32, shard: u32) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&disk.to_be_bytes());
+    k[4..].copy_from_slice(&shard.to_be_bytes());
+    k
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirentVal {
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+pub struct DirEntry {
+    pub cookie: u64,
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+pub struct Meta {
+    db: DB,
+    next_ino: AtomicU64,
+    next_version: AtomicU64,
+    reserve_lock: Mutex<()>,
+}
+
+/// A set of changes applied atomically by `Meta::write`.
+pub struct Batch<'a> {
+    meta: &'a Meta,
+    wb: WriteBatch,
+}
+
+impl Batch<'_> {
+    fn put(&mut self, cf: &str, k: &[u8], v: &[u8]) {
+        let cf = self.meta.cf(cf);
+        self.wb.put_cf(cf, k, v);
+    }
+    fn del(&mut self, cf: &str, k: &[u8]) {
+        let cf = self.meta.cf(cf);
+        self.wb.delete_cf(cf, k);
+    }
+    pub fn put_inode(&mut self, ino: u64, rec: &InodeRec) {
+        self.put(CF_INODES, &ino_key(ino), &encode(rec));
+    }
+    pub fn del_inode(&mut self, ino: u64) {
+        self.del(CF_INODES, &ino_key(ino));
+    }
+    pub fn put_dirent(&mut self, parent: u64, name: &[u8], ino: u64, kind: Kind) {
+        self.put(CF_DIRENTS, &dirent_key(parent, name), &encode(&DirentVal { ino, kind }));
+    }
+    pub fn del_dirent(&mut self, parent: u64, name: &[u8]) {
+        self.del(CF_DIRENTS, &dirent_key(parent, name));
+    }
+    pub fn put_extent(&mut self, ino: u64, index: u64, rec: &ExtentRec) {
+        assert!(!rec.replicas.is_empty(), "an extent with no replica must not be committed");
+        self.put(CF_EXTENTS, &extent_key(ino, index), &encode(rec));
+    }
+    pub fn del_extent(&mut self, ino: u64, index: u64) {
+        self.del(CF_EXTENTS, &extent_key(ino, index));
+    }
+    pub fn put_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) {
+        self.put(CF_XATTRS, &xattr_key(ino, name), value);
+    }
+    pub fn del_xattr(&mut self, ino: u64, name: &[u8]) {
+        self.del(CF_XATTRS, &xattr_key(ino, name));
+    }
+    pub fn put_orphan(&mut self, ino: u64) {
+        self.put(CF_ORPHANS, &ino_key(ino), &[]);
+    }
+    pub fn del_orphan(&mut self, ino: u64) {
+        self.del(CF_ORPHANS, &ino_key(ino));
+    }
+    pub fn put_shard(&mut self, id: u32, rec: &ShardRec) {
+        self.put(CF_SHARDS, &id.to_be_bytes(), &encode(rec));
+    }
+    pub fn put_disk_shard(&mut self, disk: u32, shard: u32) {
+        self.put(CF_DISK_SHARDS, &disk_shard_key(disk, shard), &[]);
+    }
+    pub fn put_disk(&mut self, rec: &DiskRec) {
+        self.put(CF_DISKS, &rec.id.to_be_bytes(), &encode(rec));
+    }
+    pub fn put_config(&mut self, cfg: &PoolConfig) {
+        self.put(CF_CONFIG, b"pool", &encode(cfg));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.wb.is_empty()
+    }
+}
+
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Bounded memory: small write buffers, a capped number of them.
+    o.set_write_buffer_size(32 << 20);
+    o.set_max_write_buffer_number(3);
+    o.set_max_background_jobs(2);
+    o.set_keep_log_file_num(4);
+    o
+}
+
+impl Meta {
+    /// Opens the metadata store of an existing pool (or creates an empty one when `create`).
+    pub fn open(dir: &Path, create: bool) -> anyhow::Result<Meta> {
+        if !create && !dir.join("CURRENT").exists() {
+            bail!("{}: no foreshard metadata here (not a pool?)", dir.display());
+        }
+        let mut opts = db_options();
+        if !create {
+            opts.create_if_missing(false);
+        }
+        let cfs = ALL_CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, db_options()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("lock") {
+                anyhow::anyhow!("{}: metadata is in use by another process (pool mounted?): {msg}", dir.display())
+            } else {
+                anyhow::anyhow!("{}: cannot open metadata: {msg}", dir.display())
+            }
+        })?;
+        let meta = Meta {
+            db,
+            next_ino: AtomicU64::new(0),
+            next_version: AtomicU64::new(0),
+            reserve_lock: Mutex::new(()),
+        };
+        let ino = meta.counter("ino_reserved")?.max(ROOT_INO + 1);
+        let ver = meta.counter("version_reserved")?.max(1);
+        meta.next_ino.store(ino, Ordering::SeqCst);
+        meta.next_version.store(ver, Ordering::SeqCst);
+        // Everything below the reservation may have been handed out before a crash.
+        meta.set_counter("ino_reserved", ino + COUNTER_BLOCK)?;
+        meta.set_counter("version_reserved", ver + COUNTER_BLOCK)?;
+        Ok(meta)
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        match self.db.get_cf(self.cf(CF_CONFIG), name.as_bytes())? {
+            None => Ok(0),
+            Some(v) => Ok(u64::from_be_bytes(
+                v.as_slice().try_into().with_context(|| format!("corrupt counter {name}"))?,
+            )),
+        }
+    }
+
+    fn set_counter(&self, name: &str, v: u64) -> anyhow::Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_CONFIG), name.as_bytes(), v.to_be_bytes(), &wo)?;
+        Ok(())
+    }
+
+    fn alloc(&self, ctr: &AtomicU64, name: &str) -> u64 {
+        let v = ctr.fetch_add(1, Ordering::SeqCst);
+        if (v + 1) % COUNTER_BLOCK == 0 {
+            let _g = self.reserve_lock.lock();
+            // Reserve the next block durably before any number from it is used.
+            if let Err(e) = self.set_counter(name, v + 1 + 2 * COUNTER_BLOCK) {
+                tracing::error!("cannot persist counter {name}: {e}");
+            }
+        }
+        v
+    }
+
+    pub fn alloc_ino(&self) -> u64 {
+        self.alloc(&self.next_ino, "ino_reserved")
+    }
+
+    pub fn alloc_version(&self) -> u64 {
+        self.alloc(&self.next_version, "version_reserved")
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { meta: self, wb: WriteBatch::default() }
+    }
+
+    /// Applies a batch atomically. Not synced: `sync_wal` makes it durable (fsync path).
+    pub fn write(&self, b: Batch<'_>) -> anyhow::Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db.write_opt(b.wb, &wo)?;
+        Ok(())
+    }
+
+    pub fn sync_wal(&self) -> anyhow::Result<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(&self, cf: &str, key: &[u8]) -> anyhow::Result<Option<T>> {
+        match self.db.get_pinned_cf(self.cf(cf), key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(decode(cf, &v)?)),
+        }
+    }
+
+    pub fn config(&self) -> anyhow::Result<Option<PoolConfig>> {
+        self.get(CF_CONFIG, b"pool")
+    }
+
+    pub fn inode(&self, ino: u64) -> anyhow::Result<Option<InodeRec>> {
+        self.get(CF_INODES, &ino_key(ino))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> anyhow::Result<Option<DirentVal>> {
+        self.get(CF_DIRENTS, &dirent_key(parent, name))
+    }
+
+    pub fn extent(&self, ino: u64, index: u64) -> anyhow::Result<Option<ExtentRec>> {
+        self.get(CF_EXTENTS, &extent_key(ino, index))
+    }
+
+    pub fn xattr(&self, ino: u64, name: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_XATTRS), xattr_key(ino, name))?)
+    }
+
+    /// Calls `f` for each entry of `prefix` in key order, from `start` on, until it returns false.
+    fn scan(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        start: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let it = self.db.iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward));
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries of `dir` whose cookie is at least `from_cookie`, in cookie order.
+    pub fn read_dir(
+        &self,
+        dir: u64,
+        from_cookie: u64,
+        mut f: impl FnMut(DirEntry) -> bool,
+    ) -> anyhow::Result<()> {
+        let prefix = dir.to_be_bytes();
+        let mut start = prefix.to_vec();
+        start.extend_from_slice(&from_cookie.to_be_bytes());
+        self.scan(CF_DIRENTS, &prefix, &start, |k, v| {
+            let val: DirentVal = decode("dirent", v)?;
+            let cookie = u64::from_be_bytes(k[8..16].try_into().unwrap());
+            Ok(f(DirEntry { cookie, name: k[16..].to_vec(), ino: val.ino, kind: val.kind }))
+        })
+    }
+
+    pub fn dir_is_empty(&self, dir: u64) -> anyhow::Result<bool> {
+        let mut empty = true;
+        self.read_dir(dir, 0, |_| {
+            empty = false;
+            false
+        })?;
+        Ok(empty)
+    }
+
+    /// Extents of `ino` with index >= `from`, in index order.
+    pub fn extents_of(
+        &self,
+        ino: u64,
+        from: u64,
+        mut f: impl FnMut(u64, ExtentRec) -> bool,
+    ) -> anyhow::Result<()> {
+        let prefix = ino.to_be_bytes();
+        self.scan(CF_EXTENTS, &prefix, &extent_key(ino, from), |k, v| {
+            let index = u64::from_be_bytes(k[8..16].try_into().unwrap());
+            Ok(f(index, decode("extent", v)?))
+        })
+    }
+
+    pub fn xattrs_of(&self, ino: u64) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = ino.to_be_bytes();
+        let mut out = Vec::new();
+        self.scan(CF_XATTRS, &prefix, &prefix, |k, v| {
+            out.push((k[8..].to_vec(), v.to_vec()));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Every record of a column family, decoded; for whole-pool walks (fsck, status, shards).
+    pub fn all<T: DeserializeOwned>(&self, cf: &str) -> anyhow::Result<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), decode(cf, &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn keys(&self, cf: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+            out.push(item?.0.to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn each_extent(&self, mut f: impl FnMut(u64, u64, ExtentRec)) -> anyhow::Result<()> {
+        for item in self.db.iterator_cf(self.cf(CF_EXTENTS), IteratorMode::Start) {
+            let (k, v) = item?;
+            let ino = u64::from_be_bytes(k[..8].try_into().unwrap());
+            let index = u64::from_be_bytes(k[8..16].try_into().unwrap());
+            f(ino, index, decode("extent", &v)?);
+        }
+        Ok(())
+    }
+
+    pub fn shards(&self) -> anyhow::Result<Vec<(u32, ShardRec)>> {
+        Ok(self
+            .all::<ShardRec>(CF_SHARDS)?
+            .into_iter()
+            .map(|(k, v)| (u32::from_be_bytes(k[..4].try_into().unwrap()), v))
+            .collect())
+    }
+
+    pub fn disks(&self) -> anyhow::Result<Vec<DiskRec>> {
+        Ok(self.all::<DiskRec>(CF_DISKS)?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    pub fn shards_of_disk(&self, disk: u32) -> anyhow::Result<Vec<u32>> {
+        let prefix = disk.to_be_bytes();
+        let mut out = Vec::new();
+        self.scan(CF_DISK_SHARDS, &prefix, &prefix, |k, _| {
+            out.push(u32::from_be_bytes(k[4..8].try_into().unwrap()));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Makes a consistent copy of the metadata in `dir` (RocksDB checkpoint).
+    pub fn checkpoint(&self, dir: &Path) -> anyhow::Result<()> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        cp.create_checkpoint(dir)?;
+        Ok(())
+    }
+}

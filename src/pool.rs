@@ -1,0 +1,348 @@
+//! Creating and opening a pool: metadata directory, disk labels, the lock, start-up cleanup.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use crate::fs::{Fs, FsOptions};
+use crate::meta::{DiskRec, DiskState, InodeRec, Kind, Meta, PoolConfig, ShardRec, ROOT_INO};
+use crate::store::{read_label, write_label, Disk, Label, Store};
+
+pub const META_DIR: &str = "meta";
+pub const LOCK_FILE: &str = "lock";
+pub const LOG_FILE: &str = "foreshard.log";
+pub const SOCKET_FILE: &str = "control.sock";
+/// Checksum block size; smaller than the 64 KiB bound so a 4 KiB read verifies little.
+pub const BLOCK_SIZE_BYTES: u32 = 16 * 1024;
+pub const EXTENT_SIZE_MIN: u64 = 64 * 1024;
+pub const EXTENT_SIZE_MAX: u64 = 64 << 20;
+/// Shards in a new pool: enough for every disk pair to share work in a rebuild.
+const SHARDS_MIN: u32 = 64;
+const SHARDS_MAX: u32 = 4096;
+
+pub struct InitArgs {
+    pub pool: PathBuf,
+    pub disks: Vec<PathBuf>,
+    pub replicas: u32,
+    pub extent_size: u64,
+}
+
+/// Parses sizes like `1MiB`, `64k`, `1048576`.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => bail!("bad size unit in {s:?} (use KiB, MiB or GiB)"),
+    };
+    n.checked_mul(mult).with_context(|| format!("size {s:?} too large"))
+}
+
+/// Every `r`-subset of `0..n`, in lexicographic order.
+fn combinations(n: usize, r: usize) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<usize> = (0..r).collect();
+    if r == 0 || r > n {
+        return out;
+    }
+    loop {
+        out.push(cur.clone());
+        let mut i = r;
+        while i > 0 && cur[i - 1] == n - r + i - 1 {
+            i -= 1;
+        }
+        if i == 0 || out.len() >= SHARDS_MAX as usize {
+            return out;
+        }
+        cur[i - 1] += 1;
+        for j in i..r {
+            cur[j] = cur[j - 1] + 1;
+        }
+    }
+}
+
+/// The initial placement: shards cycle through every combination of `replicas` disks, so
+/// each disk holds about the same number of shards and every pair shares some.
+pub fn initial_shards(disk_ids: &[u32], replicas: usize) -> Vec<ShardRec> {
+    let combos = combinations(disk_ids.len(), replicas);
+    let count = (combos.len() as u32).clamp(SHARDS_MIN, SHARDS_MAX) as usize;
+    (0..count)
+        .map(|i| {
+            let c = &combos[i % combos.len()];
+            // Rotate so the first (preferred-read) replica varies too.
+            let rot = (i / combos.len()) % replicas;
+            let disks = (0..replicas).map(|k| disk_ids[c[(k + rot) % replicas]]).collect();
+            ShardRec { epoch: 1, disks }
+        })
+        .collect()
+}
+
+pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
+    if a.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    if a.disks.len() < a.replicas as usize {
+        bail!("{} disk(s) given but --replicas {} needs at least that many distinct disks", a.disks.len(), a.replicas);
+    }
+    if !a.extent_size.is_power_of_two() || !(EXTENT_SIZE_MIN..=EXTENT_SIZE_MAX).contains(&a.extent_size) {
+        bail!("--extent-size must be a power of two between 64KiB and 64MiB");
+    }
+    let meta_dir = a.pool.join(META_DIR);
+    if meta_dir.exists() {
+        bail!("{}: a pool already exists here", a.pool.display());
+    }
+    if a.pool.exists() && !a.pool.is_dir() {
+        bail!("{}: exists and is not a directory", a.pool.display());
+    }
+    let mut seen_paths: HashMap<PathBuf, &Path> = HashMap::new();
+    let mut seen_ids: HashMap<(u64, u64), &Path> = HashMap::new();
+    let mut devs: HashMap<u64, &Path> = HashMap::new();
+    let mut canon = Vec::new();
+    for d in &a.disks {
+        let md = fs::metadata(d).with_context(|| format!("disk {}: cannot access", d.display()))?;
+        if !md.is_dir() {
+            bail!("disk {}: not a directory", d.display());
+        }
+        let c = fs::canonicalize(d).with_context(|| format!("disk {}: cannot resolve", d.display()))?;
+        if let Some(prev) = seen_paths.insert(c.clone(), d) {
+            bail!("disk {} given twice (same as {})", d.display(), prev.display());
+        }
+        if let Some(prev) = seen_ids.insert((md.dev(), md.ino()), d) {
+            bail!("disk {} is the same directory as {}", d.display(), prev.display());
+        }
+        if let Some(l) = read_label(&c)? {
+            bail!("disk {} already belongs to pool {} (as disk {})", d.display(), l.pool_id, l.disk_id);
+        }
+        if c.starts_with(a.pool.canonicalize().unwrap_or_else(|_| a.pool.clone())) {
+            bail!("disk {} lies inside the pool directory", d.display());
+        }
+        if let Some(prev) = devs.insert(md.dev(), d) {
+            tracing::warn!(
+                "disks {} and {} share one filesystem: one failure domain, replicas on them do not protect against its loss",
+                prev.display(),
+                d.display()
+            );
+            eprintln!(
+                "warning: disks {} and {} share one filesystem (one failure domain)",
+                prev.display(),
+                d.display()
+            );
+        }
+        canon.push(c);
+    }
+    let pool_id = format!("{:032x}", rand::random::<u128>());
+    let cfg = PoolConfig {
+        pool_id: pool_id.clone(),
+        replicas: a.replicas,
+        extent_size: a.extent_size,
+        block_size: BLOCK_SIZE_BYTES.min(a.extent_size as u32),
+        shard_count: 0,
+    };
+    let created_pool_dir = !a.pool.exists();
+    fs::create_dir_all(&a.pool).with_context(|| format!("{}: cannot create pool directory", a.pool.display()))?;
+    let res = (|| -> anyhow::Result<PoolConfig> {
+        let ids: Vec<u32> = (0..canon.len() as u32).collect();
+        let shards = initial_shards(&ids, a.replicas as usize);
+        let cfg = PoolConfig { shard_count: shards.len() as u32, ..cfg };
+        let meta = Meta::open(&meta_dir, true)?;
+        let mut b = meta.batch();
+        b.put_config(&cfg);
+        for (i, c) in canon.iter().enumerate() {
+            b.put_disk(&DiskRec { id: i as u32, path: c.to_string_lossy().into_owned(), state: DiskState::Up });
+        }
+        for (i, s) in shards.iter().enumerate() {
+            b.put_shard(i as u32, s);
+            for d in &s.disks {
+                b.put_disk_shard(*d, i as u32);
+            }
+        }
+        let now = crate::fs::now_ns();
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        b.put_inode(
+            ROOT_INO,
+            &InodeRec {
+                kind: Kind::Dir,
+                perm: 0o755,
+                uid,
+                gid,
+                nlink: 2,
+                size: 0,
+                atime_ns: now,
+                mtime_ns: now,
+                ctime_ns: now,
+                crtime_ns: now,
+                rdev: 0,
+                parent: ROOT_INO,
+                symlink: None,
+                alloc: 0,
+            },
+        );
+        meta.write(b)?;
+        meta.sync_wal()?;
+        for (i, c) in canon.iter().enumerate() {
+            write_label(c, &Label { pool_id: pool_id.clone(), disk_id: i as u32 })?;
+        }
+        Ok(cfg)
+    })();
+    if res.is_err() {
+        // Leave nothing behind: labels, metadata, and the pool directory if we made it.
+        for c in &canon {
+            if read_label(c).ok().flatten().is_some_and(|l| l.pool_id == pool_id) {
+                let _ = fs::remove_file(c.join(crate::store::LABEL_FILE));
+                let _ = fs::remove_dir(c.join("extents"));
+            }
+        }
+        let _ = fs::remove_dir_all(&meta_dir);
+        if created_pool_dir {
+            let _ = fs::remove_dir(&a.pool);
+        }
+    }
+    res
+}
+
+/// An exclusive lock on the pool, held by the daemon (or an offline command) for its life.
+/// The file is held only for its lock.
+pub struct PoolLock(#[allow(dead_code)] File);
+
+impl PoolLock {
+    pub fn take(pool: &Path) -> anyhow::Result<PoolLock> {
+        let p = pool.join(LOCK_FILE);
+        let f = File::create(&p).with_context(|| format!("{}: cannot create lock file", p.display()))?;
+        // SAFETY: valid descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!("{}: pool is in use (mounted, or another foreshard command is running)", pool.display());
+        }
+        Ok(PoolLock(f))
+    }
+}
+
+pub fn is_pool(pool: &Path) -> bool {
+    pool.join(META_DIR).join("CURRENT").exists()
+}
+
+pub struct Pool {
+    pub dir: PathBuf,
+    pub meta: Arc<Meta>,
+    pub store: Arc<Store>,
+    pub cfg: PoolConfig,
+    pub _lock: PoolLock,
+}
+
+impl Pool {
+    /// Opens a pool for exclusive use; disks whose label is wrong or missing are marked failed.
+    pub fn open(dir: &Path) -> anyhow::Result<Pool> {
+        if !dir.is_dir() {
+            bail!("{}: no such pool directory", dir.display());
+        }
+        if !is_pool(dir) {
+            bail!("{}: not a foreshard pool (no metadata; run `foreshard init` first)", dir.display());
+        }
+        let lock = PoolLock::take(dir)?;
+        let meta = Arc::new(Meta::open(&dir.join(META_DIR), false)?);
+        let cfg = meta.config()?.context("pool metadata has no configuration record")?;
+        let mut disks = Vec::new();
+        for rec in meta.disks()? {
+            let disk = Disk::new(rec.id, PathBuf::from(&rec.path), rec.state);
+            if rec.state != DiskState::Failed {
+                if let Err(e) = disk.check_label(&cfg.pool_id) {
+                    tracing::error!("disk {} marked failed: {e:#}", rec.id);
+                    eprintln!("warning: disk {} ({}) unusable: {e:#}", rec.id, rec.path);
+                    disk.set_state(DiskState::Failed);
+                }
+            }
+            disks.push(Arc::new(disk));
+        }
+        let store = Arc::new(Store::new(disks, cfg.block_size as usize));
+        Ok(Pool { dir: dir.to_path_buf(), meta, store, cfg, _lock: lock })
+    }
+
+    pub fn fs(&self, opts: FsOptions) -> anyhow::Result<Arc<Fs>> {
+        Fs::new(self.meta.clone(), self.store.clone(), self.cfg.clone(), opts)
+    }
+}
+
+/// Start-up cleanup after a crash: frees inodes that were unlinked while open, and removes
+/// extent files that no committed metadata refers to (written but never committed, or
+/// replaced but not yet removed). Returns (inodes freed, files removed).
+pub fn cleanup(fs: &Fs) -> anyhow::Result<(usize, usize)> {
+    let orphans = fs.meta.keys(crate::meta::CF_ORPHANS)?;
+    for k in &orphans {
+        let ino = u64::from_be_bytes(k[..8].try_into().context("corrupt orphan key")?);
+        fs.delete_inode(ino).map_err(|e| anyhow::anyhow!("cannot free orphan inode {ino}: errno {}", e.0))?;
+    }
+    let mut live: HashSet<(u32, u64, u64, u64)> = HashSet::new();
+    fs.meta.each_extent(|ino, index, e| {
+        for d in &e.replicas {
+            live.insert((*d, ino, index, e.version));
+        }
+    })?;
+    let mut removed = 0;
+    for disk in fs.store.disks() {
+        if !disk.is_up() {
+            continue;
+        }
+        for (id, _) in disk.scan().with_context(|| format!("cannot scan disk {}", disk.id))? {
+            if !live.contains(&(disk.id, id.ino, id.index, id.version)) {
+                fs.store.remove_extent(&disk, &id);
+                removed += 1;
+            }
+        }
+    }
+    Ok((orphans.len(), removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn placement_is_balanced_and_distinct() {
+        let ids = [0, 1, 2, 3];
+        let shards = initial_shards(&ids, 2);
+        assert!(shards.len() >= SHARDS_MIN as usize);
+        let mut per_disk = [0usize; 4];
+        for s in &shards {
+            assert_eq!(s.disks.len(), 2);
+            assert_ne!(s.disks[0], s.disks[1]);
+            for d in &s.disks {
+                per_disk[*d as usize] += 1;
+            }
+        }
+        let (mn, mx) = (per_disk.iter().min().unwrap(), per_disk.iter().max().unwrap());
+        assert!(mx - mn <= 2, "unbalanced: {per_disk:?}");
+        assert_eq!(combinations(5, 3).len(), 10);
+    }
+}
+
+/// A fresh pool in `dir` with `disks` plain-directory disks, opened (for tests and tools).
+pub fn create_temp(dir: &Path, disks: usize, replicas: u32, extent_size: u64) -> anyhow::Result<(Pool, Arc<Fs>)> {
+    let ds: Vec<PathBuf> = (0..disks).map(|i| dir.join(format!("disk{i}"))).collect();
+    for d in &ds {
+        fs::create_dir_all(d)?;
+    }
+    init(&InitArgs { pool: dir.join("pool"), disks: ds, replicas, extent_size })?;
+    let p = Pool::open(&dir.join("pool"))?;
+    let f = p.fs(FsOptions::default())?;
+    f.start_background();
+    Ok((p, f))
+}

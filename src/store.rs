@@ -1,0 +1,365 @@
+//! Extent files on the backing disks, and their checksums.
+//!
+//! An extent version lives on each replica disk as `DISK/extents/BB/INO.INDEX.VERSION` (hex),
+//! holding exactly the extent's valid bytes. Files are written once and never modified, except
+//! by repair, which replaces a bad copy atomically (write a temp file, rename over it).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::meta::DiskState;
+
+pub const LABEL_FILE: &str = "foreshard.label";
+const EXTENT_DIR: &str = "extents";
+/// Open backing files kept for reads; each costs one descriptor.
+const FD_CACHE_ENTRIES_MAX: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExtentId {
+    pub ino: u64,
+    pub index: u64,
+    pub version: u64,
+}
+
+impl ExtentId {
+    fn file_name(&self) -> String {
+        format!("{:x}.{:x}.{:x}", self.ino, self.index, self.version)
+    }
+    fn parse(name: &str) -> Option<ExtentId> {
+        let mut it = name.split('.');
+        let ino = u64::from_str_radix(it.next()?, 16).ok()?;
+        let index = u64::from_str_radix(it.next()?, 16).ok()?;
+        let version = u64::from_str_radix(it.next()?, 16).ok()?;
+        if it.next().is_some() {
+            return None;
+        }
+        Some(ExtentId { ino, index, version })
+    }
+    fn bucket(&self) -> String {
+        format!("{:02x}", (self.ino.wrapping_mul(31) ^ self.index) & 0xff)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Label {
+    pub pool_id: String,
+    pub disk_id: u32,
+}
+
+pub fn read_label(root: &Path) -> anyhow::Result<Option<Label>> {
+    let p = root.join(LABEL_FILE);
+    match fs::read(&p) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).with_context(|| format!("{}: corrupt disk label", p.display()))?,
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read disk label", p.display())),
+    }
+}
+
+pub fn write_label(root: &Path, label: &Label) -> anyhow::Result<()> {
+    let tmp = root.join(format!("{LABEL_FILE}.tmp"));
+    let mut f = File::create(&tmp).with_context(|| format!("{}: cannot write label", tmp.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(label)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, root.join(LABEL_FILE))?;
+    File::open(root)?.sync_all()?;
+    fs::create_dir_all(root.join(EXTENT_DIR))?;
+    Ok(())
+}
+
+pub fn block_sums(data: &[u8], block_size: usize) -> Vec<[u8; 32]> {
+    data.chunks(block_size).map(|c| *blake3::hash(c).as_bytes()).collect()
+}
+
+pub struct Disk {
+    pub id: u32,
+    pub root: PathBuf,
+    state: RwLock<DiskState>,
+    pub io_errors: AtomicU64,
+    pub checksum_errors: AtomicU64,
+}
+
+impl Disk {
+    pub fn new(id: u32, root: PathBuf, state: DiskState) -> Disk {
+        Disk {
+            id,
+            root,
+            state: RwLock::new(state),
+            io_errors: AtomicU64::new(0),
+            checksum_errors: AtomicU64::new(0),
+        }
+    }
+    pub fn state(&self) -> DiskState {
+        *self.state.read()
+    }
+    pub fn set_state(&self, s: DiskState) {
+        *self.state.write() = s;
+    }
+    pub fn is_up(&self) -> bool {
+        self.state() != DiskState::Failed
+    }
+    pub fn extent_path(&self, id: &ExtentId) -> PathBuf {
+        self.root.join(EXTENT_DIR).join(id.bucket()).join(id.file_name())
+    }
+
+    /// Checks that the directory still carries this pool's label for this disk.
+    pub fn check_label(&self, pool_id: &str) -> anyhow::Result<()> {
+        match read_label(&self.root)? {
+            Some(l) if l.pool_id == pool_id && l.disk_id == self.id => Ok(()),
+            Some(l) => bail!(
+                "{}: label says pool {} disk {}, expected pool {} disk {}",
+                self.root.display(),
+                l.pool_id,
+                l.disk_id,
+                pool_id,
+                self.id
+            ),
+            None => bail!("{}: disk label missing (disk replaced or not mounted?)", self.root.display()),
+        }
+    }
+
+    /// (total, free) bytes of the filesystem the disk lives on.
+    pub fn space(&self) -> io::Result<(u64, u64)> {
+        let s = statvfs(&self.root)?;
+        Ok((s.0, s.1))
+    }
+
+    /// Every extent file on the disk (for orphan cleanup and fsck).
+    pub fn scan(&self) -> io::Result<Vec<(ExtentId, u64)>> {
+        let mut out = Vec::new();
+        let top = self.root.join(EXTENT_DIR);
+        for b in fs::read_dir(&top)? {
+            let b = b?;
+            if !b.file_type()?.is_dir() {
+                continue;
+            }
+            for e in fs::read_dir(b.path())? {
+                let e = e?;
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                match ExtentId::parse(&name) {
+                    Some(id) => out.push((id, e.metadata()?.len())),
+                    // Temp files of an interrupted write or repair.
+                    None if name.ends_with(".tmp") => {
+                        let _ = fs::remove_file(e.path());
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub fn statvfs(p: &Path) -> io::Result<(u64, u64, u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and s a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let f = s.f_frsize;
+    Ok((s.f_blocks * f, s.f_bavail * f, s.f_files, s.f_ffree))
+}
+
+/// The set of disks and the extent I/O on them.
+pub struct Store {
+    disks: RwLock<Vec<Arc<Disk>>>,
+    fds: Mutex<LruCache<(u32, ExtentId), Arc<File>>>,
+    pub block_size: usize,
+}
+
+impl Store {
+    pub fn new(disks: Vec<Arc<Disk>>, block_size: usize) -> Store {
+        Store {
+            disks: RwLock::new(disks),
+            fds: Mutex::new(LruCache::new(FD_CACHE_ENTRIES_MAX.try_into().unwrap())),
+            block_size,
+        }
+    }
+
+    pub fn disks(&self) -> Vec<Arc<Disk>> {
+        self.disks.read().clone()
+    }
+
+    pub fn disk(&self, id: u32) -> Option<Arc<Disk>> {
+        self.disks.read().iter().find(|d| d.id == id).cloned()
+    }
+
+    /// Writes one replica of an extent version. The file must not exist yet.
+    pub fn write_extent(&self, disk: &Disk, id: &ExtentId, data: &[u8]) -> io::Result<()> {
+        let path = disk.extent_path(id);
+        let res = (|| {
+            let f = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(path.parent().unwrap())?;
+                    OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?
+                }
+                r => r?,
+            };
+            f.write_all_at(data, 0)
+        })();
+        if let Err(e) = &res {
+            disk.io_errors.fetch_add(1, Ordering::Relaxed);
+            // Never remove a file some earlier write owns.
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                let _ = fs::remove_file(&path);
+            }
+            tracing::warn!(disk = disk.id, "write of {} failed: {e}", path.display());
+        }
+        res
+    }
+
+    /// Replaces a bad copy of an extent version with `data` (already verified by the caller).
+    pub fn rewrite_extent(&self, disk: &Disk, id: &ExtentId, data: &[u8]) -> io::Result<()> {
+        let path = disk.extent_path(id);
+        fs::create_dir_all(path.parent().unwrap())?;
+        let tmp = path.with_extension("tmp");
+        let _ = fs::remove_file(&tmp);
+        {
+            let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all_at(data, 0)?;
+            f.sync_data()?;
+        }
+        fs::rename(&tmp, &path)?;
+        self.fds.lock().pop(&(disk.id, *id));
+        Ok(())
+    }
+
+    fn open_cached(&self, disk: &Disk, id: &ExtentId) -> io::Result<Arc<File>> {
+        let key = (disk.id, *id);
+        if let Some(f) = self.fds.lock().get(&key) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(disk.extent_path(id))?);
+        self.fds.lock().put(key, f.clone());
+        Ok(f)
+    }
+
+    /// Reads `[off, off+len)` of one replica and verifies every checksum block it covers.
+    /// `off` must be block aligned; `len` ends at a block boundary or at the extent's end.
+    pub fn read_verified(
+        &self,
+        disk: &Disk,
+        id: &ExtentId,
+        sums: &[[u8; 32]],
+        off: usize,
+        len: usize,
+    ) -> Result<Vec<u8>, ReadError> {
+        debug_assert_eq!(off % self.block_size, 0);
+        let f = self.open_cached(disk, id).map_err(|e| {
+            disk.io_errors.fetch_add(1, Ordering::Relaxed);
+            ReadError::Io(e)
+        })?;
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            match f.read_at(&mut buf[done..], (off + done) as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    disk.io_errors.fetch_add(1, Ordering::Relaxed);
+                    self.fds.lock().pop(&(disk.id, *id));
+                    return Err(ReadError::Io(e));
+                }
+            }
+        }
+        if done < len {
+            disk.checksum_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(ReadError::Corrupt(format!("short file: {done} of {len} bytes")));
+        }
+        for (i, chunk) in buf.chunks(self.block_size).enumerate() {
+            let b = off / self.block_size + i;
+            let want = sums.get(b).ok_or_else(|| ReadError::Corrupt(format!("no checksum for block {b}")))?;
+            if blake3::hash(chunk).as_bytes() != want {
+                disk.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(ReadError::Corrupt(format!("checksum mismatch in block {b}")));
+            }
+        }
+        Ok(buf)
+    }
+
+    pub fn remove_extent(&self, disk: &Disk, id: &ExtentId) {
+        self.fds.lock().pop(&(disk.id, *id));
+        match fs::remove_file(disk.extent_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(disk = disk.id, "cannot remove {:?}: {e}", id),
+        }
+    }
+
+    /// Makes everything written to the disk's filesystem durable.
+    pub fn sync_disk(&self, disk: &Disk) -> io::Result<()> {
+        let f = File::open(&disk.root)?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid open descriptor.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            disk.io_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub enum ReadError {
+    Io(io::Error),
+    Corrupt(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "I/O error: {e}"),
+            ReadError::Corrupt(s) => write!(f, "corrupt: {s}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extent_names_round_trip() {
+        let id = ExtentId { ino: 0x1234, index: 7, version: u64::MAX };
+        assert_eq!(ExtentId::parse(&id.file_name()), Some(id));
+        assert_eq!(ExtentId::parse("12.3"), None);
+        assert_eq!(ExtentId::parse("x.1.2"), None);
+    }
+
+    #[test]
+    fn detects_flipped_byte_and_short_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_label(dir.path(), &Label { pool_id: "p".into(), disk_id: 0 }).unwrap();
+        let disk = Disk::new(0, dir.path().to_path_buf(), DiskState::Up);
+        let store = Store::new(vec![], 4096);
+        let id = ExtentId { ino: 5, index: 0, version: 1 };
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let sums = block_sums(&data, 4096);
+        store.write_extent(&disk, &id, &data).unwrap();
+        assert_eq!(store.read_verified(&disk, &id, &sums, 4096, 4096).unwrap(), &data[4096..8192]);
+        assert_eq!(store.read_verified(&disk, &id, &sums, 8192, 10_000 - 8192).unwrap(), &data[8192..]);
+        let mut bad = data.clone();
+        bad[5000] ^= 1;
+        store.rewrite_extent(&disk, &id, &bad).unwrap();
+        assert!(matches!(store.read_verified(&disk, &id, &sums, 4096, 4096), Err(ReadError::Corrupt(_))));
+        assert!(store.read_verified(&disk, &id, &sums, 0, 4096).is_ok(), "other blocks stay readable");
+        store.rewrite_extent(&disk, &id, &data[..9000]).unwrap();
+        assert!(matches!(store.read_verified(&disk, &id, &sums, 8192, 10_000 - 8192), Err(ReadError::Corrupt(_))));
+        assert_eq!(disk.checksum_errors.load(Ordering::Relaxed), 2);
+        assert!(store.write_extent(&disk, &id, &data).is_err(), "versions are never overwritten");
+    }
+}

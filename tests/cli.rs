@@ -1,0 +1,145 @@
+//! The command line: init refusals leave nothing behind, clear errors, non-zero exits.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn init(pool: &Path, disks: &[&Path], extra: &[&str]) -> std::process::Output {
+    let mut a: Vec<String> = vec!["init".into(), pool.display().to_string()];
+    for d in disks {
+        a.push("--disk".into());
+        a.push(d.display().to_string());
+    }
+    a.extend(extra.iter().map(|s| s.to_string()));
+    run(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+}
+
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn init_refuses_bad_disks_and_changes_nothing() {
+    let t = tmp();
+    let (d0, d1) = (t.path().join("d0"), t.path().join("d1"));
+    fs::create_dir(&d0).unwrap();
+    fs::create_dir(&d1).unwrap();
+    let pool = t.path().join("pool");
+    let file = t.path().join("file");
+    fs::write(&file, b"x").unwrap();
+    let link = t.path().join("link");
+    std::os::unix::fs::symlink(&d0, &link).unwrap();
+
+    let cases: Vec<(Vec<&Path>, Vec<&str>, &str)> = vec![
+        (vec![&d0, &t.path().join("missing")], vec![], "cannot access"),
+        (vec![&d0, &file], vec![], "not a directory"),
+        (vec![&d0, &d0], vec![], "given twice"),
+        (vec![&d0, &link], vec![], "given twice"),
+        (vec![&d0], vec!["--replicas", "2"], "needs at least"),
+        (vec![&d0, &d1], vec!["--extent-size", "3MiB"], "power of two"),
+        (vec![&d0, &d1], vec!["--replicas", "0"], "at least 1"),
+    ];
+    for (disks, extra, want) in cases {
+        let o = init(&pool, &disks, &extra);
+        assert!(!o.status.success(), "{disks:?} {extra:?} accepted");
+        assert!(err(&o).contains(want), "{disks:?}: {}", err(&o));
+        assert!(!pool.exists(), "refused init left the pool directory");
+        assert!(fs::read_dir(&d0).unwrap().next().is_none(), "refused init touched a disk");
+    }
+    // A good init, then: existing pool, disk of another pool.
+    let o = init(&pool, &[&d0, &d1], &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(d0.join("foreshard.label").exists());
+    let o = init(&pool, &[&d0, &d1], &[]);
+    assert!(err(&o).contains("already exists"), "{}", err(&o));
+    let d2 = t.path().join("d2");
+    fs::create_dir(&d2).unwrap();
+    let o = init(&t.path().join("pool2"), &[&d2, &d1], &[]);
+    assert!(err(&o).contains("already belongs to pool"), "{}", err(&o));
+    assert!(fs::read_dir(&d2).unwrap().next().is_none());
+    assert!(!t.path().join("pool2").exists());
+}
+
+#[test]
+fn init_warns_about_shared_filesystem() {
+    let t = tmp();
+    let (d0, d1) = (t.path().join("d0"), t.path().join("d1"));
+    fs::create_dir(&d0).unwrap();
+    fs::create_dir(&d1).unwrap();
+    let o = init(&t.path().join("pool"), &[&d0, &d1], &[]);
+    assert!(o.status.success());
+    assert!(err(&o).contains("share one filesystem"), "{}", err(&o));
+}
+
+#[test]
+fn commands_on_missing_or_bad_pools_fail_clearly() {
+    let t = tmp();
+    for cmd in ["status", "shards", "fsck"] {
+        let o = run(&[cmd, t.path().join("nope").to_str().unwrap()]);
+        assert!(!o.status.success());
+        assert!(err(&o).contains("no such pool"), "{cmd}: {}", err(&o));
+        let o = run(&[cmd, t.path().to_str().unwrap()]);
+        assert!(!o.status.success());
+        assert!(err(&o).contains("not a foreshard pool"), "{cmd}: {}", err(&o));
+    }
+    let o = run(&["mount", t.path().join("nope").to_str().unwrap(), t.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn offline_status_shards_fsck() {
+    let t = tmp();
+    let (d0, d1, d2) = (t.path().join("d0"), t.path().join("d1"), t.path().join("d2"));
+    for d in [&d0, &d1, &d2] {
+        fs::create_dir(d).unwrap();
+    }
+    let pool = t.path().join("pool");
+    assert!(init(&pool, &[&d0, &d1, &d2], &["--replicas", "2"]).status.success());
+    let p = pool.to_str().unwrap();
+    let s: serde_json::Value = serde_json::from_str(&run_ok(&["status", p, "--json"])).unwrap();
+    assert_eq!(s["disks"].as_array().unwrap().len(), 3);
+    for d in s["disks"].as_array().unwrap() {
+        for k in ["id", "path", "state", "used_bytes", "free_bytes", "extents"] {
+            assert!(d.get(k).is_some(), "status disk lacks {k}");
+        }
+        assert_eq!(d["state"], "up");
+    }
+    let sh: serde_json::Value = serde_json::from_str(&run_ok(&["shards", p, "--json"])).unwrap();
+    assert_eq!(sh["extent_size_bytes"], 1 << 20);
+    for s in sh["shards"].as_array().unwrap() {
+        let disks = s["disks"].as_array().unwrap();
+        assert_eq!(disks.len(), 2);
+        assert_ne!(disks[0], disks[1]);
+        assert!(s["epoch"].as_u64().unwrap() >= 1);
+    }
+    assert!(run(&["fsck", p]).status.success());
+    assert!(run_ok(&["status", p]).contains("DISK"));
+}
+
+#[test]
+fn mount_errors_are_clear() {
+    if !fuse_available() {
+        return;
+    }
+    let mut p = Pool::new(2, 1, "1MiB");
+    let o = run(&["mount", p.pool.to_str().unwrap(), p.tmp.path().join("nowhere").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("nowhere"), "{}", err(&o));
+    p.mount();
+    let other = p.tmp.path().join("mnt2");
+    fs::create_dir(&other).unwrap();
+    let o = run(&["mount", p.pool.to_str().unwrap(), other.to_str().unwrap()]);
+    assert!(!o.status.success(), "second mount of a mounted pool is refused");
+    assert!(err(&o).contains("in use"), "{}", err(&o));
+    let o = run(&["umount", other.to_str().unwrap()]);
+    assert!(!o.status.success());
+    p.umount();
+    assert!(p.daemon_pid().is_none());
+}

@@ -1,0 +1,136 @@
+//! Helpers for tests that run the real binary and mount real FUSE filesystems.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_foreshard");
+
+/// FUSE tests need /dev/fuse, fusermount3 and root; without them they are skipped with a note.
+pub fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && Command::new("fusermount3").arg("-V").output().is_ok()
+        && unsafe { libc::geteuid() } == 0;
+    if !ok {
+        eprintln!("SKIP: FUSE tests need root, /dev/fuse and fusermount3 (run scripts/test)");
+    }
+    ok
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run foreshard")
+}
+
+pub fn run_ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(o.status.success(), "foreshard {args:?} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn sh(cmd: &str, dir: &Path) -> Output {
+    Command::new("bash").arg("-c").arg(cmd).current_dir(dir).output().expect("run bash")
+}
+
+pub fn sh_ok(cmd: &str, dir: &Path) -> String {
+    let o = sh(cmd, dir);
+    assert!(o.status.success(), "`{cmd}` failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub struct Pool {
+    pub tmp: tempfile::TempDir,
+    pub pool: PathBuf,
+    pub mnt: PathBuf,
+    pub disks: Vec<PathBuf>,
+    pub mounted: bool,
+}
+
+impl Pool {
+    pub fn new(disks: usize, replicas: u32, extent_size: &str) -> Pool {
+        let tmp = tempfile::Builder::new().prefix("foreshard-test").tempdir_in(std::env::var("FORESHARD_TEST_DIR").unwrap_or("/var/tmp".into())).unwrap();
+        let pool = tmp.path().join("pool");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let disks: Vec<PathBuf> = (0..disks).map(|i| tmp.path().join(format!("disk{i}"))).collect();
+        let mut args = vec!["init".to_string(), pool.display().to_string()];
+        for d in &disks {
+            std::fs::create_dir(d).unwrap();
+            args.push("--disk".into());
+            args.push(d.display().to_string());
+        }
+        args.extend(["--replicas".into(), replicas.to_string(), "--extent-size".into(), extent_size.into()]);
+        run_ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        Pool { tmp, pool, mnt, disks, mounted: false }
+    }
+
+    pub fn mount(&mut self) {
+        run_ok(&["mount", self.pool.to_str().unwrap(), self.mnt.to_str().unwrap()]);
+        self.mounted = true;
+    }
+
+    pub fn umount(&mut self) {
+        run_ok(&["umount", self.mnt.to_str().unwrap()]);
+        self.mounted = false;
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn daemon_pid(&self) -> Option<i32> {
+        let s = std::fs::read_to_string(self.pool.join("daemon.pid")).ok()?;
+        s.lines().next()?.trim().parse().ok()
+    }
+
+    /// kill -9 the daemon and clear its dead mount.
+    pub fn crash(&mut self) {
+        let pid = self.daemon_pid().expect("daemon pid");
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let start = Instant::now();
+        while unsafe { libc::kill(pid, 0) } == 0 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).status();
+        self.mounted = false;
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push(self.pool.to_str().unwrap());
+        a.push("--json");
+        serde_json::from_str(&run_ok(&a)).expect("json output")
+    }
+
+    pub fn fsck(&self, repair: bool) -> (bool, String) {
+        let mut a = vec!["fsck", self.pool.to_str().unwrap()];
+        if repair {
+            a.push("--repair");
+        }
+        let o = run(&a);
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if self.mounted {
+            let o = run(&["umount", self.mnt.to_str().unwrap()]);
+            if !o.status.success() {
+                let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).status();
+            }
+        }
+    }
+}
+
+pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -1,0 +1,341 @@
+//! FUSE integration tests: mount a temporary pool and use it with std::fs and shell tools.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn mounted(disks: usize, replicas: u32) -> Option<Pool> {
+    if !fuse_available() {
+        return None;
+    }
+    let mut p = Pool::new(disks, replicas, "1MiB");
+    p.mount();
+    Some(p)
+}
+
+#[test]
+fn files_dirs_links_and_attributes() {
+    let Some(p) = mounted(3, 2) else { return };
+    let f = p.path("hello.txt");
+    fs::write(&f, b"hello world").unwrap();
+    assert_eq!(fs::read(&f).unwrap(), b"hello world");
+    // O_APPEND
+    let mut a = OpenOptions::new().append(true).open(&f).unwrap();
+    a.write_all(b"!!").unwrap();
+    drop(a);
+    assert_eq!(fs::read_to_string(&f).unwrap(), "hello world!!");
+    // mkdir / rmdir ENOTEMPTY
+    fs::create_dir(p.path("d")).unwrap();
+    fs::write(p.path("d/x"), b"x").unwrap();
+    assert_eq!(fs::remove_dir(p.path("d")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    // rename: replace, across dirs, directory rename
+    fs::write(p.path("d/y"), b"y").unwrap();
+    fs::rename(p.path("d/x"), p.path("d/y")).unwrap();
+    assert_eq!(fs::read(p.path("d/y")).unwrap(), b"x");
+    fs::create_dir(p.path("e")).unwrap();
+    fs::rename(p.path("d/y"), p.path("e/z")).unwrap();
+    fs::rename(p.path("d"), p.path("e/d2")).unwrap();
+    assert!(p.path("e/d2").is_dir());
+    assert_eq!(fs::metadata(p.path("e")).unwrap().nlink(), 3);
+    // hard links
+    fs::hard_link(p.path("e/z"), p.path("z2")).unwrap();
+    assert_eq!(fs::metadata(p.path("z2")).unwrap().nlink(), 2);
+    fs::remove_file(p.path("e/z")).unwrap();
+    assert_eq!(fs::metadata(p.path("z2")).unwrap().nlink(), 1);
+    // symlinks
+    std::os::unix::fs::symlink("hello.txt", p.path("ln")).unwrap();
+    assert_eq!(fs::read_link(p.path("ln")).unwrap().to_str().unwrap(), "hello.txt");
+    assert_eq!(fs::read(p.path("ln")).unwrap(), b"hello world!!");
+    // chmod / chown / utimens and ctime rules
+    let before = fs::metadata(&f).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    let m = fs::metadata(&f).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o600);
+    assert!(m.ctime_nsec() != before.ctime_nsec() || m.ctime() != before.ctime(), "chmod changes ctime");
+    assert_eq!((m.mtime(), m.mtime_nsec()), (before.mtime(), before.mtime_nsec()), "chmod keeps mtime");
+    std::os::unix::fs::chown(&f, Some(1234), Some(5678)).unwrap();
+    let m = fs::metadata(&f).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    let times = [
+        libc::timespec { tv_sec: 1_000_000, tv_nsec: 5 },
+        libc::timespec { tv_sec: 2_000_000, tv_nsec: 7 },
+    ];
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&f).as_ptr(), times.as_ptr(), 0) }, 0);
+    let m = fs::metadata(&f).unwrap();
+    assert_eq!((m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec()), (1_000_000, 5, 2_000_000, 7));
+    // xattrs
+    let name = CString::new("user.color").unwrap();
+    assert_eq!(unsafe { libc::setxattr(cstr(&f).as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0) }, 0);
+    let mut buf = [0u8; 16];
+    let n = unsafe { libc::getxattr(cstr(&f).as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 16) };
+    assert_eq!(&buf[..n as usize], b"blue");
+    // statfs: capacity of 3 disks divided by 2 replicas
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(cstr(&p.mnt).as_ptr(), &mut st) }, 0);
+    let mut raw: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(cstr(&p.disks[0]).as_ptr(), &mut raw) }, 0);
+    let ours = st.f_blocks * st.f_frsize;
+    let want = raw.f_blocks * raw.f_frsize * 3 / 2;
+    assert!(ours.abs_diff(want) < want / 100, "statfs {ours} vs {want}");
+    let (clean, out) = p.fsck(false);
+    assert!(clean, "{out}");
+}
+
+#[test]
+fn sparse_large_truncate_fallocate_unlink_open() {
+    let Some(p) = mounted(2, 2) else { return };
+    let f = p.path("sparse");
+    let mut h = OpenOptions::new().create(true).read(true).write(true).open(&f).unwrap();
+    let far = 5u64 << 30;
+    h.seek(SeekFrom::Start(far)).unwrap();
+    h.write_all(b"tail").unwrap();
+    h.sync_all().unwrap();
+    let m = fs::metadata(&f).unwrap();
+    assert_eq!(m.len(), far + 4);
+    assert!(m.blocks() * 512 < 4 << 20, "holes use no disk: {} blocks", m.blocks());
+    let used: u64 = p.json(&["status"])["disks"].as_array().unwrap().iter().map(|d| d["used_bytes"].as_u64().unwrap()).sum();
+    assert!(used <= 2 * (1 << 20), "disks hold only the written extent: {used}");
+    let mut b = [1u8; 8];
+    h.seek(SeekFrom::Start(far - 4)).unwrap();
+    h.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"\0\0\0\0tail");
+    // truncate shrink and grow
+    h.set_len(10).unwrap();
+    h.set_len(3 << 20).unwrap();
+    let all = fs::read(&f).unwrap();
+    assert_eq!(all.len(), 3 << 20);
+    assert!(all.iter().all(|x| *x == 0));
+    // fallocate mode 0 extends
+    assert_eq!(unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&h), 0, 0, 5 << 20) }, 0);
+    assert_eq!(fs::metadata(&f).unwrap().len(), 5 << 20);
+    // unlink while open: still readable through the handle
+    h.seek(SeekFrom::Start(0)).unwrap();
+    h.write_all(b"kept").unwrap();
+    fs::remove_file(&f).unwrap();
+    assert!(!f.exists());
+    let mut b = [0u8; 4];
+    h.seek(SeekFrom::Start(0)).unwrap();
+    h.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"kept");
+    drop(h);
+    let (clean, out) = p.fsck(false);
+    assert!(clean, "{out}");
+}
+
+#[test]
+fn big_file_roundtrip_and_fsync() {
+    let Some(p) = mounted(4, 2) else { return };
+    let data = pattern(37 << 20, 1);
+    let f = p.path("big");
+    let mut h = File::create(&f).unwrap();
+    for c in data.chunks(1 << 20) {
+        h.write_all(c).unwrap();
+    }
+    h.sync_all().unwrap();
+    drop(h);
+    assert_eq!(blake3::hash(&fs::read(&f).unwrap()), blake3::hash(&data));
+    let s = p.json(&["shards"]);
+    let n: usize = s["shards"].as_array().unwrap().iter().map(|sh| sh["extents"].as_array().unwrap().len()).sum();
+    assert_eq!(n, 37);
+    assert_eq!(s["extent_size_bytes"], 1 << 20);
+    let e = &s["shards"].as_array().unwrap().iter().find(|sh| !sh["extents"].as_array().unwrap().is_empty()).unwrap()["extents"][0];
+    assert_eq!(e["path"], "/big");
+    let st = p.json(&["status"]);
+    let reps: u64 = st["disks"].as_array().unwrap().iter().map(|d| d["extents"].as_u64().unwrap()).sum();
+    assert_eq!(reps, 74, "37 extents x 2 replicas");
+}
+
+#[test]
+fn shared_writable_mmap() {
+    let Some(p) = mounted(2, 1) else { return };
+    let f = p.path("mm");
+    let h = OpenOptions::new().create(true).read(true).write(true).open(&f).unwrap();
+    h.set_len(8192).unwrap();
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&h);
+        let ptr = libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+        assert_ne!(ptr, libc::MAP_FAILED);
+        let s = std::slice::from_raw_parts_mut(ptr as *mut u8, 8192);
+        s[100..105].copy_from_slice(b"mmap!");
+        assert_eq!(libc::msync(ptr, 8192, libc::MS_SYNC), 0);
+        libc::munmap(ptr, 8192);
+    }
+    drop(h);
+    assert_eq!(&fs::read(&f).unwrap()[100..105], b"mmap!");
+}
+
+#[test]
+fn readdir_while_changing() {
+    let Some(p) = mounted(2, 1) else { return };
+    fs::create_dir(p.path("many")).unwrap();
+    for i in 0..2000 {
+        File::create(p.path(&format!("many/f{i:05}"))).unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut it = fs::read_dir(p.path("many")).unwrap();
+    for _ in 0..700 {
+        let e = it.next().unwrap().unwrap();
+        assert!(seen.insert(e.file_name()));
+    }
+    // Remove some that were listed, add new ones; the rest must still come exactly once.
+    let gone: Vec<_> = seen.iter().take(300).cloned().collect();
+    for g in &gone {
+        fs::remove_file(p.path("many").join(g)).unwrap();
+    }
+    for i in 0..100 {
+        File::create(p.path(&format!("many/new{i}"))).unwrap();
+    }
+    for e in it {
+        let name = e.unwrap().file_name();
+        assert!(seen.insert(name.clone()), "{name:?} listed twice");
+    }
+    for i in 0..2000 {
+        let n = std::ffi::OsString::from(format!("f{i:05}"));
+        assert!(seen.contains(&n), "{n:?} never listed");
+    }
+}
+
+#[test]
+fn permissions_are_enforced() {
+    let Some(p) = mounted(2, 1) else { return };
+    fs::create_dir(p.path("private")).unwrap();
+    fs::set_permissions(p.path("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(p.path("ro.txt"), b"x").unwrap();
+    fs::set_permissions(p.path("ro.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&p.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |cmd: &str| sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups bash -c '{cmd}'"), Path::new("/"));
+    let mnt = p.mnt.display();
+    assert!(as_nobody(&format!("cat {mnt}/ro.txt")).status.success());
+    assert!(!as_nobody(&format!("echo y >> {mnt}/ro.txt")).status.success(), "write to 0644 root file");
+    assert!(!as_nobody(&format!("ls {mnt}/private")).status.success(), "list 0700 root dir");
+    assert!(!as_nobody(&format!("touch {mnt}/new")).status.success(), "create in 0755 root dir");
+}
+
+#[test]
+fn shell_tools_cp_tar_rsync_git_sqlite() {
+    let Some(p) = mounted(3, 2) else { return };
+    let src = p.tmp.path().join("src");
+    fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    for i in 0..50 {
+        fs::write(src.join(format!("sub/f{i}")), pattern(i * 3000 + 1, i as u64)).unwrap();
+    }
+    fs::write(src.join("sub/deeper/big"), pattern(3 << 20, 99)).unwrap();
+    std::os::unix::fs::symlink("f1", src.join("sub/link")).unwrap();
+    let mnt = p.mnt.clone();
+    let m = mnt.display();
+    let s = src.display();
+    sh_ok(&format!("cp -a {s} {m}/cp && diff -r {s} {m}/cp"), Path::new("/"));
+    sh_ok(&format!("tar -C {s} -cf {s}.tar . && mkdir {m}/tar && tar -C {m}/tar -xf {s}.tar && diff -r {s} {m}/tar"), Path::new("/"));
+    sh_ok(&format!("rsync -a {s}/ {m}/rsync/ && diff -r {s} {m}/rsync"), Path::new("/"));
+    // git: a local repository cloned onto the mount, then a commit there.
+    sh_ok(
+        &format!(
+            "git init -q {s}.git && cd {s}.git && cp -a {s}/sub . && git add -A && git -c user.email=t@t -c user.name=t commit -qm init && \
+             git clone -q {s}.git {m}/clone && cd {m}/clone && git fsck --full && echo more > new && git add new && \
+             git -c user.email=t@t -c user.name=t commit -qm second && git log --oneline | wc -l"
+        ),
+        Path::new("/"),
+    );
+    if sh("command -v sqlite3", Path::new("/")).status.success() {
+        let out = sh_ok(
+            &format!(
+                "sqlite3 {m}/db.sqlite 'create table t(a integer primary key, b text); \
+                 with recursive c(x) as (select 1 union all select x+1 from c where x<20000) insert into t(b) select hex(randomblob(50)) from c; \
+                 pragma integrity_check; select count(*) from t;'"
+            ),
+            Path::new("/"),
+        );
+        assert_eq!(out.trim(), "ok\n20000");
+    } else {
+        eprintln!("SKIP sqlite3 part: sqlite3 not installed");
+    }
+    let (clean, out) = p.fsck(false);
+    assert!(clean, "{out}");
+}
+
+#[test]
+fn cargo_build_on_the_mount() {
+    let Some(p) = mounted(2, 2) else { return };
+    let m = p.mnt.display();
+    let out = sh_ok(
+        &format!("cd {m} && cargo new -q --vcs none hello && cd hello && CARGO_TARGET_DIR=target cargo build -q --offline && ./target/debug/hello"),
+        Path::new("/"),
+    );
+    assert_eq!(out.trim(), "Hello, world!");
+}
+
+#[test]
+fn corrupted_replicas_are_bypassed_and_repaired() {
+    if !fuse_available() {
+        return;
+    }
+    let mut p = Pool::new(3, 2, "1MiB");
+    p.mount();
+    let mut files = Vec::new();
+    for i in 0..8 {
+        let d = pattern((i + 1) * 700_000, i as u64 + 7);
+        fs::write(p.path(&format!("f{i}")), &d).unwrap();
+        files.push(d);
+    }
+    p.umount();
+    // Damage every replica file on disk 0 (the other copy of each extent is elsewhere):
+    // flipped bytes, a truncated file, a deleted file.
+    let victims = walk(&p.disks[0].join("extents"));
+    assert!(victims.len() >= 4, "disk 0 holds replicas");
+    for (k, e) in victims.iter().enumerate() {
+        match k % 3 {
+            0 => {
+                let mut b = fs::read(e).unwrap();
+                let at = b.len() / 2;
+                b[at] ^= 0x5a;
+                fs::write(e, b).unwrap();
+            }
+            1 => fs::write(e, b"short").unwrap(),
+            _ => fs::remove_file(e).unwrap(),
+        }
+    }
+    let (clean, out) = p.fsck(false);
+    assert!(!clean, "fsck sees the damage: {out}");
+    p.mount();
+    for (i, d) in files.iter().enumerate() {
+        assert_eq!(&fs::read(p.path(&format!("f{i}"))).unwrap(), d, "f{i}: reads return good data");
+    }
+    let st = p.json(&["status"]);
+    assert!(st["stats"]["replica_read_failures"].as_u64().unwrap() > 0, "bad reads are counted");
+    p.umount();
+    let (clean, out) = p.fsck(true);
+    assert!(clean, "fsck --repair: {out}");
+    let (clean, out) = p.fsck(false);
+    assert!(clean, "after repair: {out}");
+    for e in &victims {
+        assert!(e.exists(), "{} restored", e.display());
+    }
+}
+
+pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
