@@ -92,8 +92,18 @@ pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     if pid > 0 {
         drop(wr);
-        let mut msg = String::new();
-        fs::File::from(rd).read_to_string(&mut msg)?;
+        // The daemon writes "ok" and keeps running, or "err ..." and exits.
+        let mut f = fs::File::from(rd);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = f.read(&mut chunk)?;
+            buf.extend_from_slice(&chunk[..n]);
+            if n == 0 || buf.starts_with(b"ok") {
+                break;
+            }
+        }
+        let msg = String::from_utf8_lossy(&buf).into_owned();
         return match msg.strip_prefix("ok") {
             Some(_) => Ok(()),
             None if msg.is_empty() => {

@@ -34,11 +34,12 @@ fn init_refuses_bad_disks_and_changes_nothing() {
     let pool = t.path().join("pool");
     let file = t.path().join("file");
     fs::write(&file, b"x").unwrap();
+    let missing = t.path().join("missing");
     let link = t.path().join("link");
     std::os::unix::fs::symlink(&d0, &link).unwrap();
 
     let cases: Vec<(Vec<&Path>, Vec<&str>, &str)> = vec![
-        (vec![&d0, &t.path().join("missing")], vec![], "cannot access"),
+        (vec![&d0, &missing], vec![], "cannot access"),
         (vec![&d0, &file], vec![], "not a directory"),
         (vec![&d0, &d0], vec![], "given twice"),
         (vec![&d0, &link], vec![], "given twice"),
