@@ -211,11 +211,10 @@ impl Fs {
         if rec.nlink > 0 {
             return Ok(false);
         }
-        if self.node(ino).is_some() {
-            b.put_orphan(ino);
-            return Ok(false);
-        }
-        Ok(true)
+        // Recorded in the same batch, so a crash before the inode is freed leaves it to the
+        // start-up cleanup instead of leaking it.
+        b.put_orphan(ino);
+        Ok(self.node(ino).is_none())
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
