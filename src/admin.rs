@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::fs::{Fs, StatsSnapshot};
-use crate::meta::{DirentVal, ExtentRec, InodeRec, Kind, CF_DIRENTS, CF_INODES, CF_ORPHANS, CF_XATTRS, ROOT_INO};
+use crate::meta::{
+    DirentVal, ExtentRec, InodeRec, Kind, CF_DIRENTS, CF_INODES, CF_ORPHANS, CF_XATTRS, ROOT_INO,
+};
 use crate::store::ExtentId;
 
 #[derive(Serialize, Deserialize)]
@@ -61,7 +63,13 @@ pub struct Status {
 pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
     let disks = fs.store.disks();
     let mut used: HashMap<u32, (u64, u64)> = HashMap::new();
-    let mut h = ReplicaHealth { extents: 0, replicas_expected: 0, replicas_present: 0, under_replicated: 0, unavailable: 0 };
+    let mut h = ReplicaHealth {
+        extents: 0,
+        replicas_expected: 0,
+        replicas_present: 0,
+        under_replicated: 0,
+        unavailable: 0,
+    };
     let live: HashSet<u32> = disks.iter().filter(|d| d.is_up()).map(|d| d.id).collect();
     fs.meta.each_extent(|_, _, e| {
         h.extents += 1;
@@ -119,7 +127,10 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
         capacity_bytes: st.total_bytes,
         free_bytes: st.free_bytes,
         disks,
-        shards: ShardSummary { count: u64::from(fs.cfg.shard_count), with_failed_disk: with_failed },
+        shards: ShardSummary {
+            count: u64::from(fs.cfg.shard_count),
+            with_failed_disk: with_failed,
+        },
         replica_health: h,
         stats: mounted.then(|| fs.stats()),
     })
@@ -246,21 +257,43 @@ pub fn shards(fs: &Fs) -> anyhow::Result<Shards> {
     let mut shards: Vec<ShardInfo> = (0..fs.cfg.shard_count)
         .map(|id| {
             let s = fs.shard(id);
-            ShardInfo { id, epoch: s.epoch, disks: s.disks.clone(), extents: Vec::new() }
+            ShardInfo {
+                id,
+                epoch: s.epoch,
+                disks: s.disks.clone(),
+                extents: Vec::new(),
+            }
         })
         .collect();
     fs.meta.each_extent(|ino, index, e| {
         if let Some(s) = shards.get_mut(e.shard as usize) {
-            s.extents.push(ShardExtent { path: paths.get(&ino).cloned(), index, ino, version: e.version, replicas: e.replicas });
+            s.extents.push(ShardExtent {
+                path: paths.get(&ino).cloned(),
+                index,
+                ino,
+                version: e.version,
+                replicas: e.replicas,
+            });
         }
     })?;
-    Ok(Shards { extent_size_bytes: fs.cfg.extent_size, shards })
+    Ok(Shards {
+        extent_size_bytes: fs.cfg.extent_size,
+        shards,
+    })
 }
 
 pub fn shards_table(s: &Shards) -> String {
-    let mut o = format!("{:>6} {:>6} {:>10} {:>8}  EXTENTS (path:index)\n", "SHARD", "EPOCH", "DISKS", "COUNT");
+    let mut o = format!(
+        "{:>6} {:>6} {:>10} {:>8}  EXTENTS (path:index)\n",
+        "SHARD", "EPOCH", "DISKS", "COUNT"
+    );
     for sh in &s.shards {
-        let disks = sh.disks.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+        let disks = sh
+            .disks
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut list: Vec<String> = sh
             .extents
             .iter()
@@ -270,7 +303,14 @@ pub fn shards_table(s: &Shards) -> String {
         if sh.extents.len() > 4 {
             list.push(format!("... {} more", sh.extents.len() - 4));
         }
-        o += &format!("{:>6} {:>6} {:>10} {:>8}  {}\n", sh.id, sh.epoch, disks, sh.extents.len(), list.join(" "));
+        o += &format!(
+            "{:>6} {:>6} {:>10} {:>8}  {}\n",
+            sh.id,
+            sh.epoch,
+            disks,
+            sh.extents.len(),
+            list.join(" ")
+        );
     }
     o
 }
@@ -294,7 +334,11 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
     let mut r = FsckReport::default();
     let problem = |r: &mut FsckReport, fixed: bool, msg: String| {
         tracing::warn!("fsck: {msg}{}", if fixed { " (repaired)" } else { "" });
-        r.problems.push(if fixed { format!("{msg} (repaired)") } else { msg });
+        r.problems.push(if fixed {
+            format!("{msg} (repaired)")
+        } else {
+            msg
+        });
         if fixed {
             r.repaired += 1;
         } else {
@@ -308,8 +352,12 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
         .map(|(k, v)| (u64::from_be_bytes(k[..8].try_into().unwrap()), v))
         .collect();
     r.inodes = inodes.len() as u64;
-    let orphans: HashSet<u64> =
-        fs.meta.keys(CF_ORPHANS)?.iter().map(|k| u64::from_be_bytes(k[..8].try_into().unwrap())).collect();
+    let orphans: HashSet<u64> = fs
+        .meta
+        .keys(CF_ORPHANS)?
+        .iter()
+        .map(|k| u64::from_be_bytes(k[..8].try_into().unwrap()))
+        .collect();
     let mut links: HashMap<u64, u32> = HashMap::new();
     let mut subdirs: HashMap<u64, u32> = HashMap::new();
     let mut dir_parent: HashMap<u64, u64> = HashMap::new();
@@ -318,7 +366,11 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
         let parent = u64::from_be_bytes(k[..8].try_into().unwrap());
         let name = String::from_utf8_lossy(&k[16..]).into_owned();
         if crate::meta::dirent_key(parent, &k[16..]) != k {
-            problem(&mut r, false, format!("directory entry {name:?} in {parent} has a wrong key"));
+            problem(
+                &mut r,
+                false,
+                format!("directory entry {name:?} in {parent} has a wrong key"),
+            );
         }
         match (inodes.get(&parent), inodes.get(&v.ino)) {
             (Some(p), Some(c)) if p.kind == Kind::Dir && c.kind == v.kind => {
@@ -347,20 +399,43 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
             if repair {
                 dead.push(ino);
             }
-            problem(&mut r, repair, format!("inode {ino} is not in any directory (orphan)"));
+            problem(
+                &mut r,
+                repair,
+                format!("inode {ino} is not in any directory (orphan)"),
+            );
             continue;
         }
-        let want = if rec.kind == Kind::Dir { 2 + subdirs.get(&ino).copied().unwrap_or(0) } else { n };
+        let want = if rec.kind == Kind::Dir {
+            2 + subdirs.get(&ino).copied().unwrap_or(0)
+        } else {
+            n
+        };
         let mut fixed = rec.clone();
         if rec.nlink != want {
             fixed.nlink = want;
-            problem(&mut r, repair, format!("inode {ino} has link count {} but {want} links", rec.nlink));
+            problem(
+                &mut r,
+                repair,
+                format!("inode {ino} has link count {} but {want} links", rec.nlink),
+            );
         }
         if rec.kind == Kind::Dir {
-            let p = if ino == ROOT_INO { ROOT_INO } else { dir_parent.get(&ino).copied().unwrap_or(0) };
+            let p = if ino == ROOT_INO {
+                ROOT_INO
+            } else {
+                dir_parent.get(&ino).copied().unwrap_or(0)
+            };
             if rec.parent != p {
                 fixed.parent = p;
-                problem(&mut r, repair, format!("directory {ino} records parent {} but lives in {p}", rec.parent));
+                problem(
+                    &mut r,
+                    repair,
+                    format!(
+                        "directory {ino} records parent {} but lives in {p}",
+                        rec.parent
+                    ),
+                );
             }
         }
         if repair && &fixed != rec {
@@ -373,28 +448,39 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
             if repair {
                 b.del_xattr(ino, &k[8..]);
             }
-            problem(&mut r, repair, format!("extended attribute of missing inode {ino}"));
+            problem(
+                &mut r,
+                repair,
+                format!("extended attribute of missing inode {ino}"),
+            );
         }
     }
     if repair && !b.is_empty() {
         fs.meta.write(b)?;
     }
     for ino in dead {
-        fs.delete_inode(ino).map_err(|e| anyhow::anyhow!("cannot free inode {ino}: errno {}", e.0))?;
+        fs.delete_inode(ino)
+            .map_err(|e| anyhow::anyhow!("cannot free inode {ino}: errno {}", e.0))?;
     }
 
     // Data: every replica of every extent, every block.
     let mut exts: Vec<(u64, u64, ExtentRec)> = Vec::new();
-    fs.meta.each_extent(|ino, index, e| exts.push((ino, index, e)))?;
+    fs.meta
+        .each_extent(|ino, index, e| exts.push((ino, index, e)))?;
     r.extents = exts.len() as u64;
     let mut live_files: HashSet<(u32, u64, u64, u64)> = HashSet::new();
     for (ino, index, e) in exts {
         let owner = inodes.get(&ino);
         let beyond = owner.is_some_and(|o| index * fs.cfg.extent_size >= o.size);
         if owner.is_none_or(|o| o.kind != Kind::File) || beyond {
-            let what = if beyond { "past the end of" } else { "of missing inode" };
+            let what = if beyond {
+                "past the end of"
+            } else {
+                "of missing inode"
+            };
             if repair {
-                fs.cas_extent(ino, index, e.version, None).map_err(|e| anyhow::anyhow!("errno {}", e.0))?;
+                fs.cas_extent(ino, index, e.version, None)
+                    .map_err(|e| anyhow::anyhow!("errno {}", e.0))?;
             } else {
                 for d in &e.replicas {
                     live_files.insert((*d, ino, index, e.version));
@@ -406,15 +492,26 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
         for d in &e.replicas {
             live_files.insert((*d, ino, index, e.version));
         }
-        let id = ExtentId { ino, index, version: e.version };
+        let id = ExtentId {
+            ino,
+            index,
+            version: e.version,
+        };
         let mut bad = Vec::new();
         for d in &e.replicas {
-            let Some(disk) = fs.store.disk(*d).filter(|d| d.is_up()) else { continue };
+            let Some(disk) = fs.store.disk(*d).filter(|d| d.is_up()) else {
+                continue;
+            };
             r.replicas_checked += 1;
-            match fs.store.read_verified(&disk, &id, &e.sums, 0, e.len as usize) {
+            match fs
+                .store
+                .read_verified(&disk, &id, &e.sums, 0, e.len as usize)
+            {
                 Ok(_) => {
                     // A longer file has bytes the checksums do not cover.
-                    let len = std::fs::metadata(disk.extent_path(&id)).map(|m| m.len()).unwrap_or(0);
+                    let len = std::fs::metadata(disk.extent_path(&id))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
                     if len != u64::from(e.len) {
                         bad.push((*d, format!("length {len}, expected {}", e.len)));
                     } else {
@@ -434,16 +531,29 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
                     }
                 }
             }
-            problem(&mut r, fixed, format!("{} extent {index} replica on disk {d}: {why}", path_of(ino)));
-        }
-        let live_disks: Vec<u32> =
-            e.replicas.iter().copied().filter(|d| fs.store.disk(*d).is_some_and(|x| x.is_up())).collect();
-        if (live_disks.len() as u32) < fs.cfg.replicas {
-            let fixed = repair && restore_replicas(fs, ino, index, &e, &live_disks, &mut live_files);
             problem(
                 &mut r,
                 fixed,
-                format!("inode {ino} extent {index} has {} of {} replicas", live_disks.len(), fs.cfg.replicas),
+                format!("{} extent {index} replica on disk {d}: {why}", path_of(ino)),
+            );
+        }
+        let live_disks: Vec<u32> = e
+            .replicas
+            .iter()
+            .copied()
+            .filter(|d| fs.store.disk(*d).is_some_and(|x| x.is_up()))
+            .collect();
+        if (live_disks.len() as u32) < fs.cfg.replicas {
+            let fixed =
+                repair && restore_replicas(fs, ino, index, &e, &live_disks, &mut live_files);
+            problem(
+                &mut r,
+                fixed,
+                format!(
+                    "inode {ino} extent {index} has {} of {} replicas",
+                    live_disks.len(),
+                    fs.cfg.replicas
+                ),
             );
         }
     }
@@ -452,11 +562,17 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
             continue;
         }
         for (id, _) in disk.scan()? {
-            if !live_files.contains(&(disk.id, id.ino, id.index, id.version)) && !fs_has_open(fs, id.ino) {
+            if !live_files.contains(&(disk.id, id.ino, id.index, id.version))
+                && !fs_has_open(fs, id.ino)
+            {
                 if repair {
                     fs.store.remove_extent(&disk, &id);
                 }
-                problem(&mut r, repair, format!("disk {}: unreferenced extent file {:?}", disk.id, id));
+                problem(
+                    &mut r,
+                    repair,
+                    format!("disk {}: unreferenced extent file {:?}", disk.id, id),
+                );
             }
         }
     }
@@ -478,8 +594,14 @@ fn restore_replicas(
     live: &[u32],
     files: &mut HashSet<(u32, u64, u64, u64)>,
 ) -> bool {
-    let Some(data) = fs.read_good_copy(ino, index, e) else { return false };
-    let id = ExtentId { ino, index, version: e.version };
+    let Some(data) = fs.read_good_copy(ino, index, e) else {
+        return false;
+    };
+    let id = ExtentId {
+        ino,
+        index,
+        version: e.version,
+    };
     let mut replicas = live.to_vec();
     let shard = fs.shard(e.shard);
     let candidates: Vec<u32> = shard
@@ -493,7 +615,9 @@ fn restore_replicas(
         if replicas.len() >= fs.cfg.replicas as usize {
             break;
         }
-        let Some(disk) = fs.store.disk(d).filter(|x| x.is_up()) else { continue };
+        let Some(disk) = fs.store.disk(d).filter(|x| x.is_up()) else {
+            continue;
+        };
         if replicas.contains(&d) {
             continue;
         }
@@ -504,5 +628,6 @@ fn restore_replicas(
     }
     let mut rec = e.clone();
     rec.replicas = replicas;
-    fs.cas_extent(ino, index, e.version, Some(&rec)) == Ok(true) && rec.replicas.len() >= fs.cfg.replicas as usize
+    fs.cas_extent(ino, index, e.version, Some(&rec)) == Ok(true)
+        && rec.replicas.len() >= fs.cfg.replicas as usize
 }

@@ -7,12 +7,16 @@ use clap::{Parser, Subcommand};
 
 use foreshard::admin::{self, FsckReport, Shards};
 use foreshard::control::{self, Request};
+use foreshard::daemon;
 use foreshard::fs::FsOptions;
 use foreshard::pool::{self, InitArgs, Pool};
-use foreshard::daemon;
 
 #[derive(Parser)]
-#[command(name = "foreshard", version, about = "A replicated, checksummed FUSE filesystem over several backing disks")]
+#[command(
+    name = "foreshard",
+    version,
+    about = "A replicated, checksummed FUSE filesystem over several backing disks"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -92,9 +96,19 @@ fn ask(pool: &Path, req: Request, timeout: Duration) -> anyhow::Result<serde_jso
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     const LONG: Duration = Duration::from_secs(24 * 3600);
     match cli.cmd {
-        Cmd::Init { pool: p, disks, replicas, extent_size } => {
+        Cmd::Init {
+            pool: p,
+            disks,
+            replicas,
+            extent_size,
+        } => {
             let extent_size = pool::parse_size(&extent_size)?;
-            let cfg = pool::init(&InitArgs { pool: p.clone(), disks: disks.clone(), replicas, extent_size })?;
+            let cfg = pool::init(&InitArgs {
+                pool: p.clone(),
+                disks: disks.clone(),
+                replicas,
+                extent_size,
+            })?;
             println!(
                 "created pool {} at {}: {} disk(s), {} replica(s), extent {}, {} shards",
                 cfg.pool_id,
@@ -105,8 +119,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.shard_count
             );
         }
-        Cmd::Mount { pool, mountpoint, foreground, threads } => {
-            daemon::mount(&daemon::MountArgs { pool, mountpoint, foreground, threads: threads.into() })?;
+        Cmd::Mount {
+            pool,
+            mountpoint,
+            foreground,
+            threads,
+        } => {
+            daemon::mount(&daemon::MountArgs {
+                pool,
+                mountpoint,
+                foreground,
+                threads: threads.into(),
+            })?;
         }
         Cmd::Umount { mountpoint } => daemon::umount(&mountpoint)?,
         Cmd::Status { pool, json } => {
@@ -160,7 +184,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FORESHARD_LOG").unwrap_or_else(|_| "warn,foreshard=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FORESHARD_LOG")
+                .unwrap_or_else(|_| "warn,foreshard=info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context};
 use parking_lot::Mutex;
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 pub const CF_CONFIG: &str = "config";
@@ -233,13 +235,20 @@ impl Batch<'_> {
         self.del(CF_INODES, &ino_key(ino));
     }
     pub fn put_dirent(&mut self, parent: u64, name: &[u8], ino: u64, kind: Kind) {
-        self.put(CF_DIRENTS, &dirent_key(parent, name), &encode(&DirentVal { ino, kind }));
+        self.put(
+            CF_DIRENTS,
+            &dirent_key(parent, name),
+            &encode(&DirentVal { ino, kind }),
+        );
     }
     pub fn del_dirent(&mut self, parent: u64, name: &[u8]) {
         self.del(CF_DIRENTS, &dirent_key(parent, name));
     }
     pub fn put_extent(&mut self, ino: u64, index: u64, rec: &ExtentRec) {
-        assert!(!rec.replicas.is_empty(), "an extent with no replica must not be committed");
+        assert!(
+            !rec.replicas.is_empty(),
+            "an extent with no replica must not be committed"
+        );
         self.put(CF_EXTENTS, &extent_key(ino, index), &encode(rec));
     }
     pub fn del_extent(&mut self, ino: u64, index: u64) {
@@ -291,17 +300,25 @@ impl Meta {
     /// Opens the metadata store of an existing pool (or creates an empty one when `create`).
     pub fn open(dir: &Path, create: bool) -> anyhow::Result<Meta> {
         if !create && !dir.join("CURRENT").exists() {
-            bail!("{}: no foreshard metadata here (not a pool?)", dir.display());
+            bail!(
+                "{}: no foreshard metadata here (not a pool?)",
+                dir.display()
+            );
         }
         let mut opts = db_options();
         if !create {
             opts.create_if_missing(false);
         }
-        let cfs = ALL_CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, db_options()));
+        let cfs = ALL_CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, db_options()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             let msg = e.to_string();
             if msg.contains("lock") {
-                anyhow::anyhow!("{}: metadata is in use by another process (pool mounted?): {msg}", dir.display())
+                anyhow::anyhow!(
+                    "{}: metadata is in use by another process (pool mounted?): {msg}",
+                    dir.display()
+                )
             } else {
                 anyhow::anyhow!("{}: cannot open metadata: {msg}", dir.display())
             }
@@ -323,14 +340,18 @@ impl Meta {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     fn counter(&self, name: &str) -> anyhow::Result<u64> {
         match self.db.get_cf(self.cf(CF_CONFIG), name.as_bytes())? {
             None => Ok(0),
             Some(v) => Ok(u64::from_be_bytes(
-                v.as_slice().try_into().with_context(|| format!("corrupt counter {name}"))?,
+                v.as_slice()
+                    .try_into()
+                    .with_context(|| format!("corrupt counter {name}"))?,
             )),
         }
     }
@@ -338,7 +359,8 @@ impl Meta {
     fn set_counter(&self, name: &str, v: u64) -> anyhow::Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_CONFIG), name.as_bytes(), v.to_be_bytes(), &wo)?;
+        self.db
+            .put_cf_opt(self.cf(CF_CONFIG), name.as_bytes(), v.to_be_bytes(), &wo)?;
         Ok(())
     }
 
@@ -363,7 +385,10 @@ impl Meta {
     }
 
     pub fn batch(&self) -> Batch<'_> {
-        Batch { meta: self, wb: WriteBatch::default() }
+        Batch {
+            meta: self,
+            wb: WriteBatch::default(),
+        }
     }
 
     /// Applies a batch atomically. Not synced: `sync_wal` makes it durable (fsync path).
@@ -414,7 +439,9 @@ impl Meta {
         start: &[u8],
         mut f: impl FnMut(&[u8], &[u8]) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
-        let it = self.db.iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward));
+        let it = self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward));
         for item in it {
             let (k, v) = item?;
             if !k.starts_with(prefix) || !f(&k, &v)? {
@@ -437,7 +464,12 @@ impl Meta {
         self.scan(CF_DIRENTS, &prefix, &start, |k, v| {
             let val: DirentVal = decode("dirent", v)?;
             let cookie = u64::from_be_bytes(k[8..16].try_into().unwrap());
-            Ok(f(DirEntry { cookie, name: k[16..].to_vec(), ino: val.ino, kind: val.kind }))
+            Ok(f(DirEntry {
+                cookie,
+                name: k[16..].to_vec(),
+                ino: val.ino,
+                kind: val.kind,
+            }))
         })
     }
 
@@ -493,7 +525,10 @@ impl Meta {
     }
 
     pub fn each_extent(&self, mut f: impl FnMut(u64, u64, ExtentRec)) -> anyhow::Result<()> {
-        for item in self.db.iterator_cf(self.cf(CF_EXTENTS), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_EXTENTS), IteratorMode::Start)
+        {
             let (k, v) = item?;
             let ino = u64::from_be_bytes(k[..8].try_into().unwrap());
             let index = u64::from_be_bytes(k[8..16].try_into().unwrap());
@@ -511,7 +546,11 @@ impl Meta {
     }
 
     pub fn disks(&self) -> anyhow::Result<Vec<DiskRec>> {
-        Ok(self.all::<DiskRec>(CF_DISKS)?.into_iter().map(|(_, v)| v).collect())
+        Ok(self
+            .all::<DiskRec>(CF_DISKS)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 
     pub fn shards_of_disk(&self, disk: u32) -> anyhow::Result<Vec<u32>> {

@@ -45,7 +45,8 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => bail!("bad size unit in {s:?} (use KiB, MiB or GiB)"),
     };
-    n.checked_mul(mult).with_context(|| format!("size {s:?} too large"))
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} too large"))
 }
 
 /// Every `r`-subset of `0..n`, in lexicographic order.
@@ -81,7 +82,9 @@ pub fn initial_shards(disk_ids: &[u32], replicas: usize) -> Vec<ShardRec> {
             let c = &combos[i % combos.len()];
             // Rotate so the first (preferred-read) replica varies too.
             let rot = (i / combos.len()) % replicas;
-            let disks = (0..replicas).map(|k| disk_ids[c[(k + rot) % replicas]]).collect();
+            let disks = (0..replicas)
+                .map(|k| disk_ids[c[(k + rot) % replicas]])
+                .collect();
             ShardRec { epoch: 1, disks }
         })
         .collect()
@@ -92,9 +95,15 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         bail!("--replicas must be at least 1");
     }
     if a.disks.len() < a.replicas as usize {
-        bail!("{} disk(s) given but --replicas {} needs at least that many distinct disks", a.disks.len(), a.replicas);
+        bail!(
+            "{} disk(s) given but --replicas {} needs at least that many distinct disks",
+            a.disks.len(),
+            a.replicas
+        );
     }
-    if !a.extent_size.is_power_of_two() || !(EXTENT_SIZE_MIN..=EXTENT_SIZE_MAX).contains(&a.extent_size) {
+    if !a.extent_size.is_power_of_two()
+        || !(EXTENT_SIZE_MIN..=EXTENT_SIZE_MAX).contains(&a.extent_size)
+    {
         bail!("--extent-size must be a power of two between 64KiB and 64MiB");
     }
     let meta_dir = a.pool.join(META_DIR);
@@ -113,15 +122,29 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         if !md.is_dir() {
             bail!("disk {}: not a directory", d.display());
         }
-        let c = fs::canonicalize(d).with_context(|| format!("disk {}: cannot resolve", d.display()))?;
+        let c =
+            fs::canonicalize(d).with_context(|| format!("disk {}: cannot resolve", d.display()))?;
         if let Some(prev) = seen_paths.insert(c.clone(), d) {
-            bail!("disk {} given twice (same as {})", d.display(), prev.display());
+            bail!(
+                "disk {} given twice (same as {})",
+                d.display(),
+                prev.display()
+            );
         }
         if let Some(prev) = seen_ids.insert((md.dev(), md.ino()), d) {
-            bail!("disk {} is the same directory as {}", d.display(), prev.display());
+            bail!(
+                "disk {} is the same directory as {}",
+                d.display(),
+                prev.display()
+            );
         }
         if let Some(l) = read_label(&c)? {
-            bail!("disk {} already belongs to pool {} (as disk {})", d.display(), l.pool_id, l.disk_id);
+            bail!(
+                "disk {} already belongs to pool {} (as disk {})",
+                d.display(),
+                l.pool_id,
+                l.disk_id
+            );
         }
         if c.starts_with(a.pool.canonicalize().unwrap_or_else(|_| a.pool.clone())) {
             bail!("disk {} lies inside the pool directory", d.display());
@@ -149,16 +172,24 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         shard_count: 0,
     };
     let created_pool_dir = !a.pool.exists();
-    fs::create_dir_all(&a.pool).with_context(|| format!("{}: cannot create pool directory", a.pool.display()))?;
+    fs::create_dir_all(&a.pool)
+        .with_context(|| format!("{}: cannot create pool directory", a.pool.display()))?;
     let res = (|| -> anyhow::Result<PoolConfig> {
         let ids: Vec<u32> = (0..canon.len() as u32).collect();
         let shards = initial_shards(&ids, a.replicas as usize);
-        let cfg = PoolConfig { shard_count: shards.len() as u32, ..cfg };
+        let cfg = PoolConfig {
+            shard_count: shards.len() as u32,
+            ..cfg
+        };
         let meta = Meta::open(&meta_dir, true)?;
         let mut b = meta.batch();
         b.put_config(&cfg);
         for (i, c) in canon.iter().enumerate() {
-            b.put_disk(&DiskRec { id: i as u32, path: c.to_string_lossy().into_owned(), state: DiskState::Up });
+            b.put_disk(&DiskRec {
+                id: i as u32,
+                path: c.to_string_lossy().into_owned(),
+                state: DiskState::Up,
+            });
         }
         for (i, s) in shards.iter().enumerate() {
             b.put_shard(i as u32, s);
@@ -191,14 +222,24 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         meta.write(b)?;
         meta.sync_wal()?;
         for (i, c) in canon.iter().enumerate() {
-            write_label(c, &Label { pool_id: pool_id.clone(), disk_id: i as u32 })?;
+            write_label(
+                c,
+                &Label {
+                    pool_id: pool_id.clone(),
+                    disk_id: i as u32,
+                },
+            )?;
         }
         Ok(cfg)
     })();
     if res.is_err() {
         // Leave nothing behind: labels, metadata, and the pool directory if we made it.
         for c in &canon {
-            if read_label(c).ok().flatten().is_some_and(|l| l.pool_id == pool_id) {
+            if read_label(c)
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.pool_id == pool_id)
+            {
                 let _ = fs::remove_file(c.join(crate::store::LABEL_FILE));
                 let _ = fs::remove_dir(c.join("extents"));
             }
@@ -218,10 +259,14 @@ pub struct PoolLock(#[allow(dead_code)] File);
 impl PoolLock {
     pub fn take(pool: &Path) -> anyhow::Result<PoolLock> {
         let p = pool.join(LOCK_FILE);
-        let f = File::create(&p).with_context(|| format!("{}: cannot create lock file", p.display()))?;
+        let f = File::create(&p)
+            .with_context(|| format!("{}: cannot create lock file", p.display()))?;
         // SAFETY: valid descriptor.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!("{}: pool is in use (mounted, or another foreshard command is running)", pool.display());
+            bail!(
+                "{}: pool is in use (mounted, or another foreshard command is running)",
+                pool.display()
+            );
         }
         Ok(PoolLock(f))
     }
@@ -246,11 +291,16 @@ impl Pool {
             bail!("{}: no such pool directory", dir.display());
         }
         if !is_pool(dir) {
-            bail!("{}: not a foreshard pool (no metadata; run `foreshard init` first)", dir.display());
+            bail!(
+                "{}: not a foreshard pool (no metadata; run `foreshard init` first)",
+                dir.display()
+            );
         }
         let lock = PoolLock::take(dir)?;
         let meta = Arc::new(Meta::open(&dir.join(META_DIR), false)?);
-        let cfg = meta.config()?.context("pool metadata has no configuration record")?;
+        let cfg = meta
+            .config()?
+            .context("pool metadata has no configuration record")?;
         let mut disks = Vec::new();
         for rec in meta.disks()? {
             let disk = Disk::new(rec.id, PathBuf::from(&rec.path), rec.state);
@@ -264,11 +314,22 @@ impl Pool {
             disks.push(Arc::new(disk));
         }
         let store = Arc::new(Store::new(disks, cfg.block_size as usize));
-        Ok(Pool { dir: dir.to_path_buf(), meta, store, cfg, _lock: lock })
+        Ok(Pool {
+            dir: dir.to_path_buf(),
+            meta,
+            store,
+            cfg,
+            _lock: lock,
+        })
     }
 
     pub fn fs(&self, opts: FsOptions) -> anyhow::Result<Arc<Fs>> {
-        Fs::new(self.meta.clone(), self.store.clone(), self.cfg.clone(), opts)
+        Fs::new(
+            self.meta.clone(),
+            self.store.clone(),
+            self.cfg.clone(),
+            opts,
+        )
     }
 }
 
@@ -279,7 +340,8 @@ pub fn cleanup(fs: &Fs) -> anyhow::Result<(usize, usize)> {
     let orphans = fs.meta.keys(crate::meta::CF_ORPHANS)?;
     for k in &orphans {
         let ino = u64::from_be_bytes(k[..8].try_into().context("corrupt orphan key")?);
-        fs.delete_inode(ino).map_err(|e| anyhow::anyhow!("cannot free orphan inode {ino}: errno {}", e.0))?;
+        fs.delete_inode(ino)
+            .map_err(|e| anyhow::anyhow!("cannot free orphan inode {ino}: errno {}", e.0))?;
     }
     let mut live: HashSet<(u32, u64, u64, u64)> = HashSet::new();
     fs.meta.each_extent(|ino, index, e| {
@@ -292,7 +354,10 @@ pub fn cleanup(fs: &Fs) -> anyhow::Result<(usize, usize)> {
         if !disk.is_up() {
             continue;
         }
-        for (id, _) in disk.scan().with_context(|| format!("cannot scan disk {}", disk.id))? {
+        for (id, _) in disk
+            .scan()
+            .with_context(|| format!("cannot scan disk {}", disk.id))?
+        {
             if !live.contains(&(disk.id, id.ino, id.index, id.version)) {
                 fs.store.remove_extent(&disk, &id);
                 removed += 1;
@@ -328,19 +393,32 @@ mod tests {
                 per_disk[*d as usize] += 1;
             }
         }
-        let (mn, mx) = (per_disk.iter().min().unwrap(), per_disk.iter().max().unwrap());
+        let (mn, mx) = (
+            per_disk.iter().min().unwrap(),
+            per_disk.iter().max().unwrap(),
+        );
         assert!(mx - mn <= 2, "unbalanced: {per_disk:?}");
         assert_eq!(combinations(5, 3).len(), 10);
     }
 }
 
 /// A fresh pool in `dir` with `disks` plain-directory disks, opened (for tests and tools).
-pub fn create_temp(dir: &Path, disks: usize, replicas: u32, extent_size: u64) -> anyhow::Result<(Pool, Arc<Fs>)> {
+pub fn create_temp(
+    dir: &Path,
+    disks: usize,
+    replicas: u32,
+    extent_size: u64,
+) -> anyhow::Result<(Pool, Arc<Fs>)> {
     let ds: Vec<PathBuf> = (0..disks).map(|i| dir.join(format!("disk{i}"))).collect();
     for d in &ds {
         fs::create_dir_all(d)?;
     }
-    init(&InitArgs { pool: dir.join("pool"), disks: ds, replicas, extent_size })?;
+    init(&InitArgs {
+        pool: dir.join("pool"),
+        disks: ds,
+        replicas,
+        extent_size,
+    })?;
     let p = Pool::open(&dir.join("pool"))?;
     let f = p.fs(FsOptions::default())?;
     f.start_background();

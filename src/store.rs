@@ -42,7 +42,11 @@ impl ExtentId {
         if it.next().is_some() {
             return None;
         }
-        Some(ExtentId { ino, index, version })
+        Some(ExtentId {
+            ino,
+            index,
+            version,
+        })
     }
     fn bucket(&self) -> String {
         format!("{:02x}", (self.ino.wrapping_mul(31) ^ self.index) & 0xff)
@@ -58,9 +62,11 @@ pub struct Label {
 pub fn read_label(root: &Path) -> anyhow::Result<Option<Label>> {
     let p = root.join(LABEL_FILE);
     match fs::read(&p) {
-        Ok(b) => Ok(Some(
-            serde_json::from_slice(&b).with_context(|| format!("{}: corrupt disk label", p.display()))?,
-        )),
+        Ok(b) => {
+            Ok(Some(serde_json::from_slice(&b).with_context(|| {
+                format!("{}: corrupt disk label", p.display())
+            })?))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("{}: cannot read disk label", p.display())),
     }
@@ -68,7 +74,8 @@ pub fn read_label(root: &Path) -> anyhow::Result<Option<Label>> {
 
 pub fn write_label(root: &Path, label: &Label) -> anyhow::Result<()> {
     let tmp = root.join(format!("{LABEL_FILE}.tmp"));
-    let mut f = File::create(&tmp).with_context(|| format!("{}: cannot write label", tmp.display()))?;
+    let mut f =
+        File::create(&tmp).with_context(|| format!("{}: cannot write label", tmp.display()))?;
     f.write_all(&serde_json::to_vec_pretty(label)?)?;
     f.sync_all()?;
     fs::rename(&tmp, root.join(LABEL_FILE))?;
@@ -78,7 +85,9 @@ pub fn write_label(root: &Path, label: &Label) -> anyhow::Result<()> {
 }
 
 pub fn block_sums(data: &[u8], block_size: usize) -> Vec<[u8; 32]> {
-    data.chunks(block_size).map(|c| *blake3::hash(c).as_bytes()).collect()
+    data.chunks(block_size)
+        .map(|c| *blake3::hash(c).as_bytes())
+        .collect()
 }
 
 pub struct Disk {
@@ -109,7 +118,10 @@ impl Disk {
         self.state() != DiskState::Failed
     }
     pub fn extent_path(&self, id: &ExtentId) -> PathBuf {
-        self.root.join(EXTENT_DIR).join(id.bucket()).join(id.file_name())
+        self.root
+            .join(EXTENT_DIR)
+            .join(id.bucket())
+            .join(id.file_name())
     }
 
     /// Checks that the directory still carries this pool's label for this disk.
@@ -124,7 +136,10 @@ impl Disk {
                 pool_id,
                 self.id
             ),
-            None => bail!("{}: disk label missing (disk replaced or not mounted?)", self.root.display()),
+            None => bail!(
+                "{}: disk label missing (disk replaced or not mounted?)",
+                self.root.display()
+            ),
         }
     }
 
@@ -163,7 +178,8 @@ impl Disk {
 
 pub fn statvfs(p: &Path) -> io::Result<(u64, u64, u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::ErrorKind::InvalidInput)?;
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid C string and s a valid out-pointer.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
@@ -201,10 +217,19 @@ impl Store {
     pub fn write_extent(&self, disk: &Disk, id: &ExtentId, data: &[u8]) -> io::Result<()> {
         let path = disk.extent_path(id);
         let res = (|| {
-            let f = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+            let f = match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     fs::create_dir_all(path.parent().unwrap())?;
-                    OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)?
                 }
                 r => r?,
             };
@@ -228,7 +253,11 @@ impl Store {
         let tmp = path.with_extension("tmp");
         let _ = fs::remove_file(&tmp);
         {
-            let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all_at(data, 0)?;
             f.sync_data()?;
         }
@@ -257,12 +286,26 @@ impl Store {
         off: usize,
         len: usize,
     ) -> Result<Vec<u8>, ReadError> {
+        let mut buf = vec![0u8; len];
+        self.read_verified_into(disk, id, sums, off, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// `read_verified` into a caller's buffer (saves a copy on the read path).
+    pub fn read_verified_into(
+        &self,
+        disk: &Disk,
+        id: &ExtentId,
+        sums: &[[u8; 32]],
+        off: usize,
+        buf: &mut [u8],
+    ) -> Result<(), ReadError> {
         debug_assert_eq!(off % self.block_size, 0);
+        let len = buf.len();
         let f = self.open_cached(disk, id).map_err(|e| {
             disk.io_errors.fetch_add(1, Ordering::Relaxed);
             ReadError::Io(e)
         })?;
-        let mut buf = vec![0u8; len];
         let mut done = 0;
         while done < len {
             match f.read_at(&mut buf[done..], (off + done) as u64) {
@@ -278,17 +321,23 @@ impl Store {
         }
         if done < len {
             disk.checksum_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(ReadError::Corrupt(format!("short file: {done} of {len} bytes")));
+            return Err(ReadError::Corrupt(format!(
+                "short file: {done} of {len} bytes"
+            )));
         }
         for (i, chunk) in buf.chunks(self.block_size).enumerate() {
             let b = off / self.block_size + i;
-            let want = sums.get(b).ok_or_else(|| ReadError::Corrupt(format!("no checksum for block {b}")))?;
+            let want = sums
+                .get(b)
+                .ok_or_else(|| ReadError::Corrupt(format!("no checksum for block {b}")))?;
             if blake3::hash(chunk).as_bytes() != want {
                 disk.checksum_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(ReadError::Corrupt(format!("checksum mismatch in block {b}")));
+                return Err(ReadError::Corrupt(format!(
+                    "checksum mismatch in block {b}"
+                )));
             }
         }
-        Ok(buf)
+        Ok(())
     }
 
     pub fn remove_extent(&self, disk: &Disk, id: &ExtentId) {
@@ -334,7 +383,11 @@ mod tests {
 
     #[test]
     fn extent_names_round_trip() {
-        let id = ExtentId { ino: 0x1234, index: 7, version: u64::MAX };
+        let id = ExtentId {
+            ino: 0x1234,
+            index: 7,
+            version: u64::MAX,
+        };
         assert_eq!(ExtentId::parse(&id.file_name()), Some(id));
         assert_eq!(ExtentId::parse("12.3"), None);
         assert_eq!(ExtentId::parse("x.1.2"), None);
@@ -343,23 +396,54 @@ mod tests {
     #[test]
     fn detects_flipped_byte_and_short_file() {
         let dir = tempfile::tempdir().unwrap();
-        write_label(dir.path(), &Label { pool_id: "p".into(), disk_id: 0 }).unwrap();
+        write_label(
+            dir.path(),
+            &Label {
+                pool_id: "p".into(),
+                disk_id: 0,
+            },
+        )
+        .unwrap();
         let disk = Disk::new(0, dir.path().to_path_buf(), DiskState::Up);
         let store = Store::new(vec![], 4096);
-        let id = ExtentId { ino: 5, index: 0, version: 1 };
+        let id = ExtentId {
+            ino: 5,
+            index: 0,
+            version: 1,
+        };
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         let sums = block_sums(&data, 4096);
         store.write_extent(&disk, &id, &data).unwrap();
-        assert_eq!(store.read_verified(&disk, &id, &sums, 4096, 4096).unwrap(), &data[4096..8192]);
-        assert_eq!(store.read_verified(&disk, &id, &sums, 8192, 10_000 - 8192).unwrap(), &data[8192..]);
+        assert_eq!(
+            store.read_verified(&disk, &id, &sums, 4096, 4096).unwrap(),
+            &data[4096..8192]
+        );
+        assert_eq!(
+            store
+                .read_verified(&disk, &id, &sums, 8192, 10_000 - 8192)
+                .unwrap(),
+            &data[8192..]
+        );
         let mut bad = data.clone();
         bad[5000] ^= 1;
         store.rewrite_extent(&disk, &id, &bad).unwrap();
-        assert!(matches!(store.read_verified(&disk, &id, &sums, 4096, 4096), Err(ReadError::Corrupt(_))));
-        assert!(store.read_verified(&disk, &id, &sums, 0, 4096).is_ok(), "other blocks stay readable");
+        assert!(matches!(
+            store.read_verified(&disk, &id, &sums, 4096, 4096),
+            Err(ReadError::Corrupt(_))
+        ));
+        assert!(
+            store.read_verified(&disk, &id, &sums, 0, 4096).is_ok(),
+            "other blocks stay readable"
+        );
         store.rewrite_extent(&disk, &id, &data[..9000]).unwrap();
-        assert!(matches!(store.read_verified(&disk, &id, &sums, 8192, 10_000 - 8192), Err(ReadError::Corrupt(_))));
+        assert!(matches!(
+            store.read_verified(&disk, &id, &sums, 8192, 10_000 - 8192),
+            Err(ReadError::Corrupt(_))
+        ));
         assert_eq!(disk.checksum_errors.load(Ordering::Relaxed), 2);
-        assert!(store.write_extent(&disk, &id, &data).is_err(), "versions are never overwritten");
+        assert!(
+            store.write_extent(&disk, &id, &data).is_err(),
+            "versions are never overwritten"
+        );
     }
 }

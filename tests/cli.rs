@@ -44,7 +44,11 @@ fn init_refuses_bad_disks_and_changes_nothing() {
         (vec![&d0, &d0], vec![], "given twice"),
         (vec![&d0, &link], vec![], "given twice"),
         (vec![&d0], vec!["--replicas", "2"], "needs at least"),
-        (vec![&d0, &d1], vec!["--extent-size", "3MiB"], "power of two"),
+        (
+            vec![&d0, &d1],
+            vec!["--extent-size", "3MiB"],
+            "power of two",
+        ),
         (vec![&d0, &d1], vec!["--replicas", "0"], "at least 1"),
     ];
     for (disks, extra, want) in cases {
@@ -52,7 +56,10 @@ fn init_refuses_bad_disks_and_changes_nothing() {
         assert!(!o.status.success(), "{disks:?} {extra:?} accepted");
         assert!(err(&o).contains(want), "{disks:?}: {}", err(&o));
         assert!(!pool.exists(), "refused init left the pool directory");
-        assert!(fs::read_dir(&d0).unwrap().next().is_none(), "refused init touched a disk");
+        assert!(
+            fs::read_dir(&d0).unwrap().next().is_none(),
+            "refused init touched a disk"
+        );
     }
     // A good init, then: existing pool, disk of another pool.
     let o = init(&pool, &[&d0, &d1], &[]);
@@ -88,21 +95,35 @@ fn commands_on_missing_or_bad_pools_fail_clearly() {
         assert!(err(&o).contains("no such pool"), "{cmd}: {}", err(&o));
         let o = run(&[cmd, t.path().to_str().unwrap()]);
         assert!(!o.status.success());
-        assert!(err(&o).contains("not a foreshard pool"), "{cmd}: {}", err(&o));
+        assert!(
+            err(&o).contains("not a foreshard pool"),
+            "{cmd}: {}",
+            err(&o)
+        );
     }
-    let o = run(&["mount", t.path().join("nope").to_str().unwrap(), t.path().to_str().unwrap()]);
+    let o = run(&[
+        "mount",
+        t.path().join("nope").to_str().unwrap(),
+        t.path().to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
 }
 
 #[test]
 fn offline_status_shards_fsck() {
     let t = tmp();
-    let (d0, d1, d2) = (t.path().join("d0"), t.path().join("d1"), t.path().join("d2"));
+    let (d0, d1, d2) = (
+        t.path().join("d0"),
+        t.path().join("d1"),
+        t.path().join("d2"),
+    );
     for d in [&d0, &d1, &d2] {
         fs::create_dir(d).unwrap();
     }
     let pool = t.path().join("pool");
-    assert!(init(&pool, &[&d0, &d1, &d2], &["--replicas", "2"]).status.success());
+    assert!(init(&pool, &[&d0, &d1, &d2], &["--replicas", "2"])
+        .status
+        .success());
     let p = pool.to_str().unwrap();
     let s: serde_json::Value = serde_json::from_str(&run_ok(&["status", p, "--json"])).unwrap();
     assert_eq!(s["disks"].as_array().unwrap().len(), 3);
@@ -130,14 +151,21 @@ fn mount_errors_are_clear() {
         return;
     }
     let mut p = Pool::new(2, 1, "1MiB");
-    let o = run(&["mount", p.pool.to_str().unwrap(), p.tmp.path().join("nowhere").to_str().unwrap()]);
+    let o = run(&[
+        "mount",
+        p.pool.to_str().unwrap(),
+        p.tmp.path().join("nowhere").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(err(&o).contains("nowhere"), "{}", err(&o));
     p.mount();
     let other = p.tmp.path().join("mnt2");
     fs::create_dir(&other).unwrap();
     let o = run(&["mount", p.pool.to_str().unwrap(), other.to_str().unwrap()]);
-    assert!(!o.status.success(), "second mount of a mounted pool is refused");
+    assert!(
+        !o.status.success(),
+        "second mount of a mounted pool is refused"
+    );
     assert!(err(&o).contains("in use"), "{}", err(&o));
     let o = run(&["umount", other.to_str().unwrap()]);
     assert!(!o.status.success());

@@ -23,7 +23,10 @@ fn kill_9_loses_no_fsynced_byte() {
     if !fuse_available() {
         return;
     }
-    let rounds: u64 = std::env::var("FORESHARD_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let rounds: u64 = std::env::var("FORESHARD_CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let mut p = Pool::new(3, 2, "256KiB");
     let durable_blocks = Arc::new(AtomicU64::new(0));
     let durable_state = Arc::new(AtomicU64::new(0));
@@ -34,24 +37,45 @@ fn kill_9_loses_no_fsynced_byte() {
         let log = p.path("log");
         let have = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let d = durable_blocks.load(Ordering::SeqCst);
-        assert!(have >= d * BLOCK as u64, "round {round}: log has {have} bytes, {d} blocks were fsynced");
+        assert!(
+            have >= d * BLOCK as u64,
+            "round {round}: log has {have} bytes, {d} blocks were fsynced"
+        );
         let f = fs::File::open(&log).ok();
         for i in 0..d {
             let mut buf = vec![0u8; BLOCK];
-            f.as_ref().unwrap().read_exact_at(&mut buf, i * BLOCK as u64).unwrap();
+            f.as_ref()
+                .unwrap()
+                .read_exact_at(&mut buf, i * BLOCK as u64)
+                .unwrap();
             assert!(buf == block(i), "round {round}: fsynced block {i} damaged");
         }
         if d > 0 {
-            let s: u64 = fs::read_to_string(p.path("state")).unwrap().trim().parse().unwrap();
-            assert!(s >= durable_state.load(Ordering::SeqCst), "round {round}: state went back");
+            let s: u64 = fs::read_to_string(p.path("state"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert!(
+                s >= durable_state.load(Ordering::SeqCst),
+                "round {round}: state went back"
+            );
         }
         // Start where the durable part ends (rewriting a torn tail).
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
-            let (mnt, stop, db, ds) = (p.mnt.clone(), stop.clone(), durable_blocks.clone(), durable_state.clone());
+            let (mnt, stop, db, ds) = (
+                p.mnt.clone(),
+                stop.clone(),
+                durable_blocks.clone(),
+                durable_state.clone(),
+            );
             std::thread::spawn(move || {
                 let run = || -> std::io::Result<()> {
-                    let f = OpenOptions::new().create(true).write(true).open(mnt.join("log"))?;
+                    let f = OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .open(mnt.join("log"))?;
                     let mut next = db.load(Ordering::SeqCst);
                     let mut st = ds.load(Ordering::SeqCst);
                     while !stop.load(Ordering::SeqCst) {
@@ -85,7 +109,10 @@ fn kill_9_loses_no_fsynced_byte() {
         let (clean, out) = p.fsck(false);
         assert!(clean, "round {round}: fsck after crash: {out}");
     }
-    assert!(durable_blocks.load(Ordering::SeqCst) > rounds, "the writer made progress");
+    assert!(
+        durable_blocks.load(Ordering::SeqCst) > rounds,
+        "the writer made progress"
+    );
     p.mount();
     let (clean, out) = p.fsck(false);
     assert!(clean, "{out}");

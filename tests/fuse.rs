@@ -38,7 +38,10 @@ fn files_dirs_links_and_attributes() {
     // mkdir / rmdir ENOTEMPTY
     fs::create_dir(p.path("d")).unwrap();
     fs::write(p.path("d/x"), b"x").unwrap();
-    assert_eq!(fs::remove_dir(p.path("d")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(
+        fs::remove_dir(p.path("d")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
     // rename: replace, across dirs, directory rename
     fs::write(p.path("d/y"), b"y").unwrap();
     fs::rename(p.path("d/x"), p.path("d/y")).unwrap();
@@ -55,7 +58,10 @@ fn files_dirs_links_and_attributes() {
     assert_eq!(fs::metadata(p.path("z2")).unwrap().nlink(), 1);
     // symlinks
     std::os::unix::fs::symlink("hello.txt", p.path("ln")).unwrap();
-    assert_eq!(fs::read_link(p.path("ln")).unwrap().to_str().unwrap(), "hello.txt");
+    assert_eq!(
+        fs::read_link(p.path("ln")).unwrap().to_str().unwrap(),
+        "hello.txt"
+    );
     assert_eq!(fs::read(p.path("ln")).unwrap(), b"hello world!!");
     // chmod / chown / utimens and ctime rules
     let before = fs::metadata(&f).unwrap();
@@ -63,29 +69,69 @@ fn files_dirs_links_and_attributes() {
     fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
     let m = fs::metadata(&f).unwrap();
     assert_eq!(m.mode() & 0o7777, 0o600);
-    assert!(m.ctime_nsec() != before.ctime_nsec() || m.ctime() != before.ctime(), "chmod changes ctime");
-    assert_eq!((m.mtime(), m.mtime_nsec()), (before.mtime(), before.mtime_nsec()), "chmod keeps mtime");
+    assert!(
+        m.ctime_nsec() != before.ctime_nsec() || m.ctime() != before.ctime(),
+        "chmod changes ctime"
+    );
+    assert_eq!(
+        (m.mtime(), m.mtime_nsec()),
+        (before.mtime(), before.mtime_nsec()),
+        "chmod keeps mtime"
+    );
     std::os::unix::fs::chown(&f, Some(1234), Some(5678)).unwrap();
     let m = fs::metadata(&f).unwrap();
     assert_eq!((m.uid(), m.gid()), (1234, 5678));
     let times = [
-        libc::timespec { tv_sec: 1_000_000, tv_nsec: 5 },
-        libc::timespec { tv_sec: 2_000_000, tv_nsec: 7 },
+        libc::timespec {
+            tv_sec: 1_000_000,
+            tv_nsec: 5,
+        },
+        libc::timespec {
+            tv_sec: 2_000_000,
+            tv_nsec: 7,
+        },
     ];
-    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&f).as_ptr(), times.as_ptr(), 0) }, 0);
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&f).as_ptr(), times.as_ptr(), 0) },
+        0
+    );
     let m = fs::metadata(&f).unwrap();
-    assert_eq!((m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec()), (1_000_000, 5, 2_000_000, 7));
+    assert_eq!(
+        (m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec()),
+        (1_000_000, 5, 2_000_000, 7)
+    );
     // xattrs
     let name = CString::new("user.color").unwrap();
-    assert_eq!(unsafe { libc::setxattr(cstr(&f).as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0) }, 0);
+    assert_eq!(
+        unsafe {
+            libc::setxattr(
+                cstr(&f).as_ptr(),
+                name.as_ptr(),
+                b"blue".as_ptr().cast(),
+                4,
+                0,
+            )
+        },
+        0
+    );
     let mut buf = [0u8; 16];
-    let n = unsafe { libc::getxattr(cstr(&f).as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 16) };
+    let n = unsafe {
+        libc::getxattr(
+            cstr(&f).as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            16,
+        )
+    };
     assert_eq!(&buf[..n as usize], b"blue");
     // statfs: capacity of 3 disks divided by 2 replicas
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(cstr(&p.mnt).as_ptr(), &mut st) }, 0);
     let mut raw: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(cstr(&p.disks[0]).as_ptr(), &mut raw) }, 0);
+    assert_eq!(
+        unsafe { libc::statvfs(cstr(&p.disks[0]).as_ptr(), &mut raw) },
+        0
+    );
     let ours = st.f_blocks * st.f_frsize;
     let want = raw.f_blocks * raw.f_frsize * 3 / 2;
     assert!(ours.abs_diff(want) < want / 100, "statfs {ours} vs {want}");
@@ -97,16 +143,33 @@ fn files_dirs_links_and_attributes() {
 fn sparse_large_truncate_fallocate_unlink_open() {
     let Some(p) = mounted(2, 2) else { return };
     let f = p.path("sparse");
-    let mut h = OpenOptions::new().create(true).read(true).write(true).open(&f).unwrap();
+    let mut h = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
     let far = 5u64 << 30;
     h.seek(SeekFrom::Start(far)).unwrap();
     h.write_all(b"tail").unwrap();
     h.sync_all().unwrap();
     let m = fs::metadata(&f).unwrap();
     assert_eq!(m.len(), far + 4);
-    assert!(m.blocks() * 512 < 4 << 20, "holes use no disk: {} blocks", m.blocks());
-    let used: u64 = p.json(&["status"])["disks"].as_array().unwrap().iter().map(|d| d["used_bytes"].as_u64().unwrap()).sum();
-    assert!(used <= 2 * (1 << 20), "disks hold only the written extent: {used}");
+    assert!(
+        m.blocks() * 512 < 4 << 20,
+        "holes use no disk: {} blocks",
+        m.blocks()
+    );
+    let used: u64 = p.json(&["status"])["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["used_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(
+        used <= 2 * (1 << 20),
+        "disks hold only the written extent: {used}"
+    );
     let mut b = [1u8; 8];
     h.seek(SeekFrom::Start(far - 4)).unwrap();
     h.read_exact(&mut b).unwrap();
@@ -118,7 +181,10 @@ fn sparse_large_truncate_fallocate_unlink_open() {
     assert_eq!(all.len(), 3 << 20);
     assert!(all.iter().all(|x| *x == 0));
     // fallocate mode 0 extends
-    assert_eq!(unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&h), 0, 0, 5 << 20) }, 0);
+    assert_eq!(
+        unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&h), 0, 0, 5 << 20) },
+        0
+    );
     assert_eq!(fs::metadata(&f).unwrap().len(), 5 << 20);
     // unlink while open: still readable through the handle
     h.seek(SeekFrom::Start(0)).unwrap();
@@ -147,13 +213,28 @@ fn big_file_roundtrip_and_fsync() {
     drop(h);
     assert_eq!(blake3::hash(&fs::read(&f).unwrap()), blake3::hash(&data));
     let s = p.json(&["shards"]);
-    let n: usize = s["shards"].as_array().unwrap().iter().map(|sh| sh["extents"].as_array().unwrap().len()).sum();
+    let n: usize = s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sh| sh["extents"].as_array().unwrap().len())
+        .sum();
     assert_eq!(n, 37);
     assert_eq!(s["extent_size_bytes"], 1 << 20);
-    let e = &s["shards"].as_array().unwrap().iter().find(|sh| !sh["extents"].as_array().unwrap().is_empty()).unwrap()["extents"][0];
+    let e = &s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|sh| !sh["extents"].as_array().unwrap().is_empty())
+        .unwrap()["extents"][0];
     assert_eq!(e["path"], "/big");
     let st = p.json(&["status"]);
-    let reps: u64 = st["disks"].as_array().unwrap().iter().map(|d| d["extents"].as_u64().unwrap()).sum();
+    let reps: u64 = st["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["extents"].as_u64().unwrap())
+        .sum();
     assert_eq!(reps, 74, "37 extents x 2 replicas");
 }
 
@@ -161,11 +242,23 @@ fn big_file_roundtrip_and_fsync() {
 fn shared_writable_mmap() {
     let Some(p) = mounted(2, 1) else { return };
     let f = p.path("mm");
-    let h = OpenOptions::new().create(true).read(true).write(true).open(&f).unwrap();
+    let h = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
     h.set_len(8192).unwrap();
     unsafe {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&h);
-        let ptr = libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
         assert_ne!(ptr, libc::MAP_FAILED);
         let s = std::slice::from_raw_parts_mut(ptr as *mut u8, 8192);
         s[100..105].copy_from_slice(b"mmap!");
@@ -215,12 +308,28 @@ fn permissions_are_enforced() {
     fs::write(p.path("ro.txt"), b"x").unwrap();
     fs::set_permissions(p.path("ro.txt"), fs::Permissions::from_mode(0o644)).unwrap();
     fs::set_permissions(&p.mnt, fs::Permissions::from_mode(0o755)).unwrap();
-    let as_nobody = |cmd: &str| sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups bash -c '{cmd}'"), Path::new("/"));
+    let as_nobody = |cmd: &str| {
+        sh(
+            &format!("setpriv --reuid=65534 --regid=65534 --clear-groups bash -c '{cmd}'"),
+            Path::new("/"),
+        )
+    };
     let mnt = p.mnt.display();
     assert!(as_nobody(&format!("cat {mnt}/ro.txt")).status.success());
-    assert!(!as_nobody(&format!("echo y >> {mnt}/ro.txt")).status.success(), "write to 0644 root file");
-    assert!(!as_nobody(&format!("ls {mnt}/private")).status.success(), "list 0700 root dir");
-    assert!(!as_nobody(&format!("touch {mnt}/new")).status.success(), "create in 0755 root dir");
+    assert!(
+        !as_nobody(&format!("echo y >> {mnt}/ro.txt"))
+            .status
+            .success(),
+        "write to 0644 root file"
+    );
+    assert!(
+        !as_nobody(&format!("ls {mnt}/private")).status.success(),
+        "list 0700 root dir"
+    );
+    assert!(
+        !as_nobody(&format!("touch {mnt}/new")).status.success(),
+        "create in 0755 root dir"
+    );
 }
 
 #[test]
@@ -229,16 +338,26 @@ fn shell_tools_cp_tar_rsync_git_sqlite() {
     let src = p.tmp.path().join("src");
     fs::create_dir_all(src.join("sub/deeper")).unwrap();
     for i in 0..50 {
-        fs::write(src.join(format!("sub/f{i}")), pattern(i * 3000 + 1, i as u64)).unwrap();
+        fs::write(
+            src.join(format!("sub/f{i}")),
+            pattern(i * 3000 + 1, i as u64),
+        )
+        .unwrap();
     }
     fs::write(src.join("sub/deeper/big"), pattern(3 << 20, 99)).unwrap();
     std::os::unix::fs::symlink("f1", src.join("sub/link")).unwrap();
     let mnt = p.mnt.clone();
     let m = mnt.display();
     let s = src.display();
-    sh_ok(&format!("cp -a {s} {m}/cp && diff -r {s} {m}/cp"), Path::new("/"));
+    sh_ok(
+        &format!("cp -a {s} {m}/cp && diff -r {s} {m}/cp"),
+        Path::new("/"),
+    );
     sh_ok(&format!("tar -C {s} -cf {s}.tar . && mkdir {m}/tar && tar -C {m}/tar -xf {s}.tar && diff -r {s} {m}/tar"), Path::new("/"));
-    sh_ok(&format!("rsync -a {s}/ {m}/rsync/ && diff -r {s} {m}/rsync"), Path::new("/"));
+    sh_ok(
+        &format!("rsync -a {s}/ {m}/rsync/ && diff -r {s} {m}/rsync"),
+        Path::new("/"),
+    );
     // git: a local repository cloned onto the mount, then a commit there.
     sh_ok(
         &format!(
@@ -310,10 +429,17 @@ fn corrupted_replicas_are_bypassed_and_repaired() {
     assert!(!clean, "fsck sees the damage: {out}");
     p.mount();
     for (i, d) in files.iter().enumerate() {
-        assert_eq!(&fs::read(p.path(&format!("f{i}"))).unwrap(), d, "f{i}: reads return good data");
+        assert_eq!(
+            &fs::read(p.path(&format!("f{i}"))).unwrap(),
+            d,
+            "f{i}: reads return good data"
+        );
     }
     let st = p.json(&["status"]);
-    assert!(st["stats"]["replica_read_failures"].as_u64().unwrap() > 0, "bad reads are counted");
+    assert!(
+        st["stats"]["replica_read_failures"].as_u64().unwrap() > 0,
+        "bad reads are counted"
+    );
     p.umount();
     let (clean, out) = p.fsck(true);
     assert!(clean, "fsck --repair: {out}");

@@ -14,15 +14,27 @@ const NAMES: [&str; 3] = ["a", "b", "c"];
 #[derive(Clone, Debug)]
 enum Op {
     Create(usize),
-    Write { f: usize, off: u64, len: usize, seed: u8 },
-    Truncate { f: usize, size: u64 },
+    Write {
+        f: usize,
+        off: u64,
+        len: usize,
+        seed: u8,
+    },
+    Truncate {
+        f: usize,
+        size: u64,
+    },
     Rename(usize, usize),
     Link(usize, usize),
     Unlink(usize),
     Mkdir(usize),
     Rmdir(usize),
     Close(usize),
-    Read { f: usize, off: u64, len: u32 },
+    Read {
+        f: usize,
+        off: u64,
+        len: u32,
+    },
 }
 
 /// File paths: names in the root and in each directory.
@@ -102,13 +114,20 @@ impl Harness {
 }
 
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+        .collect()
 }
 
 fn run(ops: Vec<Op>) {
     let t = tempfile::tempdir().unwrap();
     let (p, fs) = foreshard::pool::create_temp(t.path(), 3, 2, ES).unwrap();
-    let mut h = Harness { _t: t, _p: p, fs, open: HashMap::new() };
+    let mut h = Harness {
+        _t: t,
+        _p: p,
+        fs,
+        open: HashMap::new(),
+    };
     let mut m = Model::default();
     let ps = paths();
     let c = Ctx::root();
@@ -117,7 +136,9 @@ fn run(ops: Vec<Op>) {
             Op::Create(i) => {
                 let p = &ps[i];
                 let want_ok = m.parent_exists(p) && !m.names.contains_key(p);
-                let got = h.resolve_parent(p).and_then(|(parent, n)| h.fs.mknod(c, parent, n.as_bytes(), libc::S_IFREG | 0o644, 0, 0));
+                let got = h.resolve_parent(p).and_then(|(parent, n)| {
+                    h.fs.mknod(c, parent, n.as_bytes(), libc::S_IFREG | 0o644, 0, 0)
+                });
                 assert_eq!(got.is_ok(), want_ok, "step {step}: create {p}: {got:?}");
                 if want_ok {
                     m.next += 1;
@@ -127,7 +148,9 @@ fn run(ops: Vec<Op>) {
             }
             Op::Write { f, off, len, seed } => {
                 let p = &ps[f];
-                let Some(id) = m.names.get(p).copied() else { continue };
+                let Some(id) = m.names.get(p).copied() else {
+                    continue;
+                };
                 let ino = h.lookup(p).unwrap();
                 let fh = h.handle(ino);
                 let buf = bytes(len, seed);
@@ -141,9 +164,19 @@ fn run(ops: Vec<Op>) {
             }
             Op::Truncate { f, size } => {
                 let p = &ps[f];
-                let Some(id) = m.names.get(p).copied() else { continue };
+                let Some(id) = m.names.get(p).copied() else {
+                    continue;
+                };
                 let ino = h.lookup(p).unwrap();
-                h.fs.setattr(c, ino, &SetAttr { size: Some(size), ..Default::default() }).unwrap();
+                h.fs.setattr(
+                    c,
+                    ino,
+                    &SetAttr {
+                        size: Some(size),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
                 m.data.get_mut(&id).unwrap().resize(size as usize, 0);
             }
             Op::Rename(a, b) => {
@@ -153,7 +186,11 @@ fn run(ops: Vec<Op>) {
                     let (fb, nb) = h.resolve_parent(pb)?;
                     h.fs.rename(fa, na.as_bytes(), fb, nb.as_bytes(), 0)
                 });
-                assert_eq!(got.is_ok(), want_ok, "step {step}: rename {pa} {pb}: {got:?}");
+                assert_eq!(
+                    got.is_ok(),
+                    want_ok,
+                    "step {step}: rename {pa} {pb}: {got:?}"
+                );
                 let same = m.names.get(pa).is_some() && m.names.get(pa) == m.names.get(pb);
                 if want_ok && !same {
                     let id = m.names.remove(pa).unwrap();
@@ -162,7 +199,8 @@ fn run(ops: Vec<Op>) {
             }
             Op::Link(a, b) => {
                 let (pa, pb) = (&ps[a], &ps[b]);
-                let want_ok = m.names.contains_key(pa) && m.parent_exists(pb) && !m.names.contains_key(pb);
+                let want_ok =
+                    m.names.contains_key(pa) && m.parent_exists(pb) && !m.names.contains_key(pb);
                 let got = h.lookup(pa).and_then(|ino| {
                     let (fb, nb) = h.resolve_parent(pb)?;
                     h.fs.link(ino, fb, nb.as_bytes())
@@ -176,7 +214,9 @@ fn run(ops: Vec<Op>) {
             Op::Unlink(i) => {
                 let p = &ps[i];
                 let want_ok = m.names.contains_key(p);
-                let got = h.resolve_parent(p).and_then(|(parent, n)| h.fs.unlink(parent, n.as_bytes()));
+                let got = h
+                    .resolve_parent(p)
+                    .and_then(|(parent, n)| h.fs.unlink(parent, n.as_bytes()));
                 assert_eq!(got.is_ok(), want_ok, "step {step}: unlink {p}: {got:?}");
                 if want_ok {
                     m.names.remove(p);
@@ -214,20 +254,31 @@ fn run(ops: Vec<Op>) {
             }
             Op::Read { f, off, len } => {
                 let p = &ps[f];
-                let Some(id) = m.names.get(p).copied() else { continue };
+                let Some(id) = m.names.get(p).copied() else {
+                    continue;
+                };
                 let ino = h.lookup(p).unwrap();
                 h.handle(ino);
                 let d = &m.data[&id];
                 let s = (off as usize).min(d.len());
                 let e = (off as usize + len as usize).min(d.len());
-                assert_eq!(h.fs.read(ino, off, len).unwrap(), &d[s..e], "step {step}: read {p}");
+                assert_eq!(
+                    h.fs.read(ino, off, len).unwrap(),
+                    &d[s..e],
+                    "step {step}: read {p}"
+                );
             }
         }
         // Compare the whole visible tree after every step.
         let mut listed: Vec<String> = Vec::new();
-        for (dir, prefix) in std::iter::once((ROOT_INO, String::new())).chain(
-            m.dirs.iter().map(|d| (h.fs.lookup(ROOT_INO, d.as_bytes()).unwrap().ino, format!("{d}/"))),
-        ) {
+        for (dir, prefix) in
+            std::iter::once((ROOT_INO, String::new())).chain(m.dirs.iter().map(|d| {
+                (
+                    h.fs.lookup(ROOT_INO, d.as_bytes()).unwrap().ino,
+                    format!("{d}/"),
+                )
+            }))
+        {
             for e in h.fs.readdir(dir, 0).unwrap() {
                 if e.name != b"." && e.name != b".." && e.kind != Kind::Dir {
                     listed.push(format!("{prefix}{}", String::from_utf8_lossy(&e.name)));
@@ -252,7 +303,11 @@ fn run(ops: Vec<Op>) {
         let ino = h.lookup(p).unwrap();
         let fh = h.fs.open(ino, libc::O_RDONLY).unwrap();
         let d = &m.data[id];
-        assert_eq!(&h.fs.read(ino, 0, d.len() as u32 + 1).unwrap(), d, "final content of {p}");
+        assert_eq!(
+            &h.fs.read(ino, 0, d.len() as u32 + 1).unwrap(),
+            d,
+            "final content of {p}"
+        );
         h.fs.release(fh).unwrap();
     }
     let r = foreshard::admin::fsck(&h.fs, false).unwrap();

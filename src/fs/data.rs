@@ -21,7 +21,13 @@ impl Fs {
             return Err(Errno::EISDIR);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Handle { ino, append: flags & libc::O_APPEND != 0 });
+        self.handles.lock().insert(
+            fh,
+            Handle {
+                ino,
+                append: flags & libc::O_APPEND != 0,
+            },
+        );
         Ok(fh)
     }
 
@@ -33,7 +39,9 @@ impl Fs {
     }
 
     pub fn flush(&self, ino: u64) -> FsResult<()> {
-        let Some(node) = self.node(ino) else { return Ok(()) };
+        let Some(node) = self.node(ino) else {
+            return Ok(());
+        };
         let mut n = node.inner.lock();
         self.commit_all(ino, &mut n)?;
         self.persist_rec(ino, &mut n)
@@ -54,11 +62,18 @@ impl Fs {
         self.sync_all()
     }
 
-    fn extent_rec(&self, ino: u64, index: u64, n: &mut NodeInner) -> FsResult<Option<Arc<ExtentRec>>> {
+    fn extent_rec(
+        &self,
+        ino: u64,
+        index: u64,
+        n: &mut NodeInner,
+    ) -> FsResult<Option<Arc<ExtentRec>>> {
         if let Some(e) = n.extents.get(&index) {
             return Ok(Some(e.clone()));
         }
-        let Some(e) = self.meta.extent(ino, index)? else { return Ok(None) };
+        let Some(e) = self.meta.extent(ino, index)? else {
+            return Ok(None);
+        };
         if n.extents.len() >= NODE_EXTENT_CACHE_MAX {
             n.extents.clear();
         }
@@ -121,16 +136,27 @@ impl Fs {
             // relatime: update atime when it is older than the last change or a day old.
             let now = now_ns();
             let r = &mut n.rec;
-            if r.atime_ns <= r.mtime_ns || r.atime_ns <= r.ctime_ns || now - r.atime_ns > 86_400_000_000_000 {
+            if r.atime_ns <= r.mtime_ns
+                || r.atime_ns <= r.ctime_ns
+                || now - r.atime_ns > 86_400_000_000_000
+            {
                 r.atime_ns = now;
                 n.rec_dirty = true;
             }
         }
+        let bs = self.store.block_size;
         for (at, index, e, start, len) in plan {
+            let n = len.min(e.len as usize - start);
+            let aligned = start % bs == 0 && ((start + n) % bs == 0 || start + n == e.len as usize);
+            if aligned && self.read_direct(ino, index, &e, start, &mut out[at..at + n]) {
+                continue;
+            }
             let data = self.read_extent(ino, index, &e, start, start + len)?;
             out[at..at + data.len()].copy_from_slice(&data);
         }
-        self.stats.bytes_read.fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_read
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -152,6 +178,34 @@ impl Fs {
         Ok(buf)
     }
 
+    /// Fast path for block-aligned reads: straight into the caller's buffer from the first
+    /// replica that verifies. False when none did (the caller takes the general path).
+    fn read_direct(
+        &self,
+        ino: u64,
+        index: u64,
+        e: &ExtentRec,
+        start: usize,
+        dst: &mut [u8],
+    ) -> bool {
+        let id = ExtentId {
+            ino,
+            index,
+            version: e.version,
+        };
+        let n = e.replicas.len();
+        let first = ((ino ^ index) as usize) % n.max(1);
+        // Only the preferred replica: on any failure the general path reads, counts and repairs.
+        (0..n)
+            .filter_map(|k| self.store.disk(e.replicas[(first + k) % n]))
+            .find(|d| d.is_up())
+            .is_some_and(|d| {
+                self.store
+                    .read_verified_into(&d, &id, &e.sums, start, dst)
+                    .is_ok()
+            })
+    }
+
     /// `read_extent` without queueing repairs: returns the data and the replicas found bad.
     fn read_extent_quiet(
         &self,
@@ -169,7 +223,11 @@ impl Fs {
         }
         let b0 = start / bs * bs;
         let b1 = end.div_ceil(bs).saturating_mul(bs).min(len);
-        let id = ExtentId { ino, index, version: e.version };
+        let id = ExtentId {
+            ino,
+            index,
+            version: e.version,
+        };
         let n = e.replicas.len();
         // Spread reads of different extents over their replicas.
         let first = ((ino ^ index) as usize) % n.max(1);
@@ -187,8 +245,16 @@ impl Fs {
                     bad.push(disk.id);
                 }
                 Err(err) => {
-                    self.stats.replica_read_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(disk = disk.id, ino, index, version = e.version, "bad replica: {err}");
+                    self.stats
+                        .replica_read_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        disk = disk.id,
+                        ino,
+                        index,
+                        version = e.version,
+                        "bad replica: {err}"
+                    );
                     bad.push(disk.id);
                 }
             }
@@ -201,11 +267,19 @@ impl Fs {
         let mut out = Vec::with_capacity(b1 - b0);
         for b in (b0..b1).step_by(bs) {
             let blen = bs.min(b1 - b);
-            let got = order.iter().find_map(|d| self.store.read_verified(d, &id, &e.sums, b, blen).ok());
+            let got = order
+                .iter()
+                .find_map(|d| self.store.read_verified(d, &id, &e.sums, b, blen).ok());
             match got {
                 Some(block) => out.extend_from_slice(&block),
                 None => {
-                    tracing::error!(ino, index, version = e.version, block = b / bs, "no good replica of this block");
+                    tracing::error!(
+                        ino,
+                        index,
+                        version = e.version,
+                        block = b / bs,
+                        "no good replica of this block"
+                    );
                     return Err(Errno::EIO);
                 }
             }
@@ -214,7 +288,16 @@ impl Fs {
     }
 
     fn queue_repair(&self, ino: u64, index: u64, version: u64, disk: u32) {
-        if self.repair_tx.try_send(RepairReq { ino, index, version, disk }).is_err() {
+        if self
+            .repair_tx
+            .try_send(RepairReq {
+                ino,
+                index,
+                version,
+                disk,
+            })
+            .is_err()
+        {
             self.stats.repairs_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -222,34 +305,55 @@ impl Fs {
     /// Rewrites a bad copy from a good replica, if the extent still has that version.
     pub(crate) fn repair(&self, req: &RepairReq) {
         let res = (|| -> anyhow::Result<bool> {
-            let Some(e) = self.meta.extent(req.ino, req.index)? else { return Ok(false) };
+            let Some(e) = self.meta.extent(req.ino, req.index)? else {
+                return Ok(false);
+            };
             if e.version != req.version || !e.replicas.contains(&req.disk) {
                 return Ok(false);
             }
             let data = self
                 .read_good_copy(req.ino, req.index, &e)
                 .ok_or_else(|| anyhow::anyhow!("no good replica"))?;
-            let disk = self.store.disk(req.disk).ok_or_else(|| anyhow::anyhow!("disk gone"))?;
-            let id = ExtentId { ino: req.ino, index: req.index, version: e.version };
+            let disk = self
+                .store
+                .disk(req.disk)
+                .ok_or_else(|| anyhow::anyhow!("disk gone"))?;
+            let id = ExtentId {
+                ino: req.ino,
+                index: req.index,
+                version: e.version,
+            };
             self.store.rewrite_extent(&disk, &id, &data)?;
             Ok(true)
         })();
         match res {
             Ok(true) => {
                 self.stats.repairs_done.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(disk = req.disk, ino = req.ino, index = req.index, "replica repaired");
+                tracing::info!(
+                    disk = req.disk,
+                    ino = req.ino,
+                    index = req.index,
+                    "replica repaired"
+                );
             }
             Ok(false) => {}
             Err(e) => {
                 self.stats.repairs_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(disk = req.disk, ino = req.ino, index = req.index, "repair failed: {e:#}");
+                tracing::error!(
+                    disk = req.disk,
+                    ino = req.ino,
+                    index = req.index,
+                    "repair failed: {e:#}"
+                );
             }
         }
     }
 
     /// The whole extent, verified (assembled block by block from all replicas if need be).
     pub(crate) fn read_good_copy(&self, ino: u64, index: u64, e: &ExtentRec) -> Option<Vec<u8>> {
-        self.read_extent_quiet(ino, index, e, 0, e.len as usize).ok().map(|(b, _)| b)
+        self.read_extent_quiet(ino, index, e, 0, e.len as usize)
+            .ok()
+            .map(|(b, _)| b)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
@@ -273,29 +377,40 @@ impl Fs {
             let stop = ((index + 1) * es).min(end);
             let len = (stop - pos) as usize;
             let src = &data[(pos - offset) as usize..(pos - offset) as usize + len];
+            let now = now_ns();
+            // The size covers the data before it is committed, so no extent lies past the end.
+            n.rec.size = n.rec.size.max(stop);
+            n.rec.mtime_ns = now;
+            n.rec.ctime_ns = now;
+            n.rec_dirty = true;
+            if start == 0 && len == es as usize && !n.dirty.contains_key(&index) {
+                // A whole extent: commit it straight from the request, no buffering.
+                self.commit(ino, &mut n, &[index], None, Some(src))?;
+                pos = stop;
+                continue;
+            }
             if !n.dirty.contains_key(&index) {
                 let buf = self.load_for_write(ino, index, start, len, &mut n)?;
-                self.dirty_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                self.dirty_bytes
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 n.dirty.insert(index, buf);
             }
             let buf = n.dirty.get_mut(&index).expect("inserted above");
             if buf.len() < start + len {
-                self.dirty_bytes.fetch_add((start + len - buf.len()) as u64, Ordering::Relaxed);
+                self.dirty_bytes
+                    .fetch_add((start + len - buf.len()) as u64, Ordering::Relaxed);
                 buf.resize(start + len, 0);
             }
             buf[start..start + len].copy_from_slice(src);
             pos = stop;
             // A write that reaches the end of an extent most likely moves on: commit it now.
             if start + len == es as usize {
-                self.commit(ino, &mut n, &[index], None)?;
+                self.commit(ino, &mut n, &[index], None, None)?;
             }
         }
-        let now = now_ns();
-        n.rec.size = n.rec.size.max(end);
-        n.rec.mtime_ns = now;
-        n.rec.ctime_ns = now;
-        n.rec_dirty = true;
-        self.stats.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_written
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.dirty_bytes.load(Ordering::Relaxed) > self.opts.dirty_bytes_max {
             self.commit_all(ino, &mut n)?;
         }
@@ -303,14 +418,27 @@ impl Fs {
     }
 
     /// The current contents of an extent about to be partly overwritten.
-    fn load_for_write(&self, ino: u64, index: u64, start: usize, len: usize, n: &mut NodeInner) -> FsResult<Vec<u8>> {
-        let Some(e) = self.extent_rec(ino, index, n)? else { return Ok(Vec::new()) };
+    fn load_for_write(
+        &self,
+        ino: u64,
+        index: u64,
+        start: usize,
+        len: usize,
+        n: &mut NodeInner,
+    ) -> FsResult<Vec<u8>> {
+        let Some(e) = self.extent_rec(ino, index, n)? else {
+            return Ok(Vec::new());
+        };
         if start == 0 && len >= e.len as usize {
             return Ok(Vec::new());
         }
         let mut buf = self.read_extent(ino, index, &e, 0, e.len as usize)?;
         // Bytes past the file size are never visible; drop them.
-        let keep = n.rec.size.saturating_sub(index * self.extent_size()).min(buf.len() as u64);
+        let keep = n
+            .rec
+            .size
+            .saturating_sub(index * self.extent_size())
+            .min(buf.len() as u64);
         buf.truncate(keep as usize);
         Ok(buf)
     }
@@ -320,19 +448,30 @@ impl Fs {
             return Ok(());
         }
         let idx: Vec<u64> = n.dirty.keys().copied().collect();
-        self.commit(ino, n, &idx, None)
+        self.commit(ino, n, &idx, None, None)
     }
 
     /// Writes the dirty buffers `indices` as new extent versions on every live replica of
     /// their shards, then switches the metadata in one batch (with `extra` changes and the
     /// inode), then removes the old versions.
-    pub(crate) fn commit(&self, ino: u64, n: &mut NodeInner, indices: &[u64], extra: Option<Batch<'_>>) -> FsResult<()> {
+    /// `direct` is the data of the single index in `indices` when it is not buffered.
+    pub(crate) fn commit(
+        &self,
+        ino: u64,
+        n: &mut NodeInner,
+        indices: &[u64],
+        extra: Option<Batch<'_>>,
+        direct: Option<&[u8]>,
+    ) -> FsResult<()> {
+        debug_assert!(direct.is_none() || indices.len() == 1);
         let mut batch = extra.unwrap_or_else(|| self.meta.batch());
         let mut new_recs: Vec<(u64, ExtentRec)> = Vec::new();
         let mut written: Vec<(u64, ExtentRec)> = Vec::new();
         let mut failed = None;
         for &index in indices {
-            let Some(data) = n.dirty.get(&index) else { continue };
+            let Some(data) = direct.or_else(|| n.dirty.get(&index).map(|d| d.as_slice())) else {
+                continue;
+            };
             match self.write_extent_version(ino, index, data) {
                 Ok(Some(rec)) => new_recs.push((index, rec)),
                 Ok(None) => {}
@@ -386,7 +525,8 @@ impl Fs {
         n.rec_dirty = false;
         for &index in indices {
             if let Some(d) = n.dirty.remove(&index) {
-                self.dirty_bytes.fetch_sub(d.len() as u64, Ordering::Relaxed);
+                self.dirty_bytes
+                    .fetch_sub(d.len() as u64, Ordering::Relaxed);
             }
             n.extents.remove(&index);
         }
@@ -402,7 +542,11 @@ impl Fs {
     }
 
     fn remove_version(&self, ino: u64, index: u64, rec: &ExtentRec) {
-        let id = ExtentId { ino, index, version: rec.version };
+        let id = ExtentId {
+            ino,
+            index,
+            version: rec.version,
+        };
         for d in &rec.replicas {
             if let Some(disk) = self.store.disk(*d) {
                 self.store.remove_extent(&disk, &id);
@@ -412,11 +556,19 @@ impl Fs {
 
     /// Writes one new version of an extent to the live disks of its shard, in parallel.
     /// Returns None for an empty buffer (nothing to store).
-    fn write_extent_version(&self, ino: u64, index: u64, data: &[u8]) -> FsResult<Option<ExtentRec>> {
+    fn write_extent_version(
+        &self,
+        ino: u64,
+        index: u64,
+        data: &[u8],
+    ) -> FsResult<Option<ExtentRec>> {
         if data.is_empty() {
             return Ok(None);
         }
-        assert!(data.len() as u64 <= self.extent_size(), "extent buffer larger than the extent size");
+        assert!(
+            data.len() as u64 <= self.extent_size(),
+            "extent buffer larger than the extent size"
+        );
         let shard = self.shard_of(ino, index);
         let disks = self.live_disks(&self.shard(shard).disks);
         if disks.is_empty() {
@@ -424,7 +576,11 @@ impl Fs {
             return Err(Errno::EIO);
         }
         let version = self.meta.alloc_version();
-        let id = ExtentId { ino, index, version };
+        let id = ExtentId {
+            ino,
+            index,
+            version,
+        };
         let sums = block_sums(data, self.store.block_size);
         debug_assert_eq!(sums.len(), data.len().div_ceil(self.store.block_size));
         let results: Vec<(u32, std::io::Result<()>)> = if disks.len() == 1 {
@@ -435,7 +591,9 @@ impl Fs {
                     .iter()
                     .map(|d| s.spawn(|| (d.id, self.store.write_extent(d, &id, data))))
                     .collect();
-                hs.into_iter().map(|h| h.join().expect("replica writer")).collect()
+                hs.into_iter()
+                    .map(|h| h.join().expect("replica writer"))
+                    .collect()
             })
         };
         let mut replicas = Vec::new();
@@ -451,9 +609,21 @@ impl Fs {
         }
         if replicas.len() < self.cfg.replicas as usize {
             self.stats.degraded_writes.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(ino, index, "extent committed with {} of {} replicas", replicas.len(), self.cfg.replicas);
+            tracing::warn!(
+                ino,
+                index,
+                "extent committed with {} of {} replicas",
+                replicas.len(),
+                self.cfg.replicas
+            );
         }
-        Ok(Some(ExtentRec { version, len: data.len() as u32, shard, replicas, sums }))
+        Ok(Some(ExtentRec {
+            version,
+            len: data.len() as u32,
+            shard,
+            replicas,
+            sums,
+        }))
     }
 
     /// Sets the size of a file (caller holds a node reference). Shrinking drops whole extents
@@ -487,7 +657,8 @@ impl Fs {
         let drop_dirty: Vec<u64> = n.dirty.range(keep_extents..).map(|(i, _)| *i).collect();
         for i in drop_dirty {
             let d = n.dirty.remove(&i).expect("listed");
-            self.dirty_bytes.fetch_sub(d.len() as u64, Ordering::Relaxed);
+            self.dirty_bytes
+                .fetch_sub(d.len() as u64, Ordering::Relaxed);
         }
         let mut boundary = Vec::new();
         if size % es != 0 {
@@ -497,7 +668,8 @@ impl Fs {
                 if let Some(e) = self.extent_rec(ino, index, n)? {
                     if e.len as usize > keep {
                         let buf = self.read_extent(ino, index, &e, 0, keep)?;
-                        self.dirty_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                        self.dirty_bytes
+                            .fetch_add(buf.len() as u64, Ordering::Relaxed);
                         n.dirty.insert(index, buf);
                         boundary.push(index);
                     }
@@ -505,13 +677,14 @@ impl Fs {
             } else {
                 let d = n.dirty.get_mut(&index).expect("checked");
                 if d.len() > keep {
-                    self.dirty_bytes.fetch_sub((d.len() - keep) as u64, Ordering::Relaxed);
+                    self.dirty_bytes
+                        .fetch_sub((d.len() - keep) as u64, Ordering::Relaxed);
                     d.truncate(keep);
                 }
                 boundary.push(index);
             }
         }
-        self.commit(ino, n, &boundary, Some(batch))?;
+        self.commit(ino, n, &boundary, Some(batch), None)?;
         for (i, e) in gone {
             n.extents.remove(&i);
             self.remove_version(ino, i, &e);
@@ -521,12 +694,25 @@ impl Fs {
 
     /// Removes an inode with no links and no users: metadata first (one batch), then files.
     pub(crate) fn delete_inode(&self, ino: u64) -> FsResult<()> {
+        let mut b = self.meta.batch();
+        let exts = self.delete_inode_into(ino, &mut b)?;
+        self.meta.write(b)?;
+        self.remove_versions(ino, exts);
+        Ok(())
+    }
+
+    /// Adds the removal of an inode's records to `b`; returns the extents whose files must be
+    /// removed once `b` is written.
+    pub(crate) fn delete_inode_into(
+        &self,
+        ino: u64,
+        b: &mut Batch<'_>,
+    ) -> FsResult<Vec<(u64, ExtentRec)>> {
         let mut exts = Vec::new();
         self.meta.extents_of(ino, 0, |i, e| {
             exts.push((i, e));
             true
         })?;
-        let mut b = self.meta.batch();
         for (i, _) in &exts {
             b.del_extent(ino, *i);
         }
@@ -535,11 +721,13 @@ impl Fs {
         }
         b.del_inode(ino);
         b.del_orphan(ino);
-        self.meta.write(b)?;
+        Ok(exts)
+    }
+
+    pub(crate) fn remove_versions(&self, ino: u64, exts: Vec<(u64, ExtentRec)>) {
         for (i, e) in exts {
             self.remove_version(ino, i, &e);
         }
-        Ok(())
     }
 
     /// fallocate: mode 0 extends the size (checking there is room); KEEP_SIZE only checks room.

@@ -96,7 +96,10 @@ pub struct DirEntryOut {
 }
 
 pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 pub fn ns_to_time(ns: i64) -> SystemTime {
@@ -152,7 +155,10 @@ pub struct FsOptions {
 
 impl Default for FsOptions {
     fn default() -> Self {
-        FsOptions { dirty_bytes_max: 256 << 20, repair_queue_max: 1024 }
+        FsOptions {
+            dirty_bytes_max: 256 << 20,
+            repair_queue_max: 1024,
+        }
     }
 }
 
@@ -204,13 +210,24 @@ pub struct Fs {
 }
 
 impl Fs {
-    pub fn new(meta: Arc<Meta>, store: Arc<Store>, cfg: PoolConfig, opts: FsOptions) -> anyhow::Result<Arc<Fs>> {
+    pub fn new(
+        meta: Arc<Meta>,
+        store: Arc<Store>,
+        cfg: PoolConfig,
+        opts: FsOptions,
+    ) -> anyhow::Result<Arc<Fs>> {
         let mut shards: Vec<ShardRec> = Vec::new();
         for (id, rec) in meta.shards()? {
-            anyhow::ensure!(id as usize == shards.len(), "shard table has a gap at shard {id}");
+            anyhow::ensure!(
+                id as usize == shards.len(),
+                "shard table has a gap at shard {id}"
+            );
             shards.push(rec);
         }
-        anyhow::ensure!(shards.len() == cfg.shard_count as usize, "shard table incomplete");
+        anyhow::ensure!(
+            shards.len() == cfg.shard_count as usize,
+            "shard table incomplete"
+        );
         let (tx, rx) = sync_channel(opts.repair_queue_max);
         Ok(Arc::new(Fs {
             meta,
@@ -262,7 +279,10 @@ impl Fs {
     }
 
     pub(crate) fn live_disks(&self, ids: &[u32]) -> Vec<Arc<Disk>> {
-        ids.iter().filter_map(|id| self.store.disk(*id)).filter(|d| d.is_up()).collect()
+        ids.iter()
+            .filter_map(|id| self.store.disk(*id))
+            .filter(|d| d.is_up())
+            .collect()
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -316,7 +336,9 @@ impl Fs {
     /// inode unlinked while open, frees it.
     fn release_node(&self, ino: u64) -> FsResult<()> {
         let _g = self.ns.lock();
-        let Some(node) = self.node(ino) else { return Ok(()) };
+        let Some(node) = self.node(ino) else {
+            return Ok(());
+        };
         let mut n = node.inner.lock();
         n.refs -= 1;
         if n.refs > 0 {
@@ -352,7 +374,11 @@ impl Fs {
     }
 
     fn attr_of(&self, ino: u64, rec: &InodeRec) -> Attr {
-        let blocks = if rec.kind == Kind::File { rec.alloc.div_ceil(4096) * 8 } else { rec.size.div_ceil(512) };
+        let blocks = if rec.kind == Kind::File {
+            rec.alloc.div_ceil(4096) * 8
+        } else {
+            rec.size.div_ceil(512)
+        };
         Attr {
             ino,
             kind: rec.kind,
@@ -397,20 +423,29 @@ impl Fs {
             }
         }
         let r = u64::from(self.cfg.replicas.max(1));
-        FsStat { total_bytes: total / r, free_bytes: free / r, files_free }
+        FsStat {
+            total_bytes: total / r,
+            free_bytes: free / r,
+            files_free,
+        }
     }
 
     /// Makes all data and metadata written so far durable on every live replica.
     pub fn sync_all(&self) -> FsResult<()> {
         let mut unsynced = self.unsynced.lock();
-        let disks: Vec<Arc<Disk>> = unsynced.iter().filter_map(|id| self.store.disk(*id)).collect();
+        let disks: Vec<Arc<Disk>> = unsynced
+            .iter()
+            .filter_map(|id| self.store.disk(*id))
+            .collect();
         let results: Vec<std::io::Result<()>> = std::thread::scope(|s| {
             let hs: Vec<_> = disks
                 .iter()
                 .filter(|d| d.is_up())
                 .map(|d| s.spawn(|| self.store.sync_disk(d)))
                 .collect();
-            hs.into_iter().map(|h| h.join().expect("sync thread")).collect()
+            hs.into_iter()
+                .map(|h| h.join().expect("sync thread"))
+                .collect()
         });
         for r in results {
             if let Err(e) = r {
@@ -430,7 +465,12 @@ impl Fs {
 
     /// Commits every buffered write of every open file (unmount, periodic flush).
     pub fn flush_all(&self) -> FsResult<()> {
-        let nodes: Vec<(u64, Arc<Node>)> = self.nodes.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let nodes: Vec<(u64, Arc<Node>)> = self
+            .nodes
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         let mut res = Ok(());
         for (ino, node) in nodes {
             let mut n = node.inner.lock();
@@ -453,7 +493,13 @@ impl Fs {
 
     /// Replaces (or with None deletes) an extent record only if it still has version
     /// `expect`: background work (repair, fsck, later migration) never undoes a newer write.
-    pub fn cas_extent(&self, ino: u64, index: u64, expect: u64, rec: Option<&ExtentRec>) -> FsResult<bool> {
+    pub fn cas_extent(
+        &self,
+        ino: u64,
+        index: u64,
+        expect: u64,
+        rec: Option<&ExtentRec>,
+    ) -> FsResult<bool> {
         let _g = self.ns.lock();
         let node = self.node(ino);
         let mut guard = node.as_ref().map(|n| n.inner.lock());

@@ -40,7 +40,12 @@ fn check_name(name: &[u8]) -> FsResult<()> {
 impl Fs {
     /// Applies `f` to an inode's attributes (the in-memory node's if any) and adds the result
     /// to `b`. Caller holds `ns`.
-    fn update_rec(&self, ino: u64, b: &mut Batch<'_>, f: impl FnOnce(&mut InodeRec)) -> FsResult<InodeRec> {
+    fn update_rec(
+        &self,
+        ino: u64,
+        b: &mut Batch<'_>,
+        f: impl FnOnce(&mut InodeRec),
+    ) -> FsResult<InodeRec> {
         if let Some(node) = self.node(ino) {
             let mut n = node.inner.lock();
             f(&mut n.rec);
@@ -136,7 +141,15 @@ impl Fs {
         Ok(self.attr_of(ino, &rec))
     }
 
-    pub fn mknod(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32, umask: u32, rdev: u32) -> FsResult<Attr> {
+    pub fn mknod(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> FsResult<Attr> {
         let kind = Kind::from_mode(mode).unwrap_or(Kind::File);
         if kind == Kind::Dir || kind == Kind::Symlink {
             return Err(Errno::EINVAL);
@@ -144,13 +157,28 @@ impl Fs {
         self.make(ctx, parent, name, kind, mode & !umask, rdev, None)
     }
 
-    pub fn create(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32) -> FsResult<(Attr, u64)> {
+    pub fn create(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> FsResult<(Attr, u64)> {
         let attr = self.make(ctx, parent, name, Kind::File, mode & !umask, 0, None)?;
         let fh = self.open(attr.ino, flags)?;
         Ok((attr, fh))
     }
 
-    pub fn mkdir(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> FsResult<Attr> {
+    pub fn mkdir(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Attr> {
         self.make(ctx, parent, name, Kind::Dir, mode & !umask, 0, None)
     }
 
@@ -161,7 +189,15 @@ impl Fs {
         if target.len() > SYMLINK_LEN_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        self.make(ctx, parent, name, Kind::Symlink, 0o777, 0, Some(target.to_vec()))
+        self.make(
+            ctx,
+            parent,
+            name,
+            Kind::Symlink,
+            0o777,
+            0,
+            Some(target.to_vec()),
+        )
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -232,10 +268,13 @@ impl Fs {
             p.ctime_ns = now;
         })?;
         let free = self.drop_link(ent.ino, &mut b, now)?;
+        let files = if free {
+            self.delete_inode_into(ent.ino, &mut b)?
+        } else {
+            Vec::new()
+        };
         self.meta.write(b)?;
-        if free {
-            self.delete_inode(ent.ino)?;
-        }
+        self.remove_versions(ent.ino, files);
         Ok(())
     }
 
@@ -264,10 +303,10 @@ impl Fs {
             p.ctime_ns = now;
         })?;
         let free = self.drop_link(ent.ino, &mut b, now)?;
-        self.meta.write(b)?;
         if free {
-            self.delete_inode(ent.ino)?;
+            self.delete_inode_into(ent.ino, &mut b)?;
         }
+        self.meta.write(b)?;
         Ok(())
     }
 
@@ -284,11 +323,19 @@ impl Fs {
         }
     }
 
-    pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> FsResult<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
         check_name(newname)?;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
+        {
             return Err(Errno::EINVAL);
         }
         let _g = self.ns.lock();
@@ -393,9 +440,13 @@ impl Fs {
                 r.parent = newparent;
             }
         })?;
+        let files = match free {
+            Some(ino) => self.delete_inode_into(ino, &mut b)?,
+            None => Vec::new(),
+        };
         self.meta.write(b)?;
         if let Some(ino) = free {
-            self.delete_inode(ino)?;
+            self.remove_versions(ino, files);
         }
         Ok(())
     }
@@ -465,13 +516,28 @@ impl Fs {
         let rec = self.dir_rec(ino)?;
         let mut out = Vec::new();
         if offset < 1 {
-            out.push(DirEntryOut { ino, offset: 1, kind: Kind::Dir, name: b".".to_vec() });
+            out.push(DirEntryOut {
+                ino,
+                offset: 1,
+                kind: Kind::Dir,
+                name: b".".to_vec(),
+            });
         }
         if offset < 2 {
-            out.push(DirEntryOut { ino: rec.parent.max(ROOT_INO), offset: 2, kind: Kind::Dir, name: b"..".to_vec() });
+            out.push(DirEntryOut {
+                ino: rec.parent.max(ROOT_INO),
+                offset: 2,
+                kind: Kind::Dir,
+                name: b"..".to_vec(),
+            });
         }
         self.meta.read_dir(ino, offset.max(2) + 1, |e| {
-            out.push(DirEntryOut { ino: e.ino, offset: e.cookie, kind: e.kind, name: e.name });
+            out.push(DirEntryOut {
+                ino: e.ino,
+                offset: e.cookie,
+                kind: e.kind,
+                name: e.name,
+            });
             out.len() < READDIR_BATCH_MAX
         })?;
         Ok(out)

@@ -11,25 +11,40 @@ fn setup(disks: usize, replicas: u32) -> (tempfile::TempDir, crate::pool::Pool, 
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn extent_files(p: &crate::pool::Pool) -> usize {
-    p.store.disks().iter().map(|d| d.scan().unwrap().len()).sum()
+    p.store
+        .disks()
+        .iter()
+        .map(|d| d.scan().unwrap().len())
+        .sum()
 }
 
 #[test]
 fn write_read_across_extents_with_replicas() {
     let (_t, p, fs) = setup(3, 2);
-    let (a, fh) = fs.create(Ctx::root(), ROOT_INO, b"f", 0o644, 0o022, libc::O_RDWR).unwrap();
+    let (a, fh) = fs
+        .create(Ctx::root(), ROOT_INO, b"f", 0o644, 0o022, libc::O_RDWR)
+        .unwrap();
     assert_eq!(a.perm, 0o644);
     let data = pattern(3 * ES as usize + 123, 7);
     assert_eq!(fs.write(fh, 0, &data).unwrap(), data.len());
-    assert_eq!(fs.read(a.ino, 0, data.len() as u32 + 10).unwrap(), data, "reads see buffered data");
+    assert_eq!(
+        fs.read(a.ino, 0, data.len() as u32 + 10).unwrap(),
+        data,
+        "reads see buffered data"
+    );
     fs.release(fh).unwrap();
     assert_eq!(extent_files(&p), 4 * 2, "4 extents x 2 replicas");
     let fh = fs.open(a.ino, libc::O_RDONLY).unwrap();
-    assert_eq!(fs.read(a.ino, ES - 10, 30).unwrap(), &data[ES as usize - 10..ES as usize + 20]);
+    assert_eq!(
+        fs.read(a.ino, ES - 10, 30).unwrap(),
+        &data[ES as usize - 10..ES as usize + 20]
+    );
     assert_eq!(fs.getattr(a.ino).unwrap().size, data.len() as u64);
     fs.release(fh).unwrap();
 }
@@ -37,14 +52,20 @@ fn write_read_across_extents_with_replicas() {
 #[test]
 fn sparse_holes_read_zero_and_use_no_disk() {
     let (_t, p, fs) = setup(2, 2);
-    let (a, fh) = fs.create(Ctx::root(), ROOT_INO, b"s", 0o644, 0, libc::O_RDWR).unwrap();
+    let (a, fh) = fs
+        .create(Ctx::root(), ROOT_INO, b"s", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     let far = 5 * (1u64 << 30); // past 4 GiB
     fs.write(fh, far, b"end").unwrap();
     fs.flush(a.ino).unwrap();
     assert_eq!(fs.getattr(a.ino).unwrap().size, far + 3);
     assert_eq!(fs.read(a.ino, far - 2, 5).unwrap(), b"\0\0end");
     assert_eq!(fs.read(a.ino, 12345, 100).unwrap(), vec![0u8; 100]);
-    assert_eq!(extent_files(&p), 2, "only the written extent is stored (x2 replicas)");
+    assert_eq!(
+        extent_files(&p),
+        2,
+        "only the written extent is stored (x2 replicas)"
+    );
     assert!(fs.getattr(a.ino).unwrap().blocks <= 16);
     fs.release(fh).unwrap();
 }
@@ -52,23 +73,33 @@ fn sparse_holes_read_zero_and_use_no_disk() {
 #[test]
 fn truncate_shrink_then_grow_reads_zeros() {
     let (_t, _p, fs) = setup(2, 1);
-    let (a, fh) = fs.create(Ctx::root(), ROOT_INO, b"t", 0o644, 0, libc::O_RDWR).unwrap();
+    let (a, fh) = fs
+        .create(Ctx::root(), ROOT_INO, b"t", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     let data = pattern(2 * ES as usize, 1);
     fs.write(fh, 0, &data).unwrap();
     fs.flush(a.ino).unwrap();
-    let sa = |size| SetAttr { size: Some(size), ..Default::default() };
+    let sa = |size| SetAttr {
+        size: Some(size),
+        ..Default::default()
+    };
     fs.setattr(Ctx::root(), a.ino, &sa(100)).unwrap();
     fs.setattr(Ctx::root(), a.ino, &sa(ES + 50)).unwrap();
     let got = fs.read(a.ino, 0, (ES + 50) as u32).unwrap();
     assert_eq!(&got[..100], &data[..100]);
-    assert!(got[100..].iter().all(|b| *b == 0), "no stale bytes after shrink+grow");
+    assert!(
+        got[100..].iter().all(|b| *b == 0),
+        "no stale bytes after shrink+grow"
+    );
     fs.release(fh).unwrap();
 }
 
 #[test]
 fn append_uses_current_size() {
     let (_t, _p, fs) = setup(2, 1);
-    let (a, fh) = fs.create(Ctx::root(), ROOT_INO, b"log", 0o644, 0, libc::O_RDWR).unwrap();
+    let (a, fh) = fs
+        .create(Ctx::root(), ROOT_INO, b"log", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     fs.write(fh, 0, b"hello ").unwrap();
     let ah = fs.open(a.ino, libc::O_WRONLY | libc::O_APPEND).unwrap();
     fs.write(ah, 0, b"world").unwrap();
@@ -80,7 +111,9 @@ fn append_uses_current_size() {
 #[test]
 fn unlink_while_open_keeps_data_until_release() {
     let (_t, p, fs) = setup(2, 2);
-    let (a, fh) = fs.create(Ctx::root(), ROOT_INO, b"u", 0o644, 0, libc::O_RDWR).unwrap();
+    let (a, fh) = fs
+        .create(Ctx::root(), ROOT_INO, b"u", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     fs.write(fh, 0, b"still here").unwrap();
     fs.flush(a.ino).unwrap();
     fs.unlink(ROOT_INO, b"u").unwrap();
@@ -101,25 +134,43 @@ fn rename_rules() {
     let d2 = fs.mkdir(c, ROOT_INO, b"d2", 0o755, 0).unwrap();
     let sub = fs.mkdir(c, d1.ino, b"sub", 0o755, 0).unwrap();
     assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 4);
-    assert_eq!(fs.rename(ROOT_INO, b"d1", sub.ino, b"x", 0), Err(Errno::EINVAL), "into own subtree");
+    assert_eq!(
+        fs.rename(ROOT_INO, b"d1", sub.ino, b"x", 0),
+        Err(Errno::EINVAL),
+        "into own subtree"
+    );
     assert_eq!(fs.rmdir(ROOT_INO, b"d1"), Err(Errno::ENOTEMPTY));
     fs.rename(d1.ino, b"sub", d2.ino, b"sub2", 0).unwrap();
     assert_eq!(fs.getattr(d1.ino).unwrap().nlink, 2);
     assert_eq!(fs.getattr(d2.ino).unwrap().nlink, 3);
     assert_eq!(fs.lookup(sub.ino, b"..").unwrap().ino, d2.ino);
     // Replace an existing file atomically; the old target's inode goes away.
-    let (a, fh) = fs.create(c, ROOT_INO, b"a", 0o644, 0, libc::O_RDWR).unwrap();
+    let (a, fh) = fs
+        .create(c, ROOT_INO, b"a", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     fs.write(fh, 0, b"A").unwrap();
     fs.release(fh).unwrap();
-    let (b, fh) = fs.create(c, ROOT_INO, b"b", 0o644, 0, libc::O_RDWR).unwrap();
+    let (b, fh) = fs
+        .create(c, ROOT_INO, b"b", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     fs.release(fh).unwrap();
     fs.rename(ROOT_INO, b"a", ROOT_INO, b"b", 0).unwrap();
     assert_eq!(fs.lookup(ROOT_INO, b"b").unwrap().ino, a.ino);
     assert_eq!(fs.getattr(b.ino), Err(Errno::ENOENT));
-    assert_eq!(fs.rename(ROOT_INO, b"b", ROOT_INO, b"d2", 0), Err(Errno::EISDIR));
-    assert_eq!(fs.rename(ROOT_INO, b"d1", ROOT_INO, b"d2", 0), Err(Errno::ENOTEMPTY));
-    assert_eq!(fs.rename(ROOT_INO, b"b", ROOT_INO, b"d1", libc::RENAME_NOREPLACE), Err(Errno::EEXIST));
-    fs.rename(ROOT_INO, b"b", ROOT_INO, b"d1", libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(
+        fs.rename(ROOT_INO, b"b", ROOT_INO, b"d2", 0),
+        Err(Errno::EISDIR)
+    );
+    assert_eq!(
+        fs.rename(ROOT_INO, b"d1", ROOT_INO, b"d2", 0),
+        Err(Errno::ENOTEMPTY)
+    );
+    assert_eq!(
+        fs.rename(ROOT_INO, b"b", ROOT_INO, b"d1", libc::RENAME_NOREPLACE),
+        Err(Errno::EEXIST)
+    );
+    fs.rename(ROOT_INO, b"b", ROOT_INO, b"d1", libc::RENAME_EXCHANGE)
+        .unwrap();
     assert_eq!(fs.lookup(ROOT_INO, b"d1").unwrap().ino, a.ino);
     assert!(crate::admin::fsck(&fs, false).unwrap().clean);
 }
@@ -128,7 +179,9 @@ fn rename_rules() {
 fn hard_links_count() {
     let (_t, _p, fs) = setup(2, 1);
     let c = Ctx::root();
-    let (a, fh) = fs.create(c, ROOT_INO, b"a", 0o644, 0, libc::O_RDWR).unwrap();
+    let (a, fh) = fs
+        .create(c, ROOT_INO, b"a", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     fs.release(fh).unwrap();
     let d = fs.mkdir(c, ROOT_INO, b"d", 0o755, 0).unwrap();
     assert_eq!(fs.link(a.ino, d.ino, b"l").unwrap().nlink, 2);
@@ -142,7 +195,9 @@ fn hard_links_count() {
 #[test]
 fn corrupt_replica_is_bypassed_and_repaired() {
     let (_t, p, fs) = setup(2, 2);
-    let (a, fh) = fs.create(Ctx::root(), ROOT_INO, b"c", 0o644, 0, libc::O_RDWR).unwrap();
+    let (a, fh) = fs
+        .create(Ctx::root(), ROOT_INO, b"c", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     let data = pattern(ES as usize, 3);
     fs.write(fh, 0, &data).unwrap();
     fs.release(fh).unwrap();
@@ -159,7 +214,10 @@ fn corrupt_replica_is_bypassed_and_repaired() {
         paths.push(path);
     }
     let fh = fs.open(a.ino, libc::O_RDONLY).unwrap();
-    assert!(fs.read(a.ino, 0, ES as u32).unwrap() == data, "reads return good data");
+    assert!(
+        fs.read(a.ino, 0, ES as u32).unwrap() == data,
+        "reads return good data"
+    );
     fs.release(fh).unwrap();
     for path in &paths {
         for _ in 0..300 {
@@ -168,7 +226,11 @@ fn corrupt_replica_is_bypassed_and_repaired() {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(std::fs::read(path).unwrap() == data, "{} repaired", path.display());
+        assert!(
+            std::fs::read(path).unwrap() == data,
+            "{} repaired",
+            path.display()
+        );
     }
     assert!(fs.stats().repairs_done >= 2);
     assert!(crate::admin::fsck(&fs, false).unwrap().clean);
@@ -177,7 +239,9 @@ fn corrupt_replica_is_bypassed_and_repaired() {
 #[test]
 fn fsck_repairs_bad_and_missing_replicas() {
     let (_t, p, fs) = setup(3, 2);
-    let (a, fh) = fs.create(Ctx::root(), ROOT_INO, b"f", 0o644, 0, libc::O_RDWR).unwrap();
+    let (a, fh) = fs
+        .create(Ctx::root(), ROOT_INO, b"f", 0o644, 0, libc::O_RDWR)
+        .unwrap();
     fs.write(fh, 0, &pattern(4 * ES as usize, 9)).unwrap();
     fs.release(fh).unwrap();
     let disk = p.store.disk(0).unwrap();
@@ -185,7 +249,12 @@ fn fsck_repairs_bad_and_missing_replicas() {
     assert!(!files.is_empty());
     std::fs::remove_file(disk.extent_path(&files[0].0)).unwrap();
     let d1 = p.store.disk(1).unwrap();
-    let (id1, _) = *d1.scan().unwrap().iter().find(|(id, _)| (id.ino, id.index) != (files[0].0.ino, files[0].0.index)).unwrap();
+    let (id1, _) = *d1
+        .scan()
+        .unwrap()
+        .iter()
+        .find(|(id, _)| (id.ino, id.index) != (files[0].0.ino, files[0].0.index))
+        .unwrap();
     std::fs::write(d1.extent_path(&id1), b"garbage").unwrap();
     let r = crate::admin::fsck(&fs, false).unwrap();
     assert!(!r.clean);
@@ -194,7 +263,10 @@ fn fsck_repairs_bad_and_missing_replicas() {
     assert!(r.clean, "{:?}", r.problems);
     assert!(crate::admin::fsck(&fs, false).unwrap().clean);
     let fh = fs.open(a.ino, libc::O_RDONLY).unwrap();
-    assert_eq!(fs.read(a.ino, 0, 4 * ES as u32).unwrap(), pattern(4 * ES as usize, 9));
+    assert_eq!(
+        fs.read(a.ino, 0, 4 * ES as u32).unwrap(),
+        pattern(4 * ES as usize, 9)
+    );
     fs.release(fh).unwrap();
 }
 
@@ -203,7 +275,15 @@ fn readdir_offsets_survive_concurrent_changes() {
     let (_t, _p, fs) = setup(2, 1);
     let c = Ctx::root();
     for i in 0..600 {
-        fs.mknod(c, ROOT_INO, format!("f{i}").as_bytes(), libc::S_IFREG | 0o644, 0, 0).unwrap();
+        fs.mknod(
+            c,
+            ROOT_INO,
+            format!("f{i}").as_bytes(),
+            libc::S_IFREG | 0o644,
+            0,
+            0,
+        )
+        .unwrap();
     }
     let first = fs.readdir(ROOT_INO, 0).unwrap();
     assert_eq!(first.len(), 512);
@@ -214,7 +294,15 @@ fn readdir_offsets_survive_concurrent_changes() {
         fs.unlink(ROOT_INO, &e.name).unwrap();
     }
     for i in 0..50 {
-        fs.mknod(c, ROOT_INO, format!("new{i}").as_bytes(), libc::S_IFREG | 0o644, 0, 0).unwrap();
+        fs.mknod(
+            c,
+            ROOT_INO,
+            format!("new{i}").as_bytes(),
+            libc::S_IFREG | 0o644,
+            0,
+            0,
+        )
+        .unwrap();
     }
     let mut off = last;
     loop {
@@ -235,10 +323,19 @@ fn readdir_offsets_survive_concurrent_changes() {
 #[test]
 fn xattr_flags_and_sizes() {
     let (_t, _p, fs) = setup(2, 1);
-    let a = fs.mknod(Ctx::root(), ROOT_INO, b"x", libc::S_IFREG | 0o644, 0, 0).unwrap();
-    assert_eq!(fs.setxattr(a.ino, b"user.k", b"v", libc::XATTR_REPLACE), Err(Errno::ENODATA));
-    fs.setxattr(a.ino, b"user.k", b"v", libc::XATTR_CREATE).unwrap();
-    assert_eq!(fs.setxattr(a.ino, b"user.k", b"v", libc::XATTR_CREATE), Err(Errno::EEXIST));
+    let a = fs
+        .mknod(Ctx::root(), ROOT_INO, b"x", libc::S_IFREG | 0o644, 0, 0)
+        .unwrap();
+    assert_eq!(
+        fs.setxattr(a.ino, b"user.k", b"v", libc::XATTR_REPLACE),
+        Err(Errno::ENODATA)
+    );
+    fs.setxattr(a.ino, b"user.k", b"v", libc::XATTR_CREATE)
+        .unwrap();
+    assert_eq!(
+        fs.setxattr(a.ino, b"user.k", b"v", libc::XATTR_CREATE),
+        Err(Errno::EEXIST)
+    );
     assert_eq!(fs.getxattr(a.ino, b"user.k").unwrap(), b"v");
     fs.setxattr(a.ino, b"user.j", b"w", 0).unwrap();
     assert_eq!(fs.listxattr(a.ino).unwrap(), b"user.j\0user.k\0");
@@ -252,14 +349,20 @@ fn restart_cleans_uncommitted_files_and_orphans() {
     let ino;
     {
         let (p, fs) = create_temp(t.path(), 2, 2, ES).unwrap();
-        let (a, fh) = fs.create(Ctx::root(), ROOT_INO, b"o", 0o644, 0, libc::O_RDWR).unwrap();
+        let (a, fh) = fs
+            .create(Ctx::root(), ROOT_INO, b"o", 0o644, 0, libc::O_RDWR)
+            .unwrap();
         ino = a.ino;
         fs.write(fh, 0, &pattern(2 * ES as usize, 1)).unwrap();
         fs.flush(a.ino).unwrap();
         fs.unlink(ROOT_INO, b"o").unwrap();
         // A stray file as left by a crash between data write and commit.
         let d = p.store.disk(0).unwrap();
-        let stray = crate::store::ExtentId { ino: 999, index: 0, version: 12345 };
+        let stray = crate::store::ExtentId {
+            ino: 999,
+            index: 0,
+            version: 12345,
+        };
         p.store.write_extent(&d, &stray, b"junk").unwrap();
         // "Crash": drop without release.
     }
@@ -267,7 +370,10 @@ fn restart_cleans_uncommitted_files_and_orphans() {
     let fs = p.fs(FsOptions::default()).unwrap();
     let (freed, removed) = crate::pool::cleanup(&fs).unwrap();
     assert_eq!(freed, 1);
-    assert_eq!(removed, 1, "the orphan's files go with it; only the stray is left");
+    assert_eq!(
+        removed, 1,
+        "the orphan's files go with it; only the stray is left"
+    );
     assert_eq!(fs.getattr(ino), Err(Errno::ENOENT));
     assert!(crate::admin::fsck(&fs, false).unwrap().clean);
 }

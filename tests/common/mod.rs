@@ -19,22 +19,40 @@ pub fn fuse_available() -> bool {
 }
 
 pub fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run foreshard")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run foreshard")
 }
 
 pub fn run_ok(args: &[&str]) -> String {
     let o = run(args);
-    assert!(o.status.success(), "foreshard {args:?} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "foreshard {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 pub fn sh(cmd: &str, dir: &Path) -> Output {
-    Command::new("bash").arg("-c").arg(cmd).current_dir(dir).output().expect("run bash")
+    Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .expect("run bash")
 }
 
 pub fn sh_ok(cmd: &str, dir: &Path) -> String {
     let o = sh(cmd, dir);
-    assert!(o.status.success(), "`{cmd}` failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -48,24 +66,44 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(disks: usize, replicas: u32, extent_size: &str) -> Pool {
-        let tmp = tempfile::Builder::new().prefix("foreshard-test").tempdir_in(std::env::var("FORESHARD_TEST_DIR").unwrap_or("/var/tmp".into())).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("foreshard-test")
+            .tempdir_in(std::env::var("FORESHARD_TEST_DIR").unwrap_or("/var/tmp".into()))
+            .unwrap();
         let pool = tmp.path().join("pool");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let disks: Vec<PathBuf> = (0..disks).map(|i| tmp.path().join(format!("disk{i}"))).collect();
+        let disks: Vec<PathBuf> = (0..disks)
+            .map(|i| tmp.path().join(format!("disk{i}")))
+            .collect();
         let mut args = vec!["init".to_string(), pool.display().to_string()];
         for d in &disks {
             std::fs::create_dir(d).unwrap();
             args.push("--disk".into());
             args.push(d.display().to_string());
         }
-        args.extend(["--replicas".into(), replicas.to_string(), "--extent-size".into(), extent_size.into()]);
+        args.extend([
+            "--replicas".into(),
+            replicas.to_string(),
+            "--extent-size".into(),
+            extent_size.into(),
+        ]);
         run_ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-        Pool { tmp, pool, mnt, disks, mounted: false }
+        Pool {
+            tmp,
+            pool,
+            mnt,
+            disks,
+            mounted: false,
+        }
     }
 
     pub fn mount(&mut self) {
-        run_ok(&["mount", self.pool.to_str().unwrap(), self.mnt.to_str().unwrap()]);
+        run_ok(&[
+            "mount",
+            self.pool.to_str().unwrap(),
+            self.mnt.to_str().unwrap(),
+        ]);
         self.mounted = true;
     }
 
@@ -91,7 +129,10 @@ impl Pool {
         while unsafe { libc::kill(pid, 0) } == 0 && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).status();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mnt)
+            .status();
         self.mounted = false;
     }
 
@@ -108,7 +149,14 @@ impl Pool {
             a.push("--repair");
         }
         let o = run(&a);
-        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
     }
 }
 
@@ -117,7 +165,10 @@ impl Drop for Pool {
         if self.mounted {
             let o = run(&["umount", self.mnt.to_str().unwrap()]);
             if !o.status.success() {
-                let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).status();
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.mnt)
+                    .status();
             }
         }
     }
