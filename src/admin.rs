@@ -331,6 +331,7 @@ pub struct FsckReport {
 /// rewrites bad copies from a good replica, restores missing replicas, fixes link counts and
 /// removes orphans.
 pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
+    fs.drain_reaper();
     let mut r = FsckReport::default();
     let problem = |r: &mut FsckReport, fixed: bool, msg: String| {
         tracing::warn!("fsck: {msg}{}", if fixed { " (repaired)" } else { "" });

@@ -366,7 +366,7 @@ impl Meta {
 
     fn alloc(&self, ctr: &AtomicU64, name: &str) -> u64 {
         let v = ctr.fetch_add(1, Ordering::SeqCst);
-        if (v + 1) % COUNTER_BLOCK == 0 {
+        if (v + 1).is_multiple_of(COUNTER_BLOCK) {
             let _g = self.reserve_lock.lock();
             // Reserve the next block durably before any number from it is used.
             if let Err(e) = self.set_counter(name, v + 1 + 2 * COUNTER_BLOCK) {

@@ -367,6 +367,29 @@ pub fn cleanup(fs: &Fs) -> anyhow::Result<(usize, usize)> {
     Ok((orphans.len(), removed))
 }
 
+/// A fresh pool in `dir` with `disks` plain-directory disks, opened (for tests and tools).
+pub fn create_temp(
+    dir: &Path,
+    disks: usize,
+    replicas: u32,
+    extent_size: u64,
+) -> anyhow::Result<(Pool, Arc<Fs>)> {
+    let ds: Vec<PathBuf> = (0..disks).map(|i| dir.join(format!("disk{i}"))).collect();
+    for d in &ds {
+        fs::create_dir_all(d)?;
+    }
+    init(&InitArgs {
+        pool: dir.join("pool"),
+        disks: ds,
+        replicas,
+        extent_size,
+    })?;
+    let p = Pool::open(&dir.join("pool"))?;
+    let f = p.fs(FsOptions::default())?;
+    f.start_background();
+    Ok((p, f))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,27 +423,4 @@ mod tests {
         assert!(mx - mn <= 2, "unbalanced: {per_disk:?}");
         assert_eq!(combinations(5, 3).len(), 10);
     }
-}
-
-/// A fresh pool in `dir` with `disks` plain-directory disks, opened (for tests and tools).
-pub fn create_temp(
-    dir: &Path,
-    disks: usize,
-    replicas: u32,
-    extent_size: u64,
-) -> anyhow::Result<(Pool, Arc<Fs>)> {
-    let ds: Vec<PathBuf> = (0..disks).map(|i| dir.join(format!("disk{i}"))).collect();
-    for d in &ds {
-        fs::create_dir_all(d)?;
-    }
-    init(&InitArgs {
-        pool: dir.join("pool"),
-        disks: ds,
-        replicas,
-        extent_size,
-    })?;
-    let p = Pool::open(&dir.join("pool"))?;
-    let f = p.fs(FsOptions::default())?;
-    f.start_background();
-    Ok((p, f))
 }

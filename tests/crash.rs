@@ -74,6 +74,7 @@ fn kill_9_loses_no_fsynced_byte() {
                 let run = || -> std::io::Result<()> {
                     let f = OpenOptions::new()
                         .create(true)
+                        .truncate(false)
                         .write(true)
                         .open(mnt.join("log"))?;
                     let mut next = db.load(Ordering::SeqCst);

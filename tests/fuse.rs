@@ -145,6 +145,7 @@ fn sparse_large_truncate_fallocate_unlink_open() {
     let f = p.path("sparse");
     let mut h = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&f)
@@ -244,6 +245,7 @@ fn shared_writable_mmap() {
     let f = p.path("mm");
     let h = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&f)

@@ -191,7 +191,7 @@ fn run(ops: Vec<Op>) {
                     want_ok,
                     "step {step}: rename {pa} {pb}: {got:?}"
                 );
-                let same = m.names.get(pa).is_some() && m.names.get(pa) == m.names.get(pb);
+                let same = m.names.contains_key(pa) && m.names.get(pa) == m.names.get(pb);
                 if want_ok && !same {
                     let id = m.names.remove(pa).unwrap();
                     m.names.insert(pb.clone(), id);

@@ -548,9 +548,7 @@ impl Fs {
             version: rec.version,
         };
         for d in &rec.replicas {
-            if let Some(disk) = self.store.disk(*d) {
-                self.store.remove_extent(&disk, &id);
-            }
+            self.reap(*d, id);
         }
     }
 
@@ -661,7 +659,7 @@ impl Fs {
                 .fetch_sub(d.len() as u64, Ordering::Relaxed);
         }
         let mut boundary = Vec::new();
-        if size % es != 0 {
+        if !size.is_multiple_of(es) {
             let index = size / es;
             let keep = (size % es) as usize;
             if !n.dirty.contains_key(&index) {

@@ -19,7 +19,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{DiskState, ExtentRec, InodeRec, Kind, Meta, PoolConfig, ShardRec};
-use crate::store::{Disk, Store};
+use crate::store::{Disk, ExtentId, Store};
+
+/// File removals waiting for the reaper thread; beyond it they happen inline.
+const REAP_QUEUE_MAX: usize = 65_536;
 
 pub use ns::{SetAttr, TimeSet};
 
@@ -151,6 +154,8 @@ pub struct FsOptions {
     pub dirty_bytes_max: u64,
     /// Repair requests waiting for the repair thread; more are dropped and counted.
     pub repair_queue_max: usize,
+    /// How often buffered writes are committed in the background.
+    pub flush_interval: Duration,
 }
 
 impl Default for FsOptions {
@@ -158,6 +163,7 @@ impl Default for FsOptions {
         FsOptions {
             dirty_bytes_max: 256 << 20,
             repair_queue_max: 1024,
+            flush_interval: Duration::from_secs(5),
         }
     }
 }
@@ -207,6 +213,11 @@ pub struct Fs {
     unsynced: Mutex<HashSet<u32>>,
     repair_tx: SyncSender<RepairReq>,
     repair_rx: Mutex<Option<Receiver<RepairReq>>>,
+    /// Extent files whose metadata is gone, removed off the request path. A crash before
+    /// they are removed is harmless: start-up cleanup removes unreferenced files.
+    reap_tx: SyncSender<(u32, ExtentId)>,
+    reap_rx: Mutex<Option<Receiver<(u32, ExtentId)>>>,
+    reap_pending: AtomicU64,
 }
 
 impl Fs {
@@ -229,6 +240,7 @@ impl Fs {
             "shard table incomplete"
         );
         let (tx, rx) = sync_channel(opts.repair_queue_max);
+        let (reap_tx, reap_rx) = sync_channel(REAP_QUEUE_MAX);
         Ok(Arc::new(Fs {
             meta,
             store,
@@ -244,11 +256,45 @@ impl Fs {
             unsynced: Mutex::new(HashSet::new()),
             repair_tx: tx,
             repair_rx: Mutex::new(Some(rx)),
+            reap_tx,
+            reap_rx: Mutex::new(Some(reap_rx)),
+            reap_pending: AtomicU64::new(0),
         }))
     }
 
-    /// Starts the background repair thread (bad replicas found by reads are rewritten).
+    /// Starts the background threads: repair (bad replicas found by reads are rewritten) and
+    /// the flusher (commits buffered writes every few seconds, so that a crash loses at most
+    /// that much unsynced data and buffers of files left open do not pile up).
     pub fn start_background(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let period = self.opts.flush_interval;
+        std::thread::Builder::new()
+            .name("flusher".into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                let Some(fs) = weak.upgrade() else { break };
+                if fs.dirty_bytes.load(Ordering::Relaxed) > 0 {
+                    if let Err(e) = fs.flush_all() {
+                        tracing::error!("background flush failed: errno {}", e.0);
+                    }
+                }
+            })
+            .expect("spawn flusher thread");
+        if let Some(rx) = self.reap_rx.lock().take() {
+            let fs = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name("reaper".into())
+                .spawn(move || {
+                    while let Ok((disk, id)) = rx.recv() {
+                        let Some(fs) = fs.upgrade() else { break };
+                        if let Some(d) = fs.store.disk(disk) {
+                            fs.store.remove_extent(&d, &id);
+                        }
+                        fs.reap_pending.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+                .expect("spawn reaper thread");
+        }
         if let Some(rx) = self.repair_rx.lock().take() {
             let fs = Arc::downgrade(self);
             std::thread::Builder::new()
@@ -485,6 +531,36 @@ impl Fs {
             }
         }
         res
+    }
+
+    /// Removes an extent file soon (in the background when the reaper has room).
+    pub(crate) fn reap(&self, disk: u32, id: ExtentId) {
+        if self.reap_rx.lock().is_some() {
+            // No reaper thread (offline tools): remove now.
+            if let Some(d) = self.store.disk(disk) {
+                self.store.remove_extent(&d, &id);
+            }
+            return;
+        }
+        self.reap_pending.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.reap_tx.try_send((disk, id)) {
+            let (std::sync::mpsc::TrySendError::Full((disk, id))
+            | std::sync::mpsc::TrySendError::Disconnected((disk, id))) = e;
+            if let Some(d) = self.store.disk(disk) {
+                self.store.remove_extent(&d, &id);
+            }
+            self.reap_pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits until queued file removals are done (before whole-pool checks).
+    pub fn drain_reaper(&self) {
+        for _ in 0..10_000 {
+            if self.reap_pending.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     pub fn is_open(&self, ino: u64) -> bool {

@@ -11,6 +11,14 @@ const XATTR_VALUE_LEN_MAX: usize = 64 * 1024;
 /// Entries returned by one readdir call; the adapter asks again from the last offset.
 const READDIR_BATCH_MAX: usize = 512;
 
+/// What a new inode is made of.
+struct NewInode {
+    kind: Kind,
+    perm: u32,
+    rdev: u32,
+    symlink: Option<Vec<u8>>,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum TimeSet {
     Now,
@@ -80,16 +88,13 @@ impl Fs {
     }
 
     /// Creates a new inode named `name` in `parent`.
-    fn make(
-        &self,
-        ctx: Ctx,
-        parent: u64,
-        name: &[u8],
-        kind: Kind,
-        perm: u32,
-        rdev: u32,
-        symlink: Option<Vec<u8>>,
-    ) -> FsResult<Attr> {
+    fn make(&self, ctx: Ctx, parent: u64, name: &[u8], new: NewInode) -> FsResult<Attr> {
+        let NewInode {
+            kind,
+            perm,
+            rdev,
+            symlink,
+        } = new;
         check_name(name)?;
         let _g = self.ns.lock();
         let prec = self.dir_rec(parent)?;
@@ -154,7 +159,17 @@ impl Fs {
         if kind == Kind::Dir || kind == Kind::Symlink {
             return Err(Errno::EINVAL);
         }
-        self.make(ctx, parent, name, kind, mode & !umask, rdev, None)
+        self.make(
+            ctx,
+            parent,
+            name,
+            NewInode {
+                kind,
+                perm: mode & !umask,
+                rdev,
+                symlink: None,
+            },
+        )
     }
 
     pub fn create(
@@ -166,7 +181,17 @@ impl Fs {
         umask: u32,
         flags: i32,
     ) -> FsResult<(Attr, u64)> {
-        let attr = self.make(ctx, parent, name, Kind::File, mode & !umask, 0, None)?;
+        let attr = self.make(
+            ctx,
+            parent,
+            name,
+            NewInode {
+                kind: Kind::File,
+                perm: mode & !umask,
+                rdev: 0,
+                symlink: None,
+            },
+        )?;
         let fh = self.open(attr.ino, flags)?;
         Ok((attr, fh))
     }
@@ -179,7 +204,17 @@ impl Fs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Attr> {
-        self.make(ctx, parent, name, Kind::Dir, mode & !umask, 0, None)
+        self.make(
+            ctx,
+            parent,
+            name,
+            NewInode {
+                kind: Kind::Dir,
+                perm: mode & !umask,
+                rdev: 0,
+                symlink: None,
+            },
+        )
     }
 
     pub fn symlink(&self, ctx: Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Attr> {
@@ -193,10 +228,12 @@ impl Fs {
             ctx,
             parent,
             name,
-            Kind::Symlink,
-            0o777,
-            0,
-            Some(target.to_vec()),
+            NewInode {
+                kind: Kind::Symlink,
+                perm: 0o777,
+                rdev: 0,
+                symlink: Some(target.to_vec()),
+            },
         )
     }
 

@@ -16,7 +16,8 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn extent_files(p: &crate::pool::Pool) -> usize {
+fn extent_files(p: &crate::pool::Pool, fs: &Fs) -> usize {
+    fs.drain_reaper();
     p.store
         .disks()
         .iter()
@@ -39,7 +40,7 @@ fn write_read_across_extents_with_replicas() {
         "reads see buffered data"
     );
     fs.release(fh).unwrap();
-    assert_eq!(extent_files(&p), 4 * 2, "4 extents x 2 replicas");
+    assert_eq!(extent_files(&p, &fs), 4 * 2, "4 extents x 2 replicas");
     let fh = fs.open(a.ino, libc::O_RDONLY).unwrap();
     assert_eq!(
         fs.read(a.ino, ES - 10, 30).unwrap(),
@@ -62,7 +63,7 @@ fn sparse_holes_read_zero_and_use_no_disk() {
     assert_eq!(fs.read(a.ino, far - 2, 5).unwrap(), b"\0\0end");
     assert_eq!(fs.read(a.ino, 12345, 100).unwrap(), vec![0u8; 100]);
     assert_eq!(
-        extent_files(&p),
+        extent_files(&p, &fs),
         2,
         "only the written extent is stored (x2 replicas)"
     );
@@ -122,7 +123,7 @@ fn unlink_while_open_keeps_data_until_release() {
     assert_eq!(fs.getattr(a.ino).unwrap().nlink, 0);
     fs.release(fh).unwrap();
     assert_eq!(fs.getattr(a.ino), Err(Errno::ENOENT));
-    assert_eq!(extent_files(&p), 0);
+    assert_eq!(extent_files(&p, &fs), 0);
     assert!(crate::admin::fsck(&fs, false).unwrap().clean);
 }
 
