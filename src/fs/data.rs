@@ -3,7 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{now_ns, Errno, Fs, FsResult, Handle, NodeInner, RepairReq};
+use parking_lot::MutexGuard;
+
+use super::{now_ns, CommitJob, Errno, Fs, FsResult, Handle, Node, NodeInner, RepairReq};
 use crate::meta::{Batch, ExtentRec, Kind};
 use crate::store::{block_sums, ExtentId, ReadError};
 
@@ -43,6 +45,7 @@ impl Fs {
             return Ok(());
         };
         let mut n = node.inner.lock();
+        Self::wait_inflight(&node, &mut n)?;
         self.commit_all(ino, &mut n)?;
         self.persist_rec(ino, &mut n)
     }
@@ -121,7 +124,12 @@ impl Fs {
                 let stop = ((index + 1) * es).min(end);
                 let len = (stop - pos) as usize;
                 let at = (pos - offset) as usize;
-                if let Some(buf) = n.dirty.get(&index) {
+                let buffered = n
+                    .dirty
+                    .get(&index)
+                    .map(|b| b.as_slice())
+                    .or_else(|| n.inflight.get(&index).map(|(_, d)| d.as_slice()));
+                if let Some(buf) = buffered {
                     if start < buf.len() {
                         let m = len.min(buf.len() - start);
                         out[at..at + m].copy_from_slice(&buf[start..start + m]);
@@ -364,56 +372,76 @@ impl Fs {
         };
         let node = self.node(ino).ok_or(Errno::EBADF)?;
         let es = self.extent_size();
+        let mut jobs = Vec::new();
         let mut n = node.inner.lock();
         let offset = if append { n.rec.size } else { offset };
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
         if end > FILE_SIZE_MAX {
             return Err(Errno::EFBIG);
         }
-        let mut pos = offset;
-        while pos < end {
-            let index = pos / es;
-            let start = (pos % es) as usize;
-            let stop = ((index + 1) * es).min(end);
-            let len = (stop - pos) as usize;
-            let src = &data[(pos - offset) as usize..(pos - offset) as usize + len];
-            let now = now_ns();
-            // The size covers the data before it is committed, so no extent lies past the end.
-            n.rec.size = n.rec.size.max(stop);
-            n.rec.mtime_ns = now;
-            n.rec.ctime_ns = now;
-            n.rec_dirty = true;
-            if start == 0 && len == es as usize && !n.dirty.contains_key(&index) {
-                // A whole extent: commit it straight from the request, no buffering.
-                self.commit(ino, &mut n, &[index], None, Some(src))?;
+        // Hand-offs go to the committers after the node lock is released (they need it).
+        let res = (|| -> FsResult<()> {
+            let mut pos = offset;
+            while pos < end {
+                let index = pos / es;
+                let start = (pos % es) as usize;
+                let stop = ((index + 1) * es).min(end);
+                let len = (stop - pos) as usize;
+                let src = &data[(pos - offset) as usize..(pos - offset) as usize + len];
+                let now = now_ns();
+                // The size covers the data before it is committed, so no extent lies past the end.
+                n.rec.size = n.rec.size.max(stop);
+                n.rec.mtime_ns = now;
+                n.rec.ctime_ns = now;
+                n.rec_dirty = true;
+                if start == 0 && len == es as usize && !n.dirty.contains_key(&index) {
+                    // A whole extent: commit it straight from the request, no buffering.
+                    if self.async_commits() {
+                        self.dirty_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                        jobs.push(self.hand_off(ino, &node, &mut n, index, Arc::new(src.to_vec())));
+                    } else {
+                        self.commit(ino, &mut n, &[index], None, Some(src))?;
+                    }
+                    pos = stop;
+                    continue;
+                }
+                if !n.dirty.contains_key(&index) {
+                    let buf = self.load_for_write(ino, index, start, len, &mut n)?;
+                    self.dirty_bytes
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    n.dirty.insert(index, buf);
+                }
+                let buf = n.dirty.get_mut(&index).expect("inserted above");
+                if buf.len() < start + len {
+                    self.dirty_bytes
+                        .fetch_add((start + len - buf.len()) as u64, Ordering::Relaxed);
+                    buf.resize(start + len, 0);
+                }
+                buf[start..start + len].copy_from_slice(src);
                 pos = stop;
-                continue;
+                // A write that reaches the end of an extent most likely moves on: commit it now.
+                if start + len == es as usize {
+                    if self.async_commits() {
+                        let buf = n.dirty.remove(&index).expect("written above");
+                        jobs.push(self.hand_off(ino, &node, &mut n, index, Arc::new(buf)));
+                    } else {
+                        self.commit(ino, &mut n, &[index], None, None)?;
+                    }
+                }
             }
-            if !n.dirty.contains_key(&index) {
-                let buf = self.load_for_write(ino, index, start, len, &mut n)?;
-                self.dirty_bytes
-                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                n.dirty.insert(index, buf);
+            self.stats
+                .bytes_written
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if self.dirty_bytes.load(Ordering::Relaxed) > self.opts.dirty_bytes_max {
+                self.commit_all(ino, &mut n)?;
             }
-            let buf = n.dirty.get_mut(&index).expect("inserted above");
-            if buf.len() < start + len {
-                self.dirty_bytes
-                    .fetch_add((start + len - buf.len()) as u64, Ordering::Relaxed);
-                buf.resize(start + len, 0);
-            }
-            buf[start..start + len].copy_from_slice(src);
-            pos = stop;
-            // A write that reaches the end of an extent most likely moves on: commit it now.
-            if start + len == es as usize {
-                self.commit(ino, &mut n, &[index], None, None)?;
-            }
+            Ok(())
+        })();
+        drop(n);
+        for job in jobs {
+            self.send_job(job);
         }
-        self.stats
-            .bytes_written
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        if self.dirty_bytes.load(Ordering::Relaxed) > self.opts.dirty_bytes_max {
-            self.commit_all(ino, &mut n)?;
-        }
+        res?;
         Ok(data.len())
     }
 
@@ -426,6 +454,9 @@ impl Fs {
         len: usize,
         n: &mut NodeInner,
     ) -> FsResult<Vec<u8>> {
+        if let Some((_, data)) = n.inflight.get(&index) {
+            return Ok(data.as_ref().clone());
+        }
         let Some(e) = self.extent_rec(ino, index, n)? else {
             return Ok(Vec::new());
         };
@@ -472,7 +503,7 @@ impl Fs {
             let Some(data) = direct.or_else(|| n.dirty.get(&index).map(|d| d.as_slice())) else {
                 continue;
             };
-            match self.write_extent_version(ino, index, data) {
+            match self.write_extent_version(ino, index, self.meta.alloc_version(), data) {
                 Ok(Some(rec)) => new_recs.push((index, rec)),
                 Ok(None) => {}
                 Err(e) => {
@@ -558,6 +589,7 @@ impl Fs {
         &self,
         ino: u64,
         index: u64,
+        version: u64,
         data: &[u8],
     ) -> FsResult<Option<ExtentRec>> {
         if data.is_empty() {
@@ -573,7 +605,6 @@ impl Fs {
             tracing::error!(shard, "no live disk to write to");
             return Err(Errno::EIO);
         }
-        let version = self.meta.alloc_version();
         let id = ExtentId {
             ino,
             index,
@@ -728,6 +759,109 @@ impl Fs {
         }
     }
 
+    pub(crate) fn async_commits(&self) -> bool {
+        self.commit_tx.get().is_some()
+    }
+
+    /// Moves a complete extent buffer to the committers: it gets its version now (so commits
+    /// of one extent are ordered by when they were handed off) and stays readable in
+    /// `inflight` until committed.
+    fn hand_off(
+        &self,
+        ino: u64,
+        node: &Arc<Node>,
+        n: &mut NodeInner,
+        index: u64,
+        data: Arc<Vec<u8>>,
+    ) -> CommitJob {
+        let version = self.meta.alloc_version();
+        n.inflight.insert(index, (version, data.clone()));
+        n.inflight_count += 1;
+        CommitJob {
+            ino,
+            index,
+            version,
+            data,
+            node: node.clone(),
+        }
+    }
+
+    fn send_job(&self, job: CommitJob) {
+        // Blocks when the queue is full: back-pressure on writers, bounded memory.
+        if let Err(e) = self.commit_tx.get().expect("committers running").send(job) {
+            self.run_job(e.0);
+        }
+    }
+
+    /// Committer side: write the replicas without any lock, then switch the metadata under
+    /// the node lock unless a newer version of the extent got there first.
+    pub(crate) fn run_job(&self, job: CommitJob) {
+        let res = self.write_extent_version(job.ino, job.index, job.version, &job.data);
+        let mut n = job.node.inner.lock();
+        let len = job.data.len() as u64;
+        let latest = n.inflight.get(&job.index).map(|(v, _)| *v) == Some(job.version);
+        if latest {
+            n.inflight.remove(&job.index);
+        }
+        let res = res.and_then(|rec| {
+            let rec = rec.expect("hand-offs are never empty");
+            let cur = self.extent_rec(job.ino, job.index, &mut n)?;
+            if cur.as_ref().is_some_and(|c| c.version > job.version) {
+                self.remove_version(job.ino, job.index, &rec);
+                return Ok(());
+            }
+            let mut b = self.meta.batch();
+            b.put_extent(job.ino, job.index, &rec);
+            let old_len = cur.as_ref().map_or(0, |c| u64::from(c.len));
+            n.rec.alloc = (n.rec.alloc + u64::from(rec.len)).saturating_sub(old_len);
+            b.put_inode(job.ino, &n.rec);
+            if let Err(e) = self.meta.write(b) {
+                self.remove_version(job.ino, job.index, &rec);
+                n.rec.alloc = (n.rec.alloc + old_len).saturating_sub(u64::from(rec.len));
+                return Err(e.into());
+            }
+            n.rec_dirty = false;
+            self.mark_unsynced(&rec.replicas);
+            self.stats.extents_committed.fetch_add(1, Ordering::Relaxed);
+            n.extents.insert(job.index, Arc::new(rec));
+            if let Some(c) = cur {
+                self.remove_version(job.ino, job.index, &c);
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            tracing::error!(
+                ino = job.ino,
+                index = job.index,
+                "background commit failed: errno {}",
+                e.0
+            );
+            // Keep the data: back into the buffers (unless newer data is there) and report
+            // the error at the next flush or fsync.
+            n.async_err = Some(e);
+            if latest && !n.dirty.contains_key(&job.index) {
+                n.dirty.insert(job.index, job.data.as_ref().clone());
+                self.dirty_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+        }
+        self.dirty_bytes.fetch_sub(len, Ordering::Relaxed);
+        n.inflight_count -= 1;
+        drop(n);
+        job.node.cv.notify_all();
+    }
+
+    /// Waits until the node's handed-off extents are committed; returns (and clears) the
+    /// error of a failed background commit.
+    pub(crate) fn wait_inflight(node: &Node, n: &mut MutexGuard<'_, NodeInner>) -> FsResult<()> {
+        while n.inflight_count > 0 {
+            node.cv.wait(n);
+        }
+        match n.async_err.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// fallocate: mode 0 extends the size (checking there is room); KEEP_SIZE only checks room.
     pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
@@ -749,6 +883,7 @@ impl Fs {
                 return Err(Errno::EINVAL);
             }
             if end > n.rec.size {
+                Self::wait_inflight(&node, &mut n)?;
                 self.set_size(ino, &mut n, end)?;
                 n.rec.ctime_ns = now_ns();
                 n.rec.mtime_ns = n.rec.ctime_ns;

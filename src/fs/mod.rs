@@ -12,15 +12,20 @@ mod ns;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{DiskState, ExtentRec, InodeRec, Kind, Meta, PoolConfig, ShardRec};
 use crate::store::{Disk, ExtentId, Store};
 
+/// Complete extents queued for the committer threads (1 MiB each by default); a writer
+/// blocks beyond it.
+const COMMIT_QUEUE_MAX: usize = 8;
+/// Threads writing handed-off extents to the disks.
+const COMMITTERS: usize = 2;
 /// File removals waiting for the reaper thread; beyond it they happen inline.
 const REAP_QUEUE_MAX: usize = 65_536;
 
@@ -178,10 +183,27 @@ pub(crate) struct NodeInner {
     pub extents: HashMap<u64, Arc<ExtentRec>>,
     /// Open handles and temporary users; the node leaves the map at zero.
     pub refs: u32,
+    /// Latest handed-off (version, data) per extent index, readable until committed.
+    pub inflight: BTreeMap<u64, (u64, Arc<Vec<u8>>)>,
+    /// Handed-off extents not yet committed (several may share an index).
+    pub inflight_count: usize,
+    /// A failed background commit, reported by the next flush or fsync.
+    pub async_err: Option<Errno>,
 }
 
 pub(crate) struct Node {
     pub inner: Mutex<NodeInner>,
+    /// Signalled when a handed-off extent of this node is committed.
+    pub cv: Condvar,
+}
+
+/// A complete extent on its way to the disks (see `Fs::hand_off`).
+pub(crate) struct CommitJob {
+    pub ino: u64,
+    pub index: u64,
+    pub version: u64,
+    pub data: Arc<Vec<u8>>,
+    pub node: Arc<Node>,
 }
 
 pub(crate) struct RepairReq {
@@ -218,6 +240,8 @@ pub struct Fs {
     reap_tx: SyncSender<(u32, ExtentId)>,
     reap_rx: Mutex<Option<Receiver<(u32, ExtentId)>>>,
     reap_pending: AtomicU64,
+    /// Set once the committer threads run; until then commits are synchronous.
+    commit_tx: OnceLock<SyncSender<CommitJob>>,
 }
 
 impl Fs {
@@ -259,6 +283,7 @@ impl Fs {
             reap_tx,
             reap_rx: Mutex::new(Some(reap_rx)),
             reap_pending: AtomicU64::new(0),
+            commit_tx: OnceLock::new(),
         }))
     }
 
@@ -280,6 +305,23 @@ impl Fs {
                 }
             })
             .expect("spawn flusher thread");
+        if self.commit_tx.get().is_none() {
+            let (tx, rx) = sync_channel::<CommitJob>(COMMIT_QUEUE_MAX);
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..COMMITTERS {
+                let (fs, rx) = (Arc::downgrade(self), rx.clone());
+                std::thread::Builder::new()
+                    .name(format!("commit-{i}"))
+                    .spawn(move || loop {
+                        let job = rx.lock().recv();
+                        let Ok(job) = job else { break };
+                        let Some(fs) = fs.upgrade() else { break };
+                        fs.run_job(job);
+                    })
+                    .expect("spawn committer thread");
+            }
+            let _ = self.commit_tx.set(tx);
+        }
         if let Some(rx) = self.reap_rx.lock().take() {
             let fs = Arc::downgrade(self);
             std::thread::Builder::new()
@@ -367,7 +409,11 @@ impl Fs {
                 dirty: BTreeMap::new(),
                 extents: HashMap::new(),
                 refs: 1,
+                inflight: BTreeMap::new(),
+                inflight_count: 0,
+                async_err: None,
             }),
+            cv: Condvar::new(),
         });
         self.nodes.lock().insert(ino, node.clone());
         Ok(node)
@@ -390,7 +436,7 @@ impl Fs {
         if n.refs > 0 {
             return Ok(());
         }
-        let res = self.commit_all(ino, &mut n);
+        let res = Self::wait_inflight(&node, &mut n).and(self.commit_all(ino, &mut n));
         if n.rec.nlink == 0 {
             self.nodes.lock().remove(&ino);
             drop(n);
@@ -520,7 +566,7 @@ impl Fs {
         let mut res = Ok(());
         for (ino, node) in nodes {
             let mut n = node.inner.lock();
-            if let Err(e) = self.commit_all(ino, &mut n) {
+            if let Err(e) = Self::wait_inflight(&node, &mut n).and(self.commit_all(ino, &mut n)) {
                 res = Err(e);
             }
             if n.rec_dirty && n.rec.nlink > 0 {

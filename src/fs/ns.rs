@@ -494,6 +494,7 @@ impl Fs {
             let mut n = node.inner.lock();
             let now = now_ns();
             if let Some(size) = sa.size {
+                Self::wait_inflight(&node, &mut n)?;
                 match n.rec.kind {
                     Kind::Dir => return Err(Errno::EISDIR),
                     Kind::File => {}
