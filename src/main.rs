@@ -41,9 +41,10 @@ enum Cmd {
         mountpoint: PathBuf,
         #[arg(long)]
         foreground: bool,
-        /// FUSE worker threads.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-        threads: u16,
+        /// FUSE worker threads (default: one per CPU, at least 2; more threads help
+        /// parallel I/O, fewer help a single stream of metadata operations).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: Option<u16>,
     },
     /// Unmount and wait for the daemon to finish.
     Umount { mountpoint: PathBuf },
@@ -129,7 +130,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pool,
                 mountpoint,
                 foreground,
-                threads: threads.into(),
+                threads: threads.map(usize::from).unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16))
+                }),
             })?;
         }
         Cmd::Umount { mountpoint } => daemon::umount(&mountpoint)?,
