@@ -201,17 +201,23 @@ impl Fs {
             index,
             version: e.version,
         };
+        // Only the preferred replica: on any failure the general path reads, counts and repairs.
+        self.replica_order(ino, index, e).first().is_some_and(|d| {
+            self.store
+                .read_verified_into(d, &id, &e.sums, start, dst)
+                .is_ok()
+        })
+    }
+
+    /// The live replicas of an extent in the order reads try them; the starting replica
+    /// varies with the extent so reads spread over the disks.
+    fn replica_order(&self, ino: u64, index: u64, e: &ExtentRec) -> Vec<Arc<crate::store::Disk>> {
         let n = e.replicas.len();
         let first = ((ino ^ index) as usize) % n.max(1);
-        // Only the preferred replica: on any failure the general path reads, counts and repairs.
         (0..n)
             .filter_map(|k| self.store.disk(e.replicas[(first + k) % n]))
-            .find(|d| d.is_up())
-            .is_some_and(|d| {
-                self.store
-                    .read_verified_into(&d, &id, &e.sums, start, dst)
-                    .is_ok()
-            })
+            .filter(|d| d.is_up())
+            .collect()
     }
 
     /// `read_extent` without queueing repairs: returns the data and the replicas found bad.
@@ -236,13 +242,7 @@ impl Fs {
             index,
             version: e.version,
         };
-        let n = e.replicas.len();
-        // Spread reads of different extents over their replicas.
-        let first = ((ino ^ index) as usize) % n.max(1);
-        let order: Vec<Arc<crate::store::Disk>> = (0..n)
-            .filter_map(|k| self.store.disk(e.replicas[(first + k) % n]))
-            .filter(|d| d.is_up())
-            .collect();
+        let order = self.replica_order(ino, index, e);
         let mut bad: Vec<u32> = Vec::new();
         let mut missing = 0;
         for disk in &order {
