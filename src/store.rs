@@ -84,6 +84,15 @@ pub fn write_label(root: &Path, label: &Label) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the bucket directory of an extent file, but never the disk's `extents` directory
+/// or anything above it: a disk that vanished must fail, not grow again on the parent fs.
+fn make_bucket(path: &Path) -> io::Result<()> {
+    match fs::create_dir(path.parent().expect("extent files live in a bucket")) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
 pub fn block_sums(data: &[u8], block_size: usize) -> Vec<[u8; 32]> {
     data.chunks(block_size)
         .map(|c| *blake3::hash(c).as_bytes())
@@ -224,7 +233,7 @@ impl Store {
                 .open(&path)
             {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir_all(path.parent().unwrap())?;
+                    make_bucket(&path)?;
                     OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -249,7 +258,7 @@ impl Store {
     /// Replaces a bad copy of an extent version with `data` (already verified by the caller).
     pub fn rewrite_extent(&self, disk: &Disk, id: &ExtentId, data: &[u8]) -> io::Result<()> {
         let path = disk.extent_path(id);
-        fs::create_dir_all(path.parent().unwrap())?;
+        make_bucket(&path)?;
         let tmp = path.with_extension("tmp");
         let _ = fs::remove_file(&tmp);
         {
@@ -445,5 +454,31 @@ mod tests {
             store.write_extent(&disk, &id, &data).is_err(),
             "versions are never overwritten"
         );
+    }
+
+    #[test]
+    fn vanished_disk_is_not_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("d");
+        std::fs::create_dir(&root).unwrap();
+        write_label(
+            &root,
+            &Label {
+                pool_id: "p".into(),
+                disk_id: 0,
+            },
+        )
+        .unwrap();
+        let disk = Disk::new(0, root.clone(), DiskState::Up);
+        let store = Store::new(vec![], 4096);
+        std::fs::rename(&root, dir.path().join("gone")).unwrap();
+        let id = ExtentId {
+            ino: 9,
+            index: 0,
+            version: 1,
+        };
+        assert!(store.write_extent(&disk, &id, b"x").is_err());
+        assert!(!root.exists(), "the disk directory must not be recreated");
+        assert_eq!(disk.io_errors.load(Ordering::Relaxed), 1);
     }
 }

@@ -467,3 +467,42 @@ pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+#[test]
+fn vanished_disk_reads_and_writes_continue() {
+    let Some(mut p) = mounted(3, 2) else { return };
+    let mut files = Vec::new();
+    for i in 0..6 {
+        let d = pattern(2_500_000 + i * 1000, 40 + i as u64);
+        fs::write(p.path(&format!("v{i}")), &d).unwrap();
+        files.push(d);
+    }
+    // The disk directory disappears under the running daemon (as `inject yank` will do).
+    let gone = p.tmp.path().join("disk0.gone");
+    fs::rename(&p.disks[0], &gone).unwrap();
+    sh_ok("sync; echo 3 > /proc/sys/vm/drop_caches", Path::new("/"));
+    for (i, d) in files.iter().enumerate() {
+        assert!(
+            &fs::read(p.path(&format!("v{i}"))).unwrap() == d,
+            "v{i} readable without disk 0"
+        );
+    }
+    let fresh = pattern(16_000_000, 77);
+    fs::write(p.path("after"), &fresh).unwrap();
+    assert!(fs::read(p.path("after")).unwrap() == fresh);
+    assert!(
+        !p.disks[0].exists(),
+        "the vanished disk directory is not recreated"
+    );
+    let st = p.json(&["status"]);
+    assert!(
+        st["disks"][0]["io_errors"].as_u64().unwrap() > 0,
+        "errors on the vanished disk are counted"
+    );
+    assert!(
+        st["stats"]["degraded_writes"].as_u64().unwrap() > 0,
+        "{st:#}"
+    );
+    p.umount();
+    fs::rename(&gone, &p.disks[0]).unwrap();
+}

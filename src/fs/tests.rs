@@ -378,3 +378,22 @@ fn restart_cleans_uncommitted_files_and_orphans() {
     assert_eq!(fs.getattr(ino), Err(Errno::ENOENT));
     assert!(crate::admin::fsck(&fs, false).unwrap().clean);
 }
+
+#[test]
+fn shard_hash_spreads_extents() {
+    let (_t, _p, fs) = setup(3, 2);
+    let n = fs.cfg.shard_count as usize;
+    let mut count = vec![0usize; n];
+    for ino in 1_048_576..1_048_576 + 500u64 {
+        for index in 0..20 {
+            count[fs.shard_of(ino, index) as usize] += 1;
+        }
+    }
+    let mean = 500 * 20 / n;
+    for (s, c) in count.iter().enumerate() {
+        assert!(
+            *c > mean / 2 && *c < mean * 3 / 2,
+            "shard {s}: {c} extents, mean {mean}"
+        );
+    }
+}
