@@ -8,18 +8,11 @@ FORESHARD="$CARGO_TARGET_DIR/release/foreshard"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# ensure_pkgs CMD:PKG ...: installs the Debian package PKG when command CMD is missing
-# (CMD may also be a file path).
+# ensure_pkgs PKG ...: installs the Debian packages that are not installed yet.
 ensure_pkgs() {
-    local missing=() pair cmd pkg
-    for pair in "$@"; do
-        cmd="${pair%%:*}"
-        pkg="${pair##*:}"
-        if [[ "$cmd" == /* ]]; then
-            [[ -e "$cmd" ]] || missing+=("$pkg")
-        else
-            command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
-        fi
+    local missing=() pkg
+    for pkg in "$@"; do
+        [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == "install ok installed" ]] || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
         say "installing ${missing[*]}"
@@ -32,16 +25,14 @@ ensure_pkgs() {
 
 # What building and mounting need on a fresh Debian machine.
 ensure_build_deps() {
-    ensure_pkgs fusermount3:fuse3 /usr/include/clang-c/Index.h:libclang-dev clang:clang \
-        pkg-config:pkg-config mkfs.ext4:e2fsprogs losetup:mount
+    ensure_pkgs fuse3 libclang-dev clang pkg-config e2fsprogs mount
     command -v cargo >/dev/null || die "cargo not found (the Rust toolchain is required)"
     [[ -e /dev/fuse ]] || modprobe fuse 2>/dev/null || true
 }
 
 build() {
     say "building (target dir $CARGO_TARGET_DIR; a first build compiles RocksDB, ~15 min on 2 cores)"
-    (cd "$ROOT" && cargo build --release --locked 2>&1 | grep -vE '^\s+(Compiling|Checking)' || true)
-    [[ -x "$FORESHARD" ]] || die "build failed"
+    (cd "$ROOT" && cargo build --release --locked) || die "build failed"
 }
 
 # mkdisks DIR N SIZE: N backing disks under DIR: loop-mounted ext4 images when loop devices
