@@ -367,7 +367,20 @@ fn restart_cleans_uncommitted_files_and_orphans() {
         p.store.write_extent(&d, &stray, b"junk").unwrap();
         // "Crash": drop without release.
     }
-    let p = crate::pool::Pool::open(&t.path().join("pool")).unwrap();
+    // Background threads may hold the old Fs for a moment after the drop (they upgrade a
+    // weak reference for each piece of work); the daemon never reopens in-process.
+    let mut tries = 0;
+    let p = loop {
+        match crate::pool::Pool::open(&t.path().join("pool")) {
+            Ok(p) => break p,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("reopen: {e:#}"),
+        }
+    };
     let fs = p.fs(FsOptions::default()).unwrap();
     let (freed, removed) = crate::pool::cleanup(&fs).unwrap();
     assert_eq!(freed, 1);
