@@ -332,6 +332,9 @@ pub struct FsckReport {
 /// removes orphans.
 pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
     fs.drain_reaper();
+    // One consistent view of the metadata; what changes after it is looked at again before
+    // it is called damage.
+    let view = fs.meta.view();
     let mut r = FsckReport::default();
     let problem = |r: &mut FsckReport, fixed: bool, msg: String| {
         tracing::warn!("fsck: {msg}{}", if fixed { " (repaired)" } else { "" });
@@ -346,15 +349,13 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
             r.unrepaired += 1;
         }
     };
-    let inodes: HashMap<u64, InodeRec> = fs
-        .meta
+    let inodes: HashMap<u64, InodeRec> = view
         .all::<InodeRec>(CF_INODES)?
         .into_iter()
         .map(|(k, v)| (u64::from_be_bytes(k[..8].try_into().unwrap()), v))
         .collect();
     r.inodes = inodes.len() as u64;
-    let orphans: HashSet<u64> = fs
-        .meta
+    let orphans: HashSet<u64> = view
         .keys(CF_ORPHANS)?
         .iter()
         .map(|k| u64::from_be_bytes(k[..8].try_into().unwrap()))
@@ -363,7 +364,7 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
     let mut subdirs: HashMap<u64, u32> = HashMap::new();
     let mut dir_parent: HashMap<u64, u64> = HashMap::new();
     let mut b = fs.meta.batch();
-    for (k, v) in fs.meta.all::<DirentVal>(CF_DIRENTS)? {
+    for (k, v) in view.all::<DirentVal>(CF_DIRENTS)? {
         let parent = u64::from_be_bytes(k[..8].try_into().unwrap());
         let name = String::from_utf8_lossy(&k[16..]).into_owned();
         if crate::meta::dirent_key(parent, &k[16..]) != k {
@@ -394,7 +395,8 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
         let ino = *ino;
         let n = links.get(&ino).copied().unwrap_or(0);
         if ino != ROOT_INO && n == 0 {
-            if orphans.contains(&ino) && fs_has_open(fs, ino) {
+            // Unlinked while open: freed at its last close (or at the next mount).
+            if orphans.contains(&ino) {
                 continue;
             }
             if repair {
@@ -443,7 +445,7 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
             b.put_inode(ino, &fixed);
         }
     }
-    for k in fs.meta.keys(CF_XATTRS)? {
+    for k in view.keys(CF_XATTRS)? {
         let ino = u64::from_be_bytes(k[..8].try_into().unwrap());
         if !inodes.contains_key(&ino) {
             if repair {
@@ -466,14 +468,20 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
 
     // Data: every replica of every extent, every block.
     let mut exts: Vec<(u64, u64, ExtentRec)> = Vec::new();
-    fs.meta
-        .each_extent(|ino, index, e| exts.push((ino, index, e)))?;
+    // After repairs above, a fresh view; else the same instant as the namespace checks.
+    let view = if repair { fs.meta.view() } else { view };
+    view.each_extent(|ino, index, e| exts.push((ino, index, e)))?;
     r.extents = exts.len() as u64;
     let mut live_files: HashSet<(u32, u64, u64, u64)> = HashSet::new();
     for (ino, index, e) in exts {
         let owner = inodes.get(&ino);
         let beyond = owner.is_some_and(|o| index * fs.cfg.extent_size >= o.size);
-        if owner.is_none_or(|o| o.kind != Kind::File) || beyond {
+        // On a mounted pool the inode snapshot may predate a write: look again before judging.
+        let still_bad = || match fs.getattr(ino) {
+            Ok(a) => a.kind != Kind::File || index * fs.cfg.extent_size >= a.size,
+            Err(_) => true,
+        };
+        if (owner.is_none_or(|o| o.kind != Kind::File) || beyond) && still_bad() {
             let what = if beyond {
                 "past the end of"
             } else {
@@ -523,6 +531,12 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
             }
         }
         let path_of = |ino| format!("inode {ino}");
+        // A version replaced (and its files removed) since the view was taken is not damage.
+        let replaced = !bad.is_empty()
+            && fs.meta.extent(ino, index).ok().flatten().map(|c| c.version) != Some(e.version);
+        if replaced {
+            continue;
+        }
         for (d, why) in bad {
             let mut fixed = false;
             if repair {
@@ -563,8 +577,17 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
             continue;
         }
         for (id, _) in disk.scan()? {
+            // A file committed after the extent snapshot is referenced now: look again.
+            let referenced_now = || {
+                fs.meta
+                    .extent(id.ino, id.index)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| e.version == id.version && e.replicas.contains(&disk.id))
+            };
             if !live_files.contains(&(disk.id, id.ino, id.index, id.version))
                 && !fs_has_open(fs, id.ino)
+                && !referenced_now()
             {
                 if repair {
                     fs.store.remove_extent(&disk, &id);

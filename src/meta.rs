@@ -506,35 +506,24 @@ impl Meta {
         Ok(out)
     }
 
-    /// Every record of a column family, decoded; for whole-pool walks (fsck, status, shards).
-    pub fn all<T: DeserializeOwned>(&self, cf: &str) -> anyhow::Result<Vec<(Vec<u8>, T)>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
-            let (k, v) = item?;
-            out.push((k.to_vec(), decode(cf, &v)?));
+    /// A consistent view for whole-pool walks (fsck, status, shards).
+    pub fn view(&self) -> View<'_> {
+        View {
+            meta: self,
+            snap: self.db.snapshot(),
         }
-        Ok(out)
+    }
+
+    pub fn all<T: DeserializeOwned>(&self, cf: &str) -> anyhow::Result<Vec<(Vec<u8>, T)>> {
+        self.view().all(cf)
     }
 
     pub fn keys(&self, cf: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
-            out.push(item?.0.to_vec());
-        }
-        Ok(out)
+        self.view().keys(cf)
     }
 
-    pub fn each_extent(&self, mut f: impl FnMut(u64, u64, ExtentRec)) -> anyhow::Result<()> {
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_EXTENTS), IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            let ino = u64::from_be_bytes(k[..8].try_into().unwrap());
-            let index = u64::from_be_bytes(k[8..16].try_into().unwrap());
-            f(ino, index, decode("extent", &v)?);
-        }
-        Ok(())
+    pub fn each_extent(&self, f: impl FnMut(u64, u64, ExtentRec)) -> anyhow::Result<()> {
+        self.view().each_extent(f)
     }
 
     pub fn shards(&self) -> anyhow::Result<Vec<(u32, ShardRec)>> {
@@ -567,6 +556,51 @@ impl Meta {
     pub fn checkpoint(&self, dir: &Path) -> anyhow::Result<()> {
         let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
         cp.create_checkpoint(dir)?;
+        Ok(())
+    }
+}
+
+/// A read-only view of all metadata at one instant (a RocksDB snapshot), so a walk never sees
+/// half of a concurrent change (fsck on a mounted pool).
+pub struct View<'a> {
+    meta: &'a Meta,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl View<'_> {
+    fn iter(&self, cf: &str) -> rocksdb::DBIterator<'_> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_snapshot(&self.snap);
+        self.meta
+            .db
+            .iterator_cf_opt(self.meta.cf(cf), ro, IteratorMode::Start)
+    }
+
+    /// Every record of a column family, decoded.
+    pub fn all<T: DeserializeOwned>(&self, cf: &str) -> anyhow::Result<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        for item in self.iter(cf) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), decode(cf, &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn keys(&self, cf: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for item in self.iter(cf) {
+            out.push(item?.0.to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn each_extent(&self, mut f: impl FnMut(u64, u64, ExtentRec)) -> anyhow::Result<()> {
+        for item in self.iter(CF_EXTENTS) {
+            let (k, v) = item?;
+            let ino = u64::from_be_bytes(k[..8].try_into().unwrap());
+            let index = u64::from_be_bytes(k[8..16].try_into().unwrap());
+            f(ino, index, decode("extent", &v)?);
+        }
         Ok(())
     }
 }

@@ -506,3 +506,33 @@ fn vanished_disk_reads_and_writes_continue() {
     p.umount();
     fs::rename(&gone, &p.disks[0]).unwrap();
 }
+
+#[test]
+fn fsck_of_a_busy_mounted_pool_reports_no_false_damage() {
+    let Some(p) = mounted(3, 2) else { return };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2u64)
+        .map(|t| {
+            let (mnt, stop) = (p.mnt.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let d = pattern(200_000 + (i as usize % 7) * 300_000, i);
+                    fs::write(mnt.join(format!("w{t}-{}", i % 50)), &d).unwrap();
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        let (clean, out) = p.fsck(false);
+        assert!(clean, "fsck during writes: {out}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in writers {
+        assert!(w.join().unwrap() > 0);
+    }
+    let (clean, out) = p.fsck(true);
+    assert!(clean, "{out}");
+}

@@ -84,12 +84,13 @@ impl Model {
     }
 }
 
+/// Fields drop in order: the filesystem and the pool close before the directory goes.
 struct Harness {
-    _t: tempfile::TempDir,
-    _p: foreshard::pool::Pool,
     fs: std::sync::Arc<Fs>,
     /// One open handle per inode, to exercise buffered data and unlink-while-open.
     open: HashMap<u64, u64>,
+    _p: foreshard::pool::Pool,
+    _t: tempfile::TempDir,
 }
 
 impl Harness {
