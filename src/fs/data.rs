@@ -3,9 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use parking_lot::MutexGuard;
-
-use super::{now_ns, CommitJob, Errno, Fs, FsResult, Handle, Node, NodeInner, RepairReq};
+use super::{now_ns, Errno, Fs, FsResult, Handle, NodeInner, RepairReq};
 use crate::meta::{Batch, ExtentRec, Kind};
 use crate::store::{block_sums, ExtentId, ReadError};
 
@@ -13,6 +11,36 @@ use crate::store::{block_sums, ExtentId, ReadError};
 const NODE_EXTENT_CACHE_MAX: usize = 4096;
 /// Largest file: the index of any extent must fit comfortably in u64 offsets.
 pub const FILE_SIZE_MAX: u64 = 1 << 50;
+
+/// The part of a byte range `[offset, end)` that falls in one extent.
+struct Piece {
+    index: u64,
+    /// Offset inside the extent.
+    start: usize,
+    len: usize,
+    /// Offset inside the caller's buffer.
+    at: usize,
+}
+
+/// Splits `[offset, end)` at extent boundaries.
+fn pieces(offset: u64, end: u64, es: u64) -> impl Iterator<Item = Piece> {
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let index = pos / es;
+        let stop = ((index + 1) * es).min(end);
+        let p = Piece {
+            index,
+            start: (pos % es) as usize,
+            len: (stop - pos) as usize,
+            at: (pos - offset) as usize,
+        };
+        pos = stop;
+        Some(p)
+    })
+}
 
 impl Fs {
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
@@ -65,7 +93,7 @@ impl Fs {
         self.sync_all()
     }
 
-    fn extent_rec(
+    pub(crate) fn extent_rec(
         &self,
         ino: u64,
         index: u64,
@@ -117,13 +145,13 @@ impl Fs {
                 return Ok(Vec::new());
             }
             out = vec![0u8; (end - offset) as usize];
-            let mut pos = offset;
-            while pos < end {
-                let index = pos / es;
-                let start = (pos % es) as usize;
-                let stop = ((index + 1) * es).min(end);
-                let len = (stop - pos) as usize;
-                let at = (pos - offset) as usize;
+            for Piece {
+                index,
+                start,
+                len,
+                at,
+            } in pieces(offset, end, es)
+            {
                 let buffered = n
                     .dirty
                     .get(&index)
@@ -139,7 +167,6 @@ impl Fs {
                         plan.push((at, index, e, start, len));
                     }
                 }
-                pos = stop;
             }
             // relatime: update atime when it is older than the last change or a day old.
             let now = now_ns();
@@ -381,13 +408,15 @@ impl Fs {
         }
         // Hand-offs go to the committers after the node lock is released (they need it).
         let res = (|| -> FsResult<()> {
-            let mut pos = offset;
-            while pos < end {
-                let index = pos / es;
-                let start = (pos % es) as usize;
-                let stop = ((index + 1) * es).min(end);
-                let len = (stop - pos) as usize;
-                let src = &data[(pos - offset) as usize..(pos - offset) as usize + len];
+            for Piece {
+                index,
+                start,
+                len,
+                at,
+            } in pieces(offset, end, es)
+            {
+                let stop = index * es + (start + len) as u64;
+                let src = &data[at..at + len];
                 let now = now_ns();
                 // The size covers the data before it is committed, so no extent lies past the end.
                 n.rec.size = n.rec.size.max(stop);
@@ -402,7 +431,6 @@ impl Fs {
                     } else {
                         self.commit(ino, &mut n, &[index], None, Some(src))?;
                     }
-                    pos = stop;
                     continue;
                 }
                 if !n.dirty.contains_key(&index) {
@@ -418,7 +446,6 @@ impl Fs {
                     buf.resize(start + len, 0);
                 }
                 buf[start..start + len].copy_from_slice(src);
-                pos = stop;
                 // A write that reaches the end of an extent most likely moves on: commit it now.
                 if start + len == es as usize {
                     if self.async_commits() {
@@ -572,7 +599,7 @@ impl Fs {
         Ok(())
     }
 
-    fn remove_version(&self, ino: u64, index: u64, rec: &ExtentRec) {
+    pub(crate) fn remove_version(&self, ino: u64, index: u64, rec: &ExtentRec) {
         let id = ExtentId {
             ino,
             index,
@@ -585,7 +612,7 @@ impl Fs {
 
     /// Writes one new version of an extent to the live disks of its shard, in parallel.
     /// Returns None for an empty buffer (nothing to store).
-    fn write_extent_version(
+    pub(crate) fn write_extent_version(
         &self,
         ino: u64,
         index: u64,
@@ -756,109 +783,6 @@ impl Fs {
     pub(crate) fn remove_versions(&self, ino: u64, exts: Vec<(u64, ExtentRec)>) {
         for (i, e) in exts {
             self.remove_version(ino, i, &e);
-        }
-    }
-
-    pub(crate) fn async_commits(&self) -> bool {
-        self.commit_tx.get().is_some()
-    }
-
-    /// Moves a complete extent buffer to the committers: it gets its version now (so commits
-    /// of one extent are ordered by when they were handed off) and stays readable in
-    /// `inflight` until committed.
-    fn hand_off(
-        &self,
-        ino: u64,
-        node: &Arc<Node>,
-        n: &mut NodeInner,
-        index: u64,
-        data: Arc<Vec<u8>>,
-    ) -> CommitJob {
-        let version = self.meta.alloc_version();
-        n.inflight.insert(index, (version, data.clone()));
-        n.inflight_count += 1;
-        CommitJob {
-            ino,
-            index,
-            version,
-            data,
-            node: node.clone(),
-        }
-    }
-
-    fn send_job(&self, job: CommitJob) {
-        // Blocks when the queue is full: back-pressure on writers, bounded memory.
-        if let Err(e) = self.commit_tx.get().expect("committers running").send(job) {
-            self.run_job(e.0);
-        }
-    }
-
-    /// Committer side: write the replicas without any lock, then switch the metadata under
-    /// the node lock unless a newer version of the extent got there first.
-    pub(crate) fn run_job(&self, job: CommitJob) {
-        let res = self.write_extent_version(job.ino, job.index, job.version, &job.data);
-        let mut n = job.node.inner.lock();
-        let len = job.data.len() as u64;
-        let latest = n.inflight.get(&job.index).map(|(v, _)| *v) == Some(job.version);
-        if latest {
-            n.inflight.remove(&job.index);
-        }
-        let res = res.and_then(|rec| {
-            let rec = rec.expect("hand-offs are never empty");
-            let cur = self.extent_rec(job.ino, job.index, &mut n)?;
-            if cur.as_ref().is_some_and(|c| c.version > job.version) {
-                self.remove_version(job.ino, job.index, &rec);
-                return Ok(());
-            }
-            let mut b = self.meta.batch();
-            b.put_extent(job.ino, job.index, &rec);
-            let old_len = cur.as_ref().map_or(0, |c| u64::from(c.len));
-            n.rec.alloc = (n.rec.alloc + u64::from(rec.len)).saturating_sub(old_len);
-            b.put_inode(job.ino, &n.rec);
-            if let Err(e) = self.meta.write(b) {
-                self.remove_version(job.ino, job.index, &rec);
-                n.rec.alloc = (n.rec.alloc + old_len).saturating_sub(u64::from(rec.len));
-                return Err(e.into());
-            }
-            n.rec_dirty = false;
-            self.mark_unsynced(&rec.replicas);
-            self.stats.extents_committed.fetch_add(1, Ordering::Relaxed);
-            n.extents.insert(job.index, Arc::new(rec));
-            if let Some(c) = cur {
-                self.remove_version(job.ino, job.index, &c);
-            }
-            Ok(())
-        });
-        if let Err(e) = res {
-            tracing::error!(
-                ino = job.ino,
-                index = job.index,
-                "background commit failed: errno {}",
-                e.0
-            );
-            // Keep the data: back into the buffers (unless newer data is there) and report
-            // the error at the next flush or fsync.
-            n.async_err = Some(e);
-            if latest && !n.dirty.contains_key(&job.index) {
-                n.dirty.insert(job.index, job.data.as_ref().clone());
-                self.dirty_bytes.fetch_add(len, Ordering::Relaxed);
-            }
-        }
-        self.dirty_bytes.fetch_sub(len, Ordering::Relaxed);
-        n.inflight_count -= 1;
-        drop(n);
-        job.node.cv.notify_all();
-    }
-
-    /// Waits until the node's handed-off extents are committed; returns (and clears) the
-    /// error of a failed background commit.
-    pub(crate) fn wait_inflight(node: &Node, n: &mut MutexGuard<'_, NodeInner>) -> FsResult<()> {
-        while n.inflight_count > 0 {
-            node.cv.wait(n);
-        }
-        match n.async_err.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
         }
     }
 

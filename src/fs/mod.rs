@@ -8,6 +8,7 @@
 
 mod data;
 mod ns;
+mod writeback;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
