@@ -530,7 +530,7 @@ impl Fs {
             let Some(data) = direct.or_else(|| n.dirty.get(&index).map(|d| d.as_slice())) else {
                 continue;
             };
-            match self.write_extent_version(ino, index, self.meta.alloc_version(), data) {
+            match self.write_extent_version(ino, index, self.meta.alloc_version(), data, true) {
                 Ok(Some(rec)) => new_recs.push((index, rec)),
                 Ok(None) => {}
                 Err(e) => {
@@ -610,7 +610,8 @@ impl Fs {
         }
     }
 
-    /// Writes one new version of an extent to the live disks of its shard, in parallel.
+    /// Writes one new version of an extent to the live disks of its shard (the replicas in
+    /// parallel when `parallel`; committer threads are already parallel among themselves).
     /// Returns None for an empty buffer (nothing to store).
     pub(crate) fn write_extent_version(
         &self,
@@ -618,6 +619,7 @@ impl Fs {
         index: u64,
         version: u64,
         data: &[u8],
+        parallel: bool,
     ) -> FsResult<Option<ExtentRec>> {
         if data.is_empty() {
             return Ok(None);
@@ -639,8 +641,11 @@ impl Fs {
         };
         let sums = block_sums(data, self.store.block_size);
         debug_assert_eq!(sums.len(), data.len().div_ceil(self.store.block_size));
-        let results: Vec<(u32, std::io::Result<()>)> = if disks.len() == 1 {
-            vec![(disks[0].id, self.store.write_extent(&disks[0], &id, data))]
+        let results: Vec<(u32, std::io::Result<()>)> = if disks.len() == 1 || !parallel {
+            disks
+                .iter()
+                .map(|d| (d.id, self.store.write_extent(d, &id, data)))
+                .collect()
         } else {
             std::thread::scope(|s| {
                 let hs: Vec<_> = disks

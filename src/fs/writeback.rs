@@ -48,7 +48,7 @@ impl Fs {
     /// Committer side: write the replicas without any lock, then switch the metadata under
     /// the node lock unless a newer version of the extent got there first.
     pub(crate) fn run_job(&self, job: CommitJob) {
-        let res = self.write_extent_version(job.ino, job.index, job.version, &job.data);
+        let res = self.write_extent_version(job.ino, job.index, job.version, &job.data, false);
         let mut n = job.node.inner.lock();
         let len = job.data.len() as u64;
         let latest = n.inflight.get(&job.index).map(|(v, _)| *v) == Some(job.version);
