@@ -586,7 +586,7 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
                     .is_some_and(|e| e.version == id.version && e.replicas.contains(&disk.id))
             };
             if !live_files.contains(&(disk.id, id.ino, id.index, id.version))
-                && !fs_has_open(fs, id.ino)
+                && !fs.is_open(id.ino)
                 && !referenced_now()
             {
                 if repair {
@@ -602,10 +602,6 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
     }
     r.clean = r.unrepaired == 0;
     Ok(r)
-}
-
-fn fs_has_open(fs: &Fs, ino: u64) -> bool {
-    fs.is_open(ino)
 }
 
 /// Copies an under-replicated extent to live disks of its shard that lack it, then commits

@@ -30,10 +30,11 @@ pub enum Request {
     Fsck { repair: bool },
 }
 
-pub fn handle(fs: &Fs, req: &Request) -> anyhow::Result<serde_json::Value> {
+/// Runs a request on `fs`; `mounted` says whether a daemon serves it (shown by `status`).
+pub fn handle(fs: &Fs, req: &Request, mounted: bool) -> anyhow::Result<serde_json::Value> {
     Ok(match req {
         Request::Ping => serde_json::json!("pong"),
-        Request::Status => serde_json::to_value(admin::status(fs, true)?)?,
+        Request::Status => serde_json::to_value(admin::status(fs, mounted)?)?,
         Request::Shards => serde_json::to_value(admin::shards(fs)?)?,
         Request::Fsck { repair } => serde_json::to_value(admin::fsck(fs, *repair)?)?,
     })
@@ -73,7 +74,7 @@ pub fn serve(fs: Arc<Fs>, path: &Path) -> anyhow::Result<()> {
                             return;
                         }
                         let reply = match serde_json::from_str::<Request>(&line) {
-                            Ok(req) => tokio::task::spawn_blocking(move || handle(&fs, &req))
+                            Ok(req) => tokio::task::spawn_blocking(move || handle(&fs, &req, true))
                                 .await
                                 .unwrap_or_else(|e| Err(anyhow::anyhow!("handler panicked: {e}"))),
                             Err(e) => Err(anyhow::anyhow!("bad request: {e}")),

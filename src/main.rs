@@ -88,10 +88,7 @@ fn ask(pool: &Path, req: Request, timeout: Duration) -> anyhow::Result<serde_jso
             eprintln!("crash recovery: {freed} orphaned inode(s) freed, {removed} uncommitted extent file(s) removed");
         }
     }
-    Ok(match req {
-        Request::Status => serde_json::to_value(admin::status(&fs, false)?)?,
-        _ => control::handle(&fs, &req)?,
-    })
+    control::handle(&fs, &req, false)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

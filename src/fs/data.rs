@@ -78,7 +78,9 @@ impl Fs {
         self.persist_rec(ino, &mut n)
     }
 
-    fn persist_rec(&self, ino: u64, n: &mut NodeInner) -> FsResult<()> {
+    /// Writes the node's attributes to metadata if they changed in memory (and the inode still
+    /// has a name; an orphan is about to be freed).
+    pub(crate) fn persist_rec(&self, ino: u64, n: &mut NodeInner) -> FsResult<()> {
         if n.rec_dirty && n.rec.nlink > 0 {
             let mut b = self.meta.batch();
             b.put_inode(ino, &n.rec);

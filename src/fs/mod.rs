@@ -443,12 +443,7 @@ impl Fs {
             drop(n);
             return self.delete_inode(ino).and(res);
         }
-        if n.rec_dirty {
-            let mut b = self.meta.batch();
-            b.put_inode(ino, &n.rec);
-            self.meta.write(b)?;
-            n.rec_dirty = false;
-        }
+        self.persist_rec(ino, &mut n)?;
         if res.is_ok() {
             self.nodes.lock().remove(&ino);
         } else {
@@ -570,12 +565,7 @@ impl Fs {
             if let Err(e) = Self::wait_inflight(&node, &mut n).and(self.commit_all(ino, &mut n)) {
                 res = Err(e);
             }
-            if n.rec_dirty && n.rec.nlink > 0 {
-                let mut b = self.meta.batch();
-                b.put_inode(ino, &n.rec);
-                self.meta.write(b)?;
-                n.rec_dirty = false;
-            }
+            self.persist_rec(ino, &mut n)?;
         }
         res
     }
