@@ -27,6 +27,11 @@ pub struct DiskStatus {
     pub shards: u64,
     pub io_errors: u64,
     pub checksum_errors: u64,
+    /// A write met ENOSPC on it (full is not failed).
+    #[serde(default)]
+    pub full: bool,
+    #[serde(default)]
+    pub fault: Option<crate::store::Fault>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -58,6 +63,12 @@ pub struct Status {
     pub shards: ShardSummary,
     pub replica_health: ReplicaHealth,
     pub stats: Option<StatsSnapshot>,
+    /// Recovery progress (mounted pools).
+    #[serde(default)]
+    pub recovery: Option<crate::recovery::RecoveryStatus>,
+    /// The recovery agent pool and its limits (mounted pools).
+    #[serde(default)]
+    pub agents: Option<crate::agents::AgentStatus>,
 }
 
 pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
@@ -115,6 +126,8 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
                 shards: shard_count.get(&d.id).copied().unwrap_or(0),
                 io_errors: d.io_errors.load(Ordering::Relaxed),
                 checksum_errors: d.checksum_errors.load(Ordering::Relaxed),
+                full: d.full.load(Ordering::Relaxed),
+                fault: Some(d.fault()).filter(|f| *f != crate::store::Fault::default()),
             }
         })
         .collect();
@@ -133,6 +146,8 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
         },
         replica_health: h,
         stats: mounted.then(|| fs.stats()),
+        recovery: None,
+        agents: None,
     })
 }
 
@@ -170,7 +185,11 @@ pub fn status_table(s: &Status) -> String {
         o += &format!(
             "{:>4}  {:<8} {:>10} {:>10} {:>9} {:>7} {:>6} {:>6}  {}\n",
             d.id,
-            d.state,
+            if d.full && d.state == "up" {
+                "full"
+            } else {
+                &d.state
+            },
             fmt_bytes(d.used_bytes),
             fmt_bytes(d.free_bytes),
             d.extents,
@@ -199,6 +218,68 @@ pub fn status_table(s: &Status) -> String {
             st.replica_read_failures,
             st.repairs_done,
             st.degraded_writes
+        );
+    }
+    if let Some(a) = &s.agents {
+        o += &format!(
+            "recovery agents: {} ({}{}), {} ring(s), buffers {} of {}, queue depth {}, open files {}/{}, plan {} extents, reserved {}\n",
+            a.agents,
+            a.mode,
+            if a.ready { ", ready" } else { ", planning" },
+            a.rings,
+            fmt_bytes(a.buffer_bytes),
+            fmt_bytes(a.buffer_bytes_max),
+            a.queue_depth,
+            a.fds_open,
+            a.fds_max,
+            a.plan_extents,
+            fmt_bytes(a.reserved_bytes)
+        );
+    }
+    if let Some(r) = &s.recovery {
+        o += &recovery_line(r);
+    }
+    o
+}
+
+/// One-paragraph summary of a recovery (status, recover).
+pub fn recovery_line(r: &crate::recovery::RecoveryStatus) -> String {
+    let mut o = String::new();
+    if r.state == "idle" {
+        return "recovery: idle (no failure seen since mount)\n".into();
+    }
+    o += &format!(
+        "recovery: {}  {} of {} ({} of {} extents), {}/s{}{}\n",
+        r.state,
+        fmt_bytes(r.bytes_done),
+        fmt_bytes(r.bytes_total),
+        r.extents_done,
+        r.extents_total,
+        fmt_bytes(r.rate_bytes_per_s as u64),
+        r.eta_s
+            .filter(|_| r.state == "running")
+            .map(|e| format!(", ETA {e:.0} s"))
+            .unwrap_or_default(),
+        r.activation_us
+            .map(|a| format!(", activation {:.2} ms", a as f64 / 1e3))
+            .unwrap_or_default()
+    );
+    for f in &r.failures {
+        o += &format!("  disk {} failed: {}\n", f.disk, f.reason);
+    }
+    if !r.shards_without_target.is_empty() {
+        o += &format!(
+            "  {} shard(s) have no target disk (add a disk): {:?}\n",
+            r.shards_without_target.len(),
+            r.shards_without_target
+        );
+    }
+    for l in &r.lost_shards {
+        o += &format!(
+            "  LOST shard {}: {} extent(s) with no surviving replica, files: {}\n",
+            l.id,
+            l.extents,
+            l.files.join(", ")
         );
     }
     o

@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::admin;
 use crate::fs::Fs;
+use crate::recovery::Orchestrator;
 
 /// Requests larger than this are refused (they are a few bytes normally).
 const REQUEST_BYTES_MAX: usize = 64 * 1024;
@@ -27,21 +28,140 @@ pub enum Request {
     Ping,
     Status,
     Shards,
-    Fsck { repair: bool },
+    Fsck {
+        repair: bool,
+    },
+    /// `disk` is an id or a disk directory path.
+    DiskFail {
+        disk: String,
+    },
+    DiskAdd {
+        path: String,
+    },
+    DiskRemove {
+        disk: String,
+    },
+    DiskFault {
+        disk: String,
+        eio_rate: Option<f64>,
+        delay_ms: Option<u64>,
+    },
+    Recover,
+    /// Blocks until no recovery is running (or `timeout_s`); answers with its status.
+    RecoverWait {
+        timeout_s: u64,
+    },
 }
 
-/// Runs a request on `fs`; `mounted` says whether a daemon serves it (shown by `status`).
-pub fn handle(fs: &Fs, req: &Request, mounted: bool) -> anyhow::Result<serde_json::Value> {
+/// What a request runs against: the core, and the recovery orchestrator of a mounted pool.
+pub struct Services {
+    pub fs: Arc<Fs>,
+    pub recovery: Option<Arc<Orchestrator>>,
+}
+
+/// Finds a disk by id or by its directory path.
+pub fn resolve_disk(fs: &Fs, disk: &str) -> anyhow::Result<u32> {
+    let disks = fs.store.disks();
+    if let Ok(id) = disk.parse::<u32>() {
+        if disks.iter().any(|d| d.id == id) {
+            return Ok(id);
+        }
+        bail!("no disk {id} in this pool");
+    }
+    let p = Path::new(disk);
+    let c = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    disks
+        .iter()
+        .find(|d| d.root == c || d.root == p)
+        .map(|d| d.id)
+        .ok_or_else(|| anyhow::anyhow!("{disk}: not a disk of this pool"))
+}
+
+/// Runs a request; `svc.recovery` is None when the pool is not mounted.
+pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let fs = &svc.fs;
+    let mounted = svc.recovery.is_some();
     Ok(match req {
         Request::Ping => serde_json::json!("pong"),
-        Request::Status => serde_json::to_value(admin::status(fs, mounted)?)?,
+        Request::Status => {
+            let mut s = admin::status(fs, mounted)?;
+            if let Some(o) = &svc.recovery {
+                s.recovery = Some(o.status());
+                s.agents = Some(o.agents.status());
+            }
+            serde_json::to_value(s)?
+        }
         Request::Shards => serde_json::to_value(admin::shards(fs)?)?,
         Request::Fsck { repair } => serde_json::to_value(admin::fsck(fs, *repair)?)?,
+        Request::DiskFail { disk } => {
+            let id = resolve_disk(fs, disk)?;
+            match &svc.recovery {
+                Some(o) => o.fail_disk(id, "operator: foreshard disk fail"),
+                None => fs.set_disk_state(id, crate::meta::DiskState::Failed)?,
+            }
+            serde_json::json!({ "disk": id, "state": "failed" })
+        }
+        Request::DiskAdd { path } => {
+            let id = match &svc.recovery {
+                Some(o) => o.add_disk(Path::new(path))?,
+                None => {
+                    let id = crate::recovery::add_disk(fs, Path::new(path))?;
+                    crate::recovery::rebalance_onto(fs, id)?;
+                    id
+                }
+            };
+            serde_json::json!({ "disk": id })
+        }
+        Request::DiskRemove { disk } => {
+            let id = resolve_disk(fs, disk)?;
+            match &svc.recovery {
+                Some(o) => o.drain_disk(id)?,
+                None => bail!("the pool is not mounted: mount it to drain a disk"),
+            }
+            serde_json::json!({ "disk": id, "state": "draining" })
+        }
+        Request::DiskFault {
+            disk,
+            eio_rate,
+            delay_ms,
+        } => {
+            if !mounted {
+                bail!("the pool is not mounted: faults are injected into a running daemon");
+            }
+            let id = resolve_disk(fs, disk)?;
+            let d = fs.store.disk(id).expect("resolved");
+            let mut f = d.fault();
+            if let Some(r) = eio_rate {
+                if !(0.0..=1.0).contains(r) {
+                    bail!("eio rate must be between 0 and 1");
+                }
+                f.eio_rate = *r;
+            }
+            if let Some(ms) = delay_ms {
+                f.delay_ms = *ms;
+            }
+            d.set_fault(f);
+            tracing::warn!(disk = id, ?f, "fault injection changed");
+            serde_json::json!({ "disk": id, "fault": f })
+        }
+        Request::Recover => match &svc.recovery {
+            Some(o) => serde_json::to_value(o.status())?,
+            None => bail!("the pool is not mounted: recovery runs in the daemon"),
+        },
+        Request::RecoverWait { timeout_s } => match &svc.recovery {
+            Some(o) => {
+                let idle = o.wait_idle(Duration::from_secs(*timeout_s));
+                let mut v = serde_json::to_value(o.status())?;
+                v["idle"] = serde_json::json!(idle);
+                v
+            }
+            None => bail!("the pool is not mounted: recovery runs in the daemon"),
+        },
     })
 }
 
 /// Serves the socket on its own thread until the process exits.
-pub fn serve(fs: Arc<Fs>, path: &Path) -> anyhow::Result<()> {
+pub fn serve(svc: Arc<Services>, path: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     let std_listener = std::os::unix::net::UnixListener::bind(path)
         .with_context(|| format!("{}: cannot create control socket", path.display()))?;
@@ -64,7 +184,7 @@ pub fn serve(fs: Arc<Fs>, path: &Path) -> anyhow::Result<()> {
                     let Ok(permit) = slots.clone().acquire_owned().await else {
                         break;
                     };
-                    let fs = fs.clone();
+                    let svc = svc.clone();
                     tokio::spawn(async move {
                         let _permit = permit;
                         let (rd, mut wr) = stream.into_split();
@@ -74,7 +194,7 @@ pub fn serve(fs: Arc<Fs>, path: &Path) -> anyhow::Result<()> {
                             return;
                         }
                         let reply = match serde_json::from_str::<Request>(&line) {
-                            Ok(req) => tokio::task::spawn_blocking(move || handle(&fs, &req, true))
+                            Ok(req) => tokio::task::spawn_blocking(move || handle(&svc, &req))
                                 .await
                                 .unwrap_or_else(|e| Err(anyhow::anyhow!("handler panicked: {e}"))),
                             Err(e) => Err(anyhow::anyhow!("bad request: {e}")),

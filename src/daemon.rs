@@ -21,6 +21,9 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     pub foreground: bool,
     pub threads: usize,
+    pub agent_mode: crate::agents::AgentMode,
+    pub agent_limits: crate::agents::AgentLimits,
+    pub recovery: crate::recovery::RecoveryOptions,
 }
 
 fn check_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
@@ -114,7 +117,7 @@ pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
     }
     let mp = check_mountpoint(&a.mountpoint)?;
     if a.foreground {
-        return run(&pool_dir, &mp, a.threads, None);
+        return run(&pool_dir, &mp, a, None);
     }
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints.
@@ -169,7 +172,7 @@ pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
         }
     }
     let mut wr = fs::File::from(wr);
-    match run(&pool_dir, &mp, a.threads, Some(&mut wr)) {
+    match run(&pool_dir, &mp, a, Some(&mut wr)) {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             let _ = write!(wr, "err {e:#}");
@@ -194,10 +197,22 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// Recovery agents keep replica files open: allow as many descriptors as the hard limit.
+fn raise_fd_limit() {
+    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer; setrlimit with soft <= hard.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 fn run(
     pool_dir: &Path,
     mp: &Path,
-    threads: usize,
+    a: &MountArgs,
     notify: Option<&mut fs::File>,
 ) -> anyhow::Result<()> {
     let sigs = block_signals();
@@ -208,8 +223,21 @@ fn run(
         tracing::info!("start-up cleanup: {freed} orphaned inode(s) freed, {removed} stray extent file(s) removed");
     }
     fs.start_background();
-    crate::control::serve(fs.clone(), &pool_dir.join(pool::SOCKET_FILE))?;
-    let mut cfg = config(threads);
+    raise_fd_limit();
+    let agents = std::sync::Arc::new(crate::agents::AgentPool::new(
+        a.agent_mode,
+        a.agent_limits.clone(),
+        fs.extent_size() as usize,
+    ));
+    let orchestrator = crate::recovery::Orchestrator::start(fs.clone(), agents, a.recovery.clone());
+    crate::control::serve(
+        std::sync::Arc::new(crate::control::Services {
+            fs: fs.clone(),
+            recovery: Some(orchestrator),
+        }),
+        &pool_dir.join(pool::SOCKET_FILE),
+    )?;
+    let mut cfg = config(a.threads);
     let p = pool_dir.to_string_lossy();
     if !p.contains([',', ' ', '\\']) {
         cfg.mount_options[0] = fuser::MountOption::FSName(format!("foreshard:{p}"));

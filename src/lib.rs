@@ -2,10 +2,12 @@
 //! See ARCHITECTURE.md for the map of modules and their invariants.
 
 pub mod admin;
+pub mod agents;
 pub mod control;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod meta;
 pub mod pool;
+pub mod recovery;
 pub mod store;

@@ -6,10 +6,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use foreshard::admin::{self, FsckReport, Shards};
+use foreshard::agents::{AgentLimits, AgentMode};
 use foreshard::control::{self, Request};
 use foreshard::daemon;
 use foreshard::fs::FsOptions;
 use foreshard::pool::{self, InitArgs, Pool};
+use foreshard::recovery::{Profile, RecoveryOptions};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +47,46 @@ enum Cmd {
         /// parallel I/O, fewer help a single stream of metadata operations).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: Option<u16>,
+        /// Recovery agents: `pool` (made before any failure) or `reactive` (made after it).
+        #[arg(long, default_value = "pool")]
+        agents: AgentMode,
+        /// Most recovery agents (each one io_uring ring and one thread while recovering).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+        agents_max: u16,
+        /// Registered buffer memory over all agents.
+        #[arg(long, default_value = "64MiB")]
+        agent_buffer_max: String,
+        /// Extents each agent keeps in flight.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        agent_queue_depth: u16,
+        /// Recovery copy rate limit per second (e.g. 200MiB; 0 = none).
+        #[arg(long, default_value = "0")]
+        recovery_rate: String,
+        /// Bandwidth rule while clients do I/O: high_client_ops, balanced, high_recovery_ops.
+        #[arg(long, default_value = "balanced")]
+        recovery_profile: Profile,
+        /// Disk health probe period in milliseconds.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60000))]
+        probe_interval_ms: u64,
+        /// A probe running longer than this counts as failed (milliseconds).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600000))]
+        probe_deadline_ms: u64,
+    },
+    /// Disk life cycle: fail, add, remove (drain), fault injection.
+    Disk {
+        #[command(subcommand)]
+        cmd: DiskCmd,
+    },
+    /// Recovery progress; --watch shows a progress bar until it is done.
+    Recover {
+        pool: PathBuf,
+        #[arg(long)]
+        watch: bool,
+        /// Block until no recovery is running.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Unmount and wait for the daemon to finish.
     Umount { mountpoint: PathBuf },
@@ -70,6 +112,87 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum DiskCmd {
+    /// Mark a disk failed now (DISK: id or path); recovery starts at once.
+    Fail { pool: PathBuf, disk: String },
+    /// Add a new, empty disk directory; it takes new data and recovery copies.
+    Add { pool: PathBuf, dir: PathBuf },
+    /// Drain a healthy disk (its replicas move elsewhere), then release it.
+    Remove {
+        pool: PathBuf,
+        disk: String,
+        /// Return at once instead of waiting for the drain.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Inject faults into a mounted pool's disk layer (scripts/inject eio|slow).
+    Fault {
+        pool: PathBuf,
+        disk: String,
+        /// Fraction of operations failing with EIO (0 clears).
+        #[arg(long)]
+        eio_rate: Option<f64>,
+        /// Latency added to each operation (0 clears).
+        #[arg(long)]
+        delay_ms: Option<u64>,
+    },
+}
+
+/// Polls recovery status until it is done, with a progress bar on a terminal.
+fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
+    use std::io::IsTerminal;
+    let pb = (bar && std::io::stderr().is_terminal()).then(|| {
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} recovery [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb
+    });
+    let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
+    loop {
+        let v = ask(pool, Request::Recover, Duration::from_secs(30))?;
+        let r: foreshard::recovery::RecoveryStatus =
+            serde_json::from_value(v.clone()).context("bad recovery status")?;
+        match &pb {
+            Some(pb) => {
+                pb.set_length(r.bytes_total);
+                pb.set_position(r.bytes_done);
+                let per_shard: Vec<String> = r
+                    .shards
+                    .iter()
+                    .filter(|s| s.bytes_done < s.bytes_total)
+                    .take(4)
+                    .map(|s| {
+                        format!(
+                            "shard {} {}%",
+                            s.id,
+                            s.bytes_done * 100 / s.bytes_total.max(1)
+                        )
+                    })
+                    .collect();
+                pb.set_message(per_shard.join(" "));
+            }
+            None if bar && last_line.elapsed() >= Duration::from_secs(1) => {
+                last_line = std::time::Instant::now();
+                eprint!("{}", admin::recovery_line(&r));
+            }
+            None => {}
+        }
+        if r.state != "running" {
+            if let Some(pb) = &pb {
+                pb.finish_and_clear();
+            }
+            return Ok(v);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Runs `req` on the mounted pool through its socket, or opens the pool directly.
 fn ask(pool: &Path, req: Request, timeout: Duration) -> anyhow::Result<serde_json::Value> {
     if !pool.is_dir() {
@@ -88,7 +211,7 @@ fn ask(pool: &Path, req: Request, timeout: Duration) -> anyhow::Result<serde_jso
             eprintln!("crash recovery: {freed} orphaned inode(s) freed, {removed} uncommitted extent file(s) removed");
         }
     }
-    control::handle(&fs, &req, false)
+    control::handle(&control::Services { fs, recovery: None }, &req)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -122,7 +245,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mountpoint,
             foreground,
             threads,
+            agents,
+            agents_max,
+            agent_buffer_max,
+            agent_queue_depth,
+            recovery_rate,
+            recovery_profile,
+            probe_interval_ms,
+            probe_deadline_ms,
         } => {
+            let buffer_bytes_max =
+                pool::parse_size(&agent_buffer_max).context("--agent-buffer-max")?;
+            let rate_bytes_max = pool::parse_size(&recovery_rate).context("--recovery-rate")?;
             daemon::mount(&daemon::MountArgs {
                 pool,
                 mountpoint,
@@ -130,7 +264,113 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads: threads.map(usize::from).unwrap_or_else(|| {
                     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16))
                 }),
+                agent_mode: agents,
+                agent_limits: AgentLimits {
+                    agents_max: usize::from(agents_max),
+                    queue_depth: usize::from(agent_queue_depth),
+                    buffer_bytes_max,
+                    ..AgentLimits::default()
+                },
+                recovery: RecoveryOptions {
+                    rate_bytes_max,
+                    profile: recovery_profile,
+                    probe_interval: Duration::from_millis(probe_interval_ms),
+                    probe_deadline: Duration::from_millis(probe_deadline_ms),
+                    ..RecoveryOptions::default()
+                },
             })?;
+        }
+        Cmd::Disk { cmd } => {
+            let (pool, req) = match cmd {
+                DiskCmd::Fail { pool, disk } => (pool, Request::DiskFail { disk }),
+                DiskCmd::Add { pool, dir } => (
+                    pool,
+                    Request::DiskAdd {
+                        path: std::path::absolute(&dir)?.to_string_lossy().into_owned(),
+                    },
+                ),
+                DiskCmd::Remove {
+                    pool,
+                    disk,
+                    no_wait,
+                } => {
+                    let v = ask(&pool, Request::DiskRemove { disk }, LONG)?;
+                    let id = v["disk"].as_u64().unwrap_or(u64::MAX);
+                    println!("disk {id} draining");
+                    if no_wait {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    watch_recovery(&pool, true)?;
+                    ask(
+                        &pool,
+                        Request::RecoverWait {
+                            timeout_s: 24 * 3600,
+                        },
+                        LONG,
+                    )?;
+                    let s = ask(&pool, Request::Status, LONG)?;
+                    let state = s["disks"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|d| d["id"].as_u64() == Some(id)))
+                        .and_then(|d| d["state"].as_str())
+                        .unwrap_or("?")
+                        .to_string();
+                    println!("disk {id}: {state}");
+                    if state != "removed" {
+                        anyhow::bail!("disk {id} is not drained (no room on the other disks?)");
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                DiskCmd::Fault {
+                    pool,
+                    disk,
+                    eio_rate,
+                    delay_ms,
+                } => {
+                    if eio_rate.is_none() && delay_ms.is_none() {
+                        anyhow::bail!("give --eio-rate and/or --delay-ms");
+                    }
+                    (
+                        pool,
+                        Request::DiskFault {
+                            disk,
+                            eio_rate,
+                            delay_ms,
+                        },
+                    )
+                }
+            };
+            let v = ask(&pool, req, LONG)?;
+            println!("{v}");
+        }
+        Cmd::Recover {
+            pool,
+            watch,
+            wait,
+            json,
+        } => {
+            let v = if watch || wait {
+                watch_recovery(&pool, watch && !json)?;
+                ask(
+                    &pool,
+                    Request::RecoverWait {
+                        timeout_s: 24 * 3600,
+                    },
+                    LONG,
+                )?
+            } else {
+                ask(&pool, Request::Recover, Duration::from_secs(60))?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let r: foreshard::recovery::RecoveryStatus =
+                    serde_json::from_value(v).context("bad recovery status")?;
+                print!("{}", admin::recovery_line(&r));
+                if !r.lost_shards.is_empty() {
+                    return Ok(ExitCode::from(1));
+                }
+            }
         }
         Cmd::Umount { mountpoint } => daemon::umount(&mountpoint)?,
         Cmd::Status { pool, json } => {

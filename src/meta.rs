@@ -122,8 +122,14 @@ pub struct ShardRec {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum DiskState {
     Up,
+    /// Probes failed or hung: still read and written, watched closely.
     Suspect,
+    /// Never read or written again; its replicas are rebuilt elsewhere.
     Failed,
+    /// Being emptied by `disk remove`: read as a source, never a target of new data.
+    Draining,
+    /// Emptied and released by `disk remove`.
+    Removed,
 }
 
 impl DiskState {
@@ -132,7 +138,16 @@ impl DiskState {
             DiskState::Up => "up",
             DiskState::Suspect => "suspect",
             DiskState::Failed => "failed",
+            DiskState::Draining => "draining",
+            DiskState::Removed => "removed",
         }
+    }
+    /// Holds readable replicas (a source for reads and recovery).
+    pub fn readable(self) -> bool {
+        matches!(
+            self,
+            DiskState::Up | DiskState::Suspect | DiskState::Draining
+        )
     }
 }
 
@@ -271,6 +286,9 @@ impl Batch<'_> {
     }
     pub fn put_disk_shard(&mut self, disk: u32, shard: u32) {
         self.put(CF_DISK_SHARDS, &disk_shard_key(disk, shard), &[]);
+    }
+    pub fn del_disk_shard(&mut self, disk: u32, shard: u32) {
+        self.del(CF_DISK_SHARDS, &disk_shard_key(disk, shard));
     }
     pub fn put_disk(&mut self, rec: &DiskRec) {
         self.put(CF_DISKS, &rec.id.to_be_bytes(), &encode(rec));

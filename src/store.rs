@@ -99,12 +99,25 @@ pub fn block_sums(data: &[u8], block_size: usize) -> Vec<[u8; 32]> {
         .collect()
 }
 
+/// Faults injected through the control socket (`scripts/inject eio|slow`), applied to every
+/// extent read, write, sync and probe on the disk.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Fault {
+    /// Fraction of operations that fail with EIO (0..=1).
+    pub eio_rate: f64,
+    /// Latency added to each operation.
+    pub delay_ms: u64,
+}
+
 pub struct Disk {
     pub id: u32,
     pub root: PathBuf,
     state: RwLock<DiskState>,
     pub io_errors: AtomicU64,
     pub checksum_errors: AtomicU64,
+    /// Set when a write met ENOSPC (full is not failed); cleared by a later good write.
+    pub full: std::sync::atomic::AtomicBool,
+    fault: RwLock<Fault>,
 }
 
 impl Disk {
@@ -115,6 +128,8 @@ impl Disk {
             state: RwLock::new(state),
             io_errors: AtomicU64::new(0),
             checksum_errors: AtomicU64::new(0),
+            full: std::sync::atomic::AtomicBool::new(false),
+            fault: RwLock::new(Fault::default()),
         }
     }
     pub fn state(&self) -> DiskState {
@@ -123,8 +138,71 @@ impl Disk {
     pub fn set_state(&self, s: DiskState) {
         *self.state.write() = s;
     }
+    /// Holds readable replicas (not failed or removed).
     pub fn is_up(&self) -> bool {
-        self.state() != DiskState::Failed
+        self.state().readable()
+    }
+    /// May receive new data: new writes, recovery copies.
+    pub fn accepts_data(&self) -> bool {
+        matches!(self.state(), DiskState::Up | DiskState::Suspect)
+    }
+    pub fn fault(&self) -> Fault {
+        *self.fault.read()
+    }
+    pub fn set_fault(&self, f: Fault) {
+        *self.fault.write() = f;
+    }
+    /// Applies an injected fault to one operation: sleeps, then maybe fails with EIO.
+    pub fn inject(&self) -> io::Result<()> {
+        let f = *self.fault.read();
+        if f.delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(f.delay_ms));
+        }
+        if f.eio_rate > 0.0 && rand::random::<f64>() < f.eio_rate {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+    /// Counts an I/O error; ENOSPC only marks the disk full.
+    pub fn note_error(&self, e: &io::Error) {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            self.full.store(true, Ordering::Relaxed);
+        } else {
+            self.io_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Health probe: writes a small file, fsyncs it, reads it back and compares. The caller
+    /// runs it with a deadline (a hung disk never returns).
+    pub fn probe(&self) -> io::Result<()> {
+        self.inject()?;
+        let p = self.root.join("foreshard.probe");
+        let data: [u8; 64] = std::array::from_fn(|_| rand::random());
+        {
+            // Never create the file when the disk root itself is gone.
+            if !self.root.join(LABEL_FILE).exists() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "disk root or label gone",
+                ));
+            }
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&p)?;
+            f.write_all_at(&data, 0)?;
+            f.sync_all()?;
+        }
+        let back = fs::read(&p)?;
+        if back != data {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "probe read back different bytes",
+            ));
+        }
+        Ok(())
     }
     pub fn extent_path(&self, id: &ExtentId) -> PathBuf {
         self.root
@@ -222,10 +300,28 @@ impl Store {
         self.disks.read().iter().find(|d| d.id == id).cloned()
     }
 
+    pub fn add_disk(&self, d: Arc<Disk>) {
+        self.disks.write().push(d);
+    }
+
+    /// Forgets cached open files of a disk (it failed: do not keep its files busy).
+    pub fn drop_fds(&self, disk: u32) {
+        let mut fds = self.fds.lock();
+        let keys: Vec<_> = fds
+            .iter()
+            .filter(|((d, _), _)| *d == disk)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            fds.pop(&k);
+        }
+    }
+
     /// Writes one replica of an extent version. The file must not exist yet.
     pub fn write_extent(&self, disk: &Disk, id: &ExtentId, data: &[u8]) -> io::Result<()> {
         let path = disk.extent_path(id);
         let res = (|| {
+            disk.inject()?;
             let f = match OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -244,8 +340,11 @@ impl Store {
             };
             f.write_all_at(data, 0)
         })();
+        match &res {
+            Ok(()) => disk.full.store(false, Ordering::Relaxed),
+            Err(e) => disk.note_error(e),
+        }
         if let Err(e) = &res {
-            disk.io_errors.fetch_add(1, Ordering::Relaxed);
             // Never remove a file some earlier write owns.
             if e.kind() != io::ErrorKind::AlreadyExists {
                 let _ = fs::remove_file(&path);
@@ -273,6 +372,40 @@ impl Store {
         fs::rename(&tmp, &path)?;
         self.fds.lock().pop(&(disk.id, *id));
         Ok(())
+    }
+
+    /// Where a recovery agent writes a copy before installing it (`tag` keeps concurrent
+    /// agents apart; start-up cleanup removes leftovers, they end in `.tmp`).
+    pub fn staging_path(&self, disk: &Disk, id: &ExtentId, tag: u32) -> PathBuf {
+        let p = disk.extent_path(id);
+        let mut name = p.file_name().expect("extent file name").to_os_string();
+        name.push(format!(".r{tag}.tmp"));
+        p.with_file_name(name)
+    }
+
+    /// Creates the staging file of a recovered copy (its bucket too, never the disk root).
+    pub fn create_staging(&self, disk: &Disk, id: &ExtentId, tag: u32) -> io::Result<File> {
+        disk.inject()?;
+        let p = self.staging_path(disk, id, tag);
+        make_bucket(&p)?;
+        let _ = fs::remove_file(&p);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+    }
+
+    /// Moves a verified staging copy into place as the extent version's file.
+    pub fn install_staging(&self, disk: &Disk, id: &ExtentId, tag: u32) -> io::Result<()> {
+        fs::rename(self.staging_path(disk, id, tag), disk.extent_path(id))?;
+        self.fds.lock().pop(&(disk.id, *id));
+        Ok(())
+    }
+
+    pub fn open_extent(&self, disk: &Disk, id: &ExtentId) -> io::Result<Arc<File>> {
+        disk.inject()?;
+        self.open_cached(disk, id)
     }
 
     fn open_cached(&self, disk: &Disk, id: &ExtentId) -> io::Result<Arc<File>> {
@@ -311,10 +444,15 @@ impl Store {
     ) -> Result<(), ReadError> {
         debug_assert_eq!(off % self.block_size, 0);
         let len = buf.len();
-        let f = self.open_cached(disk, id).map_err(|e| {
-            disk.io_errors.fetch_add(1, Ordering::Relaxed);
-            ReadError::Io(e)
-        })?;
+        let f = disk
+            .inject()
+            .and_then(|()| self.open_cached(disk, id))
+            .map_err(|e| {
+                if e.kind() != io::ErrorKind::NotFound || !disk.root.join(LABEL_FILE).exists() {
+                    disk.io_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                ReadError::Io(e)
+            })?;
         let mut done = 0;
         while done < len {
             match f.read_at(&mut buf[done..], (off + done) as u64) {
@@ -360,6 +498,7 @@ impl Store {
 
     /// Makes everything written to the disk's filesystem durable.
     pub fn sync_disk(&self, disk: &Disk) -> io::Result<()> {
+        disk.inject()?;
         let f = File::open(&disk.root)?;
         use std::os::fd::AsRawFd;
         // SAFETY: valid open descriptor.

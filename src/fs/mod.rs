@@ -53,6 +53,7 @@ impl Errno {
     pub const EBADF: Errno = Errno(libc::EBADF);
     pub const EFBIG: Errno = Errno(libc::EFBIG);
     pub const E2BIG: Errno = Errno(libc::E2BIG);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
 }
 
 impl From<anyhow::Error> for Errno {
@@ -229,7 +230,10 @@ pub struct Fs {
     nodes: Mutex<HashMap<u64, Arc<Node>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    shards: Vec<ShardRec>,
+    /// Placement of every shard; changed only through `set_placement` (epoch fenced).
+    shards: parking_lot::RwLock<Vec<ShardRec>>,
+    /// Serialises placement changes and recovery commits against each other.
+    placement_lock: Mutex<()>,
     dirty_bytes: AtomicU64,
     /// Disks written since the last sync; guarded by the mutex so that an fsync never returns
     /// before a concurrent one that took its disks has finished syncing them.
@@ -252,7 +256,7 @@ impl Fs {
         cfg: PoolConfig,
         opts: FsOptions,
     ) -> anyhow::Result<Arc<Fs>> {
-        let mut shards: Vec<ShardRec> = Vec::new();
+        let mut shards: Vec<ShardRec> = Vec::with_capacity(cfg.shard_count as usize);
         for (id, rec) in meta.shards()? {
             anyhow::ensure!(
                 id as usize == shards.len(),
@@ -276,7 +280,8 @@ impl Fs {
             nodes: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            shards,
+            shards: parking_lot::RwLock::new(shards),
+            placement_lock: Mutex::new(()),
             dirty_bytes: AtomicU64::new(0),
             unsynced: Mutex::new(HashSet::new()),
             repair_tx: tx,
@@ -360,17 +365,22 @@ impl Fs {
     /// shard set by a hash of (inode, index).
     pub fn shard_of(&self, ino: u64, index: u64) -> u32 {
         let h = ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        ((h >> 17) % self.shards.len() as u64) as u32
+        ((h >> 17) % u64::from(self.cfg.shard_count)) as u32
     }
 
-    pub fn shard(&self, id: u32) -> &ShardRec {
-        &self.shards[id as usize]
+    pub fn shard(&self, id: u32) -> ShardRec {
+        self.shards.read()[id as usize].clone()
     }
 
+    pub fn shard_table(&self) -> Vec<ShardRec> {
+        self.shards.read().clone()
+    }
+
+    /// Disks of `ids` that take new data (writes go only there).
     pub(crate) fn live_disks(&self, ids: &[u32]) -> Vec<Arc<Disk>> {
         ids.iter()
             .filter_map(|id| self.store.disk(*id))
-            .filter(|d| d.is_up())
+            .filter(|d| d.accepts_data())
             .collect()
     }
 
@@ -631,12 +641,194 @@ impl Fs {
         Ok(true)
     }
 
-    /// Marks a disk failed in memory (reads and writes bypass it).
+    /// Sets a disk's state in memory and in the disk table (survives restarts once the WAL is
+    /// synced: the next fsync or recovery commit, which the WAL orders after it).
+    pub fn set_disk_state(&self, id: u32, state: DiskState) -> anyhow::Result<()> {
+        let d = self
+            .store
+            .disk(id)
+            .ok_or_else(|| anyhow::anyhow!("no disk {id} in this pool"))?;
+        let mut b = self.meta.batch();
+        b.put_disk(&crate::meta::DiskRec {
+            id,
+            path: d.root.to_string_lossy().into_owned(),
+            state,
+        });
+        self.meta.write(b)?;
+        d.set_state(state);
+        if !state.readable() {
+            self.store.drop_fds(id);
+        }
+        Ok(())
+    }
+
+    /// Marks a disk failed (reads and writes bypass it from now on), persistently.
     pub fn fail_disk(&self, id: u32) {
-        if let Some(d) = self.store.disk(id) {
-            d.set_state(DiskState::Failed);
+        if let Err(e) = self.set_disk_state(id, DiskState::Failed) {
+            tracing::error!(disk = id, "cannot persist failed state: {e:#}");
+            if let Some(d) = self.store.disk(id) {
+                d.set_state(DiskState::Failed);
+                self.store.drop_fds(id);
+            }
         }
     }
+
+    /// Changes a shard's placement if its epoch is still `expect_epoch`; raises the epoch and
+    /// keeps the disk -> shard index in step, in one batch. Returns the new epoch.
+    pub fn set_placement(&self, shard: u32, expect_epoch: u64, disks: Vec<u32>) -> FsResult<u64> {
+        self.set_placements(vec![(shard, expect_epoch, disks)])?
+            .pop()
+            .expect("one result per change")
+    }
+
+    /// Several placement changes in one metadata batch (not synced: the WAL orders them
+    /// before any extent commit that relies on them, and that commit's sync covers both).
+    /// Each change is fenced by its expected epoch; returns per change the new epoch or
+    /// ESTALE.
+    pub fn set_placements(
+        &self,
+        changes: Vec<(u32, u64, Vec<u32>)>,
+    ) -> FsResult<Vec<FsResult<u64>>> {
+        let _g = self.placement_lock.lock();
+        let mut b = self.meta.batch();
+        let mut out = Vec::with_capacity(changes.len());
+        let mut apply = Vec::new();
+        for (shard, expect_epoch, disks) in changes {
+            let old = self.shard(shard);
+            if old.epoch != expect_epoch {
+                out.push(Err(Errno::ESTALE));
+                continue;
+            }
+            let mut seen = HashSet::new();
+            assert!(
+                disks.iter().all(|d| seen.insert(*d)),
+                "two replicas of shard {shard} on one disk: {disks:?}"
+            );
+            let rec = ShardRec {
+                epoch: old.epoch + 1,
+                disks,
+            };
+            b.put_shard(shard, &rec);
+            for d in &old.disks {
+                if !rec.disks.contains(d) {
+                    b.del_disk_shard(*d, shard);
+                }
+            }
+            for d in &rec.disks {
+                b.put_disk_shard(*d, shard);
+            }
+            out.push(Ok(rec.epoch));
+            apply.push((shard, rec));
+        }
+        if apply.is_empty() {
+            return Ok(out);
+        }
+        self.meta.write(b)?;
+        let mut t = self.shards.write();
+        for (shard, rec) in apply {
+            t[shard as usize] = rec;
+        }
+        Ok(out)
+    }
+
+    /// Commits a recovered copy of an extent on `target` (`install` puts its file in place,
+    /// run only once the checks pass, under the same locks), fenced: refused when the extent changed version, or its shard's epoch is no longer
+    /// `epoch`. Replicas no longer in the placement are dropped once the placement's disks
+    /// all hold a copy. Returns what happened.
+    pub fn commit_recovered(
+        &self,
+        ino: u64,
+        index: u64,
+        version: u64,
+        epoch: u64,
+        target: u32,
+        install: impl FnOnce() -> std::io::Result<()>,
+    ) -> FsResult<RecoveryCommit> {
+        let _p = self.placement_lock.lock();
+        let _g = self.ns.lock();
+        let node = self.node(ino);
+        let mut guard = node.as_ref().map(|n| n.inner.lock());
+        let Some(cur) = self.meta.extent(ino, index)? else {
+            return Ok(RecoveryCommit::Stale);
+        };
+        if cur.version != version {
+            return Ok(RecoveryCommit::Stale);
+        }
+        let shard = self.shard(cur.shard);
+        if shard.epoch != epoch || !shard.disks.contains(&target) {
+            return Ok(RecoveryCommit::Fenced);
+        }
+        if cur.replicas.contains(&target) {
+            return Ok(RecoveryCommit::AlreadyThere);
+        }
+        let readable: Vec<u32> = cur
+            .replicas
+            .iter()
+            .copied()
+            .filter(|d| self.store.disk(*d).is_some_and(|x| x.is_up()))
+            .collect();
+        let mut placed: Vec<u32> = readable
+            .iter()
+            .copied()
+            .filter(|d| shard.disks.contains(d))
+            .collect();
+        placed.push(target);
+        let complete = placed.len() >= shard.disks.len().min(self.cfg.replicas as usize);
+        let (replicas, dropped) = if complete {
+            let dropped: Vec<u32> = cur
+                .replicas
+                .iter()
+                .copied()
+                .filter(|d| !placed.contains(d))
+                .collect();
+            (placed, dropped)
+        } else {
+            let mut r = readable;
+            r.push(target);
+            (r, Vec::new())
+        };
+        if let Err(e) = install() {
+            tracing::warn!(
+                disk = target,
+                ino,
+                index,
+                "cannot install recovered copy: {e}"
+            );
+            return Err(Errno::EIO);
+        }
+        let rec = ExtentRec { replicas, ..cur };
+        let mut b = self.meta.batch();
+        b.put_extent(ino, index, &rec);
+        self.meta.write(b)?;
+        if let Some(g) = guard.as_mut() {
+            g.extents.remove(&index);
+        }
+        self.mark_unsynced(&[target]);
+        let id = ExtentId {
+            ino,
+            index,
+            version,
+        };
+        for d in dropped {
+            // Copies on readable disks that left the placement (drain): remove them.
+            if self.store.disk(d).is_some_and(|x| x.is_up()) {
+                self.reap(d, id);
+            }
+        }
+        Ok(RecoveryCommit::Done)
+    }
+}
+
+/// The outcome of `Fs::commit_recovered`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryCommit {
+    Done,
+    /// The target already holds a committed copy (another agent got there first).
+    AlreadyThere,
+    /// The extent was rewritten or deleted meanwhile: nothing to recover.
+    Stale,
+    /// The shard's placement changed since the plan was made (stale epoch).
+    Fenced,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]

@@ -1,0 +1,784 @@
+//! Pre-Provisioned Recovery Agent Pool (PRAP).
+//!
+//! Recovery agents are made before any disk fails. Each agent owns an io_uring ring with
+//! registered buffers (one per in-flight extent). The pool keeps a recovery plan, refreshed
+//! when placement or data changes: every extent grouped by shard with its replicas and
+//! checksums, the slice of shards each agent copies, the target disk per (shard, failing
+//! disk) with that space reserved on the target (`foreshard.reserve`, fallocate'd), and open
+//! handles to the replica files. When a disk fails the orchestrator (`crate::recovery`) hands
+//! each agent its part of the plan: no metadata scan, no allocation, no open before the first
+//! copy starts.
+//!
+//! `AgentMode::Reactive` makes nothing in advance: agents, rings, buffers and the work list
+//! are created after the failure, as a system without a pool would, so the benefit can be
+//! measured in the same run.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use io_uring::{opcode, types, IoUring};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::fs::Fs;
+use crate::store::ExtentId;
+
+/// Name of the space reservation file on each disk (space kept for planned recovery copies).
+pub const RESERVE_FILE: &str = "foreshard.reserve";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMode {
+    /// Agents, rings, buffers, plans and reservations exist before a failure.
+    Pool,
+    /// Everything is created after the failure (for comparison).
+    Reactive,
+}
+
+impl std::str::FromStr for AgentMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pool" => Ok(AgentMode::Pool),
+            "reactive" => Ok(AgentMode::Reactive),
+            _ => Err(format!("unknown agent mode {s:?} (pool or reactive)")),
+        }
+    }
+}
+
+/// Global limits of the pool: every agent is one thread and one ring at activation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentLimits {
+    /// Agents (each one ring and one thread while recovering).
+    pub agents_max: usize,
+    /// Extents each agent keeps in flight (its registered buffers).
+    pub queue_depth: usize,
+    /// Registered buffer memory over all agents.
+    pub buffer_bytes_max: u64,
+    /// Replica files the plan keeps open over all agents.
+    pub fds_max: usize,
+    /// Share of a disk's free space the plan may reserve for recovery copies.
+    pub reserve_fraction_max: f64,
+}
+
+impl Default for AgentLimits {
+    fn default() -> Self {
+        AgentLimits {
+            agents_max: 8,
+            queue_depth: 4,
+            buffer_bytes_max: 64 << 20,
+            fds_max: 2048,
+            reserve_fraction_max: 0.5,
+        }
+    }
+}
+
+/// One extent copy: from the first source that verifies to `target`.
+#[derive(Clone, Debug)]
+pub struct CopyItem {
+    pub ino: u64,
+    pub index: u64,
+    pub version: u64,
+    pub len: u32,
+    pub shard: u32,
+    /// Shard epoch the copy was planned under; the commit is refused under another.
+    pub epoch: u64,
+    pub sources: Vec<u32>,
+    pub target: u32,
+    pub sums: Arc<Vec<[u8; 32]>>,
+}
+
+impl CopyItem {
+    pub fn id(&self) -> ExtentId {
+        ExtentId {
+            ino: self.ino,
+            index: self.index,
+            version: self.version,
+        }
+    }
+}
+
+/// An extent as the plan knows it.
+#[derive(Clone, Debug)]
+pub struct PlanExtent {
+    pub ino: u64,
+    pub index: u64,
+    pub version: u64,
+    pub len: u32,
+    pub shard: u32,
+    pub replicas: Vec<u32>,
+    pub sums: Arc<Vec<[u8; 32]>>,
+}
+
+/// The precomputed recovery plan.
+pub struct Plan {
+    pub built_at: Instant,
+    pub build_ms: f64,
+    /// Shard epochs and the commit counter the plan was made from (to know when it is stale).
+    pub epochs: Vec<u64>,
+    pub committed_seen: u64,
+    /// Every extent, grouped by shard (`shard_ranges` index into it).
+    pub extents: Vec<PlanExtent>,
+    pub shard_ranges: Vec<Range<usize>>,
+    pub shard_bytes: Vec<u64>,
+    pub shard_agents: Vec<u32>,
+    /// Per agent: the slices of `extents` it copies (from several shards).
+    pub assignment: Vec<Vec<Range<usize>>>,
+    /// (shard, failing disk) -> target disk.
+    pub targets: HashMap<(u32, u32), u32>,
+    pub reserved: HashMap<u32, u64>,
+    /// Open replica files, (disk, extent) -> file.
+    pub fds: HashMap<(u32, ExtentId), Arc<File>>,
+}
+
+/// One recovery agent: a ring and its registered buffers.
+pub struct Agent {
+    pub id: u32,
+    ring: IoUring,
+    bufs: Vec<Vec<u8>>,
+}
+
+/// What an agent reports per item.
+pub type CopyResult = Result<(), String>;
+
+enum Slot {
+    Free,
+    Reading { item: usize, _src: Arc<File> },
+    Writing { item: usize, _dst: File },
+}
+
+impl Agent {
+    pub fn new(id: u32, buf_bytes: usize, depth: usize) -> io::Result<Agent> {
+        let ring = IoUring::new((depth * 2).next_power_of_two() as u32)?;
+        let bufs: Vec<Vec<u8>> = (0..depth).map(|_| vec![0u8; buf_bytes]).collect();
+        let iov: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: the buffers live as long as the ring (both owned by the agent) and are
+        // never reallocated.
+        unsafe { ring.submitter().register_buffers(&iov)? };
+        Ok(Agent { id, ring, bufs })
+    }
+
+    pub fn buffer_bytes(&self) -> u64 {
+        self.bufs.iter().map(|b| b.len() as u64).sum()
+    }
+
+    /// Copies `items` with up to one in-flight extent per buffer: read (fixed buffer) ->
+    /// verify every block's checksum -> write a staging file on the target (fixed buffer).
+    /// A source that fails or does not verify is bypassed through `Fs::read_good_copy` (all
+    /// replicas, block by block). `before` runs before each read (rate limit); `done` gets
+    /// each item once its staged copy is written and verified.
+    pub fn run(
+        &mut self,
+        fs: &Fs,
+        items: &[CopyItem],
+        fds: Option<&HashMap<(u32, ExtentId), Arc<File>>>,
+        mut before: impl FnMut(u64),
+        mut done: impl FnMut(&CopyItem, CopyResult),
+    ) {
+        let depth = self.bufs.len();
+        let mut slots: Vec<Slot> = (0..depth).map(|_| Slot::Free).collect();
+        let mut next = 0usize;
+        let mut busy = 0usize;
+        let bs = fs.store.block_size;
+        // Slow start: one extent in flight until the first completes, so the first copy is
+        // not queued behind every agent's whole window (it marks activation).
+        let mut window = 1usize;
+        loop {
+            for s in 0..depth {
+                if !matches!(slots[s], Slot::Free) || next >= items.len() || busy >= window {
+                    continue;
+                }
+                let i = next;
+                next += 1;
+                let it = &items[i];
+                if it.len as usize > self.bufs[s].len() {
+                    done(it, Err("extent larger than the agent's buffers".into()));
+                    continue;
+                }
+                before(u64::from(it.len));
+                match self.open_source(fs, it, fds) {
+                    Some(src) => {
+                        let e = opcode::ReadFixed::new(
+                            types::Fd(src.as_raw_fd()),
+                            self.bufs[s].as_mut_ptr(),
+                            it.len,
+                            s as u16,
+                        )
+                        .offset(0)
+                        .build()
+                        .user_data(s as u64);
+                        // SAFETY: the buffer and the file stay alive in `slots` until the
+                        // completion arrives.
+                        unsafe {
+                            self.ring
+                                .submission()
+                                .push(&e)
+                                .expect("ring sized for depth")
+                        };
+                        slots[s] = Slot::Reading { item: i, _src: src };
+                        busy += 1;
+                    }
+                    None => {
+                        // No source opened: the general path tries every replica.
+                        match self.fallback(fs, it, s) {
+                            Ok(()) => match self.stage(fs, it, s) {
+                                Ok(dst) => {
+                                    slots[s] = Slot::Writing { item: i, _dst: dst };
+                                    busy += 1;
+                                }
+                                Err(e) => done(it, Err(e)),
+                            },
+                            Err(e) => done(it, Err(e)),
+                        }
+                    }
+                }
+            }
+            if busy == 0 {
+                break;
+            }
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                // The ring itself failed: finish every in-flight item on the slow path.
+                tracing::error!(agent = self.id, "io_uring failed: {e}");
+                for slot in slots.iter_mut() {
+                    let item = match std::mem::replace(slot, Slot::Free) {
+                        Slot::Reading { item, .. } | Slot::Writing { item, .. } => item,
+                        Slot::Free => continue,
+                    };
+                    done(&items[item], Err(format!("io_uring: {e}")));
+                }
+                for it in &items[next..] {
+                    done(it, Err(format!("io_uring: {e}")));
+                }
+                return;
+            }
+            let cqes: Vec<(usize, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data() as usize, c.result()))
+                .collect();
+            for (s, res) in cqes {
+                busy -= 1;
+                match std::mem::replace(&mut slots[s], Slot::Free) {
+                    Slot::Reading { item, .. } => {
+                        let it = &items[item];
+                        let len = it.len as usize;
+                        let good = res == it.len as i32
+                            && self.bufs[s][..len]
+                                .chunks(bs)
+                                .zip(it.sums.iter())
+                                .all(|(c, want)| blake3::hash(c).as_bytes() == want)
+                            && len.div_ceil(bs) == it.sums.len();
+                        if !good {
+                            if let Some(d) = fs.store.disk(it.sources[0]) {
+                                if res < 0 {
+                                    d.io_errors.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    d.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            tracing::warn!(
+                                agent = self.id,
+                                ino = it.ino,
+                                index = it.index,
+                                "recovery source bad (result {res}); trying other replicas"
+                            );
+                            if let Err(e) = self.fallback(fs, it, s) {
+                                done(it, Err(e));
+                                continue;
+                            }
+                        }
+                        match self.stage(fs, it, s) {
+                            Ok(dst) => {
+                                slots[s] = Slot::Writing { item, _dst: dst };
+                                busy += 1;
+                            }
+                            Err(e) => done(it, Err(e)),
+                        }
+                    }
+                    Slot::Writing { item, _dst } => {
+                        let it = &items[item];
+                        drop(_dst);
+                        window = depth;
+                        if res == it.len as i32 {
+                            done(it, Ok(()));
+                        } else {
+                            if let Some(d) = fs.store.disk(it.target) {
+                                let e = if res < 0 {
+                                    io::Error::from_raw_os_error(-res)
+                                } else {
+                                    io::Error::from_raw_os_error(libc::EIO)
+                                };
+                                d.note_error(&e);
+                                let _ = std::fs::remove_file(fs.store.staging_path(
+                                    &d,
+                                    &it.id(),
+                                    self.id,
+                                ));
+                            }
+                            done(
+                                it,
+                                Err(format!("write to disk {} failed ({res})", it.target)),
+                            );
+                        }
+                    }
+                    Slot::Free => unreachable!("completion for an idle slot"),
+                }
+            }
+        }
+    }
+
+    fn open_source(
+        &self,
+        fs: &Fs,
+        it: &CopyItem,
+        fds: Option<&HashMap<(u32, ExtentId), Arc<File>>>,
+    ) -> Option<Arc<File>> {
+        let d = fs.store.disk(*it.sources.first()?)?;
+        if !d.is_up() {
+            return None;
+        }
+        if let Some(f) = fds.and_then(|m| m.get(&(d.id, it.id()))) {
+            if d.inject().is_err() {
+                return None;
+            }
+            return Some(f.clone());
+        }
+        fs.store.open_extent(&d, &it.id()).ok()
+    }
+
+    /// Fills buffer `s` with a verified copy assembled from any replica.
+    fn fallback(&mut self, fs: &Fs, it: &CopyItem, s: usize) -> CopyResult {
+        let rec = fs
+            .meta
+            .extent(it.ino, it.index)
+            .map_err(|e| e.to_string())?
+            .filter(|r| r.version == it.version)
+            .ok_or("extent changed meanwhile")?;
+        let data = fs
+            .read_good_copy(it.ino, it.index, &rec)
+            .ok_or("no good replica")?;
+        self.bufs[s][..data.len()].copy_from_slice(&data);
+        Ok(())
+    }
+
+    /// Creates the staging file on the target and queues the write of buffer `s` to it.
+    fn stage(&mut self, fs: &Fs, it: &CopyItem, s: usize) -> Result<File, String> {
+        let d = fs
+            .store
+            .disk(it.target)
+            .filter(|d| d.accepts_data())
+            .ok_or_else(|| format!("target disk {} not available", it.target))?;
+        let f = fs
+            .store
+            .create_staging(&d, &it.id(), self.id)
+            .map_err(|e| {
+                d.note_error(&e);
+                format!("disk {}: {e}", d.id)
+            })?;
+        let e = opcode::WriteFixed::new(
+            types::Fd(f.as_raw_fd()),
+            self.bufs[s].as_ptr(),
+            it.len,
+            s as u16,
+        )
+        .offset(0)
+        .build()
+        .user_data(s as u64);
+        // SAFETY: buffer and file stay alive in `slots` until the completion arrives.
+        unsafe {
+            self.ring
+                .submission()
+                .push(&e)
+                .expect("ring sized for depth")
+        };
+        Ok(f)
+    }
+}
+
+/// Agent counts and memory, shown by `status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub mode: String,
+    /// The plan is built and the agents exist (always true in reactive mode: nothing to make).
+    pub ready: bool,
+    pub agents: usize,
+    pub rings: usize,
+    pub buffer_bytes: u64,
+    pub agents_max: usize,
+    pub queue_depth: usize,
+    pub buffer_bytes_max: u64,
+    pub fds_open: usize,
+    pub fds_max: usize,
+    pub plan_extents: usize,
+    pub plan_age_ms: u64,
+    pub plan_build_ms: f64,
+    pub reserved_bytes: u64,
+}
+
+pub struct AgentPool {
+    pub mode: AgentMode,
+    pub limits: AgentLimits,
+    extent_bytes: usize,
+    idle: Mutex<Vec<Agent>>,
+    made: AtomicUsize,
+    plan: RwLock<Option<Arc<Plan>>>,
+    ready: AtomicBool,
+    /// Risk weight of a shard (uniform until the risk model feeds it).
+    risk: RwLock<Arc<dyn Fn(u32) -> f64 + Send + Sync>>,
+}
+
+impl AgentPool {
+    pub fn new(mode: AgentMode, limits: AgentLimits, extent_bytes: usize) -> AgentPool {
+        AgentPool {
+            mode,
+            limits,
+            extent_bytes,
+            idle: Mutex::new(Vec::new()),
+            made: AtomicUsize::new(0),
+            plan: RwLock::new(None),
+            ready: AtomicBool::new(mode == AgentMode::Reactive),
+            risk: RwLock::new(Arc::new(|_| 1.0)),
+        }
+    }
+
+    /// Agents allowed by the limits (threads, and buffer memory at `queue_depth` extents each).
+    pub fn agent_count(&self) -> usize {
+        let per = (self.limits.queue_depth * self.extent_bytes) as u64;
+        let by_mem = (self.limits.buffer_bytes_max / per.max(1)) as usize;
+        self.limits.agents_max.min(by_mem).max(1)
+    }
+
+    pub fn set_risk(&self, f: Arc<dyn Fn(u32) -> f64 + Send + Sync>) {
+        *self.risk.write() = f;
+    }
+
+    fn make_agents(&self, n: usize) -> io::Result<Vec<Agent>> {
+        (0..n)
+            .map(|_| {
+                let id = self.made.fetch_add(1, Ordering::Relaxed) as u32;
+                Agent::new(id, self.extent_bytes, self.limits.queue_depth)
+            })
+            .collect()
+    }
+
+    /// Pool mode: creates the agents (rings, registered buffers) once.
+    pub fn provision(&self) -> io::Result<()> {
+        if self.mode != AgentMode::Pool {
+            return Ok(());
+        }
+        let mut idle = self.idle.lock();
+        if idle.is_empty() {
+            *idle = self.make_agents(self.agent_count())?;
+        }
+        Ok(())
+    }
+
+    /// Agents for a recovery: the pre-made ones, or (reactive) new ones.
+    pub fn take(&self) -> io::Result<Vec<Agent>> {
+        match self.mode {
+            AgentMode::Pool => {
+                let mut idle = self.idle.lock();
+                if idle.is_empty() {
+                    drop(idle);
+                    return self.make_agents(self.agent_count());
+                }
+                Ok(std::mem::take(&mut *idle))
+            }
+            AgentMode::Reactive => self.make_agents(self.agent_count()),
+        }
+    }
+
+    pub fn give_back(&self, agents: Vec<Agent>) {
+        if self.mode == AgentMode::Pool {
+            let mut idle = self.idle.lock();
+            if idle.is_empty() {
+                *idle = agents;
+            }
+        }
+    }
+
+    pub fn plan(&self) -> Option<Arc<Plan>> {
+        self.plan.read().clone()
+    }
+
+    /// True when the plan no longer matches placement or data.
+    pub fn plan_stale(&self, fs: &Fs) -> bool {
+        let Some(p) = self.plan() else { return true };
+        p.committed_seen != fs.stats.extents_committed.load(Ordering::Relaxed)
+            || fs
+                .shard_table()
+                .iter()
+                .map(|s| s.epoch)
+                .ne(p.epochs.iter().copied())
+    }
+
+    /// Rebuilds the plan from the metadata (pool mode), then reserves target space.
+    pub fn refresh(&self, fs: &Fs) -> anyhow::Result<()> {
+        if self.mode != AgentMode::Pool {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let committed_seen = fs.stats.extents_committed.load(Ordering::Relaxed);
+        let table = fs.shard_table();
+        let nshards = table.len();
+        let mut by_shard: Vec<Vec<PlanExtent>> = vec![Vec::new(); nshards];
+        fs.meta.view().each_extent(|ino, index, e| {
+            if let Some(v) = by_shard.get_mut(e.shard as usize) {
+                v.push(PlanExtent {
+                    ino,
+                    index,
+                    version: e.version,
+                    len: e.len,
+                    shard: e.shard,
+                    replicas: e.replicas,
+                    sums: Arc::new(e.sums),
+                });
+            }
+        })?;
+        let mut extents = Vec::new();
+        let mut shard_ranges = Vec::with_capacity(nshards);
+        let mut shard_bytes = Vec::with_capacity(nshards);
+        for v in by_shard {
+            let start = extents.len();
+            shard_bytes.push(v.iter().map(|e| u64::from(e.len)).sum::<u64>());
+            extents.extend(v);
+            shard_ranges.push(start..extents.len());
+        }
+        let agents = self.agent_count();
+        let risk = self.risk.read().clone();
+        let weight: Vec<f64> = (0..nshards)
+            .map(|s| risk(s as u32) * shard_bytes[s] as f64)
+            .collect();
+        // Agents per shard, proportional to risk x size, scaled so that the shards hit by
+        // the worst single-disk failure use all agents together.
+        let mut per_disk: HashMap<u32, f64> = HashMap::new();
+        for (s, rec) in table.iter().enumerate() {
+            for d in &rec.disks {
+                *per_disk.entry(*d).or_default() += weight[s];
+            }
+        }
+        let w_max = per_disk.values().copied().fold(0.0, f64::max);
+        let shard_agents: Vec<u32> = (0..nshards)
+            .map(|s| {
+                if shard_bytes[s] == 0 || w_max <= 0.0 {
+                    0
+                } else {
+                    ((agents as f64 * weight[s] / w_max).round() as u32).clamp(1, agents as u32)
+                }
+            })
+            .collect();
+        // Slices to agents: biggest first, to the agent whose busiest disk of that shard
+        // has the least planned bytes, so every single-disk failure spreads over all agents.
+        let mut slices: Vec<(u32, Range<usize>, u64)> = Vec::new();
+        for s in 0..nshards {
+            let n = shard_agents[s] as usize;
+            if n == 0 {
+                continue;
+            }
+            let r = shard_ranges[s].clone();
+            let per = r.len().div_ceil(n);
+            for k in 0..n {
+                let a = r.start + k * per;
+                let b = (a + per).min(r.end);
+                if a < b {
+                    let bytes = extents[a..b].iter().map(|e| u64::from(e.len)).sum();
+                    slices.push((s as u32, a..b, bytes));
+                }
+            }
+        }
+        slices.sort_by_key(|x| std::cmp::Reverse(x.2));
+        let mut load: Vec<HashMap<u32, u64>> = vec![HashMap::new(); agents];
+        let mut assignment: Vec<Vec<Range<usize>>> = vec![Vec::new(); agents];
+        for (s, r, bytes) in slices {
+            let disks = &table[s as usize].disks;
+            let a = (0..agents)
+                .min_by_key(|a| {
+                    disks
+                        .iter()
+                        .map(|d| load[*a].get(d).copied().unwrap_or(0))
+                        .max()
+                        .unwrap_or(0)
+                })
+                .expect("at least one agent");
+            for d in disks {
+                *load[a].entry(*d).or_default() += bytes;
+            }
+            assignment[a].push(r);
+        }
+        // Targets per (shard, failing disk): the disk with the most room left after the
+        // copies already planned for that failure.
+        let mut targets = HashMap::new();
+        let mut reserved: HashMap<u32, u64> = HashMap::new();
+        let live: Vec<(u32, u64)> = fs
+            .store
+            .disks()
+            .iter()
+            .filter(|d| d.accepts_data() && !d.full.load(Ordering::Relaxed))
+            .map(|d| (d.id, d.space().map(|s| s.1).unwrap_or(0)))
+            .collect();
+        let mut fail_disks: Vec<u32> = per_disk.keys().copied().collect();
+        fail_disks.sort_unstable();
+        for f in fail_disks {
+            let mut need: HashMap<u32, u64> = HashMap::new();
+            for (s, rec) in table.iter().enumerate() {
+                if !rec.disks.contains(&f) {
+                    continue;
+                }
+                let t = live
+                    .iter()
+                    .filter(|(d, _)| !rec.disks.contains(d))
+                    .max_by_key(|(d, free)| free.saturating_sub(need.get(d).copied().unwrap_or(0)));
+                if let Some((t, _)) = t {
+                    targets.insert((s as u32, f), *t);
+                    *need.entry(*t).or_default() += shard_bytes[s];
+                }
+            }
+            for (t, n) in need {
+                let r = reserved.entry(t).or_default();
+                *r = (*r).max(n);
+            }
+        }
+        // Open replica files, within the descriptor budget.
+        let mut fds = HashMap::new();
+        'open: for e in &extents {
+            for d in &e.replicas {
+                if fds.len() >= self.limits.fds_max {
+                    break 'open;
+                }
+                let Some(disk) = fs.store.disk(*d).filter(|x| x.is_up()) else {
+                    continue;
+                };
+                let id = ExtentId {
+                    ino: e.ino,
+                    index: e.index,
+                    version: e.version,
+                };
+                if let Ok(f) = File::open(disk.extent_path(&id)) {
+                    fds.insert((*d, id), Arc::new(f));
+                }
+            }
+        }
+        let reserved = self.reserve(fs, reserved);
+        let plan = Plan {
+            built_at: Instant::now(),
+            build_ms: t0.elapsed().as_secs_f64() * 1e3,
+            epochs: table.iter().map(|s| s.epoch).collect(),
+            committed_seen,
+            extents,
+            shard_ranges,
+            shard_bytes,
+            shard_agents,
+            assignment,
+            targets,
+            reserved,
+            fds,
+        };
+        *self.plan.write() = Some(Arc::new(plan));
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Sizes each disk's reservation file (fallocate) to the bytes planned onto it, within
+    /// `reserve_fraction_max` of its free space. Returns what was reserved.
+    fn reserve(&self, fs: &Fs, want: HashMap<u32, u64>) -> HashMap<u32, u64> {
+        let mut out = HashMap::new();
+        for d in fs.store.disks() {
+            if !d.accepts_data() {
+                continue;
+            }
+            let p = d.root.join(RESERVE_FILE);
+            let have = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            let free = d.space().map(|s| s.1).unwrap_or(0) + have;
+            let bytes = want
+                .get(&d.id)
+                .copied()
+                .unwrap_or(0)
+                .min((free as f64 * self.limits.reserve_fraction_max) as u64);
+            if bytes == have {
+                out.insert(d.id, bytes);
+                continue;
+            }
+            if !d.root.join(crate::store::LABEL_FILE).exists() {
+                continue;
+            }
+            let res = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&p)
+                .and_then(|f| {
+                    f.set_len(0)?;
+                    if bytes > 0 {
+                        // SAFETY: valid descriptor; allocates real blocks (not a hole).
+                        let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, bytes as i64) };
+                        if r != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            match res {
+                Ok(()) => {
+                    out.insert(d.id, bytes);
+                }
+                Err(e) => tracing::warn!(disk = d.id, "cannot reserve {bytes} bytes: {e}"),
+            }
+        }
+        out
+    }
+
+    /// Frees the reservations (at activation: the copies take that space now).
+    pub fn release_reservations(&self, fs: &Fs) {
+        for d in fs.store.disks() {
+            let p = d.root.join(RESERVE_FILE);
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
+                let _ = f.set_len(0);
+            }
+        }
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        let plan = self.plan();
+        let idle = self.idle.lock();
+        let agents = match self.mode {
+            AgentMode::Pool => idle.len(),
+            AgentMode::Reactive => 0,
+        };
+        AgentStatus {
+            mode: match self.mode {
+                AgentMode::Pool => "pool".into(),
+                AgentMode::Reactive => "reactive".into(),
+            },
+            ready: self.ready.load(Ordering::Acquire),
+            agents,
+            rings: agents,
+            buffer_bytes: idle.iter().map(|a| a.buffer_bytes()).sum(),
+            agents_max: self.limits.agents_max,
+            queue_depth: self.limits.queue_depth,
+            buffer_bytes_max: self.limits.buffer_bytes_max,
+            fds_open: plan.as_ref().map_or(0, |p| p.fds.len()),
+            fds_max: self.limits.fds_max,
+            plan_extents: plan.as_ref().map_or(0, |p| p.extents.len()),
+            plan_age_ms: plan
+                .as_ref()
+                .map_or(0, |p| p.built_at.elapsed().as_millis() as u64),
+            plan_build_ms: plan.as_ref().map_or(0.0, |p| p.build_ms),
+            reserved_bytes: plan.as_ref().map_or(0, |p| p.reserved.values().sum()),
+        }
+    }
+}
