@@ -65,8 +65,8 @@ enum Cmd {
         /// Bandwidth rule while clients do I/O: high_client_ops, balanced, high_recovery_ops.
         #[arg(long, default_value = "balanced")]
         recovery_profile: Profile,
-        /// Disk health probe period in milliseconds.
-        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60000))]
+        /// Disk health probe (write, fsync, read back) period in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60000))]
         probe_interval_ms: u64,
         /// A probe running longer than this counts as failed (milliseconds).
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600000))]

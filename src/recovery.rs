@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +32,10 @@ use crate::store::{read_label, Disk};
 
 /// Catch-up passes after the first; each rescans the metadata.
 const PASSES_MAX: usize = 50;
+/// Verified copies waiting for the recovery committer (agents block beyond it).
+const COMMIT_QUEUE_MAX: usize = 256;
+/// Copies made durable and committed together at most.
+const COMMIT_BATCH_MAX: usize = 256;
 
 /// How recovery shares bandwidth with foreground I/O, after Ceph's mClock profiles: the share
 /// of recovery's own unloaded rate it keeps while clients are doing I/O.
@@ -69,6 +73,9 @@ impl std::str::FromStr for Profile {
 
 #[derive(Clone, Debug)]
 pub struct RecoveryOptions {
+    /// Label and root checks, and collection of probe results.
+    pub check_interval: Duration,
+    /// Write + fsync + read-back probe of each healthy disk.
     pub probe_interval: Duration,
     /// A probe still running after this counts as failed (the disk hangs).
     pub probe_deadline: Duration,
@@ -77,8 +84,6 @@ pub struct RecoveryOptions {
     /// Recovery copy rate limit in bytes/s (0: none).
     pub rate_bytes_max: u64,
     pub profile: Profile,
-    /// Recovered extents made durable and committed together.
-    pub commit_batch: usize,
     /// How often a stale plan is rebuilt.
     pub plan_refresh_interval: Duration,
 }
@@ -86,12 +91,12 @@ pub struct RecoveryOptions {
 impl Default for RecoveryOptions {
     fn default() -> Self {
         RecoveryOptions {
-            probe_interval: Duration::from_millis(200),
+            check_interval: Duration::from_millis(50),
+            probe_interval: Duration::from_millis(1000),
             probe_deadline: Duration::from_millis(1000),
             fail_after: 3,
             rate_bytes_max: 0,
             profile: Profile::Balanced,
-            commit_batch: 16,
             plan_refresh_interval: Duration::from_secs(2),
         }
     }
@@ -248,6 +253,9 @@ pub struct Orchestrator {
     cv: Condvar,
     /// Set while a run is active (a `wait` returns when it clears and nothing is pending).
     running: Mutex<bool>,
+    /// Kicks asked for and kicks a finished run has covered (for `wait_idle`).
+    requested: std::sync::atomic::AtomicU64,
+    completed: std::sync::atomic::AtomicU64,
     run_cv: Condvar,
     limiter: Limiter,
 }
@@ -271,6 +279,8 @@ impl Orchestrator {
             cv: Condvar::new(),
             running: Mutex::new(false),
             run_cv: Condvar::new(),
+            requested: std::sync::atomic::AtomicU64::new(1),
+            completed: std::sync::atomic::AtomicU64::new(0),
         });
         o.status.lock().mode = o.agents.status().mode;
         if let Err(e) = o.agents.provision() {
@@ -297,11 +307,14 @@ impl Orchestrator {
                     };
                     // Without a wake-up, only a placement that names a dead disk is work.
                     if woken || o.needs_placement() {
+                        let asked = o.requested.load(Ordering::SeqCst);
+                        *o.running.lock() = true;
                         if let Err(e) = o.run(first) {
                             tracing::error!("recovery run failed: {e:#}");
-                            *o.running.lock() = false;
-                            o.run_cv.notify_all();
                         }
+                        o.completed.store(asked, Ordering::SeqCst);
+                        *o.running.lock() = false;
+                        o.run_cv.notify_all();
                         first = false;
                     }
                 }
@@ -331,6 +344,7 @@ impl Orchestrator {
     }
 
     pub fn kick(&self) {
+        self.requested.fetch_add(1, Ordering::SeqCst);
         *self.wake.lock() = true;
         self.cv.notify_all();
     }
@@ -431,8 +445,11 @@ impl Orchestrator {
     /// Blocks until no recovery is running or pending (or `timeout`).
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
+        let target = self.requested.load(Ordering::SeqCst);
         loop {
-            let busy = *self.running.lock() || *self.wake.lock() || self.needs_placement();
+            let busy = *self.running.lock()
+                || self.completed.load(Ordering::SeqCst) < target
+                || self.needs_placement();
             if !busy {
                 return true;
             }
@@ -494,7 +511,6 @@ impl Orchestrator {
             self.set_shards_without_target(no_target);
             return Ok(());
         }
-        *self.running.lock() = true;
         {
             let mut st = self.status.lock();
             if st.state != "running" {
@@ -536,7 +552,9 @@ impl Orchestrator {
             .context("cannot create recovery agents")?;
         since("agents ready");
         if from_plan {
-            self.agents.release_reservations(fs);
+            // Truncating the reservation files takes milliseconds: not on the critical path.
+            let (fs2, pool) = (self.fs.clone(), self.agents.clone());
+            std::thread::spawn(move || pool.release_reservations(&fs2));
         }
         since("reservations released");
         let fds = plan.as_ref().filter(|_| from_plan).map(|p| &p.fds);
@@ -584,8 +602,6 @@ impl Orchestrator {
                 "recovery done"
             );
         }
-        *self.running.lock() = false;
-        self.run_cv.notify_all();
         Ok(())
     }
 
@@ -649,8 +665,24 @@ impl Orchestrator {
         );
         let gate = &gate;
         let mut leader = true;
+        // Agents hand verified copies to one committer, which makes each batch durable with
+        // one syncfs per target disk while the agents keep copying.
+        let (ctx, crx) = sync_channel::<(u32, CopyItem)>(COMMIT_QUEUE_MAX);
         std::thread::scope(|sc| {
+            sc.spawn(move || {
+                while let Ok(first) = crx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < COMMIT_BATCH_MAX {
+                        match crx.try_recv() {
+                            Ok(x) => batch.push(x),
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(&mut batch);
+                }
+            });
             for (agent, list) in agents.iter_mut().zip(items) {
+                let ctx = ctx.clone();
                 if list.is_empty() {
                     continue;
                 }
@@ -663,7 +695,6 @@ impl Orchestrator {
                         }
                     }
                     let tag = agent.id;
-                    let mut batch: Vec<CopyItem> = Vec::new();
                     agent.run(
                         &self.fs,
                         &list,
@@ -676,10 +707,7 @@ impl Orchestrator {
                                     *gate.0.lock() = true;
                                     gate.1.notify_all();
                                 }
-                                batch.push(it.clone());
-                                if batch.len() >= self.opts.commit_batch {
-                                    self.commit(tag, &mut batch);
-                                }
+                                let _ = ctx.send((tag, it.clone()));
                             }
                             Err(e) => {
                                 if lead {
@@ -696,13 +724,13 @@ impl Orchestrator {
                             }
                         },
                     );
-                    self.commit(tag, &mut batch);
                     if lead {
                         *gate.0.lock() = true;
                         gate.1.notify_all();
                     }
                 });
             }
+            drop(ctx);
         });
     }
 
@@ -721,17 +749,26 @@ impl Orchestrator {
 
     /// Makes a batch of staged copies durable, installs and commits each under its shard
     /// epoch, then makes the renames and the metadata durable.
-    fn commit(&self, tag: u32, batch: &mut Vec<CopyItem>) {
+    fn commit(&self, batch: &mut Vec<(u32, CopyItem)>) {
         if batch.is_empty() {
             return;
         }
         let fs = &self.fs;
-        let targets: HashSet<u32> = batch.iter().map(|i| i.target).collect();
+        let targets: HashSet<u32> = batch.iter().map(|i| i.1.target).collect();
+        // One syncfs per target filesystem, all in parallel.
         let sync = |ts: &HashSet<u32>| -> bool {
-            ts.iter().all(|t| {
-                fs.store
-                    .disk(*t)
-                    .is_some_and(|d| fs.store.sync_disk(&d).is_ok())
+            std::thread::scope(|s| {
+                let hs: Vec<_> = ts
+                    .iter()
+                    .map(|t| {
+                        s.spawn(move || {
+                            fs.store
+                                .disk(*t)
+                                .is_some_and(|d| fs.store.sync_disk(&d).is_ok())
+                        })
+                    })
+                    .collect();
+                hs.into_iter().all(|h| h.join().unwrap_or(false))
             })
         };
         let synced = sync(&targets);
@@ -740,7 +777,7 @@ impl Orchestrator {
         let mut fenced = 0u64;
         let mut errors = 0u64;
         let mut per: HashMap<u32, (u64, u64)> = HashMap::new();
-        for it in batch.drain(..) {
+        for (tag, it) in batch.drain(..) {
             let Some(d) = fs.store.disk(it.target) else {
                 continue;
             };
@@ -1156,10 +1193,13 @@ enum ProbeMsg {
 
 struct Prober {
     tx: SyncSender<ProbeMsg>,
-    rx: Receiver<std::io::Result<()>>,
+    rx: Receiver<(std::io::Result<()>, Duration)>,
     busy: bool,
+    sent: Instant,
+    /// Deadlines the running probe has overrun so far (each counts as one failure).
+    overruns: u32,
     fails: u32,
-    last_error: String,
+    io_errors_seen: u64,
 }
 
 fn spawn_prober(d: Arc<Disk>) -> Prober {
@@ -1169,7 +1209,9 @@ fn spawn_prober(d: Arc<Disk>) -> Prober {
         .name(format!("probe-{}", d.id))
         .spawn(move || {
             while let Ok(ProbeMsg::Go) = rx_go.recv() {
-                if tx_res.send(d.probe()).is_err() {
+                let t = Instant::now();
+                let r = d.probe();
+                if tx_res.send((r, t.elapsed())).is_err() {
                     break;
                 }
             }
@@ -1179,103 +1221,427 @@ fn spawn_prober(d: Arc<Disk>) -> Prober {
         tx,
         rx,
         busy: false,
+        sent: Instant::now(),
+        overruns: 0,
         fails: 0,
-        last_error: String::new(),
+        io_errors_seen: 0,
     }
 }
 
-/// The failure detector (see the module comment).
+/// Every `check_interval`: the label and root of each disk (a yanked or swapped disk fails
+/// at once), the result of its last probe, and a new probe when one is due: every
+/// `probe_interval`, and at once while the disk is suspect or its I/O error count rose.
 fn monitor(w: std::sync::Weak<Orchestrator>) {
     let mut probers: HashMap<u32, Prober> = HashMap::new();
     loop {
         let Some(o) = w.upgrade() else { break };
-        let interval = o.opts.probe_interval;
         let tick = Instant::now();
+        let deadline = o.opts.probe_deadline;
         let watched: Vec<Arc<Disk>> =
             o.fs.store
                 .disks()
                 .into_iter()
                 .filter(|d| d.is_up())
                 .collect();
-        let mut hard: Vec<(u32, String)> = Vec::new();
         for d in &watched {
-            match read_label(&d.root) {
-                Ok(Some(l)) if l.pool_id == o.fs.cfg.pool_id && l.disk_id == d.id => {}
-                Ok(Some(l)) => hard.push((
-                    d.id,
-                    format!(
-                        "label mismatch: pool {} disk {} found (disk swapped?)",
-                        l.pool_id, l.disk_id
-                    ),
+            let hard = match read_label(&d.root) {
+                Ok(Some(l)) if l.pool_id == o.fs.cfg.pool_id && l.disk_id == d.id => None,
+                Ok(Some(l)) => Some(format!(
+                    "label mismatch: pool {} disk {} found (disk swapped?)",
+                    l.pool_id, l.disk_id
                 )),
-                Ok(None) if !d.root.exists() => hard.push((d.id, "disk root gone".into())),
-                Ok(None) => hard.push((
-                    d.id,
+                Ok(None) if !d.root.exists() => Some("disk root gone".to_string()),
+                Ok(None) => Some(
                     "disk label missing (disk unmounted or replaced by an empty directory)".into(),
-                )),
-                // Unreadable label: the probe below decides.
-                Err(_) => {}
+                ),
+                // Unreadable label: the probe decides.
+                Err(_) => None,
+            };
+            if let Some(why) = hard {
+                o.fail_disk(d.id, &why);
+                probers.remove(&d.id);
+                continue;
             }
-        }
-        for (id, why) in &hard {
-            o.fail_disk(*id, why);
-            probers.remove(id);
-        }
-        let hard: HashSet<u32> = hard.into_iter().map(|h| h.0).collect();
-        for d in watched.iter().filter(|d| !hard.contains(&d.id)) {
             let p = probers
                 .entry(d.id)
                 .or_insert_with(|| spawn_prober(d.clone()));
-            if !p.busy && p.tx.try_send(ProbeMsg::Go).is_ok() {
-                p.busy = true;
-            }
-        }
-        let deadline = tick + o.opts.probe_deadline;
-        for d in watched.iter().filter(|d| !hard.contains(&d.id)) {
-            let Some(p) = probers.get_mut(&d.id) else {
-                continue;
-            };
-            let res = match p
-                .rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(r) => {
-                    p.busy = false;
-                    r.map_err(|e| e.to_string())
+            let mut outcome: Option<Result<(), String>> = None;
+            if p.busy {
+                match p.rx.try_recv() {
+                    Ok((r, took)) => {
+                        p.busy = false;
+                        outcome = Some(match r {
+                            // A probe that returned late still says the disk is too slow.
+                            Ok(()) if took > deadline => Err(format!(
+                                "probe took {} ms (deadline {} ms)",
+                                took.as_millis(),
+                                deadline.as_millis()
+                            )),
+                            r => r.map_err(|e| e.to_string()),
+                        });
+                    }
+                    Err(_) if p.sent.elapsed() > deadline * (p.overruns + 1) => {
+                        p.overruns += 1;
+                        outcome = Some(Err(format!(
+                            "probe hung for more than {} ms",
+                            (deadline * p.overruns).as_millis()
+                        )));
+                    }
+                    Err(_) => {}
                 }
-                Err(RecvTimeoutError::Timeout) => Err(format!(
-                    "probe hung for more than {} ms",
-                    o.opts.probe_deadline.as_millis()
-                )),
-                Err(RecvTimeoutError::Disconnected) => Err("probe thread died".into()),
-            };
-            match res {
-                Ok(()) => {
+            }
+            match outcome {
+                Some(Ok(())) => {
                     p.fails = 0;
                     if d.state() == DiskState::Suspect {
                         tracing::info!(disk = d.id, "disk healthy again");
                         let _ = o.fs.set_disk_state(d.id, DiskState::Up);
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     p.fails += 1;
-                    p.last_error = e;
                     if p.fails >= o.opts.fail_after {
-                        let why =
-                            format!("{} probes in a row failed, last: {}", p.fails, p.last_error);
+                        let why = format!("{} probes in a row failed, last: {e}", p.fails);
                         o.fail_disk(d.id, &why);
+                        probers.remove(&d.id);
+                        continue;
                     } else if d.state() == DiskState::Up {
-                        tracing::warn!(disk = d.id, "disk suspect: probe failed: {}", p.last_error);
+                        tracing::warn!(disk = d.id, "disk suspect: probe failed: {e}");
                         let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
                     }
                 }
+                None => {}
+            }
+            let errors = d.io_errors.load(Ordering::Relaxed);
+            let due = p.fails > 0
+                || errors > p.io_errors_seen
+                || p.sent.elapsed() >= o.opts.probe_interval;
+            if !p.busy && due && p.tx.try_send(ProbeMsg::Go).is_ok() {
+                p.busy = true;
+                p.sent = Instant::now();
+                p.overruns = 0;
+                p.io_errors_seen = errors;
             }
         }
         probers.retain(|id, _| o.fs.store.disk(*id).is_some_and(|d| d.is_up()));
+        let interval = o.opts.check_interval;
         drop(o);
         let spent = tick.elapsed();
         if spent < interval {
             std::thread::sleep(interval - spent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::{AgentLimits, AgentMode};
+    use crate::fs::Ctx;
+    use crate::meta::ROOT_INO;
+    use crate::pool::create_temp;
+
+    const ES: u64 = 64 * 1024;
+
+    fn data(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Writes `files` files of `extents` extents each; returns (ino, data).
+    fn fill(fs: &Fs, files: usize, extents: usize) -> Vec<(u64, Vec<u8>)> {
+        (0..files)
+            .map(|i| {
+                let name = format!("f{i}");
+                let (a, fh) = fs
+                    .create(
+                        Ctx::root(),
+                        ROOT_INO,
+                        name.as_bytes(),
+                        0o644,
+                        0,
+                        libc::O_RDWR,
+                    )
+                    .unwrap();
+                let d = data(extents * ES as usize - 100, i as u8);
+                fs.write(fh, 0, &d).unwrap();
+                fs.release(fh).unwrap();
+                (a.ino, d)
+            })
+            .collect()
+    }
+
+    fn check_full(fs: &Fs, files: &[(u64, Vec<u8>)]) {
+        fs.meta
+            .each_extent(|ino, index, e| {
+                let live: HashSet<u32> = e
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|d| fs.store.disk(*d).is_some_and(|x| x.accepts_data()))
+                    .collect();
+                assert_eq!(
+                    live.len(),
+                    fs.cfg.replicas as usize,
+                    "extent {ino}.{index} has replicas {:?}",
+                    e.replicas
+                );
+                assert_eq!(
+                    live.len(),
+                    e.replicas.len(),
+                    "dead replica left in the record"
+                );
+            })
+            .unwrap();
+        for (ino, d) in files {
+            let fh = fs.open(*ino, libc::O_RDONLY).unwrap();
+            assert_eq!(&fs.read(*ino, 0, d.len() as u32).unwrap(), d);
+            fs.release(fh).unwrap();
+        }
+    }
+
+    fn orchestrator(fs: &Arc<Fs>, mode: AgentMode) -> Arc<Orchestrator> {
+        let agents = Arc::new(AgentPool::new(
+            mode,
+            AgentLimits {
+                agents_max: 3,
+                queue_depth: 2,
+                ..AgentLimits::default()
+            },
+            ES as usize,
+        ));
+        let o = Orchestrator::start(
+            fs.clone(),
+            agents,
+            RecoveryOptions {
+                check_interval: Duration::from_millis(20),
+                probe_interval: Duration::from_millis(100),
+                plan_refresh_interval: Duration::from_millis(50),
+                ..RecoveryOptions::default()
+            },
+        );
+        assert!(o.wait_idle(Duration::from_secs(30)));
+        o
+    }
+
+    fn recover_after_failure(mode: AgentMode) {
+        let t = tempfile::tempdir().unwrap();
+        let (_p, fs) = create_temp(t.path(), 4, 2, ES).unwrap();
+        let files = fill(&fs, 6, 5);
+        let o = orchestrator(&fs, mode);
+        if mode == AgentMode::Pool {
+            o.agents.refresh(&fs).unwrap();
+            let st = o.agents.status();
+            assert!(
+                st.ready && st.agents == 3 && st.plan_extents == 30,
+                "{st:?}"
+            );
+        }
+        o.fail_disk(1, "test");
+        assert!(o.wait_idle(Duration::from_secs(60)));
+        let st = o.status();
+        assert_eq!(st.state, "done");
+        assert!(
+            st.bytes_done > 0 && st.bytes_done == st.bytes_total,
+            "{st:?}"
+        );
+        assert!(st.activation_us.is_some());
+        assert!(st.lost_shards.is_empty());
+        for s in fs.shard_table() {
+            assert!(!s.disks.contains(&1), "failed disk still placed");
+            assert_eq!(s.disks.len(), 2);
+        }
+        check_full(&fs, &files);
+        assert_eq!(
+            crate::admin::fsck(&fs, false).unwrap().problems,
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn pool_agents_restore_every_replica() {
+        recover_after_failure(AgentMode::Pool);
+    }
+
+    #[test]
+    fn reactive_agents_restore_every_replica() {
+        recover_after_failure(AgentMode::Reactive);
+    }
+
+    #[test]
+    fn stale_epoch_is_fenced_and_racing_agents_commit_once() {
+        let t = tempfile::tempdir().unwrap();
+        let (_p, fs) = create_temp(t.path(), 4, 2, ES).unwrap();
+        let files = fill(&fs, 1, 1);
+        let ino = files[0].0;
+        let e = fs.meta.extent(ino, 0).unwrap().unwrap();
+        let shard = fs.shard(e.shard);
+        let failed = shard.disks[0];
+        let survivor = shard.disks[1];
+        fs.fail_disk(failed);
+        let spare: Vec<u32> = (0..4).filter(|d| !shard.disks.contains(d)).collect();
+        // Recovery A moves the shard to spare[0]; recovery B (planned before) to spare[1].
+        let epoch_a = fs
+            .set_placement(e.shard, shard.epoch, vec![spare[0], survivor])
+            .unwrap();
+        assert_eq!(
+            fs.set_placement(e.shard, shard.epoch, vec![spare[1], survivor]),
+            Err(crate::fs::Errno::ESTALE),
+            "a placement change under a stale epoch is refused"
+        );
+        let good = fs.read_good_copy(ino, 0, &e).unwrap();
+        let id = crate::store::ExtentId {
+            ino,
+            index: 0,
+            version: e.version,
+        };
+        let stage = |target: u32, tag: u32| {
+            let d = fs.store.disk(target).unwrap();
+            use std::os::unix::fs::FileExt;
+            let f = fs.store.create_staging(&d, &id, tag).unwrap();
+            f.write_all_at(&good, 0).unwrap();
+            d
+        };
+        // Stale agent of B: fenced, its copy never installed.
+        let db = stage(spare[1], 7);
+        let r = fs
+            .commit_recovered(ino, 0, e.version, shard.epoch, spare[1], || {
+                fs.store.install_staging(&db, &id, 7)
+            })
+            .unwrap();
+        assert_eq!(r, RecoveryCommit::Fenced);
+        assert!(
+            !db.extent_path(&id).exists(),
+            "a fenced copy is not installed"
+        );
+        // Two agents of A racing on the same extent and target: one commit.
+        let da = stage(spare[0], 1);
+        stage(spare[0], 2);
+        let results: Vec<RecoveryCommit> = std::thread::scope(|s| {
+            let hs: Vec<_> = [1u32, 2]
+                .into_iter()
+                .map(|tag| {
+                    let (fs, da, id, t0) = (&fs, &da, &id, spare[0]);
+                    s.spawn(move || {
+                        fs.commit_recovered(ino, 0, e.version, epoch_a, t0, || {
+                            fs.store.install_staging(da, id, tag)
+                        })
+                        .unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            results
+                .iter()
+                .filter(|r| **r == RecoveryCommit::Done)
+                .count(),
+            1,
+            "{results:?}"
+        );
+        assert!(results.contains(&RecoveryCommit::AlreadyThere));
+        let after = fs.meta.extent(ino, 0).unwrap().unwrap();
+        let mut reps = after.replicas.clone();
+        reps.sort_unstable();
+        let mut want = vec![survivor, spare[0]];
+        want.sort_unstable();
+        assert_eq!(
+            reps, want,
+            "exactly one copy committed, the failed disk dropped"
+        );
+        // A write since the plan: the extent's version moved on, the copy is stale.
+        let fh = fs.open(ino, libc::O_RDWR).unwrap();
+        fs.write(fh, 0, b"new").unwrap();
+        fs.release(fh).unwrap();
+        let r = fs
+            .commit_recovered(ino, 0, e.version, epoch_a, spare[0], || Ok(()))
+            .unwrap();
+        assert_eq!(r, RecoveryCommit::Stale);
+    }
+
+    #[test]
+    fn drain_moves_replicas_and_releases_the_disk() {
+        let t = tempfile::tempdir().unwrap();
+        let (_p, fs) = create_temp(t.path(), 4, 2, ES).unwrap();
+        let files = fill(&fs, 4, 4);
+        let o = orchestrator(&fs, AgentMode::Pool);
+        o.drain_disk(2).unwrap();
+        assert!(o.wait_idle(Duration::from_secs(60)));
+        let d = fs.store.disk(2).unwrap();
+        assert_eq!(d.state(), DiskState::Removed);
+        assert!(
+            !d.root.join(crate::store::LABEL_FILE).exists(),
+            "label released"
+        );
+        check_full(&fs, &files);
+        // A new disk takes a share of the shards and their data.
+        let nd = t.path().join("new");
+        std::fs::create_dir(&nd).unwrap();
+        let id = o.add_disk(&nd).unwrap();
+        assert!(o.wait_idle(Duration::from_secs(60)));
+        let placed = fs
+            .shard_table()
+            .iter()
+            .filter(|s| s.disks.contains(&id))
+            .count();
+        assert!(placed >= 64 * 2 / 4 - 1, "new disk got {placed} shards");
+        check_full(&fs, &files);
+        let mut on_new = 0;
+        fs.meta
+            .each_extent(|_, _, e| on_new += usize::from(e.replicas.contains(&id)))
+            .unwrap();
+        assert!(on_new > 0, "data moved onto the new disk");
+        assert!(o.add_disk(&nd).is_err(), "a disk cannot be added twice");
+    }
+
+    #[test]
+    fn probe_fails_missing_and_relabelled_disks() {
+        let t = tempfile::tempdir().unwrap();
+        let (_p, fs) = create_temp(t.path(), 3, 2, ES).unwrap();
+        let files = fill(&fs, 2, 3);
+        let o = orchestrator(&fs, AgentMode::Pool);
+        // Disk 0 swapped for another pool's disk: label mismatch.
+        crate::store::write_label(
+            &fs.store.disk(0).unwrap().root,
+            &crate::store::Label {
+                pool_id: "other".into(),
+                disk_id: 0,
+            },
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        while fs.store.disk(0).unwrap().state() != DiskState::Failed {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "label mismatch not detected"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(o.wait_idle(Duration::from_secs(60)));
+        assert!(o.status().failures[0].reason.contains("label mismatch"));
+        // 3 disks, 2 replicas, one failed: every extent still has 2 copies.
+        check_full(&fs, &files);
+        // Disk 1 returns EIO on every operation: suspect, then failed after 3 probes.
+        fs.store.disk(1).unwrap().set_fault(crate::store::Fault {
+            eio_rate: 1.0,
+            delay_ms: 0,
+        });
+        let t0 = Instant::now();
+        while fs.store.disk(1).unwrap().state() != DiskState::Failed {
+            assert!(t0.elapsed() < Duration::from_secs(5), "EIO disk not failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(o.wait_idle(Duration::from_secs(60)));
+        // One disk left for 2 replicas: nothing lost, but shards lack a second target.
+        let st = o.status();
+        assert!(st.lost_shards.is_empty());
+        assert!(!st.shards_without_target.is_empty());
+        for (ino, d) in &files {
+            let fh = fs.open(*ino, libc::O_RDONLY).unwrap();
+            assert_eq!(&fs.read(*ino, 0, d.len() as u32).unwrap(), d);
+            fs.release(fh).unwrap();
         }
     }
 }
