@@ -99,12 +99,57 @@ impl Pool {
     }
 
     pub fn mount(&mut self) {
-        run_ok(&[
+        self.mount_with(&[]);
+    }
+
+    pub fn mount_with(&mut self, extra: &[&str]) {
+        let mut a = vec![
             "mount",
             self.pool.to_str().unwrap(),
             self.mnt.to_str().unwrap(),
-        ]);
+        ];
+        a.extend_from_slice(extra);
+        run_ok(&a);
         self.mounted = true;
+    }
+
+    /// Runs scripts/inject on this pool; returns its stdout.
+    pub fn inject(&self, args: &[&str]) -> String {
+        let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/inject"))
+            .arg("--pool")
+            .arg(&self.pool)
+            .args(args)
+            .env("FORESHARD", BIN)
+            .output()
+            .expect("run scripts/inject");
+        assert!(
+            o.status.success(),
+            "inject {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Polls `status --json` until `f` holds (panics after `secs`).
+    pub fn wait_status(
+        &self,
+        secs: u64,
+        what: &str,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let v = self.json(&["status"]);
+            if f(&v) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "timed out waiting for {what}: {v:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn umount(&mut self) {
