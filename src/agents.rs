@@ -196,8 +196,8 @@ impl Agent {
         // not queued behind every agent's whole window (it marks activation).
         let mut window = 1usize;
         loop {
-            for s in 0..depth {
-                if !matches!(slots[s], Slot::Free) || next >= items.len() || busy >= window {
+            for (s, slot) in slots.iter_mut().enumerate() {
+                if !matches!(slot, Slot::Free) || next >= items.len() || busy >= window {
                     continue;
                 }
                 let i = next;
@@ -227,7 +227,7 @@ impl Agent {
                                 .push(&e)
                                 .expect("ring sized for depth")
                         };
-                        slots[s] = Slot::Reading { item: i, _src: src };
+                        *slot = Slot::Reading { item: i, _src: src };
                         busy += 1;
                     }
                     None => {
@@ -235,7 +235,7 @@ impl Agent {
                         match self.fallback(fs, it, s) {
                             Ok(()) => match self.stage(fs, it, s) {
                                 Ok(dst) => {
-                                    slots[s] = Slot::Writing { item: i, _dst: dst };
+                                    *slot = Slot::Writing { item: i, _dst: dst };
                                     busy += 1;
                                 }
                                 Err(e) => done(it, Err(e)),
