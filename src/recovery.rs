@@ -296,6 +296,7 @@ impl Orchestrator {
             .name("recovery".into())
             .spawn(move || {
                 let mut first = true;
+                let mut degraded_seen = 0;
                 loop {
                     let Some(o) = w.upgrade() else { break };
                     let woken = {
@@ -305,8 +306,11 @@ impl Orchestrator {
                         }
                         std::mem::replace(&mut *wk, false)
                     };
-                    // Without a wake-up, only a placement that names a dead disk is work.
-                    if woken || o.needs_placement() {
+                    // Without a wake-up, work is a placement that names a dead disk, or
+                    // extents written with fewer replicas than wanted (a full disk).
+                    let degraded = o.fs.stats.degraded_writes.load(Ordering::Relaxed);
+                    let degraded_new = std::mem::replace(&mut degraded_seen, degraded) != degraded;
+                    if woken || degraded_new || o.needs_placement() {
                         let asked = o.requested.load(Ordering::SeqCst);
                         *o.running.lock() = true;
                         if let Err(e) = o.run(first) {
@@ -935,7 +939,12 @@ fn scan(fs: &Fs) -> anyhow::Result<(Vec<PlanExtent>, Vec<u64>)> {
 fn items_for(fs: &Fs, extents: &[PlanExtent], lost: &mut Vec<(u32, u64)>) -> Vec<CopyItem> {
     let disks: HashMap<u32, Arc<Disk>> = fs.store.disks().into_iter().map(|d| (d.id, d)).collect();
     let readable = |d: &u32| disks.get(d).is_some_and(|x| x.is_up());
-    let accepts = |d: &u32| disks.get(d).is_some_and(|x| x.accepts_data());
+    // A full disk (ENOSPC) is not failed, but takes no copies until a write there succeeds.
+    let accepts = |d: &u32| {
+        disks
+            .get(d)
+            .is_some_and(|x| x.accepts_data() && !x.full.load(Ordering::Relaxed))
+    };
     let table = fs.shard_table();
     let mut out = Vec::new();
     for e in extents {
@@ -1311,6 +1320,14 @@ fn monitor(w: std::sync::Weak<Orchestrator>) {
                     }
                 }
                 None => {}
+            }
+            // Full is not failed: once there is room again the disk takes copies again.
+            if d.full.load(Ordering::Relaxed)
+                && d.space().is_ok_and(|s| s.1 >= 2 * o.fs.extent_size())
+            {
+                d.full.store(false, Ordering::Relaxed);
+                tracing::info!(disk = d.id, "disk has room again");
+                o.kick();
             }
             let errors = d.io_errors.load(Ordering::Relaxed);
             let due = p.fails > 0

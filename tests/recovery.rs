@@ -386,3 +386,54 @@ fn disk_remove_drains_and_disk_add_takes_data() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no disk 9"));
 }
+
+#[test]
+fn full_disk_is_full_not_failed() {
+    if !fuse_available() {
+        return;
+    }
+    let mut p = Pool::new(3, 2, "1MiB");
+    // Disk 0 becomes a 12 MiB tmpfs (same label and contents).
+    let d0 = p.disks[0].clone();
+    let keep = p.tmp.path().join("disk0.keep");
+    std::fs::rename(&d0, &keep).unwrap();
+    std::fs::create_dir(&d0).unwrap();
+    sh_ok(
+        &format!(
+            "mount -t tmpfs -o size=12m tmpfs {0} && cp -a {1}/. {0}/",
+            d0.display(),
+            keep.display()
+        ),
+        std::path::Path::new("/"),
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _u = Unmount(d0.clone());
+    p.mount();
+    let files = fill(&p, 6); // 48 MiB: disk 0's shards cannot all fit
+    check_all(&files);
+    let v = p.json(&["status"]);
+    assert_eq!(disk_state(&v, 0), "up", "a full disk is not failed: {v:#}");
+    assert!(v["disks"][0]["full"] == true, "{v:#}");
+    assert!(v["stats"]["degraded_writes"].as_u64().unwrap() > 0);
+    // Room again (all but one file removed): the full flag clears and recovery brings the
+    // degraded extents back to two copies.
+    let mut files = files;
+    let keep: PathBuf = files.keys().next().unwrap().clone();
+    for f in files.keys().filter(|f| **f != keep) {
+        std::fs::remove_file(f).unwrap();
+    }
+    files.retain(|f, _| *f == keep);
+    p.wait_status(60, "degraded extents re-replicated", |v| {
+        v["replica_health"]["under_replicated"] == 0
+    });
+    check_all(&files);
+    p.umount();
+}
