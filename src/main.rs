@@ -62,6 +62,9 @@ enum Cmd {
         /// Recovery copy rate limit per second (e.g. 200MiB; 0 = none).
         #[arg(long, default_value = "0")]
         recovery_rate: String,
+        /// Recovery rate per second kept however busy clients are (mClock reservation).
+        #[arg(long, default_value = "8MiB")]
+        recovery_reservation: String,
         /// Bandwidth rule while clients do I/O: high_client_ops, balanced, high_recovery_ops.
         #[arg(long, default_value = "balanced")]
         recovery_profile: Profile,
@@ -250,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             agent_buffer_max,
             agent_queue_depth,
             recovery_rate,
+            recovery_reservation,
             recovery_profile,
             probe_interval_ms,
             probe_deadline_ms,
@@ -257,6 +261,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let buffer_bytes_max =
                 pool::parse_size(&agent_buffer_max).context("--agent-buffer-max")?;
             let rate_bytes_max = pool::parse_size(&recovery_rate).context("--recovery-rate")?;
+            let reservation_bytes_per_s =
+                pool::parse_size(&recovery_reservation).context("--recovery-reservation")?;
             daemon::mount(&daemon::MountArgs {
                 pool,
                 mountpoint,
@@ -274,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 recovery: RecoveryOptions {
                     rate_bytes_max,
                     profile: recovery_profile,
+                    reservation_bytes_per_s,
                     probe_interval: Duration::from_millis(probe_interval_ms),
                     probe_deadline: Duration::from_millis(probe_deadline_ms),
                     ..RecoveryOptions::default()

@@ -83,6 +83,8 @@ pub struct RecoveryOptions {
     pub fail_after: u32,
     /// Recovery copy rate limit in bytes/s (0: none).
     pub rate_bytes_max: u64,
+    /// Recovery rate kept however busy clients are (mClock reservation).
+    pub reservation_bytes_per_s: u64,
     pub profile: Profile,
     /// How often a stale plan is rebuilt.
     pub plan_refresh_interval: Duration,
@@ -96,6 +98,7 @@ impl Default for RecoveryOptions {
             probe_deadline: Duration::from_millis(1000),
             fail_after: 3,
             rate_bytes_max: 0,
+            reservation_bytes_per_s: 8 << 20,
             profile: Profile::Balanced,
             plan_refresh_interval: Duration::from_secs(2),
         }
@@ -165,10 +168,13 @@ pub struct RecoveryStatus {
     pub shards: Vec<ShardProgress>,
 }
 
-/// Paces recovery reads: a hard limit, and while foreground I/O is active, a share of
-/// recovery's own unloaded rate (the profile).
+/// Paces recovery reads, after mClock: a limit (`rate_bytes_max`), a reservation recovery
+/// always gets, and while clients do I/O a weight: recovery takes `share` of the bandwidth in
+/// use (clients' measured rate x share / (1 - share)), or `share` of its own unloaded rate if
+/// that is more.
 struct Limiter {
     rate_max: u64,
+    reservation: u64,
     share: f64,
     st: Mutex<LimState>,
 }
@@ -176,58 +182,68 @@ struct Limiter {
 struct LimState {
     next_at: Instant,
     fg_bytes: u64,
-    fg_checked: Instant,
-    fg_active: bool,
     window_start: Instant,
     window_bytes: u64,
+    fg_rate: f64,
     unloaded_rate: f64,
 }
+
+/// Measurement window of client and recovery rates.
+const LIMITER_WINDOW: Duration = Duration::from_millis(100);
 
 impl Limiter {
     fn new(opts: &RecoveryOptions) -> Limiter {
         let now = Instant::now();
         Limiter {
             rate_max: opts.rate_bytes_max,
+            reservation: opts.reservation_bytes_per_s,
             share: opts.profile.recovery_share(),
             st: Mutex::new(LimState {
                 next_at: now,
                 fg_bytes: 0,
-                fg_checked: now,
-                fg_active: false,
                 window_start: now,
                 window_bytes: 0,
+                fg_rate: 0.0,
                 unloaded_rate: 0.0,
             }),
         }
+    }
+
+    /// Recovery bytes/s allowed with clients at `fg_rate` (infinite: no pacing).
+    fn allowed(&self, fg_rate: f64, unloaded_rate: f64) -> f64 {
+        let limit = if self.rate_max > 0 {
+            self.rate_max as f64
+        } else {
+            f64::INFINITY
+        };
+        if fg_rate <= 0.0 {
+            return limit;
+        }
+        let by_weight = fg_rate * self.share / (1.0 - self.share);
+        let by_unloaded = self.share * unloaded_rate;
+        limit.min(by_weight.max(by_unloaded).max(self.reservation as f64))
     }
 
     fn acquire(&self, fs: &Fs, bytes: u64) {
         let sleep_until = {
             let mut st = self.st.lock();
             let now = Instant::now();
-            if now.duration_since(st.fg_checked) >= Duration::from_millis(100) {
+            let w = now.duration_since(st.window_start);
+            if w >= LIMITER_WINDOW {
                 let fg = fs.stats.bytes_read.load(Ordering::Relaxed)
                     + fs.stats.bytes_written.load(Ordering::Relaxed);
-                st.fg_active = fg != st.fg_bytes;
+                let secs = w.as_secs_f64();
+                st.fg_rate = fg.saturating_sub(st.fg_bytes) as f64 / secs;
                 st.fg_bytes = fg;
-                st.fg_checked = now;
-                let w = now.duration_since(st.window_start).as_secs_f64();
-                if !st.fg_active && w > 0.0 {
-                    let r = st.window_bytes as f64 / w;
+                if st.fg_rate == 0.0 {
+                    let r = st.window_bytes as f64 / secs;
                     st.unloaded_rate = st.unloaded_rate.max(r);
                 }
                 st.window_start = now;
                 st.window_bytes = 0;
             }
             st.window_bytes += bytes;
-            let mut rate = if self.rate_max > 0 {
-                self.rate_max as f64
-            } else {
-                f64::INFINITY
-            };
-            if st.fg_active && st.unloaded_rate > 0.0 {
-                rate = rate.min(self.share * st.unloaded_rate);
-            }
+            let rate = self.allowed(st.fg_rate, st.unloaded_rate);
             if !rate.is_finite() {
                 return;
             }
@@ -1474,6 +1490,32 @@ mod tests {
             crate::admin::fsck(&fs, false).unwrap().problems,
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn limiter_follows_the_profile() {
+        let mk = |profile, rate_bytes_max| {
+            Limiter::new(&RecoveryOptions {
+                profile,
+                rate_bytes_max,
+                ..RecoveryOptions::default()
+            })
+        };
+        let mib = (1u64 << 20) as f64;
+        let l = mk(Profile::Balanced, 0);
+        assert!(l.allowed(0.0, 0.0).is_infinite(), "idle clients: no pacing");
+        assert_eq!(
+            l.allowed(300.0 * mib, 0.0),
+            300.0 * mib,
+            "balanced: half each"
+        );
+        assert_eq!(l.allowed(300.0 * mib, 1000.0 * mib), 500.0 * mib);
+        let c = mk(Profile::HighClientOps, 0);
+        assert_eq!(c.allowed(300.0 * mib, 0.0), 100.0 * mib, "clients get 3/4");
+        assert_eq!(c.allowed(1.0, 0.0), 8.0 * mib, "the reservation holds");
+        let r = mk(Profile::HighRecoveryOps, 200 << 20);
+        assert_eq!(r.allowed(300.0 * mib, 0.0), 200.0 * mib, "the limit holds");
+        assert_eq!(r.allowed(0.0, 0.0), 200.0 * mib);
     }
 
     #[test]
