@@ -267,6 +267,26 @@ pub fn recovery_line(r: &crate::recovery::RecoveryStatus) -> String {
     for f in &r.failures {
         o += &format!("  disk {} failed: {}\n", f.disk, f.reason);
     }
+    if r.state == "running" {
+        for sp in r
+            .shards
+            .iter()
+            .filter(|s| s.bytes_done < s.bytes_total)
+            .take(8)
+        {
+            o += &format!(
+                "  shard {:>4} -> disks {:?} (epoch {}): {} of {}{}\n",
+                sp.id,
+                sp.disks,
+                sp.epoch,
+                fmt_bytes(sp.bytes_done),
+                fmt_bytes(sp.bytes_total),
+                sp.eta_s
+                    .map(|e| format!(", ETA {e:.0} s"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if !r.shards_without_target.is_empty() {
         o += &format!(
             "  {} shard(s) have no target disk (add a disk): {:?}\n",

@@ -172,9 +172,10 @@ fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
                     .take(4)
                     .map(|s| {
                         format!(
-                            "shard {} {}%",
+                            "shard {} {}%{}",
                             s.id,
-                            s.bytes_done * 100 / s.bytes_total.max(1)
+                            s.bytes_done * 100 / s.bytes_total.max(1),
+                            s.eta_s.map(|e| format!(" ETA {e:.0}s")).unwrap_or_default()
                         )
                     })
                     .collect();

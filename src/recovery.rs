@@ -128,6 +128,9 @@ pub struct ShardProgress {
     pub extents_done: u64,
     pub bytes_total: u64,
     pub bytes_done: u64,
+    /// At this shard's own rate so far.
+    #[serde(default)]
+    pub eta_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -457,6 +460,20 @@ impl Orchestrator {
             if st.rate_bytes_per_s > 0.0 {
                 st.eta_s =
                     Some(st.bytes_total.saturating_sub(st.bytes_done) as f64 / st.rate_bytes_per_s);
+            }
+            let secs = st
+                .activated_at_ms
+                .map(|a| now_ms().saturating_sub(a) as f64 / 1e3)
+                .unwrap_or(0.0);
+            for sp in st.shards.iter_mut() {
+                let left = sp.bytes_total.saturating_sub(sp.bytes_done) as f64;
+                sp.eta_s = if left == 0.0 {
+                    Some(0.0)
+                } else if sp.bytes_done > 0 && secs > 0.0 {
+                    Some(left / (sp.bytes_done as f64 / secs))
+                } else {
+                    None
+                };
             }
         }
         st
