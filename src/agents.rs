@@ -65,6 +65,8 @@ pub struct AgentLimits {
     pub fds_max: usize,
     /// Share of a disk's free space the plan may reserve for recovery copies.
     pub reserve_fraction_max: f64,
+    /// Extents the plan holds (about `PLAN_BYTES_PER_EXTENT` each).
+    pub plan_extents_max: usize,
 }
 
 impl Default for AgentLimits {
@@ -75,6 +77,7 @@ impl Default for AgentLimits {
             buffer_bytes_max: 64 << 20,
             fds_max: 2048,
             reserve_fraction_max: 0.5,
+            plan_extents_max: 1 << 18,
         }
     }
 }
@@ -91,7 +94,9 @@ pub struct CopyItem {
     pub epoch: u64,
     pub sources: Vec<u32>,
     pub target: u32,
-    pub sums: Arc<Vec<[u8; 32]>>,
+    /// Block checksums; None for plan items (looked up when the copy starts, so the plan
+    /// stays small: see `PLAN_BYTES_PER_EXTENT`).
+    pub sums: Option<Arc<Vec<[u8; 32]>>>,
 }
 
 impl CopyItem {
@@ -113,8 +118,12 @@ pub struct PlanExtent {
     pub len: u32,
     pub shard: u32,
     pub replicas: Vec<u32>,
-    pub sums: Arc<Vec<[u8; 32]>>,
+    pub sums: Option<Arc<Vec<[u8; 32]>>>,
 }
+
+/// Memory of one planned extent, about (the record and its replica list; checksums are not
+/// kept). `AgentLimits::plan_extents_max` bounds the plan with it.
+pub const PLAN_BYTES_PER_EXTENT: usize = std::mem::size_of::<PlanExtent>() + 16;
 
 /// The precomputed recovery plan.
 pub struct Plan {
@@ -144,13 +153,34 @@ pub struct Agent {
     bufs: Vec<Vec<u8>>,
 }
 
+/// Why a copy did not happen.
+#[derive(Debug)]
+pub enum CopyFail {
+    /// The extent was rewritten or removed since it was planned (nothing to recover).
+    Stale,
+    Error(String),
+}
+
+impl From<String> for CopyFail {
+    fn from(s: String) -> Self {
+        CopyFail::Error(s)
+    }
+}
+
 /// What an agent reports per item.
-pub type CopyResult = Result<(), String>;
+pub type CopyResult = Result<(), CopyFail>;
 
 enum Slot {
     Free,
-    Reading { item: usize, _src: Arc<File> },
-    Writing { item: usize, _dst: File },
+    Reading {
+        item: usize,
+        sums: Arc<Vec<[u8; 32]>>,
+        _src: Arc<File>,
+    },
+    Writing {
+        item: usize,
+        _dst: File,
+    },
 }
 
 impl Agent {
@@ -204,9 +234,26 @@ impl Agent {
                 next += 1;
                 let it = &items[i];
                 if it.len as usize > self.bufs[s].len() {
-                    done(it, Err("extent larger than the agent's buffers".into()));
+                    done(
+                        it,
+                        Err("extent larger than the agent's buffers".to_string().into()),
+                    );
                     continue;
                 }
+                let sums = match &it.sums {
+                    Some(x) => x.clone(),
+                    None => match fs.meta.extent(it.ino, it.index) {
+                        Ok(Some(r)) if r.version == it.version => Arc::new(r.sums),
+                        Ok(_) => {
+                            done(it, Err(CopyFail::Stale));
+                            continue;
+                        }
+                        Err(e) => {
+                            done(it, Err(format!("metadata: {e:#}").into()));
+                            continue;
+                        }
+                    },
+                };
                 before(u64::from(it.len));
                 match self.open_source(fs, it, fds) {
                     Some(src) => {
@@ -227,7 +274,11 @@ impl Agent {
                                 .push(&e)
                                 .expect("ring sized for depth")
                         };
-                        *slot = Slot::Reading { item: i, _src: src };
+                        *slot = Slot::Reading {
+                            item: i,
+                            sums,
+                            _src: src,
+                        };
                         busy += 1;
                     }
                     None => {
@@ -238,7 +289,7 @@ impl Agent {
                                     *slot = Slot::Writing { item: i, _dst: dst };
                                     busy += 1;
                                 }
-                                Err(e) => done(it, Err(e)),
+                                Err(e) => done(it, Err(e.into())),
                             },
                             Err(e) => done(it, Err(e)),
                         }
@@ -259,10 +310,10 @@ impl Agent {
                         Slot::Reading { item, .. } | Slot::Writing { item, .. } => item,
                         Slot::Free => continue,
                     };
-                    done(&items[item], Err(format!("io_uring: {e}")));
+                    done(&items[item], Err(format!("io_uring: {e}").into()));
                 }
                 for it in &items[next..] {
-                    done(it, Err(format!("io_uring: {e}")));
+                    done(it, Err(format!("io_uring: {e}").into()));
                 }
                 return;
             }
@@ -274,15 +325,15 @@ impl Agent {
             for (s, res) in cqes {
                 busy -= 1;
                 match std::mem::replace(&mut slots[s], Slot::Free) {
-                    Slot::Reading { item, .. } => {
+                    Slot::Reading { item, sums, .. } => {
                         let it = &items[item];
                         let len = it.len as usize;
                         let good = res == it.len as i32
+                            && len.div_ceil(bs) == sums.len()
                             && self.bufs[s][..len]
                                 .chunks(bs)
-                                .zip(it.sums.iter())
-                                .all(|(c, want)| blake3::hash(c).as_bytes() == want)
-                            && len.div_ceil(bs) == it.sums.len();
+                                .zip(sums.iter())
+                                .all(|(c, want)| blake3::hash(c).as_bytes() == want);
                         if !good {
                             if let Some(d) = fs.store.disk(it.sources[0]) {
                                 if res < 0 {
@@ -307,7 +358,7 @@ impl Agent {
                                 slots[s] = Slot::Writing { item, _dst: dst };
                                 busy += 1;
                             }
-                            Err(e) => done(it, Err(e)),
+                            Err(e) => done(it, Err(e.into())),
                         }
                     }
                     Slot::Writing { item, _dst } => {
@@ -332,7 +383,7 @@ impl Agent {
                             }
                             done(
                                 it,
-                                Err(format!("write to disk {} failed ({res})", it.target)),
+                                Err(format!("write to disk {} failed ({res})", it.target).into()),
                             );
                         }
                     }
@@ -366,12 +417,12 @@ impl Agent {
         let rec = fs
             .meta
             .extent(it.ino, it.index)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| CopyFail::Error(e.to_string()))?
             .filter(|r| r.version == it.version)
-            .ok_or("extent changed meanwhile")?;
+            .ok_or(CopyFail::Stale)?;
         let data = fs
             .read_good_copy(it.ino, it.index, &rec)
-            .ok_or("no good replica")?;
+            .ok_or_else(|| CopyFail::Error("no good replica".into()))?;
         self.bufs[s][..data.len()].copy_from_slice(&data);
         Ok(())
     }
@@ -425,6 +476,9 @@ pub struct AgentStatus {
     pub fds_open: usize,
     pub fds_max: usize,
     pub plan_extents: usize,
+    /// Memory the plan takes, about.
+    pub plan_bytes: u64,
+    pub plan_extents_max: usize,
     pub plan_age_ms: u64,
     pub plan_build_ms: f64,
     pub reserved_bytes: u64,
@@ -537,7 +591,13 @@ impl AgentPool {
         let table = fs.shard_table();
         let nshards = table.len();
         let mut by_shard: Vec<Vec<PlanExtent>> = vec![Vec::new(); nshards];
+        let mut planned = 0usize;
         fs.meta.view().each_extent(|ino, index, e| {
+            // Beyond the bound, extents are found by the orchestrator's catch-up scan.
+            if planned >= self.limits.plan_extents_max {
+                return;
+            }
+            planned += 1;
             if let Some(v) = by_shard.get_mut(e.shard as usize) {
                 v.push(PlanExtent {
                     ino,
@@ -546,7 +606,7 @@ impl AgentPool {
                     len: e.len,
                     shard: e.shard,
                     replicas: e.replicas,
-                    sums: Arc::new(e.sums),
+                    sums: None,
                 });
             }
         })?;
@@ -774,6 +834,10 @@ impl AgentPool {
             fds_open: plan.as_ref().map_or(0, |p| p.fds.len()),
             fds_max: self.limits.fds_max,
             plan_extents: plan.as_ref().map_or(0, |p| p.extents.len()),
+            plan_bytes: plan
+                .as_ref()
+                .map_or(0, |p| (p.extents.len() * PLAN_BYTES_PER_EXTENT) as u64),
+            plan_extents_max: self.limits.plan_extents_max,
             plan_age_ms: plan
                 .as_ref()
                 .map_or(0, |p| p.built_at.elapsed().as_millis() as u64),

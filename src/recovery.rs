@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
-use crate::agents::{Agent, AgentPool, CopyItem, CopyResult, PlanExtent};
+use crate::agents::{Agent, AgentPool, CopyFail, CopyItem, CopyResult, PlanExtent};
 use crate::fs::{Fs, RecoveryCommit};
 use crate::meta::DiskState;
 use crate::store::{read_label, Disk};
@@ -746,7 +746,13 @@ impl Orchestrator {
                                 }
                                 let _ = ctx.send((tag, it.clone()));
                             }
-                            Err(e) => {
+                            Err(CopyFail::Stale) => {
+                                if lead {
+                                    *gate.0.lock() = true;
+                                    gate.1.notify_all();
+                                }
+                            }
+                            Err(CopyFail::Error(e)) => {
                                 if lead {
                                     *gate.0.lock() = true;
                                     gate.1.notify_all();
@@ -961,7 +967,7 @@ fn scan(fs: &Fs) -> anyhow::Result<(Vec<PlanExtent>, Vec<u64>)> {
             len: e.len,
             shard: e.shard,
             replicas: e.replicas,
-            sums: Arc::new(e.sums),
+            sums: Some(Arc::new(e.sums)),
         });
     })?;
     Ok((ex, bytes))
