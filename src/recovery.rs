@@ -183,16 +183,23 @@ struct Limiter {
 }
 
 struct LimState {
-    next_at: Instant,
+    /// Bytes recovery may read now (token bucket, at most `LIMITER_BURST` worth).
+    tokens: f64,
+    refilled: Instant,
     fg_bytes: u64,
     window_start: Instant,
     window_bytes: u64,
+    /// Clients' rate (smoothed over windows) and recovery's rate while clients were idle.
     fg_rate: f64,
     unloaded_rate: f64,
 }
 
 /// Measurement window of client and recovery rates.
 const LIMITER_WINDOW: Duration = Duration::from_millis(100);
+/// Longest a waiting agent sleeps before the allowed rate is looked at again.
+const LIMITER_RECHECK: Duration = Duration::from_millis(10);
+/// Burst recovery may take at once (seconds of the allowed rate).
+const LIMITER_BURST_S: f64 = 0.05;
 
 impl Limiter {
     fn new(opts: &RecoveryOptions) -> Limiter {
@@ -202,7 +209,8 @@ impl Limiter {
             reservation: opts.reservation_bytes_per_s,
             share: opts.profile.recovery_share(),
             st: Mutex::new(LimState {
-                next_at: now,
+                tokens: 0.0,
+                refilled: now,
                 fg_bytes: 0,
                 window_start: now,
                 window_bytes: 0,
@@ -227,36 +235,52 @@ impl Limiter {
         limit.min(by_weight.max(by_unloaded).max(self.reservation as f64))
     }
 
+    /// Waits until recovery may read `bytes`; the allowed rate is re-evaluated while waiting,
+    /// so a rate that rises (clients went idle) takes effect at once and no debt piles up.
     fn acquire(&self, fs: &Fs, bytes: u64) {
-        let sleep_until = {
-            let mut st = self.st.lock();
-            let now = Instant::now();
-            let w = now.duration_since(st.window_start);
-            if w >= LIMITER_WINDOW {
-                let fg = fs.stats.bytes_read.load(Ordering::Relaxed)
-                    + fs.stats.bytes_written.load(Ordering::Relaxed);
-                let secs = w.as_secs_f64();
-                st.fg_rate = fg.saturating_sub(st.fg_bytes) as f64 / secs;
-                st.fg_bytes = fg;
-                if st.fg_rate == 0.0 {
-                    let r = st.window_bytes as f64 / secs;
-                    st.unloaded_rate = st.unloaded_rate.max(r);
+        loop {
+            let wait = {
+                let mut st = self.st.lock();
+                let now = Instant::now();
+                let w = now.duration_since(st.window_start);
+                if w >= LIMITER_WINDOW {
+                    let fg = fs.stats.bytes_read.load(Ordering::Relaxed)
+                        + fs.stats.bytes_written.load(Ordering::Relaxed);
+                    let secs = w.as_secs_f64();
+                    let r = fg.saturating_sub(st.fg_bytes) as f64 / secs;
+                    // Smoothed, so one quiet window does not swing the allowance.
+                    st.fg_rate = if r == 0.0 {
+                        0.0
+                    } else {
+                        0.5 * st.fg_rate + 0.5 * r
+                    };
+                    st.fg_bytes = fg;
+                    if r == 0.0 {
+                        let rr = st.window_bytes as f64 / secs;
+                        st.unloaded_rate = st.unloaded_rate.max(rr);
+                    }
+                    st.window_start = now;
+                    st.window_bytes = 0;
                 }
-                st.window_start = now;
-                st.window_bytes = 0;
-            }
-            st.window_bytes += bytes;
-            let rate = self.allowed(st.fg_rate, st.unloaded_rate);
-            if !rate.is_finite() {
-                return;
-            }
-            let start = st.next_at.max(now);
-            st.next_at = start + Duration::from_secs_f64(bytes as f64 / rate);
-            start
-        };
-        let now = Instant::now();
-        if sleep_until > now {
-            std::thread::sleep(sleep_until - now);
+                let rate = self.allowed(st.fg_rate, st.unloaded_rate);
+                if !rate.is_finite() {
+                    st.window_bytes += bytes;
+                    st.tokens = 0.0;
+                    st.refilled = now;
+                    return;
+                }
+                let dt = now.duration_since(st.refilled).as_secs_f64();
+                st.refilled = now;
+                let cap = (rate * LIMITER_BURST_S).max(bytes as f64);
+                st.tokens = (st.tokens + dt * rate).min(cap);
+                if st.tokens >= bytes as f64 {
+                    st.tokens -= bytes as f64;
+                    st.window_bytes += bytes;
+                    return;
+                }
+                Duration::from_secs_f64((bytes as f64 - st.tokens) / rate).min(LIMITER_RECHECK)
+            };
+            std::thread::sleep(wait);
         }
     }
 }
@@ -1239,6 +1263,15 @@ enum ProbeMsg {
     Go,
 }
 
+enum Probe {
+    Ok,
+    Late(String),
+    Failed(String),
+}
+
+/// A probe still running after this many deadlines fails the disk (it hangs).
+const HANG_FAIL_FACTOR: u32 = 10;
+
 struct Prober {
     tx: SyncSender<ProbeMsg>,
     rx: Receiver<(std::io::Result<()>, Duration)>,
@@ -1313,24 +1346,37 @@ fn monitor(w: std::sync::Weak<Orchestrator>) {
             let p = probers
                 .entry(d.id)
                 .or_insert_with(|| spawn_prober(d.clone()));
-            let mut outcome: Option<Result<(), String>> = None;
+            // Outcome of the running probe: Ok, late (suspect only: a busy disk can take
+            // seconds to fsync), or failed (an error, or hung past HANG_FAIL_FACTOR deadlines).
+            let mut outcome: Option<Probe> = None;
             if p.busy {
                 match p.rx.try_recv() {
                     Ok((r, took)) => {
                         p.busy = false;
                         outcome = Some(match r {
-                            // A probe that returned late still says the disk is too slow.
-                            Ok(()) if took > deadline => Err(format!(
+                            Ok(()) if took > deadline => Probe::Late(format!(
                                 "probe took {} ms (deadline {} ms)",
                                 took.as_millis(),
                                 deadline.as_millis()
                             )),
-                            r => r.map_err(|e| e.to_string()),
+                            Ok(()) => Probe::Ok,
+                            Err(e) => Probe::Failed(e.to_string()),
                         });
+                    }
+                    Err(_) if p.sent.elapsed() > deadline * HANG_FAIL_FACTOR => {
+                        o.fail_disk(
+                            d.id,
+                            &format!(
+                                "probe hung for more than {} ms",
+                                (deadline * HANG_FAIL_FACTOR).as_millis()
+                            ),
+                        );
+                        probers.remove(&d.id);
+                        continue;
                     }
                     Err(_) if p.sent.elapsed() > deadline * (p.overruns + 1) => {
                         p.overruns += 1;
-                        outcome = Some(Err(format!(
+                        outcome = Some(Probe::Late(format!(
                             "probe hung for more than {} ms",
                             (deadline * p.overruns).as_millis()
                         )));
@@ -1339,14 +1385,18 @@ fn monitor(w: std::sync::Weak<Orchestrator>) {
                 }
             }
             match outcome {
-                Some(Ok(())) => {
+                Some(Probe::Ok) => {
                     p.fails = 0;
                     if d.state() == DiskState::Suspect {
                         tracing::info!(disk = d.id, "disk healthy again");
                         let _ = o.fs.set_disk_state(d.id, DiskState::Up);
                     }
                 }
-                Some(Err(e)) => {
+                Some(Probe::Late(e)) if d.state() == DiskState::Up => {
+                    tracing::warn!(disk = d.id, "disk suspect: {e}");
+                    let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
+                }
+                Some(Probe::Failed(e)) => {
                     p.fails += 1;
                     if p.fails >= o.opts.fail_after {
                         let why = format!("{} probes in a row failed, last: {e}", p.fails);
@@ -1358,7 +1408,7 @@ fn monitor(w: std::sync::Weak<Orchestrator>) {
                         let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
                     }
                 }
-                None => {}
+                Some(Probe::Late(_)) | None => {}
             }
             // Full is not failed: once there is room again the disk takes copies again.
             if d.full.load(Ordering::Relaxed)
@@ -1370,6 +1420,7 @@ fn monitor(w: std::sync::Weak<Orchestrator>) {
             }
             let errors = d.io_errors.load(Ordering::Relaxed);
             let due = p.fails > 0
+                || d.state() == DiskState::Suspect
                 || errors > p.io_errors_seen
                 || p.sent.elapsed() >= o.opts.probe_interval;
             if !p.busy && due && p.tx.try_send(ProbeMsg::Go).is_ok() {

@@ -234,6 +234,8 @@ pub struct Fs {
     shards: parking_lot::RwLock<Vec<ShardRec>>,
     /// Serialises placement changes and recovery commits against each other.
     placement_lock: Mutex<()>,
+    /// Serialises recovery installs (see `commit_recovered`).
+    install_lock: Mutex<()>,
     dirty_bytes: AtomicU64,
     /// Disks written since the last sync; guarded by the mutex so that an fsync never returns
     /// before a concurrent one that took its disks has finished syncing them.
@@ -282,6 +284,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             shards: parking_lot::RwLock::new(shards),
             placement_lock: Mutex::new(()),
+            install_lock: Mutex::new(()),
             dirty_bytes: AtomicU64::new(0),
             unsynced: Mutex::new(HashSet::new()),
             repair_tx: tx,
@@ -731,6 +734,32 @@ impl Fs {
         Ok(out)
     }
 
+    /// The fencing checks of `commit_recovered`: Ok((record, shard)) when the copy may be
+    /// committed, else the outcome.
+    fn recovery_check(
+        &self,
+        ino: u64,
+        index: u64,
+        version: u64,
+        epoch: u64,
+        target: u32,
+    ) -> FsResult<Result<(ExtentRec, ShardRec), RecoveryCommit>> {
+        let Some(cur) = self.meta.extent(ino, index)? else {
+            return Ok(Err(RecoveryCommit::Stale));
+        };
+        if cur.version != version {
+            return Ok(Err(RecoveryCommit::Stale));
+        }
+        let shard = self.shard(cur.shard);
+        if shard.epoch != epoch || !shard.disks.contains(&target) {
+            return Ok(Err(RecoveryCommit::Fenced));
+        }
+        if cur.replicas.contains(&target) {
+            return Ok(Err(RecoveryCommit::AlreadyThere));
+        }
+        Ok(Ok((cur, shard)))
+    }
+
     /// Commits a recovered copy of an extent on `target` (`install` puts its file in place,
     /// run only once the checks pass, under the same locks), fenced: refused when the extent changed version, or its shard's epoch is no longer
     /// `epoch`. Replicas no longer in the placement are dropped once the placement's disks
@@ -744,23 +773,42 @@ impl Fs {
         target: u32,
         install: impl FnOnce() -> std::io::Result<()>,
     ) -> FsResult<RecoveryCommit> {
+        // Recovery installs one at a time; foreground I/O never waits on this lock, and no
+        // filesystem lock is held across `install` (a rename may wait seconds for a journal
+        // commit on a busy disk).
+        let _i = self.install_lock.lock();
+        if let Err(outcome) = self.recovery_check(ino, index, version, epoch, target)? {
+            return Ok(outcome);
+        }
+        if let Err(e) = install() {
+            tracing::warn!(
+                disk = target,
+                ino,
+                index,
+                "cannot install recovered copy: {e}"
+            );
+            return Err(Errno::EIO);
+        }
         let _p = self.placement_lock.lock();
         let _g = self.ns.lock();
         let node = self.node(ino);
         let mut guard = node.as_ref().map(|n| n.inner.lock());
-        let Some(cur) = self.meta.extent(ino, index)? else {
-            return Ok(RecoveryCommit::Stale);
+        let id = ExtentId {
+            ino,
+            index,
+            version,
         };
-        if cur.version != version {
-            return Ok(RecoveryCommit::Stale);
-        }
-        let shard = self.shard(cur.shard);
-        if shard.epoch != epoch || !shard.disks.contains(&target) {
-            return Ok(RecoveryCommit::Fenced);
-        }
-        if cur.replicas.contains(&target) {
-            return Ok(RecoveryCommit::AlreadyThere);
-        }
+        let (cur, shard) = match self.recovery_check(ino, index, version, epoch, target)? {
+            Ok(x) => x,
+            Err(outcome) => {
+                // Changed while the copy was installed: no record names this copy (the check
+                // says the target is not a replica), and other installs wait for `_i`.
+                if let Some(d) = self.store.disk(target) {
+                    self.store.remove_extent(&d, &id);
+                }
+                return Ok(outcome);
+            }
+        };
         let readable: Vec<u32> = cur
             .replicas
             .iter()
@@ -787,15 +835,6 @@ impl Fs {
             r.push(target);
             (r, Vec::new())
         };
-        if let Err(e) = install() {
-            tracing::warn!(
-                disk = target,
-                ino,
-                index,
-                "cannot install recovered copy: {e}"
-            );
-            return Err(Errno::EIO);
-        }
         let rec = ExtentRec { replicas, ..cur };
         let mut b = self.meta.batch();
         b.put_extent(ino, index, &rec);
@@ -804,11 +843,6 @@ impl Fs {
             g.extents.remove(&index);
         }
         self.mark_unsynced(&[target]);
-        let id = ExtentId {
-            ino,
-            index,
-            version,
-        };
         for d in dropped {
             // Copies on readable disks that left the placement (drain): remove them.
             if self.store.disk(d).is_some_and(|x| x.is_up()) {
