@@ -146,11 +146,63 @@ pub struct Plan {
     pub fds: HashMap<(u32, ExtentId), Arc<File>>,
 }
 
+/// Alignment of agent buffers and I/O lengths (O_DIRECT needs logical-block alignment).
+const DIRECT_ALIGN: usize = 4096;
+
+/// A zeroed, page-aligned buffer (O_DIRECT reads and writes need aligned memory).
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain owned memory.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), DIRECT_ALIGN)
+            .expect("valid buffer layout");
+        // SAFETY: layout has non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr =
+            std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len.max(1), DIRECT_ALIGN)
+            .expect("valid buffer layout");
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` initialised bytes owned by this buffer.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+fn align_up(n: usize) -> usize {
+    n.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
+}
+
 /// One recovery agent: a ring and its registered buffers.
 pub struct Agent {
     pub id: u32,
     ring: IoUring,
-    bufs: Vec<Vec<u8>>,
+    bufs: Vec<AlignedBuf>,
 }
 
 /// Why a copy did not happen.
@@ -179,14 +231,18 @@ enum Slot {
     },
     Writing {
         item: usize,
-        _dst: File,
+        dst: File,
+        /// Bytes written (the extent's length rounded up for O_DIRECT; trimmed after).
+        wlen: u32,
     },
 }
 
 impl Agent {
     pub fn new(id: u32, buf_bytes: usize, depth: usize) -> io::Result<Agent> {
         let ring = IoUring::new((depth * 2).next_power_of_two() as u32)?;
-        let bufs: Vec<Vec<u8>> = (0..depth).map(|_| vec![0u8; buf_bytes]).collect();
+        let bufs: Vec<AlignedBuf> = (0..depth)
+            .map(|_| AlignedBuf::new(align_up(buf_bytes)))
+            .collect();
         let iov: Vec<libc::iovec> = bufs
             .iter()
             .map(|b| libc::iovec {
@@ -260,7 +316,7 @@ impl Agent {
                         let e = opcode::ReadFixed::new(
                             types::Fd(src.as_raw_fd()),
                             self.bufs[s].as_mut_ptr(),
-                            it.len,
+                            align_up(it.len as usize) as u32,
                             s as u16,
                         )
                         .offset(0)
@@ -285,8 +341,8 @@ impl Agent {
                         // No source opened: the general path tries every replica.
                         match self.fallback(fs, it, s) {
                             Ok(()) => match self.stage(fs, it, s) {
-                                Ok(dst) => {
-                                    *slot = Slot::Writing { item: i, _dst: dst };
+                                Ok((dst, wlen)) => {
+                                    *slot = Slot::Writing { item: i, dst, wlen };
                                     busy += 1;
                                 }
                                 Err(e) => done(it, Err(e.into())),
@@ -354,18 +410,21 @@ impl Agent {
                             }
                         }
                         match self.stage(fs, it, s) {
-                            Ok(dst) => {
-                                slots[s] = Slot::Writing { item, _dst: dst };
+                            Ok((dst, wlen)) => {
+                                slots[s] = Slot::Writing { item, dst, wlen };
                                 busy += 1;
                             }
                             Err(e) => done(it, Err(e.into())),
                         }
                     }
-                    Slot::Writing { item, _dst } => {
+                    Slot::Writing { item, dst, wlen } => {
                         let it = &items[item];
-                        drop(_dst);
                         window = depth;
-                        if res == it.len as i32 {
+                        // An O_DIRECT write covers whole blocks: cut the file to the extent.
+                        let trimmed = res == wlen as i32
+                            && (wlen == it.len || dst.set_len(u64::from(it.len)).is_ok());
+                        drop(dst);
+                        if trimmed {
                             done(it, Ok(()));
                         } else {
                             if let Some(d) = fs.store.disk(it.target) {
@@ -427,24 +486,29 @@ impl Agent {
         Ok(())
     }
 
-    /// Creates the staging file on the target and queues the write of buffer `s` to it.
-    fn stage(&mut self, fs: &Fs, it: &CopyItem, s: usize) -> Result<File, String> {
+    /// Creates the staging file on the target (O_DIRECT where supported) and queues the
+    /// write of buffer `s` to it. Returns the file and the bytes the write covers.
+    fn stage(&mut self, fs: &Fs, it: &CopyItem, s: usize) -> Result<(File, u32), String> {
         let d = fs
             .store
             .disk(it.target)
             .filter(|d| d.accepts_data())
             .ok_or_else(|| format!("target disk {} not available", it.target))?;
-        let f = fs
+        let (f, direct) = fs
             .store
-            .create_staging(&d, &it.id(), self.id)
+            .create_staging_direct(&d, &it.id(), self.id)
             .map_err(|e| {
                 d.note_error(&e);
                 format!("disk {}: {e}", d.id)
             })?;
+        let len = it.len as usize;
+        let wlen = if direct { align_up(len) } else { len };
+        // Bytes past the extent's end are zeros, never a previous extent's data.
+        self.bufs[s][len..wlen].fill(0);
         let e = opcode::WriteFixed::new(
             types::Fd(f.as_raw_fd()),
             self.bufs[s].as_ptr(),
-            it.len,
+            wlen as u32,
             s as u16,
         )
         .offset(0)
@@ -457,7 +521,7 @@ impl Agent {
                 .push(&e)
                 .expect("ring sized for depth")
         };
-        Ok(f)
+        Ok((f, wlen as u32))
     }
 }
 

@@ -36,6 +36,8 @@ const PASSES_MAX: usize = 50;
 const COMMIT_QUEUE_MAX: usize = 256;
 /// Copies made durable and committed together at most.
 const COMMIT_BATCH_MAX: usize = 256;
+/// How long the recovery committer gathers copies before making them durable.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How recovery shares bandwidth with foreground I/O, after Ceph's mClock profiles: the share
 /// of recovery's own unloaded rate it keeps while clients are doing I/O.
@@ -732,9 +734,13 @@ impl Orchestrator {
         std::thread::scope(|sc| {
             sc.spawn(move || {
                 while let Ok(first) = crx.recv() {
+                    // Fewer, larger batches: each syncfs of a target makes its filesystem
+                    // (and on a loop disk, the host file) flush, so it is worth amortising.
                     let mut batch = vec![first];
+                    let until = Instant::now() + COMMIT_INTERVAL;
                     while batch.len() < COMMIT_BATCH_MAX {
-                        match crx.try_recv() {
+                        let left = until.saturating_duration_since(Instant::now());
+                        match crx.recv_timeout(left) {
                             Ok(x) => batch.push(x),
                             Err(_) => break,
                         }
@@ -838,27 +844,59 @@ impl Orchestrator {
                 hs.into_iter().all(|h| h.join().unwrap_or(false))
             })
         };
-        let synced = sync(&targets);
+        // Check and install every copy (renames), make data and renames durable with one
+        // syncfs per target, then re-check and commit each; the WAL sync makes the metadata
+        // durable after the files it names.
+        let guard = fs.recovery_guard();
         let mut done_b = 0u64;
         let mut done_e = 0u64;
         let mut fenced = 0u64;
         let mut errors = 0u64;
         let mut per: HashMap<u32, (u64, u64)> = HashMap::new();
+        let mut installed: Vec<CopyItem> = Vec::with_capacity(batch.len());
         for (tag, it) in batch.drain(..) {
             let Some(d) = fs.store.disk(it.target) else {
                 continue;
             };
             let id = it.id();
             let staged = fs.store.staging_path(&d, &id, tag);
+            match fs.recovery_check(it.ino, it.index, it.version, it.epoch, it.target) {
+                Ok(Ok(_)) => match fs.store.install_staging(&d, &id, tag) {
+                    Ok(()) => installed.push(it),
+                    Err(e) => {
+                        errors += 1;
+                        tracing::warn!(disk = it.target, "cannot install recovered copy: {e}");
+                        let _ = std::fs::remove_file(&staged);
+                    }
+                },
+                Ok(Err(RecoveryCommit::Fenced)) => {
+                    fenced += 1;
+                    let _ = std::fs::remove_file(&staged);
+                }
+                Ok(Err(_)) => {
+                    let _ = std::fs::remove_file(&staged);
+                }
+                Err(e) => {
+                    errors += 1;
+                    tracing::warn!(ino = it.ino, "recovery check failed: errno {}", e.0);
+                    let _ = std::fs::remove_file(&staged);
+                }
+            }
+        }
+        let t_sync = Instant::now();
+        let synced = sync(&targets);
+        let sync_us = t_sync.elapsed().as_micros();
+        let n_installed = installed.len();
+        for it in installed {
             if !synced {
-                let _ = std::fs::remove_file(&staged);
+                // Not durable: leave the extent to a later pass.
+                if let Some(d) = fs.store.disk(it.target) {
+                    fs.store.remove_extent(&d, &it.id());
+                }
                 errors += 1;
                 continue;
             }
-            let r = fs.commit_recovered(it.ino, it.index, it.version, it.epoch, it.target, || {
-                fs.store.install_staging(&d, &id, tag)
-            });
-            match r {
+            match fs.commit_installed(it.ino, it.index, it.version, it.epoch, it.target) {
                 Ok(RecoveryCommit::Done) => {
                     done_b += u64::from(it.len);
                     done_e += 1;
@@ -866,13 +904,8 @@ impl Orchestrator {
                     e.0 += 1;
                     e.1 += u64::from(it.len);
                 }
-                Ok(RecoveryCommit::Fenced) => {
-                    fenced += 1;
-                    let _ = std::fs::remove_file(&staged);
-                }
-                Ok(RecoveryCommit::AlreadyThere | RecoveryCommit::Stale) => {
-                    let _ = std::fs::remove_file(&staged);
-                }
+                Ok(RecoveryCommit::Fenced) => fenced += 1,
+                Ok(_) => {}
                 Err(e) => {
                     errors += 1;
                     tracing::warn!(
@@ -881,16 +914,19 @@ impl Orchestrator {
                         "recovery commit failed: errno {}",
                         e.0
                     );
-                    let _ = std::fs::remove_file(&staged);
                 }
             }
         }
-        // The renames must be durable before the metadata naming them.
-        if sync(&targets) {
-            if let Err(e) = fs.meta.sync_wal() {
-                tracing::error!("metadata sync after recovery commit failed: {e:#}");
-            }
+        drop(guard);
+        if let Err(e) = fs.meta.sync_wal() {
+            tracing::error!("metadata sync after recovery commit failed: {e:#}");
         }
+        tracing::debug!(
+            extents = n_installed,
+            targets = targets.len(),
+            sync_us,
+            "recovery batch committed"
+        );
         let mut st = self.status.lock();
         st.bytes_done += done_b;
         st.extents_done += done_e;

@@ -396,6 +396,35 @@ impl Store {
             .open(&p)
     }
 
+    /// `create_staging` with O_DIRECT when the disk's filesystem supports it: recovery writes
+    /// skip the page cache (measured faster on loop-mounted ext4; O_DIRECT reads were
+    /// slower, so sources are read through the cache). Returns the file and whether it is
+    /// O_DIRECT.
+    pub fn create_staging_direct(
+        &self,
+        disk: &Disk,
+        id: &ExtentId,
+        tag: u32,
+    ) -> io::Result<(File, bool)> {
+        disk.inject()?;
+        let p = self.staging_path(disk, id, tag);
+        make_bucket(&p)?;
+        let _ = fs::remove_file(&p);
+        let open = |flags: i32| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(flags)
+                .open(&p)
+        };
+        match open(libc::O_DIRECT) {
+            Ok(f) => Ok((f, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((open(0)?, false)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Moves a verified staging copy into place as the extent version's file.
     pub fn install_staging(&self, disk: &Disk, id: &ExtentId, tag: u32) -> io::Result<()> {
         fs::rename(self.staging_path(disk, id, tag), disk.extent_path(id))?;

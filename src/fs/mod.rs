@@ -736,7 +736,7 @@ impl Fs {
 
     /// The fencing checks of `commit_recovered`: Ok((record, shard)) when the copy may be
     /// committed, else the outcome.
-    fn recovery_check(
+    pub fn recovery_check(
         &self,
         ino: u64,
         index: u64,
@@ -789,6 +789,25 @@ impl Fs {
             );
             return Err(Errno::EIO);
         }
+        self.commit_installed(ino, index, version, epoch, target)
+    }
+
+    /// Held by a batch of recovery installs (`recovery_check`, install, `commit_installed`).
+    pub fn recovery_guard(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.install_lock.lock()
+    }
+
+    /// Second half of `commit_recovered` for a copy already installed on `target`, with
+    /// `recovery_guard` held since its check: re-checks under the locks, then commits, or
+    /// removes the installed copy when the extent or the shard moved on meanwhile.
+    pub fn commit_installed(
+        &self,
+        ino: u64,
+        index: u64,
+        version: u64,
+        epoch: u64,
+        target: u32,
+    ) -> FsResult<RecoveryCommit> {
         let _p = self.placement_lock.lock();
         let _g = self.ns.lock();
         let node = self.node(ino);
