@@ -555,10 +555,13 @@ impl Orchestrator {
                 .assignment
                 .iter()
                 .map(|ranges| {
-                    ranges
+                    let mut v: Vec<CopyItem> = ranges
                         .iter()
                         .flat_map(|r| items_for(fs, &p.extents[r.clone()], &mut Vec::new()))
-                        .collect()
+                        .collect();
+                    // Files' extents in order: close to the order they lie on the disks.
+                    v.sort_unstable_by_key(|i| (i.ino, i.index));
+                    v
                 })
                 .collect(),
             (Some(ex), _) => {
@@ -1084,7 +1087,8 @@ fn items_for(fs: &Fs, extents: &[PlanExtent], lost: &mut Vec<(u32, u64)>) -> Vec
     out
 }
 
-/// Deals items to `n` agents so each gets a share of every shard and target.
+/// Deals items to `n` agents so each gets a share of every shard and target (`items` come
+/// in (inode, index) order, so each agent's list stays in that order).
 fn deal(items: Vec<CopyItem>, n: usize) -> Vec<Vec<CopyItem>> {
     let mut out: Vec<Vec<CopyItem>> = (0..n.max(1)).map(|_| Vec::new()).collect();
     let len = out.len();
