@@ -256,6 +256,19 @@ impl Agent {
         Ok(Agent { id, ring, bufs })
     }
 
+    /// Queues one operation on a registered buffer. The caller keeps the buffer's slot and
+    /// its file alive (in `slots`) until the completion arrives.
+    fn submit(&mut self, e: &io_uring::squeue::Entry) {
+        // SAFETY: see above; at most `depth` operations are in flight and the ring has room
+        // for twice that.
+        unsafe {
+            self.ring
+                .submission()
+                .push(e)
+                .expect("ring sized for depth")
+        };
+    }
+
     pub fn buffer_bytes(&self) -> u64 {
         self.bufs.iter().map(|b| b.len() as u64).sum()
     }
@@ -322,14 +335,7 @@ impl Agent {
                         .offset(0)
                         .build()
                         .user_data(s as u64);
-                        // SAFETY: the buffer and the file stay alive in `slots` until the
-                        // completion arrives.
-                        unsafe {
-                            self.ring
-                                .submission()
-                                .push(&e)
-                                .expect("ring sized for depth")
-                        };
+                        self.submit(&e);
                         *slot = Slot::Reading {
                             item: i,
                             sums,
@@ -514,13 +520,7 @@ impl Agent {
         .offset(0)
         .build()
         .user_data(s as u64);
-        // SAFETY: buffer and file stay alive in `slots` until the completion arrives.
-        unsafe {
-            self.ring
-                .submission()
-                .push(&e)
-                .expect("ring sized for depth")
-        };
+        self.submit(&e);
         Ok((f, wlen as u32))
     }
 }

@@ -760,10 +760,11 @@ impl Fs {
         Ok(Ok((cur, shard)))
     }
 
-    /// Commits a recovered copy of an extent on `target` (`install` puts its file in place,
-    /// run only once the checks pass, under the same locks), fenced: refused when the extent changed version, or its shard's epoch is no longer
-    /// `epoch`. Replicas no longer in the placement are dropped once the placement's disks
-    /// all hold a copy. Returns what happened.
+    /// Commits a recovered copy of an extent on `target`, fenced: refused when the extent
+    /// changed version, or its shard's epoch is no longer `epoch`. `install` puts the file in
+    /// place once the checks pass (without filesystem locks; the checks run again before
+    /// the commit). Replicas no longer in the placement are dropped once the placement's
+    /// disks all hold a copy. Returns what happened.
     pub fn commit_recovered(
         &self,
         ino: u64,
