@@ -572,6 +572,7 @@ impl Orchestrator {
             (None, None) => unreachable!("no plan means a scan"),
         };
         let n_items: usize = first_items.iter().map(|v| v.len()).sum();
+        tracing::debug!(per_agent = ?first_items.iter().map(|v| v.len()).collect::<Vec<_>>(), "first pass");
         if n_items == 0 && moved == 0 && !self.needs_rescan()? {
             self.finish_drains()?;
             self.set_shards_without_target(no_target);
