@@ -1,0 +1,192 @@
+//! Failure detection: the monitor thread (labels, roots, probes with deadlines).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Orchestrator;
+use crate::meta::DiskState;
+use crate::store::{read_label, Disk};
+
+enum ProbeMsg {
+    Go,
+}
+
+enum Probe {
+    Ok,
+    Late(String),
+    Failed(String),
+}
+
+/// A probe still running after this many deadlines fails the disk (it hangs).
+const HANG_FAIL_FACTOR: u32 = 10;
+
+struct Prober {
+    tx: SyncSender<ProbeMsg>,
+    rx: Receiver<(std::io::Result<()>, Duration)>,
+    busy: bool,
+    sent: Instant,
+    /// Deadlines the running probe has overrun so far (each counts as one failure).
+    overruns: u32,
+    fails: u32,
+    io_errors_seen: u64,
+}
+
+fn spawn_prober(d: Arc<Disk>) -> Prober {
+    let (tx, rx_go) = sync_channel::<ProbeMsg>(1);
+    let (tx_res, rx) = sync_channel(1);
+    std::thread::Builder::new()
+        .name(format!("probe-{}", d.id))
+        .spawn(move || {
+            while let Ok(ProbeMsg::Go) = rx_go.recv() {
+                let t = Instant::now();
+                let r = d.probe();
+                if tx_res.send((r, t.elapsed())).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn probe thread");
+    Prober {
+        tx,
+        rx,
+        busy: false,
+        sent: Instant::now(),
+        overruns: 0,
+        fails: 0,
+        io_errors_seen: 0,
+    }
+}
+
+/// Every `check_interval`: the label and root of each disk (a yanked or swapped disk fails
+/// at once), the result of its last probe, and a new probe when one is due: every
+/// `probe_interval`, and at once while the disk is suspect or its I/O error count rose.
+pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
+    let mut probers: HashMap<u32, Prober> = HashMap::new();
+    loop {
+        let Some(o) = w.upgrade() else { break };
+        let tick = Instant::now();
+        let deadline = o.opts.probe_deadline;
+        let watched: Vec<Arc<Disk>> =
+            o.fs.store
+                .disks()
+                .into_iter()
+                .filter(|d| d.is_up())
+                .collect();
+        for d in &watched {
+            let hard = match read_label(&d.root) {
+                Ok(Some(l)) if l.pool_id == o.fs.cfg.pool_id && l.disk_id == d.id => None,
+                Ok(Some(l)) => Some(format!(
+                    "label mismatch: pool {} disk {} found (disk swapped?)",
+                    l.pool_id, l.disk_id
+                )),
+                Ok(None) if !d.root.exists() => Some("disk root gone".to_string()),
+                Ok(None) => Some(
+                    "disk label missing (disk unmounted or replaced by an empty directory)".into(),
+                ),
+                // Unreadable label: the probe decides.
+                Err(_) => None,
+            };
+            if let Some(why) = hard {
+                o.fail_disk(d.id, &why);
+                probers.remove(&d.id);
+                continue;
+            }
+            let p = probers
+                .entry(d.id)
+                .or_insert_with(|| spawn_prober(d.clone()));
+            // Outcome of the running probe: Ok, late (suspect only: a busy disk can take
+            // seconds to fsync), or failed (an error, or hung past HANG_FAIL_FACTOR deadlines).
+            let mut outcome: Option<Probe> = None;
+            if p.busy {
+                match p.rx.try_recv() {
+                    Ok((r, took)) => {
+                        p.busy = false;
+                        outcome = Some(match r {
+                            Ok(()) if took > deadline => Probe::Late(format!(
+                                "probe took {} ms (deadline {} ms)",
+                                took.as_millis(),
+                                deadline.as_millis()
+                            )),
+                            Ok(()) => Probe::Ok,
+                            Err(e) => Probe::Failed(e.to_string()),
+                        });
+                    }
+                    Err(_) if p.sent.elapsed() > deadline * HANG_FAIL_FACTOR => {
+                        o.fail_disk(
+                            d.id,
+                            &format!(
+                                "probe hung for more than {} ms",
+                                (deadline * HANG_FAIL_FACTOR).as_millis()
+                            ),
+                        );
+                        probers.remove(&d.id);
+                        continue;
+                    }
+                    Err(_) if p.sent.elapsed() > deadline * (p.overruns + 1) => {
+                        p.overruns += 1;
+                        outcome = Some(Probe::Late(format!(
+                            "probe hung for more than {} ms",
+                            (deadline * p.overruns).as_millis()
+                        )));
+                    }
+                    Err(_) => {}
+                }
+            }
+            match outcome {
+                Some(Probe::Ok) => {
+                    p.fails = 0;
+                    if d.state() == DiskState::Suspect {
+                        tracing::info!(disk = d.id, "disk healthy again");
+                        let _ = o.fs.set_disk_state(d.id, DiskState::Up);
+                    }
+                }
+                Some(Probe::Late(e)) if d.state() == DiskState::Up => {
+                    tracing::warn!(disk = d.id, "disk suspect: {e}");
+                    let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
+                }
+                Some(Probe::Failed(e)) => {
+                    p.fails += 1;
+                    if p.fails >= o.opts.fail_after {
+                        let why = format!("{} probes in a row failed, last: {e}", p.fails);
+                        o.fail_disk(d.id, &why);
+                        probers.remove(&d.id);
+                        continue;
+                    } else if d.state() == DiskState::Up {
+                        tracing::warn!(disk = d.id, "disk suspect: probe failed: {e}");
+                        let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
+                    }
+                }
+                Some(Probe::Late(_)) | None => {}
+            }
+            // Full is not failed: once there is room again the disk takes copies again.
+            if d.full.load(Ordering::Relaxed)
+                && d.space().is_ok_and(|s| s.1 >= 2 * o.fs.extent_size())
+            {
+                d.full.store(false, Ordering::Relaxed);
+                tracing::info!(disk = d.id, "disk has room again");
+                o.kick();
+            }
+            let errors = d.io_errors.load(Ordering::Relaxed);
+            let due = p.fails > 0
+                || d.state() == DiskState::Suspect
+                || errors > p.io_errors_seen
+                || p.sent.elapsed() >= o.opts.probe_interval;
+            if !p.busy && due && p.tx.try_send(ProbeMsg::Go).is_ok() {
+                p.busy = true;
+                p.sent = Instant::now();
+                p.overruns = 0;
+                p.io_errors_seen = errors;
+            }
+        }
+        probers.retain(|id, _| o.fs.store.disk(*id).is_some_and(|d| d.is_up()));
+        let interval = o.opts.check_interval;
+        drop(o);
+        let spent = tick.elapsed();
+        if spent < interval {
+            std::thread::sleep(interval - spent);
+        }
+    }
+}
