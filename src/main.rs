@@ -142,6 +142,10 @@ enum DiskCmd {
     },
 }
 
+/// How long `recover --watch/--wait` waits for a failure to be detected before saying idle
+/// (detection takes well under a second).
+const WATCH_IDLE_GRACE: Duration = Duration::from_secs(3);
+
 /// Polls recovery status until it is done, with a progress bar on a terminal.
 fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
     use std::io::IsTerminal;
@@ -157,6 +161,7 @@ fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
         pb
     });
     let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
+    let started = std::time::Instant::now();
     loop {
         let v = ask(pool, Request::Recover, Duration::from_secs(30))?;
         let r: foreshard::recovery::RecoveryStatus =
@@ -181,13 +186,16 @@ fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
                     .collect();
                 pb.set_message(per_shard.join(" "));
             }
-            None if bar && last_line.elapsed() >= Duration::from_secs(1) => {
+            None if bar && r.state != "idle" && last_line.elapsed() >= Duration::from_secs(1) => {
                 last_line = std::time::Instant::now();
                 eprint!("{}", admin::recovery_line(&r));
             }
             None => {}
         }
-        if r.state != "running" {
+        // Right after a failure (e.g. `inject yank` then `recover --watch`) detection may
+        // still be under way: give it a moment before reporting "idle".
+        let grace = r.state == "idle" && started.elapsed() < WATCH_IDLE_GRACE;
+        if r.state != "running" && !grace {
             if let Some(pb) = &pb {
                 pb.finish_and_clear();
             }
