@@ -653,12 +653,7 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
                 format!("{} extent {index} replica on disk {d}: {why}", path_of(ino)),
             );
         }
-        let live_disks: Vec<u32> = e
-            .replicas
-            .iter()
-            .copied()
-            .filter(|d| fs.store.disk(*d).is_some_and(|x| x.is_up()))
-            .collect();
+        let live_disks = fs.store.readable(&e.replicas);
         if (live_disks.len() as u32) < fs.cfg.replicas {
             let fixed =
                 repair && restore_replicas(fs, ino, index, &e, &live_disks, &mut live_files);

@@ -32,24 +32,14 @@ use crate::store::ExtentId;
 /// Name of the space reservation file on each disk (space kept for planned recovery copies).
 pub const RESERVE_FILE: &str = "foreshard.reserve";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum AgentMode {
     /// Agents, rings, buffers, plans and reservations exist before a failure.
     Pool,
     /// Everything is created after the failure (for comparison).
     Reactive,
-}
-
-impl std::str::FromStr for AgentMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pool" => Ok(AgentMode::Pool),
-            "reactive" => Ok(AgentMode::Reactive),
-            _ => Err(format!("unknown agent mode {s:?} (pool or reactive)")),
-        }
-    }
 }
 
 /// Global limits of the pool: every agent is one thread and one ring at activation.
@@ -119,6 +109,21 @@ pub struct PlanExtent {
     pub shard: u32,
     pub replicas: Vec<u32>,
     pub sums: Option<Arc<Vec<[u8; 32]>>>,
+}
+
+impl PlanExtent {
+    /// From an extent record; `sums` kept only when asked (plans look them up later).
+    pub fn new(ino: u64, index: u64, e: crate::meta::ExtentRec, keep_sums: bool) -> PlanExtent {
+        PlanExtent {
+            ino,
+            index,
+            version: e.version,
+            len: e.len,
+            shard: e.shard,
+            replicas: e.replicas,
+            sums: keep_sums.then(|| Arc::new(e.sums)),
+        }
+    }
 }
 
 /// Memory of one planned extent, about (the record and its replica list; checksums are not
@@ -502,7 +507,7 @@ impl Agent {
             .ok_or_else(|| format!("target disk {} not available", it.target))?;
         let (f, direct) = fs
             .store
-            .create_staging_direct(&d, &it.id(), self.id)
+            .create_staging(&d, &it.id(), self.id, true)
             .map_err(|e| {
                 d.note_error(&e);
                 format!("disk {}: {e}", d.id)
@@ -663,15 +668,7 @@ impl AgentPool {
             }
             planned += 1;
             if let Some(v) = by_shard.get_mut(e.shard as usize) {
-                v.push(PlanExtent {
-                    ino,
-                    index,
-                    version: e.version,
-                    len: e.len,
-                    shard: e.shard,
-                    replicas: e.replicas,
-                    sums: None,
-                });
+                v.push(PlanExtent::new(ino, index, e, false));
             }
         })?;
         let mut extents = Vec::new();

@@ -48,7 +48,7 @@ enum Cmd {
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: Option<u16>,
         /// Recovery agents: `pool` (made before any failure) or `reactive` (made after it).
-        #[arg(long, default_value = "pool")]
+        #[arg(long, value_enum, default_value = "pool")]
         agents: AgentMode,
         /// Most recovery agents (each one io_uring ring and one thread while recovering).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -65,8 +65,8 @@ enum Cmd {
         /// Recovery rate per second kept however busy clients are (mClock reservation).
         #[arg(long, default_value = "8MiB")]
         recovery_reservation: String,
-        /// Bandwidth rule while clients do I/O: high_client_ops, balanced, high_recovery_ops.
-        #[arg(long, default_value = "balanced")]
+        /// Recovery's share of bandwidth while clients do I/O (0.25, 0.5, 0.9).
+        #[arg(long, value_enum, default_value = "balanced")]
         recovery_profile: Profile,
         /// Disk health probe (write, fsync, read back) period in milliseconds.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60000))]

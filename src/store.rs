@@ -118,6 +118,8 @@ pub struct Disk {
     /// Set when a write met ENOSPC (full is not failed); cleared by a later good write.
     pub full: std::sync::atomic::AtomicBool,
     fault: RwLock<Fault>,
+    /// A fault is set: the read/write path looks at this load only, not at the lock.
+    faulty: std::sync::atomic::AtomicBool,
 }
 
 impl Disk {
@@ -130,6 +132,7 @@ impl Disk {
             checksum_errors: AtomicU64::new(0),
             full: std::sync::atomic::AtomicBool::new(false),
             fault: RwLock::new(Fault::default()),
+            faulty: std::sync::atomic::AtomicBool::new(false),
         }
     }
     pub fn state(&self) -> DiskState {
@@ -151,9 +154,13 @@ impl Disk {
     }
     pub fn set_fault(&self, f: Fault) {
         *self.fault.write() = f;
+        self.faulty.store(f != Fault::default(), Ordering::Relaxed);
     }
     /// Applies an injected fault to one operation: sleeps, then maybe fails with EIO.
     pub fn inject(&self) -> io::Result<()> {
+        if !self.faulty.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let f = *self.fault.read();
         if f.delay_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(f.delay_ms));
@@ -300,6 +307,15 @@ impl Store {
         self.disks.read().iter().find(|d| d.id == id).cloned()
     }
 
+    /// The disks of `ids` that hold readable replicas (not failed or removed).
+    pub fn readable(&self, ids: &[u32]) -> Vec<u32> {
+        let disks = self.disks.read();
+        ids.iter()
+            .copied()
+            .filter(|id| disks.iter().any(|d| d.id == *id && d.is_up()))
+            .collect()
+    }
+
     pub fn add_disk(&self, d: Arc<Disk>) {
         self.disks.write().push(d);
     }
@@ -383,28 +399,16 @@ impl Store {
         p.with_file_name(name)
     }
 
-    /// Creates the staging file of a recovered copy (its bucket too, never the disk root).
-    pub fn create_staging(&self, disk: &Disk, id: &ExtentId, tag: u32) -> io::Result<File> {
-        disk.inject()?;
-        let p = self.staging_path(disk, id, tag);
-        make_bucket(&p)?;
-        let _ = fs::remove_file(&p);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&p)
-    }
-
-    /// `create_staging` with O_DIRECT when the disk's filesystem supports it: recovery writes
-    /// skip the page cache (measured faster on loop-mounted ext4; O_DIRECT reads were
-    /// slower, so sources are read through the cache). Returns the file and whether it is
-    /// O_DIRECT.
-    pub fn create_staging_direct(
+    /// Creates the staging file of a recovered copy (its bucket too, never the disk root);
+    /// with `direct`, O_DIRECT when the disk's filesystem supports it: recovery writes skip
+    /// the page cache (measured faster on loop-mounted ext4; O_DIRECT reads were slower, so
+    /// sources are read through the cache). Returns the file and whether it is O_DIRECT.
+    pub fn create_staging(
         &self,
         disk: &Disk,
         id: &ExtentId,
         tag: u32,
+        direct: bool,
     ) -> io::Result<(File, bool)> {
         disk.inject()?;
         let p = self.staging_path(disk, id, tag);
@@ -418,6 +422,9 @@ impl Store {
                 .custom_flags(flags)
                 .open(&p)
         };
+        if !direct {
+            return Ok((open(0)?, false));
+        }
         match open(libc::O_DIRECT) {
             Ok(f) => Ok((f, true)),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((open(0)?, false)),

@@ -829,12 +829,7 @@ impl Fs {
                 return Ok(outcome);
             }
         };
-        let readable: Vec<u32> = cur
-            .replicas
-            .iter()
-            .copied()
-            .filter(|d| self.store.disk(*d).is_some_and(|x| x.is_up()))
-            .collect();
+        let readable = self.store.readable(&cur.replicas);
         let mut placed: Vec<u32> = readable
             .iter()
             .copied()

@@ -40,9 +40,10 @@ const COMMIT_BATCH_MAX: usize = 256;
 const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How recovery shares bandwidth with foreground I/O, after Ceph's mClock profiles: the share
-/// of recovery's own unloaded rate it keeps while clients are doing I/O.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// of the bandwidth in use that recovery takes while clients are doing I/O (see `Limiter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Profile {
     HighClientOps,
     Balanced,
@@ -55,20 +56,6 @@ impl Profile {
             Profile::HighClientOps => 0.25,
             Profile::Balanced => 0.5,
             Profile::HighRecoveryOps => 0.9,
-        }
-    }
-}
-
-impl std::str::FromStr for Profile {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "high_client_ops" => Ok(Profile::HighClientOps),
-            "balanced" => Ok(Profile::Balanced),
-            "high_recovery_ops" => Ok(Profile::HighRecoveryOps),
-            _ => Err(format!(
-                "unknown profile {s:?} (high_client_ops, balanced, high_recovery_ops)"
-            )),
         }
     }
 }
@@ -180,7 +167,8 @@ pub struct Orchestrator {
     status: Mutex<RecoveryStatus>,
     detected: Mutex<Option<Instant>>,
     first_extent: Mutex<Option<Instant>>,
-    wake: Mutex<bool>,
+    /// Guards `requested` changes against the recovery thread's check-then-wait.
+    wake: Mutex<()>,
     cv: Condvar,
     /// Set while a run is active (a `wait` returns when it clears and nothing is pending).
     running: Mutex<bool>,
@@ -206,7 +194,7 @@ impl Orchestrator {
             }),
             detected: Mutex::new(None),
             first_extent: Mutex::new(None),
-            wake: Mutex::new(true),
+            wake: Mutex::new(()),
             cv: Condvar::new(),
             running: Mutex::new(false),
             run_cv: Condvar::new(),
@@ -228,14 +216,16 @@ impl Orchestrator {
             .spawn(move || {
                 let mut first = true;
                 let mut degraded_seen = 0;
+                // Kicks covered by the runs so far; `requested` beyond it means work.
+                let mut seen = 0;
                 loop {
                     let Some(o) = w.upgrade() else { break };
                     let woken = {
-                        let mut wk = o.wake.lock();
-                        if !*wk {
-                            o.cv.wait_for(&mut wk, Duration::from_secs(1));
+                        let mut g = o.wake.lock();
+                        if o.requested.load(Ordering::SeqCst) == seen {
+                            o.cv.wait_for(&mut g, Duration::from_secs(1));
                         }
-                        std::mem::replace(&mut *wk, false)
+                        o.requested.load(Ordering::SeqCst) != seen
                     };
                     // Without a wake-up, work is a placement that names a dead disk, or
                     // extents written with fewer replicas than wanted (a full disk).
@@ -243,6 +233,7 @@ impl Orchestrator {
                     let degraded_new = std::mem::replace(&mut degraded_seen, degraded) != degraded;
                     if woken || degraded_new || o.needs_placement() {
                         let asked = o.requested.load(Ordering::SeqCst);
+                        seen = asked;
                         *o.running.lock() = true;
                         if let Err(e) = o.run(first) {
                             tracing::error!("recovery run failed: {e:#}");
@@ -279,8 +270,9 @@ impl Orchestrator {
     }
 
     pub fn kick(&self) {
+        // Under the lock, so the recovery thread cannot miss it between check and wait.
+        let _g = self.wake.lock();
         self.requested.fetch_add(1, Ordering::SeqCst);
-        *self.wake.lock() = true;
         self.cv.notify_all();
     }
 
@@ -426,36 +418,35 @@ impl Orchestrator {
         let fs = &self.fs;
         let plan = self.agents.plan();
         let t_act = Instant::now();
-        // First pass: the pre-provisioned plan when there is one, else a scan.
-        let (extents, shard_bytes, from_plan) = match &plan {
-            Some(p) if !startup => (None, p.shard_bytes.clone(), true),
-            _ => {
-                let (ex, sb) = scan(fs)?;
-                (Some(ex), sb, false)
+        // First pass: the pre-provisioned plan when there is one, else a scan (and at start-up,
+        // when the plan may predate what an earlier daemon left).
+        let hints = plan.as_ref().map(|p| &p.targets);
+        let first_plan = plan.as_ref().filter(|_| !startup);
+        let from_plan = first_plan.is_some();
+        let (moved, no_target, first_items) = match first_plan {
+            Some(p) => {
+                let (moved, no_target) = replace_placements(fs, &p.shard_bytes, hints)?;
+                let items = p
+                    .assignment
+                    .iter()
+                    .map(|ranges| {
+                        let mut v: Vec<CopyItem> = ranges
+                            .iter()
+                            .flat_map(|r| items_for(fs, &p.extents[r.clone()], &mut Vec::new()))
+                            .collect();
+                        // Files' extents in order: close to the order they lie on the disks.
+                        v.sort_unstable_by_key(|i| (i.ino, i.index));
+                        v
+                    })
+                    .collect();
+                (moved, no_target, items)
             }
-        };
-        let targets = plan.as_ref().map(|p| &p.targets);
-        let (moved, no_target) = replace_placements(fs, &shard_bytes, targets)?;
-        let first_items: Vec<Vec<CopyItem>> = match (&extents, &plan) {
-            (None, Some(p)) => p
-                .assignment
-                .iter()
-                .map(|ranges| {
-                    let mut v: Vec<CopyItem> = ranges
-                        .iter()
-                        .flat_map(|r| items_for(fs, &p.extents[r.clone()], &mut Vec::new()))
-                        .collect();
-                    // Files' extents in order: close to the order they lie on the disks.
-                    v.sort_unstable_by_key(|i| (i.ino, i.index));
-                    v
-                })
-                .collect(),
-            (Some(ex), _) => {
-                let mut lost = Vec::new();
-                let items = items_for(fs, ex, &mut lost);
-                deal(items, self.agents.agent_count())
+            None => {
+                let (ex, shard_bytes) = scan(fs)?;
+                let (moved, no_target) = replace_placements(fs, &shard_bytes, hints)?;
+                let items = items_for(fs, &ex, &mut Vec::new());
+                (moved, no_target, deal(items, self.agents.agent_count()))
             }
-            (None, None) => unreachable!("no plan means a scan"),
         };
         let n_items: usize = first_items.iter().map(|v| v.len()).sum();
         tracing::debug!(per_agent = ?first_items.iter().map(|v| v.len()).collect::<Vec<_>>(), "first pass");
@@ -490,26 +481,21 @@ impl Orchestrator {
             from_plan,
             "recovery activated"
         );
-        let since = |what: &str| {
-            if let Some(d) = *self.detected.lock() {
-                tracing::info!(
-                    "recovery {what}: {} us after detection",
-                    d.elapsed().as_micros()
-                );
-            }
-        };
-        since("planned");
         let mut agents = self
             .agents
             .take()
             .context("cannot create recovery agents")?;
-        since("agents ready");
+        if let Some(d) = *self.detected.lock() {
+            tracing::debug!(
+                "agents ready {} us after detection",
+                d.elapsed().as_micros()
+            );
+        }
         if from_plan {
             // Truncating the reservation files takes milliseconds: not on the critical path.
             let (fs2, pool) = (self.fs.clone(), self.agents.clone());
             std::thread::spawn(move || pool.release_reservations(&fs2));
         }
-        since("reservations released");
         let fds = plan.as_ref().filter(|_| from_plan).map(|p| &p.fds);
         self.pass(&mut agents, first_items, fds);
         // Catch-up passes: writes that raced with the first pass, failed copies, a second
@@ -617,6 +603,10 @@ impl Orchestrator {
             Condvar::new(),
         );
         let gate = &gate;
+        let open_gate = || {
+            *gate.0.lock() = true;
+            gate.1.notify_all();
+        };
         let mut leader = true;
         // Agents hand verified copies to one committer, which makes each batch durable with
         // one syncfs per target disk while the agents keep copying.
@@ -645,6 +635,11 @@ impl Orchestrator {
                 }
                 let lead = std::mem::replace(&mut leader, false);
                 sc.spawn(move || {
+                    let opened = || {
+                        if lead {
+                            open_gate();
+                        }
+                    };
                     if !lead {
                         let mut open = gate.0.lock();
                         if !*open {
@@ -657,40 +652,28 @@ impl Orchestrator {
                         &list,
                         fds,
                         |bytes| self.limiter.acquire(&self.fs, bytes),
-                        |it: &CopyItem, res: CopyResult| match res {
-                            Ok(()) => {
-                                self.note_first_extent();
-                                if lead {
-                                    *gate.0.lock() = true;
-                                    gate.1.notify_all();
+                        |it: &CopyItem, res: CopyResult| {
+                            // The leader's first outcome, good or bad, lets the others go.
+                            opened();
+                            match res {
+                                Ok(()) => {
+                                    self.note_first_extent();
+                                    let _ = ctx.send((tag, it.clone()));
                                 }
-                                let _ = ctx.send((tag, it.clone()));
-                            }
-                            Err(CopyFail::Stale) => {
-                                if lead {
-                                    *gate.0.lock() = true;
-                                    gate.1.notify_all();
+                                Err(CopyFail::Stale) => {}
+                                Err(CopyFail::Error(e)) => {
+                                    tracing::warn!(
+                                        ino = it.ino,
+                                        index = it.index,
+                                        target = it.target,
+                                        "recovery copy failed: {e}"
+                                    );
+                                    self.status.lock().copy_errors += 1;
                                 }
-                            }
-                            Err(CopyFail::Error(e)) => {
-                                if lead {
-                                    *gate.0.lock() = true;
-                                    gate.1.notify_all();
-                                }
-                                tracing::warn!(
-                                    ino = it.ino,
-                                    index = it.index,
-                                    target = it.target,
-                                    "recovery copy failed: {e}"
-                                );
-                                self.status.lock().copy_errors += 1;
                             }
                         },
                     );
-                    if lead {
-                        *gate.0.lock() = true;
-                        gate.1.notify_all();
-                    }
+                    opened();
                 });
             }
             drop(ctx);

@@ -188,7 +188,7 @@ fn stale_epoch_is_fenced_and_racing_agents_commit_once() {
     let stage = |target: u32, tag: u32| {
         let d = fs.store.disk(target).unwrap();
         use std::os::unix::fs::FileExt;
-        let f = fs.store.create_staging(&d, &id, tag).unwrap();
+        let (f, _) = fs.store.create_staging(&d, &id, tag, false).unwrap();
         f.write_all_at(&good, 0).unwrap();
         d
     };

@@ -17,15 +17,7 @@ pub(super) fn scan(fs: &Fs) -> anyhow::Result<(Vec<PlanExtent>, Vec<u64>)> {
         if let Some(b) = bytes.get_mut(e.shard as usize) {
             *b += u64::from(e.len);
         }
-        ex.push(PlanExtent {
-            ino,
-            index,
-            version: e.version,
-            len: e.len,
-            shard: e.shard,
-            replicas: e.replicas,
-            sums: Some(Arc::new(e.sums)),
-        });
+        ex.push(PlanExtent::new(ino, index, e, true));
     })?;
     Ok((ex, bytes))
 }
