@@ -1,6 +1,7 @@
 //! foreshard: a replicated, checksummed FUSE filesystem over several backing disks.
 //! See ARCHITECTURE.md for the map of modules and their invariants.
 
+pub mod access;
 pub mod admin;
 pub mod agents;
 pub mod control;

@@ -23,7 +23,12 @@ pub const CF_DISK_SHARDS: &str = "disk_shards";
 pub const CF_DISKS: &str = "disks";
 pub const CF_XATTRS: &str = "xattrs";
 pub const CF_ORPHANS: &str = "orphans";
-const ALL_CFS: [&str; 9] = [
+/// Access-analyzer summaries (heat per extent, co-access pairs, hour-of-day profiles).
+pub const CF_ACCESS: &str = "access";
+/// Pending shard moves of a re-sharding migration: (ino, index) -> target shard. A move's key
+/// is deleted in the batch that commits it, so a restart resumes where the migration stopped.
+pub const CF_MOVES: &str = "moves";
+const ALL_CFS: [&str; 11] = [
     CF_CONFIG,
     CF_INODES,
     CF_DIRENTS,
@@ -33,6 +38,8 @@ const ALL_CFS: [&str; 9] = [
     CF_DISKS,
     CF_XATTRS,
     CF_ORPHANS,
+    CF_ACCESS,
+    CF_MOVES,
 ];
 
 pub const ROOT_INO: u64 = 1;
@@ -117,6 +124,28 @@ pub struct ShardRec {
     /// Raised whenever `disks` changes; commits under an older epoch are refused.
     pub epoch: u64,
     pub disks: Vec<u32>,
+    /// What the sharding engine keeps in this shard.
+    pub class: ShardClass,
+}
+
+/// The kind of data a shard holds. `General` shards (the hash-addressed initial set and the
+/// engine's overflow shards) take new, warm and cold data; `Hot` shards hold the hot
+/// working set (and extents cooling off, until they turn cold), never cold data.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardClass {
+    #[default]
+    General,
+    Hot,
+}
+
+impl ShardClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            ShardClass::General => "general",
+            ShardClass::Hot => "hot",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -292,6 +321,18 @@ impl Batch<'_> {
     }
     pub fn put_disk(&mut self, rec: &DiskRec) {
         self.put(CF_DISKS, &rec.id.to_be_bytes(), &encode(rec));
+    }
+    pub fn put_raw(&mut self, cf: &str, k: &[u8], v: &[u8]) {
+        self.put(cf, k, v);
+    }
+    pub fn del_raw(&mut self, cf: &str, k: &[u8]) {
+        self.del(cf, k);
+    }
+    pub fn put_move(&mut self, ino: u64, index: u64, to_shard: u32) {
+        self.put(CF_MOVES, &extent_key(ino, index), &to_shard.to_be_bytes());
+    }
+    pub fn del_move(&mut self, ino: u64, index: u64) {
+        self.del(CF_MOVES, &extent_key(ino, index));
     }
     pub fn put_config(&mut self, cfg: &PoolConfig) {
         self.put(CF_CONFIG, b"pool", &encode(cfg));
@@ -540,6 +581,14 @@ impl Meta {
         self.view().keys(cf)
     }
 
+    pub fn each_raw(
+        &self,
+        cf: &str,
+        f: impl FnMut(&[u8], &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.view().each_raw(cf, f)
+    }
+
     pub fn each_extent(&self, f: impl FnMut(u64, u64, ExtentRec)) -> anyhow::Result<()> {
         self.view().each_extent(f)
     }
@@ -602,6 +651,19 @@ impl View<'_> {
             out.push((k.to_vec(), decode(cf, &v)?));
         }
         Ok(out)
+    }
+
+    /// Every (key, value) of `cf`, unencoded, in key order.
+    pub fn each_raw(
+        &self,
+        cf: &str,
+        mut f: impl FnMut(&[u8], &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        for item in self.iter(cf) {
+            let (k, v) = item?;
+            f(&k, &v)?;
+        }
+        Ok(())
     }
 
     pub fn keys(&self, cf: &str) -> anyhow::Result<Vec<Vec<u8>>> {

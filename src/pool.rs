@@ -10,7 +10,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use crate::fs::{Fs, FsOptions};
-use crate::meta::{DiskRec, DiskState, InodeRec, Kind, Meta, PoolConfig, ShardRec, ROOT_INO};
+use crate::meta::{
+    DiskRec, DiskState, InodeRec, Kind, Meta, PoolConfig, ShardClass, ShardRec, ROOT_INO,
+};
 use crate::store::{read_label, write_label, Disk, Label, Store};
 
 pub const META_DIR: &str = "meta";
@@ -85,7 +87,11 @@ pub fn initial_shards(disk_ids: &[u32], replicas: usize) -> Vec<ShardRec> {
             let disks = (0..replicas)
                 .map(|k| disk_ids[c[(k + rot) % replicas]])
                 .collect();
-            ShardRec { epoch: 1, disks }
+            ShardRec {
+                epoch: 1,
+                disks,
+                class: ShardClass::General,
+            }
         })
         .collect()
 }

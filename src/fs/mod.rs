@@ -710,6 +710,7 @@ impl Fs {
             let rec = ShardRec {
                 epoch: old.epoch + 1,
                 disks,
+                class: old.class,
             };
             b.put_shard(shard, &rec);
             for d in &old.disks {

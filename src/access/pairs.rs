@@ -1,0 +1,313 @@
+//! Co-access pairs: a bounded Space-Saving table over extent pairs, and the greedy grouping
+//! of the co-access graph it yields.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// An extent: (inode, index).
+pub type Ext = (u64, u64);
+/// An unordered pair of extents, smaller first.
+pub type Pair = (Ext, Ext);
+
+pub fn pair(a: Ext, b: Ext) -> Pair {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// Space-Saving (Metwally et al. 2005) over pairs: at most `capacity` counters; a new pair
+/// on a full table takes over the smallest counter (count + 1, remembering that count as its
+/// possible over-estimate). Frequent pairs are never lost; memory is fixed.
+#[derive(Default, Serialize, Deserialize)]
+pub struct SpaceSaving {
+    capacity: usize,
+    counts: HashMap<Pair, (u32, u32)>,
+    /// (count, pair), to find the minimum in O(log n).
+    #[serde(skip)]
+    order: BTreeSet<(u32, Pair)>,
+}
+
+/// Bytes one tracked pair costs: the map slot (key, count, error, control byte at 7/8 load)
+/// plus the ordered-set entry (key, count, B-tree node overhead).
+pub const PAIR_BYTES: usize = 112;
+
+impl SpaceSaving {
+    pub fn new(capacity: usize) -> SpaceSaving {
+        assert!(capacity > 0, "a pair table needs room for one pair");
+        SpaceSaving {
+            capacity,
+            counts: HashMap::with_capacity(capacity.min(1 << 16)),
+            order: BTreeSet::new(),
+        }
+    }
+
+    /// Rebuilds the min-order after deserialising.
+    pub fn restore(mut self, capacity: usize) -> SpaceSaving {
+        self.capacity = capacity.max(1);
+        self.order = self.counts.iter().map(|(p, (c, _))| (*c, *p)).collect();
+        while self.counts.len() > self.capacity {
+            let (c, p) = *self.order.iter().next().expect("nonempty");
+            self.order.remove(&(c, p));
+            self.counts.remove(&p);
+        }
+        self
+    }
+
+    pub fn add(&mut self, p: Pair) {
+        if let Some((c, _)) = self.counts.get_mut(&p) {
+            self.order.remove(&(*c, p));
+            *c = c.saturating_add(1);
+            self.order.insert((*c, p));
+            return;
+        }
+        if self.counts.len() < self.capacity {
+            self.counts.insert(p, (1, 0));
+            self.order.insert((1, p));
+            return;
+        }
+        let (min, victim) = *self.order.iter().next().expect("full table is nonempty");
+        self.order.remove(&(min, victim));
+        self.counts.remove(&victim);
+        self.counts.insert(p, (min + 1, min));
+        self.order.insert((min + 1, p));
+    }
+
+    /// Halves every count (old behaviour fades); pairs that reach zero are dropped.
+    pub fn age(&mut self) {
+        let old = std::mem::take(&mut self.counts);
+        self.order.clear();
+        for (p, (c, e)) in old {
+            let c = c / 2;
+            if c > 0 {
+                self.counts.insert(p, (c, e / 2));
+                self.order.insert((c, p));
+            }
+        }
+    }
+
+    /// (pair, count, over-estimate bound), largest count first.
+    pub fn top(&self) -> Vec<(Pair, u32, u32)> {
+        self.order
+            .iter()
+            .rev()
+            .map(|(c, p)| (*p, *c, self.counts[p].1))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    pub fn remove_extent(&mut self, e: Ext) {
+        let doomed: Vec<Pair> = self
+            .counts
+            .keys()
+            .filter(|(a, b)| *a == e || *b == e)
+            .copied()
+            .collect();
+        for p in doomed {
+            if let Some((c, _)) = self.counts.remove(&p) {
+                self.order.remove(&(c, p));
+            }
+        }
+    }
+}
+
+/// Rules for turning pair counts into groups.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupRules {
+    /// A pair seen fewer times than this is noise.
+    pub pair_count_min: u32,
+    /// count(a,b) / min(accesses(a), accesses(b)): how much of the rarer extent's use is
+    /// shared with the other. Hot extents meet each other by chance often in absolute terms,
+    /// but only for a small share of their accesses.
+    pub association_min: f64,
+    /// A group never grows beyond this (it must fit in one shard).
+    pub group_extents_max: usize,
+}
+
+impl Default for GroupRules {
+    fn default() -> Self {
+        GroupRules {
+            pair_count_min: 8,
+            association_min: 0.3,
+            group_extents_max: 64,
+        }
+    }
+}
+
+/// Greedy partition of the co-access graph (Kruskal-style agglomerative clustering with a
+/// size cap): edges that pass the rules, strongest association first, join their two
+/// groups unless the union would exceed the cap. Returns groups of two or more extents,
+/// largest first.
+pub fn groups(
+    edges: &[(Pair, u32)],
+    accesses: impl Fn(Ext) -> u32,
+    rules: GroupRules,
+) -> Vec<Vec<Ext>> {
+    let mut strong: Vec<(f64, Pair)> = edges
+        .iter()
+        .filter(|(_, c)| *c >= rules.pair_count_min)
+        .filter_map(|(p, c)| {
+            let base = accesses(p.0).min(accesses(p.1)).max(1);
+            let a = f64::from(*c) / f64::from(base);
+            (a >= rules.association_min).then_some((a.min(1.0) * f64::from(*c), *p))
+        })
+        .collect();
+    strong.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let mut id: HashMap<Ext, usize> = HashMap::new();
+    let mut parent: Vec<usize> = Vec::new();
+    let mut size: Vec<usize> = Vec::new();
+    let mut node = |e: Ext, parent: &mut Vec<usize>, size: &mut Vec<usize>| {
+        *id.entry(e).or_insert_with(|| {
+            parent.push(parent.len());
+            size.push(1);
+            parent.len() - 1
+        })
+    };
+    fn find(parent: &mut [usize], mut x: usize) -> usize {
+        while parent[x] != x {
+            parent[x] = parent[parent[x]];
+            x = parent[x];
+        }
+        x
+    }
+    let mut members: Vec<Ext> = Vec::new();
+    for (_, (a, b)) in &strong {
+        let ia = node(*a, &mut parent, &mut size);
+        let ib = node(*b, &mut parent, &mut size);
+        if ia == members.len() {
+            members.push(*a);
+        }
+        if ib == members.len() {
+            members.push(*b);
+        }
+        let (ra, rb) = (find(&mut parent, ia), find(&mut parent, ib));
+        if ra == rb || size[ra] + size[rb] > rules.group_extents_max {
+            continue;
+        }
+        let (big, small) = if size[ra] >= size[rb] {
+            (ra, rb)
+        } else {
+            (rb, ra)
+        };
+        parent[small] = big;
+        size[big] += size[small];
+    }
+    let mut by_root: HashMap<usize, Vec<Ext>> = HashMap::new();
+    for (i, e) in members.iter().enumerate() {
+        let r = find(&mut parent, i);
+        by_root.entry(r).or_default().push(*e);
+    }
+    let mut out: Vec<Vec<Ext>> = by_root.into_values().filter(|g| g.len() >= 2).collect();
+    for g in &mut out {
+        g.sort_unstable();
+    }
+    out.sort_by(|a, b| b.len().cmp(&a.len()).then(a[0].cmp(&b[0])));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn space_saving_keeps_frequent_pairs_in_bounded_memory() {
+        let mut s = SpaceSaving::new(64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for i in 0..20_000u64 {
+            if i % 4 == 0 {
+                s.add(pair((1, 1), (1, 2)));
+            } else {
+                s.add(pair((2, rng.random_range(0..1000)), (3, rng.random_range(0..1000))));
+            }
+        }
+        assert!(s.len() <= 64);
+        let top = s.top();
+        assert_eq!(top[0].0, pair((1, 1), (1, 2)));
+        // Space-Saving never under-counts: the true count is 5000.
+        assert!(top[0].1 >= 5000 && top[0].1 - top[0].2 <= 5000);
+        s.age();
+        assert_eq!(s.top()[0].0, pair((1, 1), (1, 2)));
+    }
+
+    /// Quality of the grouping on a planted co-access graph: groups are accessed together,
+    /// hot extents meet everything by chance. Pair-level precision and recall >= 0.9.
+    #[test]
+    fn greedy_grouping_recovers_planted_groups() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let planted: Vec<Vec<Ext>> = (0..8u64)
+            .map(|g| (0..4).map(|i| (10 + g, i)).collect())
+            .collect();
+        let hot: Vec<Ext> = (0..20).map(|i| (1, i)).collect();
+        let mut stream: Vec<Ext> = Vec::new();
+        for _ in 0..3000 {
+            if rng.random_bool(0.2) {
+                let mut g = planted[rng.random_range(0..planted.len())].clone();
+                g.sort_by_key(|_| rng.random::<u32>());
+                stream.extend(g);
+            } else if rng.random_bool(0.7) {
+                stream.push(hot[rng.random_range(0..hot.len())]);
+            } else {
+                stream.push((2, rng.random_range(0..400)));
+            }
+        }
+        let mut s = SpaceSaving::new(4096);
+        let mut acc: HashMap<Ext, u32> = HashMap::new();
+        let window = 3;
+        for (i, e) in stream.iter().enumerate() {
+            *acc.entry(*e).or_default() += 1;
+            for r in &stream[i.saturating_sub(window)..i] {
+                if r != e {
+                    s.add(pair(*e, *r));
+                }
+            }
+        }
+        let edges: Vec<(Pair, u32)> = s.top().into_iter().map(|(p, c, _)| (p, c)).collect();
+        let found = groups(
+            &edges,
+            |e| acc.get(&e).copied().unwrap_or(0),
+            GroupRules::default(),
+        );
+        let (p, r) = pair_precision_recall(&found, &planted);
+        assert!(p >= 0.9 && r >= 0.9, "precision {p:.2} recall {r:.2}");
+    }
+
+    /// Precision and recall of "these two extents are in one group" over all pairs.
+    pub fn pair_precision_recall(found: &[Vec<Ext>], truth: &[Vec<Ext>]) -> (f64, f64) {
+        let pairs = |gs: &[Vec<Ext>]| -> std::collections::HashSet<Pair> {
+            let mut out = std::collections::HashSet::new();
+            for g in gs {
+                for (i, a) in g.iter().enumerate() {
+                    for b in &g[i + 1..] {
+                        out.insert(pair(*a, *b));
+                    }
+                }
+            }
+            out
+        };
+        let (f, t) = (pairs(found), pairs(truth));
+        let hit = f.intersection(&t).count() as f64;
+        (hit / f.len().max(1) as f64, hit / t.len().max(1) as f64)
+    }
+
+    #[test]
+    fn group_size_is_capped() {
+        let edges: Vec<(Pair, u32)> = (0..9u64).map(|i| (pair((1, i), (1, i + 1)), 50)).collect();
+        let rules = GroupRules {
+            group_extents_max: 4,
+            ..GroupRules::default()
+        };
+        let gs = groups(&edges, |_| 50, rules);
+        assert!(gs.iter().all(|g| g.len() <= 4));
+        assert_eq!(gs.iter().map(|g| g.len()).sum::<usize>(), 10);
+    }
+}
