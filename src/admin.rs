@@ -101,7 +101,7 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
     })?;
     let mut shard_count: HashMap<u32, u64> = HashMap::new();
     let mut with_failed = 0;
-    for i in 0..fs.cfg.shard_count {
+    for i in 0..fs.shard_count() as u32 {
         let s = fs.shard(i);
         if s.disks.iter().any(|d| !live.contains(d)) {
             with_failed += 1;
@@ -141,7 +141,7 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
         free_bytes: st.free_bytes,
         disks,
         shards: ShardSummary {
-            count: u64::from(fs.cfg.shard_count),
+            count: fs.shard_count() as u64,
             with_failed_disk: with_failed,
         },
         replica_health: h,
@@ -344,6 +344,9 @@ pub struct ShardInfo {
     pub id: u32,
     pub epoch: u64,
     pub disks: Vec<u32>,
+    /// "general" or "hot" (see `meta::ShardClass`).
+    #[serde(default)]
+    pub class: crate::meta::ShardClass,
     pub extents: Vec<ShardExtent>,
 }
 
@@ -355,13 +358,14 @@ pub struct Shards {
 
 pub fn shards(fs: &Fs) -> anyhow::Result<Shards> {
     let paths = paths(fs)?;
-    let mut shards: Vec<ShardInfo> = (0..fs.cfg.shard_count)
+    let mut shards: Vec<ShardInfo> = (0..fs.shard_count() as u32)
         .map(|id| {
             let s = fs.shard(id);
             ShardInfo {
                 id,
                 epoch: s.epoch,
                 disks: s.disks.clone(),
+                class: s.class,
                 extents: Vec::new(),
             }
         })
@@ -385,8 +389,8 @@ pub fn shards(fs: &Fs) -> anyhow::Result<Shards> {
 
 pub fn shards_table(s: &Shards) -> String {
     let mut o = format!(
-        "{:>6} {:>6} {:>10} {:>8}  EXTENTS (path:index)\n",
-        "SHARD", "EPOCH", "DISKS", "COUNT"
+        "{:>6} {:>6} {:>8} {:>10} {:>8}  EXTENTS (path:index)\n",
+        "SHARD", "EPOCH", "CLASS", "DISKS", "COUNT"
     );
     for sh in &s.shards {
         let disks = sh
@@ -405,9 +409,10 @@ pub fn shards_table(s: &Shards) -> String {
             list.push(format!("... {} more", sh.extents.len() - 4));
         }
         o += &format!(
-            "{:>6} {:>6} {:>10} {:>8}  {}\n",
+            "{:>6} {:>6} {:>8} {:>10} {:>8}  {}\n",
             sh.id,
             sh.epoch,
+            sh.class.name(),
             disks,
             sh.extents.len(),
             list.join(" ")

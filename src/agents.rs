@@ -642,7 +642,7 @@ impl AgentPool {
     /// True when the plan no longer matches placement or data.
     pub fn plan_stale(&self, fs: &Fs) -> bool {
         let Some(p) = self.plan() else { return true };
-        p.committed_seen != fs.stats.extents_committed.load(Ordering::Relaxed)
+        p.committed_seen != data_changes(fs)
             || fs
                 .shard_table()
                 .iter()
@@ -656,7 +656,7 @@ impl AgentPool {
             return Ok(());
         }
         let t0 = Instant::now();
-        let committed_seen = fs.stats.extents_committed.load(Ordering::Relaxed);
+        let committed_seen = data_changes(fs);
         let table = fs.shard_table();
         let nshards = table.len();
         let mut by_shard: Vec<Vec<PlanExtent>> = vec![Vec::new(); nshards];
@@ -906,4 +906,10 @@ impl AgentPool {
             reserved_bytes: plan.as_ref().map_or(0, |p| p.reserved.values().sum()),
         }
     }
+}
+
+/// Changes a plan depends on: extents written and extents moved between shards.
+fn data_changes(fs: &Fs) -> u64 {
+    fs.stats.extents_committed.load(Ordering::Relaxed)
+        + fs.stats.extents_moved.load(Ordering::Relaxed)
 }

@@ -267,16 +267,16 @@ impl fuser::Filesystem for FuseFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, offset, size) {
+        match self.fs.read_as(ino.0, offset, size, stream(req, fh)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(err(e)),
         }
@@ -284,7 +284,7 @@ impl fuser::Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -294,7 +294,7 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        match self.fs.write_as(fh.0, offset, data, stream(req, fh)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err(e)),
         }
@@ -511,4 +511,13 @@ pub fn config(threads: usize) -> fuser::Config {
     c.n_threads = Some(threads);
     c.clone_fd = true;
     c
+}
+
+/// The access analyzer's stream of a request: its process, or its file handle when the
+/// kernel does not say (writeback and readahead run without a pid).
+fn stream(req: &Request, fh: FileHandle) -> u64 {
+    match req.pid() {
+        0 => fh.0 | 1 << 63,
+        pid => u64::from(pid),
+    }
 }

@@ -11,4 +11,5 @@ pub mod fuse;
 pub mod meta;
 pub mod pool;
 pub mod recovery;
+pub mod sharding;
 pub mod store;

@@ -67,7 +67,7 @@ impl Default for AccessOptions {
     fn default() -> Self {
         AccessOptions {
             queue_events_max: 65_536,
-            tracked_extents_max: 1 << 21,
+            tracked_extents_max: 1 << 20,
             pairs_max: 65_536,
             streams_max: 4096,
             pair_window_ms: 1000,
@@ -221,7 +221,7 @@ impl ExtentHeat {
 #[derive(Default)]
 struct Recent(Vec<(Ext, u64)>);
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Thresholds {
     pub hot_enter: f64,
     pub hot_leave: f64,

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{now_ns, Errno, Fs, FsResult, Handle, NodeInner, RepairReq};
+use crate::access::AccessOp;
 use crate::meta::{Batch, ExtentRec, Kind};
 use crate::store::{block_sums, ExtentId, ReadError};
 
@@ -116,6 +117,19 @@ impl Fs {
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_as(ino, offset, size, 0)
+    }
+
+    /// `read` on behalf of `stream` (a process or handle, for the access analyzer).
+    pub fn read_as(&self, ino: u64, offset: u64, size: u32, stream: u64) -> FsResult<Vec<u8>> {
+        let r = self.read_retrying(ino, offset, size);
+        if let Ok(d) = &r {
+            self.post_access(ino, offset, d.len(), AccessOp::Read, stream);
+        }
+        r
+    }
+
+    fn read_retrying(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         for attempt in 0.. {
             match self.read_once(ino, offset, size) {
                 // An extent file replaced by a concurrent commit vanishes under the reader:
@@ -394,6 +408,20 @@ impl Fs {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.write_as(fh, offset, data, fh | 1 << 63)
+    }
+
+    /// `write` on behalf of `stream` (a process or handle, for the access analyzer).
+    pub fn write_as(&self, fh: u64, offset: u64, data: &[u8], stream: u64) -> FsResult<usize> {
+        let r = self.write_inner(fh, offset, data);
+        if let Ok((ino, at)) = r {
+            self.post_access(ino, at, data.len(), AccessOp::Write, stream);
+        }
+        r.map(|_| data.len())
+    }
+
+    /// Returns the inode and the offset written (O_APPEND moves it to the end).
+    fn write_inner(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<(u64, u64)> {
         let (ino, append) = {
             let h = self.handles.lock();
             let h = h.get(&fh).ok_or(Errno::EBADF)?;
@@ -471,7 +499,7 @@ impl Fs {
             self.send_job(job);
         }
         res?;
-        Ok(data.len())
+        Ok((ino, offset))
     }
 
     /// The current contents of an extent about to be partly overwritten.
@@ -630,7 +658,7 @@ impl Fs {
             data.len() as u64 <= self.extent_size(),
             "extent buffer larger than the extent size"
         );
-        let shard = self.shard_of(ino, index);
+        let shard = self.home_shard(ino, index);
         let disks = self.live_disks(&self.shard(shard).disks);
         if disks.is_empty() {
             tracing::error!(shard, "no live disk to write to");

@@ -8,6 +8,7 @@
 
 mod data;
 mod ns;
+pub mod shards;
 mod writeback;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -138,6 +139,8 @@ pub struct Stats {
     pub repairs_failed: AtomicU64,
     pub repairs_dropped: AtomicU64,
     pub degraded_writes: AtomicU64,
+    /// Extents moved to another shard by re-sharding (agents' plans follow this too).
+    pub extents_moved: AtomicU64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -150,6 +153,7 @@ pub struct StatsSnapshot {
     pub repairs_failed: u64,
     pub repairs_dropped: u64,
     pub degraded_writes: u64,
+    pub extents_moved: u64,
     pub dirty_bytes: u64,
     pub open_nodes: usize,
 }
@@ -249,6 +253,8 @@ pub struct Fs {
     reap_pending: AtomicU64,
     /// Set once the committer threads run; until then commits are synchronous.
     commit_tx: OnceLock<SyncSender<CommitJob>>,
+    /// Where reads and writes are reported (the access analyzer), when it runs.
+    access: OnceLock<Arc<crate::access::Sink>>,
 }
 
 impl Fs {
@@ -266,8 +272,9 @@ impl Fs {
             );
             shards.push(rec);
         }
+        // The first `shard_count` shards are addressed by hash; re-sharding adds more.
         anyhow::ensure!(
-            shards.len() == cfg.shard_count as usize,
+            shards.len() >= cfg.shard_count as usize,
             "shard table incomplete"
         );
         let (tx, rx) = sync_channel(opts.repair_queue_max);
@@ -293,6 +300,7 @@ impl Fs {
             reap_rx: Mutex::new(Some(reap_rx)),
             reap_pending: AtomicU64::new(0),
             commit_tx: OnceLock::new(),
+            access: OnceLock::new(),
         }))
     }
 
@@ -364,8 +372,43 @@ impl Fs {
         self.cfg.extent_size
     }
 
-    /// The simple placement rule until sharding is adaptive: extents are spread over the fixed
-    /// shard set by a hash of (inode, index).
+    /// Reports reads and writes to `sink` from now on.
+    pub fn set_access(&self, sink: Arc<crate::access::Sink>) {
+        let _ = self.access.set(sink);
+    }
+
+    /// Posts an access event for `[offset, offset + len)` of a file (never blocks).
+    pub(crate) fn post_access(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: usize,
+        op: crate::access::AccessOp,
+        stream: u64,
+    ) {
+        let Some(sink) = self.access.get() else {
+            return;
+        };
+        if len == 0 {
+            return;
+        }
+        let es = self.extent_size();
+        let first = offset / es;
+        let last = (offset + len as u64 - 1) / es;
+        sink.post(crate::access::Event {
+            ino,
+            index: first,
+            extents: (last - first + 1).min(u64::from(u16::MAX)) as u16,
+            op,
+            bytes: len.min(u32::MAX as usize) as u32,
+            t_ms: crate::access::now_ms(),
+            stream,
+            shard: crate::access::SHARD_UNKNOWN,
+        });
+    }
+
+    /// Where a new extent goes: the initial shard set, addressed by a hash of (inode, index).
+    /// Re-sharding moves extents elsewhere; rewrites keep the extent's shard (`home_shard`).
     pub fn shard_of(&self, ino: u64, index: u64) -> u32 {
         let h = ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         ((h >> 17) % u64::from(self.cfg.shard_count)) as u32
@@ -373,6 +416,19 @@ impl Fs {
 
     pub fn shard(&self, id: u32) -> ShardRec {
         self.shards.read()[id as usize].clone()
+    }
+
+    /// The shard a new version of an extent is written to: the shard of its committed
+    /// version, else the hash shard.
+    pub(crate) fn home_shard(&self, ino: u64, index: u64) -> u32 {
+        match self.meta.extent(ino, index) {
+            Ok(Some(e)) if (e.shard as usize) < self.shards.read().len() => e.shard,
+            _ => self.shard_of(ino, index),
+        }
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.read().len()
     }
 
     pub fn shard_table(&self) -> Vec<ShardRec> {
@@ -398,6 +454,7 @@ impl Fs {
             repairs_done: l(&s.repairs_done),
             repairs_failed: l(&s.repairs_failed),
             repairs_dropped: l(&s.repairs_dropped),
+            extents_moved: l(&s.extents_moved),
             degraded_writes: l(&s.degraded_writes),
             dirty_bytes: l(&self.dirty_bytes),
             open_nodes: self.nodes.lock().len(),

@@ -12,7 +12,7 @@ use crate::store::Disk;
 /// Every extent (as plan extents) and the bytes per shard, from one metadata snapshot.
 pub(super) fn scan(fs: &Fs) -> anyhow::Result<(Vec<PlanExtent>, Vec<u64>)> {
     let mut ex = Vec::new();
-    let mut bytes = vec![0u64; fs.cfg.shard_count as usize];
+    let mut bytes = vec![0u64; fs.shard_count()];
     fs.meta.view().each_extent(|ino, index, e| {
         if let Some(b) = bytes.get_mut(e.shard as usize) {
             *b += u64::from(e.len);

@@ -1,0 +1,649 @@
+//! Dynamic Sharding Engine (DSE): forms shards from heat classes and correlation groups
+//! (`plan.rs`), places them through the risk interface, and migrates extents in the
+//! background under a byte-rate budget, in small chunks, each move committed with a
+//! compare-and-set on extent version and shard epochs (`Fs::commit_moves`). Pending moves
+//! live in RocksDB (`CF_MOVES`), so a killed daemon resumes the migration at the next mount.
+
+pub mod plan;
+pub mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{now_ms, Analyzer, Ext, GroupRules, HeatClass};
+use crate::fs::shards::{MoveCommit, MoveOutcome, ShardDef};
+use crate::fs::Fs;
+use crate::meta::CF_MOVES;
+use crate::store::ExtentId;
+use plan::{Plan, PlanDisk, PlanExtent, PlanInput, PlanRules, PlanShard, Target};
+
+#[derive(Clone, Debug)]
+pub struct ShardingOptions {
+    /// Shard size bounds (bytes of extent data).
+    pub shard_bytes_max: u64,
+    pub shard_bytes_min: u64,
+    /// Automatic re-sharding period (None: only on demand).
+    pub interval: Option<Duration>,
+    /// Migration budget: copied bytes per second, in chunks of about this many bytes.
+    pub rate_bytes_per_s: u64,
+    pub chunk_bytes: u64,
+    /// A move refused this many times (concurrent writes) is dropped until the next plan.
+    pub move_retries_max: u32,
+    /// Shards with a daily peak are prepared (their data read ahead) this long before it...
+    pub prepare_lead: Duration,
+    /// ...reading at most this many bytes per shard.
+    pub prepare_bytes_max: u64,
+}
+
+impl Default for ShardingOptions {
+    fn default() -> Self {
+        ShardingOptions {
+            shard_bytes_max: 256 << 20,
+            shard_bytes_min: 16 << 20,
+            interval: Some(Duration::from_secs(600)),
+            rate_bytes_per_s: 16 << 20,
+            chunk_bytes: 8 << 20,
+            move_retries_max: 3,
+            prepare_lead: Duration::from_secs(3600),
+            prepare_bytes_max: 256 << 20,
+        }
+    }
+}
+
+/// The risk interface placement goes through: P(failure) per disk. `risk` fills it later;
+/// until then every disk has the same risk.
+pub trait RiskView: Send + Sync {
+    fn disk_risk(&self, disk: u32) -> f64;
+}
+
+pub struct UniformRisk;
+
+impl RiskView for UniformRisk {
+    fn disk_risk(&self, _disk: u32) -> f64 {
+        0.0
+    }
+}
+
+/// What a plan would do, for `reshard --dry-run` and the log.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PlanSummary {
+    pub shards_formed: usize,
+    pub shards_changed: usize,
+    pub moves: usize,
+    pub bytes_to_move: u64,
+    /// Moves by reason (hot, cold, group, size).
+    pub by_reason: HashMap<String, usize>,
+    pub hot_extents: usize,
+    pub cold_extents: usize,
+    pub groups: usize,
+    /// Up to 20 of the moves: (path or ino, index, from shard, to shard or "new N").
+    pub sample: Vec<(String, u64, u32, String)>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MigrationStatus {
+    /// idle or migrating.
+    pub state: String,
+    pub moves_total: u64,
+    pub moves_done: u64,
+    pub moves_retried: u64,
+    pub moves_dropped: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    pub rate_bytes_per_s_max: u64,
+    /// Measured over the current (or last) migration.
+    pub rate_bytes_per_s: f64,
+    pub elapsed_s: f64,
+    /// Since the mount.
+    pub bytes_moved_since_mount: u64,
+    pub last_plan: Option<PlanSummary>,
+    pub last_error: Option<String>,
+    /// (shard, hour) prepared ahead of a daily peak.
+    pub prepared: Vec<(u32, u32)>,
+}
+
+pub struct Engine {
+    pub fs: Arc<Fs>,
+    pub analyzer: Arc<Analyzer>,
+    pub opts: ShardingOptions,
+    risk: RwLock<Arc<dyn RiskView>>,
+    status: Mutex<MigrationStatus>,
+    wake: (Mutex<bool>, Condvar),
+    /// Recovery has priority: migration pauses while this says so.
+    busy: Box<dyn Fn() -> bool + Send + Sync>,
+    stop: AtomicBool,
+}
+
+impl Engine {
+    pub fn new(
+        fs: Arc<Fs>,
+        analyzer: Arc<Analyzer>,
+        opts: ShardingOptions,
+        busy: Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Arc<Engine> {
+        let rate = opts.rate_bytes_per_s;
+        Arc::new(Engine {
+            fs,
+            analyzer,
+            opts,
+            risk: RwLock::new(Arc::new(UniformRisk)),
+            status: Mutex::new(MigrationStatus {
+                state: "idle".into(),
+                rate_bytes_per_s_max: rate,
+                ..MigrationStatus::default()
+            }),
+            wake: (Mutex::new(false), Condvar::new()),
+            busy,
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_risk(&self, r: Arc<dyn RiskView>) {
+        *self.risk.write() = r;
+    }
+
+    /// Starts the engine thread: resumes pending moves, then plans on its timer and on
+    /// demand, and prepares shards before their daily peak.
+    pub fn start(self: &Arc<Self>) {
+        let weak: Weak<Engine> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("sharding".into())
+            .spawn(move || {
+                let mut last_plan = Instant::now();
+                loop {
+                    let Some(e) = weak.upgrade() else { break };
+                    if e.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Err(err) = e.migrate() {
+                        tracing::error!("migration: {err:#}");
+                        e.status.lock().last_error = Some(format!("{err:#}"));
+                    }
+                    e.prepare_peaks();
+                    let due = e.opts.interval.is_some_and(|i| last_plan.elapsed() >= i);
+                    if due {
+                        last_plan = Instant::now();
+                        match e.reshard(false) {
+                            Ok(s) if s.moves > 0 => tracing::info!(
+                                moves = s.moves,
+                                bytes = s.bytes_to_move,
+                                "re-sharding planned"
+                            ),
+                            Ok(_) => {}
+                            Err(err) => tracing::warn!("re-sharding plan failed: {err:#}"),
+                        }
+                        continue;
+                    }
+                    let (m, cv) = (&e.wake.0, &e.wake.1);
+                    let mut woken = m.lock();
+                    if !*woken {
+                        cv.wait_for(&mut woken, Duration::from_secs(5));
+                    }
+                    *woken = false;
+                }
+            })
+            .expect("spawn sharding thread");
+    }
+
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.kick();
+    }
+
+    fn kick(&self) {
+        *self.wake.0.lock() = true;
+        self.wake.1.notify_all();
+    }
+
+    pub fn status(&self) -> MigrationStatus {
+        self.status.lock().clone()
+    }
+
+    /// Plans now; unless `dry_run`, forms the new shards, records the moves and wakes the
+    /// migration.
+    pub fn reshard(&self, dry_run: bool) -> anyhow::Result<PlanSummary> {
+        let (plan, summary) = self.make_plan()?;
+        if dry_run || plan.moves.is_empty() {
+            return Ok(summary);
+        }
+        self.apply(&plan)?;
+        self.status.lock().last_plan = Some(summary.clone());
+        self.kick();
+        Ok(summary)
+    }
+
+    fn make_plan(&self) -> anyhow::Result<(Plan, PlanSummary)> {
+        let fs = &self.fs;
+        let now = now_ms();
+        self.analyzer.classify(now);
+        let heat: HashMap<Ext, crate::access::ExtentHeat> =
+            crate::access::heat_map(&self.analyzer);
+        let scale = self.analyzer.opts.class_scale.min(2);
+        let mut extents = Vec::new();
+        fs.meta.each_extent(|ino, index, e| {
+            let (class, h) = match heat.get(&(ino, index)) {
+                Some(x) => {
+                    let (r, w) = x.at(scale, now);
+                    (x.class(), r + w)
+                }
+                None => (HeatClass::Cold, 0.0),
+            };
+            extents.push(PlanExtent {
+                ext: (ino, index),
+                bytes: u64::from(e.len),
+                shard: e.shard,
+                class,
+                heat: h,
+            });
+        })?;
+        let initial = fs.cfg.shard_count;
+        let shards: Vec<PlanShard> = fs
+            .shard_table()
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| PlanShard {
+                id: i as u32,
+                class: s.class,
+                epoch: s.epoch,
+                disks: s.disks,
+                initial: (i as u32) < initial,
+            })
+            .collect();
+        let risk = self.risk.read().clone();
+        let disks: Vec<PlanDisk> = fs
+            .store
+            .disks()
+            .iter()
+            .map(|d| {
+                let (total, free) = d.space().unwrap_or((0, 0));
+                PlanDisk {
+                    id: d.id,
+                    total_bytes: total,
+                    used_bytes: total.saturating_sub(free),
+                    risk: risk.disk_risk(d.id),
+                    accepts_data: d.accepts_data() && total > 0,
+                }
+            })
+            .collect();
+        let rules = GroupRules {
+            group_extents_max: (self.opts.shard_bytes_max / fs.extent_size()).max(2) as usize,
+            ..GroupRules::default()
+        };
+        let groups = self.analyzer.groups(rules);
+        let home = |e: Ext| fs.shard_of(e.0, e.1);
+        let input = PlanInput {
+            extents: &extents,
+            shards: &shards,
+            groups: &groups,
+            disks: &disks,
+            rules: PlanRules {
+                shard_bytes_max: self.opts.shard_bytes_max,
+                shard_bytes_min: self.opts.shard_bytes_min,
+                replicas: fs.cfg.replicas as usize,
+            },
+            home: &home,
+        };
+        let plan = plan::plan(&input);
+        let paths = crate::admin::paths(fs).unwrap_or_default();
+        let mut by_reason: HashMap<String, usize> = HashMap::new();
+        for m in &plan.moves {
+            *by_reason.entry(m.reason.to_string()).or_default() += 1;
+        }
+        let summary = PlanSummary {
+            shards_formed: plan.new_shards.len(),
+            shards_changed: plan.shards_changed(),
+            moves: plan.moves.len(),
+            bytes_to_move: plan.bytes(),
+            by_reason,
+            hot_extents: extents
+                .iter()
+                .filter(|e| e.class == HeatClass::Hot)
+                .count(),
+            cold_extents: extents
+                .iter()
+                .filter(|e| e.class == HeatClass::Cold)
+                .count(),
+            groups: groups.len(),
+            sample: plan
+                .moves
+                .iter()
+                .take(20)
+                .map(|m| {
+                    let p = paths
+                        .get(&m.ext.0)
+                        .cloned()
+                        .unwrap_or_else(|| format!("inode {}", m.ext.0));
+                    let to = match m.to {
+                        Target::Existing(s) => s.to_string(),
+                        Target::New(i) => format!("new {i}"),
+                    };
+                    (p, m.ext.1, m.from, to)
+                })
+                .collect(),
+        };
+        Ok((plan, summary))
+    }
+
+    /// Forms the plan's shards and records its moves (one batch per 4096 moves).
+    fn apply(&self, plan: &Plan) -> anyhow::Result<()> {
+        let defs: Vec<ShardDef> = plan
+            .new_shards
+            .iter()
+            .map(|s| ShardDef {
+                id: s.reuse.map(|r| r.0),
+                expect_epoch: s.reuse.map_or(0, |r| r.1),
+                class: s.class,
+                disks: s.disks.clone(),
+            })
+            .collect();
+        let ids = self
+            .fs
+            .define_shards(defs)
+            .map_err(|e| anyhow::anyhow!("cannot form shards: errno {}", e.0))?;
+        let mut formed = Vec::with_capacity(ids.len());
+        for r in ids {
+            match r {
+                Ok(id) => formed.push(id),
+                Err(e) => anyhow::bail!("a shard changed while planning (errno {}); replan", e.0),
+            }
+        }
+        for chunk in plan.moves.chunks(4096) {
+            let mut b = self.fs.meta.batch();
+            for m in chunk {
+                let to = match m.to {
+                    Target::Existing(s) => s,
+                    Target::New(i) => formed[i],
+                };
+                b.put_move(m.ext.0, m.ext.1, to);
+            }
+            self.fs.meta.write(b)?;
+        }
+        Ok(())
+    }
+
+    fn pending(&self) -> anyhow::Result<Vec<(Ext, u32)>> {
+        let mut out = Vec::new();
+        self.fs.meta.each_raw(CF_MOVES, |k, v| {
+            anyhow::ensure!(k.len() == 16 && v.len() == 4, "corrupt pending move record");
+            let ino = u64::from_be_bytes(k[..8].try_into().expect("8"));
+            let index = u64::from_be_bytes(k[8..].try_into().expect("8"));
+            out.push(((ino, index), u32::from_be_bytes(v.try_into().expect("4"))));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn drop_move(&self, e: Ext) -> anyhow::Result<()> {
+        let mut b = self.fs.meta.batch();
+        b.del_move(e.0, e.1);
+        self.fs.meta.write(b)
+    }
+
+    /// Runs every pending move, chunk by chunk, within the byte-rate budget.
+    fn migrate(&self) -> anyhow::Result<()> {
+        let mut pending = self.pending()?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let fs = &self.fs;
+        let total: u64 = pending
+            .iter()
+            .filter_map(|(e, _)| fs.meta.extent(e.0, e.1).ok().flatten())
+            .map(|r| u64::from(r.len))
+            .sum();
+        {
+            let mut st = self.status.lock();
+            st.state = "migrating".into();
+            st.moves_total = pending.len() as u64;
+            st.moves_done = 0;
+            st.moves_retried = 0;
+            st.moves_dropped = 0;
+            st.bytes_total = total;
+            st.bytes_done = 0;
+            st.last_error = None;
+        }
+        tracing::info!(moves = pending.len(), bytes = total, "migration starts");
+        let t0 = Instant::now();
+        let mut retries: HashMap<Ext, u32> = HashMap::new();
+        let mut budget_bytes = 0u64;
+        while !pending.is_empty() && !self.stop.load(Ordering::Relaxed) {
+            while (self.busy)() && !self.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            // Budget: bytes copied so far may not run ahead of rate x time.
+            let ahead = budget_bytes as f64 / self.opts.rate_bytes_per_s.max(1) as f64
+                - t0.elapsed().as_secs_f64();
+            if ahead > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(ahead.min(5.0)));
+            }
+            let mut chunk = Vec::new();
+            let mut chunk_bytes = 0u64;
+            while let Some((e, to)) = pending.pop() {
+                let len = fs
+                    .meta
+                    .extent(e.0, e.1)?
+                    .map_or(0, |r| u64::from(r.len));
+                chunk.push((e, to));
+                chunk_bytes += len;
+                if chunk_bytes >= self.opts.chunk_bytes {
+                    break;
+                }
+            }
+            let (copied, outcomes) = self.move_chunk(&chunk)?;
+            budget_bytes += copied;
+            let mut done = Vec::new();
+            let mut st_retry = 0;
+            let mut st_drop = 0;
+            for ((e, to), o) in chunk.iter().zip(outcomes) {
+                match o {
+                    Some(MoveOutcome::Done) | None => done.push((*e, *to)),
+                    Some(_) => {
+                        let n = retries.entry(*e).or_default();
+                        *n += 1;
+                        if *n > self.opts.move_retries_max {
+                            self.drop_move(*e)?;
+                            st_drop += 1;
+                        } else {
+                            st_retry += 1;
+                            pending.insert(0, (*e, *to));
+                        }
+                    }
+                }
+            }
+            self.analyzer.moved(&done);
+            let mut st = self.status.lock();
+            st.moves_done += done.len() as u64;
+            st.moves_retried += st_retry;
+            st.moves_dropped += st_drop;
+            st.bytes_done += copied;
+            st.bytes_moved_since_mount += copied;
+            st.elapsed_s = t0.elapsed().as_secs_f64();
+            st.rate_bytes_per_s = st.bytes_done as f64 / st.elapsed_s.max(1e-3);
+        }
+        let mut st = self.status.lock();
+        st.state = "idle".into();
+        tracing::info!(
+            moves = st.moves_done,
+            dropped = st.moves_dropped,
+            bytes = st.bytes_done,
+            secs = st.elapsed_s,
+            "migration finished"
+        );
+        Ok(())
+    }
+
+    /// Copies a chunk's extents to the disks of their target shards that lack them,
+    /// syncs those disks, and commits the moves. Returns the bytes copied and per move its
+    /// outcome (None: nothing to do, already there or gone).
+    fn move_chunk(&self, chunk: &[(Ext, u32)]) -> anyhow::Result<(u64, Vec<Option<MoveOutcome>>)> {
+        let fs = &self.fs;
+        // Recovery installs and commits under the same guard: never both on one extent.
+        let _guard = fs.recovery_guard();
+        let mut commits: Vec<(usize, MoveCommit)> = Vec::new();
+        let mut out: Vec<Option<MoveOutcome>> = vec![None; chunk.len()];
+        let mut copied = 0u64;
+        let mut synced: HashSet<u32> = HashSet::new();
+        let table = fs.shard_table();
+        for (i, ((ino, index), to)) in chunk.iter().enumerate() {
+            let Some(cur) = fs.meta.extent(*ino, *index)? else {
+                self.drop_move((*ino, *index))?;
+                continue;
+            };
+            let Some(to_rec) = table.get(*to as usize) else {
+                self.drop_move((*ino, *index))?;
+                continue;
+            };
+            if cur.shard == *to {
+                self.drop_move((*ino, *index))?;
+                continue;
+            }
+            let have = fs.store.readable(&cur.replicas);
+            let targets: Vec<u32> = to_rec
+                .disks
+                .iter()
+                .copied()
+                .filter(|d| !have.contains(d))
+                .collect();
+            if targets
+                .iter()
+                .any(|d| !fs.store.disk(*d).is_some_and(|x| x.accepts_data()))
+            {
+                out[i] = Some(MoveOutcome::Incomplete);
+                continue;
+            }
+            let mut installed = Vec::new();
+            if !targets.is_empty() {
+                let Some(data) = fs.read_good_copy(*ino, *index, &cur) else {
+                    out[i] = Some(MoveOutcome::Incomplete);
+                    continue;
+                };
+                // Check what is about to be written against the extent's checksums.
+                let sums = crate::store::block_sums(&data, fs.store.block_size);
+                anyhow::ensure!(sums == cur.sums, "copy of {ino}:{index} does not verify");
+                let id = ExtentId {
+                    ino: *ino,
+                    index: *index,
+                    version: cur.version,
+                };
+                for d in &targets {
+                    let disk = fs.store.disk(*d).expect("checked above");
+                    let mut r = fs.store.write_extent(&disk, &id, &data);
+                    if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists) {
+                        // A leftover of an earlier refused move: no record names it.
+                        fs.store.remove_extent(&disk, &id);
+                        r = fs.store.write_extent(&disk, &id, &data);
+                    }
+                    match r {
+                        Ok(()) => {
+                            installed.push(*d);
+                            synced.insert(*d);
+                            copied += data.len() as u64;
+                        }
+                        Err(e) => {
+                            tracing::warn!(disk = d, "migration copy failed: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            commits.push((
+                i,
+                MoveCommit {
+                    ino: *ino,
+                    index: *index,
+                    version: cur.version,
+                    from: cur.shard,
+                    from_epoch: table[cur.shard as usize].epoch,
+                    to: *to,
+                    to_epoch: to_rec.epoch,
+                    installed,
+                },
+            ));
+        }
+        for d in &synced {
+            if let Some(disk) = fs.store.disk(*d) {
+                fs.store.sync_disk(&disk)?;
+            }
+        }
+        let moves: Vec<MoveCommit> = commits.iter().map(|(_, m)| m.clone()).collect();
+        let outcomes = fs
+            .commit_moves(&moves)
+            .map_err(|e| anyhow::anyhow!("cannot commit moves: errno {}", e.0))?;
+        for ((i, _), o) in commits.iter().zip(outcomes) {
+            out[*i] = Some(o);
+        }
+        Ok((copied, out))
+    }
+
+    /// Reads ahead the data of shards whose daily peak starts within `prepare_lead`, once
+    /// per peak.
+    fn prepare_peaks(&self) {
+        let now = now_ms();
+        let upcoming = self.analyzer.upcoming_peaks(now, self.opts.prepare_lead);
+        for (shard, hour) in upcoming {
+            if self.status.lock().prepared.contains(&(shard, hour)) {
+                continue;
+            }
+            let bytes = self.prepare_shard(shard);
+            tracing::info!(shard, hour, bytes, "prepared shard ahead of its daily peak");
+            let mut st = self.status.lock();
+            if st.prepared.len() >= 64 {
+                st.prepared.remove(0);
+            }
+            st.prepared.push((shard, hour));
+        }
+    }
+
+    fn prepare_shard(&self, shard: u32) -> u64 {
+        let fs = &self.fs;
+        let mut files = Vec::new();
+        let mut bytes = 0u64;
+        let _ = fs.meta.each_extent(|ino, index, e| {
+            if e.shard == shard && bytes < self.opts.prepare_bytes_max {
+                bytes += u64::from(e.len);
+                files.push((ino, index, e));
+            }
+        });
+        for (ino, index, e) in files {
+            if let Some(d) = fs.store.readable(&e.replicas).first() {
+                let disk = fs.store.disk(*d).expect("readable disk");
+                let id = ExtentId {
+                    ino,
+                    index,
+                    version: e.version,
+                };
+                if let Ok(f) = std::fs::File::open(disk.extent_path(&id)) {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: advisory call on an fd we own.
+                    unsafe {
+                        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED)
+                    };
+                }
+            }
+        }
+        bytes
+    }
+
+    /// Blocks until no move is pending (or `timeout`); true when done.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        loop {
+            let idle = self.status.lock().state == "idle";
+            if idle && self.pending().map(|p| p.is_empty()).unwrap_or(false) {
+                return true;
+            }
+            if t0.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
