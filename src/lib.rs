@@ -11,3 +11,4 @@ pub mod meta;
 pub mod pool;
 pub mod recovery;
 pub mod store;
+pub mod trace;
