@@ -13,3 +13,4 @@ pub mod pool;
 pub mod recovery;
 pub mod sharding;
 pub mod store;
+pub mod trace;

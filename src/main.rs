@@ -113,6 +113,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Block traces: replay against a mount, synthesize, summarize.
+    Trace {
+        #[command(subcommand)]
+        cmd: foreshard::trace::TraceCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -431,6 +436,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !r.clean {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Cmd::Trace { cmd } => {
+            let code = foreshard::trace::run(cmd)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
     }
     Ok(ExitCode::SUCCESS)
