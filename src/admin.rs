@@ -69,6 +69,12 @@ pub struct Status {
     /// The recovery agent pool and its limits (mounted pools).
     #[serde(default)]
     pub agents: Option<crate::agents::AgentStatus>,
+    /// The access analyzer's counters and memory (mounted pools).
+    #[serde(default)]
+    pub access: Option<crate::access::AccessStats>,
+    /// Re-sharding migration progress (mounted pools).
+    #[serde(default)]
+    pub migration: Option<crate::sharding::MigrationStatus>,
 }
 
 pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
@@ -148,6 +154,8 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
         stats: mounted.then(|| fs.stats()),
         recovery: None,
         agents: None,
+        access: None,
+        migration: None,
     })
 }
 
@@ -236,10 +244,42 @@ pub fn status_table(s: &Status) -> String {
             fmt_bytes(a.reserved_bytes)
         );
     }
+    if let Some(a) = &s.access {
+        o += &format!(
+            "access analyzer: {} events ({} dropped), {} extents tracked, {} pairs, memory {} (max {}), cpu {} ms\n",
+            a.events_applied,
+            a.events_dropped,
+            a.extents_tracked,
+            a.pairs_tracked,
+            fmt_bytes(a.memory_bytes as u64),
+            fmt_bytes(a.memory_bytes_max as u64),
+            a.cpu_ms
+        );
+    }
+    if let Some(m) = &s.migration {
+        o += &migration_line(m);
+    }
     if let Some(r) = &s.recovery {
         o += &recovery_line(r);
     }
     o
+}
+
+/// One line on the re-sharding migration (status, reshard).
+pub fn migration_line(m: &crate::sharding::MigrationStatus) -> String {
+    format!(
+        "re-sharding: {}, {}/{} moves, {} of {} copied at {}/s (budget {}/s), {} retried, {} dropped; {} moved since mount\n",
+        m.state,
+        m.moves_done,
+        m.moves_total,
+        fmt_bytes(m.bytes_done),
+        fmt_bytes(m.bytes_total),
+        fmt_bytes(m.rate_bytes_per_s as u64),
+        fmt_bytes(m.rate_bytes_per_s_max),
+        m.moves_retried,
+        m.moves_dropped,
+        fmt_bytes(m.bytes_moved_since_mount)
+    )
 }
 
 /// One-paragraph summary of a recovery (status, recover).

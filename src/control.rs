@@ -47,6 +47,16 @@ pub enum Request {
         delay_ms: Option<u64>,
     },
     Recover,
+    /// Heat report of the access analyzer (with an SVG heat map when `svg`).
+    Heat {
+        svg: bool,
+    },
+    /// Plans re-sharding; unless `dry_run`, starts the migration.
+    Reshard {
+        dry_run: bool,
+    },
+    /// Migration progress.
+    Migration,
     /// Blocks until no recovery is running (or `timeout_s`); answers with its status.
     RecoverWait {
         timeout_s: u64,
@@ -57,6 +67,34 @@ pub enum Request {
 pub struct Services {
     pub fs: Arc<Fs>,
     pub recovery: Option<Arc<Orchestrator>>,
+    pub access: Option<Arc<crate::access::Analyzer>>,
+    pub sharding: Option<Arc<crate::sharding::Engine>>,
+}
+
+impl Services {
+    /// An unmounted pool: the core only.
+    pub fn offline(fs: Arc<Fs>) -> Services {
+        Services {
+            fs,
+            recovery: None,
+            access: None,
+            sharding: None,
+        }
+    }
+
+    /// The mounted analyzer, or (unmounted) one loaded with what the last mount saved.
+    fn analyzer(&self) -> anyhow::Result<Arc<crate::access::Analyzer>> {
+        if let Some(a) = &self.access {
+            return Ok(a.clone());
+        }
+        let a = crate::access::Analyzer::new(crate::access::AccessOptions::default());
+        a.load(&self.fs.meta)?;
+        let fs = self.fs.clone();
+        a.set_resolver(Box::new(move |ino, index| {
+            fs.meta.extent(ino, index).ok().flatten().map(|e| e.shard)
+        }));
+        Ok(a)
+    }
 }
 
 /// Finds a disk by id or by its directory path.
@@ -89,6 +127,8 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
                 s.recovery = Some(o.status());
                 s.agents = Some(o.agents.status());
             }
+            s.access = svc.access.as_ref().map(|a| a.stats());
+            s.migration = svc.sharding.as_ref().map(|e| e.status());
             serde_json::to_value(s)?
         }
         Request::Shards => serde_json::to_value(admin::shards(fs)?)?,
@@ -147,6 +187,36 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
         Request::Recover => match &svc.recovery {
             Some(o) => serde_json::to_value(o.status())?,
             None => bail!("the pool is not mounted: recovery runs in the daemon"),
+        },
+        Request::Heat { svg } => {
+            let a = svc.analyzer()?;
+            let r = crate::sharding::report::heat_report(fs, &a)?;
+            let svg = if *svg {
+                Some(crate::sharding::report::heat_svg(fs, &r)?)
+            } else {
+                None
+            };
+            serde_json::json!({ "report": r, "svg": svg })
+        }
+        Request::Reshard { dry_run } => {
+            let summary = match &svc.sharding {
+                Some(e) => e.reshard(*dry_run)?,
+                None if *dry_run => {
+                    let e = crate::sharding::Engine::new(
+                        fs.clone(),
+                        svc.analyzer()?,
+                        crate::sharding::ShardingOptions::default(),
+                        Box::new(|| false),
+                    );
+                    e.reshard(true)?
+                }
+                None => bail!("the pool is not mounted: re-sharding runs in the daemon (--dry-run works offline)"),
+            };
+            serde_json::to_value(summary)?
+        }
+        Request::Migration => match &svc.sharding {
+            Some(e) => serde_json::to_value(e.status())?,
+            None => bail!("the pool is not mounted: re-sharding runs in the daemon"),
         },
         Request::RecoverWait { timeout_s } => match &svc.recovery {
             Some(o) => {

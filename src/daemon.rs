@@ -24,6 +24,9 @@ pub struct MountArgs {
     pub agent_mode: crate::agents::AgentMode,
     pub agent_limits: crate::agents::AgentLimits,
     pub recovery: crate::recovery::RecoveryOptions,
+    /// The access analyzer's limits; None runs without it (and without re-sharding).
+    pub access: Option<crate::access::AccessOptions>,
+    pub sharding: crate::sharding::ShardingOptions,
 }
 
 fn check_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
@@ -230,10 +233,38 @@ fn run(
         fs.extent_size() as usize,
     ));
     let orchestrator = crate::recovery::Orchestrator::start(fs.clone(), agents, a.recovery.clone());
+    let analyzer = a.access.clone().map(|opts| {
+        let an = crate::access::Analyzer::new(opts);
+        match an.load(&fs.meta) {
+            Ok(n) if n > 0 => tracing::info!("access analyzer: {n} extent summaries loaded"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("access summaries not loaded: {e:#}"),
+        }
+        let meta = fs.meta.clone();
+        an.set_resolver(Box::new(move |ino, index| {
+            meta.extent(ino, index).ok().flatten().map(|e| e.shard)
+        }));
+        an.start(Some(fs.meta.clone()));
+        fs.set_access(an.sink());
+        an
+    });
+    let engine = analyzer.as_ref().map(|an| {
+        let o = orchestrator.clone();
+        let e = crate::sharding::Engine::new(
+            fs.clone(),
+            an.clone(),
+            a.sharding.clone(),
+            Box::new(move || o.is_busy()),
+        );
+        e.start();
+        e
+    });
     crate::control::serve(
         std::sync::Arc::new(crate::control::Services {
             fs: fs.clone(),
             recovery: Some(orchestrator),
+            access: analyzer.clone(),
+            sharding: engine.clone(),
         }),
         &pool_dir.join(pool::SOCKET_FILE),
     )?;
@@ -265,9 +296,17 @@ fn run(
     }
     let res = session.run();
     // The kernel may not send DESTROY (e.g. lazy unmount); make sure nothing is left buffered.
+    if let Some(e) = &engine {
+        e.shutdown();
+    }
     fs.flush_all()
         .and_then(|_| fs.sync_all())
         .map_err(|e| anyhow::anyhow!("final flush failed: errno {}", e.0))?;
+    if let Some(an) = &analyzer {
+        if let Err(e) = an.save(&fs.meta).and_then(|_| fs.meta.sync_wal()) {
+            tracing::warn!("cannot save access summaries: {e:#}");
+        }
+    }
     let _ = fs::remove_file(pool_dir.join(pool::SOCKET_FILE));
     let _ = fs::remove_file(pool_dir.join(PID_FILE));
     tracing::info!("unmounted");

@@ -11,7 +11,10 @@ use foreshard::control::{self, Request};
 use foreshard::daemon;
 use foreshard::fs::FsOptions;
 use foreshard::pool::{self, InitArgs, Pool};
+use foreshard::access::AccessOptions;
 use foreshard::recovery::{Profile, RecoveryOptions};
+use foreshard::sharding::report::{heat_table, HeatReport};
+use foreshard::sharding::{MigrationStatus, PlanSummary, ShardingOptions};
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +77,24 @@ enum Cmd {
         /// A probe running longer than this counts as failed (milliseconds).
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600000))]
         probe_deadline_ms: u64,
+        /// Run without the access analyzer (and so without re-sharding).
+        #[arg(long)]
+        no_access: bool,
+        /// Automatic re-sharding period in seconds (0: only `foreshard reshard`).
+        #[arg(long, default_value_t = 600)]
+        reshard_interval_s: u64,
+        /// Migration budget: bytes copied per second by re-sharding.
+        #[arg(long, default_value = "16MiB")]
+        migration_rate: String,
+        /// Migration copies and commits this much at a time.
+        #[arg(long, default_value = "8MiB")]
+        migration_chunk: String,
+        /// Largest shard the sharding engine forms or keeps.
+        #[arg(long, default_value = "256MiB")]
+        shard_size_max: String,
+        /// Shards the engine formed that fall below this are merged.
+        #[arg(long, default_value = "16MiB")]
+        shard_size_min: String,
     },
     /// Disk life cycle: fail, add, remove (drain), fault injection.
     Disk {
@@ -110,6 +131,30 @@ enum Cmd {
         pool: PathBuf,
         #[arg(long)]
         repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hottest and coldest files and extents, correlated groups, the daily profile.
+    Heat {
+        pool: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Also write an SVG heat map (extents by disk and shard) to FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Lines per list in the table.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Re-shape shards by heat and co-access now: prints the plan and starts the migration.
+    Reshard {
+        pool: PathBuf,
+        /// Print the plan (shards changed, bytes to move) without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Block until the migration has finished (progress bar on a terminal).
+        #[arg(long)]
+        wait: bool,
         #[arg(long)]
         json: bool,
     },
@@ -210,6 +255,64 @@ fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
     }
 }
 
+fn plan_text(s: &PlanSummary, dry_run: bool) -> String {
+    let mut reasons: Vec<String> = s.by_reason.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    reasons.sort();
+    let mut o = format!(
+        "{}{} extent move(s) ({}), {} shard(s) changed, {} formed; {} hot and {} cold extent(s), {} correlated group(s)\n",
+        if dry_run { "plan (dry run): " } else { "plan: " },
+        s.moves,
+        admin::fmt_bytes(s.bytes_to_move),
+        s.shards_changed,
+        s.shards_formed,
+        s.hot_extents,
+        s.cold_extents,
+        s.groups
+    );
+    if !reasons.is_empty() {
+        o += &format!("  moves by reason: {}\n", reasons.join(", "));
+    }
+    for (path, index, from, to) in &s.sample {
+        o += &format!("  {path}:{index}  shard {from} -> {to}\n");
+    }
+    if s.moves > s.sample.len() {
+        o += &format!("  ... {} more\n", s.moves - s.sample.len());
+    }
+    o
+}
+
+/// Polls migration status until no move is left, with a progress bar on a terminal.
+fn watch_migration(pool: &Path, bar: bool) -> anyhow::Result<MigrationStatus> {
+    use std::io::IsTerminal;
+    let pb = (bar && std::io::stderr().is_terminal()).then(|| {
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} migration [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb
+    });
+    loop {
+        let v = ask(pool, Request::Migration, Duration::from_secs(30))?;
+        let m: MigrationStatus = serde_json::from_value(v).context("bad migration status")?;
+        if let Some(pb) = &pb {
+            pb.set_length(m.bytes_total);
+            pb.set_position(m.bytes_done);
+            pb.set_message(format!("{}/{} moves", m.moves_done, m.moves_total));
+        }
+        if m.state == "idle" && m.pending_moves == 0 {
+            if let Some(pb) = &pb {
+                pb.finish_and_clear();
+            }
+            return Ok(m);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Runs `req` on the mounted pool through its socket, or opens the pool directly.
 fn ask(pool: &Path, req: Request, timeout: Duration) -> anyhow::Result<serde_json::Value> {
     if !pool.is_dir() {
@@ -228,7 +331,7 @@ fn ask(pool: &Path, req: Request, timeout: Duration) -> anyhow::Result<serde_jso
             eprintln!("crash recovery: {freed} orphaned inode(s) freed, {removed} uncommitted extent file(s) removed");
         }
     }
-    control::handle(&control::Services { fs, recovery: None }, &req)
+    control::handle(&control::Services::offline(fs), &req)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -271,7 +374,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             recovery_profile,
             probe_interval_ms,
             probe_deadline_ms,
+            no_access,
+            reshard_interval_s,
+            migration_rate,
+            migration_chunk,
+            shard_size_max,
+            shard_size_min,
         } => {
+            let sharding = ShardingOptions {
+                interval: (reshard_interval_s > 0)
+                    .then(|| Duration::from_secs(reshard_interval_s)),
+                rate_bytes_per_s: pool::parse_size(&migration_rate).context("--migration-rate")?,
+                chunk_bytes: pool::parse_size(&migration_chunk).context("--migration-chunk")?,
+                shard_bytes_max: pool::parse_size(&shard_size_max).context("--shard-size-max")?,
+                shard_bytes_min: pool::parse_size(&shard_size_min).context("--shard-size-min")?,
+                ..ShardingOptions::default()
+            };
+            anyhow::ensure!(
+                sharding.rate_bytes_per_s > 0,
+                "--migration-rate must be above 0"
+            );
+            anyhow::ensure!(
+                sharding.chunk_bytes > 0,
+                "--migration-chunk must be above 0"
+            );
+            anyhow::ensure!(
+                sharding.shard_bytes_min <= sharding.shard_bytes_max,
+                "--shard-size-min must not exceed --shard-size-max"
+            );
             let buffer_bytes_max =
                 pool::parse_size(&agent_buffer_max).context("--agent-buffer-max")?;
             let rate_bytes_max = pool::parse_size(&recovery_rate).context("--recovery-rate")?;
@@ -299,6 +429,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     probe_deadline: Duration::from_millis(probe_deadline_ms),
                     ..RecoveryOptions::default()
                 },
+                access: (!no_access).then(AccessOptions::default),
+                sharding,
             })?;
         }
         Cmd::Disk { cmd } => {
@@ -435,6 +567,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if !r.clean {
                 return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Heat {
+            pool,
+            json,
+            svg,
+            top,
+        } => {
+            let v = ask(&pool, Request::Heat { svg: svg.is_some() }, LONG)?;
+            if let (Some(path), Some(doc)) = (&svg, v["svg"].as_str()) {
+                std::fs::write(path, doc)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("heat map written to {}", path.display());
+            }
+            let r: HeatReport =
+                serde_json::from_value(v["report"].clone()).context("bad heat report")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", heat_table(&r, top));
+            }
+        }
+        Cmd::Reshard {
+            pool,
+            dry_run,
+            wait,
+            json,
+        } => {
+            let v = ask(&pool, Request::Reshard { dry_run }, LONG)?;
+            let s: PlanSummary = serde_json::from_value(v).context("bad plan")?;
+            if json && !wait {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else if !json {
+                print!("{}", plan_text(&s, dry_run));
+            }
+            if wait && !dry_run {
+                let m = watch_migration(&pool, !json)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({"plan": s, "migration": m}))?
+                    );
+                } else {
+                    print!("{}", admin::migration_line(&m));
+                }
             }
         }
         Cmd::Trace { cmd } => {

@@ -352,6 +352,11 @@ impl Orchestrator {
         Ok(id)
     }
 
+    /// True while a recovery pass runs (re-sharding waits for it).
+    pub fn is_busy(&self) -> bool {
+        *self.running.lock()
+    }
+
     pub fn status(&self) -> RecoveryStatus {
         let mut st = self.status.lock().clone();
         if st.state == "running" {

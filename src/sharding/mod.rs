@@ -105,6 +105,8 @@ pub struct MigrationStatus {
     pub last_error: Option<String>,
     /// (shard, hour) prepared ahead of a daily peak.
     pub prepared: Vec<(u32, u32)>,
+    /// Moves recorded and not yet done (including a plan not yet picked up).
+    pub pending_moves: u64,
 }
 
 pub struct Engine {
@@ -363,6 +365,7 @@ impl Engine {
             }
             self.fs.meta.write(b)?;
         }
+        self.status.lock().pending_moves += plan.moves.len() as u64;
         Ok(())
     }
 
@@ -388,6 +391,7 @@ impl Engine {
     fn migrate(&self) -> anyhow::Result<()> {
         let mut pending = self.pending()?;
         if pending.is_empty() {
+            self.status.lock().pending_moves = 0;
             return Ok(());
         }
         let fs = &self.fs;
@@ -406,6 +410,7 @@ impl Engine {
             st.bytes_total = total;
             st.bytes_done = 0;
             st.last_error = None;
+            st.pending_moves = pending.len() as u64;
         }
         tracing::info!(moves = pending.len(), bytes = total, "migration starts");
         let t0 = Instant::now();
@@ -464,9 +469,11 @@ impl Engine {
             st.bytes_moved_since_mount += copied;
             st.elapsed_s = t0.elapsed().as_secs_f64();
             st.rate_bytes_per_s = st.bytes_done as f64 / st.elapsed_s.max(1e-3);
+            st.pending_moves = pending.len() as u64;
         }
         let mut st = self.status.lock();
         st.state = "idle".into();
+        st.pending_moves = pending.len() as u64;
         tracing::info!(
             moves = st.moves_done,
             dropped = st.moves_dropped,
@@ -633,8 +640,8 @@ impl Engine {
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let t0 = Instant::now();
         loop {
-            let idle = self.status.lock().state == "idle";
-            if idle && self.pending().map(|p| p.is_empty()).unwrap_or(false) {
+            let st = self.status();
+            if st.state == "idle" && st.pending_moves == 0 {
                 return true;
             }
             if t0.elapsed() >= timeout {
