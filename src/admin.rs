@@ -268,12 +268,13 @@ pub fn status_table(s: &Status) -> String {
 /// One line on the re-sharding migration (status, reshard).
 pub fn migration_line(m: &crate::sharding::MigrationStatus) -> String {
     format!(
-        "re-sharding: {}, {}/{} moves, {} of {} copied at {}/s (budget {}/s), {} retried, {} dropped; {} moved since mount\n",
+        "re-sharding: {}, {}/{} moves ({} of {}), {} copied at {}/s (budget {}/s), {} retried, {} dropped; {} copied since mount\n",
         m.state,
         m.moves_done,
         m.moves_total,
         fmt_bytes(m.bytes_done),
         fmt_bytes(m.bytes_total),
+        fmt_bytes(m.bytes_copied),
         fmt_bytes(m.rate_bytes_per_s as u64),
         fmt_bytes(m.rate_bytes_per_s_max),
         m.moves_retried,

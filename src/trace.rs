@@ -484,6 +484,9 @@ pub struct ReplayOpts {
     pub verify: bool,
     /// Replay only the first N records.
     pub limit: Option<u64>,
+    /// Open the volume files with O_DIRECT: a block trace was recorded below the page
+    /// cache, so its reads should reach the filesystem (FUSE takes any alignment).
+    pub direct: bool,
 }
 
 /// A read that did not return what the model says the file holds.
@@ -535,7 +538,13 @@ struct Replayer {
 impl Replayer {
     /// Opens (creating, sparse) `MOUNT/V` for every volume and extends it to at least its
     /// size; existing files are never shortened.
-    fn new(mount: &Path, sizes: &BTreeMap<String, u64>, verify: bool) -> anyhow::Result<Self> {
+    fn new(
+        mount: &Path,
+        sizes: &BTreeMap<String, u64>,
+        verify: bool,
+        direct: bool,
+    ) -> anyhow::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut volumes = HashMap::new();
         for (name, &size) in sizes {
             let path = mount.join(name);
@@ -544,6 +553,7 @@ impl Replayer {
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .custom_flags(if direct { libc::O_DIRECT } else { 0 })
                 .open(&path)
                 .with_context(|| format!("{}: cannot open or create", path.display()))?;
             let len = file
@@ -709,7 +719,7 @@ pub fn replay(trace: &Path, mount: &Path, opts: &ReplayOpts) -> anyhow::Result<R
             }
         }
     }
-    let mut rp = Replayer::new(mount, &sizes, opts.verify)?;
+    let mut rp = Replayer::new(mount, &sizes, opts.verify, opts.direct)?;
 
     let pb = progress_bar(total);
     let start = Instant::now();
@@ -1274,6 +1284,10 @@ pub enum TraceCmd {
         /// Replay only the first N requests.
         #[arg(long)]
         limit: Option<u64>,
+        /// Bypass the page cache (O_DIRECT), as the traced block I/O did; on a foreshard
+        /// mount every request then reaches the filesystem and its access analyzer.
+        #[arg(long)]
+        direct: bool,
         #[arg(long)]
         json: bool,
     },
@@ -1339,9 +1353,11 @@ pub fn run(cmd: TraceCmd) -> anyhow::Result<i32> {
             fast,
             verify,
             limit,
+            direct,
             json,
         } => {
             let opts = ReplayOpts {
+                direct,
                 speed: (!fast).then_some(speed),
                 verify,
                 limit,
@@ -1882,6 +1898,7 @@ mod tests {
             speed: None,
             verify,
             limit: None,
+            direct: false,
         }
     }
 
@@ -1976,7 +1993,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut sizes = BTreeMap::new();
         sizes.insert("v".to_string(), 1 << 20);
-        let mut rp = Replayer::new(d.path(), &sizes, true).unwrap();
+        let mut rp = Replayer::new(d.path(), &sizes, true, false).unwrap();
         rp.apply(&rec(0, Op::Write, 4096, 8192, "v")).unwrap();
         rp.apply(&rec(1, Op::Read, 0, 16384, "v")).unwrap();
         assert_eq!(rp.stats.verify_errors, 0);
@@ -2018,6 +2035,7 @@ mod tests {
                 fast: true,
                 verify: true,
                 limit: None,
+                direct: false,
                 json: true,
             })
             .unwrap(),

@@ -234,6 +234,8 @@ struct State {
     pairs: SpaceSaving,
     streams: lru::LruCache<u64, Recent>,
     shards: HashMap<u32, Profile>,
+    /// The whole pool's hour-of-day profile.
+    pool: Option<Profile>,
     thresholds: Thresholds,
     /// Extents forgotten since the last save (their persisted summaries go too).
     evicted: Vec<Ext>,
@@ -278,6 +280,7 @@ impl Analyzer {
                 pairs: SpaceSaving::new(opts.pairs_max.max(1)),
                 streams: lru::LruCache::new(streams),
                 shards: HashMap::new(),
+                pool: None,
                 thresholds: Thresholds::default(),
                 evicted: Vec::new(),
                 evictions: 0,
@@ -364,6 +367,9 @@ impl Analyzer {
 
     fn apply_one(&self, st: &mut State, ev: &Event, resolver: Option<&ShardResolver>) {
         st.events += 1;
+        st.pool
+            .get_or_insert_with(|| Profile::new(ev.t_ms / 1000))
+            .record(ev.t_ms / 1000, 1);
         let n = ev.extents.clamp(1, EVENT_EXTENTS_MAX);
         for k in 0..u64::from(n) {
             let e = (ev.ino, ev.index + k);
@@ -448,7 +454,19 @@ impl Analyzer {
     /// rises above `cold_leave`.
     pub fn classify(&self, t_ms: u64) {
         let o = &self.opts;
+        let resolver = self.resolver.lock();
         let mut st = self.state.lock();
+        // Extents first seen as buffered writes learn their shard once committed.
+        if let Some(r) = resolver.as_ref() {
+            for (e, h) in st.extents.iter_mut() {
+                if h.shard == SHARD_UNKNOWN {
+                    if let Some(s) = r(e.0, e.1) {
+                        h.shard = s;
+                        h.dirty = true;
+                    }
+                }
+            }
+        }
         let scale = o.class_scale.min(2);
         let mut heats: Vec<f64> = st
             .extents
@@ -529,6 +547,12 @@ impl Analyzer {
     /// Correlated groups from the pair table.
     pub fn groups(&self, rules: GroupRules) -> Vec<Vec<Ext>> {
         let st = self.state.lock();
+        let total: u64 = st.extents.values().map(|h| u64::from(h.accesses)).sum();
+        // Each access pairs with up to `pair_recent_max` earlier ones; both directions.
+        let rules = GroupRules {
+            chance: 2.0 * self.opts.pair_recent_max as f64 / total.max(1) as f64,
+            ..rules
+        };
         let edges: Vec<(Pair, u32)> = st.pairs.top().into_iter().map(|(p, c, _)| (p, c)).collect();
         pairs::groups(
             &edges,
@@ -562,6 +586,17 @@ impl Analyzer {
             .collect();
         out.sort_by_key(|p| p.shard);
         out
+    }
+
+    /// The pool-wide hour-of-day profile and its periodicity.
+    pub fn pool_profile(&self, now_ms: u64) -> Option<ShardProfile> {
+        let st = self.state.lock();
+        st.pool.as_ref().map(|p| ShardProfile {
+            shard: SHARD_UNKNOWN,
+            by_hour: p.by_hour().to_vec(),
+            periodicity: p.periodicity(now_ms / 1000),
+            peak_hours: p.peak_hours(),
+        })
     }
 
     /// Shards with a daily rhythm whose peak hour starts within `lead`.
@@ -624,6 +659,9 @@ impl Analyzer {
             b.put_raw(CF_ACCESS, b"pairs", &postcard::to_allocvec(&st.pairs)?);
             let shards: Vec<(&u32, &Profile)> = st.shards.iter().collect();
             b.put_raw(CF_ACCESS, b"shards", &postcard::to_allocvec(&shards)?);
+            if let Some(p) = &st.pool {
+                b.put_raw(CF_ACCESS, b"pool", &postcard::to_allocvec(p)?);
+            }
         }
         meta.write(b)?;
         Ok(())
@@ -650,6 +688,11 @@ impl Analyzer {
             } else if k == b"pairs" {
                 match postcard::from_bytes::<SpaceSaving>(v) {
                     Ok(p) => st.pairs = p.restore(self.opts.pairs_max),
+                    Err(_) => bad += 1,
+                }
+            } else if k == b"pool" {
+                match postcard::from_bytes::<Profile>(v) {
+                    Ok(p) => st.pool = Some(p),
                     Err(_) => bad += 1,
                 }
             } else if k == b"shards" {

@@ -131,6 +131,10 @@ pub struct GroupRules {
     pub association_min: f64,
     /// A group never grows beyond this (it must fit in one shard).
     pub group_extents_max: usize,
+    /// Pairs that chance alone produces per pair of accesses: two extents with a and b
+    /// accesses meet about chance x a x b times without any relation (so hot extents,
+    /// which meet everything, are not grouped for that). 0 ignores chance.
+    pub chance: f64,
 }
 
 impl Default for GroupRules {
@@ -139,6 +143,7 @@ impl Default for GroupRules {
             pair_count_min: 8,
             association_min: 0.3,
             group_extents_max: 64,
+            chance: 0.0,
         }
     }
 }
@@ -156,8 +161,9 @@ pub fn groups(
         .iter()
         .filter(|(_, c)| *c >= rules.pair_count_min)
         .filter_map(|(p, c)| {
-            let base = accesses(p.0).min(accesses(p.1)).max(1);
-            let a = f64::from(*c) / f64::from(base);
+            let (x, y) = (accesses(p.0), accesses(p.1));
+            let expected = rules.chance * f64::from(x) * f64::from(y);
+            let a = (f64::from(*c) - expected) / f64::from(x.min(y).max(1));
             (a >= rules.association_min).then_some((a.min(1.0) * f64::from(*c), *p))
         })
         .collect();
@@ -272,11 +278,11 @@ mod tests {
             }
         }
         let edges: Vec<(Pair, u32)> = s.top().into_iter().map(|(p, c, _)| (p, c)).collect();
-        let found = groups(
-            &edges,
-            |e| acc.get(&e).copied().unwrap_or(0),
-            GroupRules::default(),
-        );
+        let rules = GroupRules {
+            chance: 2.0 * window as f64 / stream.len() as f64,
+            ..GroupRules::default()
+        };
+        let found = groups(&edges, |e| acc.get(&e).copied().unwrap_or(0), rules);
         let (p, r) = pair_precision_recall(&found, &planted);
         assert!(p >= 0.9 && r >= 0.9, "precision {p:.2} recall {r:.2}");
     }

@@ -441,6 +441,7 @@ impl Orchestrator {
                             .collect();
                         // Files' extents in order: close to the order they lie on the disks.
                         v.sort_unstable_by_key(|i| (i.ino, i.index));
+                        hot_first(fs, &mut v);
                         v
                     })
                     .collect();
@@ -449,7 +450,8 @@ impl Orchestrator {
             None => {
                 let (ex, shard_bytes) = scan(fs)?;
                 let (moved, no_target) = replace_placements(fs, &shard_bytes, hints)?;
-                let items = items_for(fs, &ex, &mut Vec::new());
+                let mut items = items_for(fs, &ex, &mut Vec::new());
+                hot_first(fs, &mut items);
                 (moved, no_target, deal(items, self.agents.agent_count()))
             }
         };
@@ -899,7 +901,7 @@ use detect::monitor;
 use limiter::Limiter;
 use placement::replace_placements;
 pub use placement::{add_disk, rebalance_onto};
-use work::{deal, items_for, scan};
+use work::{deal, hot_first, items_for, scan};
 
 #[cfg(test)]
 mod tests;

@@ -87,3 +87,14 @@ pub(super) fn deal(items: Vec<CopyItem>, n: usize) -> Vec<Vec<CopyItem>> {
     }
     out
 }
+
+/// Hot shards' copies first (stable: the disk order stays within each class), so the
+/// working set regains its redundancy before the cold data.
+pub(super) fn hot_first(fs: &Fs, items: &mut [CopyItem]) {
+    let table = fs.shard_table();
+    items.sort_by_key(|i| {
+        table
+            .get(i.shard as usize)
+            .is_none_or(|s| s.class != crate::meta::ShardClass::Hot)
+    });
+}

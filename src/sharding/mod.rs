@@ -93,10 +93,13 @@ pub struct MigrationStatus {
     pub moves_done: u64,
     pub moves_retried: u64,
     pub moves_dropped: u64,
+    /// Extent bytes of the moves, and of those done.
     pub bytes_total: u64,
     pub bytes_done: u64,
+    /// Bytes written to target disks (a move writes one copy per target disk lacking one).
+    pub bytes_copied: u64,
     pub rate_bytes_per_s_max: u64,
-    /// Measured over the current (or last) migration.
+    /// Copy rate measured over the current (or last) migration (the budgeted quantity).
     pub rate_bytes_per_s: f64,
     pub elapsed_s: f64,
     /// Since the mount.
@@ -409,6 +412,7 @@ impl Engine {
             st.moves_dropped = 0;
             st.bytes_total = total;
             st.bytes_done = 0;
+            st.bytes_copied = 0;
             st.last_error = None;
             st.pending_moves = pending.len() as u64;
         }
@@ -419,12 +423,6 @@ impl Engine {
         while !pending.is_empty() && !self.stop.load(Ordering::Relaxed) {
             while (self.busy)() && !self.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
-            }
-            // Budget: bytes copied so far may not run ahead of rate x time.
-            let ahead = budget_bytes as f64 / self.opts.rate_bytes_per_s.max(1) as f64
-                - t0.elapsed().as_secs_f64();
-            if ahead > 0.0 {
-                std::thread::sleep(Duration::from_secs_f64(ahead.min(5.0)));
             }
             let mut chunk = Vec::new();
             let mut chunk_bytes = 0u64;
@@ -441,12 +439,23 @@ impl Engine {
             }
             let (copied, outcomes) = self.move_chunk(&chunk)?;
             budget_bytes += copied;
+            // Budget: bytes copied may not run ahead of rate x time.
+            let ahead = budget_bytes as f64 / self.opts.rate_bytes_per_s.max(1) as f64
+                - t0.elapsed().as_secs_f64();
+            if ahead > 0.0 && !self.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs_f64(ahead));
+            }
             let mut done = Vec::new();
+            let mut done_bytes = 0u64;
             let mut st_retry = 0;
             let mut st_drop = 0;
             for ((e, to), o) in chunk.iter().zip(outcomes) {
                 match o {
-                    Some(MoveOutcome::Done) | None => done.push((*e, *to)),
+                    Some((MoveOutcome::Done, len)) => {
+                        done.push((*e, *to));
+                        done_bytes += len;
+                    }
+                    None => done.push((*e, *to)),
                     Some(_) => {
                         let n = retries.entry(*e).or_default();
                         *n += 1;
@@ -465,10 +474,11 @@ impl Engine {
             st.moves_done += done.len() as u64;
             st.moves_retried += st_retry;
             st.moves_dropped += st_drop;
-            st.bytes_done += copied;
+            st.bytes_done += done_bytes;
+            st.bytes_copied += copied;
             st.bytes_moved_since_mount += copied;
             st.elapsed_s = t0.elapsed().as_secs_f64();
-            st.rate_bytes_per_s = st.bytes_done as f64 / st.elapsed_s.max(1e-3);
+            st.rate_bytes_per_s = st.bytes_copied as f64 / st.elapsed_s.max(1e-3);
             st.pending_moves = pending.len() as u64;
         }
         let mut st = self.status.lock();
@@ -487,12 +497,17 @@ impl Engine {
     /// Copies a chunk's extents to the disks of their target shards that lack them,
     /// syncs those disks, and commits the moves. Returns the bytes copied and per move its
     /// outcome (None: nothing to do, already there or gone).
-    fn move_chunk(&self, chunk: &[(Ext, u32)]) -> anyhow::Result<(u64, Vec<Option<MoveOutcome>>)> {
+    #[allow(clippy::type_complexity)]
+    fn move_chunk(
+        &self,
+        chunk: &[(Ext, u32)],
+    ) -> anyhow::Result<(u64, Vec<Option<(MoveOutcome, u64)>>)> {
         let fs = &self.fs;
         // Recovery installs and commits under the same guard: never both on one extent.
         let _guard = fs.recovery_guard();
         let mut commits: Vec<(usize, MoveCommit)> = Vec::new();
-        let mut out: Vec<Option<MoveOutcome>> = vec![None; chunk.len()];
+        let mut out: Vec<Option<(MoveOutcome, u64)>> = vec![None; chunk.len()];
+        let mut lens = vec![0u64; chunk.len()];
         let mut copied = 0u64;
         let mut synced: HashSet<u32> = HashSet::new();
         let table = fs.shard_table();
@@ -509,6 +524,7 @@ impl Engine {
                 self.drop_move((*ino, *index))?;
                 continue;
             }
+            lens[i] = u64::from(cur.len);
             let have = fs.store.readable(&cur.replicas);
             let targets: Vec<u32> = to_rec
                 .disks
@@ -520,13 +536,13 @@ impl Engine {
                 .iter()
                 .any(|d| !fs.store.disk(*d).is_some_and(|x| x.accepts_data()))
             {
-                out[i] = Some(MoveOutcome::Incomplete);
+                out[i] = Some((MoveOutcome::Incomplete, 0));
                 continue;
             }
             let mut installed = Vec::new();
             if !targets.is_empty() {
                 let Some(data) = fs.read_good_copy(*ino, *index, &cur) else {
-                    out[i] = Some(MoveOutcome::Incomplete);
+                    out[i] = Some((MoveOutcome::Incomplete, 0));
                     continue;
                 };
                 // Check what is about to be written against the extent's checksums.
@@ -582,7 +598,7 @@ impl Engine {
             .commit_moves(&moves)
             .map_err(|e| anyhow::anyhow!("cannot commit moves: errno {}", e.0))?;
         for ((i, _), o) in commits.iter().zip(outcomes) {
-            out[*i] = Some(o);
+            out[*i] = Some((o, lens[*i]));
         }
         Ok((copied, out))
     }

@@ -50,6 +50,9 @@ pub struct HeatReport {
     pub groups: Vec<Vec<GroupMember>>,
     /// Requests per hour of day (UTC), over all shards.
     pub daily_profile: Vec<f64>,
+    /// Lag-24 h autocorrelation of the pool's hourly requests (needs two days of history).
+    pub daily_periodicity: Option<f64>,
+    pub daily_peak_hours: Vec<u32>,
     pub shard_profiles: Vec<ShardProfile>,
     pub stats: AccessStats,
 }
@@ -119,12 +122,10 @@ pub fn heat_report(fs: &Fs, a: &Analyzer) -> anyhow::Result<HeatReport> {
         .filter(|g| g.len() >= 2)
         .collect();
     let shard_profiles = a.profiles(now);
-    let mut daily = vec![0.0; 24];
-    for p in &shard_profiles {
-        for (h, v) in p.by_hour.iter().enumerate() {
-            daily[h] += f64::from(*v);
-        }
-    }
+    let pool = a.pool_profile(now);
+    let daily: Vec<f64> = pool
+        .as_ref()
+        .map_or(vec![0.0; 24], |p| p.by_hour.iter().map(|v| f64::from(*v)).collect());
     Ok(HeatReport {
         extent_size_bytes: fs.extent_size(),
         class_scale: crate::access::SCALE_NAMES[scale].into(),
@@ -133,6 +134,8 @@ pub fn heat_report(fs: &Fs, a: &Analyzer) -> anyhow::Result<HeatReport> {
         files,
         groups,
         daily_profile: daily,
+        daily_periodicity: pool.as_ref().and_then(|p| p.periodicity),
+        daily_peak_hours: pool.map(|p| p.peak_hours).unwrap_or_default(),
         shard_profiles,
         stats: a.stats(),
     })
@@ -200,6 +203,13 @@ pub fn heat_table(r: &HeatReport, n: usize) -> String {
         let bar = "#".repeat((v / max * 40.0).round() as usize);
         let _ = writeln!(o, "  {h:02}:00 {v:>10.0} {bar}");
     }
+    let _ = writeln!(
+        o,
+        "daily periodicity {}, peak hours {:?}",
+        r.daily_periodicity
+            .map_or("n/a (under two days of history)".into(), |p| format!("{p:.2}")),
+        r.daily_peak_hours
+    );
     let rhythmic: Vec<&ShardProfile> = r
         .shard_profiles
         .iter()
