@@ -38,6 +38,16 @@ pub struct GroupMember {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CoAccess {
+    pub a: GroupMember,
+    pub b: GroupMember,
+    pub count: u32,
+}
+
+/// Pairs listed by `heat --json`.
+pub const REPORT_PAIRS_MAX: usize = 1000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HeatReport {
     pub extent_size_bytes: u64,
     /// Which scale `read_heat`/`write_heat` and the classes use.
@@ -48,6 +58,8 @@ pub struct HeatReport {
     /// Files, hottest first.
     pub files: Vec<HeatFile>,
     pub groups: Vec<Vec<GroupMember>>,
+    /// The most frequent co-access pairs (up to `REPORT_PAIRS_MAX`), with their counts.
+    pub pairs: Vec<CoAccess>,
     /// Requests per hour of day (UTC), over all shards.
     pub daily_profile: Vec<f64>,
     /// Lag-24 h autocorrelation of the pool's hourly requests (needs two days of history).
@@ -121,6 +133,23 @@ pub fn heat_report(fs: &Fs, a: &Analyzer) -> anyhow::Result<HeatReport> {
         })
         .filter(|g| g.len() >= 2)
         .collect();
+    let member = |(ino, index): (u64, u64)| {
+        Some(GroupMember {
+            path: paths.get(&ino)?.clone(),
+            index,
+        })
+    };
+    let pairs = a
+        .top_pairs(REPORT_PAIRS_MAX)
+        .into_iter()
+        .filter_map(|((x, y), count)| {
+            Some(CoAccess {
+                a: member(x)?,
+                b: member(y)?,
+                count,
+            })
+        })
+        .collect();
     let shard_profiles = a.profiles(now);
     let pool = a.pool_profile(now);
     let daily: Vec<f64> = pool
@@ -133,6 +162,7 @@ pub fn heat_report(fs: &Fs, a: &Analyzer) -> anyhow::Result<HeatReport> {
         extents,
         files,
         groups,
+        pairs,
         daily_profile: daily,
         daily_periodicity: pool.as_ref().and_then(|p| p.periodicity),
         daily_peak_hours: pool.map(|p| p.peak_hours).unwrap_or_default(),
