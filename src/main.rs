@@ -5,13 +5,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use foreshard::access::AccessOptions;
 use foreshard::admin::{self, FsckReport, Shards};
 use foreshard::agents::{AgentLimits, AgentMode};
 use foreshard::control::{self, Request};
 use foreshard::daemon;
 use foreshard::fs::FsOptions;
 use foreshard::pool::{self, InitArgs, Pool};
-use foreshard::access::AccessOptions;
 use foreshard::recovery::{Profile, RecoveryOptions};
 use foreshard::sharding::report::{heat_table, HeatReport};
 use foreshard::sharding::{MigrationStatus, PlanSummary, ShardingOptions};
@@ -256,7 +256,11 @@ fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
 }
 
 fn plan_text(s: &PlanSummary, dry_run: bool) -> String {
-    let mut reasons: Vec<String> = s.by_reason.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let mut reasons: Vec<String> = s
+        .by_reason
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
     reasons.sort();
     let mut o = format!(
         "{}{} extent move(s) ({}), {} shard(s) changed, {} formed; {} hot and {} cold extent(s), {} correlated group(s)\n",
@@ -382,8 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shard_size_min,
         } => {
             let sharding = ShardingOptions {
-                interval: (reshard_interval_s > 0)
-                    .then(|| Duration::from_secs(reshard_interval_s)),
+                interval: (reshard_interval_s > 0).then(|| Duration::from_secs(reshard_interval_s)),
                 rate_bytes_per_s: pool::parse_size(&migration_rate).context("--migration-rate")?,
                 chunk_bytes: pool::parse_size(&migration_chunk).context("--migration-chunk")?,
                 shard_bytes_max: pool::parse_size(&shard_size_max).context("--shard-size-max")?,
@@ -607,7 +610,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if json {
                     println!(
                         "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({"plan": s, "migration": m}))?
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({"plan": s, "migration": m})
+                        )?
                     );
                 } else {
                     print!("{}", admin::migration_line(&m));

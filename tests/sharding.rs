@@ -67,7 +67,11 @@ fn replay(p: &Pool) {
         if h["stats"]["events_applied"].as_u64() >= Some(20_000) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "events: {:#}", h["stats"]);
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "events: {:#}",
+            h["stats"]
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -156,7 +160,14 @@ fn planted_trace_hot_set_and_groups_are_found_and_resharded() {
         .iter()
         .map(|g| g.as_array().unwrap().iter().map(ext).collect())
         .collect();
-    planted.push(truth["nightly"].as_array().unwrap().iter().map(ext).collect());
+    planted.push(
+        truth["nightly"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ext)
+            .collect(),
+    );
     let found: Vec<Vec<Ext>> = heat["groups"]
         .as_array()
         .unwrap()
@@ -173,10 +184,7 @@ fn planted_trace_hot_set_and_groups_are_found_and_resharded() {
     assert!(dry["moves"].as_u64().unwrap() > 0, "{dry:#}");
     let out = run_ok(&["reshard", p.pool.to_str().unwrap(), "--wait", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        v["migration"]["moves_done"], v["plan"]["moves"],
-        "{v:#}"
-    );
+    assert_eq!(v["migration"]["moves_done"], v["plan"]["moves"], "{v:#}");
     let (at, shard_class) = shard_map(&p);
     let heat = p.json(&["heat"]);
     let class: HashMap<Ext, String> = heat["extents"]
@@ -195,7 +203,10 @@ fn planted_trace_hot_set_and_groups_are_found_and_resharded() {
         }
     }
     for (s, k) in &kinds {
-        assert!(!(k.contains("hot") && k.contains("cold")), "shard {s} mixes {k:?}");
+        assert!(
+            !(k.contains("hot") && k.contains("cold")),
+            "shard {s} mixes {k:?}"
+        );
     }
     // Co-access pairs share a shard.
     let pairs = pairs_of(&planted);

@@ -233,7 +233,10 @@ mod tests {
             if i % 4 == 0 {
                 s.add(pair((1, 1), (1, 2)));
             } else {
-                s.add(pair((2, rng.random_range(0..1000)), (3, rng.random_range(0..1000))));
+                s.add(pair(
+                    (2, rng.random_range(0..1000)),
+                    (3, rng.random_range(0..1000)),
+                ));
             }
         }
         assert!(s.len() <= 64);

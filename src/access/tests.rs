@@ -127,7 +127,13 @@ fn one_million_extents_stay_within_the_memory_bound() {
     let a = Analyzer::new(opts);
     let mut batch = Vec::with_capacity(4096);
     for i in 0..1_050_000u64 {
-        batch.push(ev(i / 1000 + 2, i % 1000, AccessOp::Read, T0 + i / 100, i % 64));
+        batch.push(ev(
+            i / 1000 + 2,
+            i % 1000,
+            AccessOp::Read,
+            T0 + i / 100,
+            i % 64,
+        ));
         if batch.len() == batch.capacity() {
             a.apply(&batch);
             batch.clear();

@@ -226,8 +226,7 @@ impl Engine {
         let fs = &self.fs;
         let now = now_ms();
         self.analyzer.classify(now);
-        let heat: HashMap<Ext, crate::access::ExtentHeat> =
-            crate::access::heat_map(&self.analyzer);
+        let heat: HashMap<Ext, crate::access::ExtentHeat> = crate::access::heat_map(&self.analyzer);
         let scale = self.analyzer.opts.class_scale.min(2);
         let mut extents = Vec::new();
         fs.meta.each_extent(|ino, index, e| {
@@ -305,10 +304,7 @@ impl Engine {
             moves: plan.moves.len(),
             bytes_to_move: plan.bytes(),
             by_reason,
-            hot_extents: extents
-                .iter()
-                .filter(|e| e.class == HeatClass::Hot)
-                .count(),
+            hot_extents: extents.iter().filter(|e| e.class == HeatClass::Hot).count(),
             cold_extents: extents
                 .iter()
                 .filter(|e| e.class == HeatClass::Cold)
@@ -427,10 +423,7 @@ impl Engine {
             let mut chunk = Vec::new();
             let mut chunk_bytes = 0u64;
             while let Some((e, to)) = pending.pop() {
-                let len = fs
-                    .meta
-                    .extent(e.0, e.1)?
-                    .map_or(0, |r| u64::from(r.len));
+                let len = fs.meta.extent(e.0, e.1)?.map_or(0, |r| u64::from(r.len));
                 chunk.push((e, to));
                 chunk_bytes += len;
                 if chunk_bytes >= self.opts.chunk_bytes {
@@ -643,9 +636,7 @@ impl Engine {
                 if let Ok(f) = std::fs::File::open(disk.extent_path(&id)) {
                     use std::os::fd::AsRawFd;
                     // SAFETY: advisory call on an fd we own.
-                    unsafe {
-                        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED)
-                    };
+                    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
                 }
             }
         }

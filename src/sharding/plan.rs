@@ -199,12 +199,7 @@ impl Planner<'_> {
 
     /// Disks for a new shard: hot by (risk, fullness), general by (fullness, risk).
     fn place(&mut self, class: ShardClass) -> Vec<u32> {
-        let mut c: Vec<&PlanDisk> = self
-            .input
-            .disks
-            .iter()
-            .filter(|d| d.accepts_data)
-            .collect();
+        let mut c: Vec<&PlanDisk> = self.input.disks.iter().filter(|d| d.accepts_data).collect();
         let full = |d: &PlanDisk, used: &HashMap<u32, u64>| {
             used[&d.id] as f64 / d.total_bytes.max(1) as f64
         };
@@ -254,8 +249,7 @@ impl Planner<'_> {
                 continue;
             }
             let b = self.bytes[t];
-            if b > 0 && b + bytes <= self.cap() && best.is_none_or(|(bb, bt)| (b, *t) > (bb, bt))
-            {
+            if b > 0 && b + bytes <= self.cap() && best.is_none_or(|(bb, bt)| (b, *t) > (bb, bt)) {
                 best = Some((b, *t));
             }
         }
@@ -269,7 +263,8 @@ impl Planner<'_> {
 
     fn place_groups(&mut self, by_ext: &HashMap<Ext, &PlanExtent>) {
         for g in self.input.groups {
-            let members: Vec<&PlanExtent> = g.iter().filter_map(|e| by_ext.get(e).copied()).collect();
+            let members: Vec<&PlanExtent> =
+                g.iter().filter_map(|e| by_ext.get(e).copied()).collect();
             if members.len() < 2 {
                 continue;
             }
@@ -336,7 +331,8 @@ impl Planner<'_> {
         }
         for e in cold_out {
             let home = Target::Existing((self.input.home)(e.ext));
-            let t = if self.class.get(&home) == Some(&ShardClass::General) && self.fits(home, e.bytes)
+            let t = if self.class.get(&home) == Some(&ShardClass::General)
+                && self.fits(home, e.bytes)
             {
                 home
             } else {
@@ -458,7 +454,10 @@ impl Planner<'_> {
         let used: HashSet<Target> = moves.iter().map(|m| m.to).collect();
         let mut renumber: HashMap<usize, usize> = HashMap::new();
         let mut kept = Vec::new();
-        for (i, s) in std::mem::take(&mut self.plan.new_shards).into_iter().enumerate() {
+        for (i, s) in std::mem::take(&mut self.plan.new_shards)
+            .into_iter()
+            .enumerate()
+        {
             if used.contains(&Target::New(i)) {
                 renumber.insert(i, kept.len());
                 kept.push(s);

@@ -152,9 +152,9 @@ pub fn heat_report(fs: &Fs, a: &Analyzer) -> anyhow::Result<HeatReport> {
         .collect();
     let shard_profiles = a.profiles(now);
     let pool = a.pool_profile(now);
-    let daily: Vec<f64> = pool
-        .as_ref()
-        .map_or(vec![0.0; 24], |p| p.by_hour.iter().map(|v| f64::from(*v)).collect());
+    let daily: Vec<f64> = pool.as_ref().map_or(vec![0.0; 24], |p| {
+        p.by_hour.iter().map(|v| f64::from(*v)).collect()
+    });
     Ok(HeatReport {
         extent_size_bytes: fs.extent_size(),
         class_scale: crate::access::SCALE_NAMES[scale].into(),
@@ -201,7 +201,11 @@ pub fn heat_table(r: &HeatReport, n: usize) -> String {
     }
     let _ = writeln!(o, "coldest files:");
     for f in r.files.iter().rev().take(n) {
-        let _ = writeln!(o, "  {:>10.2}  {:>4} extents  {}", f.heat, f.extents, f.path);
+        let _ = writeln!(
+            o,
+            "  {:>10.2}  {:>4} extents  {}",
+            f.heat, f.extents, f.path
+        );
     }
     let line = |e: &HeatExtent| {
         format!(
@@ -224,11 +228,19 @@ pub fn heat_table(r: &HeatReport, n: usize) -> String {
     }
     let _ = writeln!(o, "\ncorrelated groups: {}", r.groups.len());
     for g in r.groups.iter().take(n) {
-        let members: Vec<String> = g.iter().map(|m| format!("{}:{}", m.path, m.index)).collect();
+        let members: Vec<String> = g
+            .iter()
+            .map(|m| format!("{}:{}", m.path, m.index))
+            .collect();
         let _ = writeln!(o, "  [{}] {}", g.len(), members.join(" "));
     }
     let _ = writeln!(o, "\ndaily profile (requests by hour of day, UTC):");
-    let max = r.daily_profile.iter().copied().fold(0.0, f64::max).max(1e-9);
+    let max = r
+        .daily_profile
+        .iter()
+        .copied()
+        .fold(0.0, f64::max)
+        .max(1e-9);
     for (h, v) in r.daily_profile.iter().enumerate() {
         let bar = "#".repeat((v / max * 40.0).round() as usize);
         let _ = writeln!(o, "  {h:02}:00 {v:>10.0} {bar}");
@@ -237,7 +249,9 @@ pub fn heat_table(r: &HeatReport, n: usize) -> String {
         o,
         "daily periodicity {}, peak hours {:?}",
         r.daily_periodicity
-            .map_or("n/a (under two days of history)".into(), |p| format!("{p:.2}")),
+            .map_or("n/a (under two days of history)".into(), |p| format!(
+                "{p:.2}"
+            )),
         r.daily_peak_hours
     );
     let rhythmic: Vec<&ShardProfile> = r
@@ -272,7 +286,12 @@ pub fn heat_svg(fs: &Fs, r: &HeatReport) -> anyhow::Result<String> {
     let heat: HashMap<(u64, u64), (f64, &str)> = r
         .extents
         .iter()
-        .map(|e| ((e.ino, e.index), (e.read_heat + e.write_heat, e.class.as_str())))
+        .map(|e| {
+            (
+                (e.ino, e.index),
+                (e.read_heat + e.write_heat, e.class.as_str()),
+            )
+        })
         .collect();
     let max = r
         .extents
@@ -318,7 +337,10 @@ pub fn heat_svg(fs: &Fs, r: &HeatReport) -> anyhow::Result<String> {
                 if hot { 2 } else { 1 }
             );
             for (i, e) in s.extents.iter().take(shown).enumerate() {
-                let (h, class) = heat.get(&(e.ino, e.index)).copied().unwrap_or((0.0, "untracked"));
+                let (h, class) = heat
+                    .get(&(e.ino, e.index))
+                    .copied()
+                    .unwrap_or((0.0, "untracked"));
                 let colour = if class == "untracked" {
                     "#dddddd".to_string()
                 } else {
@@ -385,7 +407,12 @@ fn ramp(t: f64) -> String {
         ((255.0, 255.0, 191.0), (215.0, 25.0, 28.0), (t - 0.5) * 2.0)
     };
     let mix = |x: f64, y: f64| (x + (y - x) * u).round() as u8;
-    format!("#{:02x}{:02x}{:02x}", mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+    format!(
+        "#{:02x}{:02x}{:02x}",
+        mix(a.0, b.0),
+        mix(a.1, b.1),
+        mix(a.2, b.2)
+    )
 }
 
 fn xml(s: &str) -> String {

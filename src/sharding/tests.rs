@@ -129,7 +129,11 @@ fn plan_separates_hot_from_cold_keeps_groups_and_places_hot_on_reliable_disks() 
         if n.class == ShardClass::Hot {
             let mut ds = n.disks.clone();
             ds.sort();
-            assert_eq!(ds, vec![1, 2], "hot shard not on the two most reliable disks");
+            assert_eq!(
+                ds,
+                vec![1, 2],
+                "hot shard not on the two most reliable disks"
+            );
         }
     }
     let mut bytes: HashMap<u32, u64> = HashMap::new();
@@ -305,7 +309,9 @@ fn reshard_moves_hot_and_grouped_extents_and_loses_nothing() {
     let mut group_shards = HashSet::new();
     fs.meta
         .each_extent(|ino, index, x| {
-            let class = heat.get(&(ino, index)).map_or(HeatClass::Cold, |h| h.class());
+            let class = heat
+                .get(&(ino, index))
+                .map_or(HeatClass::Cold, |h| h.class());
             let sc = table[x.shard as usize].class;
             match class {
                 HeatClass::Hot => assert_eq!(sc, ShardClass::Hot),
@@ -350,9 +356,7 @@ fn concurrent_write_wins_over_a_move() {
             id: None,
             expect_epoch: 0,
             class: ShardClass::Hot,
-            disks: (0..4u32)
-                .filter(|d| !cur.replicas.contains(d))
-                .collect(),
+            disks: (0..4u32).filter(|d| !cur.replicas.contains(d)).collect(),
         }])
         .unwrap();
     let to = *ids[0].as_ref().unwrap();
