@@ -190,7 +190,11 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
         },
         Request::Heat { svg } => {
             let a = svc.analyzer()?;
-            let r = crate::sharding::report::heat_report(fs, &a)?;
+            let shard_max = svc.sharding.as_ref().map_or(
+                crate::sharding::ShardingOptions::default().shard_bytes_max,
+                |e| e.opts.shard_bytes_max,
+            );
+            let r = crate::sharding::report::heat_report(fs, &a, shard_max)?;
             let svg = if *svg {
                 Some(crate::sharding::report::heat_svg(fs, &r)?)
             } else {

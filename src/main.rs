@@ -93,7 +93,7 @@ enum Cmd {
         #[arg(long, default_value = "256MiB")]
         shard_size_max: String,
         /// Shards the engine formed that fall below this are merged.
-        #[arg(long, default_value = "16MiB")]
+        #[arg(long, default_value = "4MiB")]
         shard_size_min: String,
     },
     /// Disk life cycle: fail, add, remove (drain), fault injection.

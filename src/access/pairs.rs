@@ -137,12 +137,26 @@ pub struct GroupRules {
     pub chance: f64,
 }
 
+/// Extents in one correlated group at most (and never more than a shard holds).
+pub const GROUP_EXTENTS_MAX: usize = 64;
+
+impl GroupRules {
+    /// The rules `heat` and the sharding engine share, for shards of `shard_bytes_max`.
+    pub fn for_shards(extent_size: u64, shard_bytes_max: u64) -> GroupRules {
+        GroupRules {
+            group_extents_max: ((shard_bytes_max / extent_size.max(1)) as usize)
+                .clamp(2, GROUP_EXTENTS_MAX),
+            ..GroupRules::default()
+        }
+    }
+}
+
 impl Default for GroupRules {
     fn default() -> Self {
         GroupRules {
             pair_count_min: 8,
             association_min: 0.3,
-            group_extents_max: 64,
+            group_extents_max: GROUP_EXTENTS_MAX,
             chance: 0.0,
         }
     }

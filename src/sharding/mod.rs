@@ -44,7 +44,7 @@ impl Default for ShardingOptions {
     fn default() -> Self {
         ShardingOptions {
             shard_bytes_max: 256 << 20,
-            shard_bytes_min: 16 << 20,
+            shard_bytes_min: 4 << 20,
             interval: Some(Duration::from_secs(600)),
             rate_bytes_per_s: 16 << 20,
             chunk_bytes: 8 << 20,
@@ -274,10 +274,7 @@ impl Engine {
                 }
             })
             .collect();
-        let rules = GroupRules {
-            group_extents_max: (self.opts.shard_bytes_max / fs.extent_size()).max(2) as usize,
-            ..GroupRules::default()
-        };
+        let rules = GroupRules::for_shards(fs.extent_size(), self.opts.shard_bytes_max);
         let groups = self.analyzer.groups(rules);
         let home = |e: Ext| fs.shard_of(e.0, e.1);
         let input = PlanInput {

@@ -126,6 +126,9 @@ struct Planner<'a> {
     /// The shard new hot / overflow extents fill next.
     open: HashMap<ShardClass, Target>,
     grouped: HashSet<Ext>,
+    /// Size the hot shards are filled to: the hot set spread over one shard per
+    /// `replicas` disks, so hot reads (and a failure's hot rebuild) spread over the disks.
+    hot_fill: u64,
 }
 
 pub fn plan(input: &PlanInput<'_>) -> Plan {
@@ -139,7 +142,20 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         free: Vec::new(),
         open: HashMap::new(),
         grouped: HashSet::new(),
+        hot_fill: input.rules.shard_bytes_max,
     };
+    let hot_bytes: u64 = input
+        .extents
+        .iter()
+        .filter(|e| e.class == HeatClass::Hot)
+        .map(|e| e.bytes)
+        .sum();
+    let usable = input.disks.iter().filter(|d| d.accepts_data).count();
+    let sets = usable.div_ceil(input.rules.replicas.max(1)).max(1) as u64;
+    p.hot_fill = hot_bytes.div_ceil(sets).clamp(
+        input.rules.shard_bytes_min.max(1),
+        input.rules.shard_bytes_max,
+    );
     for s in input.shards {
         p.class.insert(Target::Existing(s.id), s.class);
         p.bytes.insert(Target::Existing(s.id), 0);
@@ -228,11 +244,20 @@ impl Planner<'_> {
         self.bytes.get(&t).copied().unwrap_or(0) + extra <= self.cap()
     }
 
+    /// How full `fill_target` fills a shard of `class`.
+    fn fill_cap(&self, class: ShardClass) -> u64 {
+        match class {
+            ShardClass::Hot => self.hot_fill,
+            ShardClass::General => self.cap(),
+        }
+    }
+
     /// The shard of `class` the next extents fill: the open one while it has room, else a
     /// non-full existing one (engine-formed, fullest first), else a new one.
     fn fill_target(&mut self, class: ShardClass, bytes: u64) -> Target {
+        let fill = self.fill_cap(class);
         if let Some(t) = self.open.get(&class).copied() {
-            if self.fits(t, bytes) {
+            if self.bytes[&t] + bytes <= fill {
                 return t;
             }
         }
@@ -249,7 +274,7 @@ impl Planner<'_> {
                 continue;
             }
             let b = self.bytes[t];
-            if b > 0 && b + bytes <= self.cap() && best.is_none_or(|(bb, bt)| (b, *t) > (bb, bt)) {
+            if b > 0 && b + bytes <= fill && best.is_none_or(|(bb, bt)| (b, *t) > (bb, bt)) {
                 best = Some((b, *t));
             }
         }
@@ -324,7 +349,23 @@ impl Planner<'_> {
                 _ => {}
             }
         }
-        hot_out.sort_by(|a, b| b.heat.total_cmp(&a.heat).then(a.ext.cmp(&b.ext)));
+        // Members of one correlated group (one that could not go whole to a hot shard)
+        // fill the same hot shard: consecutive, strongest group first, then by heat.
+        let group_of: HashMap<Ext, usize> = self
+            .input
+            .groups
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| g.iter().map(move |e| (*e, i)))
+            .collect();
+        hot_out.sort_by(|a, b| {
+            let (ga, gb) = (group_of.get(&a.ext), group_of.get(&b.ext));
+            ga.is_none()
+                .cmp(&gb.is_none())
+                .then(ga.cmp(&gb))
+                .then(b.heat.total_cmp(&a.heat))
+                .then(a.ext.cmp(&b.ext))
+        });
         for e in hot_out {
             let t = self.fill_target(ShardClass::Hot, e.bytes);
             self.relocate(e.ext, e.bytes, t);

@@ -69,7 +69,8 @@ pub struct HeatReport {
     pub stats: AccessStats,
 }
 
-pub fn heat_report(fs: &Fs, a: &Analyzer) -> anyhow::Result<HeatReport> {
+/// `shard_bytes_max` bounds the groups as the sharding engine does, so both show the same.
+pub fn heat_report(fs: &Fs, a: &Analyzer, shard_bytes_max: u64) -> anyhow::Result<HeatReport> {
     let now = now_ms();
     a.classify(now);
     let paths = crate::admin::paths(fs)?;
@@ -119,7 +120,7 @@ pub fn heat_report(fs: &Fs, a: &Analyzer) -> anyhow::Result<HeatReport> {
     let mut files: Vec<HeatFile> = files.into_values().collect();
     files.sort_by(|x, y| y.heat.total_cmp(&x.heat).then(x.path.cmp(&y.path)));
     let groups = a
-        .groups(GroupRules::default())
+        .groups(GroupRules::for_shards(fs.extent_size(), shard_bytes_max))
         .into_iter()
         .map(|g| {
             g.into_iter()
