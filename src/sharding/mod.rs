@@ -106,8 +106,8 @@ pub struct MigrationStatus {
     pub bytes_moved_since_mount: u64,
     pub last_plan: Option<PlanSummary>,
     pub last_error: Option<String>,
-    /// (shard, hour) prepared ahead of a daily peak.
-    pub prepared: Vec<(u32, u32)>,
+    /// (shard, hour, day since the Unix epoch) prepared ahead of a daily peak.
+    pub prepared: Vec<(u32, u32, u64)>,
     /// Moves recorded and not yet done (including a plan not yet picked up).
     pub pending_moves: u64,
 }
@@ -596,10 +596,15 @@ impl Engine {
     /// Reads ahead the data of shards whose daily peak starts within `prepare_lead`, once
     /// per peak.
     fn prepare_peaks(&self) {
-        let now = now_ms();
+        self.prepare_peaks_at(now_ms());
+    }
+
+    fn prepare_peaks_at(&self, now: u64) {
         let upcoming = self.analyzer.upcoming_peaks(now, self.opts.prepare_lead);
         for (shard, hour) in upcoming {
-            if self.status.lock().prepared.contains(&(shard, hour)) {
+            // The peak starts within the lead time: its day is that of the next full hour.
+            let day = (now / 3_600_000 + 1) / 24;
+            if self.status.lock().prepared.contains(&(shard, hour, day)) {
                 continue;
             }
             let bytes = self.prepare_shard(shard);
@@ -608,7 +613,7 @@ impl Engine {
             if st.prepared.len() >= 64 {
                 st.prepared.remove(0);
             }
-            st.prepared.push((shard, hour));
+            st.prepared.push((shard, hour, day));
         }
     }
 

@@ -397,3 +397,54 @@ fn concurrent_write_wins_over_a_move() {
     let r = crate::admin::fsck(&fs, false).unwrap();
     assert!(r.clean, "{:?}", r.problems);
 }
+
+/// A shard read every night at 02:00 for five days is prepared (its data read ahead) at
+/// 01:30 on the sixth, and only once.
+#[test]
+fn nightly_shard_is_prepared_before_its_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, fs) = create_temp(dir.path(), 4, 2, ES).unwrap();
+    let (ino, _) = write_file(&fs, "nightly", 2, 3);
+    let shard = fs.meta.extent(ino, 0).unwrap().unwrap().shard;
+    let a = crate::access::Analyzer::new(AccessOptions::default());
+    const DAY_MS: u64 = 86_400_000;
+    let t0 = 1_700_000_000_000 / DAY_MS * DAY_MS;
+    let mut events = Vec::new();
+    for day in 0..5 {
+        for m in 0..30 {
+            events.push(crate::access::Event {
+                ino,
+                index: 0,
+                extents: 1,
+                op: crate::access::AccessOp::Read,
+                bytes: 4096,
+                t_ms: t0 + day * DAY_MS + 2 * 3_600_000 + m * 60_000,
+                stream: 1,
+                shard,
+            });
+        }
+    }
+    a.apply(&events);
+    let e = Engine::new(
+        fs.clone(),
+        a,
+        ShardingOptions::default(),
+        Box::new(|| false),
+    );
+    e.prepare_peaks_at(t0 + 5 * DAY_MS + 3_600_000 + 1_800_000);
+    assert_eq!(e.status().prepared, vec![(shard, 2, t0 / DAY_MS + 5)]);
+    e.prepare_peaks_at(t0 + 5 * DAY_MS + 3_600_000 + 1_900_000);
+    assert_eq!(e.status().prepared.len(), 1);
+    // At noon nothing is coming.
+    let e2 = Engine::new(
+        fs.clone(),
+        e.analyzer.clone(),
+        ShardingOptions::default(),
+        Box::new(|| false),
+    );
+    e2.prepare_peaks_at(t0 + 5 * DAY_MS + 12 * 3_600_000);
+    assert!(e2.status().prepared.is_empty());
+    // The next night it is prepared again.
+    e.prepare_peaks_at(t0 + 6 * DAY_MS + 3_600_000 + 1_800_000);
+    assert_eq!(e.status().prepared.len(), 2);
+}
