@@ -232,11 +232,14 @@ pub struct Thresholds {
     pub cold_leave: f64,
 }
 
+/// Fast hashing for the per-event maps: keys are our own numbers, not attacker-chosen.
+type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
 struct State {
-    extents: HashMap<Ext, ExtentHeat>,
+    extents: FastMap<Ext, ExtentHeat>,
     pairs: SpaceSaving,
-    streams: lru::LruCache<u64, Recent>,
-    shards: HashMap<u32, Profile>,
+    streams: lru::LruCache<u64, Recent, rustc_hash::FxBuildHasher>,
+    shards: FastMap<u32, Profile>,
     /// The whole pool's hour-of-day profile.
     pool: Option<Profile>,
     thresholds: Thresholds,
@@ -279,10 +282,10 @@ impl Analyzer {
         let streams = NonZeroUsize::new(opts.streams_max.max(1)).expect("nonzero");
         Arc::new(Analyzer {
             state: Mutex::new(State {
-                extents: HashMap::new(),
+                extents: FastMap::default(),
                 pairs: SpaceSaving::new(opts.pairs_max.max(1)),
-                streams: lru::LruCache::new(streams),
-                shards: HashMap::new(),
+                streams: lru::LruCache::with_hasher(streams, rustc_hash::FxBuildHasher),
+                shards: FastMap::default(),
                 pool: None,
                 thresholds: Thresholds::default(),
                 evicted: Vec::new(),
@@ -669,7 +672,11 @@ impl Analyzer {
                     h.dirty = false;
                 }
             }
-            b.put_raw(CF_ACCESS, b"pairs", &postcard::to_allocvec(&st.pairs)?);
+            b.put_raw(
+                CF_ACCESS,
+                b"pairs",
+                &postcard::to_allocvec(&st.pairs.save())?,
+            );
             let shards: Vec<(&u32, &Profile)> = st.shards.iter().collect();
             b.put_raw(CF_ACCESS, b"shards", &postcard::to_allocvec(&shards)?);
             if let Some(p) = &st.pool {
@@ -699,8 +706,8 @@ impl Analyzer {
                     Err(_) => bad += 1,
                 }
             } else if k == b"pairs" {
-                match postcard::from_bytes::<SpaceSaving>(v) {
-                    Ok(p) => st.pairs = p.restore(self.opts.pairs_max),
+                match postcard::from_bytes::<pairs::SavedPairs>(v) {
+                    Ok(p) => st.pairs = SpaceSaving::restore(p, self.opts.pairs_max),
                     Err(_) => bad += 1,
                 }
             } else if k == b"pool" {
@@ -731,7 +738,7 @@ pub const EXTENT_SLOT_BYTES: usize =
 
 fn memory_bytes(st: &State, o: &AccessOptions) -> usize {
     st.extents.capacity() * EXTENT_SLOT_BYTES
-        + st.pairs.len() * pairs::PAIR_BYTES
+        + st.pairs.memory_bytes()
         + st.shards.capacity() * temporal::PROFILE_BYTES
         + st.streams.len() * (64 + o.pair_recent_max * 24)
 }

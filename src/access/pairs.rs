@@ -1,7 +1,7 @@
 //! Co-access pairs: a bounded Space-Saving table over extent pairs, and the greedy grouping
 //! of the co-access graph it yields.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,105 +18,148 @@ pub fn pair(a: Ext, b: Ext) -> Pair {
     }
 }
 
-/// Space-Saving (Metwally et al. 2005) over pairs: at most `capacity` counters; a new pair
-/// on a full table takes over the smallest counter (count + 1, remembering that count as its
-/// possible over-estimate). Frequent pairs are never lost; memory is fixed.
-#[derive(Default, Serialize, Deserialize)]
+/// Space-Saving (Metwally et al. 2005) over pairs, set-associative so that an update costs
+/// a hash and a scan of one set (no allocation, no ordered index): the table is `capacity`
+/// slots in sets of `WAYS`; a pair lives in the set its hash picks; a new pair on a full set
+/// takes over the set's smallest counter (count + 1, remembering that count as its possible
+/// over-estimate). A set's minimum never falls, so a count never under-states the pair's
+/// true count since the last ageing; frequent pairs stay. Memory is fixed.
 pub struct SpaceSaving {
-    capacity: usize,
-    counts: HashMap<Pair, (u32, u32)>,
-    /// (count, pair), to find the minimum in O(log n).
-    #[serde(skip)]
-    order: BTreeSet<(u32, Pair)>,
+    slots: Vec<Slot>,
+    len: usize,
 }
 
-/// Bytes one tracked pair costs: the map slot (key, count, error, control byte at 7/8 load)
-/// plus the ordered-set entry (key, count, B-tree node overhead).
-pub const PAIR_BYTES: usize = 112;
+#[derive(Clone, Copy, Default, Serialize, Deserialize)]
+struct Slot {
+    pair: Pair,
+    /// 0 = empty.
+    count: u32,
+    err: u32,
+}
+
+/// Slots per set: a miss scans this many.
+const WAYS: usize = 8;
+
+/// Bytes one pair slot costs (the table is allocated whole).
+pub const PAIR_BYTES: usize = std::mem::size_of::<Slot>();
+
+/// What is persisted: the occupied slots.
+#[derive(Serialize, Deserialize)]
+pub struct SavedPairs(Vec<(Pair, u32, u32)>);
+
+fn mix(p: &Pair) -> u64 {
+    let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
+    for v in [p.0 .0, p.0 .1, p.1 .0, p.1 .1] {
+        h = (h ^ v).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        h ^= h >> 29;
+    }
+    h
+}
 
 impl SpaceSaving {
     pub fn new(capacity: usize) -> SpaceSaving {
         assert!(capacity > 0, "a pair table needs room for one pair");
+        let sets = capacity.div_ceil(WAYS);
         SpaceSaving {
-            capacity,
-            counts: HashMap::with_capacity(capacity.min(1 << 16)),
-            order: BTreeSet::new(),
+            slots: vec![Slot::default(); sets * WAYS],
+            len: 0,
         }
     }
 
-    /// Rebuilds the min-order after deserialising.
-    pub fn restore(mut self, capacity: usize) -> SpaceSaving {
-        self.capacity = capacity.max(1);
-        self.order = self.counts.iter().map(|(p, (c, _))| (*c, *p)).collect();
-        while self.counts.len() > self.capacity {
-            let (c, p) = *self.order.iter().next().expect("nonempty");
-            self.order.remove(&(c, p));
-            self.counts.remove(&p);
+    pub fn save(&self) -> SavedPairs {
+        SavedPairs(
+            self.slots
+                .iter()
+                .filter(|s| s.count > 0)
+                .map(|s| (s.pair, s.count, s.err))
+                .collect(),
+        )
+    }
+
+    /// A table of `capacity` slots holding what `saved` held (as much as fits).
+    pub fn restore(saved: SavedPairs, capacity: usize) -> SpaceSaving {
+        let mut t = SpaceSaving::new(capacity.max(1));
+        let mut items = saved.0;
+        items.sort_by_key(|x| std::cmp::Reverse(x.1));
+        for (p, c, e) in items {
+            let set = t.set(&p);
+            if let Some(i) = set.clone().find(|i| t.slots[*i].count == 0) {
+                t.slots[i] = Slot {
+                    pair: p,
+                    count: c,
+                    err: e,
+                };
+                t.len += 1;
+            }
         }
-        self
+        t
+    }
+
+    fn set(&self, p: &Pair) -> std::ops::Range<usize> {
+        let sets = self.slots.len() / WAYS;
+        let base = (mix(p) % sets as u64) as usize * WAYS;
+        base..base + WAYS
     }
 
     pub fn add(&mut self, p: Pair) {
-        if let Some((c, _)) = self.counts.get_mut(&p) {
-            self.order.remove(&(*c, p));
-            *c = c.saturating_add(1);
-            self.order.insert((*c, p));
-            return;
+        let mut min = usize::MAX;
+        for i in self.set(&p) {
+            let s = &mut self.slots[i];
+            if s.count > 0 && s.pair == p {
+                s.count = s.count.saturating_add(1);
+                return;
+            }
+            if min == usize::MAX || s.count < self.slots[min].count {
+                min = i;
+            }
         }
-        if self.counts.len() < self.capacity {
-            self.counts.insert(p, (1, 0));
-            self.order.insert((1, p));
-            return;
+        let s = &mut self.slots[min];
+        if s.count == 0 {
+            self.len += 1;
         }
-        let (min, victim) = *self.order.iter().next().expect("full table is nonempty");
-        self.order.remove(&(min, victim));
-        self.counts.remove(&victim);
-        self.counts.insert(p, (min + 1, min));
-        self.order.insert((min + 1, p));
+        *s = Slot {
+            pair: p,
+            count: s.count + 1,
+            err: s.count,
+        };
     }
 
     /// Halves every count (old behaviour fades); pairs that reach zero are dropped.
     pub fn age(&mut self) {
-        let old = std::mem::take(&mut self.counts);
-        self.order.clear();
-        for (p, (c, e)) in old {
-            let c = c / 2;
-            if c > 0 {
-                self.counts.insert(p, (c, e / 2));
-                self.order.insert((c, p));
+        for s in &mut self.slots {
+            if s.count > 0 {
+                s.count /= 2;
+                s.err /= 2;
+                if s.count == 0 {
+                    self.len -= 1;
+                }
             }
         }
     }
 
     /// (pair, count, over-estimate bound), largest count first.
     pub fn top(&self) -> Vec<(Pair, u32, u32)> {
-        self.order
+        let mut v: Vec<(Pair, u32, u32)> = self
+            .slots
             .iter()
-            .rev()
-            .map(|(c, p)| (*p, *c, self.counts[p].1))
-            .collect()
+            .filter(|s| s.count > 0)
+            .map(|s| (s.pair, s.count, s.err))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
     }
 
     pub fn len(&self) -> usize {
-        self.counts.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+        self.len == 0
     }
 
-    pub fn remove_extent(&mut self, e: Ext) {
-        let doomed: Vec<Pair> = self
-            .counts
-            .keys()
-            .filter(|(a, b)| *a == e || *b == e)
-            .copied()
-            .collect();
-        for p in doomed {
-            if let Some((c, _)) = self.counts.remove(&p) {
-                self.order.remove(&(c, p));
-            }
-        }
+    /// Bytes the table holds (allocated whole at creation).
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.len() * PAIR_BYTES
     }
 }
 

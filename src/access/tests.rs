@@ -175,3 +175,26 @@ fn summaries_survive_a_restart() {
     assert_eq!(a.top_pairs(10), b.top_pairs(10));
     assert_eq!(b.profiles(T0).len(), a.profiles(T0).len());
 }
+
+#[test]
+#[ignore]
+fn cost_per_event() {
+    let a = Analyzer::new(AccessOptions::default());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let events: Vec<Event> = (0..1_000_000u64)
+        .map(|i| {
+            ev(
+                rng.random_range(2..50),
+                rng.random_range(0..2000),
+                AccessOp::Read,
+                T0 + i / 50,
+                7,
+            )
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    for c in events.chunks(1024) {
+        a.apply(c);
+    }
+    eprintln!("{:.0} ns per event", t.elapsed().as_nanos() as f64 / 1e6);
+}
