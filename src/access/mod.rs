@@ -48,6 +48,10 @@ pub struct AccessOptions {
     pub pair_window_ms: u64,
     /// ...among the stream's last few distinct extents.
     pub pair_recent_max: usize,
+    /// Events per second whose pairs are counted; above it a random sample of that many is
+    /// (access counts for the association follow the same sample), so the pair table's cost
+    /// stays bounded however fast requests come.
+    pub pair_events_per_s_max: u64,
     /// Shards with an hour-of-day profile.
     pub shards_max: usize,
     /// Which heat scale (index into `SCALES_S`) decides the class.
@@ -74,7 +78,8 @@ impl Default for AccessOptions {
             pairs_max: 65_536,
             streams_max: 4096,
             pair_window_ms: 1000,
-            pair_recent_max: 3,
+            pair_recent_max: 2,
+            pair_events_per_s_max: 10_000,
             shards_max: 16_384,
             class_scale: 1,
             hot_enter_quantile: 0.9,
@@ -190,7 +195,7 @@ impl ExtentHeat {
         }
         let dt = (t_ms - self.last_ms) as f64 / 1000.0;
         for (i, tau) in SCALES_S.iter().enumerate() {
-            let k = (-dt / tau).exp() as f32;
+            let k = decay(dt / tau) as f32;
             self.read[i] *= k;
             self.write[i] *= k;
         }
@@ -217,6 +222,16 @@ impl ExtentHeat {
 
     pub fn accesses(&self) -> u32 {
         self.accesses
+    }
+}
+
+/// exp(-x); for small x (the common case: an extent seen again well within a scale) a
+/// second-order series, accurate to 1e-6 for x < 1/64, instead of a libm call per scale.
+fn decay(x: f64) -> f64 {
+    if x < 1.0 / 64.0 {
+        1.0 - x + x * x / 2.0
+    } else {
+        (-x).exp()
     }
 }
 
@@ -247,6 +262,9 @@ struct State {
     evicted: Vec<Ext>,
     evictions: u64,
     events: u64,
+    /// Share of events whose pairs are counted (see `pair_events_per_s_max`).
+    pair_sample: f64,
+    rng: u64,
 }
 
 /// Looks up the shard of an extent the event did not name.
@@ -291,6 +309,8 @@ impl Analyzer {
                 evicted: Vec::new(),
                 evictions: 0,
                 events: 0,
+                pair_sample: 1.0,
+                rng: 0x2545_F491_4F6C_DD1D,
             }),
             sink: Arc::new(Sink {
                 tx,
@@ -324,12 +344,21 @@ impl Analyzer {
                 let (mut classified, mut saved, mut aged) =
                     (Instant::now(), Instant::now(), Instant::now());
                 let mut batch = Vec::with_capacity(BATCH_EVENTS_MAX);
+                let mut polled = Instant::now();
+                let mut posted_before = 0u64;
                 loop {
                     // Poll rather than block on the queue: a blocked receiver makes every
                     // post a futex wake-up on the FUSE thread and a context switch here.
                     std::thread::sleep(POLL_INTERVAL);
                     let Some(a) = weak.upgrade() else { break };
                     let mut gone = false;
+                    // Pair sampling from the rate of events since the last poll.
+                    let posted = a.sink.posted.load(Ordering::Relaxed);
+                    let secs = polled.elapsed().as_secs_f64().max(1e-3);
+                    polled = Instant::now();
+                    let rate = posted.saturating_sub(posted_before) as f64 / secs;
+                    posted_before = posted;
+                    a.set_pair_sample(a.opts.pair_events_per_s_max as f64 / rate.max(1.0));
                     loop {
                         while batch.len() < BATCH_EVENTS_MAX {
                             match rx.try_recv() {
@@ -372,6 +401,11 @@ impl Analyzer {
             .expect("spawn access thread");
     }
 
+    /// Counts pairs for this share of events (1 = all).
+    pub fn set_pair_sample(&self, p: f64) {
+        self.state.lock().pair_sample = p.clamp(1e-4, 1.0);
+    }
+
     /// Applies events (the analyzer thread; tests call it directly).
     pub fn apply(&self, events: &[Event]) {
         let resolver = self.resolver.lock();
@@ -387,6 +421,12 @@ impl Analyzer {
             .get_or_insert_with(|| Profile::new(ev.t_ms / 1000))
             .record(ev.t_ms / 1000, 1);
         let n = ev.extents.clamp(1, EVENT_EXTENTS_MAX);
+        let sampled = st.pair_sample >= 1.0 || {
+            st.rng ^= st.rng << 13;
+            st.rng ^= st.rng >> 7;
+            st.rng ^= st.rng << 17;
+            ((st.rng >> 11) as f64 / (1u64 << 53) as f64) < st.pair_sample
+        };
         for k in 0..u64::from(n) {
             let e = (ev.ino, ev.index + k);
             if !st.extents.contains_key(&e) && st.extents.len() >= self.opts.tracked_extents_max {
@@ -407,7 +447,9 @@ impl Analyzer {
                 AccessOp::Write => &mut h.write,
             };
             side.iter_mut().for_each(|v| *v += 1.0);
-            h.accesses = h.accesses.saturating_add(1);
+            if sampled {
+                h.accesses = h.accesses.saturating_add(1);
+            }
             if ev.shard != SHARD_UNKNOWN && k == 0 {
                 h.shard = ev.shard;
             }
@@ -423,25 +465,29 @@ impl Analyzer {
                     st.shards.insert(shard, p);
                 }
             }
-            self.pair_with_recent(st, ev.stream, e, ev.t_ms);
+            self.pair_with_recent(st, ev.stream, e, ev.t_ms, sampled);
         }
     }
 
-    fn pair_with_recent(&self, st: &mut State, stream: u64, e: Ext, t_ms: u64) {
+    /// Pairs `e` with the stream's recent extents (counted when `count`; the recent list
+    /// follows every event either way).
+    fn pair_with_recent(&self, st: &mut State, stream: u64, e: Ext, t_ms: u64, count: bool) {
         let window = self.opts.pair_window_ms;
         let recent = st.streams.get_or_insert_mut(stream, Recent::default);
-        let mut found = Vec::new();
-        for (r, t) in recent.0.iter() {
-            if *r != e && t_ms.saturating_sub(*t) <= window {
-                found.push(pairs::pair(*r, e));
+        let mut found = [None; 8];
+        if count {
+            for (slot, (r, t)) in found.iter_mut().zip(recent.0.iter()) {
+                if *r != e && t_ms.saturating_sub(*t) <= window {
+                    *slot = Some(pairs::pair(*r, e));
+                }
             }
         }
         recent.0.retain(|(r, _)| *r != e);
         recent.0.push((e, t_ms));
-        if recent.0.len() > self.opts.pair_recent_max {
+        if recent.0.len() > self.opts.pair_recent_max.min(found.len()) {
             recent.0.remove(0);
         }
-        for p in found {
+        for p in found.into_iter().flatten() {
             st.pairs.add(p);
         }
     }

@@ -179,7 +179,6 @@ fn summaries_survive_a_restart() {
 #[test]
 #[ignore]
 fn cost_per_event() {
-    let a = Analyzer::new(AccessOptions::default());
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let events: Vec<Event> = (0..1_000_000u64)
         .map(|i| {
@@ -192,9 +191,16 @@ fn cost_per_event() {
             )
         })
         .collect();
-    let t = std::time::Instant::now();
-    for c in events.chunks(1024) {
-        a.apply(c);
+    for p in [1.0, 0.14] {
+        let a = Analyzer::new(AccessOptions::default());
+        a.set_pair_sample(p);
+        let t = std::time::Instant::now();
+        for c in events.chunks(1024) {
+            a.apply(c);
+        }
+        eprintln!(
+            "pairs of {p} of events: {:.0} ns per event",
+            t.elapsed().as_nanos() as f64 / 1e6
+        );
     }
-    eprintln!("{:.0} ns per event", t.elapsed().as_nanos() as f64 / 1e6);
 }
