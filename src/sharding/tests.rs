@@ -448,3 +448,51 @@ fn nightly_shard_is_prepared_before_its_hour() {
     e.prepare_peaks_at(t0 + 6 * DAY_MS + 3_600_000 + 1_800_000);
     assert_eq!(e.status().prepared.len(), 2);
 }
+
+/// A committed move makes the recovery agents' plan stale (the planner thread rebuilds it).
+#[test]
+fn moves_refresh_the_agents_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, fs) = create_temp(dir.path(), 4, 2, ES).unwrap();
+    let (ino, _) = write_file(&fs, "x", 1, 9);
+    let agents = crate::agents::AgentPool::new(
+        crate::agents::AgentMode::Pool,
+        crate::agents::AgentLimits::default(),
+        ES as usize,
+    );
+    agents.refresh(&fs).unwrap();
+    assert!(!agents.plan_stale(&fs));
+    let cur = fs.meta.extent(ino, 0).unwrap().unwrap();
+    let to = *fs
+        .define_shards(vec![ShardDef {
+            id: None,
+            expect_epoch: 0,
+            class: ShardClass::Hot,
+            disks: cur.replicas.clone(),
+        }])
+        .unwrap()[0]
+        .as_ref()
+        .unwrap();
+    // A new shard alone already changes the table the plan was made from.
+    assert!(agents.plan_stale(&fs));
+    agents.refresh(&fs).unwrap();
+    assert!(!agents.plan_stale(&fs));
+    let m = MoveCommit {
+        ino,
+        index: 0,
+        version: cur.version,
+        from: cur.shard,
+        from_epoch: fs.shard(cur.shard).epoch,
+        to,
+        to_epoch: fs.shard(to).epoch,
+        installed: Vec::new(),
+    };
+    assert_eq!(fs.commit_moves(&[m]).unwrap(), vec![MoveOutcome::Done]);
+    assert!(agents.plan_stale(&fs), "a move must refresh the plan");
+    agents.refresh(&fs).unwrap();
+    let plan = agents.plan().unwrap();
+    assert!(
+        plan.extents.iter().any(|e| e.shard == to),
+        "plan has the moved extent"
+    );
+}
