@@ -178,6 +178,9 @@ pub struct GroupRules {
     /// accesses meet about chance x a x b times without any relation (so hot extents,
     /// which meet everything, are not grouped for that). 0 ignores chance.
     pub chance: f64,
+    /// ...and a pair must beat chance clearly: (count - expected) / sqrt(expected) at least
+    /// this (a Poisson z-score; rare extents meeting a hot one a few times do not pass).
+    pub z_min: f64,
 }
 
 /// Extents in one correlated group at most (and never more than a shard holds).
@@ -201,6 +204,7 @@ impl Default for GroupRules {
             association_min: 0.3,
             group_extents_max: GROUP_EXTENTS_MAX,
             chance: 0.0,
+            z_min: 4.0,
         }
     }
 }
@@ -220,7 +224,11 @@ pub fn groups(
         .filter_map(|(p, c)| {
             let (x, y) = (accesses(p.0), accesses(p.1));
             let expected = rules.chance * f64::from(x) * f64::from(y);
-            let a = (f64::from(*c) - expected) / f64::from(x.min(y).max(1));
+            let excess = f64::from(*c) - expected;
+            if excess < rules.z_min * expected.max(1.0).sqrt() {
+                return None;
+            }
+            let a = excess / f64::from(x.min(y).max(1));
             (a >= rules.association_min).then_some((a.min(1.0) * f64::from(*c), *p))
         })
         .collect();
