@@ -126,6 +126,8 @@ struct Planner<'a> {
     /// The shard new hot / overflow extents fill next.
     open: HashMap<ShardClass, Target>,
     grouped: HashSet<Ext>,
+    /// The hash-addressed shards (never re-formed or merged).
+    initial: HashSet<u32>,
     /// Size the hot shards are filled to: the hot set spread over one shard per
     /// `replicas` disks, so hot reads (and a failure's hot rebuild) spread over the disks.
     hot_fill: u64,
@@ -143,6 +145,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         open: HashMap::new(),
         grouped: HashSet::new(),
         hot_fill: input.rules.shard_bytes_max,
+        initial: input
+            .shards
+            .iter()
+            .filter(|s| s.initial)
+            .map(|s| s.id)
+            .collect(),
     };
     let hot_bytes: u64 = input
         .extents
@@ -261,13 +269,7 @@ impl Planner<'_> {
                 return t;
             }
         }
-        let initial: HashSet<u32> = self
-            .input
-            .shards
-            .iter()
-            .filter(|s| s.initial)
-            .map(|s| s.id)
-            .collect();
+        let initial = &self.initial;
         let mut best: Option<(u64, Target)> = None;
         for (t, c) in &self.class {
             if *c != class || matches!(t, Target::Existing(id) if initial.contains(id)) {
@@ -417,13 +419,7 @@ impl Planner<'_> {
 
     /// Engine-formed shards below the minimum join another of their kind that has room.
     fn merge_small(&mut self) {
-        let initial: HashSet<u32> = self
-            .input
-            .shards
-            .iter()
-            .filter(|s| s.initial)
-            .map(|s| s.id)
-            .collect();
+        let initial = self.initial.clone();
         let formed = |t: &Target| !matches!(t, Target::Existing(id) if initial.contains(id));
         let min = self.input.rules.shard_bytes_min;
         let mut small: Vec<(u64, Target)> = self

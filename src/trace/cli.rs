@@ -1,0 +1,249 @@
+//! The `foreshard trace` subcommands.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::*;
+
+// ----------------------------------------------------------------------------------- CLI --
+
+pub(crate) fn parse_speed(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    check_speed(v).map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    crate::pool::parse_size(s).map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TraceCmd {
+    /// Replay a block trace against files on a mount (volume V is the file MOUNT/V).
+    Replay {
+        /// Trace file: CSV with header timestamp_us,op,offset_bytes,size_bytes,volume, or MSR
+        /// Cambridge lines; plain or gzip.
+        trace: PathBuf,
+        /// Directory (usually a foreshard mount) holding the volume files.
+        mount: PathBuf,
+        /// Compress time this many times (1 = real time).
+        #[arg(long, default_value_t = 1.0, value_parser = parse_speed, conflicts_with = "fast")]
+        speed: f64,
+        /// Issue requests back to back (order kept).
+        #[arg(long)]
+        fast: bool,
+        /// Check every read against a model of what the replay wrote; mismatches exit 1.
+        #[arg(long)]
+        verify: bool,
+        /// Replay only the first N requests.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Bypass the page cache (O_DIRECT), as the traced block I/O did; on a foreshard
+        /// mount every request then reaches the filesystem and its access analyzer.
+        #[arg(long)]
+        direct: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a synthetic trace with a planted hot set, co-access groups and a daily cycle.
+    Synth {
+        /// Trace output (gzip when the name ends in .gz).
+        #[arg(long)]
+        out: PathBuf,
+        /// Truth JSON output (default: OUT with .csv[.gz] replaced by .truth.json).
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        #[arg(long, default_value_t = SynthParams::default().seed)]
+        seed: u64,
+        #[arg(long, default_value_t = SynthParams::default().days)]
+        days: u32,
+        #[arg(long, default_value_t = SynthParams::default().volumes)]
+        volumes: u32,
+        #[arg(long, default_value_t = SynthParams::default().extents_per_volume)]
+        extents_per_volume: u64,
+        #[arg(long, default_value_t = SynthParams::default().requests)]
+        requests: u64,
+        #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
+        extent_size: u64,
+        /// Share of all extents that are hot.
+        #[arg(long, default_value_t = SynthParams::default().hot_fraction)]
+        hot_fraction: f64,
+        /// Share of single requests going to the hot set.
+        #[arg(long, default_value_t = SynthParams::default().hot_share)]
+        hot_share: f64,
+        #[arg(long, default_value_t = SynthParams::default().groups)]
+        groups: u32,
+        #[arg(long, default_value_t = SynthParams::default().group_size)]
+        group_size: u32,
+        /// Share of requests issued in group bursts.
+        #[arg(long, default_value_t = SynthParams::default().burst_share)]
+        burst_share: f64,
+        /// Extents touched only during --night-hour.
+        #[arg(long, default_value_t = SynthParams::default().nightly)]
+        nightly: u32,
+        #[arg(long, default_value_t = SynthParams::default().night_hour)]
+        night_hour: u32,
+        #[arg(long, default_value_t = SynthParams::default().write_fraction)]
+        write_fraction: f64,
+    },
+    /// Summarize a trace: requests, read/write split, volumes, extents, span, skew.
+    Stats {
+        trace: PathBuf,
+        #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
+        extent_size: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a `foreshard trace` command; returns the exit code.
+pub fn run(cmd: TraceCmd) -> anyhow::Result<i32> {
+    use crate::admin::fmt_bytes;
+    match cmd {
+        TraceCmd::Replay {
+            trace,
+            mount,
+            speed,
+            fast,
+            verify,
+            limit,
+            direct,
+            json,
+        } => {
+            let opts = ReplayOpts {
+                direct,
+                speed: (!fast).then_some(speed),
+                verify,
+                limit,
+            };
+            let s = replay(&trace, &mount, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "replayed {} requests ({} reads, {} writes) on {} volume(s) in {:.2} s: \
+                     {:.0} IOPS, read {}, wrote {}",
+                    s.requests,
+                    s.reads,
+                    s.writes,
+                    s.volumes,
+                    s.elapsed_s,
+                    s.iops,
+                    fmt_bytes(s.bytes_read),
+                    fmt_bytes(s.bytes_written)
+                );
+                match (s.lag_ms_max, s.lag_ms_mean) {
+                    (Some(max), Some(mean)) => println!(
+                        "speed {speed}x: lag behind schedule max {max:.1} ms, mean {mean:.2} ms"
+                    ),
+                    _ => println!("fast: requests back to back, no schedule"),
+                }
+                if verify {
+                    for m in &s.mismatches {
+                        println!(
+                            "verify: MISMATCH {} at byte {} (read of {} at {}): expected {}",
+                            m.volume, m.offset, m.read_size, m.read_offset, m.expected
+                        );
+                    }
+                    println!(
+                        "verify: {} read(s) checked, {} mismatch(es)",
+                        s.reads, s.verify_errors
+                    );
+                }
+            }
+            Ok(if s.verify_errors > 0 { 1 } else { 0 })
+        }
+        TraceCmd::Synth {
+            out,
+            truth,
+            seed,
+            days,
+            volumes,
+            extents_per_volume,
+            requests,
+            extent_size,
+            hot_fraction,
+            hot_share,
+            groups,
+            group_size,
+            burst_share,
+            nightly,
+            night_hour,
+            write_fraction,
+        } => {
+            let p = SynthParams {
+                seed,
+                days,
+                volumes,
+                extents_per_volume,
+                requests,
+                extent_size,
+                hot_fraction,
+                hot_share,
+                groups,
+                group_size,
+                burst_share,
+                nightly,
+                night_hour,
+                write_fraction,
+                ..SynthParams::default()
+            };
+            let truth_path = truth.unwrap_or_else(|| default_truth_path(&out));
+            let t = write_synth(&p, &out, &truth_path)?;
+            println!(
+                "wrote {} ({} requests over {} day(s), {} volume(s)) and {} ({} hot, {} groups of \
+                 {}, {} nightly extents)",
+                out.display(),
+                p.requests,
+                p.days,
+                p.volumes,
+                truth_path.display(),
+                t.hot.len(),
+                t.groups.len(),
+                p.group_size,
+                t.nightly.len()
+            );
+            Ok(0)
+        }
+        TraceCmd::Stats {
+            trace,
+            extent_size,
+            json,
+        } => {
+            let s = stats(&trace, extent_size)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                let pct = |n: u64| 100.0 * n as f64 / s.requests.max(1) as f64;
+                println!(
+                    "{} requests: {} reads ({:.0}%, {}), {} writes ({:.0}%, {})",
+                    s.requests,
+                    s.reads,
+                    pct(s.reads),
+                    fmt_bytes(s.bytes_read),
+                    s.writes,
+                    pct(s.writes),
+                    fmt_bytes(s.bytes_written)
+                );
+                for v in &s.volumes {
+                    println!(
+                        "  volume {}: {} requests, up to byte {}",
+                        v.name, v.requests, v.end_bytes
+                    );
+                }
+                println!(
+                    "span {:.1} h; {} distinct {} extents; top 10% of extents take {:.1}% of \
+                     accesses",
+                    s.span_hours,
+                    s.extents,
+                    fmt_bytes(s.extent_size_bytes),
+                    100.0 * s.top10_share
+                );
+                let hours: Vec<String> = s.requests_per_hour.iter().map(u64::to_string).collect();
+                println!("requests by hour 0..23: {}", hours.join(" "));
+            }
+            Ok(0)
+        }
+    }
+}
