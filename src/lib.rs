@@ -11,6 +11,7 @@ pub mod fuse;
 pub mod meta;
 pub mod pool;
 pub mod recovery;
+pub mod risk;
 pub mod sharding;
 pub mod store;
 pub mod trace;

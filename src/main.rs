@@ -158,6 +158,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Disk failure model: train, score and evaluate on Backblaze-format SMART records.
+    Risk {
+        #[command(subcommand)]
+        cmd: foreshard::risk::RiskCmd,
+    },
     /// Block traces: replay against a mount, synthesize, summarize.
     Trace {
         #[command(subcommand)]
@@ -618,6 +623,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     print!("{}", admin::migration_line(&m));
                 }
             }
+        }
+        Cmd::Risk { cmd } => {
+            let code = foreshard::risk::run(cmd)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Cmd::Trace { cmd } => {
             let code = foreshard::trace::run(cmd)?;
