@@ -89,7 +89,7 @@ pub fn run(cmd: RiskCmd) -> anyhow::Result<i32> {
             writeln!(w, "serial_number,date,p_fail_30d")?;
             for (serial, i) in &d.order {
                 let rows = &d.drives[serial];
-                let (p, _) = m.score(rows, *i);
+                let (p, _) = m.score(rows, *i, d.models.get(serial));
                 writeln!(w, "{serial},{},{p:.6}", rows[*i].date)?;
             }
             w.flush()?;

@@ -22,7 +22,7 @@ pub const ATTRS: [u32; 8] = [1, 5, 9, 187, 188, 194, 197, 198];
 /// The "any of these above zero" rule's attributes.
 const RULE_ATTRS: [u32; 5] = [5, 187, 188, 197, 198];
 
-pub const FEATURES: [&str; 12] = [
+pub const FEATURES: [&str; 13] = [
     "log_reallocated_5",
     "log_pending_197",
     "log_uncorrectable_198",
@@ -35,7 +35,10 @@ pub const FEATURES: [&str; 12] = [
     "power_on_years",
     "temperature_over_40c",
     "days_observed_log",
+    "model_failure_rate_log",
 ];
+/// Drives of prior weight when a drive model's failure rate is estimated from few drives.
+const MODEL_PRIOR_DRIVES: f64 = 50.0;
 
 /// One day of one drive.
 #[derive(Clone, Debug)]
@@ -50,6 +53,8 @@ pub struct Row {
 /// A drive's days, in date order, as read (file order kept for scoring output).
 pub struct Data {
     pub drives: HashMap<String, Vec<Row>>,
+    /// Drive model (e.g. "Hitachi HDS5C3030ALA630") per serial, when the file has it.
+    pub models: HashMap<String, String>,
     /// (serial, index into its rows) in file order.
     pub order: Vec<(String, usize)>,
     pub columns_found: Vec<u32>,
@@ -105,8 +110,10 @@ pub fn read(path: &Path) -> anyhow::Result<Data> {
         .iter()
         .map(|a| find(&format!("smart_{a}_raw")))
         .collect();
+    let c_model = find("model");
     let mut data = Data {
         drives: HashMap::new(),
+        models: HashMap::new(),
         order: Vec::new(),
         columns_found: ATTRS
             .iter()
@@ -150,6 +157,11 @@ pub fn read(path: &Path) -> anyhow::Result<Data> {
         if serial.is_empty() {
             bail!("{}: line {lno}: empty serial_number", path.display());
         }
+        if let Some(c) = c_model {
+            if !data.models.contains_key(&serial) {
+                data.models.insert(serial.clone(), get(c).to_string());
+            }
+        }
         let rows = data.drives.entry(serial.clone()).or_default();
         rows.push(Row {
             day,
@@ -183,8 +195,9 @@ fn attr(r: &Row, a: u32) -> f64 {
     r.smart[i].unwrap_or(0.0).max(0.0)
 }
 
-/// Features of `rows[i]` from rows[..=i] only.
-pub fn features(rows: &[Row], i: usize) -> [f64; FEATURES.len()] {
+/// Features of `rows[i]` from rows[..=i] only; `model_rate` is ln(failure rate of the drive's
+/// model / the fleet's), from the training drives.
+pub fn features(rows: &[Row], i: usize, model_rate: f64) -> [f64; FEATURES.len()] {
     let r = &rows[i];
     let earlier = rows[..i]
         .iter()
@@ -214,6 +227,7 @@ pub fn features(rows: &[Row], i: usize) -> [f64; FEATURES.len()] {
         attr(r, 9) / 8766.0,
         (temp - 40.0).max(0.0) / 10.0,
         l((r.day - rows[0].day) as f64),
+        model_rate,
     ]
 }
 
@@ -235,6 +249,8 @@ pub struct Model {
     /// Training rows were before this day (None: all days).
     pub train_before_day: Option<i64>,
     pub trained_on: String,
+    /// ln(failure rate of a drive model / the fleet's) from the training drives.
+    pub model_rates: Vec<(String, f64)>,
 }
 
 /// Which side of the train/test split a drive is on: a stable hash of its serial.
@@ -253,9 +269,21 @@ impl Model {
         split_hash(serial, self.seed) < self.test_fraction
     }
 
-    /// P(fail within `HORIZON_DAYS`) for `rows[i]`, and each feature's contribution.
-    pub fn score(&self, rows: &[Row], i: usize) -> (f64, Vec<(&'static str, f64)>) {
-        let x = features(rows, i);
+    pub fn model_rate(&self, model: Option<&String>) -> f64 {
+        model
+            .and_then(|m| self.model_rates.iter().find(|(n, _)| n == m))
+            .map_or(0.0, |(_, r)| *r)
+    }
+
+    /// P(fail within `HORIZON_DAYS`) for `rows[i]` of a drive of `model`, and each
+    /// feature's contribution.
+    pub fn score(
+        &self,
+        rows: &[Row],
+        i: usize,
+        model: Option<&String>,
+    ) -> (f64, Vec<(&'static str, f64)>) {
+        let x = features(rows, i, self.model_rate(model));
         let mut z = self.intercept;
         let mut parts = Vec::with_capacity(x.len());
         for (k, v) in x.iter().enumerate() {
@@ -281,17 +309,47 @@ impl Model {
         let mut ys: Vec<f64> = Vec::new();
         let mut serials: Vec<&String> = data.drives.keys().collect();
         serials.sort();
+        serials.retain(|s| split_hash(s, seed) >= test_fraction);
+        // Failure rate per drive model, over the training drives (and days), smoothed
+        // toward the fleet's.
+        let mut per_model: HashMap<&str, (f64, f64)> = HashMap::new();
+        for s in &serials {
+            let m = data.models.get(*s).map_or("", |m| m.as_str());
+            let failed = data.drives[*s]
+                .iter()
+                .any(|r| r.failure && train_before_day.is_none_or(|t| r.day < t));
+            let e = per_model.entry(m).or_default();
+            e.0 += 1.0;
+            e.1 += f64::from(u8::from(failed));
+        }
+        let (n_all, f_all) = per_model
+            .values()
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let fleet = (f_all + 1.0) / (n_all + 2.0);
+        let mut model_rates: Vec<(String, f64)> = per_model
+            .iter()
+            .filter(|(m, _)| !m.is_empty())
+            .map(|(m, (n, f))| {
+                let rate = (f + MODEL_PRIOR_DRIVES * fleet) / (n + MODEL_PRIOR_DRIVES);
+                (m.to_string(), (rate / fleet).ln())
+            })
+            .collect();
+        model_rates.sort_by(|a, b| a.0.cmp(&b.0));
+        let rate_of = |s: &String| {
+            data.models
+                .get(s)
+                .and_then(|m| model_rates.iter().find(|(n, _)| n == m))
+                .map_or(0.0, |(_, r)| *r)
+        };
         for s in serials {
-            if split_hash(s, seed) < test_fraction {
-                continue;
-            }
             let rows = &data.drives[s];
+            let mr = rate_of(s);
             let fail_day = rows.iter().find(|r| r.failure).map(|r| r.day);
             for i in 0..rows.len() {
                 if train_before_day.is_some_and(|t| rows[i].day >= t) {
                     break;
                 }
-                xs.push(features(rows, i));
+                xs.push(features(rows, i, mr));
                 ys.push(f64::from(u8::from(
                     fail_day.is_some_and(|f| f - rows[i].day <= HORIZON_DAYS),
                 )));
@@ -393,6 +451,7 @@ impl Model {
             seed,
             train_before_day,
             trained_on: name.to_string(),
+            model_rates,
         })
     }
 
@@ -404,8 +463,15 @@ impl Model {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        format!(
-            "foreshard-risk-model 1\n# logistic regression: P(fail within {HORIZON_DAYS} days); trained on {} (Backblaze drive stats format)\nfeatures {}\nweights {}\nintercept {:.10e}\nmean {}\nstd {}\nsplit {} {}\ntrain_before_day {}\n",
+        let rates: String = self
+            .model_rates
+            .iter()
+            .map(|(m, r)| format!("model_rate {r:.6} {m}\n"))
+            .collect();
+        "foreshard-risk-model 1\n".to_string()
+            + &rates
+            + &format!(
+            "# logistic regression: P(fail within {HORIZON_DAYS} days); trained on {} (Backblaze drive stats format)\nfeatures {}\nweights {}\nintercept {:.10e}\nmean {}\nstd {}\nsplit {} {}\ntrain_before_day {}\n",
             self.trained_on,
             FEATURES.join(" "),
             j(&self.weights),
@@ -420,6 +486,7 @@ impl Model {
 
     pub fn from_text(text: &str) -> anyhow::Result<Model> {
         let mut kv: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut model_rates = Vec::new();
         let mut lines = text.lines();
         anyhow::ensure!(
             lines.next().map(str::trim) == Some("foreshard-risk-model 1"),
@@ -428,6 +495,17 @@ impl Model {
         for (n, l) in lines.enumerate() {
             let l = l.trim();
             if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            if let Some(rest) = l.strip_prefix("model_rate ") {
+                let (r, m) = rest
+                    .split_once(' ')
+                    .with_context(|| format!("line {}: model_rate RATE MODEL", n + 2))?;
+                let r: f64 = r
+                    .parse()
+                    .with_context(|| format!("line {}: bad model rate {r:?}", n + 2))?;
+                anyhow::ensure!(r.is_finite(), "line {}: model rate not finite", n + 2);
+                model_rates.push((m.to_string(), r));
                 continue;
             }
             let mut it = l.split_whitespace();
@@ -483,6 +561,7 @@ impl Model {
                 Some(d) => Some(d.parse().context("`train_before_day`: bad day")?),
             },
             trained_on: String::new(),
+            model_rates,
         })
     }
 }
@@ -556,7 +635,7 @@ pub fn evaluate(model: &Model, data: &Data) -> anyhow::Result<Eval> {
                 // Only days the model never saw, when it was trained on earlier days.
                 continue;
             }
-            scores.push((rows[i].day, model.score(rows, i).0));
+            scores.push((rows[i].day, model.score(rows, i, data.models.get(s)).0));
             rule_hit |= rule(&rows[i]);
         }
         if scores.is_empty() {
@@ -698,7 +777,8 @@ mod tests {
         assert_eq!(m.to_text(), m2.to_text(), "training is deterministic");
         let back = Model::from_text(&m.to_text()).unwrap();
         let rows = &d.drives["S0"];
-        assert!((back.score(rows, 5).0 - m.score(rows, 5).0).abs() < 1e-9);
+        let dm = d.models.get("S0");
+        assert!((back.score(rows, 5, dm).0 - m.score(rows, 5, dm).0).abs() < 1e-9);
         let e = evaluate(&back, &d).unwrap();
         assert!(e.auc > 0.9, "{e:?}");
         assert!(e.recall_at_1pct > 0.5, "{e:?}");
