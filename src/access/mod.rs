@@ -219,10 +219,6 @@ impl ExtentHeat {
     pub fn shard(&self) -> Option<u32> {
         (self.shard != SHARD_UNKNOWN).then_some(self.shard)
     }
-
-    pub fn accesses(&self) -> u32 {
-        self.accesses
-    }
 }
 
 /// exp(-x); for small x (the common case: an extent seen again well within a scale) a

@@ -385,17 +385,18 @@ impl Engine {
 
     /// Runs every pending move, chunk by chunk, within the byte-rate budget.
     fn migrate(&self) -> anyhow::Result<()> {
-        let mut pending = self.pending()?;
+        let fs = &self.fs;
+        // (extent, target shard, bytes): the sizes, looked up once, shape the chunks.
+        let mut pending: Vec<(Ext, u32, u64)> = Vec::new();
+        for (e, to) in self.pending()? {
+            let len = fs.meta.extent(e.0, e.1)?.map_or(0, |r| u64::from(r.len));
+            pending.push((e, to, len));
+        }
         if pending.is_empty() {
             self.status.lock().pending_moves = 0;
             return Ok(());
         }
-        let fs = &self.fs;
-        let total: u64 = pending
-            .iter()
-            .filter_map(|(e, _)| fs.meta.extent(e.0, e.1).ok().flatten())
-            .map(|r| u64::from(r.len))
-            .sum();
+        let total: u64 = pending.iter().map(|p| p.2).sum();
         {
             let mut st = self.status.lock();
             st.state = "migrating".into();
@@ -419,9 +420,10 @@ impl Engine {
             }
             let mut chunk = Vec::new();
             let mut chunk_bytes = 0u64;
-            while let Some((e, to)) = pending.pop() {
-                let len = fs.meta.extent(e.0, e.1)?.map_or(0, |r| u64::from(r.len));
+            let mut lens = Vec::new();
+            while let Some((e, to, len)) = pending.pop() {
                 chunk.push((e, to));
+                lens.push(len);
                 chunk_bytes += len;
                 if chunk_bytes >= self.opts.chunk_bytes {
                     break;
@@ -439,7 +441,7 @@ impl Engine {
             let mut done_bytes = 0u64;
             let mut st_retry = 0;
             let mut st_drop = 0;
-            for ((e, to), o) in chunk.iter().zip(outcomes) {
+            for (((e, to), o), len) in chunk.iter().zip(outcomes).zip(lens) {
                 match o {
                     Some((MoveOutcome::Done, len)) => {
                         done.push((*e, *to));
@@ -454,7 +456,7 @@ impl Engine {
                             st_drop += 1;
                         } else {
                             st_retry += 1;
-                            pending.insert(0, (*e, *to));
+                            pending.insert(0, (*e, *to, len));
                         }
                     }
                 }
