@@ -4,6 +4,7 @@
 //! still to come (see issue 6).
 
 pub mod model;
+pub mod shard;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 //! compare-and-set on extent version and shard epochs (`Fs::commit_moves`). Pending moves
 //! live in RocksDB (`CF_MOVES`), so a killed daemon resumes the migration at the next mount.
 
+pub mod place;
 pub mod plan;
 pub mod report;
 
@@ -59,6 +60,10 @@ impl Default for ShardingOptions {
 /// until then every disk has the same risk.
 pub trait RiskView: Send + Sync {
     fn disk_risk(&self, disk: u32) -> f64;
+    /// Disks at or above this risk never hold every replica of a shard (when others can).
+    fn risk_warn(&self) -> f64 {
+        f64::INFINITY
+    }
 }
 
 pub struct UniformRisk;
@@ -286,6 +291,7 @@ impl Engine {
                 shard_bytes_max: self.opts.shard_bytes_max,
                 shard_bytes_min: self.opts.shard_bytes_min,
                 replicas: fs.cfg.replicas as usize,
+                risk_warn: risk.risk_warn(),
             },
             home: &home,
         };

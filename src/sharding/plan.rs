@@ -7,8 +7,8 @@
 //!   holding most of it, else a fresh one);
 //! - shards stay at most `shard_bytes_max`; shards the engine formed that fall below
 //!   `shard_bytes_min` are merged into another of their kind with room;
-//! - new shards go to the lowest-risk disks with room (hot: most reliable first; general:
-//!   least full first), never two replicas on one disk.
+//! - new shards are placed by `place::choose` (hot: most reliable first; general: least
+//!   full first; disks above the warning threshold last; never two replicas on one disk).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -16,6 +16,8 @@ use serde::Serialize;
 
 use crate::access::{Ext, HeatClass};
 use crate::meta::ShardClass;
+
+use super::place::{self, Candidate};
 
 #[derive(Clone, Debug)]
 pub struct PlanExtent {
@@ -52,6 +54,8 @@ pub struct PlanRules {
     pub shard_bytes_max: u64,
     pub shard_bytes_min: u64,
     pub replicas: usize,
+    /// Disk risk at which placement avoids a disk (see `place`).
+    pub risk_warn: f64,
 }
 
 /// Where a move goes: an existing shard or the n-th shard the plan forms.
@@ -221,26 +225,22 @@ impl Planner<'_> {
         t
     }
 
-    /// Disks for a new shard: hot by (risk, fullness), general by (fullness, risk).
+    /// Disks for a new shard, by the shared placement rule (`place::choose`).
     fn place(&mut self, class: ShardClass) -> Vec<u32> {
-        let mut c: Vec<&PlanDisk> = self.input.disks.iter().filter(|d| d.accepts_data).collect();
-        let full = |d: &PlanDisk, used: &HashMap<u32, u64>| {
-            used[&d.id] as f64 / d.total_bytes.max(1) as f64
-        };
-        let used = &self.disk_used;
-        c.sort_by(|a, b| {
-            let (fa, fb) = (full(a, used), full(b, used));
-            match class {
-                ShardClass::Hot => a.risk.total_cmp(&b.risk).then(fa.total_cmp(&fb)),
-                ShardClass::General => fa.total_cmp(&fb).then(a.risk.total_cmp(&b.risk)),
-            }
-            .then(a.id.cmp(&b.id))
-        });
-        let disks: Vec<u32> = c
+        let c: Vec<Candidate> = self
+            .input
+            .disks
             .iter()
-            .take(self.input.rules.replicas)
-            .map(|d| d.id)
+            .filter(|d| d.accepts_data)
+            .map(|d| Candidate {
+                id: d.id,
+                total_bytes: d.total_bytes,
+                used_bytes: self.disk_used[&d.id],
+                risk: d.risk,
+            })
             .collect();
+        let rules = self.input.rules;
+        let disks = place::choose(&c, class, rules.replicas, rules.risk_warn, &[]);
         // Count the shard as filled to its cap for the next choice: spreads new shards.
         for d in &disks {
             *self.disk_used.get_mut(d).expect("known disk") += self.cap();

@@ -54,6 +54,7 @@ fn rules() -> PlanRules {
         shard_bytes_max: 16 * ES,
         shard_bytes_min: 2 * ES,
         replicas: 2,
+        risk_warn: f64::INFINITY,
     }
 }
 
