@@ -75,6 +75,9 @@ pub struct Status {
     /// Re-sharding migration progress (mounted pools).
     #[serde(default)]
     pub migration: Option<crate::sharding::MigrationStatus>,
+    /// Failure risk per disk and shard, and evacuation progress (mounted pools).
+    #[serde(default)]
+    pub risk: Option<crate::risk::service::Snapshot>,
 }
 
 pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
@@ -156,6 +159,7 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
         agents: None,
         access: None,
         migration: None,
+        risk: None,
     })
 }
 
@@ -258,6 +262,41 @@ pub fn status_table(s: &Status) -> String {
     }
     if let Some(m) = &s.migration {
         o += &migration_line(m);
+    }
+    if let Some(r) = &s.risk {
+        let disks: Vec<String> = r
+            .disks
+            .iter()
+            .map(|d| {
+                let top = d
+                    .factors
+                    .first()
+                    .map_or(String::new(), |f| format!(" ({})", f.name));
+                format!(
+                    "{} {:.2}%{}{}",
+                    d.id,
+                    d.p_fail_30d * 100.0,
+                    top,
+                    match d.level.as_str() {
+                        "ok" => String::new(),
+                        l => format!(" [{l}]"),
+                    }
+                )
+            })
+            .collect();
+        o += &format!("risk P(fail 30d): {}\n", disks.join(", "));
+        if let Some(sh) = r.shards.first() {
+            o += &format!(
+                "riskiest shard: {} on {:?}, P(lose every replica before repair) {:.2e}\n",
+                sh.id, sh.disks, sh.p_loss_30d
+            );
+        }
+        if let Some(e) = &r.evacuation {
+            if e.state != "idle" || !e.disks.is_empty() {
+                o += &crate::risk::report::evacuation_line(e);
+                o += "\n";
+            }
+        }
     }
     if let Some(r) = &s.recovery {
         o += &recovery_line(r);

@@ -57,6 +57,10 @@ pub enum Request {
     },
     /// Migration progress.
     Migration,
+    /// Risk report; with `set`, new risk settings first (persisted).
+    Risk {
+        set: Option<crate::risk::service::RiskSettings>,
+    },
     /// Blocks until no recovery is running (or `timeout_s`); answers with its status.
     RecoverWait {
         timeout_s: u64,
@@ -69,6 +73,8 @@ pub struct Services {
     pub recovery: Option<Arc<Orchestrator>>,
     pub access: Option<Arc<crate::access::Analyzer>>,
     pub sharding: Option<Arc<crate::sharding::Engine>>,
+    pub risk: Option<Arc<crate::risk::service::RiskService>>,
+    pub evacuator: Option<Arc<crate::sharding::evacuate::Evacuator>>,
 }
 
 impl Services {
@@ -79,6 +85,8 @@ impl Services {
             recovery: None,
             access: None,
             sharding: None,
+            risk: None,
+            evacuator: None,
         }
     }
 
@@ -129,6 +137,7 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
             }
             s.access = svc.access.as_ref().map(|a| a.stats());
             s.migration = svc.sharding.as_ref().map(|e| e.status());
+            s.risk = svc.risk.as_ref().map(|r| risk_report(svc, r));
             serde_json::to_value(s)?
         }
         Request::Shards => serde_json::to_value(admin::shards(fs)?)?,
@@ -222,6 +231,22 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
             Some(e) => serde_json::to_value(e.status())?,
             None => bail!("the pool is not mounted: re-sharding runs in the daemon"),
         },
+        Request::Risk { set } => match &svc.risk {
+            Some(r) => {
+                if let Some(new) = set {
+                    r.set_settings(new.clone())?;
+                    r.collect_round()?;
+                }
+                serde_json::to_value(risk_report(svc, r))?
+            }
+            None => {
+                if let Some(new) = set {
+                    crate::risk::service::save_settings(&fs.meta, new)?;
+                }
+                let settings = crate::risk::service::load_settings(&fs.meta)?;
+                serde_json::json!({ "mounted": false, "settings": settings })
+            }
+        },
         Request::RecoverWait { timeout_s } => match &svc.recovery {
             Some(o) => {
                 let idle = o.wait_idle(Duration::from_secs(*timeout_s));
@@ -232,6 +257,17 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
             None => bail!("the pool is not mounted: recovery runs in the daemon"),
         },
     })
+}
+
+/// The latest risk snapshot with the evacuation progress, shards cut to the riskiest.
+fn risk_report(
+    svc: &Services,
+    r: &crate::risk::service::RiskService,
+) -> crate::risk::service::Snapshot {
+    let mut s = (*r.snapshot()).clone();
+    s.shards.truncate(crate::risk::service::SHARDS_REPORTED_MAX);
+    s.evacuation = svc.evacuator.as_ref().map(|e| e.status());
+    s
 }
 
 /// Serves the socket on its own thread until the process exits.

@@ -4,6 +4,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -27,6 +28,9 @@ pub struct MountArgs {
     /// The access analyzer's limits; None runs without it (and without re-sharding).
     pub access: Option<crate::access::AccessOptions>,
     pub sharding: crate::sharding::ShardingOptions,
+    pub risk: crate::risk::service::RiskOptions,
+    /// Failure model file; None uses the shipped one.
+    pub risk_model: Option<PathBuf>,
 }
 
 fn check_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
@@ -248,23 +252,39 @@ fn run(
         fs.set_access(an.sink());
         an
     });
+    let evacuator = {
+        let o = orchestrator.clone();
+        let ev = crate::sharding::evacuate::Evacuator::new(
+            fs.clone(),
+            a.sharding.rate_bytes_per_s,
+            a.sharding.chunk_bytes,
+            Box::new(move || o.is_busy()),
+        );
+        ev.start();
+        ev
+    };
     let engine = analyzer.as_ref().map(|an| {
         let o = orchestrator.clone();
+        let ev = evacuator.clone();
+        // Evacuation and re-sharding share the migration budget: re-sharding waits.
         let e = crate::sharding::Engine::new(
             fs.clone(),
             an.clone(),
             a.sharding.clone(),
-            Box::new(move || o.is_busy()),
+            Box::new(move || o.is_busy() || ev.is_active()),
         );
         e.start();
         e
     });
+    let risk = start_risk(&fs, a, &orchestrator, engine.clone(), &evacuator)?;
     crate::control::serve(
         std::sync::Arc::new(crate::control::Services {
             fs: fs.clone(),
             recovery: Some(orchestrator),
             access: analyzer.clone(),
             sharding: engine.clone(),
+            risk: Some(risk.clone()),
+            evacuator: Some(evacuator.clone()),
         }),
         &pool_dir.join(pool::SOCKET_FILE),
     )?;
@@ -299,6 +319,8 @@ fn run(
     if let Some(e) = &engine {
         e.shutdown();
     }
+    evacuator.stop();
+    risk.stop();
     fs.flush_all()
         .and_then(|_| fs.sync_all())
         .map_err(|e| anyhow::anyhow!("final flush failed: errno {}", e.0))?;
@@ -311,6 +333,59 @@ fn run(
     let _ = fs::remove_file(pool_dir.join(PID_FILE));
     tracing::info!("unmounted");
     res.context("FUSE session ended with an error")
+}
+
+/// Starts the risk service and connects its snapshots to placement (the sharding engine
+/// and recovery), the agent pool (agents per shard by loss risk x size) and evacuation.
+fn start_risk(
+    fs: &Arc<crate::fs::Fs>,
+    a: &MountArgs,
+    orchestrator: &Arc<crate::recovery::Orchestrator>,
+    engine: Option<Arc<crate::sharding::Engine>>,
+    evacuator: &Arc<crate::sharding::evacuate::Evacuator>,
+) -> anyhow::Result<Arc<crate::risk::service::RiskService>> {
+    use crate::sharding::RiskView;
+    let (model, name) = crate::risk::service::load_model(a.risk_model.as_deref())?;
+    let o = orchestrator.clone();
+    let svc = crate::risk::service::RiskService::new(
+        fs.clone(),
+        model,
+        name,
+        a.risk.clone(),
+        Box::new(move || {
+            let r = o.status().rate_bytes_per_s;
+            (r > 0.0).then_some(r)
+        }),
+    )?;
+    let o = orchestrator.clone();
+    let ev = evacuator.clone();
+    svc.on_update(Box::new(move |snap, view| {
+        let v: Arc<dyn RiskView> = view.clone();
+        if let Some(e) = &engine {
+            e.set_risk(v.clone());
+        }
+        o.set_risk(v.clone());
+        let w = view.clone();
+        // Agents per shard by risk x size; a floor keeps every shard with data covered.
+        o.agents
+            .set_risk(Arc::new(move |s| w.shard_risk(s).max(1e-12)));
+        // Evacuate above the threshold; keep evacuating until the risk falls below the
+        // warning level (hysteresis: a score hovering at the threshold does not flap).
+        let settings = snap.settings.clone().unwrap_or_default();
+        let cur = ev.status().disks;
+        let disks: Vec<u32> = snap
+            .disks
+            .iter()
+            .filter(|d| {
+                d.p_fail_30d >= settings.evacuate
+                    || (cur.contains(&d.id) && d.p_fail_30d >= settings.warn)
+            })
+            .map(|d| d.id)
+            .collect();
+        ev.set(disks, v);
+    }));
+    svc.start();
+    Ok(svc)
 }
 
 /// Unmounts a foreshard mount and waits for its daemon to finish and exit.

@@ -39,6 +39,10 @@ enum Cmd {
         replicas: u32,
         #[arg(long, default_value = "1MiB")]
         extent_size: String,
+        /// Directory of per-disk health files (`<disk id>.json` smartctl --json output,
+        /// `<disk id>.prom` node_exporter textfile); change it later with `risk POOL`.
+        #[arg(long)]
+        health_dir: Option<PathBuf>,
     },
     /// Mount a pool (as a daemon unless --foreground).
     Mount {
@@ -95,6 +99,15 @@ enum Cmd {
         /// Shards the engine formed that fall below this are merged.
         #[arg(long, default_value = "4MiB")]
         shard_size_min: String,
+        /// Seconds between risk collections (health files, smartctl, /sys stats).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        risk_interval_s: u64,
+        /// Failure model file (default: the shipped model, trained on Backblaze data).
+        #[arg(long)]
+        risk_model: Option<PathBuf>,
+        /// Never run smartctl (health files and foreshard's own signals only).
+        #[arg(long)]
+        no_smartctl: bool,
     },
     /// Disk life cycle: fail, add, remove (drain), fault injection.
     Disk {
@@ -159,9 +172,28 @@ enum Cmd {
         json: bool,
     },
     /// Disk failure model: train, score and evaluate on Backblaze-format SMART records.
+    /// Failure risk: `risk POOL` reports each disk's P(fail within 30 days) with its top
+    /// factors and the shards most at risk, and changes the risk settings;
+    /// `risk train|score|eval` work on Backblaze-format drive data.
+    #[command(args_conflicts_with_subcommands = true)]
     Risk {
         #[command(subcommand)]
-        cmd: foreshard::risk::RiskCmd,
+        cmd: Option<foreshard::risk::RiskCmd>,
+        pool: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Set the directory of per-disk health files (absolute path of a directory).
+        #[arg(long, conflicts_with = "no_health_dir")]
+        health_dir: Option<PathBuf>,
+        /// Stop reading health files.
+        #[arg(long)]
+        no_health_dir: bool,
+        /// P(fail in 30 days) at which placement avoids a disk.
+        #[arg(long)]
+        warn: Option<f64>,
+        /// P(fail in 30 days) at which a disk's replicas are moved off it.
+        #[arg(long)]
+        evacuate: Option<f64>,
     },
     /// Block traces: replay against a mount, synthesize, summarize.
     Trace {
@@ -351,13 +383,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             disks,
             replicas,
             extent_size,
+            health_dir,
         } => {
             let extent_size = pool::parse_size(&extent_size)?;
+            let health_dir = health_dir
+                .map(|d| foreshard::risk::report::check_health_dir(&d))
+                .transpose()?;
             let cfg = pool::init(&InitArgs {
                 pool: p.clone(),
                 disks: disks.clone(),
                 replicas,
                 extent_size,
+                health_dir,
             })?;
             println!(
                 "created pool {} at {}: {} disk(s), {} replica(s), extent {}, {} shards",
@@ -389,7 +426,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             migration_chunk,
             shard_size_max,
             shard_size_min,
+            risk_interval_s,
+            risk_model,
+            no_smartctl,
         } => {
+            if let Some(m) = &risk_model {
+                // Refused before daemonizing, with the reason.
+                foreshard::risk::service::load_model(Some(m))?;
+            }
             let sharding = ShardingOptions {
                 interval: (reshard_interval_s > 0).then(|| Duration::from_secs(reshard_interval_s)),
                 rate_bytes_per_s: pool::parse_size(&migration_rate).context("--migration-rate")?,
@@ -439,6 +483,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 access: (!no_access).then(AccessOptions::default),
                 sharding,
+                risk: foreshard::risk::service::RiskOptions {
+                    interval: Duration::from_secs(risk_interval_s),
+                    smartctl: !no_smartctl,
+                },
+                risk_model: risk_model.map(|m| std::fs::canonicalize(&m).unwrap_or(m)),
             })?;
         }
         Cmd::Disk { cmd } => {
@@ -624,9 +673,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Cmd::Risk { cmd } => {
+        Cmd::Risk { cmd: Some(cmd), .. } => {
             let code = foreshard::risk::run(cmd)?;
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        Cmd::Risk {
+            cmd: None,
+            pool,
+            json,
+            health_dir,
+            no_health_dir,
+            warn,
+            evacuate,
+        } => {
+            let Some(pool) = pool else {
+                anyhow::bail!("usage: foreshard risk POOL [--json] (or risk train|score|eval)");
+            };
+            if health_dir.is_some() || no_health_dir || warn.is_some() || evacuate.is_some() {
+                let cur = ask(&pool, Request::Risk { set: None }, Duration::from_secs(60))?;
+                let mut s: foreshard::risk::service::RiskSettings =
+                    serde_json::from_value(cur["settings"].clone()).context("bad risk settings")?;
+                if let Some(d) = health_dir {
+                    s.health_dir = Some(foreshard::risk::report::check_health_dir(&d)?);
+                }
+                if no_health_dir {
+                    s.health_dir = None;
+                }
+                s.warn = warn.unwrap_or(s.warn);
+                s.evacuate = evacuate.unwrap_or(s.evacuate);
+                s.validate()?;
+                ask(
+                    &pool,
+                    Request::Risk { set: Some(s) },
+                    Duration::from_secs(60),
+                )?;
+            }
+            let v = ask(&pool, Request::Risk { set: None }, Duration::from_secs(60))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", foreshard::risk::report::risk_text(&v)?);
+            }
         }
         Cmd::Trace { cmd } => {
             let code = foreshard::trace::run(cmd)?;

@@ -470,6 +470,10 @@ impl Meta {
         }
     }
 
+    pub fn get_raw(&self, cf: &str, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
     pub fn config(&self) -> anyhow::Result<Option<PoolConfig>> {
         self.get(CF_CONFIG, b"pool")
     }

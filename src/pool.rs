@@ -32,6 +32,8 @@ pub struct InitArgs {
     pub disks: Vec<PathBuf>,
     pub replicas: u32,
     pub extent_size: u64,
+    /// Per-disk health files (checked, absolute).
+    pub health_dir: Option<PathBuf>,
 }
 
 /// Parses sizes like `1MiB`, `64k`, `1048576`.
@@ -190,6 +192,18 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         let meta = Meta::open(&meta_dir, true)?;
         let mut b = meta.batch();
         b.put_config(&cfg);
+        if a.health_dir.is_some() {
+            let s = crate::risk::service::RiskSettings {
+                health_dir: a.health_dir.clone(),
+                ..Default::default()
+            };
+            s.validate()?;
+            b.put_raw(
+                crate::meta::CF_CONFIG,
+                crate::risk::service::SETTINGS_KEY,
+                &serde_json::to_vec(&s)?,
+            );
+        }
         for (i, c) in canon.iter().enumerate() {
             b.put_disk(&DiskRec {
                 id: i as u32,
@@ -389,6 +403,7 @@ pub fn create_temp(
         disks: ds,
         replicas,
         extent_size,
+        health_dir: None,
     })?;
     let p = Pool::open(&dir.join("pool"))?;
     let f = p.fs(FsOptions::default())?;

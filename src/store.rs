@@ -115,6 +115,10 @@ pub struct Disk {
     state: RwLock<DiskState>,
     pub io_errors: AtomicU64,
     pub checksum_errors: AtomicU64,
+    /// Probes that overran their deadline (late or hung); a risk signal.
+    pub probe_timeouts: AtomicU64,
+    /// Duration of the last completed probe (write, fsync, read back), in microseconds.
+    pub probe_us_last: AtomicU64,
     /// Set when a write met ENOSPC (full is not failed); cleared by a later good write.
     pub full: std::sync::atomic::AtomicBool,
     fault: RwLock<Fault>,
@@ -130,6 +134,8 @@ impl Disk {
             state: RwLock::new(state),
             io_errors: AtomicU64::new(0),
             checksum_errors: AtomicU64::new(0),
+            probe_timeouts: AtomicU64::new(0),
+            probe_us_last: AtomicU64::new(0),
             full: std::sync::atomic::AtomicBool::new(false),
             fault: RwLock::new(Fault::default()),
             faulty: std::sync::atomic::AtomicBool::new(false),

@@ -104,6 +104,11 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
                 match p.rx.try_recv() {
                     Ok((r, took)) => {
                         p.busy = false;
+                        d.probe_us_last
+                            .store(took.as_micros() as u64, Ordering::Relaxed);
+                        if took > deadline && p.overruns == 0 {
+                            d.probe_timeouts.fetch_add(1, Ordering::Relaxed);
+                        }
                         outcome = Some(match r {
                             Ok(()) if took > deadline => Probe::Late(format!(
                                 "probe took {} ms (deadline {} ms)",
@@ -127,6 +132,7 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
                     }
                     Err(_) if p.sent.elapsed() > deadline * (p.overruns + 1) => {
                         p.overruns += 1;
+                        d.probe_timeouts.fetch_add(1, Ordering::Relaxed);
                         outcome = Some(Probe::Late(format!(
                             "probe hung for more than {} ms",
                             (deadline * p.overruns).as_millis()

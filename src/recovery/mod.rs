@@ -177,6 +177,8 @@ pub struct Orchestrator {
     completed: std::sync::atomic::AtomicU64,
     run_cv: Condvar,
     limiter: Limiter,
+    /// Disk risk for choosing recovery targets (uniform until the risk service runs).
+    risk: parking_lot::RwLock<Arc<dyn crate::sharding::RiskView>>,
 }
 
 impl Orchestrator {
@@ -185,6 +187,7 @@ impl Orchestrator {
     pub fn start(fs: Arc<Fs>, agents: Arc<AgentPool>, opts: RecoveryOptions) -> Arc<Orchestrator> {
         let o = Arc::new(Orchestrator {
             limiter: Limiter::new(&opts),
+            risk: parking_lot::RwLock::new(Arc::new(crate::sharding::UniformRisk)),
             fs,
             agents,
             opts,
@@ -306,6 +309,16 @@ impl Orchestrator {
             });
         }
         self.kick();
+    }
+
+    /// The risk view recovery targets are chosen by.
+    pub fn set_risk(&self, r: Arc<dyn crate::sharding::RiskView>) {
+        *self.risk.write() = r;
+    }
+
+    fn at_risk(&self) -> impl Fn(u32) -> bool {
+        let r = self.risk.read().clone();
+        move |d| r.disk_risk(d) >= r.risk_warn()
     }
 
     /// Starts draining a healthy disk: its replicas move elsewhere, then it is released.
@@ -430,7 +443,8 @@ impl Orchestrator {
         let from_plan = first_plan.is_some();
         let (moved, no_target, first_items) = match first_plan {
             Some(p) => {
-                let (moved, no_target) = replace_placements(fs, &p.shard_bytes, hints)?;
+                let (moved, no_target) =
+                    replace_placements(fs, &p.shard_bytes, hints, &self.at_risk())?;
                 let items = p
                     .assignment
                     .iter()
@@ -449,7 +463,8 @@ impl Orchestrator {
             }
             None => {
                 let (ex, shard_bytes) = scan(fs)?;
-                let (moved, no_target) = replace_placements(fs, &shard_bytes, hints)?;
+                let (moved, no_target) =
+                    replace_placements(fs, &shard_bytes, hints, &self.at_risk())?;
                 let mut items = items_for(fs, &ex, &mut Vec::new());
                 hot_first(fs, &mut items);
                 (moved, no_target, deal(items, self.agents.agent_count()))
@@ -510,7 +525,7 @@ impl Orchestrator {
         let mut last_missing = usize::MAX;
         for _ in 0..PASSES_MAX {
             let (ex, sb) = scan(fs)?;
-            let (_, no_target) = replace_placements(fs, &sb, None)?;
+            let (_, no_target) = replace_placements(fs, &sb, None, &self.at_risk())?;
             let mut lost = Vec::new();
             let items = items_for(fs, &ex, &mut lost);
             self.report_lost(&lost)?;

@@ -13,11 +13,13 @@ use crate::store::{read_label, Disk};
 
 /// Gives every shard that names a disk no longer taking data a new placement. Targets: the
 /// plan's when still valid, else the disk with the most free space after the copies already
-/// assigned. Returns (shards changed, shards left without a target).
+/// assigned; disks `at_risk` only when no other has room. Returns (shards changed, shards
+/// left without a target).
 pub(super) fn replace_placements(
     fs: &Fs,
     shard_bytes: &[u64],
     planned: Option<&HashMap<(u32, u32), u32>>,
+    at_risk: &dyn Fn(u32) -> bool,
 ) -> anyhow::Result<(usize, Vec<u32>)> {
     let disks = fs.store.disks();
     let mut room: HashMap<u32, u64> = disks
@@ -45,13 +47,13 @@ pub(super) fn replace_placements(
         let mut new = rec.disks.clone();
         let pick = |new: &Vec<u32>, room: &HashMap<u32, u64>, hint: Option<u32>| -> Option<u32> {
             if let Some(h) = hint {
-                if !new.contains(&h) && room.get(&h).is_some_and(|r| *r >= need) {
+                if !new.contains(&h) && !at_risk(h) && room.get(&h).is_some_and(|r| *r >= need) {
                     return Some(h);
                 }
             }
             room.iter()
                 .filter(|(d, r)| !new.contains(d) && **r >= need)
-                .max_by_key(|(d, r)| (**r, std::cmp::Reverse(**d)))
+                .max_by_key(|(d, r)| (!at_risk(**d), **r, std::cmp::Reverse(**d)))
                 .map(|(d, _)| *d)
         };
         for b in &bad {

@@ -1,9 +1,13 @@
-//! Predictive Failure Model (PFM). So far: the model trained on Backblaze-format SMART
-//! records (`model.rs`) and the `foreshard risk train|score|eval` commands. Collectors,
-//! per-disk and per-shard risk in a mounted pool, risk-aware placement and evacuation are
-//! still to come (see issue 6).
+//! Predictive Failure Model (PFM): the model trained on Backblaze-format SMART records
+//! (`model.rs`, `foreshard risk train|score|eval`), the collectors (`collect.rs`: smartctl
+//! JSON, node_exporter textfiles, /sys/block stats, device discovery), the service that
+//! scores each disk of a mounted pool on a timer and publishes the risk placement,
+//! agents and evacuation use (`service.rs`), shard loss risk (`shard.rs`) and the
+//! `foreshard risk POOL` report (`report.rs`).
 
 pub mod model;
+pub mod report;
+pub mod service;
 pub mod shard;
 
 use std::io::Write;

@@ -4,6 +4,7 @@
 //! compare-and-set on extent version and shard epochs (`Fs::commit_moves`). Pending moves
 //! live in RocksDB (`CF_MOVES`), so a killed daemon resumes the migration at the next mount.
 
+pub mod evacuate;
 pub mod place;
 pub mod plan;
 pub mod report;
@@ -63,6 +64,10 @@ pub trait RiskView: Send + Sync {
     /// Disks at or above this risk never hold every replica of a shard (when others can).
     fn risk_warn(&self) -> f64 {
         f64::INFINITY
+    }
+    /// P(shard loses every replica before its repair finishes); orders evacuation.
+    fn shard_risk(&self, _shard: u32) -> f64 {
+        0.0
     }
 }
 
