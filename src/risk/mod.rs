@@ -3,6 +3,7 @@
 //! per-disk and per-shard risk in a mounted pool, risk-aware placement and evacuation are
 //! still to come (see issue 6).
 
+pub mod collect;
 pub mod model;
 
 use std::io::Write;
