@@ -5,6 +5,7 @@
 //! agents and evacuation use (`service.rs`), shard loss risk (`shard.rs`) and the
 //! `foreshard risk POOL` report (`report.rs`).
 
+pub mod collect;
 pub mod model;
 pub mod report;
 pub mod service;
