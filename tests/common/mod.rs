@@ -1,8 +1,11 @@
 //! Helpers for tests that run the real binary and mount real FUSE filesystems.
 #![allow(dead_code)]
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_foreshard");
@@ -229,4 +232,117 @@ pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Drops clean page cache, so the next reads go through the daemon to the disks.
+pub fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+pub fn check_all(files: &HashMap<PathBuf, blake3::Hash>) {
+    drop_caches();
+    for (path, h) in files {
+        let got = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(&blake3::hash(&got), h, "{} differs", path.display());
+    }
+}
+
+/// Reads every file over and over on another thread until stopped; counts reads and errors.
+pub struct Reader {
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    h: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    pub fn start(files: &HashMap<PathBuf, blake3::Hash>) -> Reader {
+        let files = files.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let (s, r, e) = (stop.clone(), reads.clone(), errors.clone());
+        let h = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                drop_caches();
+                for (path, h) in &files {
+                    match std::fs::read(path) {
+                        Ok(d) if blake3::hash(&d) == *h => {}
+                        Ok(_) => {
+                            eprintln!("{}: wrong data", path.display());
+                            e.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => {
+                            eprintln!("{}: {err}", path.display());
+                            e.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Reader {
+            stop,
+            reads,
+            errors,
+            h: Some(h),
+        }
+    }
+
+    /// Stops and returns (reads, errors).
+    pub fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.h.take().unwrap().join().unwrap();
+        (
+            self.reads.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+pub fn disk_state(v: &serde_json::Value, id: u64) -> String {
+    v["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"].as_u64() == Some(id))
+        .map(|d| d["state"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+/// Every extent has `replicas` copies on distinct disks that are up, and the shards
+/// report no failed disk; fsck (every replica verified) is clean.
+pub fn assert_fully_replicated(p: &Pool) {
+    let st = p.json(&["status"]);
+    let up: HashSet<u64> = st["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["state"] == "up")
+        .map(|d| d["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(st["replica_health"]["under_replicated"], 0, "{st:#}");
+    let shards = p.json(&["shards"]);
+    let mut n = 0;
+    for s in shards["shards"].as_array().unwrap() {
+        for e in s["extents"].as_array().unwrap() {
+            let reps: Vec<u64> = e["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_u64().unwrap())
+                .collect();
+            let distinct: HashSet<u64> = reps.iter().copied().collect();
+            assert_eq!(distinct.len(), 2, "extent {e} of shard {}", s["id"]);
+            assert_eq!(reps.len(), 2, "extent {e}");
+            assert!(
+                distinct.is_subset(&up),
+                "extent {e} on a disk not up: {up:?}"
+            );
+            n += 1;
+        }
+    }
+    assert!(n > 0);
+    let (clean, out) = p.fsck(false);
+    assert!(clean, "{out}");
 }
