@@ -137,6 +137,8 @@ pub struct Plan {
     /// Shard epochs and the commit counter the plan was made from (to know when it is stale).
     pub epochs: Vec<u64>,
     pub committed_seen: u64,
+    /// The risk weights (`AgentPool::set_risk` generation) the agents were sized by.
+    pub risk_gen: u64,
     /// Every extent, grouped by shard (`shard_ranges` index into it).
     pub extents: Vec<PlanExtent>,
     pub shard_ranges: Vec<Range<usize>>,
@@ -563,6 +565,8 @@ pub struct AgentPool {
     ready: AtomicBool,
     /// Risk weight of a shard (uniform until the risk model feeds it).
     risk: RwLock<Arc<dyn Fn(u32) -> f64 + Send + Sync>>,
+    /// Raised by each `set_risk`: the plan is re-sized when it moves.
+    risk_gen: std::sync::atomic::AtomicU64,
 }
 
 impl AgentPool {
@@ -576,6 +580,7 @@ impl AgentPool {
             plan: RwLock::new(None),
             ready: AtomicBool::new(mode == AgentMode::Reactive),
             risk: RwLock::new(Arc::new(|_| 1.0)),
+            risk_gen: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -586,8 +591,10 @@ impl AgentPool {
         self.limits.agents_max.min(by_mem).max(1)
     }
 
+    /// New risk weights per shard; the planner re-sizes the agents at its next refresh.
     pub fn set_risk(&self, f: Arc<dyn Fn(u32) -> f64 + Send + Sync>) {
         *self.risk.write() = f;
+        self.risk_gen.fetch_add(1, Ordering::Relaxed);
     }
 
     fn make_agents(&self, n: usize) -> io::Result<Vec<Agent>> {
@@ -643,6 +650,7 @@ impl AgentPool {
     pub fn plan_stale(&self, fs: &Fs) -> bool {
         let Some(p) = self.plan() else { return true };
         p.committed_seen != data_changes(fs)
+            || p.risk_gen != self.risk_gen.load(Ordering::Relaxed)
             || fs
                 .shard_table()
                 .iter()
@@ -681,6 +689,7 @@ impl AgentPool {
             shard_ranges.push(start..extents.len());
         }
         let agents = self.agent_count();
+        let risk_gen = self.risk_gen.load(Ordering::Relaxed);
         let risk = self.risk.read().clone();
         let weight: Vec<f64> = (0..nshards)
             .map(|s| risk(s as u32) * shard_bytes[s] as f64)
@@ -800,6 +809,7 @@ impl AgentPool {
             build_ms: t0.elapsed().as_secs_f64() * 1e3,
             epochs: table.iter().map(|s| s.epoch).collect(),
             committed_seen,
+            risk_gen,
             extents,
             shard_ranges,
             shard_bytes,

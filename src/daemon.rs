@@ -359,16 +359,28 @@ fn start_risk(
     )?;
     let o = orchestrator.clone();
     let ev = evacuator.clone();
+    let last_sig: parking_lot::Mutex<Vec<i32>> = parking_lot::Mutex::new(Vec::new());
     svc.on_update(Box::new(move |snap, view| {
         let v: Arc<dyn RiskView> = view.clone();
         if let Some(e) = &engine {
             e.set_risk(v.clone());
         }
         o.set_risk(v.clone());
-        let w = view.clone();
-        // Agents per shard by risk x size; a floor keeps every shard with data covered.
-        o.agents
-            .set_risk(Arc::new(move |s| w.shard_risk(s).max(1e-12)));
+        // Agents per shard by risk x size (a floor keeps every shard with data covered),
+        // re-sized when a shard's risk moves by a factor of 2 or more.
+        let sig: Vec<i32> = snap
+            .shards
+            .iter()
+            .map(|s| s.p_loss_30d.max(1e-300).log2().floor() as i32)
+            .collect();
+        let mut last = last_sig.lock();
+        if *last != sig {
+            *last = sig;
+            let w = view.clone();
+            o.agents
+                .set_risk(Arc::new(move |s| w.shard_risk(s).max(1e-12)));
+        }
+        drop(last);
         // Evacuate above the threshold; keep evacuating until the risk falls below the
         // warning level (hysteresis: a score hovering at the threshold does not flap).
         let settings = snap.settings.clone().unwrap_or_default();

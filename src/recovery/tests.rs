@@ -123,6 +123,47 @@ fn recover_after_failure(mode: AgentMode) {
 }
 
 #[test]
+fn agents_follow_shard_risk_times_size() {
+    let t = tempfile::tempdir().unwrap();
+    let (_p, fs) = create_temp(t.path(), 4, 2, ES).unwrap();
+    fill(&fs, 8, 6);
+    let pool = AgentPool::new(
+        AgentMode::Pool,
+        AgentLimits {
+            agents_max: 8,
+            queue_depth: 1,
+            ..AgentLimits::default()
+        },
+        ES as usize,
+    );
+    pool.refresh(&fs).unwrap();
+    let p = pool.plan().unwrap();
+    let with_data: Vec<u32> = (0..p.shard_bytes.len() as u32)
+        .filter(|s| p.shard_bytes[*s as usize] > 0)
+        .collect();
+    assert!(with_data.len() >= 2);
+    let risky = with_data[0];
+    let calm = with_data[1];
+    let before = (
+        p.shard_agents[risky as usize],
+        p.shard_agents[calm as usize],
+    );
+    assert!(!pool.plan_stale(&fs));
+    // One shard 50 times riskier: it gets more agents, a calm one keeps at least one.
+    pool.set_risk(Arc::new(move |s| if s == risky { 50.0 } else { 1.0 }));
+    assert!(pool.plan_stale(&fs), "new risk weights make the plan stale");
+    pool.refresh(&fs).unwrap();
+    let p = pool.plan().unwrap();
+    let after = (
+        p.shard_agents[risky as usize],
+        p.shard_agents[calm as usize],
+    );
+    assert!(after.0 > before.0, "{before:?} -> {after:?}");
+    assert!(after.0 > after.1 && after.1 >= 1, "{after:?}");
+    assert!(after.0 as usize <= pool.agent_count());
+}
+
+#[test]
 fn limiter_follows_the_profile() {
     let mk = |profile, rate_bytes_max| {
         Limiter::new(&RecoveryOptions {
