@@ -163,6 +163,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: foreshard::risk::RiskCmd,
     },
+    /// Fleet simulator: compare placement policies over years of real drive histories.
+    Sim(foreshard::sim::SimArgs),
     /// Block traces: replay against a mount, synthesize, summarize.
     Trace {
         #[command(subcommand)]
@@ -626,6 +628,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Risk { cmd } => {
             let code = foreshard::risk::run(cmd)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        Cmd::Sim(args) => {
+            let code = foreshard::sim::run(args)?;
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Cmd::Trace { cmd } => {
