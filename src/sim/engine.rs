@@ -90,6 +90,8 @@ pub struct Outcome {
     /// Failures of disks that still held replicas.
     pub failures_with_data: u64,
     pub evacuations_started: u64,
+    /// Failures of disks that were being or had been evacuated (the alarms that came true).
+    pub failures_after_evacuation: u64,
     pub repairs: u64,
     pub max_degraded_shards: u64,
     /// Expected data-loss events: per shard repair, the probability that every disk still
@@ -520,6 +522,9 @@ impl Sim<'_> {
         let held = std::mem::take(&mut disk.shards);
         let incoming = std::mem::take(&mut disk.incoming);
         let evacuating = disk.evac_busy;
+        if disk.retired {
+            self.out.failures_after_evacuation += 1;
+        }
         disk.used = 0;
         disk.retired = false;
         disk.evac_queue.clear();

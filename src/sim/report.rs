@@ -66,7 +66,7 @@ pub fn table(r: &SimReport) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<14} {:>9} {:>10} {:>14} {:>11} {:>12} {:>17} {:>11} {:>9} {:>8}",
+        "{:<14} {:>9} {:>10} {:>14} {:>11} {:>12} {:>17} {:>16} {:>9} {:>8}",
         "policy",
         "data-loss",
         "expected",
@@ -74,14 +74,14 @@ pub fn table(r: &SimReport) -> String {
         "rebuilt TB",
         "migrated TB",
         "failures (w/data)",
-        "evacuations",
+        "evacuated (fail)",
         "max degr",
         "repair h"
     );
     for o in &r.policies {
         let _ = writeln!(
             s,
-            "{:<14} {:>9} {:>10.4} {:>14.1} {:>11.1} {:>12.1} {:>17} {:>11} {:>9} {:>8.2}",
+            "{:<14} {:>9} {:>10.4} {:>14.1} {:>11.1} {:>12.1} {:>17} {:>16} {:>9} {:>8.2}",
             o.name,
             o.data_loss_events,
             o.expected_data_loss_events,
@@ -89,7 +89,10 @@ pub fn table(r: &SimReport) -> String {
             o.rebuilt_bytes as f64 / TB,
             o.migrated_bytes as f64 / TB,
             format!("{} ({})", o.failures, o.failures_with_data),
-            o.evacuations_started,
+            format!(
+                "{} ({})",
+                o.evacuations_started, o.failures_after_evacuation
+            ),
             o.max_degraded_shards,
             o.mean_repair_hours
         );
@@ -101,13 +104,19 @@ pub fn table(r: &SimReport) -> String {
             "note: {stalled} repairs found no disk with room and waited a day"
         );
     }
-    let _ = writeln!(
+    let _ = write!(
         s,
-        "(data-loss: shards that lost every replica; expected: the sum over repairs of \
-         P(every remaining replica's disk fails before the repair is done) from the disks' \
-         risk; degraded: bytes x hours below {} live \
-         replicas; rebuilt: copied after failures; migrated: copied off at-risk disks before \
-         they failed; repair h: mean hours from a failure to the replica restored; {:.1} s)",
+        "\n\
+         data-loss: shards that lost every replica (each then re-created elsewhere)\n\
+         expected: sum over repairs of P(every disk still holding the shard fails before the \
+         repair is done), from the disks' risk\n\
+         degraded: bytes x hours below {} live replicas; rebuilt: copied after failures; \
+         migrated: copied off at-risk disks before they failed\n\
+         evacuated: disks drained at the evacuation threshold (fail: of them, failed later); \
+         max degr: most shards degraded at once\n\
+         repair h: mean hours from a failure to the replica restored (detection, waiting for \
+         a stream, copy)\n\
+         simulated in {:.1} s\n",
         p.replicas, r.elapsed_s
     );
     s
@@ -126,8 +135,13 @@ const COLORS: [&str; 4] = ["#888888", "#4e79a7", "#f28e2b", "#59a14f"];
 /// own largest value (the metrics have different units), values written on the bars.
 pub fn svg(r: &SimReport) -> String {
     type Metric = (&'static str, fn(&super::Outcome) -> f64, &'static str);
-    let metrics: [Metric; 4] = [
+    let metrics: [Metric; 5] = [
         ("data-loss events", |o| o.data_loss_events as f64, ""),
+        (
+            "expected data-loss events",
+            |o| o.expected_data_loss_events,
+            "",
+        ),
         (
             "degraded byte-hours",
             |o| o.degraded_byte_hours / TB,
@@ -136,7 +150,7 @@ pub fn svg(r: &SimReport) -> String {
         ("rebuilt bytes", |o| o.rebuilt_bytes as f64 / TB, " TB"),
         ("migrated bytes", |o| o.migrated_bytes as f64 / TB, " TB"),
     ];
-    let (w, h) = (960.0, 470.0);
+    let (w, h) = (1100.0, 470.0);
     let (top, base) = (70.0, 360.0);
     let group_w = (w - 80.0) / metrics.len() as f64;
     let bar_w = (group_w - 40.0) / r.policies.len().max(1) as f64;
@@ -187,8 +201,10 @@ pub fn svg(r: &SimReport) -> String {
                 esc(&r.policies[k].name),
                 esc(label)
             );
-            let text = if v.fract() == 0.0 && *v < 1e6 {
+            let text = if v.fract() == 0.0 || *v >= 100.0 {
                 format!("{v:.0}")
+            } else if *v < 10.0 {
+                format!("{v:.3}")
             } else {
                 format!("{v:.1}")
             };

@@ -254,3 +254,22 @@ fn well_formed(xml: &str) {
     }
     assert!(stack.is_empty(), "unclosed {stack:?}");
 }
+
+#[test]
+fn by_default_only_drives_the_model_never_saw_make_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = synthetic(dir.path(), 200, 8);
+    let mut a = args(&f, 20, 0.2);
+    a.all_drives = false;
+    let r = simulate(&a).unwrap();
+    let model = fleet::load_model(None).unwrap();
+    let held_out = (0..200)
+        .filter(|d| model.is_test(&format!("SYN{d:04}")))
+        .count();
+    assert!(r.fleet.held_out_only);
+    assert_eq!(
+        (r.fleet.drives_used, r.fleet.drives_in_file),
+        (held_out, 200)
+    );
+    assert!(report::table(&r).contains("not trained on"));
+}
