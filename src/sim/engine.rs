@@ -99,7 +99,7 @@ pub struct Outcome {
     /// current risk over the repair's wait and copy time), summed. Far less noisy than the
     /// counted events when those are rare; it assumes the model's probabilities are right.
     pub expected_data_loss_events: f64,
-    /// Repairs that found no disk with room (retried daily).
+    /// Repair attempts that found no disk with room (each retried the next day).
     pub repairs_stalled: u64,
     /// Mean hours from a failure to the replica restored (detection, wait, copy).
     pub mean_repair_hours: f64,
@@ -187,7 +187,7 @@ struct Sim<'a> {
     disks: Vec<Disk>,
     shards: Vec<Shard>,
     copysets: Vec<Vec<u32>>,
-    /// Per slot: the segment the slot is in and the next segment that ends in a failure.
+    /// Per slot: the index of the segment (real drive's history) the slot is in.
     cursor: Vec<usize>,
     heap: BinaryHeap<Reverse<Ev>>,
     seq: u64,
@@ -204,7 +204,8 @@ pub fn run(p: &Params, policy: Policy, health: &Health, fleet: &Fleet) -> Outcom
         policy,
         health,
         fleet,
-        // The same placement stream for every policy; the failures come from `fleet`.
+        // Placement's own random draws; the failures come from `fleet`, the same for every
+        // policy.
         rng: StdRng::seed_from_u64(p.seed ^ PLACEMENT_STREAM),
         disks: (0..p.disks)
             .map(|_| Disk {
@@ -491,7 +492,6 @@ impl Sim<'_> {
                 && !disk.evac_busy
             {
                 disk.retired = false;
-                disk.lanes.fill(t);
             }
             if disk.retired && !disk.evac_busy && !disk.evac_queue.is_empty() {
                 stuck.push(d as u32);
@@ -504,7 +504,10 @@ impl Sim<'_> {
         for d in stuck {
             self.next_evacuation(t, d);
         }
-        for sh in std::mem::take(&mut self.stalled) {
+        let mut stalled = std::mem::take(&mut self.stalled);
+        stalled.sort_unstable();
+        stalled.dedup();
+        for sh in stalled {
             self.request_repairs(t, sh);
         }
         if self.p.check_invariants {

@@ -101,7 +101,7 @@ pub fn table(r: &SimReport) -> String {
     if stalled > 0 {
         let _ = writeln!(
             s,
-            "note: {stalled} repairs found no disk with room and waited a day"
+            "note: {stalled} repair attempts found no disk with room (retried daily)"
         );
     }
     let _ = write!(
