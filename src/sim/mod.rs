@@ -38,14 +38,27 @@ const BYTES_PER_GIB: f64 = (1u64 << 30) as f64;
 const DISKS_MAX: usize = 1_000_000;
 const YEARS_MAX: f64 = 100.0;
 
-/// Simulate a fleet over years and compare placement policies (random, copyset, risk,
-/// risk+evacuate) at equal repair bandwidth.
-///
-/// Every disk follows the daily SMART history of a randomly drawn real drive from FILE, then
-/// of another, and fails when that drive failed (then a fresh empty disk replaces it), so the
-/// fleet's failure rate is the file's. Data: Backblaze Hard Drive Data and Stats
-/// (https://www.backblaze.com/cloud-storage/resources/hard-drive-test-data).
+/// What `foreshard sim --help` says after the options.
+const HELP_AFTER: &str = "\
+Every disk follows the daily SMART history of a randomly drawn real drive from FILE, then of \
+another, and fails when that drive failed (a fresh empty disk then replaces it), so the fleet's \
+failure rate is the file's and the risk scores before each failure are real. By default only \
+drives the failure model was not trained on are drawn.
+
+Policies, on the same fleet and failures, at equal repair bandwidth:
+  random         replicas on random distinct disks (creation and repair targets)
+  copyset        replicas only inside a copyset (Cidon et al., USENIX ATC 2013)
+  risk           the daemon's placement rule (sharding::place::choose) on current disk risks,
+                 over a random sample of --sample disks per placement
+  risk+evacuate  risk, plus: a disk whose risk reaches --evacuate-p takes no new data and its
+                 shards are copied away (highest shard loss risk first) under
+                 --evacuate-rate-mb-s
+
+Data: Backblaze Hard Drive Data and Stats
+(https://www.backblaze.com/cloud-storage/resources/hard-drive-test-data).";
+
 #[derive(clap::Args, Debug, Clone)]
+#[command(after_long_help = HELP_AFTER)]
 pub struct SimArgs {
     /// Disks in the fleet.
     #[arg(long)]
