@@ -13,5 +13,6 @@ pub mod pool;
 pub mod recovery;
 pub mod risk;
 pub mod sharding;
+pub mod sim;
 pub mod store;
 pub mod trace;

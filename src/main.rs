@@ -195,6 +195,8 @@ enum Cmd {
         #[arg(long)]
         evacuate: Option<f64>,
     },
+    /// Fleet simulator: compare placement policies over years of real drive histories.
+    Sim(foreshard::sim::SimArgs),
     /// Block traces: replay against a mount, synthesize, summarize.
     Trace {
         #[command(subcommand)]
@@ -714,6 +716,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", foreshard::risk::report::risk_text(&v)?);
             }
+        }
+        Cmd::Sim(args) => {
+            let code = foreshard::sim::run(args)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Cmd::Trace { cmd } => {
             let code = foreshard::trace::run(cmd)?;

@@ -172,3 +172,147 @@ fn mount_errors_are_clear() {
     p.umount();
     assert!(p.daemon_pid().is_none());
 }
+
+/// A small Backblaze-format file: 60 drives over 40 days, every 6th failing after its
+/// reallocated and pending sector counts climb.
+fn sim_health(dir: &Path) -> std::path::PathBuf {
+    let mut text = String::from(
+        "date,serial_number,model,capacity_bytes,failure,smart_5_raw,smart_9_raw,smart_197_raw\n",
+    );
+    for drive in 0..60u32 {
+        let last = if drive % 6 == 0 { 20 + drive % 17 } else { 40 };
+        for day in 0..last {
+            let date = format!("2013-{:02}-{:02}", 4 + day / 30, 1 + day % 30);
+            let climb = if drive % 6 == 0 {
+                (day + 10).saturating_sub(last)
+            } else {
+                0
+            };
+            let failure = u8::from(drive % 6 == 0 && day == last - 1);
+            text += &format!(
+                "{date},D{drive},M,4000787030016,{failure},{},{},{}\n",
+                climb * 40,
+                9000 + day * 24,
+                climb * 10
+            );
+        }
+    }
+    let p = dir.join("health.csv");
+    fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn sim_compares_the_four_policies_as_json() {
+    let t = tmp();
+    let h = sim_health(t.path());
+    let h = h.to_str().unwrap();
+    let svg = t.path().join("sim.svg");
+    let args = [
+        "sim",
+        "--disks",
+        "40",
+        "--years",
+        "1",
+        "--health",
+        h,
+        "--all-drives",
+        "--seed",
+        "3",
+        "--json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ];
+    let out = run_ok(&args);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pols = v["policies"].as_array().unwrap();
+    let names: Vec<&str> = pols.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["random", "copyset", "risk", "risk+evacuate"]);
+    for p in pols {
+        for k in [
+            "data_loss_events",
+            "degraded_byte_hours",
+            "rebuilt_bytes",
+            "migrated_bytes",
+        ] {
+            assert!(p[k].is_number(), "{k} missing in {p}");
+        }
+    }
+    assert!(v["fleet"]["failures"].as_u64().unwrap() > 0, "{v}");
+    let again: serde_json::Value = serde_json::from_str(&run_ok(&args)).unwrap();
+    for k in ["policies", "fleet"] {
+        assert_eq!(again[k], v[k], "same seed, same {k}");
+    }
+    let chart = fs::read_to_string(&svg).unwrap();
+    assert!(chart.contains("Data: Backblaze drive stats") && chart.ends_with("</svg>\n"));
+    // The table names its data source.
+    let table = run_ok(&[
+        "sim",
+        "--disks",
+        "20",
+        "--years",
+        "0.2",
+        "--health",
+        h,
+        "--all-drives",
+    ]);
+    assert!(
+        table.contains("risk+evacuate") && table.contains("backblaze.com"),
+        "{table}"
+    );
+}
+
+#[test]
+fn sim_refuses_bad_arguments_with_a_message() {
+    let t = tmp();
+    let h = sim_health(t.path());
+    let h = h.to_str().unwrap();
+    let bad_file = t.path().join("bad.csv");
+    fs::write(
+        &bad_file,
+        "date,serial_number,failure\n2013-04-01,A,maybe\n",
+    )
+    .unwrap();
+    let bad_file = bad_file.to_str().unwrap();
+    for (bad, want) in [
+        (
+            vec!["--disks", "0", "--years", "1", "--health", h],
+            "--disks",
+        ),
+        (
+            vec![
+                "--disks",
+                "2",
+                "--years",
+                "1",
+                "--health",
+                h,
+                "--replicas",
+                "3",
+            ],
+            "needs at least 3 disks",
+        ),
+        (
+            vec![
+                "--disks",
+                "10",
+                "--years",
+                "1",
+                "--health",
+                "/nonexistent/x.csv",
+            ],
+            "/nonexistent/x.csv",
+        ),
+        (vec!["--disks", "10", "--years", "1"], "--health"),
+        (
+            vec!["--disks", "10", "--years", "1", "--health", bad_file],
+            "line 2",
+        ),
+    ] {
+        let mut a = vec!["sim"];
+        a.extend(bad.iter().copied());
+        let o = run(&a);
+        assert!(!o.status.success(), "{a:?} accepted");
+        assert!(err(&o).contains(want), "{a:?}: {}", err(&o));
+    }
+}
