@@ -243,8 +243,23 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
                 if let Some(new) = set {
                     crate::risk::service::save_settings(&fs.meta, new)?;
                 }
-                let settings = crate::risk::service::load_settings(&fs.meta)?;
-                serde_json::json!({ "mounted": false, "settings": settings })
+                // Unmounted: one collection round now (health files, /sys, the history the
+                // daemon kept) with the shipped model; no smartctl, no evacuation.
+                let (model, name) = crate::risk::service::load_model(None)?;
+                let r = crate::risk::service::RiskService::new(
+                    fs.clone(),
+                    model,
+                    name,
+                    crate::risk::service::RiskOptions {
+                        smartctl: false,
+                        ..Default::default()
+                    },
+                    Box::new(|| None),
+                )?;
+                r.collect_round()?;
+                let mut v = serde_json::to_value(risk_report(svc, &r))?;
+                v["mounted"] = serde_json::json!(false);
+                v
             }
         },
         Request::RecoverWait { timeout_s } => match &svc.recovery {

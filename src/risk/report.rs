@@ -24,16 +24,14 @@ pub fn check_health_dir(d: &Path) -> anyhow::Result<PathBuf> {
 /// risk and evacuation progress.
 pub fn risk_text(v: &serde_json::Value) -> anyhow::Result<String> {
     let mut o = String::new();
+    let s: Snapshot = serde_json::from_value(v.clone()).context("bad risk report")?;
+    let set = s.settings.clone().unwrap_or_default();
     if v.get("mounted").and_then(|m| m.as_bool()) == Some(false) {
         writeln!(
             o,
-            "pool not mounted: risk is computed by the daemon. Settings: {}",
-            v["settings"]
+            "pool not mounted: scored now from the health files and the history the daemon kept"
         )?;
-        return Ok(o);
     }
-    let s: Snapshot = serde_json::from_value(v.clone()).context("bad risk report")?;
-    let set = s.settings.clone().unwrap_or_default();
     writeln!(
         o,
         "model: {} (Backblaze drive stats); warn at {:.0}%, evacuate at {:.0}%; health files: {}",
