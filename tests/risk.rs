@@ -97,9 +97,9 @@ fn climbing_counters_evacuate_the_disk_before_it_fails() {
         "--health-dir",
         health.to_str().unwrap(),
         "--warn",
-        "0.05",
+        "0.06",
         "--evacuate",
-        "0.1",
+        "0.12",
     ]);
     p.mount_with(&[
         "--risk-interval-s",

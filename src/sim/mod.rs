@@ -104,12 +104,12 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 300.0)]
     pub detect_s: f64,
     /// Warning threshold on P(fail within 30 days): placement puts a shard's replicas on
-    /// disks at or above it only when nothing else is left (the daemon's rule).
-    #[arg(long, default_value_t = 0.05)]
+    /// disks at or above it only when nothing else is left (the daemon's rule and default).
+    #[arg(long, default_value_t = 0.06)]
     pub risk_warn: f64,
-    /// Evacuation threshold on P(fail within 30 days) (risk+evacuate). 0.1 is about the
-    /// shipped model's 1% false-alarm point per drive on the 40-day Backblaze sample.
-    #[arg(long, default_value_t = 0.1)]
+    /// Evacuation threshold on P(fail within 30 days) (risk+evacuate); the daemon's default,
+    /// about the shipped model's 0.5% false-alarm point per drive on held-out drives.
+    #[arg(long, default_value_t = 0.12)]
     pub evacuate_p: f64,
     /// Migration budget of an evacuating disk in MB/s (one shard copy at a time).
     #[arg(long, default_value_t = 50.0)]
