@@ -563,7 +563,7 @@ pub struct AgentPool {
     made: AtomicUsize,
     plan: RwLock<Option<Arc<Plan>>>,
     ready: AtomicBool,
-    /// Risk weight of a shard (uniform until the risk model feeds it).
+    /// Risk weight of a shard (its loss risk from the risk service; uniform before that).
     risk: RwLock<Arc<dyn Fn(u32) -> f64 + Send + Sync>>,
     /// Raised by each `set_risk`: the plan is re-sized when it moves.
     risk_gen: std::sync::atomic::AtomicU64,

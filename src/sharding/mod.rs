@@ -57,8 +57,9 @@ impl Default for ShardingOptions {
     }
 }
 
-/// The risk interface placement goes through: P(failure) per disk. `risk` fills it later;
-/// until then every disk has the same risk.
+/// The risk interface placement goes through: P(failure) per disk. The daemon's risk
+/// service (`risk::service::View`) fills it; before its first round, and offline, every
+/// disk has the same risk (`UniformRisk`).
 pub trait RiskView: Send + Sync {
     fn disk_risk(&self, disk: u32) -> f64;
     /// Disks at or above this risk never hold every replica of a shard (when others can).

@@ -44,7 +44,7 @@ pub struct PlanDisk {
     pub id: u32,
     pub total_bytes: u64,
     pub used_bytes: u64,
-    /// P(failure) on any scale; only the order matters here. Uniform until `risk` exists.
+    /// P(failure within 30 days), from the risk service (uniform before its first round).
     pub risk: f64,
     pub accepts_data: bool,
 }
