@@ -16,3 +16,4 @@ pub mod sharding;
 pub mod sim;
 pub mod store;
 pub mod trace;
+pub mod wake;

@@ -339,6 +339,18 @@ impl Store {
         }
     }
 
+    /// Writes a copy of an extent version to a disk that is not among its replicas; a file
+    /// left there by an earlier refused copy (no record names it) is replaced.
+    pub fn write_copy(&self, disk: &Disk, id: &ExtentId, data: &[u8]) -> io::Result<()> {
+        match self.write_extent(disk, id, data) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_extent(disk, id);
+                self.write_extent(disk, id, data)
+            }
+            r => r,
+        }
+    }
+
     /// Writes one replica of an extent version. The file must not exist yet.
     pub fn write_extent(&self, disk: &Disk, id: &ExtentId, data: &[u8]) -> io::Result<()> {
         let path = disk.extent_path(id);

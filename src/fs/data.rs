@@ -407,6 +407,23 @@ impl Fs {
             .map(|(b, _)| b)
     }
 
+    /// Data for copying an extent to another disk (migration, evacuation): a good copy,
+    /// checked against the extent's checksums before anything is written with it.
+    /// Ok(None): no replica is readable.
+    pub(crate) fn copy_source(
+        &self,
+        ino: u64,
+        index: u64,
+        e: &ExtentRec,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(data) = self.read_good_copy(ino, index, e) else {
+            return Ok(None);
+        };
+        let sums = block_sums(&data, self.store.block_size);
+        anyhow::ensure!(sums == e.sums, "copy of {ino}:{index} does not verify");
+        Ok(Some(data))
+    }
+
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
         self.write_as(fh, offset, data, fh | 1 << 63)
     }

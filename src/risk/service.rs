@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::collect::{self, DiskStats, Health};
@@ -262,7 +262,7 @@ pub struct RiskService {
     shard_bytes: Mutex<(Option<Instant>, Vec<u64>)>,
     /// Measured recovery rate, when a recovery has run (bytes/s).
     repair_rate: Box<dyn Fn() -> Option<f64> + Send + Sync>,
-    wake: (Mutex<bool>, Condvar),
+    wake: crate::wake::Wake,
     stop: AtomicBool,
 }
 
@@ -290,7 +290,7 @@ impl RiskService {
             hooks: Mutex::new(Vec::new()),
             shard_bytes: Mutex::new((None, Vec::new())),
             repair_rate,
-            wake: (Mutex::new(false), Condvar::new()),
+            wake: crate::wake::Wake::default(),
             stop: AtomicBool::new(false),
         });
         svc.load_history();
@@ -319,8 +319,7 @@ impl RiskService {
     }
 
     pub fn kick(&self) {
-        *self.wake.0.lock() = true;
-        self.wake.1.notify_all();
+        self.wake.kick();
     }
 
     pub fn stop(&self) {
@@ -340,13 +339,7 @@ impl RiskService {
                 if let Err(e) = s.collect_round() {
                     tracing::error!("risk collection: {e:#}");
                 }
-                let interval = s.opts.interval;
-                let (lock, cv) = (&s.wake.0, &s.wake.1);
-                let mut woken = lock.lock();
-                if !*woken {
-                    cv.wait_for(&mut woken, interval);
-                }
-                *woken = false;
+                s.wake.wait(s.opts.interval);
             })
             .expect("spawn risk thread");
     }

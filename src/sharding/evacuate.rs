@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::place::{self, Candidate};
@@ -61,7 +61,7 @@ pub struct Evacuator {
     want: Mutex<Vec<u32>>,
     status: Mutex<EvacuationStatus>,
     active: AtomicBool,
-    wake: (Mutex<bool>, Condvar),
+    wake: crate::wake::Wake,
     /// Recovery has priority: evacuation pauses while this says so.
     busy: Box<dyn Fn() -> bool + Send + Sync>,
     stop: AtomicBool,
@@ -89,7 +89,7 @@ impl Evacuator {
                 ..EvacuationStatus::default()
             }),
             active: AtomicBool::new(false),
-            wake: (Mutex::new(false), Condvar::new()),
+            wake: crate::wake::Wake::default(),
             busy,
             stop: AtomicBool::new(false),
         })
@@ -122,8 +122,7 @@ impl Evacuator {
     }
 
     pub fn kick(&self) {
-        *self.wake.0.lock() = true;
-        self.wake.1.notify_all();
+        self.wake.kick();
     }
 
     pub fn stop(&self) {
@@ -145,12 +144,7 @@ impl Evacuator {
                     e.status.lock().last_error = Some(format!("{err:#}"));
                 }
                 e.active.store(false, Ordering::Relaxed);
-                let (lock, cv) = (&e.wake.0, &e.wake.1);
-                let mut woken = lock.lock();
-                if !*woken {
-                    cv.wait_for(&mut woken, IDLE_CHECK);
-                }
-                *woken = false;
+                e.wake.wait(IDLE_CHECK);
             })
             .expect("spawn evacuation thread");
     }
@@ -381,13 +375,10 @@ impl Evacuator {
             if lacking.is_empty() {
                 continue;
             }
-            let Some(data) = fs.read_good_copy(*ino, *index, &cur) else {
+            let Some(data) = fs.copy_source(*ino, *index, &cur)? else {
                 tracing::warn!(ino, index, "evacuation: no good copy to read");
                 continue;
             };
-            // Check what is about to be written against the extent's checksums.
-            let sums = crate::store::block_sums(&data, fs.store.block_size);
-            anyhow::ensure!(sums == cur.sums, "copy of {ino}:{index} does not verify");
             let id = ExtentId {
                 ino: *ino,
                 index: *index,
@@ -397,13 +388,7 @@ impl Evacuator {
                 let Some(disk) = fs.store.disk(t).filter(|d| d.accepts_data()) else {
                     continue;
                 };
-                let mut r = fs.store.write_extent(&disk, &id, &data);
-                if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists) {
-                    // Left by an earlier refused attempt: no record names it.
-                    fs.store.remove_extent(&disk, &id);
-                    r = fs.store.write_extent(&disk, &id, &data);
-                }
-                match r {
+                match fs.store.write_copy(&disk, &id, &data) {
                     Ok(()) => {
                         copied += data.len() as u64;
                         targets.insert(t);

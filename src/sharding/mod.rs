@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{now_ms, Analyzer, Ext, GroupRules, HeatClass};
@@ -129,7 +129,7 @@ pub struct Engine {
     pub opts: ShardingOptions,
     risk: RwLock<Arc<dyn RiskView>>,
     status: Mutex<MigrationStatus>,
-    wake: (Mutex<bool>, Condvar),
+    wake: crate::wake::Wake,
     /// Recovery has priority: migration pauses while this says so.
     busy: Box<dyn Fn() -> bool + Send + Sync>,
     stop: AtomicBool,
@@ -153,7 +153,7 @@ impl Engine {
                 rate_bytes_per_s_max: rate,
                 ..MigrationStatus::default()
             }),
-            wake: (Mutex::new(false), Condvar::new()),
+            wake: crate::wake::Wake::default(),
             busy,
             stop: AtomicBool::new(false),
         })
@@ -195,12 +195,7 @@ impl Engine {
                         }
                         continue;
                     }
-                    let (m, cv) = (&e.wake.0, &e.wake.1);
-                    let mut woken = m.lock();
-                    if !*woken {
-                        cv.wait_for(&mut woken, Duration::from_secs(5));
-                    }
-                    *woken = false;
+                    e.wake.wait(Duration::from_secs(5));
                 }
             })
             .expect("spawn sharding thread");
@@ -212,8 +207,7 @@ impl Engine {
     }
 
     fn kick(&self) {
-        *self.wake.0.lock() = true;
-        self.wake.1.notify_all();
+        self.wake.kick();
     }
 
     pub fn status(&self) -> MigrationStatus {
@@ -545,13 +539,10 @@ impl Engine {
             }
             let mut installed = Vec::new();
             if !targets.is_empty() {
-                let Some(data) = fs.read_good_copy(*ino, *index, &cur) else {
+                let Some(data) = fs.copy_source(*ino, *index, &cur)? else {
                     out[i] = Some((MoveOutcome::Incomplete, 0));
                     continue;
                 };
-                // Check what is about to be written against the extent's checksums.
-                let sums = crate::store::block_sums(&data, fs.store.block_size);
-                anyhow::ensure!(sums == cur.sums, "copy of {ino}:{index} does not verify");
                 let id = ExtentId {
                     ino: *ino,
                     index: *index,
@@ -559,13 +550,7 @@ impl Engine {
                 };
                 for d in &targets {
                     let disk = fs.store.disk(*d).expect("checked above");
-                    let mut r = fs.store.write_extent(&disk, &id, &data);
-                    if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists) {
-                        // A leftover of an earlier refused move: no record names it.
-                        fs.store.remove_extent(&disk, &id);
-                        r = fs.store.write_extent(&disk, &id, &data);
-                    }
-                    match r {
+                    match fs.store.write_copy(&disk, &id, &data) {
                         Ok(()) => {
                             installed.push(*d);
                             synced.insert(*d);
