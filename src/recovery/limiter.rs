@@ -33,6 +33,10 @@ struct LimState {
 
 /// Measurement window of client and recovery rates.
 const LIMITER_WINDOW: Duration = Duration::from_millis(100);
+/// A window longer than this spans time with no recovery running (the limiter is only
+/// asked while recovery copies): client bytes in it, e.g. files written long before the
+/// failure, are no measure of the clients now, so it starts a new window instead.
+const LIMITER_WINDOW_STALE: Duration = Duration::from_millis(300);
 /// Longest a waiting agent sleeps before the allowed rate is looked at again.
 const LIMITER_RECHECK: Duration = Duration::from_millis(10);
 /// Burst recovery may take at once (seconds of the allowed rate).
@@ -72,6 +76,12 @@ impl Limiter {
         limit.min(by_weight.max(by_unloaded).max(self.reservation as f64))
     }
 
+    /// Clients' rate as last measured (bytes/s).
+    #[cfg(test)]
+    pub(super) fn client_rate(&self) -> f64 {
+        self.st.lock().fg_rate
+    }
+
     /// Waits until recovery may read `bytes`; the allowed rate is re-evaluated while waiting,
     /// so a rate that rises (clients went idle) takes effect at once and no debt piles up.
     pub(super) fn acquire(&self, fs: &Fs, bytes: u64) {
@@ -80,9 +90,14 @@ impl Limiter {
                 let mut st = self.st.lock();
                 let now = Instant::now();
                 let w = now.duration_since(st.window_start);
-                if w >= LIMITER_WINDOW {
-                    let fg = fs.stats.bytes_read.load(Ordering::Relaxed)
-                        + fs.stats.bytes_written.load(Ordering::Relaxed);
+                let fg = fs.stats.bytes_read.load(Ordering::Relaxed)
+                    + fs.stats.bytes_written.load(Ordering::Relaxed);
+                if w >= LIMITER_WINDOW_STALE {
+                    st.fg_rate = 0.0;
+                    st.fg_bytes = fg;
+                    st.window_start = now;
+                    st.window_bytes = 0;
+                } else if w >= LIMITER_WINDOW {
                     let secs = w.as_secs_f64();
                     let r = fg.saturating_sub(st.fg_bytes) as f64 / secs;
                     // Smoothed, so one quiet window does not swing the allowance.

@@ -189,6 +189,30 @@ fn limiter_follows_the_profile() {
     assert_eq!(r.allowed(0.0, 0.0), 200.0 * mib);
 }
 
+/// Client bytes from before a recovery (e.g. the files written an hour earlier) must not
+/// pace its start; client bytes during it must.
+#[test]
+fn limiter_ignores_client_bytes_from_before_recovery() {
+    let t = tempfile::tempdir().unwrap();
+    let (_p, fs) = create_temp(t.path(), 3, 2, ES).unwrap();
+    let l = Limiter::new(&RecoveryOptions::default());
+    fs.stats
+        .bytes_written
+        .fetch_add(1 << 30, std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(350));
+    l.acquire(&fs, 1 << 20);
+    assert_eq!(l.client_rate(), 0.0, "an old fill is not client load now");
+    fs.stats
+        .bytes_read
+        .fetch_add(64 << 20, std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(120));
+    l.acquire(&fs, 1 << 20);
+    assert!(
+        l.client_rate() > 0.0,
+        "reads during recovery are client load"
+    );
+}
+
 #[test]
 fn pool_agents_restore_every_replica() {
     recover_after_failure(AgentMode::Pool);
