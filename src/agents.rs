@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use io_uring::{opcode, types, IoUring};
+
+use crate::store::{align_up, AlignedBuf};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -151,58 +153,6 @@ pub struct Plan {
     pub reserved: HashMap<u32, u64>,
     /// Open replica files, (disk, extent) -> file.
     pub fds: HashMap<(u32, ExtentId), Arc<File>>,
-}
-
-/// Alignment of agent buffers and I/O lengths (O_DIRECT needs logical-block alignment).
-const DIRECT_ALIGN: usize = 4096;
-
-/// A zeroed, page-aligned buffer (O_DIRECT reads and writes need aligned memory).
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: plain owned memory.
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        let layout = std::alloc::Layout::from_size_align(len.max(1), DIRECT_ALIGN)
-            .expect("valid buffer layout");
-        // SAFETY: layout has non-zero size.
-        let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr =
-            std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, len }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.len.max(1), DIRECT_ALIGN)
-            .expect("valid buffer layout");
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
-    }
-}
-
-impl std::ops::Deref for AlignedBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: `len` initialised bytes owned by this buffer.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl std::ops::DerefMut for AlignedBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `&mut self` is unique.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-fn align_up(n: usize) -> usize {
-    n.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
 }
 
 /// One recovery agent: a ring and its registered buffers.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{now_ns, Errno, Fs, FsResult, Handle, NodeInner, RepairReq};
 use crate::access::AccessOp;
 use crate::meta::{Batch, ExtentRec, Kind};
-use crate::store::{block_sums, ExtentId, ReadError};
+use crate::store::{block_sums, AlignedBuf, ExtentId, ReadError};
 
 /// Bound on cached extent records per open file.
 const NODE_EXTENT_CACHE_MAX: usize = 4096;
@@ -172,7 +172,7 @@ impl Fs {
                     .dirty
                     .get(&index)
                     .map(|b| b.as_slice())
-                    .or_else(|| n.inflight.get(&index).map(|(_, d)| d.as_slice()));
+                    .or_else(|| n.inflight.get(&index).map(|(_, d)| &d[..]));
                 if let Some(buf) = buffered {
                     if start < buf.len() {
                         let m = len.min(buf.len() - start);
@@ -474,7 +474,13 @@ impl Fs {
                     // A whole extent: commit it straight from the request, no buffering.
                     if self.async_commits() {
                         self.dirty_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                        jobs.push(self.hand_off(ino, &node, &mut n, index, Arc::new(src.to_vec())));
+                        jobs.push(self.hand_off(
+                            ino,
+                            &node,
+                            &mut n,
+                            index,
+                            Arc::new(AlignedBuf::copy_of(src)),
+                        ));
                     } else {
                         self.commit(ino, &mut n, &[index], None, Some(src))?;
                     }
@@ -497,7 +503,13 @@ impl Fs {
                 if start + len == es as usize {
                     if self.async_commits() {
                         let buf = n.dirty.remove(&index).expect("written above");
-                        jobs.push(self.hand_off(ino, &node, &mut n, index, Arc::new(buf)));
+                        jobs.push(self.hand_off(
+                            ino,
+                            &node,
+                            &mut n,
+                            index,
+                            Arc::new(AlignedBuf::copy_of(&buf)),
+                        ));
                     } else {
                         self.commit(ino, &mut n, &[index], None, None)?;
                     }
@@ -529,7 +541,7 @@ impl Fs {
         n: &mut NodeInner,
     ) -> FsResult<Vec<u8>> {
         if let Some((_, data)) = n.inflight.get(&index) {
-            return Ok(data.as_ref().clone());
+            return Ok(data.to_vec());
         }
         let Some(e) = self.extent_rec(ino, index, n)? else {
             return Ok(Vec::new());

@@ -21,7 +21,7 @@ use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{DiskState, ExtentRec, InodeRec, Kind, Meta, PoolConfig, ShardRec};
-use crate::store::{Disk, ExtentId, Store};
+use crate::store::{AlignedBuf, Disk, ExtentId, Store};
 
 /// Complete extents queued for the committer threads (1 MiB each by default); a writer
 /// blocks beyond it.
@@ -190,7 +190,7 @@ pub(crate) struct NodeInner {
     /// Open handles and temporary users; the node leaves the map at zero.
     pub refs: u32,
     /// Latest handed-off (version, data) per extent index, readable until committed.
-    pub inflight: BTreeMap<u64, (u64, Arc<Vec<u8>>)>,
+    pub inflight: BTreeMap<u64, (u64, Arc<AlignedBuf>)>,
     /// Handed-off extents not yet committed (several may share an index).
     pub inflight_count: usize,
     /// A failed background commit, reported by the next flush or fsync.
@@ -208,7 +208,7 @@ pub(crate) struct CommitJob {
     pub ino: u64,
     pub index: u64,
     pub version: u64,
-    pub data: Arc<Vec<u8>>,
+    pub data: Arc<AlignedBuf>,
     pub node: Arc<Node>,
 }
 

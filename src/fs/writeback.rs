@@ -9,6 +9,7 @@ use std::sync::Arc;
 use parking_lot::MutexGuard;
 
 use super::{CommitJob, Fs, FsResult, Node, NodeInner};
+use crate::store::AlignedBuf;
 
 impl Fs {
     pub(crate) fn async_commits(&self) -> bool {
@@ -24,7 +25,7 @@ impl Fs {
         node: &Arc<Node>,
         n: &mut NodeInner,
         index: u64,
-        data: Arc<Vec<u8>>,
+        data: Arc<AlignedBuf>,
     ) -> CommitJob {
         let version = self.meta.alloc_version();
         n.inflight.insert(index, (version, data.clone()));
@@ -92,7 +93,7 @@ impl Fs {
             // the error at the next flush or fsync.
             n.async_err = Some(e);
             if latest && !n.dirty.contains_key(&job.index) {
-                n.dirty.insert(job.index, job.data.as_ref().clone());
+                n.dirty.insert(job.index, job.data.to_vec());
                 self.dirty_bytes.fetch_add(len, Ordering::Relaxed);
             }
         }
