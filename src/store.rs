@@ -694,6 +694,19 @@ impl std::fmt::Display for ReadError {
 mod tests {
     use super::*;
 
+    /// Disk 0 of pool "p" at `root` (labelled, with its extents directory).
+    fn labelled_disk(root: &Path) -> Disk {
+        write_label(
+            root,
+            &Label {
+                pool_id: "p".into(),
+                disk_id: 0,
+            },
+        )
+        .unwrap();
+        Disk::new(0, root.to_path_buf(), DiskState::Up)
+    }
+
     #[test]
     fn extent_names_round_trip() {
         let id = ExtentId {
@@ -709,15 +722,7 @@ mod tests {
     #[test]
     fn detects_flipped_byte_and_short_file() {
         let dir = tempfile::tempdir().unwrap();
-        write_label(
-            dir.path(),
-            &Label {
-                pool_id: "p".into(),
-                disk_id: 0,
-            },
-        )
-        .unwrap();
-        let disk = Disk::new(0, dir.path().to_path_buf(), DiskState::Up);
+        let disk = labelled_disk(dir.path());
         let store = Store::new(vec![], 4096);
         let id = ExtentId {
             ino: 5,
@@ -767,15 +772,7 @@ mod tests {
         assert_eq!(b.len(), 5000);
         assert!(b.iter().all(|&x| x == 7));
         let dir = tempfile::tempdir().unwrap();
-        write_label(
-            dir.path(),
-            &Label {
-                pool_id: "p".into(),
-                disk_id: 0,
-            },
-        )
-        .unwrap();
-        let disk = Disk::new(0, dir.path().to_path_buf(), DiskState::Up);
+        let disk = labelled_disk(dir.path());
         let store = Store::new(vec![], 4096);
         let data: Vec<u8> = (0..(256u32 << 10)).map(|i| (i % 251) as u8).collect();
         // Aligned (O_DIRECT where the filesystem takes it) and unaligned (through the cache).
@@ -804,15 +801,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("d");
         std::fs::create_dir(&root).unwrap();
-        write_label(
-            &root,
-            &Label {
-                pool_id: "p".into(),
-                disk_id: 0,
-            },
-        )
-        .unwrap();
-        let disk = Disk::new(0, root.clone(), DiskState::Up);
+        let disk = labelled_disk(&root);
         let store = Store::new(vec![], 4096);
         std::fs::rename(&root, dir.path().join("gone")).unwrap();
         let id = ExtentId {
