@@ -170,6 +170,27 @@ impl std::fmt::Debug for AlignedBuf {
     }
 }
 
+/// Creates a new file (never an existing one), with O_DIRECT when `direct` and the filesystem
+/// takes it. Returns the file and whether it is O_DIRECT.
+fn create_new(path: &Path, direct: bool) -> io::Result<(File, bool)> {
+    let open = |flags: i32| {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(flags)
+            .open(path)
+    };
+    if !direct {
+        return Ok((open(0)?, false));
+    }
+    match open(libc::O_DIRECT) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((open(0)?, false)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates the bucket directory of an extent file, but never the disk's `extents` directory
 /// or anything above it: a disk that vanished must fail, not grow again on the parent fs.
 fn make_bucket(path: &Path) -> io::Result<()> {
@@ -452,35 +473,24 @@ impl Store {
             && !disk.no_direct.load(Ordering::Relaxed);
         let res = (|| {
             disk.inject()?;
-            let open = |flags: i32| {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(flags)
-                    .open(&path)
-            };
-            let open_as = |direct: bool| match open(if direct { libc::O_DIRECT } else { 0 }) {
-                Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                    disk.no_direct.store(true, Ordering::Relaxed);
-                    open(0)
-                }
-                r => r,
-            };
-            let f = match open_as(direct) {
+            let (f, got_direct) = match create_new(&path, direct) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     make_bucket(&path)?;
-                    open_as(direct)?
+                    create_new(&path, direct)?
                 }
                 r => r?,
             };
+            if direct && !got_direct {
+                disk.no_direct.store(true, Ordering::Relaxed);
+            }
+            let direct = got_direct;
             match f.write_all_at(data, 0) {
                 Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
                     // The filesystem takes O_DIRECT opens but not these writes: use the cache.
                     disk.no_direct.store(true, Ordering::Relaxed);
                     drop(f);
                     fs::remove_file(&path)?;
-                    open(0)?.write_all_at(data, 0)
+                    create_new(&path, false)?.0.write_all_at(data, 0)
                 }
                 r => r,
             }
@@ -543,22 +553,7 @@ impl Store {
         let p = self.staging_path(disk, id, tag);
         make_bucket(&p)?;
         let _ = fs::remove_file(&p);
-        let open = |flags: i32| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(flags)
-                .open(&p)
-        };
-        if !direct {
-            return Ok((open(0)?, false));
-        }
-        match open(libc::O_DIRECT) {
-            Ok(f) => Ok((f, true)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((open(0)?, false)),
-            Err(e) => Err(e),
-        }
+        create_new(&p, direct)
     }
 
     /// Moves a verified staging copy into place as the extent version's file.
