@@ -117,11 +117,12 @@ impl Fs {
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        self.read_as(ino, offset, size, 0)
+        self.read_as(ino, offset, size, 0).map(|b| b.to_vec())
     }
 
-    /// `read` on behalf of `stream` (a process or handle, for the access analyzer).
-    pub fn read_as(&self, ino: u64, offset: u64, size: u32, stream: u64) -> FsResult<Vec<u8>> {
+    /// `read` on behalf of `stream` (a process or handle, for the access analyzer), into a
+    /// page-aligned buffer (large reads go straight from the disks into it).
+    pub fn read_as(&self, ino: u64, offset: u64, size: u32, stream: u64) -> FsResult<AlignedBuf> {
         let r = self.read_retrying(ino, offset, size);
         if let Ok(d) = &r {
             self.post_access(ino, offset, d.len(), AccessOp::Read, stream);
@@ -129,7 +130,7 @@ impl Fs {
         r
     }
 
-    fn read_retrying(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    fn read_retrying(&self, ino: u64, offset: u64, size: u32) -> FsResult<AlignedBuf> {
         for attempt in 0.. {
             match self.read_once(ino, offset, size) {
                 // An extent file replaced by a concurrent commit vanishes under the reader:
@@ -145,7 +146,7 @@ impl Fs {
         unreachable!()
     }
 
-    fn read_once(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    fn read_once(&self, ino: u64, offset: u64, size: u32) -> FsResult<AlignedBuf> {
         let node = self.node(ino).ok_or(Errno::EBADF)?;
         let es = self.extent_size();
         // Plan under the node lock, read disks without it.
@@ -158,9 +159,9 @@ impl Fs {
             }
             let end = (offset + u64::from(size)).min(n.rec.size);
             if offset >= end {
-                return Ok(Vec::new());
+                return Ok(AlignedBuf::new(0));
             }
-            out = vec![0u8; (end - offset) as usize];
+            out = AlignedBuf::new((end - offset) as usize);
             for Piece {
                 index,
                 start,
