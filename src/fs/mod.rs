@@ -13,7 +13,7 @@ mod writeback;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +30,8 @@ const COMMIT_QUEUE_MAX: usize = 8;
 const COMMITTERS: usize = 2;
 /// File removals waiting for the reaper thread; beyond it they happen inline.
 const REAP_QUEUE_MAX: usize = 65_536;
+/// How often the reaper looks for work when its queue is empty.
+const REAP_POLL: Duration = Duration::from_millis(20);
 
 pub use ns::{SetAttr, TimeSet};
 
@@ -344,12 +346,20 @@ impl Fs {
             std::thread::Builder::new()
                 .name("reaper".into())
                 .spawn(move || {
-                    while let Ok((disk, id)) = rx.recv() {
-                        let Some(fs) = fs.upgrade() else { break };
-                        if let Some(d) = fs.store.disk(disk) {
-                            fs.store.remove_extent(&d, &id);
+                    loop {
+                        match rx.try_recv() {
+                            Ok((disk, id)) => {
+                                let Some(fs) = fs.upgrade() else { break };
+                                if let Some(d) = fs.store.disk(disk) {
+                                    fs.store.remove_extent(&d, &id);
+                                }
+                                fs.reap_pending.fetch_sub(1, Ordering::SeqCst);
+                            }
+                            // Polled, not blocked on: a blocked receiver costs the request
+                            // path a futex wake per removed file.
+                            Err(TryRecvError::Empty) => std::thread::sleep(REAP_POLL),
+                            Err(TryRecvError::Disconnected) => break,
                         }
-                        fs.reap_pending.fetch_sub(1, Ordering::SeqCst);
                     }
                 })
                 .expect("spawn reaper thread");
