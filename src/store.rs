@@ -94,6 +94,11 @@ pub fn align_up(n: usize) -> usize {
     n.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
 }
 
+/// True when O_DIRECT can move `buf` as it is: aligned address and length.
+fn direct_capable(buf: &[u8]) -> bool {
+    (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) && buf.len().is_multiple_of(DIRECT_ALIGN)
+}
+
 /// Page-aligned owned bytes, so O_DIRECT can read into or write from them. Derefs to its
 /// `len` bytes; the allocation is rounded up to `DIRECT_ALIGN` and the bytes past `len` are
 /// zeros.
@@ -234,7 +239,8 @@ pub struct Disk {
     fault: RwLock<Fault>,
     /// A fault is set: the read/write path looks at this load only, not at the lock.
     faulty: std::sync::atomic::AtomicBool,
-    /// Its filesystem refused an O_DIRECT write: extents are written through the cache.
+    /// Its filesystem refused an O_DIRECT open, write or read: extents are written and read
+    /// through the cache.
     pub no_direct: std::sync::atomic::AtomicBool,
 }
 
@@ -471,10 +477,8 @@ impl Store {
         // Whole aligned extents skip this host's page cache (one copy less per byte written;
         // reads of recent data come from the FUSE page cache above). Others, and disks whose
         // filesystem refuses O_DIRECT, write through the cache.
-        let direct = !data.is_empty()
-            && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
-            && data.len().is_multiple_of(DIRECT_ALIGN)
-            && !disk.no_direct.load(Ordering::Relaxed);
+        let direct =
+            !data.is_empty() && direct_capable(data) && !disk.no_direct.load(Ordering::Relaxed);
         let res = (|| {
             disk.inject()?;
             let (f, got_direct) = match create_new(&path, direct) {
@@ -628,8 +632,7 @@ impl Store {
         // too): one copy and one page-cache fill less per byte. Small reads keep the cache,
         // which serves the rest of their checksum block to the next small read.
         let mut direct = len >= DIRECT_READ_BYTES_MIN
-            && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
-            && len.is_multiple_of(DIRECT_ALIGN)
+            && direct_capable(buf)
             && off.is_multiple_of(DIRECT_ALIGN)
             && !disk.no_direct.load(Ordering::Relaxed);
         let f = disk
