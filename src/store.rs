@@ -150,6 +150,17 @@ impl AlignedBuf {
     }
 }
 
+impl AlignedBuf {
+    /// Shortens the buffer to `len` bytes (no-op when it is not longer); the bytes cut off
+    /// become zeros, as the type promises.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self[len..].fill(0);
+            self.len = len;
+        }
+    }
+}
+
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` / `copy_of` with this layout.

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{now_ns, Errno, Fs, FsResult, Handle, NodeInner, RepairReq};
+use super::{now_ns, readahead, Errno, Fs, FsResult, Handle, NodeInner, RepairReq};
 use crate::access::AccessOp;
 use crate::meta::{Batch, ExtentRec, Kind};
 use crate::store::{block_sums, AlignedBuf, ExtentId, ReadError};
@@ -123,6 +123,7 @@ impl Fs {
     /// `read` on behalf of `stream` (a process or handle, for the access analyzer), into a
     /// page-aligned buffer (large reads go straight from the disks into it).
     pub fn read_as(&self, ino: u64, offset: u64, size: u32, stream: u64) -> FsResult<AlignedBuf> {
+        self.read_ahead(ino, offset, size);
         let r = self.read_retrying(ino, offset, size);
         if let Ok(d) = &r {
             self.post_access(ino, offset, d.len(), AccessOp::Read, stream);
@@ -151,7 +152,9 @@ impl Fs {
         let es = self.extent_size();
         // Plan under the node lock, read disks without it.
         let mut plan: Vec<(usize, u64, Arc<ExtentRec>, usize, usize)> = Vec::new();
-        let mut out;
+        // Allocated when buffered data is copied in or the disks' data is not taken whole.
+        let mut out: Option<AlignedBuf> = None;
+        let out_len;
         {
             let mut n = node.inner.lock();
             if n.rec.kind == Kind::Dir {
@@ -161,7 +164,7 @@ impl Fs {
             if offset >= end {
                 return Ok(AlignedBuf::new(0));
             }
-            out = AlignedBuf::new((end - offset) as usize);
+            out_len = (end - offset) as usize;
             for Piece {
                 index,
                 start,
@@ -177,7 +180,8 @@ impl Fs {
                 if let Some(buf) = buffered {
                     if start < buf.len() {
                         let m = len.min(buf.len() - start);
-                        out[at..at + m].copy_from_slice(&buf[start..start + m]);
+                        let o = out.get_or_insert_with(|| AlignedBuf::new(out_len));
+                        o[at..at + m].copy_from_slice(&buf[start..start + m]);
                     }
                 } else if let Some(e) = self.extent_rec(ino, index, &mut n)? {
                     if start < e.len as usize {
@@ -196,20 +200,111 @@ impl Fs {
                 n.rec_dirty = true;
             }
         }
+        // One whole extent read ahead: its buffer is the reply.
+        if let ([(0, index, e, 0, len)], None) = (&plan[..], &out) {
+            if *len == out_len && e.len as usize >= out_len {
+                if let Some(buf) = self.ra.get(ino, *index, e.version, true) {
+                    if let Ok(mut buf) = Arc::try_unwrap(buf) {
+                        buf.truncate(out_len);
+                        self.count_read(out_len);
+                        return Ok(buf);
+                    }
+                }
+            }
+        }
+        let mut out = out.unwrap_or_else(|| AlignedBuf::new(out_len));
         let bs = self.store.block_size;
         for (at, index, e, start, len) in plan {
             let n = len.min(e.len as usize - start);
+            let dst = &mut out[at..at + n];
+            if let Some(buf) = self
+                .ra
+                .get(ino, index, e.version, start + n == e.len as usize)
+            {
+                dst.copy_from_slice(&buf[start..start + n]);
+                continue;
+            }
             let aligned = start % bs == 0 && ((start + n) % bs == 0 || start + n == e.len as usize);
-            if aligned && self.read_direct(ino, index, &e, start, &mut out[at..at + n]) {
+            if aligned && self.read_direct(ino, index, &e, start, dst) {
                 continue;
             }
             let data = self.read_extent(ino, index, &e, start, start + len)?;
             out[at..at + data.len()].copy_from_slice(&data);
         }
+        self.count_read(out.len());
+        Ok(out)
+    }
+
+    fn count_read(&self, bytes: usize) {
         self.stats
             .bytes_read
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        Ok(out)
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Starts reading ahead when `[offset, offset + size)` continues a sequential stream.
+    fn read_ahead(&self, ino: u64, offset: u64, size: u32) {
+        let (first, last) = self
+            .ra
+            .observe(ino, offset, size as usize, self.extent_size());
+        if first >= last {
+            return;
+        }
+        let Some(node) = self.node(ino) else {
+            return;
+        };
+        let mut jobs = Vec::new();
+        {
+            let mut n = node.inner.lock();
+            let size = n.rec.size;
+            for index in first..last {
+                if index * self.extent_size() >= size {
+                    break;
+                }
+                // Buffered data is newer than any extent version on disk.
+                if n.dirty.contains_key(&index) || n.inflight.contains_key(&index) {
+                    continue;
+                }
+                if let Ok(Some(e)) = self.extent_rec(ino, index, &mut n) {
+                    jobs.push((index, e));
+                }
+            }
+        }
+        for (index, rec) in jobs {
+            let Some(disk) = self.replica_order(ino, index, &rec).first().map(|d| d.id) else {
+                continue;
+            };
+            if !self.ra.submit(readahead::Job {
+                ino,
+                index,
+                rec,
+                disk,
+            }) {
+                break;
+            }
+        }
+    }
+
+    /// A read-ahead worker's job: the extent's preferred replica, verified. On any failure
+    /// the reader takes the usual path (other replicas, repair).
+    pub(crate) fn run_read_ahead(&self, job: readahead::Job) {
+        let e = &job.rec;
+        let id = ExtentId {
+            ino: job.ino,
+            index: job.index,
+            version: e.version,
+        };
+        let buf = self
+            .store
+            .disk(job.disk)
+            .filter(|d| d.is_up())
+            .and_then(|d| {
+                let mut buf = AlignedBuf::new(e.len as usize);
+                self.store
+                    .read_verified_into(&d, &id, &e.sums, 0, &mut buf)
+                    .ok()
+                    .map(|()| buf)
+            });
+        self.ra.complete(job.ino, job.index, e.version, buf);
     }
 
     /// Reads `[start, end)` of an extent (clipped to its length) from the first replica that

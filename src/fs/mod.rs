@@ -8,6 +8,7 @@
 
 mod data;
 mod ns;
+mod readahead;
 pub mod shards;
 mod writeback;
 
@@ -158,6 +159,20 @@ pub struct StatsSnapshot {
     pub extents_moved: u64,
     pub dirty_bytes: u64,
     pub open_nodes: usize,
+    /// Sequential read-ahead: extents queued, used by readers (after waiting for the disk
+    /// or not), failed (the reader read them itself), dropped unused; bytes held now.
+    #[serde(default)]
+    pub readahead_submitted: u64,
+    #[serde(default)]
+    pub readahead_hits: u64,
+    #[serde(default)]
+    pub readahead_waits: u64,
+    #[serde(default)]
+    pub readahead_failed: u64,
+    #[serde(default)]
+    pub readahead_evicted: u64,
+    #[serde(default)]
+    pub readahead_bytes: usize,
 }
 
 /// Tunables of a mounted pool, with their limits.
@@ -257,6 +272,8 @@ pub struct Fs {
     commit_tx: OnceLock<SyncSender<CommitJob>>,
     /// Where reads and writes are reported (the access analyzer), when it runs.
     access: OnceLock<Arc<crate::access::Sink>>,
+    /// Extents read ahead for sequential readers.
+    ra: readahead::Readahead,
 }
 
 impl Fs {
@@ -303,6 +320,7 @@ impl Fs {
             reap_pending: AtomicU64::new(0),
             commit_tx: OnceLock::new(),
             access: OnceLock::new(),
+            ra: readahead::Readahead::new(),
         }))
     }
 
@@ -363,6 +381,26 @@ impl Fs {
                     }
                 })
                 .expect("spawn reaper thread");
+        }
+        if !self.ra.running() {
+            // One worker per disk (up to a bound), so each disk reads its extents in order.
+            let n = self.store.disks().len().clamp(1, readahead::WORKERS_MAX);
+            let mut queues = Vec::with_capacity(n);
+            for i in 0..n {
+                let (tx, rx) = sync_channel::<readahead::Job>(readahead::QUEUE_MAX);
+                let fs = Arc::downgrade(self);
+                std::thread::Builder::new()
+                    .name(format!("readahead-{i}"))
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv() {
+                            let Some(fs) = fs.upgrade() else { break };
+                            fs.run_read_ahead(job);
+                        }
+                    })
+                    .expect("spawn read-ahead thread");
+                queues.push(tx);
+            }
+            self.ra.set_workers(queues);
         }
         if let Some(rx) = self.repair_rx.lock().take() {
             let fs = Arc::downgrade(self);
@@ -468,6 +506,12 @@ impl Fs {
             degraded_writes: l(&s.degraded_writes),
             dirty_bytes: l(&self.dirty_bytes),
             open_nodes: self.nodes.lock().len(),
+            readahead_submitted: l(&self.ra.stats.submitted),
+            readahead_hits: l(&self.ra.stats.hits),
+            readahead_waits: l(&self.ra.stats.waits),
+            readahead_failed: l(&self.ra.stats.failed),
+            readahead_evicted: l(&self.ra.stats.evicted),
+            readahead_bytes: self.ra.bytes(),
         }
     }
 
@@ -518,6 +562,7 @@ impl Fs {
             return Ok(());
         }
         let res = Self::wait_inflight(&node, &mut n).and(self.commit_all(ino, &mut n));
+        self.ra.forget(ino);
         if n.rec.nlink == 0 {
             self.nodes.lock().remove(&ino);
             drop(n);

@@ -417,3 +417,71 @@ fn shard_hash_spreads_extents() {
         );
     }
 }
+
+#[test]
+fn sequential_reads_are_read_ahead_verified_and_current() {
+    let (_t, p, fs) = setup(3, 2);
+    let (a, fh) = fs
+        .create(Ctx::root(), ROOT_INO, b"seq", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    let extents = 40;
+    let mut data = pattern(extents * ES as usize, 5);
+    fs.write(fh, 0, &data).unwrap();
+    fs.release(fh).unwrap();
+    // Bad copies on one disk: read-ahead from them fails over to the reader's usual path.
+    let d0 = p.store.disk(0).unwrap();
+    for (id, _) in d0.scan().unwrap() {
+        let path = d0.extent_path(&id);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let chunk = 2 * ES as usize;
+    let read_all = |fs: &Fs| {
+        let mut got = Vec::new();
+        for off in (0..data.len()).step_by(chunk) {
+            got.extend(fs.read(a.ino, off as u64, chunk as u32).unwrap());
+        }
+        got
+    };
+    let fh = fs.open(a.ino, libc::O_RDONLY).unwrap();
+    assert!(read_all(&fs) == data, "read-ahead data is the file's data");
+    let st = fs.stats();
+    assert!(
+        st.readahead_hits > 0,
+        "read-ahead used: {}",
+        st.readahead_hits
+    );
+    assert!(
+        st.readahead_failed > 0,
+        "bad copies on disk 0 seen by read-ahead"
+    );
+    fs.release(fh).unwrap();
+    // Read the first half again (a new stream) so extents further on are read ahead, then
+    // change one of them: the reader gets the new data, not the read-ahead old version.
+    let fh = fs.open(a.ino, libc::O_RDWR).unwrap();
+    let submitted = fs.stats().readahead_submitted;
+    let half = extents / 2 * ES as usize;
+    for off in (0..half).step_by(chunk) {
+        fs.read(a.ino, off as u64, chunk as u32).unwrap();
+    }
+    assert!(fs.stats().readahead_submitted > submitted);
+    let changed = half + ES as usize + 7;
+    fs.write(fh, changed as u64, b"new bytes").unwrap();
+    fs.flush(a.ino).unwrap();
+    data[changed..changed + 9].copy_from_slice(b"new bytes");
+    let mut rest = Vec::new();
+    for off in (half..data.len()).step_by(chunk) {
+        rest.extend(fs.read(a.ino, off as u64, chunk as u32).unwrap());
+    }
+    assert!(rest == data[half..], "reads after a write see the write");
+    fs.release(fh).unwrap();
+    // Closing lets go of the read-ahead buffers (reads still in flight drop theirs).
+    for _ in 0..300 {
+        if fs.stats().readahead_bytes == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(fs.stats().readahead_bytes, 0);
+}
