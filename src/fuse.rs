@@ -277,7 +277,10 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         match self.fs.read_as(ino.0, offset, size, stream(req, fh)) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                reply.data(&d);
+                self.fs.recycle(d);
+            }
             Err(e) => reply.error(err(e)),
         }
     }

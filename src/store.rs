@@ -159,6 +159,19 @@ impl AlignedBuf {
             self.len = len;
         }
     }
+
+    /// Bytes the allocation holds (what `set_len` may grow to).
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Makes the buffer `len` bytes long, within its capacity: shrinking zeroes the bytes cut
+    /// off, growing exposes zeros. For reuse: the kept bytes are whatever was there.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.cap, "AlignedBuf::set_len past capacity");
+        self.truncate(len);
+        self.len = len;
+    }
 }
 
 impl Drop for AlignedBuf {

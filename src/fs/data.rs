@@ -222,6 +222,9 @@ impl Fs {
                 .get(ino, index, e.version, start + n == e.len as usize)
             {
                 dst.copy_from_slice(&buf[start..start + n]);
+                if let Ok(buf) = Arc::try_unwrap(buf) {
+                    self.ra.recycle(buf);
+                }
                 continue;
             }
             let aligned = start % bs == 0 && ((start + n) % bs == 0 || start + n == e.len as usize);
@@ -233,6 +236,14 @@ impl Fs {
         }
         self.count_read(out.len());
         Ok(out)
+    }
+
+    /// Hands back a buffer `read_as` returned, once its data is sent: whole-extent buffers
+    /// are reused for read-ahead.
+    pub fn recycle(&self, buf: AlignedBuf) {
+        if buf.capacity() == crate::store::align_up(self.extent_size() as usize) {
+            self.ra.recycle(buf);
+        }
     }
 
     fn count_read(&self, bytes: usize) {
@@ -298,7 +309,7 @@ impl Fs {
             .disk(job.disk)
             .filter(|d| d.is_up())
             .and_then(|d| {
-                let mut buf = AlignedBuf::new(e.len as usize);
+                let mut buf = self.ra.buffer(e.len as usize);
                 self.store
                     .read_verified_into(&d, &id, &e.sums, 0, &mut buf)
                     .ok()

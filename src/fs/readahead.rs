@@ -35,6 +35,9 @@ const STREAMS_MAX: usize = 64;
 pub(crate) const WORKERS_MAX: usize = 8;
 /// Jobs queued per worker; more are not read ahead.
 pub(crate) const QUEUE_MAX: usize = 64;
+/// Spare buffers kept for reuse by the workers: a reused buffer costs no page faults and no
+/// zeroing (a fresh megabyte costs both, on every extent).
+const SPARE_BUFS_MAX: usize = 8;
 /// Longest a reader waits for a read-ahead in flight before reading the extent itself.
 const WAIT_MAX: Duration = Duration::from_secs(2);
 
@@ -116,6 +119,7 @@ pub(crate) struct Readahead {
     held: AtomicUsize,
     cv: Condvar,
     workers: OnceLock<Vec<SyncSender<Job>>>,
+    spare: Mutex<Vec<AlignedBuf>>,
     pub stats: Stats,
 }
 
@@ -131,6 +135,7 @@ impl Readahead {
             held: AtomicUsize::new(0),
             cv: Condvar::new(),
             workers: OnceLock::new(),
+            spare: Mutex::new(Vec::new()),
             stats: Stats::default(),
         }
     }
@@ -325,6 +330,25 @@ impl Readahead {
         });
     }
 
+    /// A buffer of `len` bytes for a worker to read into (its contents are stale bytes).
+    pub(crate) fn buffer(&self, len: usize) -> AlignedBuf {
+        match self.spare.lock().pop() {
+            Some(mut b) if b.capacity() >= len => {
+                b.set_len(len);
+                b
+            }
+            _ => AlignedBuf::new(len),
+        }
+    }
+
+    /// Keeps a buffer nobody needs any more for a later `buffer`, up to a bound.
+    pub(crate) fn recycle(&self, buf: AlignedBuf) {
+        let mut spare = self.spare.lock();
+        if spare.len() < SPARE_BUFS_MAX {
+            spare.push(buf);
+        }
+    }
+
     /// Bytes held now (pending and ready).
     pub(crate) fn bytes(&self) -> usize {
         self.held.load(Relaxed)
@@ -472,5 +496,30 @@ mod tests {
         );
         assert_eq!(ra.bytes(), 0);
         assert_eq!(ra.stats.failed.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn spare_buffers_are_reused_up_to_a_bound() {
+        let ra = Readahead::new();
+        let mut b = AlignedBuf::new(ES as usize);
+        b[..4].copy_from_slice(b"data");
+        let p = b.as_ptr();
+        ra.recycle(b);
+        // A shorter request reuses it; the bytes past the new length read as zeros.
+        let b = ra.buffer(5000);
+        assert_eq!(b.as_ptr(), p, "reused");
+        assert_eq!(b.len(), 5000);
+        assert_eq!(&b[..4], b"data");
+        ra.recycle(b);
+        let b = ra.buffer(ES as usize);
+        assert_eq!(b.as_ptr(), p);
+        assert!(b[5000..].iter().all(|&x| x == 0));
+        // Too small for the request: a fresh buffer.
+        ra.recycle(AlignedBuf::new(4096));
+        assert_ne!(ra.buffer(ES as usize).as_ptr(), p);
+        for _ in 0..2 * SPARE_BUFS_MAX {
+            ra.recycle(AlignedBuf::new(4096));
+        }
+        assert_eq!(ra.spare.lock().len(), SPARE_BUFS_MAX);
     }
 }
