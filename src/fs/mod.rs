@@ -383,8 +383,9 @@ impl Fs {
                 .expect("spawn reaper thread");
         }
         if !self.ra.running() {
-            // One worker per disk (up to a bound), so each disk reads its extents in order.
-            let n = self.store.disks().len().clamp(1, readahead::WORKERS_MAX);
+            // Workers per disk (up to a bound), so each disk reads its extents in order.
+            let n = (self.store.disks().len() * readahead::WORKERS_PER_DISK)
+                .clamp(1, readahead::WORKERS_MAX);
             let mut queues = Vec::with_capacity(n);
             for i in 0..n {
                 let (tx, rx) = sync_channel::<readahead::Job>(readahead::QUEUE_MAX);

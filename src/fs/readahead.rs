@@ -31,8 +31,10 @@ const READ_BYTES_MIN: usize = 128 << 10;
 const SEQ_READS_MIN: u32 = 2;
 /// Files followed at once.
 const STREAMS_MAX: usize = 64;
+/// Workers per disk: two keep a read in flight on the disk while the other verifies.
+pub(crate) const WORKERS_PER_DISK: usize = 2;
 /// Worker threads; each serves the disks whose id maps to it, in submission order.
-pub(crate) const WORKERS_MAX: usize = 8;
+pub(crate) const WORKERS_MAX: usize = 16;
 /// Jobs queued per worker; more are not read ahead.
 pub(crate) const QUEUE_MAX: usize = 64;
 /// Spare buffers kept for reuse by the workers: a reused buffer costs no page faults and no
@@ -229,10 +231,10 @@ impl Readahead {
             Some(false) => return false,
             Some(true) => {}
         }
-        if workers[job.disk as usize % workers.len()]
-            .try_send(job)
-            .is_err()
-        {
+        // A disk's extents alternate between its workers.
+        let w = (job.disk as usize * WORKERS_PER_DISK + job.index as usize % WORKERS_PER_DISK)
+            % workers.len();
+        if workers[w].try_send(job).is_err() {
             self.update(|g| g.remove(key));
             return false;
         }
