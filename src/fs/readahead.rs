@@ -386,6 +386,13 @@ mod tests {
         }
     }
 
+    /// Plays the worker for the next queued job: the read succeeds.
+    fn serve_next(ra: &Readahead, rx: &Receiver<Job>) {
+        let j = rx.recv().unwrap();
+        let buf = AlignedBuf::new(j.rec.len as usize);
+        ra.complete(j.ino, j.index, j.rec.version, Some(buf));
+    }
+
     #[test]
     fn only_large_sequential_requests_start_a_stream() {
         let (ra, _rx) = with_worker();
@@ -473,13 +480,7 @@ mod tests {
         assert!(!ra.submit(job(1, n, 1, ES as u32)));
         assert_eq!(ra.bytes(), BYTES_MAX);
         for _ in 0..n {
-            let j = rx.recv().unwrap();
-            ra.complete(
-                j.ino,
-                j.index,
-                j.rec.version,
-                Some(AlignedBuf::new(ES as usize)),
-            );
+            serve_next(&ra, &rx);
         }
         // Ready buffers nobody took: the oldest make room.
         assert!(ra.submit(job(1, n, 1, ES as u32)));
@@ -489,13 +490,7 @@ mod tests {
         // Closing the file drops its ready buffers; its pending read is dropped on arrival.
         ra.forget(1);
         assert_eq!(ra.bytes(), ES as usize);
-        let j = rx.recv().unwrap();
-        ra.complete(
-            j.ino,
-            j.index,
-            j.rec.version,
-            Some(AlignedBuf::new(ES as usize)),
-        );
+        serve_next(&ra, &rx);
         assert_eq!(ra.bytes(), 0);
         assert_eq!(ra.stats.failed.load(Relaxed), 0);
     }
