@@ -33,8 +33,18 @@ fn files_dirs_links_and_attributes() {
     // O_APPEND
     let mut a = OpenOptions::new().append(true).open(&f).unwrap();
     a.write_all(b"!!").unwrap();
+    // ioctl: a file is not a terminal (isatty on every Python open), and says so quietly.
+    use std::os::fd::AsRawFd;
+    // SAFETY: valid open descriptor.
+    assert_eq!(unsafe { libc::isatty(a.as_raw_fd()) }, 0);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENOTTY)
+    );
     drop(a);
     assert_eq!(fs::read_to_string(&f).unwrap(), "hello world!!");
+    let log = fs::read_to_string(p.pool.join("foreshard.log")).unwrap_or_default();
+    assert!(!log.contains("Not Implemented"), "{log}");
     // mkdir / rmdir ENOTEMPTY
     fs::create_dir(p.path("d")).unwrap();
     fs::write(p.path("d/x"), b"x").unwrap();
