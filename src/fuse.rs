@@ -304,8 +304,8 @@ impl fuser::Filesystem for FuseFs {
     }
 
     /// No ioctls here: ENOTTY, as any file without them answers. Quietly: isatty() on every
-    /// Python open() lands here, and fuser's default logs a warning for each (20,000 log
-    /// lines, 3 MB, per 10,000 files created).
+    /// Python open() lands here, and fuser's default logged a warning for each (1.6 MB of
+    /// log per 10,000 files created).
     fn ioctl(
         &self,
         _req: &Request,
