@@ -204,11 +204,12 @@ impl Fs {
         if let ([(0, index, e, 0, len)], None) = (&plan[..], &out) {
             if *len == out_len && e.len as usize >= out_len {
                 if let Some(buf) = self.ra.get(ino, *index, e.version, true) {
-                    if let Ok(mut buf) = Arc::try_unwrap(buf) {
-                        buf.truncate(out_len);
-                        self.count_read(out_len);
-                        return Ok(buf);
-                    }
+                    // The slot is gone now: a buffer another reader still holds is copied,
+                    // not read again.
+                    let mut buf = Arc::try_unwrap(buf).unwrap_or_else(|b| AlignedBuf::copy_of(&b));
+                    buf.truncate(out_len);
+                    self.count_read(out_len);
+                    return Ok(buf);
                 }
             }
         }
@@ -295,27 +296,14 @@ impl Fs {
         }
     }
 
-    /// A read-ahead worker's job: the extent's preferred replica, verified. On any failure
-    /// the reader takes the usual path (other replicas, repair).
+    /// A read-ahead worker's job: the whole extent from its preferred replica, verified. On
+    /// any failure the reader takes the usual path (other replicas, repair).
     pub(crate) fn run_read_ahead(&self, job: readahead::Job) {
         let e = &job.rec;
-        let id = ExtentId {
-            ino: job.ino,
-            index: job.index,
-            version: e.version,
-        };
-        let buf = self
-            .store
-            .disk(job.disk)
-            .filter(|d| d.is_up())
-            .and_then(|d| {
-                let mut buf = self.ra.buffer(e.len as usize);
-                self.store
-                    .read_verified_into(&d, &id, &e.sums, 0, &mut buf)
-                    .ok()
-                    .map(|()| buf)
-            });
-        self.ra.complete(job.ino, job.index, e.version, buf);
+        let mut buf = self.ra.buffer(e.len as usize);
+        let ok = self.read_direct(job.ino, job.index, e, 0, &mut buf);
+        self.ra
+            .complete(job.ino, job.index, e.version, ok.then_some(buf));
     }
 
     /// Reads `[start, end)` of an extent (clipped to its length) from the first replica that
@@ -336,8 +324,8 @@ impl Fs {
         Ok(buf)
     }
 
-    /// Fast path for block-aligned reads: straight into the caller's buffer from the first
-    /// replica that verifies. False when none did (the caller takes the general path).
+    /// Fast path for block-aligned reads: straight into the caller's buffer from the preferred
+    /// replica, verified. False when it failed (the caller takes the general path).
     fn read_direct(
         &self,
         ino: u64,

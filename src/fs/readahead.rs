@@ -48,6 +48,7 @@ pub(crate) struct Job {
     pub ino: u64,
     pub index: u64,
     pub rec: Arc<ExtentRec>,
+    /// The preferred replica's disk: picks the workers that read the job.
     pub disk: u32,
 }
 
