@@ -30,6 +30,23 @@ ensure_build_deps() {
     [[ -e /dev/fuse ]] || modprobe fuse 2>/dev/null || true
 }
 
+# enable_fuse_uring: lets FUSE daemons that ask for it take requests over io_uring, one queue
+# per CPU (Linux 6.14+; off by default in the kernel). foreshard mounts use it when it is on
+# (`foreshard mount --io-uring off` declines); daemons that do not ask, like mergerfs, are
+# not affected.
+enable_fuse_uring() {
+    local p=/sys/module/fuse/parameters/enable_uring
+    if [[ ! -e $p ]]; then
+        say "this kernel has no FUSE over io_uring: mounts use /dev/fuse"
+    elif [[ $(cat "$p") == Y ]]; then
+        :
+    elif [[ $(id -u) -eq 0 ]] && echo Y >"$p" 2>/dev/null; then
+        say "enabled FUSE over io_uring ($p = Y)"
+    else
+        say "cannot enable FUSE over io_uring ($p): mounts use /dev/fuse"
+    fi
+}
+
 build() {
     say "building (target dir $CARGO_TARGET_DIR; a first build compiles RocksDB, ~15 min on 2 cores)"
     (cd "$ROOT" && cargo build --release --locked) || die "build failed"

@@ -78,6 +78,27 @@ pub struct Status {
     /// Failure risk per disk and shard, and evacuation progress (mounted pools).
     #[serde(default)]
     pub risk: Option<crate::risk::service::Snapshot>,
+    /// How the kernel's FUSE requests reach the daemon (mounted pools).
+    #[serde(default)]
+    pub fuse: Option<FuseTransport>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct FuseTransport {
+    /// "io_uring" (one queue per CPU) or "/dev/fuse".
+    pub transport: String,
+    /// Threads serving io_uring queues (0 with /dev/fuse).
+    pub ring_threads: usize,
+}
+
+impl FuseTransport {
+    pub fn current() -> FuseTransport {
+        let n = fuser::io_uring_threads();
+        FuseTransport {
+            transport: if n > 0 { "io_uring" } else { "/dev/fuse" }.into(),
+            ring_threads: n,
+        }
+    }
 }
 
 pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
@@ -160,6 +181,7 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
         access: None,
         migration: None,
         risk: None,
+        fuse: None,
     })
 }
 
@@ -189,6 +211,17 @@ pub fn status_table(s: &Status) -> String {
         fmt_bytes(s.capacity_bytes),
         fmt_bytes(s.free_bytes)
     );
+    if let Some(f) = &s.fuse {
+        o.pop();
+        if f.ring_threads > 0 {
+            o += &format!(
+                "fuse requests via io_uring ({} threads)\n\n",
+                f.ring_threads
+            );
+        } else {
+            o += &format!("fuse requests via {}\n\n", f.transport);
+        }
+    }
     o += &format!(
         "{:>4}  {:<8} {:>10} {:>10} {:>9} {:>7} {:>6} {:>6}  {}\n",
         "DISK", "STATE", "USED", "FREE", "EXTENTS", "SHARDS", "IOERR", "CSUM", "PATH"

@@ -138,6 +138,7 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
             s.access = svc.access.as_ref().map(|a| a.stats());
             s.migration = svc.sharding.as_ref().map(|e| e.status());
             s.risk = svc.risk.as_ref().map(|r| risk_report(svc, r));
+            s.fuse = mounted.then(admin::FuseTransport::current);
             serde_json::to_value(s)?
         }
         Request::Shards => serde_json::to_value(admin::shards(fs)?)?,

@@ -22,6 +22,8 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     pub foreground: bool,
     pub threads: usize,
+    /// Serve FUSE requests over io_uring (one queue per CPU) when the kernel offers it.
+    pub io_uring: bool,
     pub agent_mode: crate::agents::AgentMode,
     pub agent_limits: crate::agents::AgentLimits,
     pub recovery: crate::recovery::RecoveryOptions,
@@ -288,13 +290,20 @@ fn run(
         }),
         &pool_dir.join(pool::SOCKET_FILE),
     )?;
-    let mut cfg = config(a.threads);
+    let mut cfg = config(a.threads, a.io_uring);
     let p = pool_dir.to_string_lossy();
     if !p.contains([',', ' ', '\\']) {
         cfg.mount_options[0] = fuser::MountOption::FSName(format!("foreshard:{p}"));
     }
-    let mut session = fuser::Session::new(FuseFs { fs: fs.clone() }, mp, &cfg)
-        .with_context(|| format!("cannot mount on {}", mp.display()))?;
+    let mut session = fuser::Session::new(
+        FuseFs {
+            fs: fs.clone(),
+            io_uring: a.io_uring,
+        },
+        mp,
+        &cfg,
+    )
+    .with_context(|| format!("cannot mount on {}", mp.display()))?;
     set_readahead(mp, crate::fuse::MAX_WRITE_BYTES / 1024);
     fs::write(
         pool_dir.join(PID_FILE),
@@ -310,11 +319,26 @@ fn run(
             tracing::info!("signal {sig}: unmounting");
             let _ = unmounter.unmount();
         })?;
-    tracing::info!("mounted {} on {}", pool_dir.display(), mp.display());
-    if let Some(w) = notify {
-        w.write_all(b"ok")?;
-    }
-    let res = session.run();
+    // The parent returns (and scripts go on) once every FUSE worker and ring queue serves.
+    let mut notify = notify;
+    let res = session.run_with(|| {
+        let ring = fuser::io_uring_threads();
+        let via = if ring > 0 {
+            format!("io_uring, {ring} threads")
+        } else {
+            "/dev/fuse".into()
+        };
+        tracing::info!(
+            "mounted {} on {} (fuse requests via {via})",
+            pool_dir.display(),
+            mp.display()
+        );
+        if let Some(w) = notify.take() {
+            if let Err(e) = w.write_all(b"ok") {
+                tracing::warn!("cannot tell the parent we are mounted: {e}");
+            }
+        }
+    });
     // The kernel may not send DESTROY (e.g. lazy unmount); make sure nothing is left buffered.
     if let Some(e) = &engine {
         e.shutdown();

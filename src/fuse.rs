@@ -25,7 +25,16 @@ pub const MAX_WRITE_BYTES: u32 = 1 << 20;
 
 pub struct FuseFs {
     pub fs: Arc<Fs>,
+    /// Ask the kernel for FUSE over io_uring at INIT (used only if it offers it).
+    pub io_uring: bool,
 }
+
+/// FUSE over io_uring: threads per CPU queue and entries (1 MiB payload each) per thread.
+/// Two threads with one entry each beat one thread with two (paired rounds: unlink 11.7k-13.1k
+/// vs 14.1k-14.9k/s, O_DIRECT 4 KiB reads 50k vs 64k-66k IOPS), and a request that blocks
+/// (fsync) leaves the CPU's other thread to serve it.
+pub const RING_THREADS_PER_CPU: usize = 2;
+pub const RING_ENTRIES_PER_THREAD: usize = 1;
 
 fn err(e: Errno) -> FErrno {
     FErrno::from_i32(e.0)
@@ -90,6 +99,16 @@ impl fuser::Filesystem for FuseFs {
         let _ = config.set_max_background(64);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         let _ = config.add_capabilities(InitFlags::FUSE_MAX_PAGES);
+        if self.io_uring
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_err()
+        {
+            tracing::info!(
+                "the kernel does not offer FUSE over io_uring (Linux 6.14+ with \
+                 /sys/module/fuse/parameters/enable_uring = Y): using /dev/fuse"
+            );
+        }
         Ok(())
     }
 
@@ -519,7 +538,7 @@ fn xattr_reply(reply: ReplyXattr, v: &[u8], size: u32) {
 }
 
 /// Mount options used for every foreshard mount.
-pub fn config(threads: usize) -> fuser::Config {
+pub fn config(threads: usize, io_uring: bool) -> fuser::Config {
     use fuser::MountOption as O;
     let mut c = fuser::Config::default();
     c.mount_options = vec![
@@ -530,6 +549,10 @@ pub fn config(threads: usize) -> fuser::Config {
     c.acl = fuser::SessionACL::All;
     c.n_threads = Some(threads);
     c.clone_fd = true;
+    if io_uring {
+        c.io_uring_threads = RING_THREADS_PER_CPU;
+        c.io_uring_depth = RING_ENTRIES_PER_THREAD;
+    }
     c
 }
 

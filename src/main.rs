@@ -5,6 +5,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// `foreshard mount --io-uring`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum IoUringMode {
+    Auto,
+    Off,
+}
+
 use foreshard::access::AccessOptions;
 use foreshard::admin::{self, FsckReport, Shards};
 use foreshard::agents::{AgentLimits, AgentMode};
@@ -54,6 +61,11 @@ enum Cmd {
         /// parallel I/O, fewer help a single stream of metadata operations).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: Option<u16>,
+        /// FUSE requests over io_uring, one queue per CPU served on that CPU (`auto`: when
+        /// the kernel offers it: Linux 6.14+ with /sys/module/fuse/parameters/enable_uring
+        /// = Y; `off`: /dev/fuse only). FORGET and interrupts always use /dev/fuse.
+        #[arg(long, value_enum, default_value = "auto")]
+        io_uring: IoUringMode,
         /// Recovery agents: `pool` (made before any failure) or `reactive` (made after it).
         #[arg(long, value_enum, default_value = "pool")]
         agents: AgentMode,
@@ -413,6 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mountpoint,
             foreground,
             threads,
+            io_uring,
             agents,
             agents_max,
             agent_buffer_max,
@@ -468,6 +481,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads: threads.map(usize::from).unwrap_or_else(|| {
                     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16))
                 }),
+                io_uring: io_uring == IoUringMode::Auto,
                 agent_mode: agents,
                 agent_limits: AgentLimits {
                     agents_max: usize::from(agents_max),

@@ -543,3 +543,125 @@ fn fsck_of_a_busy_mounted_pool_reports_no_false_damage() {
     let (clean, out) = p.fsck(true);
     assert!(clean, "{out}");
 }
+
+/// Voluntary context switches of the daemon's io_uring queue threads: each request a ring
+/// thread serves ends with it waiting on its ring again.
+fn ring_thread_switches(pid: i32) -> u64 {
+    let mut n = 0;
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("fuse-ring-") {
+            continue;
+        }
+        let st = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        n += st
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+    }
+    n
+}
+
+fn transport(p: &Pool) -> (String, u64) {
+    let s: serde_json::Value =
+        serde_json::from_str(&run_ok(&["status", p.pool.to_str().unwrap(), "--json"])).unwrap();
+    (
+        s["fuse"]["transport"].as_str().unwrap().to_string(),
+        s["fuse"]["ring_threads"].as_u64().unwrap(),
+    )
+}
+
+/// Creates, writes, renames, links, reads back and removes `n` files with xattrs in `dir`.
+fn churn(dir: &Path, n: usize) {
+    fs::create_dir(dir).unwrap();
+    for i in 0..n {
+        let f = dir.join(format!("f{i}"));
+        let data: Vec<u8> = (0..4096 + i * 37).map(|b| (b * 7 + i) as u8).collect();
+        fs::write(&f, &data).unwrap();
+        xattr_set(&f, "user.n", format!("{i}").as_bytes());
+        let g = dir.join(format!("g{i}"));
+        fs::rename(&f, &g).unwrap();
+        fs::hard_link(&g, &f).unwrap();
+        assert_eq!(fs::metadata(&g).unwrap().nlink(), 2);
+        assert_eq!(fs::read(&f).unwrap(), data);
+        fs::remove_file(&g).unwrap();
+    }
+    let listed = fs::read_dir(dir).unwrap().count();
+    assert_eq!(listed, n);
+    for i in 0..n {
+        fs::remove_file(dir.join(format!("f{i}"))).unwrap();
+    }
+    fs::remove_dir(dir).unwrap();
+}
+
+fn xattr_set(p: &Path, name: &str, v: &[u8]) {
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe { libc::setxattr(cstr(p).as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn requests_go_over_io_uring_when_the_kernel_offers_it() {
+    if !fuse_available() {
+        return;
+    }
+    let offered = fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|s| s.trim() == "Y");
+    let mut p = Pool::new(3, 2, "64KiB");
+
+    // Explicitly off: everything through /dev/fuse, no ring threads.
+    p.mount_with(&["--io-uring", "off"]);
+    assert_eq!(transport(&p), ("/dev/fuse".to_string(), 0));
+    let pid = p.daemon_pid().unwrap();
+    churn(&p.mnt.join("off"), 50);
+    assert_eq!(ring_thread_switches(pid), 0);
+    p.umount();
+
+    p.mount_with(&["--io-uring", "auto"]);
+    let (t, threads) = transport(&p);
+    if !offered {
+        eprintln!("SKIP (io_uring part): /sys/module/fuse/parameters/enable_uring is not Y");
+        assert_eq!(
+            (t.as_str(), threads),
+            ("/dev/fuse", 0),
+            "falls back to /dev/fuse"
+        );
+        return;
+    }
+    let cpus = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    let possible = cpus
+        .trim()
+        .split(',')
+        .map(|r| r.rsplit('-').next().unwrap().parse::<u64>().unwrap() + 1)
+        .max()
+        .unwrap();
+    assert_eq!(t, "io_uring");
+    assert_eq!(threads, 2 * possible, "two ring threads per possible CPU");
+    let pid = p.daemon_pid().unwrap();
+    let before = ring_thread_switches(pid);
+    churn(&p.mnt.join("on"), 200);
+    // 200 files x (create, write, setxattr, rename, link, stat, read, unlink x2, ...) requests.
+    let served = ring_thread_switches(pid) - before;
+    assert!(served >= 1000, "ring threads served only {served} requests");
+    // A large write and read-back, so whole-extent payloads cross the ring both ways.
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    fs::write(p.mnt.join("big"), &big).unwrap();
+    File::open(p.mnt.join("big")).unwrap().sync_all().unwrap();
+    p.umount();
+    p.mount_with(&["--io-uring", "auto"]);
+    assert_eq!(fs::read(p.mnt.join("big")).unwrap(), big);
+    p.umount();
+    let fsck = run(&["fsck", p.pool.to_str().unwrap()]);
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}

@@ -112,6 +112,14 @@ impl Pool {
             self.mnt.to_str().unwrap(),
         ];
         a.extend_from_slice(extra);
+        // scripts/test runs the FUSE suite once more with FORESHARD_TEST_IO_URING=off, so both
+        // request transports (io_uring queues, /dev/fuse) go through every test.
+        let transport = std::env::var("FORESHARD_TEST_IO_URING").ok();
+        if let Some(t) = &transport {
+            if !extra.contains(&"--io-uring") {
+                a.extend(["--io-uring", t.as_str()]);
+            }
+        }
         run_ok(&a);
         self.mounted = true;
     }
