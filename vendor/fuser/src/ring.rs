@@ -177,7 +177,10 @@ impl RingSender {
         }
         if total < OUT_HEADER_BYTES || total - OUT_HEADER_BYTES > self.ent.payload_bytes {
             // Answer EIO rather than leave the request (and its caller) hanging.
-            let unique = data.first().filter(|s| s.len() >= OUT_HEADER_BYTES).map(|s| &s[8..16]);
+            let unique = data
+                .first()
+                .filter(|s| s.len() >= OUT_HEADER_BYTES)
+                .map(|s| &s[8..16]);
             let mut h = [0u8; OUT_HEADER_BYTES];
             h[0..4].copy_from_slice(&(OUT_HEADER_BYTES as u32).to_ne_bytes());
             h[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
@@ -187,7 +190,11 @@ impl RingSender {
                 // SAFETY: the in-header's unique is still in the slack area's copy; the
                 // commit id (ring_ent_in_out) is the same value.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(self.ent.hdr.add(ENT_IN_OUT_OFF + 8), h.as_mut_ptr().add(8), 8)
+                    std::ptr::copy_nonoverlapping(
+                        self.ent.hdr.add(ENT_IN_OUT_OFF + 8),
+                        h.as_mut_ptr().add(8),
+                        8,
+                    )
                 };
             }
             drop(st);
@@ -205,9 +212,7 @@ impl RingSender {
             if hdr_off < OUT_HEADER_BYTES {
                 let n = (OUT_HEADER_BYTES - hdr_off).min(s.len());
                 // SAFETY: hdr has HDR_BYTES; n + hdr_off <= 16.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(s.as_ptr(), self.ent.hdr.add(hdr_off), n)
-                };
+                unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), self.ent.hdr.add(hdr_off), n) };
                 hdr_off += n;
                 s = &s[n..];
             }
@@ -349,7 +354,9 @@ fn possible_cpus() -> io::Result<usize> {
         n = n.max(b + 1);
     }
     if n == 0 {
-        return Err(io::Error::other("no CPUs in /sys/devices/system/cpu/possible"));
+        return Err(io::Error::other(
+            "no CPUs in /sys/devices/system/cpu/possible",
+        ));
     }
     Ok(n)
 }
@@ -361,7 +368,10 @@ fn pin_to(cpu: usize) {
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             // An offline CPU: its queue still needs entries, the thread just floats.
-            debug!("fuse ring {cpu}: not pinned: {}", io::Error::last_os_error());
+            debug!(
+                "fuse ring {cpu}: not pinned: {}",
+                io::Error::last_os_error()
+            );
         }
     }
 }
@@ -393,7 +403,9 @@ impl Queue {
             ring,
             fd: ch.as_fd().as_raw_fd(),
             qid,
-            ents: (0..depth).map(|_| Arc::from(Entry::new(payload_bytes))).collect(),
+            ents: (0..depth)
+                .map(|_| Arc::from(Entry::new(payload_bytes)))
+                .collect(),
             late: Arc::new(LateReplies {
                 ready: Mutex::new(Vec::new()),
                 eventfd,
@@ -496,10 +508,19 @@ impl Queue {
                     // The connection is going away (ENOTCONN, ECANCELED) or the entry was
                     // refused: either way it is no longer ours to serve.
                     self.live -= 1;
-                    if ![libc::ENOTCONN, libc::ECANCELED, libc::ECONNABORTED, libc::ENODEV]
-                        .contains(&-res)
+                    if ![
+                        libc::ENOTCONN,
+                        libc::ECANCELED,
+                        libc::ECONNABORTED,
+                        libc::ENODEV,
+                    ]
+                    .contains(&-res)
                     {
-                        warn!("fuse ring {} entry {i}: {}", self.qid, io::Error::from_raw_os_error(-res));
+                        warn!(
+                            "fuse ring {} entry {i}: {}",
+                            self.qid,
+                            io::Error::from_raw_os_error(-res)
+                        );
                     }
                     continue;
                 }
@@ -516,7 +537,11 @@ impl Queue {
             let args = types::SubmitArgs::new().timespec(&ts);
             match self.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) => {}
                 Err(e) => return Err(e),
             }
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
@@ -531,9 +556,16 @@ impl Queue {
         // one else touches it until we commit.
         let hdr = unsafe { std::slice::from_raw_parts(e.hdr, HDR_BYTES) };
         let in_len = u32::from_ne_bytes(hdr[0..4].try_into().unwrap()) as usize;
-        let commit_id = u64::from_ne_bytes(hdr[ENT_IN_OUT_OFF + 8..ENT_IN_OUT_OFF + 16].try_into().unwrap());
-        let payload_sz =
-            u32::from_ne_bytes(hdr[ENT_IN_OUT_OFF + 16..ENT_IN_OUT_OFF + 20].try_into().unwrap()) as usize;
+        let commit_id = u64::from_ne_bytes(
+            hdr[ENT_IN_OUT_OFF + 8..ENT_IN_OUT_OFF + 16]
+                .try_into()
+                .unwrap(),
+        );
+        let payload_sz = u32::from_ne_bytes(
+            hdr[ENT_IN_OUT_OFF + 16..ENT_IN_OUT_OFF + 20]
+                .try_into()
+                .unwrap(),
+        ) as usize;
         let op_sz = in_len.checked_sub(IN_HEADER_BYTES + payload_sz);
         let Some(op_sz) = op_sz.filter(|&n| n <= 128 && payload_sz <= e.payload_bytes) else {
             error!(
@@ -560,7 +592,11 @@ impl Queue {
             unsafe {
                 let base = e.buf.add(start);
                 std::ptr::copy_nonoverlapping(hdr.as_ptr(), base, IN_HEADER_BYTES);
-                std::ptr::copy_nonoverlapping(hdr.as_ptr().add(OP_IN_OFF), base.add(IN_HEADER_BYTES), op_sz);
+                std::ptr::copy_nonoverlapping(
+                    hdr.as_ptr().add(OP_IN_OFF),
+                    base.add(IN_HEADER_BYTES),
+                    op_sz,
+                );
                 std::slice::from_raw_parts(base, in_len)
             }
         } else {
@@ -569,8 +605,16 @@ impl Queue {
             unsafe {
                 let base = copied.as_mut_ptr().cast::<u8>();
                 std::ptr::copy_nonoverlapping(hdr.as_ptr(), base, IN_HEADER_BYTES);
-                std::ptr::copy_nonoverlapping(hdr.as_ptr().add(OP_IN_OFF), base.add(IN_HEADER_BYTES), op_sz);
-                std::ptr::copy_nonoverlapping(e.payload(), base.add(IN_HEADER_BYTES + op_sz), payload_sz);
+                std::ptr::copy_nonoverlapping(
+                    hdr.as_ptr().add(OP_IN_OFF),
+                    base.add(IN_HEADER_BYTES),
+                    op_sz,
+                );
+                std::ptr::copy_nonoverlapping(
+                    e.payload(),
+                    base.add(IN_HEADER_BYTES + op_sz),
+                    payload_sz,
+                );
                 std::slice::from_raw_parts(base, in_len)
             }
         };
@@ -635,7 +679,9 @@ impl Queue {
             if st.staged_mode && !st.staged.is_empty() {
                 // SAFETY: staged.len() == payload_sz <= payload_bytes (checked in send);
                 // the request that borrowed the payload is gone.
-                unsafe { std::ptr::copy_nonoverlapping(st.staged.as_ptr(), e.payload(), st.staged.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(st.staged.as_ptr(), e.payload(), st.staged.len())
+                };
                 st.staged.clear();
             }
             // SAFETY: header buffer is ours until the commit is submitted.
