@@ -318,15 +318,23 @@ impl Rings {
         }
         drop(tx);
         let rings = Rings { threads, stop };
+        // Threads whose entries did register keep serving even if others failed: once every
+        // CPU's queue has an entry the kernel sends requests there, and an entry whose
+        // thread stopped would leave them waiting.
+        let mut failed = None;
         for _ in 0..cpus * per_queue {
             match rx.recv() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    rings.stop.store(true, Ordering::Relaxed);
-                    return Err(e);
-                }
-                Err(_) => return Err(io::Error::other("fuse ring thread died")),
+                Ok(Err(e)) => failed = Some(e),
+                Err(_) => failed = Some(io::Error::other("fuse ring thread died")),
             }
+        }
+        if let Some(e) = failed {
+            warn!(
+                "fuse ring: {e}; {} of {} threads serve",
+                THREADS_LIVE.load(Ordering::Relaxed),
+                cpus * per_queue
+            );
         }
         Ok(rings)
     }
