@@ -658,6 +658,25 @@ fn requests_go_over_io_uring_when_the_kernel_offers_it() {
     p.mount_with(&["--io-uring", "auto"]);
     assert_eq!(fs::read(p.mnt.join("big")).unwrap(), big);
     p.umount();
+
+    // A CPU queue whose threads cannot start: the kernel would hold every request back
+    // waiting for the ring; the daemon must turn io_uring off and serve through /dev/fuse.
+    let o = std::process::Command::new(BIN)
+        .args(["mount", p.pool.to_str().unwrap(), p.mnt.to_str().unwrap()])
+        .args(["--io-uring", "auto"])
+        .env("FUSER_RING_FAIL_QUEUE", "0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    p.mounted = true;
+    // Fails fast (instead of hanging the suite) if requests are stuck.
+    sh_ok("timeout 30 ls -l big", &p.mnt);
+    assert_eq!(transport(&p), ("/dev/fuse".to_string(), 0));
+    churn(&p.mnt.join("fallback"), 20);
+    assert_eq!(fs::read(p.mnt.join("big")).unwrap(), big);
+    p.umount();
+    let log = fs::read_to_string(p.pool.join("foreshard.log")).unwrap();
+    assert!(log.contains("injected failure"), "the fallback is logged");
     let fsck = run(&["fsck", p.pool.to_str().unwrap()]);
     assert!(
         fsck.status.success(),

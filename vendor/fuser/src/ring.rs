@@ -270,17 +270,13 @@ impl Rings {
         payload_bytes: usize,
     ) -> io::Result<Rings> {
         let cpus = possible_cpus()?;
-        let bytes = cpus * per_queue * depth * (payload_bytes + SLACK_BYTES + HDR_BYTES);
-        if bytes > RING_BYTES_MAX {
-            return Err(io::Error::other(format!(
-                "{cpus} CPUs x {per_queue} x {depth} entries would take {} MiB (limit {} MiB)",
-                bytes >> 20,
-                RING_BYTES_MAX >> 20
-            )));
-        }
+        // Fault injection for tests: the threads of this queue fail to start.
+        let fail_queue: Option<usize> = std::env::var("FUSER_RING_FAIL_QUEUE")
+            .ok()
+            .and_then(|v| v.parse().ok());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, io::Result<()>)>();
         for (qid, k) in (0..cpus).flat_map(|q| (0..per_queue).map(move |k| (q, k))) {
             let el = SessionEventLoop {
                 thread_name: format!("fuse-ring-{qid}.{k}"),
@@ -290,53 +286,79 @@ impl Rings {
                 session_owner: proto.session_owner,
             };
             let stop = stop.clone();
-            let tx = tx.clone();
-            let t = thread::Builder::new()
+            let ttx = tx.clone();
+            let spawned = thread::Builder::new()
                 .name(format!("fuse-ring-{qid}.{k}"))
                 .spawn(move || {
                     pin_to(qid);
+                    if fail_queue == Some(qid) {
+                        let e = io::Error::other(format!("queue {qid}: injected failure"));
+                        let _ = ttx.send((qid, Err(e)));
+                        return;
+                    }
                     let mut q = match Queue::new(&el.ch, qid as u16, depth, payload_bytes) {
                         Ok(q) => q,
                         Err(e) => {
-                            let _ = tx.send(Err(e));
+                            let _ = ttx.send((qid, Err(e)));
                             return;
                         }
                     };
                     if let Err(e) = q.register() {
-                        let _ = tx.send(Err(e));
+                        let _ = ttx.send((qid, Err(e)));
+                        q.abandon();
                         return;
                     }
                     THREADS_LIVE.fetch_add(1, Ordering::Relaxed);
-                    let _ = tx.send(Ok(()));
-                    drop(tx);
+                    let _ = ttx.send((qid, Ok(())));
+                    drop(ttx);
                     if let Err(e) = q.serve(&el, &stop) {
                         error!("fuse ring queue {qid}: {e}");
                     }
                     THREADS_LIVE.fetch_sub(1, Ordering::Relaxed);
-                })?;
-            threads.push(t);
+                    q.abandon();
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    let _ = tx.send((qid, Err(e)));
+                }
+            }
         }
         drop(tx);
         let rings = Rings { threads, stop };
-        // Threads whose entries did register keep serving even if others failed: once every
-        // CPU's queue has an entry the kernel sends requests there, and an entry whose
-        // thread stopped would leave them waiting.
+        let mut served = vec![false; cpus];
         let mut failed = None;
         for _ in 0..cpus * per_queue {
             match rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failed = Some(e),
-                Err(_) => failed = Some(io::Error::other("fuse ring thread died")),
+                Ok((qid, Ok(()))) => served[qid] = true,
+                Ok((_, Err(e))) => failed = Some(e),
+                Err(_) => {
+                    failed = Some(io::Error::other("fuse ring thread died"));
+                    break;
+                }
             }
         }
-        if let Some(e) = failed {
-            warn!(
-                "fuse ring: {e}; {} of {} threads serve",
-                THREADS_LIVE.load(Ordering::Relaxed),
-                cpus * per_queue
-            );
+        if served.iter().all(|&s| s) {
+            // Every queue has an entry: the kernel now sends requests to the rings. Threads
+            // that failed leave their CPU to its other threads.
+            if let Some(e) = failed {
+                warn!(
+                    "fuse ring: {e}; {} of {} threads serve",
+                    THREADS_LIVE.load(Ordering::Relaxed),
+                    cpus * per_queue
+                );
+            }
+            return Ok(rings);
         }
-        Ok(rings)
+        // Some CPU has no entry, so the ring never becomes ready and the kernel would hold
+        // every request back waiting for it: a REGISTER it refuses turns io_uring off for
+        // this connection and requests flow through /dev/fuse again.
+        let e = failed.unwrap_or_else(|| io::Error::other("a queue has no entries"));
+        if let Err(d) = refuse_register(proto.ch.as_fd().as_raw_fd()) {
+            error!("fuse ring: cannot fall back to /dev/fuse: {d}");
+        }
+        rings.join();
+        Err(e)
     }
 
     /// Stops the threads (after the connection ended) and waits for them.
@@ -359,7 +381,7 @@ fn possible_cpus() -> io::Result<usize> {
             Some(b) => b.parse().map_err(io::Error::other)?,
             None => a,
         };
-        n = n.max(b + 1);
+        n += b.saturating_sub(a) + 1;
     }
     if n == 0 {
         return Err(io::Error::other(
@@ -367,6 +389,45 @@ fn possible_cpus() -> io::Result<usize> {
         ));
     }
     Ok(n)
+}
+
+/// Checked at INIT, before granting FUSE_OVER_IO_URING: once granted, the kernel holds every
+/// request back until each CPU's queue has an entry, so the rings must be able to start.
+pub(crate) fn preflight(per_queue: usize, depth: usize, payload_bytes: usize) -> io::Result<()> {
+    if per_queue == 0 || depth == 0 {
+        return Err(io::Error::other("no ring threads configured"));
+    }
+    let cpus = possible_cpus()?;
+    let bytes = cpus * per_queue * depth * (payload_bytes + SLACK_BYTES + HDR_BYTES);
+    if bytes > RING_BYTES_MAX {
+        return Err(io::Error::other(format!(
+            "{cpus} CPUs x {per_queue} x {depth} entries would take {} MiB (limit {} MiB)",
+            bytes >> 20,
+            RING_BYTES_MAX >> 20
+        )));
+    }
+    // io_uring may be disabled (kernel.io_uring_disabled) or filtered (seccomp).
+    IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4)?;
+    Ok(())
+}
+
+/// Sends a REGISTER for a queue that does not exist; the kernel answers EINVAL and turns
+/// io_uring off for the connection.
+fn refuse_register(fd: i32) -> io::Result<()> {
+    let mut ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(2)?;
+    let mut cmd = [0u8; 80];
+    cmd[16..18].copy_from_slice(&u16::MAX.to_ne_bytes());
+    let sqe = opcode::UringCmd80::new(types::Fd(fd), CMD_REGISTER)
+        .cmd(cmd)
+        .build();
+    // SAFETY: the SQE points at no buffers (the kernel rejects the qid before any iovec).
+    unsafe { ring.submission().push(&sqe) }
+        .map_err(|_| io::Error::other("submission queue full"))?;
+    ring.submit_and_wait(1)?;
+    match ring.completion().next().map(|c| c.result()) {
+        Some(r) if r == -libc::EINVAL => Ok(()),
+        other => Err(io::Error::other(format!("unexpected answer {other:?}"))),
+    }
 }
 
 fn pin_to(cpu: usize) {
@@ -424,6 +485,17 @@ impl Queue {
         })
     }
 
+    /// Ends the queue: the ring is closed (the kernel cancels its registered entries), the
+    /// buffers are leaked unless every entry is already done, as the kernel may still be
+    /// writing into them; the eventfd read's 8-byte buffer always is.
+    fn abandon(mut self) {
+        if self.live > 0 {
+            std::mem::forget(std::mem::take(&mut self.ents));
+        }
+        Box::leak(std::mem::replace(&mut self.eventfd_buf, Box::new(0)));
+        drop(self);
+    }
+
     fn cmd(&self, op: u32, index: usize, commit_id: u64) -> squeue::Entry128 {
         // struct fuse_uring_cmd_req { u64 flags; u64 commit_id; u16 qid; u8 pad[6]; }
         let mut cmd = [0u8; 80];
@@ -461,6 +533,7 @@ impl Queue {
     }
 
     fn register(&mut self) -> io::Result<()> {
+        self.live = self.ents.len();
         for i in 0..self.ents.len() {
             let sqe = self.cmd(CMD_REGISTER, i, 0);
             self.push(sqe)?;
@@ -535,11 +608,6 @@ impl Queue {
                 self.handle(i, el);
             }
             if self.live == 0 || stop.load(Ordering::Relaxed) {
-                if self.live > 0 {
-                    // Entries still registered: the kernel may still write into them until
-                    // the ring is torn down, so their buffers must outlive this thread.
-                    std::mem::forget(std::mem::take(&mut self.ents));
-                }
                 return Ok(());
             }
             let args = types::SubmitArgs::new().timespec(&ts);
@@ -636,7 +704,14 @@ impl Queue {
                 if let Ok(Operation::Destroy(_)) = req.request.operation() {
                     req.reply::<crate::ReplyEmpty>().ok();
                 } else {
-                    req.dispatch(el);
+                    // A panicking handler must not leave the caller waiting on this entry:
+                    // its reply's drop answers EIO, and the entry is committed below.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        req.dispatch(el);
+                    }));
+                    if r.is_err() {
+                        error!("fuse ring {}: request handler panicked", self.qid);
+                    }
                 }
             }
             None => {

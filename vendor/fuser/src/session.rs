@@ -327,8 +327,9 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
-        // The ring queues register once /dev/fuse threads run (they serve what comes before the
-        // ring is ready, and FORGET, INTERRUPT and notifications after).
+        // The ring queues register once the /dev/fuse threads run (those serve FORGET,
+        // INTERRUPT and notifications; until every queue has an entry the kernel holds other
+        // requests back, and if the rings cannot start they turn io_uring off again).
         #[cfg(target_os = "linux")]
         let rings = match ring_payload {
             Some(payload) if config.io_uring_depth > 0 && config.io_uring_threads > 0 => {
@@ -527,10 +528,24 @@ impl<FS: Filesystem> Session<FS> {
 
             if (init.capabilities() & config.requested).contains(InitFlags::FUSE_OVER_IO_URING) {
                 let page = page_size::get();
-                self.ring_payload = Some(
-                    8192.max(config.max_write as usize)
-                        .max(usize::from(config.max_pages()) * page),
+                let payload = 8192
+                    .max(config.max_write as usize)
+                    .max(usize::from(config.max_pages()) * page);
+                #[cfg(target_os = "linux")]
+                let ok = crate::ring::preflight(
+                    self.config.io_uring_threads,
+                    self.config.io_uring_depth,
+                    payload,
                 );
+                #[cfg(not(target_os = "linux"))]
+                let ok: io::Result<()> = Err(io::Error::other("Linux only"));
+                match ok {
+                    Ok(()) => self.ring_payload = Some(payload),
+                    Err(e) => {
+                        warn!("FUSE over io_uring not used: {e}");
+                        config.requested.remove(InitFlags::FUSE_OVER_IO_URING);
+                    }
+                }
             }
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
