@@ -310,14 +310,24 @@ fn run(
         format!("{}\n{}\n", std::process::id(), mp.display()),
     )?;
     let mut unmounter = session.unmount_callable();
+    let signal_mp = mp.to_path_buf();
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
+        .spawn(move || loop {
             let mut sig = 0;
             // SAFETY: sigs is a valid set; sig a valid out-pointer.
             unsafe { libc::sigwait(&sigs, &mut sig) };
             tracing::info!("signal {sig}: unmounting");
-            let _ = unmounter.unmount();
+            let Err(e) = unmounter.unmount() else {
+                return;
+            };
+            // Files still open (SIGTERM at shutdown, say): detach the mount now; the kernel
+            // ends the session, and the daemon flushes and exits, when the last one closes.
+            tracing::warn!("unmount failed ({e}): busy; detaching it (lazy unmount)");
+            match lazy_unmount(&signal_mp) {
+                Ok(()) => return,
+                Err(e) => tracing::error!("{e:#}; still serving (send the signal again)"),
+            }
         })?;
     // The parent returns (and scripts go on) once every FUSE worker and ring queue serves.
     let mut notify = notify;

@@ -684,3 +684,57 @@ fn requests_go_over_io_uring_when_the_kernel_offers_it() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+fn is_mounted(mnt: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.to_str().unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want))
+}
+
+#[test]
+fn sigterm_on_a_busy_mount_detaches_it_and_exits_after_the_last_close() {
+    let Some(mut p) = mounted(2, 1) else { return };
+    let pid = p.daemon_pid().unwrap();
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+    let mut f = File::create(p.path("busy")).unwrap();
+    f.write_all(&chunk).unwrap();
+    // SAFETY: plain kill(2).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let start = std::time::Instant::now();
+    while is_mounted(&p.mnt) {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "still mounted 10 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Detached, not gone: the open file keeps working and the daemon keeps serving it.
+    // SAFETY: signal 0 only checks that the process exists.
+    assert_eq!(
+        unsafe { libc::kill(pid, 0) },
+        0,
+        "the daemon waits for the last close"
+    );
+    f.write_all(&chunk).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "daemon still running after the last close"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    p.mounted = false;
+    p.mount();
+    let got = fs::read(p.path("busy")).unwrap();
+    assert_eq!(got.len(), 2 << 20);
+    assert!(got[..1 << 20] == chunk[..] && got[1 << 20..] == chunk[..]);
+    p.umount();
+    let fsck = run(&["fsck", p.pool.to_str().unwrap()]);
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
