@@ -98,7 +98,7 @@ impl Entry {
     fn new(payload_bytes: usize) -> Box<Entry> {
         let hdr = alloc(HDR_BYTES, 64);
         let buf = alloc(SLACK_BYTES + payload_bytes, 4096);
-        let mut e = Box::new(Entry {
+        let e = Box::new(Entry {
             hdr,
             buf,
             payload_bytes,
@@ -115,7 +115,6 @@ impl Entry {
                 },
             ],
         });
-        e.iov[0].iov_base = e.hdr.cast();
         e
     }
 
@@ -123,6 +122,26 @@ impl Entry {
         // SAFETY: within the allocation.
         unsafe { self.buf.add(SLACK_BYTES) }
     }
+
+    /// The request's unique id (the kernel's commit id for it), from `ring_ent_in_out`.
+    fn commit_id(&self) -> u64 {
+        // SAFETY: within the header buffer; the kernel wrote it with the request.
+        unsafe {
+            self.hdr
+                .add(ENT_IN_OUT_OFF + 8)
+                .cast::<u64>()
+                .read_unaligned()
+        }
+    }
+}
+
+/// A reply carrying only `-errno`.
+fn error_header(unique: u64, errno: i32) -> [u8; OUT_HEADER_BYTES] {
+    let mut h = [0u8; OUT_HEADER_BYTES];
+    h[0..4].copy_from_slice(&(OUT_HEADER_BYTES as u32).to_ne_bytes());
+    h[4..8].copy_from_slice(&(-errno).to_ne_bytes());
+    h[8..16].copy_from_slice(&unique.to_ne_bytes());
+    h
 }
 
 impl Drop for Entry {
@@ -177,26 +196,7 @@ impl RingSender {
         }
         if total < OUT_HEADER_BYTES || total - OUT_HEADER_BYTES > self.ent.payload_bytes {
             // Answer EIO rather than leave the request (and its caller) hanging.
-            let unique = data
-                .first()
-                .filter(|s| s.len() >= OUT_HEADER_BYTES)
-                .map(|s| &s[8..16]);
-            let mut h = [0u8; OUT_HEADER_BYTES];
-            h[0..4].copy_from_slice(&(OUT_HEADER_BYTES as u32).to_ne_bytes());
-            h[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-            if let Some(u) = unique {
-                h[8..16].copy_from_slice(u);
-            } else {
-                // SAFETY: the in-header's unique is still in the slack area's copy; the
-                // commit id (ring_ent_in_out) is the same value.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        self.ent.hdr.add(ENT_IN_OUT_OFF + 8),
-                        h.as_mut_ptr().add(8),
-                        8,
-                    )
-                };
-            }
+            let h = error_header(self.ent.commit_id(), libc::EIO);
             drop(st);
             self.send(&[IoSlice::new(&h)])?;
             return Err(io::Error::other(format!(
@@ -632,11 +632,6 @@ impl Queue {
         // one else touches it until we commit.
         let hdr = unsafe { std::slice::from_raw_parts(e.hdr, HDR_BYTES) };
         let in_len = u32::from_ne_bytes(hdr[0..4].try_into().unwrap()) as usize;
-        let commit_id = u64::from_ne_bytes(
-            hdr[ENT_IN_OUT_OFF + 8..ENT_IN_OUT_OFF + 16]
-                .try_into()
-                .unwrap(),
-        );
         let payload_sz = u32::from_ne_bytes(
             hdr[ENT_IN_OUT_OFF + 16..ENT_IN_OUT_OFF + 20]
                 .try_into()
@@ -648,7 +643,7 @@ impl Queue {
                 "fuse ring {}: malformed request (len {in_len}, payload {payload_sz})",
                 self.qid
             );
-            return self.reply_error(i, commit_id, libc::EIO);
+            return self.reply_error(i, libc::EIO);
         };
         {
             let mut st = e.reply.lock();
@@ -716,7 +711,7 @@ impl Queue {
             }
             None => {
                 drop(e);
-                return self.reply_error(i, commit_id, libc::EIO);
+                return self.reply_error(i, libc::EIO);
             }
         }
         let mut st = e.reply.lock();
@@ -729,12 +724,9 @@ impl Queue {
         }
     }
 
-    fn reply_error(&mut self, i: usize, unique: u64, errno: i32) {
+    fn reply_error(&mut self, i: usize, errno: i32) {
         let e = &self.ents[i];
-        let mut h = [0u8; OUT_HEADER_BYTES];
-        h[0..4].copy_from_slice(&(OUT_HEADER_BYTES as u32).to_ne_bytes());
-        h[4..8].copy_from_slice(&(-errno).to_ne_bytes());
-        h[8..16].copy_from_slice(&unique.to_ne_bytes());
+        let h = error_header(e.commit_id(), errno);
         {
             let mut st = e.reply.lock();
             st.staged_mode = false;
@@ -771,8 +763,8 @@ impl Queue {
             unsafe {
                 let p = e.hdr.add(ENT_IN_OUT_OFF + 16).cast::<u32>();
                 p.write_unaligned(st.payload_sz);
-                commit_id = e.hdr.add(ENT_IN_OUT_OFF + 8).cast::<u64>().read_unaligned();
             }
+            commit_id = e.commit_id();
             st.detached = false;
         }
         let sqe = self.cmd(CMD_COMMIT_AND_FETCH, i, commit_id);
