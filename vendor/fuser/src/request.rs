@@ -139,8 +139,10 @@ impl<'a> RequestWithSender<'a> {
             }
 
             ll::Operation::Interrupt(_) => {
-                // TODO: handle FUSE_INTERRUPT
-                return Err(Errno::ENOSYS);
+                // Ignored (the protocol allows it: the interrupted request completes as usual).
+                // An ENOSYS answer would go through /dev/fuse, where the kernel cannot match it
+                // to a request that came through an io_uring queue (foreshard change).
+                return Ok(None);
             }
 
             ll::Operation::Lookup(x) => {
