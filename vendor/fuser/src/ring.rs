@@ -407,7 +407,10 @@ pub(crate) fn preflight(per_queue: usize, depth: usize, payload_bytes: usize) ->
         )));
     }
     // io_uring may be disabled (kernel.io_uring_disabled) or filtered (seccomp).
-    IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4)?;
+    IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(4)?;
     Ok(())
 }
 
@@ -459,7 +462,11 @@ struct Queue {
 
 impl Queue {
     fn new(ch: &Channel, qid: u16, depth: usize, payload_bytes: usize) -> io::Result<Queue> {
+        // Made and used by this thread only; the kernel's work for a request (copying it into
+        // the entry) then runs when the thread waits for completions, not by interrupting it.
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
             .build((depth as u32 + 2).next_power_of_two())?;
         // SAFETY: eventfd returns a new fd or -1.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
