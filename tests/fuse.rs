@@ -112,18 +112,7 @@ fn files_dirs_links_and_attributes() {
     );
     // xattrs
     let name = CString::new("user.color").unwrap();
-    assert_eq!(
-        unsafe {
-            libc::setxattr(
-                cstr(&f).as_ptr(),
-                name.as_ptr(),
-                b"blue".as_ptr().cast(),
-                4,
-                0,
-            )
-        },
-        0
-    );
+    xattr_set(&f, "user.color", b"blue");
     let mut buf = [0u8; 16];
     let n = unsafe {
         libc::getxattr(

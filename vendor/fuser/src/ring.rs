@@ -94,6 +94,17 @@ struct ReplyState {
     payload_sz: u32,
 }
 
+impl ReplyState {
+    /// Ready for the next request (keeps the staging buffer's capacity).
+    fn reset(&mut self, staged_mode: bool) {
+        self.staged_mode = staged_mode;
+        self.staged.clear();
+        self.replied = false;
+        self.detached = false;
+        self.payload_sz = 0;
+    }
+}
+
 impl Entry {
     fn new(payload_bytes: usize) -> Box<Entry> {
         let hdr = alloc(HDR_BYTES, 64);
@@ -652,14 +663,7 @@ impl Queue {
             );
             return self.reply_error(i, libc::EIO);
         };
-        {
-            let mut st = e.reply.lock();
-            st.staged_mode = payload_sz > 0;
-            st.staged.clear();
-            st.replied = false;
-            st.detached = false;
-            st.payload_sz = 0;
-        }
+        e.reply.lock().reset(payload_sz > 0);
         // Lay the in-header and op struct out right before the payload, so the request is
         // one contiguous /dev/fuse-style message and write data is not copied.
         let mut copied: Vec<u64>;
@@ -734,13 +738,7 @@ impl Queue {
     fn reply_error(&mut self, i: usize, errno: i32) {
         let e = &self.ents[i];
         let h = error_header(e.commit_id(), errno);
-        {
-            let mut st = e.reply.lock();
-            st.staged_mode = false;
-            st.staged.clear();
-            st.replied = false;
-            st.detached = false;
-        }
+        e.reply.lock().reset(false);
         let sender = RingSender {
             ent: e.clone(),
             index: i,
