@@ -20,10 +20,12 @@ use parking_lot::{Condvar, Mutex};
 use crate::meta::ExtentRec;
 use crate::store::AlignedBuf;
 
-/// How far ahead of a stream's latest request extents are read.
-pub(crate) const WINDOW_BYTES: u64 = 8 << 20;
-/// Memory held by read-ahead buffers, pending and ready, over all streams.
-pub(crate) const BYTES_MAX: usize = 32 << 20;
+/// How far ahead of a stream's latest request extents are read. Several extents per disk, so
+/// a disk that is slow for a moment does not leave the others idle once they finish theirs
+/// (1 GiB cold reads, 4 disks: 32 MiB beat 8 MiB in 20 of 27 paired rounds, median +8%).
+pub(crate) const WINDOW_BYTES: u64 = 32 << 20;
+/// Memory held by read-ahead buffers, pending and ready, over all streams: two full windows.
+pub(crate) const BYTES_MAX: usize = 64 << 20;
 /// Smaller requests neither start nor extend a stream: random and small reads stay as they
 /// are (the kernel's sequential read-ahead sends at least this much).
 const READ_BYTES_MIN: usize = 128 << 10;
