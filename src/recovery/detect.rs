@@ -20,8 +20,19 @@ enum Probe {
     Failed(String),
 }
 
-/// A probe still running after this many deadlines fails the disk (it hangs).
+/// A probe still running after this many deadlines fails the disk (it hangs), if its peers
+/// show that the hang is the disk's own (`hang_is_the_disks`).
 const HANG_FAIL_FACTOR: u32 = 10;
+
+/// Whether a hung probe is the disk's fault: more than half of the other live disks answered
+/// a probe in time while it hung. When they hang too, the host or the device under them all
+/// stalls (seen here: a build's writeback stalled four loop disks on one virtual disk for
+/// 10 s), and failing them would take every replica of the data out of the pool at once.
+/// A peer answers when a probe it was sent after the hang began met its deadline (a probe
+/// already in flight when the stall began does not count).
+fn hang_is_the_disks(peers_answering: usize, peers: usize) -> bool {
+    2 * peers_answering > peers
+}
 
 struct Prober {
     tx: SyncSender<ProbeMsg>,
@@ -32,6 +43,10 @@ struct Prober {
     overruns: u32,
     fails: u32,
     io_errors_seen: u64,
+    /// When the last probe that met its deadline was sent.
+    answered: Option<Instant>,
+    /// The running probe's hang was put down to a stall of its peers too (logged once).
+    stall_noted: bool,
 }
 
 fn spawn_prober(d: Arc<Disk>) -> Prober {
@@ -57,6 +72,8 @@ fn spawn_prober(d: Arc<Disk>) -> Prober {
         overruns: 0,
         fails: 0,
         io_errors_seen: 0,
+        answered: None,
+        stall_noted: false,
     }
 }
 
@@ -75,6 +92,10 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
                 .into_iter()
                 .filter(|d| d.is_up())
                 .collect();
+        let answered: Vec<(u32, Option<Instant>)> = watched
+            .iter()
+            .map(|d| (d.id, probers.get(&d.id).and_then(|p| p.answered)))
+            .collect();
         for d in &watched {
             let hard = match read_label(&d.root) {
                 Ok(Some(l)) if l.pool_id == o.fs.cfg.pool_id && l.disk_id == d.id => None,
@@ -115,11 +136,23 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
                                 took.as_millis(),
                                 deadline.as_millis()
                             )),
-                            Ok(()) => Probe::Ok,
+                            Ok(()) => {
+                                p.answered = Some(p.sent);
+                                Probe::Ok
+                            }
                             Err(e) => Probe::Failed(e.to_string()),
                         });
                     }
-                    Err(_) if p.sent.elapsed() > deadline * HANG_FAIL_FACTOR => {
+                    Err(_)
+                        if p.sent.elapsed() > deadline * HANG_FAIL_FACTOR
+                            && hang_is_the_disks(
+                                answered
+                                    .iter()
+                                    .filter(|(id, t)| *id != d.id && t.is_some_and(|t| t > p.sent))
+                                    .count(),
+                                watched.len() - 1,
+                            ) =>
+                    {
                         o.fail_disk(
                             d.id,
                             &format!(
@@ -131,6 +164,16 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
                         continue;
                     }
                     Err(_) if p.sent.elapsed() > deadline * (p.overruns + 1) => {
+                        if p.overruns >= HANG_FAIL_FACTOR && !p.stall_noted {
+                            p.stall_noted = true;
+                            tracing::warn!(
+                                disk = d.id,
+                                "probe hung for more than {} ms, and most other disks do not \
+                                 answer either: a stall under all of them, not this disk's \
+                                 failure; it stays suspect",
+                                (deadline * p.overruns).as_millis()
+                            );
+                        }
                         p.overruns += 1;
                         d.probe_timeouts.fetch_add(1, Ordering::Relaxed);
                         outcome = Some(Probe::Late(format!(
@@ -184,6 +227,7 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
                 p.busy = true;
                 p.sent = Instant::now();
                 p.overruns = 0;
+                p.stall_noted = false;
                 p.io_errors_seen = errors;
             }
         }
@@ -194,5 +238,23 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
         if spent < interval {
             std::thread::sleep(interval - spent);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hang_is_the_disks;
+
+    #[test]
+    fn a_hang_is_blamed_on_the_disk_only_when_most_peers_answer() {
+        // One disk of four hangs while the others answer: that disk.
+        assert!(hang_is_the_disks(3, 3));
+        assert!(hang_is_the_disks(2, 3));
+        assert!(hang_is_the_disks(1, 1));
+        // Every disk hangs at once, or half of them: the host, not the disks.
+        assert!(!hang_is_the_disks(0, 3));
+        assert!(!hang_is_the_disks(1, 2));
+        // No peer to compare with: a hang alone never fails the only disk.
+        assert!(!hang_is_the_disks(0, 0));
     }
 }

@@ -65,6 +65,10 @@ fn check_full(fs: &Fs, files: &[(u64, Vec<u8>)]) {
 }
 
 fn orchestrator(fs: &Arc<Fs>, mode: AgentMode) -> Arc<Orchestrator> {
+    orchestrator_with(fs, mode, Duration::from_millis(1000))
+}
+
+fn orchestrator_with(fs: &Arc<Fs>, mode: AgentMode, probe_deadline: Duration) -> Arc<Orchestrator> {
     let agents = Arc::new(AgentPool::new(
         mode,
         AgentLimits {
@@ -81,6 +85,7 @@ fn orchestrator(fs: &Arc<Fs>, mode: AgentMode) -> Arc<Orchestrator> {
             check_interval: Duration::from_millis(20),
             probe_interval: Duration::from_millis(100),
             plan_refresh_interval: Duration::from_millis(50),
+            probe_deadline,
             ..RecoveryOptions::default()
         },
     );
@@ -397,4 +402,64 @@ fn probe_fails_missing_and_relabelled_disks() {
         assert_eq!(&fs.read(*ino, 0, d.len() as u32).unwrap(), d);
         fs.release(fh).unwrap();
     }
+}
+
+#[test]
+fn a_stall_under_every_disk_fails_none_but_one_hung_disk_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let (_p, fs) = create_temp(t.path(), 4, 2, ES).unwrap();
+    let files = fill(&fs, 2, 3);
+    // Hung = 10 deadlines (0.5 s) without an answer.
+    let o = orchestrator_with(&fs, AgentMode::Pool, Duration::from_millis(50));
+    let slow = |d: u32, delay_ms: u64| {
+        fs.store.disk(d).unwrap().set_fault(crate::store::Fault {
+            eio_rate: 0.0,
+            delay_ms,
+        })
+    };
+    let states =
+        || -> Vec<DiskState> { (0..4).map(|d| fs.store.disk(d).unwrap().state()).collect() };
+    // Every disk's probe takes 1.5 s: three hang thresholds, and no disk answers meanwhile.
+    for d in 0..4 {
+        slow(d, 1500);
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        assert!(
+            !states().contains(&DiskState::Failed),
+            "a stall shared by every disk failed one: {:?}",
+            states()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(states(), vec![DiskState::Suspect; 4]);
+    // The stall ends: every disk is up again, nothing moved, nothing lost.
+    for d in 0..4 {
+        slow(d, 0);
+    }
+    let t0 = Instant::now();
+    while states() != vec![DiskState::Up; 4] {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", states());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(o.status().failures.is_empty());
+    check_full(&fs, &files);
+    // One disk hangs while the others answer: that disk fails and is rebuilt elsewhere.
+    slow(2, 5000);
+    let t0 = Instant::now();
+    while fs.store.disk(2).unwrap().state() != DiskState::Failed {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "hung disk not failed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(o.status().failures[0].reason.contains("hung"));
+    assert_eq!(
+        states().iter().filter(|s| **s == DiskState::Failed).count(),
+        1
+    );
+    slow(2, 0);
+    assert!(o.wait_idle(Duration::from_secs(60)));
+    check_full(&fs, &files);
 }
