@@ -166,6 +166,13 @@ impl Pool {
     pub fn umount(&mut self) {
         run_ok(&["umount", self.mnt.to_str().unwrap()]);
         self.mounted = false;
+        // The daemon must not unmount its path again once it is gone (fuser's is_mounted):
+        // that could take down a filesystem mounted there since.
+        let log = std::fs::read_to_string(self.pool.join("foreshard.log")).unwrap_or_default();
+        assert!(
+            !log.contains("Failed to umount"),
+            "the daemon unmounted an unmounted path again: {log}"
+        );
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

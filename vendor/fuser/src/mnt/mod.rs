@@ -207,9 +207,13 @@ fn is_mounted(fuse_device: &DevFuse) -> bool {
         let res = poll(slice::from_mut(&mut poll_fd), PollTimeout::ZERO);
         break match res {
             Ok(0) => true,
+            // POLLERR: the connection is gone (unmounted or aborted). Upstream had this
+            // inverted until cberner/fuser#703, so a session unmounted from outside (the
+            // usual way) unmounted its path again on drop: a spurious EINVAL warning, or a
+            // newly mounted filesystem at the same path taken down.
             Ok(1) => poll_fd
                 .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLERR)),
+                .is_some_and(|r| !r.contains(PollFlags::POLLERR)),
             Ok(_) => unreachable!(),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(err) => {
