@@ -155,6 +155,8 @@ impl Fs {
         // Allocated when buffered data is copied in or the disks' data is not taken whole.
         let mut out: Option<AlignedBuf> = None;
         let out_len;
+        // The request reaches the end of the file: data past it in an extent is never read.
+        let to_eof;
         {
             let mut n = node.inner.lock();
             if n.rec.kind == Kind::Dir {
@@ -165,6 +167,7 @@ impl Fs {
                 return Ok(AlignedBuf::new(0));
             }
             out_len = (end - offset) as usize;
+            to_eof = end == n.rec.size;
             for Piece {
                 index,
                 start,
@@ -200,9 +203,11 @@ impl Fs {
                 n.rec_dirty = true;
             }
         }
-        // One whole extent read ahead: its buffer is the reply.
+        // One whole extent read ahead (or all of it before the end of the file): its buffer is
+        // the reply. A request for part of an extent leaves the buffer to the next ones.
         if let ([(0, index, e, 0, len)], None) = (&plan[..], &out) {
-            if *len == out_len && e.len as usize >= out_len {
+            if *len == out_len && (e.len as usize == out_len || to_eof && e.len as usize > out_len)
+            {
                 if let Some(buf) = self.ra.get(ino, *index, e.version, true) {
                     // The slot is gone now: a buffer another reader still holds is copied,
                     // not read again.
@@ -218,10 +223,8 @@ impl Fs {
         for (at, index, e, start, len) in plan {
             let n = len.min(e.len as usize - start);
             let dst = &mut out[at..at + n];
-            if let Some(buf) = self
-                .ra
-                .get(ino, index, e.version, start + n == e.len as usize)
-            {
+            let last_use = start + n == e.len as usize || to_eof && at + n == out_len;
+            if let Some(buf) = self.ra.get(ino, index, e.version, last_use) {
                 dst.copy_from_slice(&buf[start..start + n]);
                 if let Ok(buf) = Arc::try_unwrap(buf) {
                     self.ra.recycle(buf);

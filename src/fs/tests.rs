@@ -419,6 +419,32 @@ fn shard_hash_spreads_extents() {
 }
 
 #[test]
+fn requests_smaller_than_an_extent_share_its_read_ahead() {
+    let t = tempfile::tempdir().unwrap();
+    let es = 1u64 << 20;
+    let (_p, fs) = create_temp(t.path(), 3, 1, es).unwrap();
+    let (a, fh) = fs
+        .create(Ctx::root(), ROOT_INO, b"big", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    let extents = 12;
+    let data = pattern(extents * es as usize, 3);
+    fs.write(fh, 0, &data).unwrap();
+    fs.release(fh).unwrap();
+    let fh = fs.open(a.ino, libc::O_RDONLY).unwrap();
+    let chunk = es as usize / 4;
+    let mut got = Vec::new();
+    for off in (0..data.len()).step_by(chunk) {
+        got.extend(fs.read(a.ino, off as u64, chunk as u32).unwrap());
+    }
+    assert!(got == data);
+    // Extents 1.. are read ahead; each serves all four of its requests (the first request
+    // used to take the buffer as its reply, and the other three read the disks again).
+    let hits = fs.stats().readahead_hits;
+    assert!(hits >= 4 * (extents as u64 - 2), "read-ahead hits: {hits}");
+    fs.release(fh).unwrap();
+}
+
+#[test]
 fn sequential_reads_are_read_ahead_verified_and_current() {
     let (_t, p, fs) = setup(3, 2);
     let (a, fh) = fs
