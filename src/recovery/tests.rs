@@ -64,6 +64,15 @@ fn check_full(fs: &Fs, files: &[(u64, Vec<u8>)]) {
     }
 }
 
+/// Polls `cond` until it holds; fails the test with `what` after `secs` seconds.
+fn wait_until(secs: u64, what: &str, cond: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn orchestrator(fs: &Arc<Fs>, mode: AgentMode) -> Arc<Orchestrator> {
     orchestrator_with(fs, mode, Duration::from_millis(1000))
 }
@@ -370,14 +379,9 @@ fn probe_fails_missing_and_relabelled_disks() {
         },
     )
     .unwrap();
-    let t0 = Instant::now();
-    while fs.store.disk(0).unwrap().state() != DiskState::Failed {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "label mismatch not detected"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(5, "label mismatch not detected", || {
+        fs.store.disk(0).unwrap().state() == DiskState::Failed
+    });
     assert!(o.wait_idle(Duration::from_secs(60)));
     assert!(o.status().failures[0].reason.contains("label mismatch"));
     // 3 disks, 2 replicas, one failed: every extent still has 2 copies.
@@ -387,11 +391,9 @@ fn probe_fails_missing_and_relabelled_disks() {
         eio_rate: 1.0,
         delay_ms: 0,
     });
-    let t0 = Instant::now();
-    while fs.store.disk(1).unwrap().state() != DiskState::Failed {
-        assert!(t0.elapsed() < Duration::from_secs(5), "EIO disk not failed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(5, "EIO disk not failed", || {
+        fs.store.disk(1).unwrap().state() == DiskState::Failed
+    });
     assert!(o.wait_idle(Duration::from_secs(60)));
     // One disk left for 2 replicas: nothing lost, but shards lack a second target.
     let st = o.status();
@@ -437,23 +439,16 @@ fn a_stall_under_every_disk_fails_none_but_one_hung_disk_fails() {
     for d in 0..4 {
         slow(d, 0);
     }
-    let t0 = Instant::now();
-    while states() != vec![DiskState::Up; 4] {
-        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", states());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(10, "disks not up again after the stall", || {
+        states() == vec![DiskState::Up; 4]
+    });
     assert!(o.status().failures.is_empty());
     check_full(&fs, &files);
     // One disk hangs while the others answer: that disk fails and is rebuilt elsewhere.
     slow(2, 5000);
-    let t0 = Instant::now();
-    while fs.store.disk(2).unwrap().state() != DiskState::Failed {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "hung disk not failed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(10, "hung disk not failed", || {
+        fs.store.disk(2).unwrap().state() == DiskState::Failed
+    });
     assert!(o.status().failures[0].reason.contains("hung"));
     assert_eq!(
         states().iter().filter(|s| **s == DiskState::Failed).count(),
