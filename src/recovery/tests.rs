@@ -74,7 +74,7 @@ fn wait_until(secs: u64, what: &str, cond: impl Fn() -> bool) {
 }
 
 fn orchestrator(fs: &Arc<Fs>, mode: AgentMode) -> Arc<Orchestrator> {
-    orchestrator_with(fs, mode, Duration::from_millis(1000))
+    orchestrator_with(fs, mode, RecoveryOptions::default().probe_deadline)
 }
 
 fn orchestrator_with(fs: &Arc<Fs>, mode: AgentMode, probe_deadline: Duration) -> Arc<Orchestrator> {

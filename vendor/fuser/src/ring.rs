@@ -109,7 +109,7 @@ impl Entry {
     fn new(payload_bytes: usize) -> Box<Entry> {
         let hdr = alloc(HDR_BYTES, 64);
         let buf = alloc(SLACK_BYTES + payload_bytes, 4096);
-        let e = Box::new(Entry {
+        Box::new(Entry {
             hdr,
             buf,
             payload_bytes,
@@ -125,8 +125,7 @@ impl Entry {
                     iov_len: payload_bytes,
                 },
             ],
-        });
-        e
+        })
     }
 
     fn payload(&self) -> *mut u8 {
