@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admin;
 pub mod agents;
+mod bufmem;
 pub mod control;
 pub mod daemon;
 pub mod fs;

@@ -16,6 +16,7 @@ use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
+use crate::bufmem;
 use crate::meta::DiskState;
 
 pub const LABEL_FILE: &str = "foreshard.label";
@@ -106,6 +107,8 @@ pub struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
     cap: usize,
+    /// From `bufmem` (large buffers), else from the heap.
+    mapped: bool,
 }
 
 // SAFETY: plain owned memory.
@@ -118,35 +121,58 @@ impl AlignedBuf {
         std::alloc::Layout::from_size_align(cap.max(1), DIRECT_ALIGN).expect("valid buffer layout")
     }
 
-    /// `len` zero bytes.
-    pub fn new(len: usize) -> AlignedBuf {
-        let cap = align_up(len);
+    /// `cap` bytes (a multiple of `DIRECT_ALIGN`) whose first `stale_len` bytes may hold
+    /// another buffer's old bytes and the rest are zeros.
+    fn alloc(cap: usize, stale_len: usize) -> AlignedBuf {
+        if cap >= bufmem::BYTES_MIN {
+            if let Some((ptr, zeroed)) = bufmem::take(cap) {
+                if !zeroed {
+                    // SAFETY: `cap` bytes owned by this buffer from here on.
+                    unsafe {
+                        std::ptr::write_bytes(ptr.as_ptr().add(stale_len), 0, cap - stale_len)
+                    };
+                }
+                return AlignedBuf {
+                    ptr,
+                    len: 0,
+                    cap,
+                    mapped: true,
+                };
+            }
+        }
         let layout = Self::layout(cap);
         // SAFETY: layout has non-zero size.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr =
             std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, len, cap }
+        AlignedBuf {
+            ptr,
+            len: 0,
+            cap,
+            mapped: false,
+        }
+    }
+
+    /// `len` zero bytes.
+    pub fn new(len: usize) -> AlignedBuf {
+        let mut b = Self::alloc(align_up(len), 0);
+        b.len = len;
+        b
+    }
+
+    /// `len` bytes of unspecified (but initialised) content, for a buffer about to be
+    /// overwritten whole: a reused one is not zeroed first.
+    pub fn for_overwrite(len: usize) -> AlignedBuf {
+        let mut b = Self::alloc(align_up(len), len);
+        b.len = len;
+        b
     }
 
     /// An aligned copy of `data`.
     pub fn copy_of(data: &[u8]) -> AlignedBuf {
-        let cap = align_up(data.len());
-        let layout = Self::layout(cap);
-        // SAFETY: layout has non-zero size; every byte is written below before use.
-        let p = unsafe { std::alloc::alloc(layout) };
-        let ptr =
-            std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        // SAFETY: `cap` >= `data.len()` bytes, freshly allocated, not overlapping `data`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len());
-            std::ptr::write_bytes(p.add(data.len()), 0, cap - data.len());
-        }
-        AlignedBuf {
-            ptr,
-            len: data.len(),
-            cap,
-        }
+        let mut b = Self::for_overwrite(data.len());
+        b.copy_from_slice(data);
+        b
     }
 }
 
@@ -176,8 +202,12 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` / `copy_of` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
+        if self.mapped {
+            bufmem::give(self.ptr.as_ptr() as usize, self.cap);
+        } else {
+            // SAFETY: allocated in `alloc` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
+        }
     }
 }
 
@@ -856,6 +886,29 @@ mod tests {
                 &data[..n],
                 "version {version}"
             );
+        }
+    }
+
+    #[test]
+    fn reused_large_buffers_keep_their_zero_promises() {
+        // Large buffers are recycled through `bufmem`: dirty one, free it, and the next ones
+        // of its size still read as zeros where the type says so.
+        let len = (384 << 10) + 1000;
+        for _ in 0..4 {
+            let mut b = AlignedBuf::new(len);
+            assert!(b.iter().all(|&x| x == 0));
+            b.fill(0xee);
+            let mut o = AlignedBuf::for_overwrite(len - 5000);
+            let cap = o.capacity();
+            o.set_len(cap);
+            assert!(o[len - 5000..].iter().all(|&x| x == 0));
+            o.fill(0xdd);
+            let data = vec![7u8; len - 100];
+            let mut c = AlignedBuf::copy_of(&data);
+            assert_eq!(&c[..], &data[..]);
+            c.set_len(c.capacity());
+            assert!(c[data.len()..].iter().all(|&x| x == 0));
+            c.fill(0xcc);
         }
     }
 

@@ -342,7 +342,7 @@ impl Readahead {
                 b.set_len(len);
                 b
             }
-            _ => AlignedBuf::new(len),
+            _ => AlignedBuf::for_overwrite(len),
         }
     }
 
