@@ -121,16 +121,15 @@ impl AlignedBuf {
         std::alloc::Layout::from_size_align(cap.max(1), DIRECT_ALIGN).expect("valid buffer layout")
     }
 
-    /// `cap` bytes (a multiple of `DIRECT_ALIGN`) whose first `stale_len` bytes may hold
-    /// another buffer's old bytes and the rest are zeros.
-    fn alloc(cap: usize, stale_len: usize) -> AlignedBuf {
+    /// `cap` bytes (a multiple of `DIRECT_ALIGN`), zeros from `head` on. The first `head`
+    /// bytes are zeros or another buffer's old bytes; with `head_uninit` they may also be
+    /// uninitialised, and the caller writes them before anything reads them.
+    fn alloc(cap: usize, head: usize, head_uninit: bool) -> AlignedBuf {
         if cap >= bufmem::BYTES_MIN {
             if let Some((ptr, zeroed)) = bufmem::take(cap) {
                 if !zeroed {
                     // SAFETY: `cap` bytes owned by this buffer from here on.
-                    unsafe {
-                        std::ptr::write_bytes(ptr.as_ptr().add(stale_len), 0, cap - stale_len)
-                    };
+                    unsafe { std::ptr::write_bytes(ptr.as_ptr().add(head), 0, cap - head) };
                 }
                 return AlignedBuf {
                     ptr,
@@ -141,10 +140,21 @@ impl AlignedBuf {
             }
         }
         let layout = Self::layout(cap);
-        // SAFETY: layout has non-zero size.
-        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = if head_uninit && head > 0 {
+            // SAFETY: layout has non-zero size; the tail is zeroed here, the head by the caller.
+            unsafe {
+                let p = std::alloc::alloc(layout);
+                if !p.is_null() {
+                    std::ptr::write_bytes(p.add(head), 0, cap - head);
+                }
+                p
+            }
+        } else {
+            // SAFETY: layout has non-zero size.
+            unsafe { std::alloc::alloc_zeroed(layout) }
+        };
         let ptr =
-            std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf {
             ptr,
             len: 0,
@@ -155,7 +165,7 @@ impl AlignedBuf {
 
     /// `len` zero bytes.
     pub fn new(len: usize) -> AlignedBuf {
-        let mut b = Self::alloc(align_up(len), 0);
+        let mut b = Self::alloc(align_up(len), 0, false);
         b.len = len;
         b
     }
@@ -163,15 +173,18 @@ impl AlignedBuf {
     /// `len` bytes of unspecified (but initialised) content, for a buffer about to be
     /// overwritten whole: a reused one is not zeroed first.
     pub fn for_overwrite(len: usize) -> AlignedBuf {
-        let mut b = Self::alloc(align_up(len), len);
+        let mut b = Self::alloc(align_up(len), len, false);
         b.len = len;
         b
     }
 
     /// An aligned copy of `data`.
     pub fn copy_of(data: &[u8]) -> AlignedBuf {
-        let mut b = Self::for_overwrite(data.len());
-        b.copy_from_slice(data);
+        let mut b = Self::alloc(align_up(data.len()), data.len(), true);
+        // SAFETY: the buffer has `cap` >= `data.len()` bytes, is new and does not overlap
+        // `data`; this writes the head `alloc` left to the caller.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), b.ptr.as_ptr(), data.len()) };
+        b.len = data.len();
         b
     }
 }
