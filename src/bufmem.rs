@@ -47,8 +47,8 @@ pub(crate) fn take(cap: usize) -> Option<(NonNull<u8>, bool)> {
 }
 
 /// Returns a piece from `take`; it is kept for reuse or unmapped.
-pub(crate) fn give(addr: usize, cap: usize) {
-    POOL.give(addr, cap, false)
+pub(crate) fn give(ptr: NonNull<u8>, cap: usize) {
+    POOL.give(ptr.as_ptr() as usize, cap, false)
 }
 
 impl Pool {

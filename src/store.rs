@@ -121,24 +121,34 @@ impl AlignedBuf {
         std::alloc::Layout::from_size_align(cap.max(1), DIRECT_ALIGN).expect("valid buffer layout")
     }
 
-    /// `cap` bytes (a multiple of `DIRECT_ALIGN`), zeros from `head` on. The first `head`
-    /// bytes are zeros or another buffer's old bytes; with `head_uninit` they may also be
-    /// uninitialised, and the caller writes them before anything reads them.
-    fn alloc(cap: usize, head: usize, head_uninit: bool) -> AlignedBuf {
-        if cap >= bufmem::BYTES_MIN {
-            if let Some((ptr, zeroed)) = bufmem::take(cap) {
+    /// `len` bytes in an allocation rounded up to `DIRECT_ALIGN`, zeros from `head` on. The
+    /// first `head` bytes are zeros or another buffer's old bytes; with `head_uninit` they may
+    /// also be uninitialised, and the caller writes them before anything reads them.
+    fn alloc(len: usize, head: usize, head_uninit: bool) -> AlignedBuf {
+        let cap = align_up(len);
+        let (ptr, mapped) = match (cap >= bufmem::BYTES_MIN)
+            .then(|| bufmem::take(cap))
+            .flatten()
+        {
+            Some((ptr, zeroed)) => {
                 if !zeroed {
                     // SAFETY: `cap` bytes owned by this buffer from here on.
                     unsafe { std::ptr::write_bytes(ptr.as_ptr().add(head), 0, cap - head) };
                 }
-                return AlignedBuf {
-                    ptr,
-                    len: 0,
-                    cap,
-                    mapped: true,
-                };
+                (ptr, true)
             }
+            None => (Self::heap(cap, head, head_uninit), false),
+        };
+        AlignedBuf {
+            ptr,
+            len,
+            cap,
+            mapped,
         }
+    }
+
+    /// `cap` bytes from the heap, as `alloc` promises them.
+    fn heap(cap: usize, head: usize, head_uninit: bool) -> std::ptr::NonNull<u8> {
         let layout = Self::layout(cap);
         let ptr = if head_uninit && head > 0 {
             // SAFETY: layout has non-zero size; the tail is zeroed here, the head by the caller.
@@ -153,38 +163,26 @@ impl AlignedBuf {
             // SAFETY: layout has non-zero size.
             unsafe { std::alloc::alloc_zeroed(layout) }
         };
-        let ptr =
-            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf {
-            ptr,
-            len: 0,
-            cap,
-            mapped: false,
-        }
+        std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
     }
 
     /// `len` zero bytes.
     pub fn new(len: usize) -> AlignedBuf {
-        let mut b = Self::alloc(align_up(len), 0, false);
-        b.len = len;
-        b
+        Self::alloc(len, 0, false)
     }
 
     /// `len` bytes of unspecified (but initialised) content, for a buffer about to be
     /// overwritten whole: a reused one is not zeroed first.
     pub fn for_overwrite(len: usize) -> AlignedBuf {
-        let mut b = Self::alloc(align_up(len), len, false);
-        b.len = len;
-        b
+        Self::alloc(len, len, false)
     }
 
     /// An aligned copy of `data`.
     pub fn copy_of(data: &[u8]) -> AlignedBuf {
-        let mut b = Self::alloc(align_up(data.len()), data.len(), true);
+        let b = Self::alloc(data.len(), data.len(), true);
         // SAFETY: the buffer has `cap` >= `data.len()` bytes, is new and does not overlap
         // `data`; this writes the head `alloc` left to the caller.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), b.ptr.as_ptr(), data.len()) };
-        b.len = data.len();
         b
     }
 }
@@ -216,7 +214,7 @@ impl AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if self.mapped {
-            bufmem::give(self.ptr.as_ptr() as usize, self.cap);
+            bufmem::give(self.ptr, self.cap);
         } else {
             // SAFETY: allocated in `alloc` with this layout.
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
