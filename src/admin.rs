@@ -543,6 +543,10 @@ pub struct FsckReport {
     pub problems: Vec<String>,
     pub repaired: u64,
     pub unrepaired: u64,
+    /// Extent files no record names (left by a crash or an operation in flight): not
+    /// damage; removed by the next mount or by `--repair`.
+    #[serde(default)]
+    pub debris: u64,
     pub clean: bool,
 }
 
@@ -799,18 +803,24 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
                     .flatten()
                     .is_some_and(|e| e.version == id.version && e.replicas.contains(&disk.id))
             };
-            if !live_files.contains(&(disk.id, id.ino, id.index, id.version))
-                && !fs.is_open(id.ino)
-                && !referenced_now()
+            if live_files.contains(&(disk.id, id.ino, id.index, id.version))
+                || fs.is_open(id.ino)
+                || referenced_now()
             {
-                if repair {
-                    fs.store.remove_extent(&disk, &id);
-                }
-                problem(
-                    &mut r,
-                    repair,
-                    format!("disk {}: unreferenced extent file {:?}", disk.id, id),
-                );
+                continue;
+            }
+            if !repair {
+                r.debris += 1;
+                continue;
+            }
+            // Recovery, evacuation and migration hold this from installing a copy until it
+            // is committed (or removed): under it, an unnamed copy is not in flight.
+            let _g = fs.recovery_guard();
+            if !referenced_now() && !fs.is_open(id.ino) {
+                // Through the reaper: gone only once no durable record can name it.
+                fs.reap(disk.id, id);
+                r.debris += 1;
+                tracing::info!(disk = disk.id, "fsck: stray extent file {id:?} removed");
             }
         }
     }
@@ -828,6 +838,8 @@ fn restore_replicas(
     live: &[u32],
     files: &mut HashSet<(u32, u64, u64, u64)>,
 ) -> bool {
+    // Never at once with a recovery, evacuation or migration installing copies.
+    let _g = fs.recovery_guard();
     let Some(data) = fs.read_good_copy(ino, index, e) else {
         return false;
     };

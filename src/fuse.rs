@@ -311,12 +311,19 @@ impl fuser::Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        write_flags: WriteFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write_as(fh.0, offset, data, stream(req, fh)) {
+        // The file's flags now (fcntl may have changed O_APPEND); writeback of a shared
+        // mapping carries no flags of its own and never appends.
+        let append =
+            !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) && flags.0 & libc::O_APPEND != 0;
+        match self
+            .fs
+            .write_as(fh.0, offset, data, stream(req, fh), Some(append))
+        {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err(e)),
         }

@@ -7,6 +7,7 @@ pub mod agents;
 mod bufmem;
 pub mod control;
 pub mod daemon;
+mod durable;
 pub mod fs;
 pub mod fuse;
 pub mod meta;

@@ -93,6 +93,10 @@ enum Cmd {
         /// A probe running longer than this counts as failed (milliseconds).
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600000))]
         probe_deadline_ms: u64,
+        /// A disk whose root or label vanished stays suspect this long (milliseconds)
+        /// before it is failed and its data rebuilt elsewhere.
+        #[arg(long, default_value_t = 10000, value_parser = clap::value_parser!(u64).range(0..=3600000))]
+        missing_grace_ms: u64,
         /// Run without the access analyzer (and so without re-sharding).
         #[arg(long)]
         no_access: bool,
@@ -378,9 +382,9 @@ fn ask(pool: &Path, req: Request, timeout: Duration) -> anyhow::Result<serde_jso
     }
     let p = Pool::open(pool)?;
     let fs = p.fs(FsOptions::default())?;
-    if matches!(req, Request::Fsck { .. }) {
-        // The same crash recovery a mount does first, so debris of an interrupted write
-        // (uncommitted extent files, inodes unlinked while open) is not reported as damage.
+    if matches!(req, Request::Fsck { repair: true }) {
+        // The same crash recovery a mount does first (a plain fsck changes nothing: it
+        // counts debris of an interrupted write instead).
         let (freed, removed) = pool::cleanup(&fs)?;
         if freed + removed > 0 {
             eprintln!("crash recovery: {freed} orphaned inode(s) freed, {removed} uncommitted extent file(s) removed");
@@ -435,6 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             recovery_profile,
             probe_interval_ms,
             probe_deadline_ms,
+            missing_grace_ms,
             no_access,
             reshard_interval_s,
             migration_rate,
@@ -495,6 +500,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     reservation_bytes_per_s,
                     probe_interval: Duration::from_millis(probe_interval_ms),
                     probe_deadline: Duration::from_millis(probe_deadline_ms),
+                    missing_grace: Duration::from_millis(missing_grace_ms),
                     ..RecoveryOptions::default()
                 },
                 access: (!no_access).then(AccessOptions::default),
@@ -625,6 +631,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 for p in &r.problems {
                     println!("{p}");
+                }
+                if r.debris > 0 {
+                    let what = if repair {
+                        "removed"
+                    } else {
+                        "left for the next mount or --repair to remove"
+                    };
+                    println!(
+                        "{} stray extent file(s) (no record names them): {what}",
+                        r.debris
+                    );
                 }
                 println!(
                     "fsck: {} inodes, {} extents, {} replicas ({}) verified; {} problem(s), {} repaired, {} left: {}",

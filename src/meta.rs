@@ -255,7 +255,18 @@ pub struct Meta {
     next_ino: AtomicU64,
     next_version: AtomicU64,
     reserve_lock: Mutex<()>,
+    /// Highest WAL sequence known durable (every batch at or below it survives a power cut).
+    synced_seq: AtomicU64,
+    /// Makes the data files named by written batches durable; runs before every WAL sync, so
+    /// durable metadata never names an extent file whose bytes are not durable.
+    barrier: parking_lot::RwLock<Option<DataBarrier>>,
+    /// Taken shared by every batch write and exclusively by a WAL sync between its last
+    /// barrier and the sync, so no batch slips in whose files the barrier did not see.
+    gate: parking_lot::RwLock<()>,
 }
+
+/// See `Meta::set_barrier`.
+pub type DataBarrier = Box<dyn Fn() -> anyhow::Result<()> + Send + Sync>;
 
 /// A set of changes applied atomically by `Meta::write`.
 pub struct Batch<'a> {
@@ -387,12 +398,19 @@ impl Meta {
             next_ino: AtomicU64::new(0),
             next_version: AtomicU64::new(0),
             reserve_lock: Mutex::new(()),
+            synced_seq: AtomicU64::new(0),
+            barrier: parking_lot::RwLock::new(None),
+            gate: parking_lot::RwLock::new(()),
         };
+
         let ino = meta.counter("ino_reserved")?.max(ROOT_INO + 1);
         let ver = meta.counter("version_reserved")?.max(1);
         meta.next_ino.store(ino, Ordering::SeqCst);
         meta.next_version.store(ver, Ordering::SeqCst);
-        // Everything below the reservation may have been handed out before a crash.
+        // Everything below the reservation may have been handed out before a crash. The
+        // counter writes sync the WAL, so whatever recovery replayed from it (maybe only in
+        // the page cache after a killed daemon) is durable before anyone acts on it:
+        // start-up cleanup deletes the files that this state no longer names.
         meta.set_counter("ino_reserved", ino + COUNTER_BLOCK)?;
         meta.set_counter("version_reserved", ver + COUNTER_BLOCK)?;
         Ok(meta)
@@ -416,11 +434,11 @@ impl Meta {
     }
 
     fn set_counter(&self, name: &str, v: u64) -> anyhow::Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db
-            .put_cf_opt(self.cf(CF_CONFIG), name.as_bytes(), v.to_be_bytes(), &wo)?;
-        Ok(())
+        let mut b = self.batch();
+        b.put_raw(CF_CONFIG, name.as_bytes(), &v.to_be_bytes());
+        self.write(b)?;
+        // A synced write syncs the whole WAL: it goes through the data barrier like any sync.
+        self.sync_wal()
     }
 
     fn alloc(&self, ctr: &AtomicU64, name: &str) -> u64 {
@@ -451,16 +469,46 @@ impl Meta {
     }
 
     /// Applies a batch atomically. Not synced: `sync_wal` makes it durable (fsync path).
+    /// Data files the batch names must be registered with the barrier's owner before.
     pub fn write(&self, b: Batch<'_>) -> anyhow::Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
+        let _g = self.gate.read();
         self.db.write_opt(b.wb, &wo)?;
         Ok(())
     }
 
+    /// Installs the data barrier (the open filesystem's pending extent files).
+    pub fn set_barrier(&self, f: DataBarrier) {
+        *self.barrier.write() = Some(f);
+    }
+
+    /// Makes every batch written so far durable, after the data files they name (barrier).
     pub fn sync_wal(&self) -> anyhow::Result<()> {
+        let barrier = self.barrier.read();
+        if let Some(b) = barrier.as_ref() {
+            // Most pending files are synced here, with batches still flowing.
+            b()?;
+        }
+        let _w = self.gate.write();
+        if let Some(b) = barrier.as_ref() {
+            // Files of batches written since the first pass (usually none).
+            b()?;
+        }
+        let seq = self.db.latest_sequence_number();
         self.db.flush_wal(true)?;
+        self.synced_seq.fetch_max(seq, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The sequence number of the last batch written (durable or not).
+    pub fn last_seq(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    /// Every batch at or below this sequence number is durable.
+    pub fn synced_seq(&self) -> u64 {
+        self.synced_seq.load(Ordering::SeqCst)
     }
 
     fn get<T: DeserializeOwned>(&self, cf: &str, key: &[u8]) -> anyhow::Result<Option<T>> {

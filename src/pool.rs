@@ -374,6 +374,9 @@ pub fn cleanup(fs: &Fs) -> anyhow::Result<(usize, usize)> {
         if !disk.is_up() {
             continue;
         }
+        removed += disk
+            .remove_temps()
+            .with_context(|| format!("cannot remove temp files on disk {}", disk.id))?;
         for (id, _) in disk
             .scan()
             .with_context(|| format!("cannot scan disk {}", disk.id))?

@@ -4,6 +4,7 @@
 //! holding exactly the extent's valid bytes. Files are written once and never modified, except
 //! by repair, which replaces a bad copy atomically (write a temp file, rename over it).
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -17,6 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::bufmem;
+use crate::durable;
 use crate::meta::DiskState;
 
 pub const LABEL_FILE: &str = "foreshard.label";
@@ -50,7 +52,10 @@ impl ExtentId {
         })
     }
     fn bucket(&self) -> String {
-        format!("{:02x}", (self.ino.wrapping_mul(31) ^ self.index) & 0xff)
+        format!("{:02x}", self.bucket_no())
+    }
+    fn bucket_no(&self) -> u16 {
+        ((self.ino.wrapping_mul(31) ^ self.index) & 0xff) as u16
     }
 }
 
@@ -267,9 +272,13 @@ fn create_new(path: &Path, direct: bool) -> io::Result<(File, bool)> {
 /// Creates the bucket directory of an extent file, but never the disk's `extents` directory
 /// or anything above it: a disk that vanished must fail, not grow again on the parent fs.
 fn make_bucket(path: &Path) -> io::Result<()> {
-    match fs::create_dir(path.parent().expect("extent files live in a bucket")) {
+    let bucket = path.parent().expect("extent files live in a bucket");
+    match fs::create_dir(bucket) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
+        Err(_) => Ok(()),
+        // A new bucket's own entry must be durable before any file in it can be (at most
+        // 256 times per disk, so synchronously).
+        Ok(()) => File::open(bucket.parent().expect("buckets live in extents/"))?.sync_all(),
     }
 }
 
@@ -446,17 +455,32 @@ impl Disk {
                 let e = e?;
                 let name = e.file_name();
                 let name = name.to_string_lossy();
-                match ExtentId::parse(&name) {
-                    Some(id) => out.push((id, e.metadata()?.len())),
-                    // Temp files of an interrupted write or repair.
-                    None if name.ends_with(".tmp") => {
-                        let _ = fs::remove_file(e.path());
-                    }
-                    None => {}
+                if let Some(id) = ExtentId::parse(&name) {
+                    out.push((id, e.metadata()?.len()));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Removes the temp files of interrupted repairs and recovery copies (start-up cleanup
+    /// only: on a mounted pool they may belong to an operation in flight). Returns how many.
+    pub fn remove_temps(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for b in fs::read_dir(self.root.join(EXTENT_DIR))? {
+            let b = b?;
+            if !b.file_type()?.is_dir() {
+                continue;
+            }
+            for e in fs::read_dir(b.path())? {
+                let e = e?;
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    fs::remove_file(e.path())?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -765,17 +789,51 @@ impl Store {
         }
     }
 
-    /// Makes everything written to the disk's filesystem durable.
-    pub fn sync_disk(&self, disk: &Disk) -> io::Result<()> {
-        disk.inject()?;
-        let f = File::open(&disk.root)?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: valid open descriptor.
-        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-            disk.io_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(io::Error::last_os_error());
+    /// Makes extent files durable: each file's data (fdatasync) and the entry naming it in
+    /// its bucket directory (fsync), all in parallel. Files already removed are skipped.
+    /// Returns the disks where something failed (their error counted).
+    pub fn sync_extents(&self, files: &[(u32, ExtentId)]) -> HashMap<u32, io::Error> {
+        let mut failed: HashMap<u32, io::Error> = HashMap::new();
+        let mut targets = Vec::with_capacity(files.len() + files.len() / 4);
+        let mut dirs: HashSet<(u32, u16)> = HashSet::new();
+        let mut disks: HashMap<u32, Option<Arc<Disk>>> = HashMap::new();
+        for (d, id) in files {
+            let disk = disks.entry(*d).or_insert_with(|| {
+                let disk = self.disk(*d)?;
+                // An injected fault applies once per disk and sync.
+                match disk.inject() {
+                    Ok(()) => Some(disk),
+                    Err(e) => {
+                        failed.insert(*d, e);
+                        None
+                    }
+                }
+            });
+            let Some(disk) = disk else { continue };
+            let path = disk.extent_path(id);
+            if dirs.insert((*d, id.bucket_no())) {
+                targets.push(durable::Target {
+                    owner: *d,
+                    path: path.parent().expect("bucket").to_path_buf(),
+                    dir: true,
+                });
+            }
+            targets.push(durable::Target {
+                owner: *d,
+                path,
+                dir: false,
+            });
         }
-        Ok(())
+        for (d, e) in durable::sync(&targets) {
+            failed.entry(d).or_insert(e);
+        }
+        for (d, e) in &failed {
+            if let Some(disk) = self.disk(*d) {
+                tracing::error!(disk = d, "cannot make extent files durable: {e}");
+                disk.note_error(e);
+            }
+        }
+        failed
     }
 }
 

@@ -727,3 +727,29 @@ fn sigterm_on_a_busy_mount_detaches_it_and_exits_after_the_last_close() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+#[test]
+fn append_follows_fcntl_and_rename_over_an_empty_dir_counts_links() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let Some(p) = mounted(2, 1) else { return };
+    let f = p.path("fcntl");
+    fs::write(&f, b"0123456789").unwrap();
+    let a = OpenOptions::new().append(true).read(true).open(&f).unwrap();
+    // SAFETY: valid open descriptor; clears O_APPEND.
+    assert_eq!(unsafe { libc::fcntl(a.as_raw_fd(), libc::F_SETFL, 0) }, 0);
+    a.write_at(b"XY", 0).unwrap();
+    drop(a);
+    assert_eq!(fs::read(&f).unwrap(), b"XY23456789");
+    // mv -T a b: a directory over an empty one in the same parent.
+    fs::create_dir(p.path("top")).unwrap();
+    fs::create_dir(p.path("top/a")).unwrap();
+    fs::create_dir(p.path("top/b")).unwrap();
+    assert_eq!(fs::metadata(p.path("top")).unwrap().nlink(), 4);
+    fs::rename(p.path("top/a"), p.path("top/b")).unwrap();
+    assert_eq!(fs::metadata(p.path("top")).unwrap().nlink(), 3);
+    let mut p = p;
+    p.umount();
+    let (clean, out) = p.fsck(false);
+    assert!(clean, "{out}");
+}

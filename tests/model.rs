@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use foreshard::fs::{Ctx, Errno, Fs, SetAttr};
 use foreshard::meta::{Kind, ROOT_INO};
+use foreshard::store::Fault;
 use proptest::prelude::*;
 
 const ES: u64 = 64 * 1024;
@@ -14,13 +15,21 @@ const NAMES: [&str; 3] = ["a", "b", "c"];
 #[derive(Clone, Debug)]
 enum Op {
     Create(usize),
+    /// `append`: the write's own O_APPEND (fcntl may set or clear it after open).
     Write {
         f: usize,
         off: u64,
         len: usize,
         seed: u8,
+        append: bool,
     },
     Truncate {
+        f: usize,
+        size: u64,
+    },
+    /// A truncate while every disk fails I/O: it succeeds (nothing to read or write) or
+    /// fails and changes nothing.
+    FailingTruncate {
         f: usize,
         size: u64,
     },
@@ -52,8 +61,9 @@ fn op() -> impl Strategy<Value = Op> {
     let np = paths().len();
     prop_oneof![
         3 => (0..np).prop_map(Op::Create),
-        6 => (0..np, 0..3 * ES, 1..(ES as usize + 5000), any::<u8>()).prop_map(|(f, off, len, seed)| Op::Write { f, off, len, seed }),
+        6 => (0..np, 0..3 * ES, 1..(ES as usize + 5000), any::<u8>(), prop::bool::weighted(0.2)).prop_map(|(f, off, len, seed, append)| Op::Write { f, off, len, seed, append }),
         2 => (0..np, 0..3 * ES).prop_map(|(f, size)| Op::Truncate { f, size }),
+        1 => (0..np, 0..3 * ES).prop_map(|(f, size)| Op::FailingTruncate { f, size }),
         2 => (0..np, 0..np).prop_map(|(a, b)| Op::Rename(a, b)),
         1 => (0..np, 0..np).prop_map(|(a, b)| Op::Link(a, b)),
         2 => (0..np).prop_map(Op::Unlink),
@@ -104,6 +114,12 @@ impl Harness {
         let (parent, n) = self.resolve_parent(p)?;
         Ok(self.fs.lookup(parent, n.as_bytes())?.ino)
     }
+    /// Sets (or with the default, clears) a fault on every disk.
+    fn faults(&self, f: Fault) {
+        for d in self._p.store.disks() {
+            d.set_fault(f);
+        }
+    }
     fn handle(&mut self, ino: u64) -> u64 {
         if let Some(h) = self.open.get(&ino) {
             return *h;
@@ -147,7 +163,13 @@ fn run(ops: Vec<Op>) {
                     m.data.insert(m.next, Vec::new());
                 }
             }
-            Op::Write { f, off, len, seed } => {
+            Op::Write {
+                f,
+                off,
+                len,
+                seed,
+                append,
+            } => {
                 let p = &ps[f];
                 let Some(id) = m.names.get(p).copied() else {
                     continue;
@@ -155,8 +177,10 @@ fn run(ops: Vec<Op>) {
                 let ino = h.lookup(p).unwrap();
                 let fh = h.handle(ino);
                 let buf = bytes(len, seed);
-                assert_eq!(h.fs.write(fh, off, &buf).unwrap(), len);
+                let got = h.fs.write_as(fh, off, &buf, 1, Some(append));
+                assert_eq!(got.unwrap(), len);
                 let d = m.data.get_mut(&id).unwrap();
+                let off = if append { d.len() as u64 } else { off };
                 let end = off as usize + len;
                 if d.len() < end {
                     d.resize(end, 0);
@@ -179,6 +203,29 @@ fn run(ops: Vec<Op>) {
                 )
                 .unwrap();
                 m.data.get_mut(&id).unwrap().resize(size as usize, 0);
+            }
+            Op::FailingTruncate { f, size } => {
+                let p = &ps[f];
+                let Some(id) = m.names.get(p).copied() else {
+                    continue;
+                };
+                let ino = h.lookup(p).unwrap();
+                h.handle(ino);
+                let fault = Fault {
+                    eio_rate: 1.0,
+                    delay_ms: 0,
+                };
+                h.faults(fault);
+                let sa = SetAttr {
+                    size: Some(size),
+                    ..Default::default()
+                };
+                let got = h.fs.setattr(c, ino, &sa);
+                h.faults(Fault::default());
+                match got {
+                    Ok(_) => m.data.get_mut(&id).unwrap().resize(size as usize, 0),
+                    Err(e) => assert_eq!(e, Errno::EIO, "step {step}: failing truncate"),
+                }
             }
             Op::Rename(a, b) => {
                 let (pa, pb) = (&ps[a], &ps[b]);

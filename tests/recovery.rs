@@ -327,3 +327,33 @@ fn full_disk_is_full_not_failed() {
     check_all(&files);
     p.umount();
 }
+
+#[test]
+fn a_disk_renamed_away_briefly_is_suspect_then_up_not_failed() {
+    let Some(p) = mounted(3, &[]) else { return };
+    let files = fill(&p, 4);
+    let aside = p.disks[1].with_extension("away");
+    std::fs::rename(&p.disks[1], &aside).unwrap();
+    let v = p.wait_status(5, "disk 1 suspect", |v| disk_state(v, 1) == "suspect");
+    assert_eq!(disk_state(&v, 0), "up");
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::rename(&aside, &p.disks[1]).unwrap();
+    p.wait_status(5, "disk 1 up again", |v| disk_state(v, 1) == "up");
+    // Well past the moment it would have been failed without the grace period.
+    std::thread::sleep(Duration::from_secs(2));
+    let v = p.json(&["status"]);
+    assert_eq!(disk_state(&v, 1), "up", "{v:#}");
+    check_all(&files);
+    // Gone for longer than the grace period (here 1 s): failed and rebuilt.
+    let mut p = p;
+    p.umount();
+    p.mount_with(&["--missing-grace-ms", "1000"]);
+    std::fs::rename(&p.disks[1], &aside).unwrap();
+    let v = p.wait_status(30, "disk 1 failed", |v| disk_state(v, 1) == "failed");
+    let why = v["recovery"]["failures"][0]["reason"]
+        .as_str()
+        .unwrap_or("");
+    assert!(why.contains("gone"), "{why}");
+    p.wait_status(60, "recovery done", recovery_done);
+    check_all(&files);
+}

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{now_ns, readahead, Errno, Fs, FsResult, Handle, NodeInner, RepairReq};
+use super::{extent_files, now_ns, readahead, Errno, Fs, FsResult, Handle, NodeInner, RepairReq};
 use crate::access::AccessOp;
 use crate::meta::{Batch, ExtentRec, Kind};
 use crate::store::{block_sums, AlignedBuf, ExtentId, ReadError};
@@ -140,6 +140,11 @@ impl Fs {
                     if let Some(node) = self.node(ino) {
                         node.inner.lock().extents.clear();
                     }
+                }
+                // Still gone after looking again: the data is lost, not the file.
+                Err(Errno::ENOENT) => {
+                    tracing::error!(ino, offset, "every replica of the data is missing");
+                    return Err(Errno::EIO);
                 }
                 r => return r,
             }
@@ -522,13 +527,24 @@ impl Fs {
         Ok(Some(data))
     }
 
+    /// A write with the handle's open flags (O_APPEND as opened).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
-        self.write_as(fh, offset, data, fh | 1 << 63)
+        self.write_as(fh, offset, data, fh | 1 << 63, None)
     }
 
     /// `write` on behalf of `stream` (a process or handle, for the access analyzer).
-    pub fn write_as(&self, fh: u64, offset: u64, data: &[u8], stream: u64) -> FsResult<usize> {
-        let r = self.write_inner(fh, offset, data);
+    /// `append`: whether this write appends, from the write's own flags (fcntl can change
+    /// O_APPEND after open; page-cache writeback never appends); None: as the handle was
+    /// opened.
+    pub fn write_as(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        stream: u64,
+        append: Option<bool>,
+    ) -> FsResult<usize> {
+        let r = self.write_inner(fh, offset, data, append);
         if let Ok((ino, at)) = r {
             self.post_access(ino, at, data.len(), AccessOp::Write, stream);
         }
@@ -536,11 +552,17 @@ impl Fs {
     }
 
     /// Returns the inode and the offset written (O_APPEND moves it to the end).
-    fn write_inner(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<(u64, u64)> {
+    fn write_inner(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        append: Option<bool>,
+    ) -> FsResult<(u64, u64)> {
         let (ino, append) = {
             let h = self.handles.lock();
             let h = h.get(&fh).ok_or(Errno::EBADF)?;
-            (h.ino, h.append)
+            (h.ino, append.unwrap_or(h.append))
         };
         let node = self.node(ino).ok_or(Errno::EBADF)?;
         let es = self.extent_size();
@@ -730,6 +752,9 @@ impl Fs {
         let alloc_before = n.rec.alloc;
         n.rec.alloc = alloc.max(0) as u64;
         batch.put_inode(ino, &n.rec);
+        for (index, rec) in &written {
+            self.mark_unsynced(extent_files(ino, *index, rec));
+        }
         if let Err(e) = self.meta.write(batch) {
             n.rec.alloc = alloc_before;
             for (index, rec) in &written {
@@ -746,7 +771,6 @@ impl Fs {
             n.extents.remove(&index);
         }
         for (index, rec) in written {
-            self.mark_unsynced(&rec.replicas);
             n.extents.insert(index, Arc::new(rec));
             self.stats.extents_committed.fetch_add(1, Ordering::Relaxed);
         }
@@ -757,13 +781,8 @@ impl Fs {
     }
 
     pub(crate) fn remove_version(&self, ino: u64, index: u64, rec: &ExtentRec) {
-        let id = ExtentId {
-            ino,
-            index,
-            version: rec.version,
-        };
-        for d in &rec.replicas {
-            self.reap(*d, id);
+        for (d, id) in extent_files(ino, index, rec) {
+            self.reap(d, id);
         }
     }
 
@@ -845,69 +864,128 @@ impl Fs {
     }
 
     /// Sets the size of a file (caller holds a node reference). Shrinking drops whole extents
-    /// past the end and rewrites the boundary extent, all in one metadata batch.
+    /// past the end and rewrites the boundary extent, all in one metadata batch; if anything
+    /// fails (the boundary extent unreadable, its rewrite refused) nothing changes.
     pub(crate) fn set_size(&self, ino: u64, n: &mut NodeInner, size: u64) -> FsResult<()> {
         if size > FILE_SIZE_MAX {
             return Err(Errno::EFBIG);
         }
         let es = self.extent_size();
-        let old = n.rec.size;
-        n.rec.size = size;
-        n.rec_dirty = true;
-        if size >= old {
+        if size >= n.rec.size {
+            n.rec.size = size;
+            n.rec_dirty = true;
             return Ok(());
         }
         let keep_extents = size.div_ceil(es);
-        let mut batch = self.meta.batch();
-        let mut gone: Vec<(u64, Arc<ExtentRec>)> = Vec::new();
+        // Everything that can fail before anything changes.
         let mut doomed = Vec::new();
         self.meta.extents_of(ino, keep_extents, |i, _| {
             doomed.push(i);
             true
         })?;
-        for i in doomed {
-            if let Some(e) = self.extent_rec(ino, i, n)? {
-                n.rec.alloc = n.rec.alloc.saturating_sub(u64::from(e.len));
-                gone.push((i, e));
+        let mut gone: Vec<(u64, Arc<ExtentRec>)> = Vec::new();
+        for i in &doomed {
+            if let Some(e) = self.extent_rec(ino, *i, n)? {
+                gone.push((*i, e));
             }
+        }
+        let boundary = self.boundary_read(ino, n, size)?;
+        let saved = (n.rec.size, n.rec.alloc, n.rec_dirty);
+        let mut batch = self.meta.batch();
+        for i in doomed {
             batch.del_extent(ino, i);
         }
+        for (_, e) in &gone {
+            n.rec.alloc = n.rec.alloc.saturating_sub(u64::from(e.len));
+        }
+        n.rec.size = size;
+        n.rec_dirty = true;
+        // Dirty buffers past the end (whole ones, and the boundary's tail) leave the node
+        // only if the commit succeeds; until then they are kept aside.
+        let mut aside: Vec<(u64, Vec<u8>)> = Vec::new();
         let drop_dirty: Vec<u64> = n.dirty.range(keep_extents..).map(|(i, _)| *i).collect();
         for i in drop_dirty {
-            let d = n.dirty.remove(&i).expect("listed");
-            self.dirty_bytes
-                .fetch_sub(d.len() as u64, Ordering::Relaxed);
+            aside.push((i, n.dirty.remove(&i).expect("listed")));
         }
-        let mut boundary = Vec::new();
+        let mut indices = Vec::new();
+        let mut inserted = None;
         if !size.is_multiple_of(es) {
             let index = size / es;
             let keep = (size % es) as usize;
-            if !n.dirty.contains_key(&index) {
-                if let Some(e) = self.extent_rec(ino, index, n)? {
-                    if e.len as usize > keep {
-                        let buf = self.read_extent(ino, index, &e, 0, keep)?;
-                        self.dirty_bytes
-                            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                        n.dirty.insert(index, buf);
-                        boundary.push(index);
+            match boundary {
+                Some(buf) => {
+                    self.dirty_bytes
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    n.dirty.insert(index, buf);
+                    indices.push(index);
+                    inserted = Some(index);
+                }
+                None => {
+                    if let Some(d) = n.dirty.get_mut(&index) {
+                        if d.len() > keep {
+                            aside.push((index, d.split_off(keep)));
+                        }
+                        indices.push(index);
                     }
                 }
-            } else {
-                let d = n.dirty.get_mut(&index).expect("checked");
-                if d.len() > keep {
-                    self.dirty_bytes
-                        .fetch_sub((d.len() - keep) as u64, Ordering::Relaxed);
-                    d.truncate(keep);
-                }
-                boundary.push(index);
             }
         }
-        self.commit(ino, n, &boundary, Some(batch), None)?;
-        for (i, e) in gone {
-            n.extents.remove(&i);
-            self.remove_version(ino, i, &e);
+        match self.commit(ino, n, &indices, Some(batch), None) {
+            Ok(()) => {
+                let bytes: usize = aside.iter().map(|(_, d)| d.len()).sum();
+                self.dirty_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+                for (i, e) in gone {
+                    n.extents.remove(&i);
+                    self.remove_version(ino, i, &e);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.undo_shrink(n, saved, aside, inserted);
+                Err(e)
+            }
         }
-        Ok(())
+    }
+
+    /// The boundary extent's kept bytes when a shrink to `size` must rewrite it from disk
+    /// (it is not buffered and holds bytes past `size`).
+    fn boundary_read(&self, ino: u64, n: &mut NodeInner, size: u64) -> FsResult<Option<Vec<u8>>> {
+        let es = self.extent_size();
+        let (index, keep) = (size / es, (size % es) as usize);
+        if keep == 0 || n.dirty.contains_key(&index) {
+            return Ok(None);
+        }
+        match self.extent_rec(ino, index, n)? {
+            Some(e) if e.len as usize > keep => {
+                Ok(Some(self.read_extent(ino, index, &e, 0, keep)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Puts a node back as it was before a shrink whose commit failed: the attributes, the
+    /// buffers set aside, and no boundary buffer read from disk (`inserted`) left behind.
+    fn undo_shrink(
+        &self,
+        n: &mut NodeInner,
+        saved: (u64, u64, bool),
+        aside: Vec<(u64, Vec<u8>)>,
+        inserted: Option<u64>,
+    ) {
+        (n.rec.size, n.rec.alloc, n.rec_dirty) = saved;
+        if let Some(d) = inserted.and_then(|i| n.dirty.remove(&i)) {
+            self.dirty_bytes
+                .fetch_sub(d.len() as u64, Ordering::Relaxed);
+        }
+        // Bytes set aside were never taken off `dirty_bytes`.
+        for (i, tail) in aside {
+            match n.dirty.get_mut(&i) {
+                Some(d) => d.extend_from_slice(&tail),
+                None => {
+                    n.dirty.insert(i, tail);
+                }
+            }
+        }
     }
 
     /// Removes an inode with no links and no users: metadata first (one batch), then files.

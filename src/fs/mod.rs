@@ -33,6 +33,11 @@ const COMMITTERS: usize = 2;
 const REAP_QUEUE_MAX: usize = 65_536;
 /// How often the reaper looks for work when its queue is empty.
 const REAP_POLL: Duration = Duration::from_millis(20);
+/// Longest a removal waits for the WAL to be synced by someone else before the reaper
+/// syncs it itself (an old version's files go only once its replacement is durable).
+const REAP_SYNC_DELAY: Duration = Duration::from_millis(500);
+/// Extent files written but not yet made durable; beyond it the writer syncs them.
+const UNSYNCED_FILES_MAX: usize = 65_536;
 
 pub use ns::{SetAttr, TimeSet};
 
@@ -229,6 +234,15 @@ pub(crate) struct CommitJob {
     pub node: Arc<Node>,
 }
 
+/// An extent file to remove once the batch that stopped naming it is durable: its WAL
+/// sequence number (or a later one) is `seq`.
+pub(crate) struct Reap {
+    disk: u32,
+    id: ExtentId,
+    seq: u64,
+    since: std::time::Instant,
+}
+
 pub(crate) struct RepairReq {
     pub ino: u64,
     pub index: u64,
@@ -258,15 +272,15 @@ pub struct Fs {
     /// Serialises recovery installs (see `commit_recovered`).
     install_lock: Mutex<()>,
     dirty_bytes: AtomicU64,
-    /// Disks written since the last sync; guarded by the mutex so that an fsync never returns
-    /// before a concurrent one that took its disks has finished syncing them.
-    unsynced: Mutex<HashSet<u32>>,
+    /// Extent files written and named (or about to be) by metadata but not yet durable.
+    /// Every WAL sync first makes them durable (`sync_pending`, the metadata's barrier).
+    unsynced: Mutex<HashSet<(u32, ExtentId)>>,
     repair_tx: SyncSender<RepairReq>,
     repair_rx: Mutex<Option<Receiver<RepairReq>>>,
     /// Extent files whose metadata is gone, removed off the request path. A crash before
     /// they are removed is harmless: start-up cleanup removes unreferenced files.
-    reap_tx: SyncSender<(u32, ExtentId)>,
-    reap_rx: Mutex<Option<Receiver<(u32, ExtentId)>>>,
+    reap_tx: SyncSender<Reap>,
+    reap_rx: Mutex<Option<Receiver<Reap>>>,
     reap_pending: AtomicU64,
     /// Set once the committer threads run; until then commits are synchronous.
     commit_tx: OnceLock<SyncSender<CommitJob>>,
@@ -298,7 +312,7 @@ impl Fs {
         );
         let (tx, rx) = sync_channel(opts.repair_queue_max);
         let (reap_tx, reap_rx) = sync_channel(REAP_QUEUE_MAX);
-        Ok(Arc::new(Fs {
+        let fs = Arc::new(Fs {
             meta,
             store,
             cfg,
@@ -321,7 +335,13 @@ impl Fs {
             commit_tx: OnceLock::new(),
             access: OnceLock::new(),
             ra: readahead::Readahead::new(),
-        }))
+        });
+        let weak = Arc::downgrade(&fs);
+        fs.meta.set_barrier(Box::new(move || match weak.upgrade() {
+            Some(fs) => fs.sync_pending(),
+            None => Ok(()),
+        }));
+        Ok(fs)
     }
 
     /// Starts the background threads: repair (bad replicas found by reads are rewritten) and
@@ -363,23 +383,7 @@ impl Fs {
             let fs = Arc::downgrade(self);
             std::thread::Builder::new()
                 .name("reaper".into())
-                .spawn(move || {
-                    loop {
-                        match rx.try_recv() {
-                            Ok((disk, id)) => {
-                                let Some(fs) = fs.upgrade() else { break };
-                                if let Some(d) = fs.store.disk(disk) {
-                                    fs.store.remove_extent(&d, &id);
-                                }
-                                fs.reap_pending.fetch_sub(1, Ordering::SeqCst);
-                            }
-                            // Polled, not blocked on: a blocked receiver costs the request
-                            // path a futex wake per removed file.
-                            Err(TryRecvError::Empty) => std::thread::sleep(REAP_POLL),
-                            Err(TryRecvError::Disconnected) => break,
-                        }
-                    }
-                })
+                .spawn(move || reaper(fs, rx))
                 .expect("spawn reaper thread");
         }
         if !self.ra.running() {
@@ -644,37 +648,55 @@ impl Fs {
         }
     }
 
-    /// Makes all data and metadata written so far durable on every live replica.
+    /// Makes all data and metadata written so far durable on every live replica: the WAL
+    /// sync runs the data barrier (`sync_pending`) first.
     pub fn sync_all(&self) -> FsResult<()> {
-        let mut unsynced = self.unsynced.lock();
-        let disks: Vec<Arc<Disk>> = unsynced
-            .iter()
-            .filter_map(|id| self.store.disk(*id))
-            .collect();
-        let results: Vec<std::io::Result<()>> = std::thread::scope(|s| {
-            let hs: Vec<_> = disks
-                .iter()
-                .filter(|d| d.is_up())
-                .map(|d| s.spawn(|| self.store.sync_disk(d)))
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("sync thread"))
-                .collect()
-        });
-        for r in results {
-            if let Err(e) = r {
-                tracing::error!("syncfs failed: {e}");
-                return Err(Errno::EIO);
-            }
-        }
-        unsynced.clear();
-        self.meta.sync_wal()?;
-        Ok(())
+        self.meta.sync_wal().map_err(|e| {
+            tracing::error!("cannot make metadata durable: {e:#}");
+            Errno::EIO
+        })
     }
 
-    pub(crate) fn mark_unsynced(&self, disks: &[u32]) {
+    /// Registers extent files about to be named by a metadata batch (call before writing
+    /// it): no WAL sync happens before they are durable. Beyond `UNSYNCED_FILES_MAX` the
+    /// caller makes them durable now (backpressure, like `dirty_bytes_max`).
+    pub(crate) fn mark_unsynced(&self, files: impl IntoIterator<Item = (u32, ExtentId)>) {
+        let full = {
+            let mut u = self.unsynced.lock();
+            u.extend(files);
+            u.len() >= UNSYNCED_FILES_MAX
+        };
+        if full {
+            if let Err(e) = self.sync_pending() {
+                tracing::error!("cannot make extent files durable: {e:#}");
+            }
+        }
+    }
+
+    /// The data barrier: makes every registered extent file durable (files on disks that
+    /// are gone or failed are dropped: their copies do not count). Fails if a file on a
+    /// readable disk could not be synced; it stays registered.
+    pub(crate) fn sync_pending(&self) -> anyhow::Result<()> {
+        let files: Vec<(u32, ExtentId)> = self.unsynced.lock().iter().copied().collect();
+        if files.is_empty() {
+            return Ok(());
+        }
+        let live: Vec<(u32, ExtentId)> = files
+            .iter()
+            .copied()
+            .filter(|(d, _)| self.store.disk(*d).is_some_and(|x| x.is_up()))
+            .collect();
+        let failed = self.store.sync_extents(&live);
         let mut u = self.unsynced.lock();
-        u.extend(disks.iter().copied());
+        for f in &files {
+            if !failed.contains_key(&f.0) {
+                u.remove(f);
+            }
+        }
+        match failed.into_iter().next() {
+            None => Ok(()),
+            Some((d, e)) => anyhow::bail!("disk {d}: {e}"),
+        }
     }
 
     /// Commits every buffered write of every open file (unmount, periodic flush).
@@ -696,28 +718,52 @@ impl Fs {
         res
     }
 
-    /// Removes an extent file soon (in the background when the reaper has room).
+    /// Removes an extent file once the metadata batch that stopped naming it (written
+    /// before this call) is durable: in the background when the reaper has room, else now,
+    /// after a WAL sync.
     pub(crate) fn reap(&self, disk: u32, id: ExtentId) {
+        let r = Reap {
+            disk,
+            id,
+            seq: self.meta.last_seq(),
+            since: std::time::Instant::now(),
+        };
         if self.reap_rx.lock().is_some() {
             // No reaper thread (offline tools): remove now.
-            if let Some(d) = self.store.disk(disk) {
-                self.store.remove_extent(&d, &id);
-            }
+            self.reap_now(&r);
             return;
         }
         self.reap_pending.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.reap_tx.try_send((disk, id)) {
-            let (std::sync::mpsc::TrySendError::Full((disk, id))
-            | std::sync::mpsc::TrySendError::Disconnected((disk, id))) = e;
-            if let Some(d) = self.store.disk(disk) {
-                self.store.remove_extent(&d, &id);
-            }
+        if let Err(e) = self.reap_tx.try_send(r) {
+            let (std::sync::mpsc::TrySendError::Full(r)
+            | std::sync::mpsc::TrySendError::Disconnected(r)) = e;
+            self.reap_now(&r);
             self.reap_pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Removes a file now, syncing the WAL first if its batch may not be durable yet.
+    fn reap_now(&self, r: &Reap) {
+        if r.seq > self.meta.synced_seq() {
+            if let Err(e) = self.meta.sync_wal() {
+                // Keep the file: start-up cleanup removes it once nothing names it.
+                tracing::error!("cannot sync metadata before removing a file: {e:#}");
+                return;
+            }
+        }
+        if let Some(d) = self.store.disk(r.disk) {
+            self.store.remove_extent(&d, &r.id);
         }
     }
 
     /// Waits until queued file removals are done (before whole-pool checks).
     pub fn drain_reaper(&self) {
+        if self.reap_pending.load(Ordering::SeqCst) > 0 {
+            // Removals wait for their batches to be durable.
+            if let Err(e) = self.sync_all() {
+                tracing::warn!("drain_reaper: sync failed: errno {}", e.0);
+            }
+        }
         for _ in 0..10_000 {
             if self.reap_pending.load(Ordering::SeqCst) == 0 {
                 return;
@@ -742,12 +788,21 @@ impl Fs {
         let _g = self.ns.lock();
         let node = self.node(ino);
         let mut guard = node.as_ref().map(|n| n.inner.lock());
-        if self.meta.extent(ino, index)?.map(|c| c.version) != Some(expect) {
+        let Some(cur) = self
+            .meta
+            .extent(ino, index)?
+            .filter(|c| c.version == expect)
+        else {
             return Ok(false);
-        }
+        };
         let mut b = self.meta.batch();
         match rec {
-            Some(r) => b.put_extent(ino, index, r),
+            Some(r) => {
+                // Copies this record adds (fsck's restored replicas): durable before it is.
+                let added = extent_files(ino, index, r).filter(|(d, _)| !cur.replicas.contains(d));
+                self.mark_unsynced(added.collect::<Vec<_>>());
+                b.put_extent(ino, index, r)
+            }
             None => b.del_extent(ino, index),
         }
         self.meta.write(b)?;
@@ -967,11 +1022,12 @@ impl Fs {
         let rec = ExtentRec { replicas, ..cur };
         let mut b = self.meta.batch();
         b.put_extent(ino, index, &rec);
+        // Callers sync their copies first; registering keeps that order if one does not.
+        self.mark_unsynced([(target, id)]);
         self.meta.write(b)?;
         if let Some(g) = guard.as_mut() {
             g.extents.remove(&index);
         }
-        self.mark_unsynced(&[target]);
         for d in dropped {
             // Copies on readable disks that left the placement (drain): remove them.
             if self.store.disk(d).is_some_and(|x| x.is_up()) {
@@ -979,6 +1035,76 @@ impl Fs {
             }
         }
         Ok(RecoveryCommit::Done)
+    }
+}
+
+/// The files of one extent version: (disk, id) per replica.
+pub(crate) fn extent_files(
+    ino: u64,
+    index: u64,
+    rec: &ExtentRec,
+) -> impl Iterator<Item = (u32, ExtentId)> + '_ {
+    let id = ExtentId {
+        ino,
+        index,
+        version: rec.version,
+    };
+    rec.replicas.iter().map(move |d| (*d, id))
+}
+
+/// The reaper thread: removes files whose removal is durable in metadata, syncing the WAL
+/// itself when a removal has waited `REAP_SYNC_DELAY` (or its backlog is full).
+fn reaper(fs: std::sync::Weak<Fs>, rx: Receiver<Reap>) {
+    let mut waiting: std::collections::VecDeque<Reap> = std::collections::VecDeque::new();
+    loop {
+        let mut closed = false;
+        while waiting.len() < REAP_QUEUE_MAX {
+            match rx.try_recv() {
+                Ok(r) => waiting.push_back(r),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if waiting.is_empty() {
+            if closed {
+                return;
+            }
+            // Polled, not blocked on: a blocked receiver costs the request path a futex
+            // wake per removed file.
+            std::thread::sleep(REAP_POLL);
+            continue;
+        }
+        let Some(fs) = fs.upgrade() else { return };
+        let due = waiting
+            .front()
+            .is_some_and(|r| r.since.elapsed() >= REAP_SYNC_DELAY)
+            || waiting.len() >= REAP_QUEUE_MAX;
+        let newest = waiting.iter().map(|r| r.seq).max().unwrap_or(0);
+        if due && newest > fs.meta.synced_seq() {
+            if let Err(e) = fs.meta.sync_wal() {
+                tracing::error!("reaper: cannot sync metadata: {e:#}");
+            }
+        }
+        let synced = fs.meta.synced_seq();
+        let before = waiting.len();
+        waiting.retain(|r| {
+            if r.seq > synced {
+                return true;
+            }
+            if let Some(d) = fs.store.disk(r.disk) {
+                fs.store.remove_extent(&d, &r.id);
+            }
+            false
+        });
+        let removed = before - waiting.len();
+        fs.reap_pending.fetch_sub(removed as u64, Ordering::SeqCst);
+        if removed == 0 {
+            drop(fs);
+            std::thread::sleep(REAP_POLL);
+        }
     }
 }
 

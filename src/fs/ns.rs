@@ -437,6 +437,7 @@ impl Fs {
             self.meta.write(b)?;
             return Ok(());
         }
+        let mut replaced_dir = false;
         if let Some(d) = dst {
             match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
                 (true, false) => return Err(Errno::ENOTDIR),
@@ -444,10 +445,9 @@ impl Fs {
                 (true, true) if !self.meta.dir_is_empty(d.ino)? => return Err(Errno::ENOTEMPTY),
                 _ => {}
             }
-            if d.kind == Kind::Dir {
-                // The replaced directory's ".." no longer counts toward newparent.
-                self.update_rec(newparent, &mut b, |p| p.nlink -= 1)?;
-            }
+            // The replaced directory's ".." no longer counts toward newparent (applied with
+            // newparent's other changes below: one update per record and batch).
+            replaced_dir = d.kind == Kind::Dir;
             if self.drop_link(d.ino, &mut b, now)? {
                 free = Some(d.ino);
             }
@@ -466,10 +466,18 @@ impl Fs {
                 if is_dir {
                     p.nlink += 1;
                 }
+                if replaced_dir {
+                    p.nlink -= 1;
+                }
                 touch(p)
             })?;
         } else {
-            self.update_rec(parent, &mut b, touch)?;
+            self.update_rec(parent, &mut b, |p| {
+                if replaced_dir {
+                    p.nlink -= 1;
+                }
+                touch(p)
+            })?;
         }
         self.update_rec(src.ino, &mut b, |r| {
             r.ctime_ns = now;

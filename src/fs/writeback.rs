@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::MutexGuard;
 
-use super::{CommitJob, Fs, FsResult, Node, NodeInner};
+use super::{extent_files, CommitJob, Fs, FsResult, Node, NodeInner};
 use crate::store::AlignedBuf;
 
 impl Fs {
@@ -68,13 +68,13 @@ impl Fs {
             let old_len = cur.as_ref().map_or(0, |c| u64::from(c.len));
             n.rec.alloc = (n.rec.alloc + u64::from(rec.len)).saturating_sub(old_len);
             b.put_inode(job.ino, &n.rec);
+            self.mark_unsynced(extent_files(job.ino, job.index, &rec));
             if let Err(e) = self.meta.write(b) {
                 self.remove_version(job.ino, job.index, &rec);
                 n.rec.alloc = (n.rec.alloc + old_len).saturating_sub(u64::from(rec.len));
                 return Err(e.into());
             }
             n.rec_dirty = false;
-            self.mark_unsynced(&rec.replicas);
             self.stats.extents_committed.fetch_add(1, Ordering::Relaxed);
             n.extents.insert(job.index, Arc::new(rec));
             if let Some(c) = cur {

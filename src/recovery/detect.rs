@@ -14,6 +14,14 @@ enum ProbeMsg {
     Go,
 }
 
+/// What the label check found wrong.
+enum Hard {
+    /// Root or label missing: maybe back soon (suspect for `missing_grace`).
+    Gone(String),
+    /// Another pool's or disk's label: swapped, fails at once.
+    Wrong(String),
+}
+
 enum Probe {
     Ok,
     Late(String),
@@ -77,11 +85,64 @@ fn spawn_prober(d: Arc<Disk>) -> Prober {
     }
 }
 
+/// The label check of one disk: false when the disk is not to be probed now (its root or
+/// label is missing: suspect, failed once `missing_grace` has passed; or another label:
+/// failed at once).
+fn root_present(o: &Orchestrator, d: &Arc<Disk>, missing: &mut HashMap<u32, Instant>) -> bool {
+    let hard = match read_label(&d.root) {
+        Ok(Some(l)) if l.pool_id == o.fs.cfg.pool_id && l.disk_id == d.id => None,
+        Ok(Some(l)) => Some(Hard::Wrong(format!(
+            "label mismatch: pool {} disk {} found (disk swapped?)",
+            l.pool_id, l.disk_id
+        ))),
+        Ok(None) if !d.root.exists() => Some(Hard::Gone("disk root gone".to_string())),
+        Ok(None) => Some(Hard::Gone(
+            "disk label missing (disk unmounted or replaced by an empty directory)".into(),
+        )),
+        // Unreadable label: the probe decides.
+        Err(_) => None,
+    };
+    match hard {
+        Some(Hard::Gone(why)) => {
+            let since = *missing.entry(d.id).or_insert_with(|| {
+                tracing::warn!(
+                    disk = d.id,
+                    "disk suspect: {why}; failed in {} ms unless it comes back",
+                    o.opts.missing_grace.as_millis()
+                );
+                Instant::now()
+            });
+            if since.elapsed() >= o.opts.missing_grace {
+                o.fail_disk(d.id, &why);
+                missing.remove(&d.id);
+            } else if d.state() == DiskState::Up {
+                let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
+            }
+            false
+        }
+        Some(Hard::Wrong(why)) => {
+            o.fail_disk(d.id, &why);
+            false
+        }
+        None => {
+            if missing.remove(&d.id).is_some() {
+                tracing::info!(disk = d.id, "disk root and label are back");
+                if d.state() == DiskState::Suspect {
+                    let _ = o.fs.set_disk_state(d.id, DiskState::Up);
+                }
+            }
+            true
+        }
+    }
+}
+
 /// Every `check_interval`: the label and root of each disk (a yanked or swapped disk fails
 /// at once), the result of its last probe, and a new probe when one is due: every
 /// `probe_interval`, and at once while the disk is suspect or its I/O error count rose.
 pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
     let mut probers: HashMap<u32, Prober> = HashMap::new();
+    // Disks whose root or label went missing, since when (failed after `missing_grace`).
+    let mut missing: HashMap<u32, Instant> = HashMap::new();
     loop {
         let Some(o) = w.upgrade() else { break };
         let tick = Instant::now();
@@ -97,21 +158,7 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
             .map(|d| (d.id, probers.get(&d.id).and_then(|p| p.answered)))
             .collect();
         for d in &watched {
-            let hard = match read_label(&d.root) {
-                Ok(Some(l)) if l.pool_id == o.fs.cfg.pool_id && l.disk_id == d.id => None,
-                Ok(Some(l)) => Some(format!(
-                    "label mismatch: pool {} disk {} found (disk swapped?)",
-                    l.pool_id, l.disk_id
-                )),
-                Ok(None) if !d.root.exists() => Some("disk root gone".to_string()),
-                Ok(None) => Some(
-                    "disk label missing (disk unmounted or replaced by an empty directory)".into(),
-                ),
-                // Unreadable label: the probe decides.
-                Err(_) => None,
-            };
-            if let Some(why) = hard {
-                o.fail_disk(d.id, &why);
+            if !root_present(&o, d, &mut missing) {
                 probers.remove(&d.id);
                 continue;
             }

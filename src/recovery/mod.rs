@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::agents::{Agent, AgentPool, CopyFail, CopyItem, CopyResult};
 use crate::fs::{Fs, RecoveryCommit};
 use crate::meta::DiskState;
-use crate::store::Disk;
+use crate::store::{Disk, ExtentId};
 
 /// Catch-up passes after the first; each rescans the metadata.
 const PASSES_MAX: usize = 50;
@@ -70,6 +70,9 @@ pub struct RecoveryOptions {
     pub probe_deadline: Duration,
     /// Failed probes in a row that turn a suspect disk into a failed one.
     pub fail_after: u32,
+    /// A disk whose root or label is gone stays suspect this long before it is failed: a
+    /// directory renamed away and back, or a remount, must not fail it for good.
+    pub missing_grace: Duration,
     /// Recovery copy rate limit in bytes/s (0: none).
     pub rate_bytes_max: u64,
     /// Recovery rate kept however busy clients are (mClock reservation).
@@ -86,6 +89,7 @@ impl Default for RecoveryOptions {
             probe_interval: Duration::from_millis(1000),
             probe_deadline: Duration::from_millis(1000),
             fail_after: 3,
+            missing_grace: Duration::from_secs(10),
             rate_bytes_max: 0,
             reservation_bytes_per_s: 8 << 20,
             profile: Profile::Balanced,
@@ -723,25 +727,9 @@ impl Orchestrator {
         }
         let fs = &self.fs;
         let targets: HashSet<u32> = batch.iter().map(|i| i.1.target).collect();
-        // One syncfs per target filesystem, all in parallel.
-        let sync = |ts: &HashSet<u32>| -> bool {
-            std::thread::scope(|s| {
-                let hs: Vec<_> = ts
-                    .iter()
-                    .map(|t| {
-                        s.spawn(move || {
-                            fs.store
-                                .disk(*t)
-                                .is_some_and(|d| fs.store.sync_disk(&d).is_ok())
-                        })
-                    })
-                    .collect();
-                hs.into_iter().all(|h| h.join().unwrap_or(false))
-            })
-        };
-        // Check and install every copy (renames), make data and renames durable with one
-        // syncfs per target, then re-check and commit each; the WAL sync makes the metadata
-        // durable after the files it names.
+        // Check and install every copy (renames), make data and renames durable (one
+        // fdatasync per copy and fsync per bucket, all in parallel), then re-check and commit
+        // each; the WAL sync makes the metadata durable after the files it names.
         let guard = fs.recovery_guard();
         let mut done_b = 0u64;
         let mut done_e = 0u64;
@@ -779,11 +767,12 @@ impl Orchestrator {
             }
         }
         let t_sync = Instant::now();
-        let synced = sync(&targets);
+        let files: Vec<(u32, ExtentId)> = installed.iter().map(|it| (it.target, it.id())).collect();
+        let unsynced = fs.store.sync_extents(&files);
         let sync_us = t_sync.elapsed().as_micros();
         let n_installed = installed.len();
         for it in installed {
-            if !synced {
+            if unsynced.contains_key(&it.target) {
                 // Not durable: leave the extent to a later pass.
                 if let Some(d) = fs.store.disk(it.target) {
                     fs.store.remove_extent(&d, &it.id());

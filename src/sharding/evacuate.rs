@@ -357,7 +357,6 @@ impl Evacuator {
         }
         let mut copied = 0u64;
         let mut written: Vec<(u64, u64, u64, u32)> = Vec::new();
-        let mut targets: HashSet<u32> = HashSet::new();
         for (ino, index, _) in chunk {
             let Some(cur) = fs.meta.extent(*ino, *index)? else {
                 continue;
@@ -391,24 +390,27 @@ impl Evacuator {
                 match fs.store.write_copy(&disk, &id, &data) {
                     Ok(()) => {
                         copied += data.len() as u64;
-                        targets.insert(t);
                         written.push((*ino, *index, cur.version, t));
                     }
                     Err(e) => tracing::warn!(disk = t, "evacuation copy failed: {e}"),
                 }
             }
         }
-        let mut synced: HashSet<u32> = HashSet::new();
-        for t in &targets {
-            if let Some(d) = fs.store.disk(*t) {
-                if fs.store.sync_disk(&d).is_ok() {
-                    synced.insert(*t);
-                }
-            }
-        }
+        let files: Vec<(u32, ExtentId)> = written
+            .iter()
+            .map(|&(ino, index, version, t)| {
+                let id = ExtentId {
+                    ino,
+                    index,
+                    version,
+                };
+                (t, id)
+            })
+            .collect();
+        let unsynced = fs.store.sync_extents(&files);
         let mut done = 0u64;
         for (ino, index, version, t) in written {
-            if !synced.contains(&t) {
+            if unsynced.contains_key(&t) {
                 if let Some(d) = fs.store.disk(t) {
                     fs.store.remove_extent(
                         &d,

@@ -9,7 +9,7 @@ pub mod place;
 pub mod plan;
 pub mod report;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -507,7 +507,6 @@ impl Engine {
         let mut out: Vec<Option<(MoveOutcome, u64)>> = vec![None; chunk.len()];
         let mut lens = vec![0u64; chunk.len()];
         let mut copied = 0u64;
-        let mut synced: HashSet<u32> = HashSet::new();
         let table = fs.shard_table();
         for (i, ((ino, index), to)) in chunk.iter().enumerate() {
             let Some(cur) = fs.meta.extent(*ino, *index)? else {
@@ -553,7 +552,6 @@ impl Engine {
                     match fs.store.write_copy(&disk, &id, &data) {
                         Ok(()) => {
                             installed.push(*d);
-                            synced.insert(*d);
                             copied += data.len() as u64;
                         }
                         Err(e) => {
@@ -577,10 +575,19 @@ impl Engine {
                 },
             ));
         }
-        for d in &synced {
-            if let Some(disk) = fs.store.disk(*d) {
-                fs.store.sync_disk(&disk)?;
-            }
+        let files: Vec<(u32, ExtentId)> = commits
+            .iter()
+            .flat_map(|(_, m)| {
+                let id = ExtentId {
+                    ino: m.ino,
+                    index: m.index,
+                    version: m.version,
+                };
+                m.installed.iter().map(move |d| (*d, id))
+            })
+            .collect();
+        if let Some((d, e)) = fs.store.sync_extents(&files).into_iter().next() {
+            anyhow::bail!("cannot make migrated copies durable on disk {d}: {e}");
         }
         let moves: Vec<MoveCommit> = commits.iter().map(|(_, m)| m.clone()).collect();
         let outcomes = fs
