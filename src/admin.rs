@@ -81,6 +81,10 @@ pub struct Status {
     /// How the kernel's FUSE requests reach the daemon (mounted pools).
     #[serde(default)]
     pub fuse: Option<FuseTransport>,
+    /// The daemon's own health: "ok", "degraded" (a thread panicked and was restarted) or
+    /// "read-only" (writes refused), with the panics (mounted pools).
+    #[serde(default)]
+    pub health: Option<crate::supervise::Health>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -182,6 +186,7 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
         migration: None,
         risk: None,
         fuse: None,
+        health: None,
     })
 }
 
@@ -211,6 +216,23 @@ pub fn status_table(s: &Status) -> String {
         fmt_bytes(s.capacity_bytes),
         fmt_bytes(s.free_bytes)
     );
+    if let Some(h) = s.health.as_ref().filter(|h| h.state != "ok") {
+        o.pop();
+        o += &format!("pool {}", h.state.to_uppercase());
+        if let Some(why) = &h.writes_refused {
+            o += &format!(": writes refused ({why})");
+        }
+        o += "\n";
+        for p in &h.panics {
+            let then = if p.restarted {
+                "restarted"
+            } else {
+                "not restarted"
+            };
+            o += &format!("  thread {} panicked ({then}): {}\n", p.thread, p.message);
+        }
+        o += "\n";
+    }
     if let Some(f) = &s.fuse {
         o.pop();
         if f.ring_threads > 0 {

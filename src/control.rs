@@ -139,6 +139,7 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
             s.migration = svc.sharding.as_ref().map(|e| e.status());
             s.risk = svc.risk.as_ref().map(|r| risk_report(svc, r));
             s.fuse = mounted.then(admin::FuseTransport::current);
+            s.health = mounted.then(crate::supervise::health);
             serde_json::to_value(s)?
         }
         Request::Shards => serde_json::to_value(admin::shards(fs)?)?,

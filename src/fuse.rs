@@ -437,6 +437,8 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Test hook: a handler that panics is answered EIO and the session goes on.
+        crate::supervise::fault_point("fuse-statfs");
         let s = self.fs.statfs();
         const BS: u64 = 4096;
         reply.statfs(

@@ -17,5 +17,6 @@ pub mod risk;
 pub mod sharding;
 pub mod sim;
 pub mod store;
+pub mod supervise;
 pub mod trace;
 pub mod wake;

@@ -357,3 +357,111 @@ fn a_disk_renamed_away_briefly_is_suspect_then_up_not_failed() {
     p.wait_status(60, "recovery done", recovery_done);
     check_all(&files);
 }
+
+#[test]
+fn every_kind_of_thread_that_panics_is_reported_and_restarted() {
+    if !fuse_available() {
+        return;
+    }
+    let mut p = Pool::new(3, 2, "1MiB");
+    let kinds = "flusher,commit,reaper,readahead,repair,recovery,planner,monitor,sharding,risk,access,fuse-statfs";
+    let mut a = vec!["mount", p.pool.to_str().unwrap(), p.mnt.to_str().unwrap()];
+    let transport = std::env::var("FORESHARD_TEST_IO_URING").ok();
+    if let Some(t) = &transport {
+        a.extend(["--io-uring", t.as_str()]);
+    }
+    let out = std::process::Command::new(BIN)
+        .args(&a)
+        .env("FORESHARD_PANIC_ONCE", kinds)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.mounted = true;
+    // Work that passes every hook: writes (commit, reaper on overwrite), a read-ahead
+    // stream, a bad replica (repair), a disk failure (recovery, planner).
+    let files = fill(&p, 3);
+    for (path, _) in files.iter().take(1) {
+        let mut data = std::fs::read(path).unwrap();
+        data[5] ^= 1;
+        std::fs::write(path, &data).unwrap();
+        data[5] ^= 1;
+        std::fs::write(path, &data).unwrap();
+    }
+    let r = std::panic::catch_unwind(|| check_all(&files));
+    if r.is_err() {
+        let log = std::fs::read_to_string(p.pool.join("foreshard.log")).unwrap_or_default();
+        panic!("reads failed; daemon log:\n{log}");
+    }
+    // statfs panics once: EIO, and the mount answers the next one.
+    let df = |mnt: &std::path::Path| {
+        let c = std::ffi::CString::new(mnt.to_str().unwrap()).unwrap();
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: valid path and out-pointer.
+        unsafe { libc::statvfs(c.as_ptr(), &mut st) }
+    };
+    let first = df(&p.mnt);
+    assert_eq!(
+        df(&p.mnt),
+        0,
+        "the session goes on after a handler panicked"
+    );
+    assert!(first != 0 || df(&p.mnt) == 0);
+    run_ok(&["disk", "fail", p.pool.to_str().unwrap(), "2"]);
+    p.wait_status(60, "recovery done, fully replicated", |v| {
+        recovery_done(v) && v["replica_health"]["under_replicated"] == 0
+    });
+    // Bad replicas on disk 0 (disk 1 holds the good copies now): reads queue repairs, the
+    // first one panics the repair thread, later reads queue them again.
+    p.inject(&["bitrot", p.disks[0].to_str().unwrap(), "1000"]);
+    for _ in 0..2 {
+        if std::panic::catch_unwind(|| check_all(&files)).is_err() {
+            let log = std::fs::read_to_string(p.pool.join("foreshard.log")).unwrap_or_default();
+            panic!("reads failed; daemon log:\n{log}");
+        }
+    }
+    // Each hooked kind panicked once, is named, and was restarted.
+    let v = p.wait_status(30, "panics reported", |v| {
+        v["health"]["panics"]
+            .as_array()
+            .is_some_and(|a| a.len() >= 11)
+    });
+    assert_eq!(v["health"]["state"], "degraded", "{:#}", v["health"]);
+    let panics = v["health"]["panics"].as_array().unwrap();
+    for kind in [
+        "flusher",
+        "commit",
+        "reaper",
+        "readahead",
+        "recovery",
+        "planner",
+        "monitor",
+        "repair",
+        "sharding",
+        "risk",
+        "access",
+    ] {
+        assert!(
+            panics
+                .iter()
+                .any(|x| x["thread"].as_str().unwrap_or("").starts_with(kind)
+                    && x["restarted"] == true),
+            "{kind} not reported: {:#}",
+            v["health"]
+        );
+    }
+    let status = run_ok(&["status", p.pool.to_str().unwrap()]);
+    assert!(status.contains("pool DEGRADED"), "{status}");
+    // Everything still works: new data, reads, and a clean pool.
+    let more = fill_named(&p, "after", 2);
+    check_all(&more);
+    check_all(&files);
+    // Copies the reads never looked at are still bad: an online repair, then a clean pool.
+    p.fsck(true);
+    p.umount();
+    let (clean, out) = p.fsck(false);
+    assert!(clean, "{out}");
+}

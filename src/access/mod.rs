@@ -334,67 +334,66 @@ impl Analyzer {
             return;
         };
         let weak: Weak<Analyzer> = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("access".into())
-            .spawn(move || {
-                let (mut classified, mut saved, mut aged) =
-                    (Instant::now(), Instant::now(), Instant::now());
-                let mut batch = Vec::with_capacity(BATCH_EVENTS_MAX);
-                let mut polled = Instant::now();
-                let mut posted_before = 0u64;
+        crate::supervise::spawn("access", crate::supervise::OnPanic::Restart, move || {
+            let (mut classified, mut saved, mut aged) =
+                (Instant::now(), Instant::now(), Instant::now());
+            let mut batch = Vec::with_capacity(BATCH_EVENTS_MAX);
+            let mut polled = Instant::now();
+            let mut posted_before = 0u64;
+            loop {
+                // Poll rather than block on the queue: a blocked receiver makes every
+                // post a futex wake-up on the FUSE thread and a context switch here.
+                std::thread::sleep(POLL_INTERVAL);
+                let Some(a) = weak.upgrade() else { break };
+                crate::supervise::fault_point("access");
+                let mut gone = false;
+                // Pair sampling from the rate of events since the last poll.
+                let posted = a.sink.posted.load(Ordering::Relaxed);
+                let secs = polled.elapsed().as_secs_f64().max(1e-3);
+                polled = Instant::now();
+                let rate = posted.saturating_sub(posted_before) as f64 / secs;
+                posted_before = posted;
+                a.set_pair_sample(a.opts.pair_events_per_s_max as f64 / rate.max(1.0));
                 loop {
-                    // Poll rather than block on the queue: a blocked receiver makes every
-                    // post a futex wake-up on the FUSE thread and a context switch here.
-                    std::thread::sleep(POLL_INTERVAL);
-                    let Some(a) = weak.upgrade() else { break };
-                    let mut gone = false;
-                    // Pair sampling from the rate of events since the last poll.
-                    let posted = a.sink.posted.load(Ordering::Relaxed);
-                    let secs = polled.elapsed().as_secs_f64().max(1e-3);
-                    polled = Instant::now();
-                    let rate = posted.saturating_sub(posted_before) as f64 / secs;
-                    posted_before = posted;
-                    a.set_pair_sample(a.opts.pair_events_per_s_max as f64 / rate.max(1.0));
-                    loop {
-                        while batch.len() < BATCH_EVENTS_MAX {
-                            match rx.try_recv() {
-                                Ok(ev) => batch.push(ev),
-                                Err(TryRecvError::Empty) => break,
-                                Err(TryRecvError::Disconnected) => {
-                                    gone = true;
-                                    break;
-                                }
+                    while batch.len() < BATCH_EVENTS_MAX {
+                        match rx.try_recv() {
+                            Ok(ev) => batch.push(ev),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                gone = true;
+                                break;
                             }
                         }
-                        if batch.is_empty() {
-                            break;
-                        }
-                        a.apply(&batch);
-                        batch.clear();
                     }
-                    if gone {
+                    if batch.is_empty() {
                         break;
                     }
-                    if classified.elapsed() >= a.opts.classify_interval {
-                        a.classify(now_ms());
-                        classified = Instant::now();
-                    }
-                    if aged.elapsed() >= a.opts.age_interval {
-                        a.age();
-                        aged = Instant::now();
-                    }
-                    if let Some(m) = &meta {
-                        if saved.elapsed() >= a.opts.save_interval {
-                            if let Err(e) = a.save(m) {
-                                tracing::warn!("cannot save access summaries: {e:#}");
-                            }
-                            saved = Instant::now();
-                        }
-                    }
-                    a.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
+                    a.apply(&batch);
+                    batch.clear();
                 }
-            })
-            .expect("spawn access thread");
+                if gone {
+                    break;
+                }
+                if classified.elapsed() >= a.opts.classify_interval {
+                    a.classify(now_ms());
+                    classified = Instant::now();
+                }
+                if aged.elapsed() >= a.opts.age_interval {
+                    a.age();
+                    aged = Instant::now();
+                }
+                if let Some(m) = &meta {
+                    if saved.elapsed() >= a.opts.save_interval {
+                        if let Err(e) = a.save(m) {
+                            tracing::warn!("cannot save access summaries: {e:#}");
+                        }
+                        saved = Instant::now();
+                    }
+                }
+                a.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
+            }
+        })
+        .expect("spawn access thread");
     }
 
     /// Counts pairs for this share of events (1 = all).

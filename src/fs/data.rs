@@ -559,6 +559,7 @@ impl Fs {
         data: &[u8],
         append: Option<bool>,
     ) -> FsResult<(u64, u64)> {
+        self.writable()?;
         let (ino, append) = {
             let h = self.handles.lock();
             let h = h.get(&fh).ok_or(Errno::EBADF)?;
@@ -1028,6 +1029,7 @@ impl Fs {
 
     /// fallocate: mode 0 extends the size (checking there is room); KEEP_SIZE only checks room.
     pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        self.writable()?;
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
             return Err(Errno::EOPNOTSUPP);
         }

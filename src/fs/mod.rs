@@ -63,6 +63,7 @@ impl Errno {
     pub const EFBIG: Errno = Errno(libc::EFBIG);
     pub const E2BIG: Errno = Errno(libc::E2BIG);
     pub const ESTALE: Errno = Errno(libc::ESTALE);
+    pub const EROFS: Errno = Errno(libc::EROFS);
 }
 
 impl From<anyhow::Error> for Errno {
@@ -348,43 +349,43 @@ impl Fs {
     /// the flusher (commits buffered writes every few seconds, so that a crash loses at most
     /// that much unsynced data and buffers of files left open do not pile up).
     pub fn start_background(self: &Arc<Self>) {
+        use crate::supervise::{fault_point, spawn, OnPanic};
         let weak = Arc::downgrade(self);
         let period = self.opts.flush_interval;
-        std::thread::Builder::new()
-            .name("flusher".into())
-            .spawn(move || loop {
-                std::thread::sleep(period);
-                let Some(fs) = weak.upgrade() else { break };
-                if fs.dirty_bytes.load(Ordering::Relaxed) > 0 {
-                    if let Err(e) = fs.flush_all() {
-                        tracing::error!("background flush failed: errno {}", e.0);
-                    }
+        spawn("flusher", OnPanic::Restart, move || loop {
+            std::thread::sleep(period);
+            let Some(fs) = weak.upgrade() else { break };
+            fault_point("flusher");
+            if fs.dirty_bytes.load(Ordering::Relaxed) > 0 {
+                if let Err(e) = fs.flush_all() {
+                    tracing::error!("background flush failed: errno {}", e.0);
                 }
-            })
-            .expect("spawn flusher thread");
+            }
+        })
+        .expect("spawn flusher thread");
         if self.commit_tx.get().is_none() {
             let (tx, rx) = sync_channel::<CommitJob>(COMMIT_QUEUE_MAX);
             let rx = Arc::new(Mutex::new(rx));
             for i in 0..COMMITTERS {
                 let (fs, rx) = (Arc::downgrade(self), rx.clone());
-                std::thread::Builder::new()
-                    .name(format!("commit-{i}"))
-                    .spawn(move || loop {
-                        let job = rx.lock().recv();
-                        let Ok(job) = job else { break };
-                        let Some(fs) = fs.upgrade() else { break };
-                        fs.run_job(job);
-                    })
-                    .expect("spawn committer thread");
+                spawn(format!("commit-{i}"), OnPanic::Restart, move || loop {
+                    let job = rx.lock().recv();
+                    let Ok(job) = job else { break };
+                    let Some(fs) = fs.upgrade() else { break };
+                    fs.run_job(job);
+                })
+                .expect("spawn committer thread");
             }
             let _ = self.commit_tx.set(tx);
         }
         if let Some(rx) = self.reap_rx.lock().take() {
             let fs = Arc::downgrade(self);
-            std::thread::Builder::new()
-                .name("reaper".into())
-                .spawn(move || reaper(fs, rx))
-                .expect("spawn reaper thread");
+            // The removals waiting survive a restart of the reaper (captured here).
+            let mut waiting = std::collections::VecDeque::new();
+            spawn("reaper", OnPanic::Restart, move || {
+                reaper(&fs, &rx, &mut waiting)
+            })
+            .expect("spawn reaper thread");
         }
         if !self.ra.running() {
             // Workers per disk (up to a bound), so each disk reads its extents in order.
@@ -394,35 +395,42 @@ impl Fs {
             for i in 0..n {
                 let (tx, rx) = sync_channel::<readahead::Job>(readahead::QUEUE_MAX);
                 let fs = Arc::downgrade(self);
-                std::thread::Builder::new()
-                    .name(format!("readahead-{i}"))
-                    .spawn(move || {
-                        while let Ok(job) = rx.recv() {
-                            let Some(fs) = fs.upgrade() else { break };
-                            fs.run_read_ahead(job);
-                        }
-                    })
-                    .expect("spawn read-ahead thread");
+                spawn(format!("readahead-{i}"), OnPanic::Restart, move || {
+                    while let Ok(job) = rx.recv() {
+                        let Some(fs) = fs.upgrade() else { break };
+                        fault_point("readahead");
+                        fs.run_read_ahead(job);
+                    }
+                })
+                .expect("spawn read-ahead thread");
                 queues.push(tx);
             }
             self.ra.set_workers(queues);
         }
         if let Some(rx) = self.repair_rx.lock().take() {
             let fs = Arc::downgrade(self);
-            std::thread::Builder::new()
-                .name("repair".into())
-                .spawn(move || {
-                    while let Ok(req) = rx.recv() {
-                        let Some(fs) = fs.upgrade() else { break };
-                        fs.repair(&req);
-                    }
-                })
-                .expect("spawn repair thread");
+            spawn("repair", OnPanic::Restart, move || {
+                while let Ok(req) = rx.recv() {
+                    let Some(fs) = fs.upgrade() else { break };
+                    fault_point("repair");
+                    fs.repair(&req);
+                }
+            })
+            .expect("spawn repair thread");
         }
     }
 
     pub fn extent_size(&self) -> u64 {
         self.cfg.extent_size
+    }
+
+    /// EROFS once a background thread that cannot be restarted died: no new changes rather
+    /// than changes half handled (`status` says why).
+    pub(crate) fn writable(&self) -> FsResult<()> {
+        if crate::supervise::writes_refused() {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
     }
 
     /// Reports reads and writes to `sink` from now on.
@@ -1054,8 +1062,11 @@ pub(crate) fn extent_files(
 
 /// The reaper thread: removes files whose removal is durable in metadata, syncing the WAL
 /// itself when a removal has waited `REAP_SYNC_DELAY` (or its backlog is full).
-fn reaper(fs: std::sync::Weak<Fs>, rx: Receiver<Reap>) {
-    let mut waiting: std::collections::VecDeque<Reap> = std::collections::VecDeque::new();
+fn reaper(
+    fs: &std::sync::Weak<Fs>,
+    rx: &Receiver<Reap>,
+    waiting: &mut std::collections::VecDeque<Reap>,
+) {
     loop {
         let mut closed = false;
         while waiting.len() < REAP_QUEUE_MAX {
@@ -1078,6 +1089,7 @@ fn reaper(fs: std::sync::Weak<Fs>, rx: Receiver<Reap>) {
             continue;
         }
         let Some(fs) = fs.upgrade() else { return };
+        crate::supervise::fault_point("reaper");
         let due = waiting
             .front()
             .is_some_and(|r| r.since.elapsed() >= REAP_SYNC_DELAY)

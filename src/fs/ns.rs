@@ -155,6 +155,7 @@ impl Fs {
         umask: u32,
         rdev: u32,
     ) -> FsResult<Attr> {
+        self.writable()?;
         let kind = Kind::from_mode(mode).unwrap_or(Kind::File);
         if kind == Kind::Dir || kind == Kind::Symlink {
             return Err(Errno::EINVAL);
@@ -181,6 +182,7 @@ impl Fs {
         umask: u32,
         flags: i32,
     ) -> FsResult<(Attr, u64)> {
+        self.writable()?;
         let attr = self.make(
             ctx,
             parent,
@@ -204,6 +206,7 @@ impl Fs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Attr> {
+        self.writable()?;
         self.make(
             ctx,
             parent,
@@ -218,6 +221,7 @@ impl Fs {
     }
 
     pub fn symlink(&self, ctx: Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Attr> {
+        self.writable()?;
         if target.is_empty() {
             return Err(Errno::ENOENT);
         }
@@ -242,6 +246,7 @@ impl Fs {
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        self.writable()?;
         check_name(newname)?;
         let _g = self.ns.lock();
         let prec = self.dir_rec(newparent)?;
@@ -291,6 +296,7 @@ impl Fs {
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.writable()?;
         let _g = self.ns.lock();
         self.dir_rec(parent)?;
         let ent = self.meta.lookup(parent, name)?.ok_or(Errno::ENOENT)?;
@@ -316,6 +322,7 @@ impl Fs {
     }
 
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.writable()?;
         if name == b"." {
             return Err(Errno::EINVAL);
         }
@@ -368,6 +375,7 @@ impl Fs {
         newname: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        self.writable()?;
         check_name(newname)?;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -498,6 +506,7 @@ impl Fs {
 
     /// Permission checks for setattr are the kernel's (mounted with default_permissions).
     pub fn setattr(&self, _ctx: Ctx, ino: u64, sa: &SetAttr) -> FsResult<Attr> {
+        self.writable()?;
         let node = self.acquire(ino)?;
         let res = (|| {
             let mut n = node.inner.lock();
@@ -590,6 +599,7 @@ impl Fs {
     }
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        self.writable()?;
         if name.is_empty() || name.len() > XATTR_NAME_LEN_MAX {
             return Err(Errno::ERANGE);
         }
@@ -631,6 +641,7 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.writable()?;
         let _g = self.ns.lock();
         if self.meta.xattr(ino, name)?.is_none() {
             return Err(Errno::ENODATA);

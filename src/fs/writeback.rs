@@ -49,7 +49,16 @@ impl Fs {
     /// Committer side: write the replicas without any lock, then switch the metadata under
     /// the node lock unless a newer version of the extent got there first.
     pub(crate) fn run_job(&self, job: CommitJob) {
-        let res = self.write_extent_version(job.ino, job.index, job.version, &job.data, false);
+        // A panic while writing the replicas fails this commit like an I/O error (the data
+        // goes back into the buffers): the committer thread and the writer waiting go on.
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::supervise::fault_point("commit");
+            self.write_extent_version(job.ino, job.index, job.version, &job.data, false)
+        }))
+        .unwrap_or_else(|e| {
+            crate::supervise::caught(&e, &format!("commit of {}:{}", job.ino, job.index));
+            Err(super::Errno::EIO)
+        });
         let mut n = job.node.inner.lock();
         let len = job.data.len() as u64;
         let latest = n.inflight.get(&job.index).map(|(v, _)| *v) == Some(job.version);

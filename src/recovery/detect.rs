@@ -145,6 +145,7 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
     let mut missing: HashMap<u32, Instant> = HashMap::new();
     loop {
         let Some(o) = w.upgrade() else { break };
+        crate::supervise::fault_point("monitor");
         let tick = Instant::now();
         let deadline = o.opts.probe_deadline;
         let watched: Vec<Arc<Disk>> =

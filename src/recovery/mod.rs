@@ -218,60 +218,64 @@ impl Orchestrator {
             }
         }
         let w = Arc::downgrade(&o);
-        std::thread::Builder::new()
-            .name("recovery".into())
-            .spawn(move || {
-                let mut first = true;
-                let mut degraded_seen = 0;
-                // Kicks covered by the runs so far; `requested` beyond it means work.
-                let mut seen = 0;
-                loop {
-                    let Some(o) = w.upgrade() else { break };
-                    let woken = {
-                        let mut g = o.wake.lock();
-                        if o.requested.load(Ordering::SeqCst) == seen {
-                            o.cv.wait_for(&mut g, Duration::from_secs(1));
-                        }
-                        o.requested.load(Ordering::SeqCst) != seen
-                    };
-                    // Without a wake-up, work is a placement that names a dead disk, or
-                    // extents written with fewer replicas than wanted (a full disk).
-                    let degraded = o.fs.stats.degraded_writes.load(Ordering::Relaxed);
-                    let degraded_new = std::mem::replace(&mut degraded_seen, degraded) != degraded;
-                    if woken || degraded_new || o.needs_placement() {
-                        let asked = o.requested.load(Ordering::SeqCst);
-                        seen = asked;
-                        *o.running.lock() = true;
-                        if let Err(e) = o.run(first) {
-                            tracing::error!("recovery run failed: {e:#}");
-                        }
-                        o.completed.store(asked, Ordering::SeqCst);
-                        *o.running.lock() = false;
-                        o.run_cv.notify_all();
-                        first = false;
-                    }
+        use crate::supervise::{fault_point, spawn, OnPanic};
+        spawn("recovery", OnPanic::Restart, move || {
+            if let Some(o) = w.upgrade() {
+                // A run that panicked left `running` set: re-sharding and evacuation
+                // wait on it.
+                if std::mem::replace(&mut *o.running.lock(), false) {
+                    o.run_cv.notify_all();
                 }
-            })
-            .expect("spawn recovery thread");
-        let w = Arc::downgrade(&o);
-        std::thread::Builder::new()
-            .name("planner".into())
-            .spawn(move || loop {
+            }
+            let mut first = true;
+            let mut degraded_seen = 0;
+            // Kicks covered by the runs so far; `requested` beyond it means work.
+            let mut seen = 0;
+            loop {
                 let Some(o) = w.upgrade() else { break };
-                let interval = o.opts.plan_refresh_interval;
-                if !*o.running.lock() && o.agents.plan_stale(&o.fs) {
-                    if let Err(e) = o.agents.refresh(&o.fs) {
-                        tracing::error!("recovery plan refresh failed: {e:#}");
+                let woken = {
+                    let mut g = o.wake.lock();
+                    if o.requested.load(Ordering::SeqCst) == seen {
+                        o.cv.wait_for(&mut g, Duration::from_secs(1));
                     }
+                    o.requested.load(Ordering::SeqCst) != seen
+                };
+                // Without a wake-up, work is a placement that names a dead disk, or
+                // extents written with fewer replicas than wanted (a full disk).
+                let degraded = o.fs.stats.degraded_writes.load(Ordering::Relaxed);
+                let degraded_new = std::mem::replace(&mut degraded_seen, degraded) != degraded;
+                if woken || degraded_new || o.needs_placement() {
+                    let asked = o.requested.load(Ordering::SeqCst);
+                    seen = asked;
+                    *o.running.lock() = true;
+                    fault_point("recovery");
+                    if let Err(e) = o.run(first) {
+                        tracing::error!("recovery run failed: {e:#}");
+                    }
+                    o.completed.store(asked, Ordering::SeqCst);
+                    *o.running.lock() = false;
+                    o.run_cv.notify_all();
+                    first = false;
                 }
-                drop(o);
-                std::thread::sleep(interval);
-            })
-            .expect("spawn planner thread");
+            }
+        })
+        .expect("spawn recovery thread");
         let w = Arc::downgrade(&o);
-        std::thread::Builder::new()
-            .name("monitor".into())
-            .spawn(move || monitor(w))
+        spawn("planner", OnPanic::Restart, move || loop {
+            let Some(o) = w.upgrade() else { break };
+            fault_point("planner");
+            let interval = o.opts.plan_refresh_interval;
+            if !*o.running.lock() && o.agents.plan_stale(&o.fs) {
+                if let Err(e) = o.agents.refresh(&o.fs) {
+                    tracing::error!("recovery plan refresh failed: {e:#}");
+                }
+            }
+            drop(o);
+            std::thread::sleep(interval);
+        })
+        .expect("spawn planner thread");
+        let w = Arc::downgrade(&o);
+        spawn("monitor", OnPanic::Restart, move || monitor(w.clone()))
             .expect("spawn monitor thread");
         o
     }

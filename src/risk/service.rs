@@ -329,19 +329,18 @@ impl RiskService {
 
     pub fn start(self: &Arc<Self>) {
         let w: Weak<RiskService> = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("risk".into())
-            .spawn(move || loop {
-                let Some(s) = w.upgrade() else { break };
-                if s.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Err(e) = s.collect_round() {
-                    tracing::error!("risk collection: {e:#}");
-                }
-                s.wake.wait(s.opts.interval);
-            })
-            .expect("spawn risk thread");
+        crate::supervise::spawn("risk", crate::supervise::OnPanic::Restart, move || loop {
+            let Some(s) = w.upgrade() else { break };
+            if s.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            crate::supervise::fault_point("risk");
+            if let Err(e) = s.collect_round() {
+                tracing::error!("risk collection: {e:#}");
+            }
+            s.wake.wait(s.opts.interval);
+        })
+        .expect("spawn risk thread");
     }
 
     fn load_history(&self) {

@@ -132,21 +132,22 @@ impl Evacuator {
 
     pub fn start(self: &Arc<Self>) {
         let w: Weak<Evacuator> = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("evacuate".into())
-            .spawn(move || loop {
+        crate::supervise::spawn("evacuate", crate::supervise::OnPanic::Restart, move || {
+            loop {
                 let Some(e) = w.upgrade() else { break };
                 if e.stop.load(Ordering::Relaxed) {
                     break;
                 }
+                crate::supervise::fault_point("evacuate");
                 if let Err(err) = e.round() {
                     tracing::error!("evacuation: {err:#}");
                     e.status.lock().last_error = Some(format!("{err:#}"));
                 }
                 e.active.store(false, Ordering::Relaxed);
                 e.wake.wait(IDLE_CHECK);
-            })
-            .expect("spawn evacuation thread");
+            }
+        })
+        .expect("spawn evacuation thread");
     }
 
     /// Extents that need a copy because of the evacuation, by shard: extents of shards

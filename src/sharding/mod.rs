@@ -167,38 +167,37 @@ impl Engine {
     /// demand, and prepares shards before their daily peak.
     pub fn start(self: &Arc<Self>) {
         let weak: Weak<Engine> = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("sharding".into())
-            .spawn(move || {
-                let mut last_plan = Instant::now();
-                loop {
-                    let Some(e) = weak.upgrade() else { break };
-                    if e.stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if let Err(err) = e.migrate() {
-                        tracing::error!("migration: {err:#}");
-                        e.status.lock().last_error = Some(format!("{err:#}"));
-                    }
-                    e.prepare_peaks();
-                    let due = e.opts.interval.is_some_and(|i| last_plan.elapsed() >= i);
-                    if due {
-                        last_plan = Instant::now();
-                        match e.reshard(false) {
-                            Ok(s) if s.moves > 0 => tracing::info!(
-                                moves = s.moves,
-                                bytes = s.bytes_to_move,
-                                "re-sharding planned"
-                            ),
-                            Ok(_) => {}
-                            Err(err) => tracing::warn!("re-sharding plan failed: {err:#}"),
-                        }
-                        continue;
-                    }
-                    e.wake.wait(Duration::from_secs(5));
+        crate::supervise::spawn("sharding", crate::supervise::OnPanic::Restart, move || {
+            let mut last_plan = Instant::now();
+            loop {
+                let Some(e) = weak.upgrade() else { break };
+                if e.stop.load(Ordering::Relaxed) {
+                    break;
                 }
-            })
-            .expect("spawn sharding thread");
+                crate::supervise::fault_point("sharding");
+                if let Err(err) = e.migrate() {
+                    tracing::error!("migration: {err:#}");
+                    e.status.lock().last_error = Some(format!("{err:#}"));
+                }
+                e.prepare_peaks();
+                let due = e.opts.interval.is_some_and(|i| last_plan.elapsed() >= i);
+                if due {
+                    last_plan = Instant::now();
+                    match e.reshard(false) {
+                        Ok(s) if s.moves > 0 => tracing::info!(
+                            moves = s.moves,
+                            bytes = s.bytes_to_move,
+                            "re-sharding planned"
+                        ),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!("re-sharding plan failed: {err:#}"),
+                    }
+                    continue;
+                }
+                e.wake.wait(Duration::from_secs(5));
+            }
+        })
+        .expect("spawn sharding thread");
     }
 
     pub fn shutdown(&self) {

@@ -615,7 +615,14 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
                         } else {
-                            req.dispatch(self)
+                            // A panicking handler must not end the session: its reply's
+                            // drop answers EIO, and the loop goes on (as the ring does).
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                req.dispatch(self);
+                            }));
+                            if r.is_err() {
+                                error!("fuse: request handler panicked");
+                            }
                         }
                     }
                     // Quit loop on illegal request
