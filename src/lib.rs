@@ -17,4 +17,5 @@ pub mod sharding;
 pub mod sim;
 pub mod store;
 pub mod trace;
+pub mod upgrade;
 pub mod wake;
