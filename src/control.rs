@@ -286,9 +286,12 @@ fn risk_report(
     s
 }
 
-/// An idle client is dropped after this long without a full request line (or without taking
-/// its answer), so idle connections cannot hold every slot.
+/// An idle client is dropped after this long without a full request line, so idle
+/// connections cannot hold every slot.
 const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A client must have taken its whole answer within this (a `shards --json` of a large pool
+/// is megabytes).
+const CLIENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long shutdown waits for requests already running (an fsck of a large pool can take
 /// long; `umount` waits up to 120 s for the daemon).
 const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(60);
@@ -364,7 +367,8 @@ fn answer_line(reply: anyhow::Result<serde_json::Value>) -> String {
     s
 }
 
-/// One client: a request line within the idle time-out, the answer within it too.
+/// One client: a request line within `CLIENT_IDLE_TIMEOUT`, its answer taken within
+/// `CLIENT_ANSWER_TIMEOUT`.
 async fn serve_client(stream: tokio::net::UnixStream, svc: Arc<Services>, gate: Arc<Control>) {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
@@ -374,6 +378,13 @@ async fn serve_client(stream: tokio::net::UnixStream, svc: Arc<Services>, gate: 
         _ => return,
     }
     let out = match serde_json::from_str::<Request>(&line) {
+        // Only waits for recovery: shutdown need not wait for it (the client sees EOF).
+        Ok(req @ Request::RecoverWait { .. }) => {
+            let reply = tokio::task::spawn_blocking(move || handle(&svc, &req))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("handler panicked: {e}")));
+            answer_line(reply)
+        }
         // enter() counts the request in when it returns true (the next arm runs it).
         Ok(_) if !gate.enter() => {
             let mut s = serde_json::json!({
@@ -396,7 +407,7 @@ async fn serve_client(stream: tokio::net::UnixStream, svc: Arc<Services>, gate: 
         }
         Err(e) => answer_line(Err(anyhow::anyhow!("bad request: {e}"))),
     };
-    let _ = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, wr.write_all(out.as_bytes())).await;
+    let _ = tokio::time::timeout(CLIENT_ANSWER_TIMEOUT, wr.write_all(out.as_bytes())).await;
 }
 
 /// Serves the socket on its own thread until the process exits; `Control::stop` ends the
