@@ -493,15 +493,14 @@ pub fn call(pool: &Path, req: &Request, timeout: Duration) -> anyhow::Result<Ans
     s.set_read_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
-    if s.write_all(line.as_bytes()).is_err() {
-        // Accepted by the kernel, closed by the daemon before reading: it is exiting.
-        return Ok(Answer::ShuttingDown);
-    }
+    // A failed write still reads on: a daemon that refused us left its reason to read.
+    let _ = s.write_all(line.as_bytes());
     let mut resp = String::new();
     let n = BufReader::new(s)
         .read_line(&mut resp)
         .context("no answer from the daemon")?;
     if n == 0 {
+        // Closed without an answer: the daemon is exiting.
         return Ok(Answer::ShuttingDown);
     }
     let v: serde_json::Value = serde_json::from_str(&resp).context("bad answer from the daemon")?;

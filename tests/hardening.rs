@@ -97,7 +97,10 @@ try:
     s.connect(sys.argv[1])
 except OSError as e:
     print("connect:", e); sys.exit(3)
-s.sendall(b'{"cmd":"ping"}\n')
+try:
+    s.sendall(b'{"cmd":"ping"}\n')
+except OSError as e:
+    print("send:", e)  # a refusing daemon may have closed already; its reason is still there
 print(s.recv(4096).decode())
 "#;
 
