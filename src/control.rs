@@ -496,12 +496,14 @@ pub fn call(pool: &Path, req: &Request, timeout: Duration) -> anyhow::Result<Ans
     // A failed write still reads on: a daemon that refused us left its reason to read.
     let _ = s.write_all(line.as_bytes());
     let mut resp = String::new();
-    let n = BufReader::new(s)
-        .read_line(&mut resp)
-        .context("no answer from the daemon")?;
-    if n == 0 {
-        // Closed without an answer: the daemon is exiting.
-        return Ok(Answer::ShuttingDown);
+    match BufReader::new(s).read_line(&mut resp) {
+        // Closed without an answer (reset: with our request unread): the daemon is exiting.
+        Ok(0) => return Ok(Answer::ShuttingDown),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            return Ok(Answer::ShuttingDown)
+        }
+        Ok(_) => {}
+        Err(e) => return Err(e).context("no answer from the daemon"),
     }
     let v: serde_json::Value = serde_json::from_str(&resp).context("bad answer from the daemon")?;
     if v.get(SHUTTING_DOWN).is_some() {
