@@ -783,7 +783,7 @@ impl AgentPool {
                 continue;
             }
             let p = d.root.join(RESERVE_FILE);
-            let have = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            let have = std::fs::symlink_metadata(&p).map(|m| m.len()).unwrap_or(0);
             let free = d.space().map(|s| s.1).unwrap_or(0) + have;
             let bytes = want
                 .get(&d.id)
@@ -797,22 +797,18 @@ impl AgentPool {
             if !d.root.join(crate::store::LABEL_FILE).exists() {
                 continue;
             }
-            let res = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&p)
-                .and_then(|f| {
-                    f.set_len(0)?;
-                    if bytes > 0 {
-                        // SAFETY: valid descriptor; allocates real blocks (not a hole).
-                        let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, bytes as i64) };
-                        if r != 0 {
-                            return Err(io::Error::last_os_error());
-                        }
+            // Never through a symlink or a hard link planted in the disk root.
+            let res = crate::store::open_plain(&p, true, true).and_then(|f| {
+                f.set_len(0)?;
+                if bytes > 0 {
+                    // SAFETY: valid descriptor; allocates real blocks (not a hole).
+                    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, bytes as i64) };
+                    if r != 0 {
+                        return Err(io::Error::last_os_error());
                     }
-                    Ok(())
-                });
+                }
+                Ok(())
+            });
             match res {
                 Ok(()) => {
                     out.insert(d.id, bytes);
@@ -827,7 +823,7 @@ impl AgentPool {
     pub fn release_reservations(&self, fs: &Fs) {
         for d in fs.store.disks() {
             let p = d.root.join(RESERVE_FILE);
-            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
+            if let Ok(f) = crate::store::open_plain(&p, true, false) {
                 let _ = f.set_len(0);
             }
         }

@@ -1,9 +1,9 @@
-//! The control socket: a Unix socket in the pool directory (mode 0600, so root or the pool's
-//! owner only) through which the CLI asks a mounted pool for status, shards and fsck.
+//! The control socket: a Unix socket in the pool directory (mode 0600 from creation, peers
+//! checked: root or the pool's owner only) through which the CLI asks a mounted pool for
+//! status, shards and fsck.
 //! One JSON request line in, one JSON response line out.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -287,13 +287,145 @@ fn risk_report(
     s
 }
 
-/// Serves the socket on its own thread until the process exits.
-pub fn serve(svc: Arc<Services>, path: &Path) -> anyhow::Result<()> {
+/// An idle client is dropped after this long without a full request line, so idle
+/// connections cannot hold every slot.
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A client must have taken its whole answer within this (a `shards --json` of a large pool
+/// is megabytes).
+const CLIENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long shutdown waits for requests already running (an fsck of a large pool can take
+/// long; `umount` waits up to 120 s for the daemon).
+const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(60);
+/// Refused connections logged at most every this many (a flood must not fill the log).
+const REFUSED_LOG_EVERY: u64 = 1000;
+
+/// The marker field of the answer a daemon that is shutting down gives: the CLI waits.
+pub const SHUTTING_DOWN: &str = "shutting_down";
+
+/// Gate between the socket and shutdown: once stopped, requests are answered "shutting
+/// down" without running, and `stop` returns when those already running are done.
+#[derive(Default)]
+pub struct Control {
+    state: parking_lot::Mutex<(bool, usize)>,
+    done: parking_lot::Condvar,
+}
+
+impl Control {
+    /// Enters a request; false once stopping.
+    fn enter(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.0 {
+            return false;
+        }
+        st.1 += 1;
+        true
+    }
+    fn leave(&self) {
+        let mut st = self.state.lock();
+        st.1 -= 1;
+        self.done.notify_all();
+    }
+    /// Refuses new requests and waits (bounded) for running ones.
+    pub fn stop(&self) {
+        let deadline = std::time::Instant::now() + SHUTDOWN_WAIT_MAX;
+        let mut st = self.state.lock();
+        st.0 = true;
+        while st.1 > 0 && !self.done.wait_until(&mut st, deadline).timed_out() {}
+        if st.1 > 0 {
+            tracing::warn!("{} control request(s) still running at shutdown", st.1);
+        }
+    }
+}
+
+/// Counts a running request out when dropped (a panicking handler too).
+struct Leave(Arc<Control>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+/// Root and the pool's owner (the owner of the pool directory) may use the socket.
+fn peer_allowed(stream: &tokio::net::UnixStream, owner_uid: u32) -> Result<(), String> {
+    match stream.peer_cred() {
+        Ok(c) if c.uid() == 0 || c.uid() == owner_uid => Ok(()),
+        Ok(c) => Err(format!(
+            "permission denied: uid {} is neither root nor the pool's owner",
+            c.uid()
+        )),
+        Err(e) => Err(format!("cannot check the caller's credentials: {e}")),
+    }
+}
+
+fn answer_line(reply: anyhow::Result<serde_json::Value>) -> String {
+    let out = match reply {
+        Ok(v) => serde_json::json!({ "ok": v }),
+        Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+    };
+    let mut s = out.to_string();
+    s.push('\n');
+    s
+}
+
+/// One client: a request line within `CLIENT_IDLE_TIMEOUT`, its answer taken within
+/// `CLIENT_ANSWER_TIMEOUT`.
+async fn serve_client(stream: tokio::net::UnixStream, svc: Arc<Services>, gate: Arc<Control>) {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let mut rd = tokio::io::BufReader::new(rd).take(REQUEST_BYTES_MAX as u64);
+    match tokio::time::timeout(CLIENT_IDLE_TIMEOUT, rd.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
+    }
+    let out = match serde_json::from_str::<Request>(&line) {
+        // Only waits for recovery: shutdown need not wait for it (the client sees EOF).
+        Ok(req @ Request::RecoverWait { .. }) => {
+            let reply = tokio::task::spawn_blocking(move || handle(&svc, &req))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("handler panicked: {e}")));
+            answer_line(reply)
+        }
+        // enter() counts the request in when it returns true (the next arm runs it).
+        Ok(_) if !gate.enter() => {
+            let mut s = serde_json::json!({
+                "error": "the daemon is shutting down",
+                "shutting_down": true,
+            })
+            .to_string();
+            s.push('\n');
+            s
+        }
+        Ok(req) => {
+            let g = Leave(gate.clone());
+            let reply = tokio::task::spawn_blocking(move || {
+                let _g = g;
+                handle(&svc, &req)
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("handler panicked: {e}")));
+            answer_line(reply)
+        }
+        Err(e) => answer_line(Err(anyhow::anyhow!("bad request: {e}"))),
+    };
+    let _ = tokio::time::timeout(CLIENT_ANSWER_TIMEOUT, wr.write_all(out.as_bytes())).await;
+}
+
+/// Serves the socket on its own thread until the process exits; `Control::stop` ends the
+/// serving of requests. The socket is created 0600 (umask around bind: never open to others
+/// in between) and answers root and the pool directory's owner only.
+pub fn serve(svc: Arc<Services>, path: &Path) -> anyhow::Result<Arc<Control>> {
+    use std::os::unix::fs::MetadataExt;
+    let owner_uid = std::fs::metadata(path.parent().unwrap_or(Path::new("/")))?.uid();
     let _ = std::fs::remove_file(path);
-    let std_listener = std::os::unix::net::UnixListener::bind(path)
-        .with_context(|| format!("{}: cannot create control socket", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let std_listener = {
+        let _mask = crate::pool::Umask::private();
+        std::os::unix::net::UnixListener::bind(path)
+            .with_context(|| format!("{}: cannot create control socket", path.display()))?
+    };
     std_listener.set_nonblocking(true)?;
+    let gate = Arc::new(Control::default());
+    let g = gate.clone();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -301,67 +433,85 @@ pub fn serve(svc: Arc<Services>, path: &Path) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::UnixListener::from_std(std_listener).expect("listener");
-                let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let Ok(permit) = slots.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let svc = svc.clone();
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        let (rd, mut wr) = stream.into_split();
-                        let mut line = String::new();
-                        let mut rd = tokio::io::BufReader::new(rd).take(REQUEST_BYTES_MAX as u64);
-                        if rd.read_line(&mut line).await.is_err() {
-                            return;
-                        }
-                        let reply = match serde_json::from_str::<Request>(&line) {
-                            Ok(req) => tokio::task::spawn_blocking(move || handle(&svc, &req))
-                                .await
-                                .unwrap_or_else(|e| Err(anyhow::anyhow!("handler panicked: {e}"))),
-                            Err(e) => Err(anyhow::anyhow!("bad request: {e}")),
-                        };
-                        let out = match reply {
-                            Ok(v) => serde_json::json!({ "ok": v }),
-                            Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
-                        };
-                        let mut s = out.to_string();
-                        s.push('\n');
-                        let _ = wr.write_all(s.as_bytes()).await;
-                    });
-                }
-            });
+            rt.block_on(accept_loop(std_listener, svc, g, owner_uid));
         })?;
-    Ok(())
+    Ok(gate)
 }
 
-/// Sends a request to a mounted pool. Ok(None) when no daemon listens on the socket.
-pub fn call(
-    pool: &Path,
-    req: &Request,
-    timeout: Duration,
-) -> anyhow::Result<Option<serde_json::Value>> {
+async fn accept_loop(
+    std_listener: std::os::unix::net::UnixListener,
+    svc: Arc<Services>,
+    gate: Arc<Control>,
+    owner_uid: u32,
+) {
+    let listener = tokio::net::UnixListener::from_std(std_listener).expect("listener");
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let mut refused = 0u64;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        if let Err(why) = peer_allowed(&stream, owner_uid) {
+            if refused.is_multiple_of(REFUSED_LOG_EVERY) {
+                tracing::warn!("control socket: {why} (refused {} so far)", refused + 1);
+            }
+            refused += 1;
+            // One small line into an empty socket buffer: never blocks.
+            let _ = stream.try_write(answer_line(Err(anyhow::anyhow!(why))).as_bytes());
+            continue;
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (svc, gate) = (svc.clone(), gate.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_client(stream, svc, gate).await;
+        });
+    }
+}
+
+/// What the daemon answered.
+pub enum Answer {
+    Ok(serde_json::Value),
+    /// No daemon listens on the socket.
+    NoDaemon,
+    /// The daemon is shutting down (it said so, or closed the connection without an answer).
+    ShuttingDown,
+}
+
+/// Sends a request to a mounted pool.
+pub fn call(pool: &Path, req: &Request, timeout: Duration) -> anyhow::Result<Answer> {
     let path = pool.join(crate::pool::SOCKET_FILE);
     let mut s = match UnixStream::connect(&path) {
         Ok(s) => s,
-        Err(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "{}: permission denied (only root and the pool's owner may use it)",
+            path.display()
+        ),
+        Err(_) => return Ok(Answer::NoDaemon),
     };
     s.set_read_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
-    s.write_all(line.as_bytes())?;
+    // A failed write still reads on: a daemon that refused us left its reason to read.
+    let _ = s.write_all(line.as_bytes());
     let mut resp = String::new();
-    BufReader::new(s)
-        .read_line(&mut resp)
-        .context("no answer from the daemon")?;
+    match BufReader::new(s).read_line(&mut resp) {
+        // Closed without an answer (reset: with our request unread): the daemon is exiting.
+        Ok(0) => return Ok(Answer::ShuttingDown),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            return Ok(Answer::ShuttingDown)
+        }
+        Ok(_) => {}
+        Err(e) => return Err(e).context("no answer from the daemon"),
+    }
     let v: serde_json::Value = serde_json::from_str(&resp).context("bad answer from the daemon")?;
+    if v.get(SHUTTING_DOWN).is_some() {
+        return Ok(Answer::ShuttingDown);
+    }
     if let Some(e) = v.get("error") {
         bail!("daemon: {}", e.as_str().unwrap_or("error"));
     }
-    Ok(v.get("ok").cloned())
+    Ok(Answer::Ok(v.get("ok").cloned().unwrap_or_default()))
 }

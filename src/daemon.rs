@@ -3,6 +3,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,6 +126,10 @@ pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
         );
     }
     let mp = check_mountpoint(&a.mountpoint)?;
+    // For the daemon's life: metadata, log, pid file and socket are created 0600 (RocksDB
+    // has no mode option). Files in the mount are not affected (their modes come from
+    // the callers), extent files are created 0600 anyway.
+    std::mem::forget(pool::Umask::private());
     if a.foreground {
         return run(&pool_dir, &mp, a, None);
     }
@@ -171,9 +176,13 @@ pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(pool_dir.join(pool::LOG_FILE));
     if let Ok(log) = log {
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::PermissionsExt;
+        // A log an older version made readable by everyone (names of files) becomes private.
+        let _ = log.set_permissions(fs::Permissions::from_mode(0o600));
         // SAFETY: valid descriptors.
         unsafe {
             libc::dup2(log.as_raw_fd(), 1);
@@ -279,7 +288,7 @@ fn run(
         e
     });
     let risk = start_risk(&fs, a, &orchestrator, engine.clone(), &evacuator)?;
-    crate::control::serve(
+    let control = crate::control::serve(
         std::sync::Arc::new(crate::control::Services {
             fs: fs.clone(),
             recovery: Some(orchestrator),
@@ -349,6 +358,10 @@ fn run(
             }
         }
     });
+    // Shutting down: control requests are answered "shutting down" (the CLI waits for the
+    // pool's lock, which this process holds until it exits) once those running are done.
+    control.stop();
+    let _ = fs::remove_file(pool_dir.join(pool::SOCKET_FILE));
     // The kernel may not send DESTROY (e.g. lazy unmount); make sure nothing is left buffered.
     if let Some(e) = &engine {
         e.shutdown();
@@ -363,9 +376,11 @@ fn run(
             tracing::warn!("cannot save access summaries: {e:#}");
         }
     }
-    let _ = fs::remove_file(pool_dir.join(pool::SOCKET_FILE));
     let _ = fs::remove_file(pool_dir.join(PID_FILE));
     tracing::info!("unmounted");
+    // The lock goes with the process: background threads may still hold the metadata, and
+    // a CLI that took the lock before they let go would find RocksDB's own lock held.
+    std::mem::forget(pool._lock);
     res.context("FUSE session ended with an error")
 }
 

@@ -19,4 +19,5 @@ pub mod sim;
 pub mod store;
 pub mod supervise;
 pub mod trace;
+pub mod upgrade;
 pub mod wake;

@@ -143,6 +143,9 @@ enum Cmd {
     },
     /// Unmount and wait for the daemon to finish.
     Umount { mountpoint: PathBuf },
+    /// Bring a pool made by an older foreshard to this version's on-disk format (unmounted;
+    /// safe to interrupt and run again).
+    Upgrade { pool: PathBuf },
     /// Disks, shards and replica health.
     Status {
         pool: PathBuf,
@@ -372,14 +375,51 @@ fn watch_migration(pool: &Path, bar: bool) -> anyhow::Result<MigrationStatus> {
     }
 }
 
-/// Runs `req` on the mounted pool through its socket, or opens the pool directly.
+/// How long a command waits for a daemon that is shutting down (or starting) to let go of
+/// the pool (`fusermount3 -u` returns before the daemon has flushed and exited).
+const DAEMON_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs `req` on the mounted pool through its socket, or opens the pool directly; waits
+/// (bounded) while a daemon shuts down.
 fn ask(pool: &Path, req: Request, timeout: Duration) -> anyhow::Result<serde_json::Value> {
     if !pool.is_dir() {
         anyhow::bail!("{}: no such pool directory", pool.display());
     }
-    if let Some(v) = control::call(pool, &req, timeout)? {
-        return Ok(v);
+    let start = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let busy = match control::call(pool, &req, timeout)? {
+            control::Answer::Ok(v) => return Ok(v),
+            control::Answer::ShuttingDown => None,
+            control::Answer::NoDaemon => match ask_offline(pool, &req) {
+                Err(e) if e.downcast_ref::<pool::PoolBusy>().is_some() => Some(e),
+                r => return r,
+            },
+        };
+        if start.elapsed() >= DAEMON_WAIT {
+            return Err(busy.unwrap_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: the daemon is still shutting down after {}s",
+                    pool.display(),
+                    DAEMON_WAIT.as_secs()
+                )
+            }));
+        }
+        if !said {
+            said = true;
+            eprintln!(
+                "foreshard: waiting for the daemon of {} to finish shutting down (or starting up), up to {}s",
+                pool.display(),
+                DAEMON_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn ask_offline(pool: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
+    // RocksDB files it creates are private, like the daemon's.
+    let _mask = pool::Umask::private();
     let p = Pool::open(pool)?;
     let fs = p.fs(FsOptions::default())?;
     if matches!(req, Request::Fsck { repair: true }) {
@@ -390,7 +430,7 @@ fn ask(pool: &Path, req: Request, timeout: Duration) -> anyhow::Result<serde_jso
             eprintln!("crash recovery: {freed} orphaned inode(s) freed, {removed} uncommitted extent file(s) removed");
         }
     }
-    control::handle(&control::Services::offline(fs), &req)
+    control::handle(&control::Services::offline(fs), req)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -605,6 +645,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Umount { mountpoint } => daemon::umount(&mountpoint)?,
+        Cmd::Upgrade { pool } => {
+            let r = foreshard::upgrade::upgrade(&pool)?;
+            for s in &r.skipped {
+                eprintln!("warning: {s}: label left as it is (the disk is failed at mount)");
+            }
+            if r.from == r.to {
+                println!("{}: already at format {}", pool.display(), r.to);
+            } else {
+                println!(
+                    "upgraded {} from format {} to {} ({} label(s) rewritten)",
+                    pool.display(),
+                    r.from,
+                    r.to,
+                    r.labels_written
+                );
+            }
+        }
         Cmd::Status { pool, json } => {
             let v = ask(&pool, Request::Status, Duration::from_secs(60))?;
             if json {

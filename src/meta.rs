@@ -73,6 +73,13 @@ impl Kind {
     }
 }
 
+/// The pool's on-disk format, under `FORMAT_KEY` in `config` (4 bytes, big-endian) and in
+/// every disk label. Pools made before formats were numbered have neither: `FORMAT_LEGACY`.
+/// Format 2 adds only the numbers (and private file modes), so its records decode as 1's did.
+pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_LEGACY: u32 = 1;
+pub const FORMAT_KEY: &[u8] = b"format";
+
 /// Pool-wide settings fixed at `init`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PoolConfig {
@@ -353,6 +360,16 @@ impl Batch<'_> {
     }
 }
 
+fn read_format(db: &DB) -> anyhow::Result<u32> {
+    let cf = db.cf_handle(CF_CONFIG).context("no config column family")?;
+    match db.get_cf(cf, FORMAT_KEY)? {
+        None => Ok(FORMAT_LEGACY),
+        Some(v) => Ok(u32::from_be_bytes(
+            v.as_slice().try_into().context("corrupt format record")?,
+        )),
+    }
+}
+
 fn db_options() -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
@@ -393,6 +410,14 @@ impl Meta {
                 anyhow::anyhow!("{}: cannot open metadata: {msg}", dir.display())
             }
         })?;
+        // Before any write (the counters below): a newer format is left exactly as it is.
+        let format = read_format(&db)?;
+        if format > FORMAT_VERSION {
+            bail!(
+                "{}: pool format {format} was made by a newer foreshard (this one reads formats up to {FORMAT_VERSION}); use that newer version",
+                dir.display()
+            );
+        }
         let meta = Meta {
             db,
             next_ino: AtomicU64::new(0),
@@ -414,6 +439,20 @@ impl Meta {
         meta.set_counter("ino_reserved", ino + COUNTER_BLOCK)?;
         meta.set_counter("version_reserved", ver + COUNTER_BLOCK)?;
         Ok(meta)
+    }
+
+    /// The pool's on-disk format (`FORMAT_LEGACY` when the key is absent).
+    pub fn format(&self) -> anyhow::Result<u32> {
+        read_format(&self.db)
+    }
+
+    /// Records the pool's format, synced (the last step of `foreshard upgrade`).
+    pub fn set_format(&self, v: u32) -> anyhow::Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(CF_CONFIG), FORMAT_KEY, v.to_be_bytes(), &wo)?;
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,7 +11,8 @@ use anyhow::{bail, Context};
 
 use crate::fs::{Fs, FsOptions};
 use crate::meta::{
-    DiskRec, DiskState, InodeRec, Kind, Meta, PoolConfig, ShardClass, ShardRec, ROOT_INO,
+    DiskRec, DiskState, InodeRec, Kind, Meta, PoolConfig, ShardClass, ShardRec, FORMAT_VERSION,
+    ROOT_INO,
 };
 use crate::store::{read_label, write_label, Disk, Label, Store};
 
@@ -146,6 +147,12 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
                 prev.display()
             );
         }
+        if let Some(why) = crate::store::root_exposure(&c) {
+            bail!(
+                "disk {}: {why}: whoever can write it could make foreshard overwrite files",
+                d.display()
+            );
+        }
         if let Some(l) = read_label(&c)? {
             bail!(
                 "disk {} already belongs to pool {} (as disk {})",
@@ -179,8 +186,15 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         block_size: BLOCK_SIZE_BYTES.min(a.extent_size as u32),
         shard_count: 0,
     };
+    // Metadata, lock and log are the owner's only (names, symlink targets, xattr values).
+    let _mask = Umask::private();
     let created_pool_dir = !a.pool.exists();
-    fs::create_dir_all(&a.pool)
+    let old_mode = fs::metadata(&a.pool).map(|m| m.mode() & 0o7777).ok();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&a.pool)
+        .and_then(|_| fs::set_permissions(&a.pool, fs::Permissions::from_mode(0o700)))
         .with_context(|| format!("{}: cannot create pool directory", a.pool.display()))?;
     let res = (|| -> anyhow::Result<PoolConfig> {
         let ids: Vec<u32> = (0..canon.len() as u32).collect();
@@ -192,6 +206,11 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         let meta = Meta::open(&meta_dir, true)?;
         let mut b = meta.batch();
         b.put_config(&cfg);
+        b.put_raw(
+            crate::meta::CF_CONFIG,
+            crate::meta::FORMAT_KEY,
+            &crate::meta::FORMAT_VERSION.to_be_bytes(),
+        );
         if a.health_dir.is_some() {
             let s = crate::risk::service::RiskSettings {
                 health_dir: a.health_dir.clone(),
@@ -242,13 +261,7 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         meta.write(b)?;
         meta.sync_wal()?;
         for (i, c) in canon.iter().enumerate() {
-            write_label(
-                c,
-                &Label {
-                    pool_id: pool_id.clone(),
-                    disk_id: i as u32,
-                },
-            )?;
+            write_label(c, &Label::new(&pool_id, i as u32))?;
         }
         Ok(cfg)
     })();
@@ -267,26 +280,53 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         let _ = fs::remove_dir_all(&meta_dir);
         if created_pool_dir {
             let _ = fs::remove_dir(&a.pool);
+        } else if let Some(m) = old_mode {
+            let _ = fs::set_permissions(&a.pool, fs::Permissions::from_mode(m));
         }
     }
     res
+}
+
+/// Sets the process umask to 0o077 (files 0600, directories 0700 from creation: RocksDB has
+/// no mode option) and restores the old one when dropped. The umask is per process.
+pub struct Umask(libc::mode_t);
+
+impl Umask {
+    pub fn private() -> Umask {
+        // SAFETY: umask cannot fail.
+        Umask(unsafe { libc::umask(0o077) })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::umask(self.0) };
+    }
 }
 
 /// An exclusive lock on the pool, held by the daemon (or an offline command) for its life.
 /// The file is held only for its lock.
 pub struct PoolLock(#[allow(dead_code)] File);
 
+/// `PoolLock::take` failed because another process holds the lock (the CLI waits on it).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: pool is in use (mounted, or another foreshard command is running)")]
+pub struct PoolBusy(pub String);
+
 impl PoolLock {
     pub fn take(pool: &Path) -> anyhow::Result<PoolLock> {
         let p = pool.join(LOCK_FILE);
-        let f = File::create(&p)
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&p)
             .with_context(|| format!("{}: cannot create lock file", p.display()))?;
         // SAFETY: valid descriptor.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!(
-                "{}: pool is in use (mounted, or another foreshard command is running)",
-                pool.display()
-            );
+            return Err(PoolBusy(pool.display().to_string()).into());
         }
         Ok(PoolLock(f))
     }
@@ -318,12 +358,27 @@ impl Pool {
         }
         let lock = PoolLock::take(dir)?;
         let meta = Arc::new(Meta::open(&dir.join(META_DIR), false)?);
+        let format = meta.format()?;
+        if format < FORMAT_VERSION {
+            bail!(
+                "{}: pool format {format} (made by an older foreshard); run `foreshard upgrade {}` first (quick, and safe to run again)",
+                dir.display(),
+                dir.display()
+            );
+        }
         let cfg = meta
             .config()?
             .context("pool metadata has no configuration record")?;
         let mut disks = Vec::new();
         for rec in meta.disks()? {
             let disk = Disk::new(rec.id, PathBuf::from(&rec.path), rec.state);
+            if rec.state != DiskState::Removed {
+                check_disk_format(&disk)?;
+                if let Some(why) = crate::store::root_exposure(&disk.root) {
+                    // The daemon's stderr is its log.
+                    eprintln!("warning: disk {} ({}): {why}", rec.id, rec.path);
+                }
+            }
             if rec.state != DiskState::Failed {
                 if let Err(e) = disk.check_label(&cfg.pool_id) {
                     tracing::error!("disk {} marked failed: {e:#}", rec.id);
@@ -351,6 +406,22 @@ impl Pool {
             opts,
         )
     }
+}
+
+/// A label from a newer foreshard (an interrupted upgrade by it, say) stops the open: this
+/// version cannot know what else changed.
+fn check_disk_format(disk: &Disk) -> anyhow::Result<()> {
+    if let Ok(Some(l)) = read_label(&disk.root) {
+        if l.format > FORMAT_VERSION {
+            bail!(
+                "disk {} ({}): label format {} was written by a newer foreshard (this one reads formats up to {FORMAT_VERSION}); use that newer version",
+                disk.id,
+                disk.root.display(),
+                l.format
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Start-up cleanup after a crash: frees inodes that were unlinked while open, and removes

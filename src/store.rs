@@ -22,6 +22,8 @@ use crate::durable;
 use crate::meta::DiskState;
 
 pub const LABEL_FILE: &str = "foreshard.label";
+/// The health probe's file in each disk root.
+pub const PROBE_FILE: &str = "foreshard.probe";
 const EXTENT_DIR: &str = "extents";
 /// Open backing files kept for reads; each costs one descriptor.
 const FD_CACHE_ENTRIES_MAX: usize = 1024;
@@ -63,30 +65,114 @@ impl ExtentId {
 pub struct Label {
     pub pool_id: String,
     pub disk_id: u32,
+    /// On-disk format of the pool (`meta::FORMAT_VERSION`); labels written before formats
+    /// were numbered have none and read as `FORMAT_LEGACY`.
+    #[serde(default = "legacy_format")]
+    pub format: u32,
 }
 
-pub fn read_label(root: &Path) -> anyhow::Result<Option<Label>> {
-    let p = root.join(LABEL_FILE);
-    match fs::read(&p) {
-        Ok(b) => {
-            Ok(Some(serde_json::from_slice(&b).with_context(|| {
-                format!("{}: corrupt disk label", p.display())
-            })?))
+fn legacy_format() -> u32 {
+    crate::meta::FORMAT_LEGACY
+}
+
+impl Label {
+    /// A label of the current format.
+    pub fn new(pool_id: &str, disk_id: u32) -> Label {
+        Label {
+            pool_id: pool_id.to_string(),
+            disk_id,
+            format: crate::meta::FORMAT_VERSION,
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("{}: cannot read disk label", p.display())),
     }
 }
 
+/// Labels are a few dozen bytes; anything much larger is not ours.
+const LABEL_BYTES_MAX: u64 = 64 * 1024;
+
+pub fn read_label(root: &Path) -> anyhow::Result<Option<Label>> {
+    let p = root.join(LABEL_FILE);
+    let f = match open_plain(&p, false, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot read disk label", p.display()))
+        }
+    };
+    let mut b = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(&f, LABEL_BYTES_MAX), &mut b)
+        .with_context(|| format!("{}: cannot read disk label", p.display()))?;
+    Ok(Some(serde_json::from_slice(&b).with_context(|| {
+        format!("{}: corrupt disk label", p.display())
+    })?))
+}
+
+/// Opens a file foreshard keeps in a disk root (probe, reservation, label) without following
+/// a symlink, and refuses anything but a plain file with one link: whoever can write the root
+/// must not make the daemon (root) overwrite a file elsewhere. New files are 0600.
+pub fn open_plain(p: &Path, write: bool, create: bool) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .create(create)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::other(format!("{}: is a symlink; refused", p.display()))
+            } else {
+                e
+            }
+        })?;
+    let md = f.metadata()?;
+    if !md.is_file() || std::os::unix::fs::MetadataExt::nlink(&md) != 1 {
+        return Err(io::Error::other(format!(
+            "{}: not a plain file with one link; refused",
+            p.display()
+        )));
+    }
+    Ok(f)
+}
+
+/// Why other users could replace files in the disk root `root`, if they could: it is writable
+/// by group or others, and not sticky with a trusted owner (root or us).
+pub fn root_exposure(root: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(root).ok()?;
+    let mode = md.mode() & 0o7777;
+    // SAFETY: geteuid cannot fail.
+    let trusted_owner = md.uid() == 0 || md.uid() == unsafe { libc::geteuid() };
+    let sticky_safe = mode & 0o1000 != 0 && trusted_owner;
+    (mode & 0o022 != 0 && !sticky_safe)
+        .then(|| format!("writable by other users (mode {mode:04o}; run chmod go-w on it)"))
+}
+
+/// Writes the label atomically: a fresh temp file (never through a symlink), fsync, rename,
+/// then the directory's fsync.
 pub fn write_label(root: &Path, label: &Label) -> anyhow::Result<()> {
     let tmp = root.join(format!("{LABEL_FILE}.tmp"));
-    let mut f =
-        File::create(&tmp).with_context(|| format!("{}: cannot write label", tmp.display()))?;
+    // A temp file left by a crash (or planted): unlinking removes the link, not its target.
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .with_context(|| format!("{}: cannot write label", tmp.display()))?;
     f.write_all(&serde_json::to_vec_pretty(label)?)?;
     f.sync_all()?;
     fs::rename(&tmp, root.join(LABEL_FILE))?;
     File::open(root)?.sync_all()?;
-    fs::create_dir_all(root.join(EXTENT_DIR))?;
+    let ext = root.join(EXTENT_DIR);
+    if let Err(e) = fs::create_dir(&ext) {
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(e).with_context(|| format!("{}: cannot create", ext.display()));
+        }
+    }
+    if !fs::symlink_metadata(&ext)?.is_dir() {
+        bail!("{}: not a directory (a symlink?); refused", ext.display());
+    }
     Ok(())
 }
 
@@ -382,26 +468,22 @@ impl Disk {
     /// runs it with a deadline (a hung disk never returns).
     pub fn probe(&self) -> io::Result<()> {
         self.inject()?;
-        let p = self.root.join("foreshard.probe");
+        let p = self.root.join(PROBE_FILE);
         let data: [u8; 64] = std::array::from_fn(|_| rand::random());
-        {
-            // Never create the file when the disk root itself is gone.
-            if !self.root.join(LABEL_FILE).exists() {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "disk root or label gone",
-                ));
-            }
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&p)?;
-            f.write_all_at(&data, 0)?;
-            f.sync_all()?;
+        // Never create the file when the disk root itself is gone.
+        if !self.root.join(LABEL_FILE).exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "disk root or label gone",
+            ));
         }
-        let back = fs::read(&p)?;
+        // Not truncated at open: the checks in open_plain come first.
+        let f = open_plain(&p, true, true)?;
+        f.write_all_at(&data, 0)?;
+        f.set_len(data.len() as u64)?;
+        f.sync_all()?;
+        let mut back = [0u8; 64];
+        f.read_exact_at(&mut back, 0)?;
         if back != data {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -858,14 +940,7 @@ mod tests {
 
     /// Disk 0 of pool "p" at `root` (labelled, with its extents directory).
     fn labelled_disk(root: &Path) -> Disk {
-        write_label(
-            root,
-            &Label {
-                pool_id: "p".into(),
-                disk_id: 0,
-            },
-        )
-        .unwrap();
+        write_label(root, &Label::new("p", 0)).unwrap();
         Disk::new(0, root.to_path_buf(), DiskState::Up)
     }
 

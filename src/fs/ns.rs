@@ -8,6 +8,11 @@ const NAME_LEN_MAX: usize = 255;
 const SYMLINK_LEN_MAX: usize = 4095;
 const XATTR_NAME_LEN_MAX: usize = 255;
 const XATTR_VALUE_LEN_MAX: usize = 64 * 1024;
+/// Names plus values of one inode's xattrs: room for one largest value, and a bound on what
+/// any user who may write one file can put into the metadata disk through it.
+const XATTR_BYTES_PER_INODE_MAX: usize = 128 * 1024;
+/// Xattrs per inode: 256 names of at most 255 bytes fit listxattr's 64 KiB.
+const XATTR_COUNT_PER_INODE_MAX: usize = 256;
 /// Entries returned by one readdir call; the adapter asks again from the last offset.
 const READDIR_BATCH_MAX: usize = 512;
 
@@ -610,7 +615,18 @@ impl Fs {
             return Err(Errno::EOPNOTSUPP);
         }
         let _g = self.ns.lock();
-        let exists = self.meta.xattr(ino, name)?.is_some();
+        let (mut exists, mut others, mut bytes) = (false, 0, name.len() + value.len());
+        for (n, v) in self.meta.xattrs_of(ino)? {
+            if n == name {
+                exists = true;
+            } else {
+                others += 1;
+                bytes += n.len() + v.len();
+            }
+        }
+        if bytes > XATTR_BYTES_PER_INODE_MAX || others >= XATTR_COUNT_PER_INODE_MAX {
+            return Err(Errno::ENOSPC);
+        }
         if flags & libc::XATTR_CREATE != 0 && exists {
             return Err(Errno::EEXIST);
         }

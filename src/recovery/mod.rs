@@ -889,7 +889,7 @@ impl Orchestrator {
             let _ = std::fs::remove_dir_all(d.root.join("extents"));
             for f in [
                 crate::store::LABEL_FILE,
-                "foreshard.probe",
+                crate::store::PROBE_FILE,
                 crate::agents::RESERVE_FILE,
             ] {
                 let _ = std::fs::remove_file(d.root.join(f));

@@ -113,6 +113,9 @@ pub fn add_disk(fs: &Fs, path: &std::path::Path) -> anyhow::Result<u32> {
         bail!("{}: not a directory", path.display());
     }
     let c = std::fs::canonicalize(path)?;
+    if let Some(why) = crate::store::root_exposure(&c) {
+        bail!("{}: {why}", path.display());
+    }
     if let Some(l) = read_label(&c)? {
         bail!(
             "{}: already belongs to pool {} (as disk {})",
@@ -143,13 +146,7 @@ pub fn add_disk(fs: &Fs, path: &std::path::Path) -> anyhow::Result<u32> {
             }
         }
     }
-    crate::store::write_label(
-        &c,
-        &crate::store::Label {
-            pool_id: fs.cfg.pool_id.clone(),
-            disk_id: next,
-        },
-    )?;
+    crate::store::write_label(&c, &crate::store::Label::new(&fs.cfg.pool_id, next))?;
     let mut b = fs.meta.batch();
     b.put_disk(&crate::meta::DiskRec {
         id: next,

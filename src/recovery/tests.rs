@@ -373,10 +373,7 @@ fn probe_fails_missing_and_relabelled_disks() {
     // Disk 0 swapped for another pool's disk: label mismatch.
     crate::store::write_label(
         &fs.store.disk(0).unwrap().root,
-        &crate::store::Label {
-            pool_id: "other".into(),
-            disk_id: 0,
-        },
+        &crate::store::Label::new("other", 0),
     )
     .unwrap();
     wait_until(5, "label mismatch not detected", || {
