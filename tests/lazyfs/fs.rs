@@ -164,6 +164,16 @@ impl Lazy {
     }
 }
 
+/// lstat of an inode: by its path, or by its open file once unlinked (fstat of an open
+/// unlinked file).
+fn stat(st: &State, ino: u64) -> io::Result<Metadata> {
+    match (path_of(st, ino), st.nodes.get(&ino)) {
+        (Ok(p), _) => std::fs::symlink_metadata(p),
+        (Err(_), Some(n)) => n.file.metadata(),
+        (Err(e), None) => Err(e),
+    }
+}
+
 fn path_of(st: &State, ino: u64) -> io::Result<PathBuf> {
     st.paths
         .get(&ino)
@@ -344,12 +354,17 @@ fn new_handle(st: &mut State, h: Handle) -> FileHandle {
     FileHandle(fh)
 }
 
-/// Drops one open of `ino`; the node goes when nothing holds it.
+/// Drops one open of `ino`; the node goes when nothing holds it: no unsynced data, or no
+/// name left (an unlinked file's data can never be read or synced again).
 fn close(st: &mut State, ino: u64) {
-    if let Some(n) = st.nodes.get_mut(&ino) {
-        n.opens = n.opens.saturating_sub(1);
-        if n.opens == 0 && n.dirty.is_none() {
-            st.nodes.remove(&ino);
+    let named = st.paths.contains_key(&ino);
+    let Some(n) = st.nodes.get_mut(&ino) else {
+        return;
+    };
+    n.opens = n.opens.saturating_sub(1);
+    if n.opens == 0 && (n.dirty.is_none() || !named) {
+        if let Some(d) = st.nodes.remove(&ino).and_then(|n| n.dirty) {
+            st.dirty_bytes -= d.bytes();
         }
     }
 }
@@ -370,7 +385,7 @@ impl fuser::Filesystem for Lazy {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let st = self.lock();
-        let r = path_of(&st, ino.0).and_then(std::fs::symlink_metadata);
+        let r = stat(&st, ino.0);
         match r {
             Ok(md) => reply.attr(&TTL, &self.attr(&md, &st)),
             Err(e) => reply.error(errno(e)),
@@ -397,13 +412,16 @@ impl fuser::Filesystem for Lazy {
     ) {
         let mut st = self.lock();
         let r = (|| {
-            let path = path_of(&st, ino.0)?;
+            // Only mode, owner and times need the path: ftruncate of an open unlinked file
+            // has none.
+            let named = st.paths.get(&ino.0).cloned();
+            let path = || named.clone().ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT));
             if let Some(m) = mode {
-                let c = cstr(&path)?;
+                let c = cstr(&path()?)?;
                 check(unsafe { libc::chmod(c.as_ptr(), m & 0o7777) })?;
             }
             if uid.is_some() || gid.is_some() {
-                std::os::unix::fs::lchown(&path, uid, gid)?;
+                std::os::unix::fs::lchown(path()?, uid, gid)?;
             }
             if let Some(len) = size {
                 // A truncate is data: it waits in the copy like a write.
@@ -413,10 +431,9 @@ impl fuser::Filesystem for Lazy {
                 })?;
             }
             if atime.is_some() || mtime.is_some() {
-                utimens(&path, atime, mtime)?;
+                utimens(&path()?, atime, mtime)?;
             }
-            let md = std::fs::symlink_metadata(&path)?;
-            Ok(self.attr(&md, &st))
+            Ok(self.attr(&stat(&st, ino.0)?, &st))
         })();
         match r {
             Ok(a) => reply.attr(&TTL, &a),
@@ -751,26 +768,37 @@ impl fuser::Filesystem for Lazy {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let mut st = self.lock();
-        let r = (|| {
-            // The copy goes first, so the underlying file is the file before it changes.
-            sync(&mut st, ino.0)?;
-            let n = node(&mut st, ino.0)?;
-            let fd = n.file.as_raw_fd();
-            let idle = n.opens == 0;
-            let r = check(unsafe {
-                libc::fallocate(fd, mode, offset as libc::off_t, length as libc::off_t)
-            });
-            if idle {
-                st.nodes.remove(&ino.0);
-            }
-            r
-        })();
+        let r = fallocate(&mut self.lock(), ino.0, offset, length, mode);
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
+}
+
+/// Plain allocation (mode 0 or KEEP_SIZE) reserves space on the underlying file at once
+/// (harmless: no byte changes) and treats a size growth like a growing truncate, which is
+/// data. Any other mode (punch, zero, collapse, insert) changes bytes on the underlying file,
+/// so the copy is written back first and the call passes through.
+fn fallocate(st: &mut State, ino: u64, off: u64, len: u64, mode: i32) -> io::Result<()> {
+    let plain = mode & !libc::FALLOC_FL_KEEP_SIZE == 0;
+    if !plain {
+        sync(st, ino)?;
+    }
+    let n = node(st, ino)?;
+    let fd = n.file.as_raw_fd();
+    let pass = if plain { libc::FALLOC_FL_KEEP_SIZE } else { mode };
+    let r = check(unsafe { libc::fallocate(fd, pass, off as libc::off_t, len as libc::off_t) });
+    if r.is_ok() && mode == 0 {
+        change(st, ino, |_, d| {
+            d.truncate(d.size.max(off + len));
+            Ok(())
+        })?;
+    }
+    if st.nodes.get(&ino).is_some_and(|n| n.opens == 0 && n.dirty.is_none()) {
+        st.nodes.remove(&ino);
+    }
+    r
 }
 
 fn statvfs(p: &Path) -> io::Result<libc::statvfs> {

@@ -17,7 +17,8 @@
 //! - Memory is bounded: past `DIRTY_BYTES_MAX` of unsynced pages the file that became
 //!   dirty first is written back and synced, as kernel writeback would do.
 //! - Directory fsync also syncs the underlying directory (nothing is pending in the model).
-//! - fallocate writes the file's unsynced copy back first, then passes through.
+//! - fallocate: plain allocation passes through (KEEP_SIZE) and a size growth waits in the
+//!   copy like a truncate; punch/zero/collapse/insert write the copy back first.
 //!
 //! The underlying files are opened without O_DIRECT; the kernel serves O_DIRECT opens of
 //! this mount by sending every read and write to the daemon (no page cache), which is what
