@@ -42,7 +42,8 @@ struct Node {
 }
 
 enum Handle {
-    File(u64),
+    /// An open file (requests carry its inode).
+    File,
     Dir(Vec<(u64, FileType, OsString)>),
 }
 
@@ -210,7 +211,7 @@ fn dirty(st: &mut State, ino: u64) -> io::Result<(&File, &mut Dirty)> {
         n.dirty = Some(Dirty::new(len, seq));
     }
     let Node { file, dirty, .. } = n;
-    Ok((file.as_ref(), dirty.as_mut().expect("made above")))
+    Ok((&**file, dirty.as_mut().expect("made above")))
 }
 
 /// Runs a change to `ino`'s dirty copy and keeps the memory account.
@@ -568,7 +569,7 @@ impl fuser::Filesystem for Lazy {
         let r = node(&mut st, ino.0).map(|n| n.opens += 1);
         match r {
             Ok(()) => {
-                let fh = new_handle(&mut st, Handle::File(ino.0));
+                let fh = new_handle(&mut st, Handle::File);
                 reply.opened(fh, FopenFlags::empty())
             }
             Err(e) => reply.error(errno(e)),
@@ -901,7 +902,7 @@ fn create(
             Ok(())
         })?;
     }
-    let fh = new_handle(st, Handle::File(ino));
+    let fh = new_handle(st, Handle::File);
     let a = lazy.enter(st, path)?;
     Ok((a, fh))
 }
