@@ -64,8 +64,7 @@ fn lazyfs_bin() -> PathBuf {
 fn is_mounted(mnt: &Path) -> bool {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let m = mnt.to_str().unwrap();
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(m))
+    info.lines().any(|l| l.split(' ').nth(4) == Some(m))
 }
 
 fn lazy_umount(mnt: &Path) {
@@ -189,11 +188,17 @@ fn lazyfs_keeps_only_what_was_fsynced() {
     assert_eq!(fs::read(mnt.join("synced")).unwrap(), new);
     assert_eq!(fs::read(mnt.join("over")).unwrap(), old);
     assert_eq!(fs::read(mnt.join("moved")).unwrap(), b"");
-    assert!(!mnt.join("unsynced").exists(), "a rename is durable at once");
+    assert!(
+        !mnt.join("unsynced").exists(),
+        "a rename is durable at once"
+    );
     // syncfs is not forwarded by the kernel: it makes nothing durable.
     fs::write(mnt.join("moved"), &new).unwrap();
     let f = File::open(&mnt).unwrap();
-    assert_eq!(unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) }, 0);
+    assert_eq!(
+        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) },
+        0
+    );
     layer.restart();
     assert_eq!(fs::read(mnt.join("moved")).unwrap(), b"");
 }
@@ -280,7 +285,11 @@ fn describe(model: &Model, states: &[Option<u64>]) -> String {
             Some(i) => {
                 let m = &model.inos[i];
                 let lens: Vec<String> = m.allowed.iter().map(|h| h.to_hex()[..8].into()).collect();
-                format!("ino{i}{}[{}]", if m.settled { "" } else { "?" }, lens.join(","))
+                format!(
+                    "ino{i}{}[{}]",
+                    if m.settled { "" } else { "?" },
+                    lens.join(",")
+                )
             }
         })
         .collect();
@@ -320,7 +329,10 @@ fn check(model: &Model, mnt: &Path) -> Vec<String> {
                 None => "missing".to_string(),
                 Some(d) => format!("{} bytes, {}", d.len(), &blake3::hash(d).to_hex()[..8]),
             };
-            bad.push(format!("{name}: {what}; allowed: {}", describe(model, states)));
+            bad.push(format!(
+                "{name}: {what}; allowed: {}",
+                describe(model, states)
+            ));
         }
     }
     bad
@@ -555,7 +567,16 @@ impl Rig {
         std::os::unix::fs::symlink(l.join("meta"), pool.join("meta")).unwrap();
         let h = health.to_str().unwrap();
         let ps = pool.to_str().unwrap();
-        run_ok(&["risk", ps, "--health-dir", h, "--warn", "0.06", "--evacuate", "0.12"]);
+        run_ok(&[
+            "risk",
+            ps,
+            "--health-dir",
+            h,
+            "--warn",
+            "0.06",
+            "--evacuate",
+            "0.12",
+        ]);
         let p = Pool {
             tmp,
             pool,
@@ -700,7 +721,8 @@ impl Rig {
             out.push(Background::Recovery);
         }
         let m = &v["migration"];
-        if (m["state"] != "idle" && !m["state"].is_null()) || m["pending_moves"].as_u64() > Some(0) {
+        if (m["state"] != "idle" && !m["state"].is_null()) || m["pending_moves"].as_u64() > Some(0)
+        {
             out.push(Background::Migration);
         }
         if v["risk"]["evacuation"]["state"] == "evacuating" {
@@ -817,7 +839,10 @@ fn power_cuts_lose_no_fsynced_byte() {
         let model = rebase(&rig.p.mnt);
         rig.p.umount();
         let (clean, out) = rig.p.fsck(false);
-        assert!(clean, "seed {seed} round {round}: fsck after the cut: {out}");
+        assert!(
+            clean,
+            "seed {seed} round {round}: fsck after the cut: {out}"
+        );
         rig.mount();
         w = Workload {
             mnt: rig.p.mnt.clone(),

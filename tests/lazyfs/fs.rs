@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::dirty::Dirty;
@@ -215,7 +215,11 @@ fn dirty(st: &mut State, ino: u64) -> io::Result<(&File, &mut Dirty)> {
 }
 
 /// Runs a change to `ino`'s dirty copy and keeps the memory account.
-fn change(st: &mut State, ino: u64, f: impl FnOnce(&File, &mut Dirty) -> io::Result<()>) -> io::Result<()> {
+fn change(
+    st: &mut State,
+    ino: u64,
+    f: impl FnOnce(&File, &mut Dirty) -> io::Result<()>,
+) -> io::Result<()> {
     let (file, d) = dirty(st, ino)?;
     let before = d.bytes();
     let r = f(file, d);
@@ -416,7 +420,11 @@ impl fuser::Filesystem for Lazy {
             // Only mode, owner and times need the path: ftruncate of an open unlinked file
             // has none.
             let named = st.paths.get(&ino.0).cloned();
-            let path = || named.clone().ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT));
+            let path = || {
+                named
+                    .clone()
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+            };
             if let Some(m) = mode {
                 let c = cstr(&path()?)?;
                 check(unsafe { libc::chmod(c.as_ptr(), m & 0o7777) })?;
@@ -718,11 +726,11 @@ impl fuser::Filesystem for Lazy {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match path_of(&self.lock(), 1).and_then(|p| statvfs(&p)) {
             Ok(s) => reply.statfs(
-                s.f_blocks as u64,
-                s.f_bfree as u64,
-                s.f_bavail as u64,
-                s.f_files as u64,
-                s.f_ffree as u64,
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
                 s.f_bsize as u32,
                 s.f_namemax as u32,
                 s.f_frsize as u32,
@@ -788,7 +796,11 @@ fn fallocate(st: &mut State, ino: u64, off: u64, len: u64, mode: i32) -> io::Res
     }
     let n = node(st, ino)?;
     let fd = n.file.as_raw_fd();
-    let pass = if plain { libc::FALLOC_FL_KEEP_SIZE } else { mode };
+    let pass = if plain {
+        libc::FALLOC_FL_KEEP_SIZE
+    } else {
+        mode
+    };
     let r = check(unsafe { libc::fallocate(fd, pass, off as libc::off_t, len as libc::off_t) });
     if r.is_ok() && mode == 0 {
         change(st, ino, |_, d| {
@@ -796,7 +808,11 @@ fn fallocate(st: &mut State, ino: u64, off: u64, len: u64, mode: i32) -> io::Res
             Ok(())
         })?;
     }
-    if st.nodes.get(&ino).is_some_and(|n| n.opens == 0 && n.dirty.is_none()) {
+    if st
+        .nodes
+        .get(&ino)
+        .is_some_and(|n| n.opens == 0 && n.dirty.is_none())
+    {
         st.nodes.remove(&ino);
     }
     r
