@@ -33,6 +33,8 @@ const NAMES: usize = 12;
 /// Static files in s/ (2 MiB each): data for recovery, migration and evacuation to move.
 const STATIC_FILES: usize = 8;
 const STATIC_BYTES: usize = 2 << 20;
+/// How long recovery and evacuation may take to finish after a remount.
+const SETTLE_SECS: u64 = 60;
 /// How long a layer may take to mount.
 const MOUNT_WAIT: Duration = Duration::from_secs(10);
 
@@ -731,6 +733,17 @@ impl Rig {
         out
     }
 
+    /// Waits until nothing is left under-replicated and no recovery or evacuation runs
+    /// (fsck counts a replica still to be rebuilt as a problem). Pending re-sharding moves
+    /// may stay: the next mount resumes them.
+    fn settle(&self) -> serde_json::Value {
+        self.p.wait_status(SETTLE_SECS, "recovery and evacuation done", |v| {
+            v["recovery"]["state"] != "running"
+                && v["risk"]["evacuation"]["state"] != "evacuating"
+                && v["replica_health"]["under_replicated"] == 0
+        })
+    }
+
     /// What runs beside this round's workload: each kind in turn from a random start, an
     /// evacuation only while two disks are left to evacuate without crowding the pool.
     fn pick(&mut self, round: usize) -> Background {
@@ -837,6 +850,7 @@ fn power_cuts_lose_no_fsynced_byte() {
             log_tail(&rig.p)
         );
         let model = rebase(&rig.p.mnt);
+        rig.settle();
         rig.p.umount();
         let (clean, out) = rig.p.fsck(false);
         assert!(
