@@ -33,6 +33,8 @@ const NAMES: usize = 12;
 /// Static files in s/ (2 MiB each): data for recovery, migration and evacuation to move.
 const STATIC_FILES: usize = 8;
 const STATIC_BYTES: usize = 2 << 20;
+/// Disks given failing SMART counters over a run.
+const EVACUATIONS_MAX: usize = 3;
 /// How long recovery and evacuation may take to finish after a remount.
 const SETTLE_SECS: u64 = 60;
 /// How long a layer may take to mount.
@@ -519,18 +521,21 @@ struct Rig {
     seed_rng: StdRng,
 }
 
-const MOUNT_OPTS: [&str; 15] = [
+/// Background work runs slowly (a few MiB/s) so that cuts land inside it.
+const MOUNT_OPTS: [&str; 17] = [
     "--risk-interval-s",
     "1",
     "--no-smartctl",
     "--reshard-interval-s",
     "0",
     "--migration-rate",
-    "4MiB",
-    "--migration-chunk",
     "1MiB",
+    "--migration-chunk",
+    "256KiB",
     "--recovery-rate",
-    "8MiB",
+    "4MiB",
+    "--recovery-reservation",
+    "2MiB",
     "--shard-size-max",
     "16MiB",
     "--shard-size-min",
@@ -658,22 +663,32 @@ impl Rig {
             .collect()
     }
 
-    /// Fails a healthy disk (after adding a fresh one when fewer than four are left):
-    /// recovery copies its replicas while the workload runs.
-    fn start_recovery(&mut self) -> String {
-        let pool = self.pool();
+    /// Adds fresh disks until four healthy ones take data; returns what it did.
+    fn top_up(&mut self) -> String {
         let mut note = String::new();
-        if self.healthy().len() < 4 {
+        while self.healthy().len() < 4 {
             let id = self.disks.len();
             let path = self.layer.mnt.join(format!("d{id}"));
             fs::create_dir(&path).unwrap();
-            run_ok(&["disk", "add", &pool, path.to_str().unwrap()]);
+            run_ok(&["disk", "add", &self.pool(), path.to_str().unwrap()]);
             self.disks.push((path, false));
-            note = format!("added disk {id}, ");
+            note += &format!("added disk {id}, ");
         }
-        let h = self.healthy();
-        let victim = h[self.seed_rng.random_range(0..h.len())];
-        run_ok(&["disk", "fail", &pool, &victim.to_string()]);
+        note
+    }
+
+    /// A healthy disk that held data before this round (a fresh one has nothing to move).
+    fn victim(&mut self, fresh_from: usize) -> usize {
+        let h: Vec<usize> = self.healthy().into_iter().filter(|d| *d < fresh_from).collect();
+        h[self.seed_rng.random_range(0..h.len())]
+    }
+
+    /// Fails a healthy disk: recovery copies its replicas while the workload runs.
+    fn start_recovery(&mut self) -> String {
+        let fresh_from = self.disks.len();
+        let note = self.top_up();
+        let victim = self.victim(fresh_from);
+        run_ok(&["disk", "fail", &self.pool(), &victim.to_string()]);
         self.disks[victim].1 = true;
         format!("{note}failed disk {victim}")
     }
@@ -696,13 +711,14 @@ impl Rig {
     /// Failing SMART counters for a healthy disk: its risk crosses the evacuation threshold
     /// at the next collection (1 s) and its replicas move off.
     fn start_evacuation(&mut self) -> String {
-        let h = self.healthy();
-        let id = h[self.seed_rng.random_range(0..h.len())];
+        let fresh_from = self.disks.len();
+        let note = self.top_up();
+        let id = self.victim(fresh_from);
         let file = self.health.join(format!("{id}.prom"));
         fs::write(file.with_extension("tmp"), prom(5000, 2000, 2000)).unwrap();
         fs::rename(file.with_extension("tmp"), &file).unwrap();
         self.evacuated.push(id);
-        format!("failing counters for disk {id}")
+        format!("{note}failing counters for disk {id}")
     }
 
     fn start(&mut self, bg: Background) -> String {
@@ -744,8 +760,8 @@ impl Rig {
         })
     }
 
-    /// What runs beside this round's workload: each kind in turn from a random start, an
-    /// evacuation only while two disks are left to evacuate without crowding the pool.
+    /// What runs beside this round's workload: each kind in turn; evacuations stop after
+    /// `EVACUATIONS_MAX` (an evacuated disk stays at risk and takes no more data).
     fn pick(&mut self, round: usize) -> Background {
         const KINDS: [Background; 4] = [
             Background::Recovery,
@@ -754,7 +770,7 @@ impl Rig {
             Background::Nothing,
         ];
         let k = KINDS[round % KINDS.len()];
-        if k == Background::Evacuation && (self.evacuated.len() >= 2 || self.healthy().len() < 4) {
+        if k == Background::Evacuation && self.evacuated.len() >= EVACUATIONS_MAX {
             return Background::Nothing;
         }
         k
