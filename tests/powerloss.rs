@@ -518,6 +518,7 @@ struct Rig {
     /// Disks by id: (path, failed).
     disks: Vec<(PathBuf, bool)>,
     evacuated: Vec<usize>,
+    seed: u64,
     seed_rng: StdRng,
 }
 
@@ -598,6 +599,7 @@ impl Rig {
             health,
             disks: disks.into_iter().map(|d| (d, false)).collect(),
             evacuated: Vec::new(),
+            seed,
             seed_rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -679,7 +681,11 @@ impl Rig {
 
     /// A healthy disk that held data before this round (a fresh one has nothing to move).
     fn victim(&mut self, fresh_from: usize) -> usize {
-        let h: Vec<usize> = self.healthy().into_iter().filter(|d| *d < fresh_from).collect();
+        let h: Vec<usize> = self
+            .healthy()
+            .into_iter()
+            .filter(|d| *d < fresh_from)
+            .collect();
         h[self.seed_rng.random_range(0..h.len())]
     }
 
@@ -753,11 +759,12 @@ impl Rig {
     /// (fsck counts a replica still to be rebuilt as a problem). Pending re-sharding moves
     /// may stay: the next mount resumes them.
     fn settle(&self) -> serde_json::Value {
-        self.p.wait_status(SETTLE_SECS, "recovery and evacuation done", |v| {
-            v["recovery"]["state"] != "running"
-                && v["risk"]["evacuation"]["state"] != "evacuating"
-                && v["replica_health"]["under_replicated"] == 0
-        })
+        self.p
+            .wait_status(SETTLE_SECS, "recovery and evacuation done", |v| {
+                v["recovery"]["state"] != "running"
+                    && v["risk"]["evacuation"]["state"] != "evacuating"
+                    && v["replica_health"]["under_replicated"] == 0
+            })
     }
 
     /// What runs beside this round's workload: each kind in turn; evacuations stop after
@@ -806,6 +813,70 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
 
+/// Totals over a run, for the closing line.
+#[derive(Default)]
+struct Tally {
+    ops: u64,
+    fsyncs: u64,
+    /// Background work the daemon reported running just before a cut, by kind.
+    caught: BTreeMap<String, u32>,
+}
+
+impl Workload {
+    fn new(mnt: &Path, model: Model, rng: &mut StdRng) -> Workload {
+        Workload {
+            mnt: mnt.to_path_buf(),
+            model,
+            rng: StdRng::seed_from_u64(rng.random()),
+            ops: 0,
+            fsyncs: 0,
+        }
+    }
+}
+
+/// One round: background work and the workload, the cut at a random moment, then the
+/// checks (model, fsck after umount); returns the next round's workload.
+fn round(rig: &mut Rig, rng: &mut StdRng, w: Workload, round: usize, t: &mut Tally) -> Workload {
+    let bg = rig.pick(round);
+    let note = rig.start(bg);
+    let cut = Arc::new(AtomicBool::new(false));
+    let h = run_workload(w, cut.clone());
+    let cut_after = Duration::from_millis(rng.random_range(200..2500));
+    std::thread::sleep(cut_after);
+    let busy = rig.in_flight();
+    cut.store(true, Ordering::SeqCst);
+    rig.power_cut();
+    let (done, early) = h.join().unwrap();
+    for b in &busy {
+        *t.caught.entry(format!("{b:?}")).or_default() += 1;
+    }
+    let what = format!(
+        "seed {} round {round}: {bg:?} ({note}), cut after {cut_after:?}",
+        rig.seed
+    );
+    eprintln!("{what} and {} ops; in flight: {busy:?}", done.ops);
+    (t.ops, t.fsyncs) = (t.ops + done.ops, t.fsyncs + done.fsyncs);
+    if let Some(e) = early {
+        panic!("{what}: before the cut, {e}");
+    }
+    rig.mount();
+    let bad = check(&done.model, &rig.p.mnt);
+    assert!(
+        bad.is_empty(),
+        "{what}: {} violations after the cut:\n{}\nforeshard.log:\n{}",
+        bad.len(),
+        bad[..bad.len().min(25)].join("\n"),
+        log_tail(&rig.p)
+    );
+    let model = rebase(&rig.p.mnt);
+    rig.settle();
+    rig.p.umount();
+    let (clean, out) = rig.p.fsck(false);
+    assert!(clean, "{what}: fsck after the cut: {out}");
+    rig.mount();
+    Workload::new(&rig.p.mnt, model, rng)
+}
+
 #[test]
 fn power_cuts_lose_no_fsynced_byte() {
     if !fuse_or_skip() {
@@ -823,69 +894,19 @@ fn power_cuts_lose_no_fsynced_byte() {
     let mut rig = Rig::new(seed);
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     rig.mount();
-    let mut w = Workload {
-        mnt: rig.p.mnt.clone(),
-        model: Model::default(),
-        rng: StdRng::seed_from_u64(rng.random()),
-        ops: 0,
-        fsyncs: 0,
-    };
+    let mut w = Workload::new(&rig.p.mnt, Model::default(), &mut rng);
     static_files(&mut w).unwrap();
-    let (mut ops, mut fsyncs) = (0, 0);
-    let mut caught: HashMap<String, u32> = HashMap::new();
-    for round in 0..rounds {
-        let bg = rig.pick(round);
-        let note = rig.start(bg);
-        let cut = Arc::new(AtomicBool::new(false));
-        let h = run_workload(w, cut.clone());
-        let cut_after = Duration::from_millis(rng.random_range(200..2500));
-        std::thread::sleep(cut_after);
-        let busy = rig.in_flight();
-        cut.store(true, Ordering::SeqCst);
-        rig.power_cut();
-        let (done, early) = h.join().unwrap();
-        for b in &busy {
-            *caught.entry(format!("{b:?}")).or_default() += 1;
-        }
-        eprintln!(
-            "round {round}: {bg:?} ({note}), cut after {cut_after:?} and {} ops; in flight: {busy:?}",
-            done.ops
-        );
-        (ops, fsyncs) = (ops + done.ops, fsyncs + done.fsyncs);
-        if let Some(e) = early {
-            panic!("seed {seed} round {round}: before the cut, {e}");
-        }
-        rig.mount();
-        let bad = check(&done.model, &rig.p.mnt);
-        assert!(
-            bad.is_empty(),
-            "seed {seed} round {round} ({bg:?}, {note}): {} violations after the cut:\n{}\n\
-             foreshard.log:\n{}",
-            bad.len(),
-            bad[..bad.len().min(25)].join("\n"),
-            log_tail(&rig.p)
-        );
-        let model = rebase(&rig.p.mnt);
-        rig.settle();
-        rig.p.umount();
-        let (clean, out) = rig.p.fsck(false);
-        assert!(
-            clean,
-            "seed {seed} round {round}: fsck after the cut: {out}"
-        );
-        rig.mount();
-        w = Workload {
-            mnt: rig.p.mnt.clone(),
-            model,
-            rng: StdRng::seed_from_u64(rng.random()),
-            ops: 0,
-            fsyncs: 0,
-        };
+    let mut t = Tally::default();
+    for r in 0..rounds {
+        w = round(&mut rig, &mut rng, w, r, &mut t);
     }
     rig.p.umount();
     eprintln!(
-        "powerloss: {rounds} cuts, {ops} operations, {fsyncs} fsyncs, in flight at a cut: \
-         {caught:?}, {:.0?}",
+        "powerloss: seed {seed}, {rounds} cuts, {} operations, {} fsyncs, in flight at a cut: \
+         {:?}, {:.0?}",
+        t.ops,
+        t.fsyncs,
+        t.caught,
         t0.elapsed()
     );
 }
