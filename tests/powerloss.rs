@@ -35,6 +35,9 @@ const STATIC_FILES: usize = 8;
 const STATIC_BYTES: usize = 2 << 20;
 /// Disks given failing SMART counters over a run.
 const EVACUATIONS_MAX: usize = 3;
+/// How long an evacuation round waits for the evacuation to start (it may not: the disk's
+/// copies may already be gone, or the score may stay under the threshold).
+const EVACUATION_START_WAIT: Duration = Duration::from_secs(10);
 /// How long recovery and evacuation may take to finish after a remount.
 const SETTLE_SECS: u64 = 60;
 /// How long a layer may take to mount.
@@ -724,6 +727,14 @@ impl Rig {
         fs::write(file.with_extension("tmp"), prom(5000, 2000, 2000)).unwrap();
         fs::rename(file.with_extension("tmp"), &file).unwrap();
         self.evacuated.push(id);
+        // The score follows at the next collection: start the clock once copies run.
+        let t0 = Instant::now();
+        while t0.elapsed() < EVACUATION_START_WAIT {
+            if self.in_flight().contains(&Background::Evacuation) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         format!("{note}failing counters for disk {id}")
     }
 
