@@ -104,7 +104,10 @@ fn panic_message(e: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 fn record(thread: &str, message: &str, restarted: bool) {
-    let at_ms = crate::recovery::now_ms();
+    // Computed here: supervise sits below every module it supervises (no import of theirs).
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let mut r = registry().lock();
     if restarted {
         tracing::error!(thread, "thread panicked: {message}; restarting it");
