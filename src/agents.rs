@@ -266,6 +266,12 @@ impl Agent {
                     );
                     continue;
                 }
+                if fs.shard_epoch(it.shard) != Some(it.epoch) {
+                    // The shard was placed anew (a disk came back online, a migration): the
+                    // commit would be refused, so the bytes are not copied at all.
+                    done(it, Err(CopyFail::Stale));
+                    continue;
+                }
                 let sums = match &it.sums {
                     Some(x) => x.clone(),
                     None => match fs.meta.extent(it.ino, it.index) {

@@ -41,6 +41,9 @@ pub enum Request {
     DiskRemove {
         disk: String,
     },
+    DiskOnline {
+        disk: String,
+    },
     DiskFault {
         disk: String,
         eio_rate: Option<f64>,
@@ -170,6 +173,14 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
                 None => bail!("the pool is not mounted: mount it to drain a disk"),
             }
             serde_json::json!({ "disk": id, "state": "draining" })
+        }
+        Request::DiskOnline { disk } => {
+            let id = resolve_disk(fs, disk)?;
+            let r = match &svc.recovery {
+                Some(o) => o.online_disk(id)?,
+                None => crate::recovery::online_disk(fs, id)?,
+            };
+            serde_json::to_value(r)?
         }
         Request::DiskFault {
             disk,

@@ -227,6 +227,15 @@ enum Cmd {
 enum DiskCmd {
     /// Mark a disk failed now (DISK: id or path); recovery starts at once.
     Fail { pool: PathBuf, disk: String },
+    /// Bring a failed disk back whose label matches: its files are verified, intact current
+    /// copies are replicas again, stale ones removed; recovery copies only what it lacks.
+    Online {
+        pool: PathBuf,
+        disk: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Add a new, empty disk directory; it takes new data and recovery copies.
     Add { pool: PathBuf, dir: PathBuf },
     /// Drain a healthy disk (its replicas move elsewhere), then release it.
@@ -591,6 +600,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     if state != "removed" {
                         anyhow::bail!("disk {id} is not drained (no room on the other disks?)");
                     }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                DiskCmd::Online { pool, disk, json } => {
+                    let v = ask(&pool, Request::DiskOnline { disk }, LONG)?;
+                    if json {
+                        println!("{v}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    let r: foreshard::recovery::OnlineReport =
+                        serde_json::from_value(v).context("bad answer from the daemon")?;
+                    println!(
+                        "disk {} online: {} extent files, {} intact reused ({}), {} stale, {} damaged and {} redundant removed, {} shard(s) rejoined",
+                        r.disk,
+                        r.files,
+                        r.reused_extents,
+                        admin::fmt_bytes(r.reused_bytes),
+                        r.stale_removed,
+                        r.damaged_removed,
+                        r.redundant_removed,
+                        r.shards_rejoined
+                    );
                     return Ok(ExitCode::SUCCESS);
                 }
                 DiskCmd::Fault {

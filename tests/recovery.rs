@@ -465,3 +465,139 @@ fn every_kind_of_thread_that_panics_is_reported_and_restarted() {
     let (clean, out) = p.fsck(false);
     assert!(clean, "{out}");
 }
+
+/// Bytes of extent files under a disk directory.
+fn extent_bytes(disk: &std::path::Path) -> u64 {
+    let mut n = 0;
+    for b in std::fs::read_dir(disk.join("extents")).unwrap() {
+        for f in std::fs::read_dir(b.unwrap().path()).unwrap() {
+            n += f.unwrap().metadata().unwrap().len();
+        }
+    }
+    n
+}
+
+fn online(p: &Pool, disk: &str) -> serde_json::Value {
+    let out = run_ok(&["disk", "online", p.pool.to_str().unwrap(), disk, "--json"]);
+    serde_json::from_str(&out).expect("json report")
+}
+
+#[test]
+fn a_failed_disk_brought_back_online_is_reused_not_copied_again() {
+    // Slow recovery, so most of the disk is still to copy when it comes back.
+    let Some(p) = mounted(3, &["--recovery-rate", "1MiB", "--missing-grace-ms", "300"]) else {
+        return;
+    };
+    let mut files = fill(&p, 6);
+    let held = extent_bytes(&p.disks[1]);
+    // Refused while the disk is up.
+    let o = run(&["disk", "online", p.pool.to_str().unwrap(), "1"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not failed"));
+    // An extent disk 1 holds (file names are inode.index.version in hex), to rewrite.
+    let on1: HashSet<(u64, u64)> = std::fs::read_dir(p.disks[1].join("extents"))
+        .unwrap()
+        .flat_map(|b| std::fs::read_dir(b.unwrap().path()).unwrap())
+        .filter_map(|f| {
+            let name = f.unwrap().file_name().into_string().unwrap();
+            let mut it = name.split('.').map(|x| u64::from_str_radix(x, 16).ok());
+            Some((it.next()??, it.next()??))
+        })
+        .collect();
+    let (f0, index) = files
+        .keys()
+        .find_map(|f| {
+            use std::os::unix::fs::MetadataExt;
+            let ino = std::fs::metadata(f).unwrap().ino();
+            (0..8)
+                .find(|i| on1.contains(&(ino, *i)))
+                .map(|i| (f.clone(), i))
+        })
+        .expect("disk 1 holds extents of the files");
+    let aside = p.disks[1].with_extension("away");
+    std::fs::rename(&p.disks[1], &aside).unwrap();
+    p.wait_status(30, "disk 1 failed", |v| disk_state(v, 1) == "failed");
+    // While it is away: that 1 MiB extent rewritten (its copy there goes stale) and a new
+    // file.
+    let mut data = std::fs::read(&f0).unwrap();
+    let at = index as usize * (1 << 20);
+    data[at..at + (1 << 20)].fill(0x5a);
+    std::fs::write(&f0, &data).unwrap();
+    std::fs::File::open(&f0).unwrap().sync_all().unwrap();
+    files.insert(f0, blake3::hash(&data));
+    let g = p.path("new");
+    let gd = pattern(1 << 20, 99);
+    std::fs::write(&g, &gd).unwrap();
+    std::fs::File::open(&g).unwrap().sync_all().unwrap();
+    files.insert(g, blake3::hash(&gd));
+    // Recovery copies meanwhile (at 1 MiB/s), then the disk is back: the same directory,
+    // label and files.
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::rename(&aside, &p.disks[1]).unwrap();
+    let r = online(&p, "1");
+    assert!(
+        r["reused_bytes"].as_u64().unwrap() > held / 2,
+        "{r:#} of {held}"
+    );
+    assert!(r["stale_removed"].as_u64().unwrap() >= 1, "{r:#}");
+    assert_eq!(r["damaged_removed"], 0, "{r:#}");
+    let v = p.wait_status(120, "recovery done, fully replicated", |v| {
+        recovery_done(v) && v["replica_health"]["under_replicated"] == 0
+    });
+    assert_eq!(disk_state(&v, 1), "up");
+    // Every recovery run since the mount (each reports its own bytes; a run that starts
+    // after another finished counts from zero in the status).
+    let log = std::fs::read_to_string(p.pool.join("foreshard.log")).unwrap();
+    let copied: u64 = log
+        .lines()
+        .filter(|l| l.contains("recovery done"))
+        .filter_map(|l| {
+            l.split("bytes=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(log.contains("recovery done"), "{log}");
+    eprintln!("disk online: {r}; recovery copied {copied} of {held} bytes the disk held");
+    assert!(
+        copied < held / 4,
+        "recovery copied {copied} bytes of the {held} the disk held: {v:#}"
+    );
+    check_all(&files);
+    assert_fully_replicated(&p);
+    let (clean, out) = p.fsck(false);
+    assert!(clean, "{out}");
+    assert!(!out.contains("debris") || out.contains("0 debris"), "{out}");
+}
+
+#[test]
+fn a_one_replica_pool_gets_its_data_back_from_a_disk_brought_online() {
+    if !fuse_available() {
+        return;
+    }
+    let mut p = Pool::new(2, 1, "1MiB");
+    p.mount();
+    let files = fill(&p, 2);
+    run_ok(&["disk", "fail", p.pool.to_str().unwrap(), "0"]);
+    p.wait_status(30, "disk 0 failed", |v| disk_state(v, 0) == "failed");
+    drop_caches();
+    let lost = files
+        .keys()
+        .filter(|f| std::fs::read(f).map_err(|e| e.raw_os_error()) == Err(Some(libc::EIO)))
+        .count();
+    assert!(lost > 0, "every file has extents on disk 0: reads fail");
+    let r = online(&p, "0");
+    assert!(r["reused_extents"].as_u64().unwrap() > 0, "{r:#}");
+    p.wait_status(60, "recovery done", |v| {
+        recovery_done(v) && disk_state(v, 0) == "up"
+    });
+    check_all(&files);
+    let (clean, out) = p.fsck(false);
+    assert!(clean, "{out}");
+    // Not failed again: refused, and so is a disk that is not in the pool.
+    let o = run(&["disk", "online", p.pool.to_str().unwrap(), "7"]);
+    assert!(!o.status.success());
+}

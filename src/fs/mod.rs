@@ -488,6 +488,11 @@ impl Fs {
         }
     }
 
+    /// A shard's placement epoch (None: no such shard).
+    pub fn shard_epoch(&self, id: u32) -> Option<u64> {
+        self.shards.read().get(id as usize).map(|s| s.epoch)
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shards.read().len()
     }

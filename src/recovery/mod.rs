@@ -319,6 +319,14 @@ impl Orchestrator {
         self.kick();
     }
 
+    /// Brings a failed disk back (`disk online`), then lets recovery copy what it lacks.
+    pub fn online_disk(&self, id: u32) -> anyhow::Result<OnlineReport> {
+        let r = online_disk(&self.fs, id)?;
+        self.status.lock().failed_disks.retain(|d| *d != id);
+        self.kick();
+        Ok(r)
+    }
+
     /// The risk view recovery targets are chosen by.
     pub fn set_risk(&self, r: Arc<dyn crate::sharding::RiskView>) {
         *self.risk.write() = r;
@@ -902,11 +910,13 @@ impl Orchestrator {
 
 mod detect;
 mod limiter;
+mod online;
 mod placement;
 mod work;
 
 use detect::monitor;
 use limiter::Limiter;
+pub use online::{online_disk, OnlineReport};
 use placement::replace_placements;
 pub use placement::{add_disk, rebalance_onto};
 use work::{deal, hot_first, items_for, scan};
