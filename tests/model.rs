@@ -211,6 +211,9 @@ fn run(ops: Vec<Op>) {
                 };
                 let ino = h.lookup(p).unwrap();
                 h.handle(ino);
+                // Buffered writes of other files are committed first: a background commit
+                // while the faults go on disk by disk would write one replica of two.
+                h.fs.flush_all().unwrap();
                 let fault = Fault {
                     eio_rate: 1.0,
                     delay_ms: 0,

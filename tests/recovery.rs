@@ -601,3 +601,79 @@ fn a_one_replica_pool_gets_its_data_back_from_a_disk_brought_online() {
     let o = run(&["disk", "online", p.pool.to_str().unwrap(), "7"]);
     assert!(!o.status.success());
 }
+
+/// Disks (by index in `p.disks`) holding an extent file of inode `ino`.
+fn disks_of(p: &Pool, ino: u64) -> HashSet<usize> {
+    let prefix = format!("{ino:x}.");
+    (0..p.disks.len())
+        .filter(|i| {
+            std::fs::read_dir(p.disks[*i].join("extents"))
+                .unwrap()
+                .flat_map(|b| std::fs::read_dir(b.unwrap().path()).unwrap())
+                .any(|f| {
+                    f.unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(&prefix)
+                })
+        })
+        .collect()
+}
+
+#[test]
+fn a_stalled_disk_does_not_delay_fsync_of_files_elsewhere() {
+    // Probes must not fail the stalled disk during the measurement.
+    let Some(p) = mounted(3, &["--probe-deadline-ms", "60000"]) else {
+        return;
+    };
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    // Small files (one extent, one shard each), sorted by whether disk 0 holds them.
+    let (mut on0, mut off0) = (Vec::new(), Vec::new());
+    for i in 0..40 {
+        let f = p.path(&format!("s{i:02}"));
+        std::fs::write(&f, pattern(64 << 10, i)).unwrap();
+        std::fs::File::open(&f).unwrap().sync_all().unwrap();
+        let ino = std::fs::metadata(&f).unwrap().ino();
+        if disks_of(&p, ino).contains(&0) {
+            on0.push(f);
+        } else {
+            off0.push(f);
+        }
+    }
+    assert!(!on0.is_empty() && !off0.is_empty(), "{on0:?} {off0:?}");
+    p.inject(&["slow", "0", "20000"]);
+    // A writer stuck on disk 0: its write and fsync wait for the disk.
+    let slow = on0[0].clone();
+    let stuck = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&slow).unwrap();
+        f.write_all(&pattern(64 << 10, 77)).unwrap();
+        f.sync_all().unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // Measured all the while the writer is stuck: in its extent write, in its commit and
+    // in the data barrier of its fsync (each waits for disk 0).
+    let mut worst = Duration::ZERO;
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while !stuck.is_finished() && started.elapsed() < Duration::from_secs(90) {
+        let f = &off0[n % off0.len()];
+        let t = std::time::Instant::now();
+        let mut h = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+        h.write_all(&pattern(64 << 10, 78 + n as u64)).unwrap();
+        h.sync_all().unwrap();
+        worst = worst.max(t.elapsed());
+        n += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "{n} write + fsync while disk 0 stalled: worst {worst:?}, stalled writer done after {:?}",
+        started.elapsed()
+    );
+    p.inject(&["slow", "0", "0"]);
+    stuck.join().unwrap();
+    assert!(
+        worst < Duration::from_secs(1),
+        "write + fsync of a file not on the stalled disk took {worst:?}"
+    );
+}

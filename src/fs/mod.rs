@@ -6,6 +6,7 @@
 //! and node creation; each open inode has a `Node` whose mutex guards its attributes and
 //! dirty extent buffers. Order: `ns` -> `nodes` map -> one node. Disk reads run with no lock.
 
+mod barrier;
 mod data;
 mod ns;
 mod readahead;
@@ -275,7 +276,9 @@ pub struct Fs {
     dirty_bytes: AtomicU64,
     /// Extent files written and named (or about to be) by metadata but not yet durable.
     /// Every WAL sync first makes them durable (`sync_pending`, the metadata's barrier).
-    unsynced: Mutex<HashSet<(u32, ExtentId)>>,
+    unsynced: barrier::Unsynced,
+    /// Syncs them, one worker per disk.
+    sync_barrier: barrier::Barrier,
     repair_tx: SyncSender<RepairReq>,
     repair_rx: Mutex<Option<Receiver<RepairReq>>>,
     /// Extent files whose metadata is gone, removed off the request path. A crash before
@@ -313,9 +316,10 @@ impl Fs {
         );
         let (tx, rx) = sync_channel(opts.repair_queue_max);
         let (reap_tx, reap_rx) = sync_channel(REAP_QUEUE_MAX);
+        let unsynced = barrier::Unsynced::default();
         let fs = Arc::new(Fs {
             meta,
-            store,
+            store: store.clone(),
             cfg,
             opts,
             stats: Stats::default(),
@@ -327,7 +331,8 @@ impl Fs {
             placement_lock: Mutex::new(()),
             install_lock: Mutex::new(()),
             dirty_bytes: AtomicU64::new(0),
-            unsynced: Mutex::new(HashSet::new()),
+            unsynced: unsynced.clone(),
+            sync_barrier: barrier::Barrier::new(store.clone(), unsynced),
             repair_tx: tx,
             repair_rx: Mutex::new(Some(rx)),
             reap_tx,
@@ -686,30 +691,11 @@ impl Fs {
         }
     }
 
-    /// The data barrier: makes every registered extent file durable (files on disks that
-    /// are gone or failed are dropped: their copies do not count). Fails if a file on a
-    /// readable disk could not be synced; it stays registered.
+    /// The data barrier: every registered extent version gets a durable copy (see
+    /// `barrier`); files on disks that are gone or failed are dropped. Fails if every disk
+    /// holding some version failed to sync it; its files stay registered.
     pub(crate) fn sync_pending(&self) -> anyhow::Result<()> {
-        let files: Vec<(u32, ExtentId)> = self.unsynced.lock().iter().copied().collect();
-        if files.is_empty() {
-            return Ok(());
-        }
-        let live: Vec<(u32, ExtentId)> = files
-            .iter()
-            .copied()
-            .filter(|(d, _)| self.store.disk(*d).is_some_and(|x| x.is_up()))
-            .collect();
-        let failed = self.store.sync_extents(&live);
-        let mut u = self.unsynced.lock();
-        for f in &files {
-            if !failed.contains_key(&f.0) {
-                u.remove(f);
-            }
-        }
-        match failed.into_iter().next() {
-            None => Ok(()),
-            Some((d, e)) => anyhow::bail!("disk {d}: {e}"),
-        }
+        self.sync_barrier.run()
     }
 
     /// Commits every buffered write of every open file (unmount, periodic flush).
