@@ -776,16 +776,26 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
             }
         }
         let path_of = |ino| format!("inode {ino}");
-        // A version replaced (and its files removed) since the view was taken is not damage.
-        let replaced = !bad.is_empty()
-            && fs.meta.extent(ino, index).ok().flatten().map(|c| c.version) != Some(e.version);
-        if replaced {
-            continue;
+        // A version replaced since the view was taken, or a replica a drain, an evacuation
+        // or a migration dropped since (its file reaped), is not damage: look again.
+        if !bad.is_empty() {
+            let Some(now) = current_extent(fs, ino, index, e.version) else {
+                continue;
+            };
+            bad.retain(|(d, _)| now.replicas.contains(d));
         }
         for (d, why) in bad {
             let mut fixed = false;
             if repair {
-                if let Some(data) = fs.read_good_copy(ino, index, &e) {
+                // Under the guard nothing drops this replica meanwhile; a copy it no longer
+                // names is not rewritten (that would leave a stray).
+                let _g = fs.recovery_guard();
+                let Some(now) =
+                    current_extent(fs, ino, index, e.version).filter(|c| c.replicas.contains(&d))
+                else {
+                    continue;
+                };
+                if let Some(data) = fs.read_good_copy(ino, index, &now) {
                     if let Some(disk) = fs.store.disk(d) {
                         fixed = fs.store.rewrite_extent(&disk, &id, &data).is_ok();
                     }
@@ -798,9 +808,10 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
             );
         }
         let live_disks = fs.store.readable(&e.replicas);
-        if (live_disks.len() as u32) < fs.cfg.replicas {
-            let fixed =
-                repair && restore_replicas(fs, ino, index, &e, &live_disks, &mut live_files);
+        // Looked at again: a recovery may have restored the replicas since the view.
+        let short = |e: &ExtentRec| (fs.store.readable(&e.replicas).len() as u32) < fs.cfg.replicas;
+        if short(&e) && current_extent(fs, ino, index, e.version).is_some_and(|c| short(&c)) {
+            let fixed = repair && restore_replicas(fs, ino, index, e.version, &mut live_files);
             problem(
                 &mut r,
                 fixed,
@@ -850,18 +861,37 @@ pub fn fsck(fs: &Fs, repair: bool) -> anyhow::Result<FsckReport> {
     Ok(r)
 }
 
+/// The extent's record now, if it still has `version` (on a mounted pool, background work
+/// and writes move on after fsck's view).
+fn current_extent(fs: &Fs, ino: u64, index: u64, version: u64) -> Option<ExtentRec> {
+    fs.meta
+        .extent(ino, index)
+        .ok()
+        .flatten()
+        .filter(|c| c.version == version)
+}
+
 /// Copies an under-replicated extent to live disks of its shard that lack it, then commits
 /// the longer replica list. Returns whether the full count was reached.
 fn restore_replicas(
     fs: &Fs,
     ino: u64,
     index: u64,
-    e: &ExtentRec,
-    live: &[u32],
+    version: u64,
     files: &mut HashSet<(u32, u64, u64, u64)>,
 ) -> bool {
-    // Never at once with a recovery, evacuation or migration installing copies.
+    // Never at once with a recovery, evacuation or migration installing copies; the record
+    // as it is under the guard, not as the view saw it (the CAS below only compares the
+    // version: a replica list from before a recovery's commit would undo it).
     let _g = fs.recovery_guard();
+    let Some(e) = current_extent(fs, ino, index, version) else {
+        return false;
+    };
+    let e = &e;
+    let live = fs.store.readable(&e.replicas);
+    if live.len() >= fs.cfg.replicas as usize {
+        return true;
+    }
     let Some(data) = fs.read_good_copy(ino, index, e) else {
         return false;
     };
@@ -870,7 +900,7 @@ fn restore_replicas(
         index,
         version: e.version,
     };
-    let mut replicas = live.to_vec();
+    let mut replicas = live;
     let shard = fs.shard(e.shard);
     let candidates: Vec<u32> = shard
         .disks

@@ -538,7 +538,12 @@ impl Disk {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
                 if let Some(id) = ExtentId::parse(&name) {
-                    out.push((id, e.metadata()?.len()));
+                    // On a mounted pool the reaper may remove it meanwhile: gone, not listed.
+                    match e.metadata() {
+                        Ok(m) => out.push((id, m.len())),
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                        Err(err) => return Err(err),
+                    }
                 }
             }
         }
