@@ -116,6 +116,48 @@ fn mount_source(mp: &Path) -> anyhow::Result<Option<(String, String)>> {
 }
 
 /// Mounts the pool; unless `foreground`, returns once the daemon has mounted (or failed).
+/// How long `mount` waits for an earlier daemon of the pool that is shutting down
+/// (`fusermount3 -u` returns before it has flushed and exited) or another command.
+const POOL_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Returns once nothing holds the pool (bounded, saying so); refuses a pool whose daemon
+/// is serving a mount.
+fn wait_for_pool(pool_dir: &Path) -> anyhow::Result<()> {
+    use crate::control::{call, Answer, Request};
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        match call(pool_dir, &Request::Ping, Duration::from_secs(5))? {
+            Answer::Ok(_) => bail!(
+                "{}: already mounted (its daemon answers)",
+                pool_dir.display()
+            ),
+            Answer::ShuttingDown => {}
+            Answer::NoDaemon => match pool::PoolLock::take(pool_dir) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.downcast_ref::<pool::PoolBusy>().is_none() => return Err(e),
+                Err(_) => {}
+            },
+        }
+        if start.elapsed() >= POOL_WAIT_MAX {
+            bail!(
+                "{}: still in use after {}s (a daemon shutting down, or another foreshard command)",
+                pool_dir.display(),
+                POOL_WAIT_MAX.as_secs()
+            );
+        }
+        if !said {
+            said = true;
+            eprintln!(
+                "foreshard: waiting for the earlier daemon of {} to finish shutting down, up to {}s",
+                pool_dir.display(),
+                POOL_WAIT_MAX.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
     let pool_dir =
         fs::canonicalize(&a.pool).with_context(|| format!("pool {}", a.pool.display()))?;
@@ -126,6 +168,7 @@ pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
         );
     }
     let mp = check_mountpoint(&a.mountpoint)?;
+    wait_for_pool(&pool_dir)?;
     // For the daemon's life: metadata, log, pid file and socket are created 0600 (RocksDB
     // has no mode option). Files in the mount are not affected (their modes come from
     // the callers), extent files are created 0600 anyway.

@@ -366,3 +366,39 @@ fn cli_waits_for_a_daemon_shutting_down() {
     let (clean, out) = p.fsck(false);
     assert!(clean, "{out}");
 }
+
+#[test]
+fn mount_waits_for_a_daemon_shutting_down() {
+    if !fuse_available() {
+        return;
+    }
+    let mut p = Pool::new(2, 2, "1MiB");
+    p.mount();
+    // Buffered, unsynced data: the daemon is still flushing it after the unmount.
+    let data = pattern(32 << 20, 7);
+    fs::write(p.path("f"), &data).unwrap();
+    let st = sh(
+        &format!("fusermount3 -u {}", p.mnt.display()),
+        Path::new("/"),
+    );
+    assert!(st.status.success(), "fusermount3 -u: {}", err(&st));
+    p.mounted = false;
+    let o = run(&["mount", p.pool.to_str().unwrap(), p.mnt.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "mount right after fusermount3 -u: {}",
+        err(&o)
+    );
+    p.mounted = true;
+    eprintln!("{}", String::from_utf8_lossy(&o.stderr).trim());
+    assert_eq!(
+        blake3::hash(&fs::read(p.path("f")).unwrap()),
+        blake3::hash(&data)
+    );
+    // A pool whose daemon serves a mount is refused at once.
+    let other = p.tmp.path().join("mnt2");
+    fs::create_dir(&other).unwrap();
+    let o = run(&["mount", p.pool.to_str().unwrap(), other.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("already mounted"), "{}", err(&o));
+}
