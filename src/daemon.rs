@@ -129,7 +129,7 @@ fn wait_for_pool(pool_dir: &Path) -> anyhow::Result<()> {
     loop {
         match call(pool_dir, &Request::Ping, Duration::from_secs(5))? {
             Answer::Ok(_) => bail!(
-                "{}: already mounted (its daemon answers)",
+                "{}: pool is in use: already mounted (its daemon answers)",
                 pool_dir.display()
             ),
             Answer::ShuttingDown => {}

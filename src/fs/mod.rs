@@ -70,6 +70,21 @@ impl Errno {
 impl From<anyhow::Error> for Errno {
     fn from(e: anyhow::Error) -> Errno {
         tracing::error!("metadata error: {e:#}");
+        metadata_errno(&e)
+    }
+}
+
+/// The errno for a metadata failure: ENOSPC when the metadata filesystem is full (RocksDB
+/// reports it as an IO error with the strerror text), else EIO.
+fn metadata_errno(e: &anyhow::Error) -> Errno {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
+            || c.to_string().contains("No space left on device")
+    });
+    if full {
+        Errno::ENOSPC
+    } else {
         Errno::EIO
     }
 }
@@ -671,7 +686,7 @@ impl Fs {
     pub fn sync_all(&self) -> FsResult<()> {
         self.meta.sync_wal().map_err(|e| {
             tracing::error!("cannot make metadata durable: {e:#}");
-            Errno::EIO
+            metadata_errno(&e)
         })
     }
 

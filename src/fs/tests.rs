@@ -655,3 +655,17 @@ fn old_versions_go_only_after_their_replacement_is_durable() {
     );
     fs.release(fh).unwrap();
 }
+
+#[test]
+fn a_full_metadata_disk_is_enospc_not_eio() {
+    let full =
+        anyhow::anyhow!("IO error: No space left on device: While appending to file: 000012.log");
+    assert_eq!(
+        super::metadata_errno(&full.context("write batch")),
+        Errno::ENOSPC
+    );
+    let io = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    assert_eq!(super::metadata_errno(&io), Errno::ENOSPC);
+    let other = anyhow::anyhow!("Corruption: block checksum mismatch");
+    assert_eq!(super::metadata_errno(&other), Errno::EIO);
+}
