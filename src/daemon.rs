@@ -128,6 +128,9 @@ fn wait_for_pool(pool_dir: &Path) -> anyhow::Result<()> {
     let mut said = false;
     loop {
         match call(pool_dir, &Request::Ping, Duration::from_secs(5))? {
+            // `fusermount3 -u` returns before the daemon sees its session end: a daemon
+            // whose mount is gone is shutting down, though it still answers.
+            Answer::Ok(_) if daemon_mount_gone(pool_dir) => {}
             Answer::Ok(_) => bail!(
                 "{}: pool is in use: already mounted (its daemon answers)",
                 pool_dir.display()
@@ -156,6 +159,18 @@ fn wait_for_pool(pool_dir: &Path) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// True when the pool's daemon has mounted (its pid file names the mountpoint) and that
+/// mount is no longer there. A daemon still starting (no pid file yet) is serving.
+fn daemon_mount_gone(pool_dir: &Path) -> bool {
+    let Ok(pid) = fs::read_to_string(pool_dir.join(PID_FILE)) else {
+        return false;
+    };
+    let Some(mp) = pid.lines().nth(1).filter(|l| !l.is_empty()) else {
+        return false;
+    };
+    matches!(mount_source(Path::new(mp)), Ok(m) if !m.as_ref().is_some_and(|(_, t)| t.starts_with("fuse")))
 }
 
 pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
