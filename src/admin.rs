@@ -85,6 +85,9 @@ pub struct Status {
     /// "read-only" (writes refused), with the panics (mounted pools).
     #[serde(default)]
     pub health: Option<crate::supervise::Health>,
+    /// The metadata filesystem's free space, its reserve, and whether it is full.
+    #[serde(default)]
+    pub metadata: Option<crate::metaspace::SpaceStatus>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -187,6 +190,7 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
         risk: None,
         fuse: None,
         health: None,
+        metadata: Some(fs.meta.space_status()),
     })
 }
 
@@ -232,6 +236,14 @@ pub fn status_table(s: &Status) -> String {
             o += &format!("  thread {} panicked ({then}): {}\n", p.thread, p.message);
         }
         o += "\n";
+    }
+    if let Some(m) = s.metadata.as_ref().filter(|m| m.full) {
+        o.pop();
+        o += &format!(
+            "METADATA FULL: new files and writes get ENOSPC until its filesystem has {} free (now {}); rm works\n\n",
+            fmt_bytes(m.resume_bytes),
+            fmt_bytes(m.free_bytes)
+        );
     }
     if let Some(f) = &s.fuse {
         o.pop();

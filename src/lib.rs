@@ -11,6 +11,7 @@ mod durable;
 pub mod fs;
 pub mod fuse;
 pub mod meta;
+pub mod metaspace;
 pub mod pool;
 pub mod recovery;
 pub mod risk;

@@ -46,6 +46,11 @@ pub const ROOT_INO: u64 = 1;
 /// Counters are reserved in blocks so that a crash never hands out a number twice, while the
 /// common path does not write the counter at all.
 const COUNTER_BLOCK: u64 = 1 << 20;
+/// How long a write waits for RocksDB to recover from a full metadata filesystem (it
+/// retries every 5 s: two tries).
+const FULL_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(12);
+/// A key never written: deleting it is the probe write that shows RocksDB takes writes again.
+const SPACE_PROBE_KEY: &[u8] = b"space-probe";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
@@ -261,6 +266,9 @@ pub struct Meta {
     db: DB,
     next_ino: AtomicU64,
     next_version: AtomicU64,
+    /// The counters' durable reservations: no number at or above one is handed out.
+    ino_durable: AtomicU64,
+    version_durable: AtomicU64,
     reserve_lock: Mutex<()>,
     /// Highest WAL sequence known durable (every batch at or below it survives a power cut).
     synced_seq: AtomicU64,
@@ -270,6 +278,9 @@ pub struct Meta {
     /// Taken shared by every batch write and exclusively by a WAL sync between its last
     /// barrier and the sync, so no batch slips in whose files the barrier did not see.
     gate: parking_lot::RwLock<()>,
+    /// The metadata filesystem's free space and the reserve that lets frees through when
+    /// it is full.
+    space: crate::metaspace::MetaSpace,
 }
 
 /// See `Meta::set_barrier`.
@@ -370,16 +381,25 @@ fn read_format(db: &DB) -> anyhow::Result<u32> {
     }
 }
 
-fn db_options() -> Options {
-    let mut o = Options::default();
+fn db_options(sizes: &crate::metaspace::Sizes) -> Options {
+    // No preallocation: it reserves over a write buffer's worth per WAL, which a small
+    // metadata filesystem cannot hold, and which a partly failed fallocate leaves allocated
+    // when the filesystem fills. (rust-rocksdb has no setter: the options string. It is
+    // applied first, since it resets the other column family options.)
+    let mut o = Options::default()
+        .get_options_from_string("allow_fallocate=false")
+        .expect("a valid options string");
     o.create_if_missing(true);
     o.create_missing_column_families(true);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    // Bounded memory: small write buffers, a capped number of them.
-    o.set_write_buffer_size(32 << 20);
+    // Bounded memory: small write buffers, a capped number of them. Smaller still on a small
+    // metadata filesystem: RocksDB resumes after ENOSPC only with a write buffer's worth
+    // free, which the released reserve must give it.
+    o.set_write_buffer_size(sizes.write_buffer_bytes as usize);
     o.set_max_write_buffer_number(3);
     o.set_max_background_jobs(2);
     o.set_keep_log_file_num(4);
+    o.set_max_log_file_size(sizes.log_file_bytes as usize);
     o
 }
 
@@ -392,18 +412,31 @@ impl Meta {
                 dir.display()
             );
         }
-        let mut opts = db_options();
+        let sizes = crate::metaspace::Sizes::of(dir);
+        // Before RocksDB's open, which may flush what its WAL replays: on a full filesystem
+        // that needs the reserve released.
+        let space = crate::metaspace::MetaSpace::open(dir, &sizes);
+        let mut opts = db_options(&sizes);
         if !create {
             opts.create_if_missing(false);
         }
+        // The unused default column family too: rust-rocksdb would open it with RocksDB's
+        // defaults (64 MiB write buffers), and RocksDB's resume after ENOSPC waits for the
+        // largest write buffer's worth of free space.
         let cfs = ALL_CFS
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, db_options()));
+            .chain([&rocksdb::DEFAULT_COLUMN_FAMILY_NAME])
+            .map(|n| ColumnFamilyDescriptor::new(*n, db_options(&sizes)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             let msg = e.to_string();
             if msg.contains("lock") {
                 anyhow::anyhow!(
                     "{}: metadata is in use by another process (pool mounted?): {msg}",
+                    dir.display()
+                )
+            } else if msg.contains("No space left on device") {
+                anyhow::anyhow!(
+                    "{}: cannot open metadata: its filesystem is full (and no reserve is left): free space on it, then try again ({msg})",
                     dir.display()
                 )
             } else {
@@ -422,10 +455,13 @@ impl Meta {
             db,
             next_ino: AtomicU64::new(0),
             next_version: AtomicU64::new(0),
+            ino_durable: AtomicU64::new(0),
+            version_durable: AtomicU64::new(0),
             reserve_lock: Mutex::new(()),
             synced_seq: AtomicU64::new(0),
             barrier: parking_lot::RwLock::new(None),
             gate: parking_lot::RwLock::new(()),
+            space,
         };
 
         let ino = meta.counter("ino_reserved")?.max(ROOT_INO + 1);
@@ -436,8 +472,22 @@ impl Meta {
         // counter writes sync the WAL, so whatever recovery replayed from it (maybe only in
         // the page cache after a killed daemon) is durable before anyone acts on it:
         // start-up cleanup deletes the files that this state no longer names.
-        meta.set_counter("ino_reserved", ino + COUNTER_BLOCK)?;
-        meta.set_counter("version_reserved", ver + COUNTER_BLOCK)?;
+        meta.set_counter("ino_reserved", ino + COUNTER_BLOCK)
+            .and_then(|_| meta.set_counter("version_reserved", ver + COUNTER_BLOCK))
+            .map_err(|e| {
+                if crate::metaspace::is_no_space(&e) {
+                    anyhow::anyhow!(
+                        "{}: the metadata filesystem is full (and no reserve is left): free space on it, then try again",
+                        dir.display()
+                    )
+                } else {
+                    e
+                }
+            })?;
+        meta.ino_durable
+            .store(ino + COUNTER_BLOCK, Ordering::SeqCst);
+        meta.version_durable
+            .store(ver + COUNTER_BLOCK, Ordering::SeqCst);
         Ok(meta)
     }
 
@@ -480,24 +530,37 @@ impl Meta {
         self.sync_wal()
     }
 
-    fn alloc(&self, ctr: &AtomicU64, name: &str) -> u64 {
+    /// Hands out the next number of a counter. The reservation is moved on, durably, while
+    /// half a block is still left, so one failed reservation (a full metadata disk) costs
+    /// nothing; a number past the durable reservation is never handed out.
+    fn alloc(&self, ctr: &AtomicU64, durable: &AtomicU64, name: &str) -> anyhow::Result<u64> {
         let v = ctr.fetch_add(1, Ordering::SeqCst);
-        if (v + 1).is_multiple_of(COUNTER_BLOCK) {
+        if v + COUNTER_BLOCK / 2 >= durable.load(Ordering::SeqCst) {
             let _g = self.reserve_lock.lock();
-            // Reserve the next block durably before any number from it is used.
-            if let Err(e) = self.set_counter(name, v + 1 + 2 * COUNTER_BLOCK) {
-                tracing::error!("cannot persist counter {name}: {e}");
+            if v + COUNTER_BLOCK / 2 >= durable.load(Ordering::SeqCst) {
+                let next = v + 2 * COUNTER_BLOCK;
+                match self.set_counter(name, next) {
+                    Ok(()) => durable.store(next, Ordering::SeqCst),
+                    Err(e) => tracing::error!("cannot persist counter {name}: {e:#}"),
+                }
             }
         }
-        v
+        if v >= durable.load(Ordering::SeqCst) {
+            bail!("counter {name}: no durable reservation for {v}");
+        }
+        Ok(v)
     }
 
-    pub fn alloc_ino(&self) -> u64 {
-        self.alloc(&self.next_ino, "ino_reserved")
+    pub fn alloc_ino(&self) -> anyhow::Result<u64> {
+        self.alloc(&self.next_ino, &self.ino_durable, "ino_reserved")
     }
 
-    pub fn alloc_version(&self) -> u64 {
-        self.alloc(&self.next_version, "version_reserved")
+    pub fn alloc_version(&self) -> anyhow::Result<u64> {
+        self.alloc(
+            &self.next_version,
+            &self.version_durable,
+            "version_reserved",
+        )
     }
 
     pub fn batch(&self) -> Batch<'_> {
@@ -509,12 +572,55 @@ impl Meta {
 
     /// Applies a batch atomically. Not synced: `sync_wal` makes it durable (fsync path).
     /// Data files the batch names must be registered with the barrier's owner before.
+    /// While the metadata filesystem is full a failed write waits (bounded) for RocksDB to
+    /// recover into the released reserve (it retries every 5 s): requests that add
+    /// metadata are refused before they get here, so what waits frees space (`rm`).
     pub fn write(&self, b: Batch<'_>) -> anyhow::Result<()> {
+        let again = self.space.full().then(|| b.wb.data().to_vec());
+        let r = self.write_once(b.wb);
+        let Some(data) = again else {
+            return r;
+        };
+        let start = std::time::Instant::now();
+        let mut r = r;
+        while r.as_ref().is_err_and(crate::metaspace::is_no_space)
+            && start.elapsed() < FULL_WAIT_MAX
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            r = self.write_once(WriteBatch::from_data(&data));
+        }
+        r
+    }
+
+    fn write_once(&self, wb: WriteBatch) -> anyhow::Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
         let _g = self.gate.read();
-        self.db.write_opt(b.wb, &wo)?;
-        Ok(())
+        let r = self.db.write_opt(wb, &wo);
+        self.check_space(r.map_err(anyhow::Error::from))
+    }
+
+    /// Notes a full metadata filesystem behind a failed write (releases the reserve).
+    fn check_space<T>(&self, r: anyhow::Result<T>) -> anyhow::Result<T> {
+        if let Err(e) = &r {
+            if crate::metaspace::is_no_space(e) {
+                self.space.on_full("a metadata write failed");
+            }
+        }
+        r
+    }
+
+    /// Whether requests that add metadata are refused (the metadata filesystem is full).
+    pub fn space_full(&self) -> bool {
+        self.space.is_full(|| {
+            let mut b = self.batch();
+            b.del_raw(CF_CONFIG, SPACE_PROBE_KEY);
+            self.write_once(b.wb)
+        })
+    }
+
+    pub fn space_status(&self) -> crate::metaspace::SpaceStatus {
+        self.space.status()
     }
 
     /// Installs the data barrier (the open filesystem's pending extent files).
@@ -535,7 +641,7 @@ impl Meta {
             b()?;
         }
         let seq = self.db.latest_sequence_number();
-        self.db.flush_wal(true)?;
+        self.check_space(self.db.flush_wal(true).map_err(anyhow::Error::from))?;
         self.synced_seq.fetch_max(seq, Ordering::SeqCst);
         Ok(())
     }

@@ -402,3 +402,205 @@ fn mount_waits_for_a_daemon_shutting_down() {
     assert!(!o.status.success());
     assert!(err(&o).contains("already mounted"), "{}", err(&o));
 }
+
+/// A small filesystem for the pool's metadata: a 64 MiB ext4 image on a loop device, or a
+/// 64 MiB tmpfs where loop devices are missing (containers). Unmounted when dropped.
+struct SmallFs {
+    _dir: tempfile::TempDir,
+    mp: std::path::PathBuf,
+}
+
+impl SmallFs {
+    fn new() -> SmallFs {
+        let dir = tempfile::Builder::new()
+            .prefix("foreshard-small")
+            .tempdir_in(std::env::var("FORESHARD_TEST_DIR").unwrap_or("/var/tmp".into()))
+            .unwrap();
+        let mp = dir.path().join("fs");
+        fs::create_dir(&mp).unwrap();
+        let img = dir.path().join("img");
+        let loop_ok = sh(
+            &format!(
+                "truncate -s 64M {img} && mkfs.ext4 -q -F -m 0 {img} && mount -o loop {img} {mp}",
+                img = img.display(),
+                mp = mp.display()
+            ),
+            Path::new("/"),
+        );
+        if !loop_ok.status.success() {
+            eprintln!("no loop device ({}): tmpfs instead", err(&loop_ok).trim());
+            sh_ok(
+                &format!(
+                    "mount -t tmpfs -o size=64m,mode=0755 tmpfs {}",
+                    mp.display()
+                ),
+                Path::new("/"),
+            );
+        }
+        SmallFs { _dir: dir, mp }
+    }
+
+    /// Fills the filesystem with `hog`, then frees `leave` bytes of it again.
+    fn fill_leaving(&self, leave: u64) -> std::path::PathBuf {
+        let hog = self.mp.join("hog");
+        let _ = sh(
+            &format!("dd if=/dev/zero of={} bs=64k 2>/dev/null", hog.display()),
+            Path::new("/"),
+        );
+        let len = fs::metadata(&hog).unwrap().len();
+        let f = fs::OpenOptions::new().write(true).open(&hog).unwrap();
+        f.set_len(len.saturating_sub(leave)).unwrap();
+        f.sync_all().unwrap();
+        hog
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount -l {}", self.mp.display()), Path::new("/"));
+    }
+}
+
+fn errno_of(r: std::io::Result<()>) -> Option<i32> {
+    r.err().map(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// One metadata-heavy request: a new file with a 60 KB xattr.
+fn add_file_with_xattr(path: &Path) -> std::io::Result<()> {
+    fs::write(path, b"")?;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let v = pattern(60_000, 3);
+    // SAFETY: valid NUL-terminated path and name; v outlives the call.
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"user.big".as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[test]
+fn a_full_metadata_filesystem_gives_enospc_lets_rm_through_and_recovers() {
+    if !fuse_available() {
+        return;
+    }
+    let small = SmallFs::new();
+    let tmp = tempfile::Builder::new()
+        .prefix("foreshard-test")
+        .tempdir_in(std::env::var("FORESHARD_TEST_DIR").unwrap_or("/var/tmp".into()))
+        .unwrap();
+    let pool = small.mp.join("pool");
+    let mnt = tmp.path().join("mnt");
+    let disks: Vec<_> = (0..2)
+        .map(|i| tmp.path().join(format!("disk{i}")))
+        .collect();
+    fs::create_dir(&mnt).unwrap();
+    for d in &disks {
+        fs::create_dir(d).unwrap();
+    }
+    let (ps, d0, d1) = (
+        pool.to_str().unwrap(),
+        disks[0].to_str().unwrap(),
+        disks[1].to_str().unwrap(),
+    );
+    run_ok(&[
+        "init",
+        ps,
+        "--disk",
+        d0,
+        "--disk",
+        d1,
+        "--replicas",
+        "2",
+        "--extent-size",
+        "256KiB",
+    ]);
+    let mut p = Pool {
+        tmp,
+        pool: pool.clone(),
+        mnt,
+        disks,
+        mounted: false,
+    };
+    p.mount();
+    let mut files = std::collections::HashMap::new();
+    for i in 0..8 {
+        let data = pattern(300_000, i);
+        write_synced(&p.path(&format!("f{i}")), &data).unwrap();
+        files.insert(p.path(&format!("f{i}")), blake3::hash(&data));
+    }
+    // Full, but for less than RocksDB's next flush: its own writes hit ENOSPC (the case that
+    // used to stop all writes for good), not only our free-space check.
+    let hog = small.fill_leaving(900 << 10);
+    let (mut added, mut other) = (0, Vec::new());
+    let mut enospc = 0;
+    for i in 0..200 {
+        match errno_of(add_file_with_xattr(&p.path(&format!("x{i}")))) {
+            None => added += 1,
+            Some(libc::ENOSPC) => enospc += 1,
+            Some(e) => other.push(e),
+        }
+    }
+    eprintln!("metadata full: {added} added, {enospc} ENOSPC");
+    assert!(other.is_empty(), "errors other than ENOSPC: {other:?}");
+    assert!(enospc > 0, "the metadata filesystem never filled");
+    assert_eq!(
+        errno_of(write_synced(&p.path("new"), &pattern(100_000, 9))),
+        Some(libc::ENOSPC)
+    );
+    let st = p.json(&["status"]);
+    assert_eq!(st["metadata"]["full"], true, "{st}");
+    // rm goes through (into the released reserve), while new data is still refused.
+    for i in 0..4 {
+        let f = p.path(&format!("f{i}"));
+        let t = Instant::now();
+        fs::remove_file(&f).unwrap_or_else(|e| panic!("rm f{i} on a full metadata fs: {e}"));
+        eprintln!("rm f{i}: {:?}", t.elapsed());
+        files.remove(&f);
+    }
+    for i in 0..added {
+        fs::remove_file(p.path(&format!("x{i}"))).unwrap();
+    }
+    assert_eq!(
+        errno_of(write_synced(&p.path("new"), &pattern(100_000, 9))),
+        Some(libc::ENOSPC)
+    );
+    // Space back: writes resume without a remount, and the reserve is made again.
+    fs::remove_file(&hog).unwrap();
+    let t = Instant::now();
+    let data = pattern(100_000, 10);
+    while let Err(e) = write_synced(&p.path("after"), &data) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "writes did not resume: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("writes resumed {:?} after space came back", t.elapsed());
+    files.insert(p.path("after"), blake3::hash(&data));
+    let st = p.json(&["status"]);
+    assert_eq!(st["metadata"]["full"], false, "{st}");
+    assert_eq!(st["metadata"]["reserve_held"], true, "{st}");
+    assert_ne!(st["health"]["state"], "read-only", "{st}");
+    check_all(&files);
+    assert!(!p.path("f0").exists());
+    p.umount();
+    let (clean, out) = p.fsck(false);
+    assert!(clean, "{out}");
+    p.mount();
+    check_all(&files);
+}

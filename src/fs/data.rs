@@ -559,7 +559,7 @@ impl Fs {
         data: &[u8],
         append: Option<bool>,
     ) -> FsResult<(u64, u64)> {
-        self.writable()?;
+        self.growable()?;
         let (ino, append) = {
             let h = self.handles.lock();
             let h = h.get(&fh).ok_or(Errno::EBADF)?;
@@ -594,14 +594,14 @@ impl Fs {
                 if start == 0 && len == es as usize && !n.dirty.contains_key(&index) {
                     // A whole extent: commit it straight from the request, no buffering.
                     if self.async_commits() {
-                        self.dirty_bytes.fetch_add(len as u64, Ordering::Relaxed);
                         jobs.push(self.hand_off(
                             ino,
                             &node,
                             &mut n,
                             index,
                             Arc::new(AlignedBuf::copy_of(src)),
-                        ));
+                        )?);
+                        self.dirty_bytes.fetch_add(len as u64, Ordering::Relaxed);
                     } else {
                         self.commit(ino, &mut n, &[index], None, Some(src))?;
                     }
@@ -623,14 +623,11 @@ impl Fs {
                 // A write that reaches the end of an extent most likely moves on: commit it now.
                 if start + len == es as usize {
                     if self.async_commits() {
-                        let buf = n.dirty.remove(&index).expect("written above");
-                        jobs.push(self.hand_off(
-                            ino,
-                            &node,
-                            &mut n,
-                            index,
-                            Arc::new(AlignedBuf::copy_of(&buf)),
-                        ));
+                        let buf = Arc::new(AlignedBuf::copy_of(&n.dirty[&index]));
+                        // The buffer leaves `dirty` only once the job exists (a failed
+                        // version allocation leaves it dirty).
+                        jobs.push(self.hand_off(ino, &node, &mut n, index, buf)?);
+                        n.dirty.remove(&index);
                     } else {
                         self.commit(ino, &mut n, &[index], None, None)?;
                     }
@@ -710,7 +707,14 @@ impl Fs {
             let Some(data) = direct.or_else(|| n.dirty.get(&index).map(|d| d.as_slice())) else {
                 continue;
             };
-            match self.write_extent_version(ino, index, self.meta.alloc_version(), data, true) {
+            let version = match self.meta.alloc_version() {
+                Ok(v) => v,
+                Err(e) => {
+                    failed = Some(Errno::from(e));
+                    break;
+                }
+            };
+            match self.write_extent_version(ino, index, version, data, true) {
                 Ok(Some(rec)) => new_recs.push((index, rec)),
                 Ok(None) => {}
                 Err(e) => {
@@ -1029,7 +1033,7 @@ impl Fs {
 
     /// fallocate: mode 0 extends the size (checking there is room); KEEP_SIZE only checks room.
     pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
-        self.writable()?;
+        self.growable()?;
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
             return Err(Errno::EOPNOTSUPP);
         }

@@ -77,12 +77,7 @@ impl From<anyhow::Error> for Errno {
 /// The errno for a metadata failure: ENOSPC when the metadata filesystem is full (RocksDB
 /// reports it as an IO error with the strerror text), else EIO.
 fn metadata_errno(e: &anyhow::Error) -> Errno {
-    let full = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
-            || c.to_string().contains("No space left on device")
-    });
-    if full {
+    if crate::metaspace::is_no_space(e) {
         Errno::ENOSPC
     } else {
         Errno::EIO
@@ -449,6 +444,16 @@ impl Fs {
     pub(crate) fn writable(&self) -> FsResult<()> {
         if crate::supervise::writes_refused() {
             return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    /// `writable`, and ENOSPC while the metadata filesystem is full (`metaspace`): what
+    /// adds metadata is refused, what frees it goes through.
+    pub(crate) fn growable(&self) -> FsResult<()> {
+        self.writable()?;
+        if self.meta.space_full() {
+            return Err(Errno::ENOSPC);
         }
         Ok(())
     }

@@ -120,7 +120,7 @@ impl Fs {
         } else {
             ctx.gid
         };
-        let ino = self.meta.alloc_ino();
+        let ino = self.meta.alloc_ino()?;
         let rec = InodeRec {
             kind,
             perm,
@@ -160,7 +160,7 @@ impl Fs {
         umask: u32,
         rdev: u32,
     ) -> FsResult<Attr> {
-        self.writable()?;
+        self.growable()?;
         let kind = Kind::from_mode(mode).unwrap_or(Kind::File);
         if kind == Kind::Dir || kind == Kind::Symlink {
             return Err(Errno::EINVAL);
@@ -187,7 +187,7 @@ impl Fs {
         umask: u32,
         flags: i32,
     ) -> FsResult<(Attr, u64)> {
-        self.writable()?;
+        self.growable()?;
         let attr = self.make(
             ctx,
             parent,
@@ -211,7 +211,7 @@ impl Fs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Attr> {
-        self.writable()?;
+        self.growable()?;
         self.make(
             ctx,
             parent,
@@ -226,7 +226,7 @@ impl Fs {
     }
 
     pub fn symlink(&self, ctx: Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Attr> {
-        self.writable()?;
+        self.growable()?;
         if target.is_empty() {
             return Err(Errno::ENOENT);
         }
@@ -251,7 +251,7 @@ impl Fs {
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
-        self.writable()?;
+        self.growable()?;
         check_name(newname)?;
         let _g = self.ns.lock();
         let prec = self.dir_rec(newparent)?;
@@ -604,7 +604,7 @@ impl Fs {
     }
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
-        self.writable()?;
+        self.growable()?;
         if name.is_empty() || name.len() > XATTR_NAME_LEN_MAX {
             return Err(Errno::ERANGE);
         }

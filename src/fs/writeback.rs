@@ -26,17 +26,17 @@ impl Fs {
         n: &mut NodeInner,
         index: u64,
         data: Arc<AlignedBuf>,
-    ) -> CommitJob {
-        let version = self.meta.alloc_version();
+    ) -> FsResult<CommitJob> {
+        let version = self.meta.alloc_version()?;
         n.inflight.insert(index, (version, data.clone()));
         n.inflight_count += 1;
-        CommitJob {
+        Ok(CommitJob {
             ino,
             index,
             version,
             data,
             node: node.clone(),
-        }
+        })
     }
 
     pub(crate) fn send_job(&self, job: CommitJob) {
