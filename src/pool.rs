@@ -278,6 +278,7 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
             }
         }
         let _ = fs::remove_dir_all(&meta_dir);
+        let _ = fs::remove_file(a.pool.join(crate::metaspace::RESERVE_FILE));
         if created_pool_dir {
             let _ = fs::remove_dir(&a.pool);
         } else if let Some(m) = old_mode {
