@@ -1017,28 +1017,7 @@ impl Fs {
                 return Ok(outcome);
             }
         };
-        let readable = self.store.readable(&cur.replicas);
-        let mut placed: Vec<u32> = readable
-            .iter()
-            .copied()
-            .filter(|d| shard.disks.contains(d))
-            .collect();
-        placed.push(target);
-        let complete = placed.len() >= shard.disks.len().min(self.cfg.replicas as usize);
-        let (replicas, dropped) = if complete {
-            let dropped: Vec<u32> = cur
-                .replicas
-                .iter()
-                .copied()
-                .filter(|d| !placed.contains(d))
-                .collect();
-            (placed, dropped)
-        } else {
-            let mut r = readable;
-            r.push(target);
-            (r, Vec::new())
-        };
-        let rec = ExtentRec { replicas, ..cur };
+        let (rec, dropped) = self.with_replica(&cur, &shard.disks, target);
         let mut b = self.meta.batch();
         b.put_extent(ino, index, &rec);
         // Callers sync their copies first; registering keeps that order if one does not.
@@ -1054,6 +1033,51 @@ impl Fs {
             }
         }
         Ok(RecoveryCommit::Done)
+    }
+}
+
+impl Fs {
+    /// `cur` with disk `id` among its replicas (recovery, `disk online`): once `placement`
+    /// holds enough readable copies, copies outside it are dropped (returned, to be reaped
+    /// after the record is written); until then every readable copy stays.
+    pub(crate) fn with_replica(
+        &self,
+        cur: &ExtentRec,
+        placement: &[u32],
+        id: u32,
+    ) -> (ExtentRec, Vec<u32>) {
+        let readable = self.store.readable(&cur.replicas);
+        let mut placed: Vec<u32> = readable
+            .iter()
+            .copied()
+            .filter(|r| placement.contains(r))
+            .collect();
+        if !placed.contains(&id) {
+            placed.push(id);
+        }
+        let complete = placed.len() >= placement.len().min(self.cfg.replicas as usize);
+        let (replicas, dropped) = if complete {
+            let dropped = cur
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| !placed.contains(r))
+                .collect();
+            (placed, dropped)
+        } else {
+            let mut r = readable;
+            if !r.contains(&id) {
+                r.push(id);
+            }
+            (r, Vec::new())
+        };
+        (
+            ExtentRec {
+                replicas,
+                ..cur.clone()
+            },
+            dropped,
+        )
     }
 }
 

@@ -264,7 +264,7 @@ fn reuse_intact(fs: &Fs, d: &Disk, v: &Verified, report: &mut OnlineReport) -> a
             // Still named: a source until recovery's commit to the new member drops it.
             continue;
         }
-        let (rec, dropped) = with_replica(fs, &cur, &placement, d.id);
+        let (rec, dropped) = fs.with_replica(&cur, &placement, d.id);
         if rec.replicas != cur.replicas
             && !fs
                 .cas_extent(ino, index, version, Some(&rec))
@@ -283,41 +283,4 @@ fn reuse_intact(fs: &Fs, d: &Disk, v: &Verified, report: &mut OnlineReport) -> a
         report.reused_bytes += u64::from(len);
     }
     Ok(())
-}
-
-/// `cur` with disk `id` among its replicas; once the placement is complete, copies outside
-/// it are dropped (returned, to be removed after the record is durable).
-fn with_replica(fs: &Fs, cur: &ExtentRec, placement: &[u32], id: u32) -> (ExtentRec, Vec<u32>) {
-    let readable = fs.store.readable(&cur.replicas);
-    let mut placed: Vec<u32> = readable
-        .iter()
-        .copied()
-        .filter(|r| placement.contains(r))
-        .collect();
-    if !placed.contains(&id) {
-        placed.push(id);
-    }
-    let complete = placed.len() >= placement.len().min(fs.cfg.replicas as usize);
-    let (replicas, dropped) = if complete {
-        let dropped = cur
-            .replicas
-            .iter()
-            .copied()
-            .filter(|r| !placed.contains(r))
-            .collect();
-        (placed, dropped)
-    } else {
-        let mut r = readable;
-        if !r.contains(&id) {
-            r.push(id);
-        }
-        (r, Vec::new())
-    };
-    (
-        ExtentRec {
-            replicas,
-            ..cur.clone()
-        },
-        dropped,
-    )
 }
