@@ -294,6 +294,12 @@ fn run(
     let sigs = block_signals();
     let pool = Pool::open(pool_dir)?;
     let fs = pool.fs(FsOptions::default())?;
+    // Pools labelled before buckets were made up front get them now, off the write path.
+    for d in fs.store.disks().iter().filter(|d| d.is_up()) {
+        if let Err(e) = crate::store::make_buckets(&d.root.join(crate::store::EXTENT_DIR)) {
+            tracing::warn!(disk = d.id, "cannot create bucket directories: {e}");
+        }
+    }
     let (freed, removed) = pool::cleanup(&fs)?;
     if freed + removed > 0 {
         tracing::info!("start-up cleanup: {freed} orphaned inode(s) freed, {removed} stray extent file(s) removed");

@@ -80,6 +80,20 @@ pub fn sync(targets: &[Target]) -> HashMap<u32, io::Error> {
     failed
 }
 
+/// syncfs(2) of the filesystem holding `dir`, as a shortcut only: errors are ignored (the
+/// per-file syncs after it report them).
+pub fn syncfs_hint(dir: &std::path::Path) {
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+    else {
+        return;
+    };
+    // SAFETY: f is an open descriptor.
+    unsafe { libc::syncfs(f.as_raw_fd()) };
+}
+
 fn sync_one(f: &File, dir: bool) -> io::Result<()> {
     if dir {
         f.sync_all()

@@ -49,6 +49,10 @@ const COUNTER_BLOCK: u64 = 1 << 20;
 /// How long a write waits for RocksDB to recover from a full metadata filesystem (it
 /// retries every 5 s: two tries).
 const FULL_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(12);
+/// A WAL sync runs barrier passes outside the gate until one finds at most this many files
+/// (or `BARRIER_PASSES_MAX` have run): the pass under the gate is left with few.
+const GATED_FILES_MAX: usize = 64;
+const BARRIER_PASSES_MAX: usize = 4;
 /// A key never written: deleting it is the probe write that shows RocksDB takes writes again.
 const SPACE_PROBE_KEY: &[u8] = b"space-probe";
 
@@ -283,8 +287,8 @@ pub struct Meta {
     space: crate::metaspace::MetaSpace,
 }
 
-/// See `Meta::set_barrier`.
-pub type DataBarrier = Box<dyn Fn() -> anyhow::Result<()> + Send + Sync>;
+/// See `Meta::set_barrier`. Returns how many files it made durable.
+pub type DataBarrier = Box<dyn Fn() -> anyhow::Result<usize> + Send + Sync>;
 
 /// A set of changes applied atomically by `Meta::write`.
 pub struct Batch<'a> {
@@ -632,12 +636,17 @@ impl Meta {
     pub fn sync_wal(&self) -> anyhow::Result<()> {
         let barrier = self.barrier.read();
         if let Some(b) = barrier.as_ref() {
-            // Most pending files are synced here, with batches still flowing.
-            b()?;
+            // Most pending files are synced here, with batches still flowing; passes again
+            // while many were registered meanwhile, since the last pass holds up every
+            // batch writer (a 140 ms pass there made overwrites stall as long).
+            let mut passes = 1;
+            while b()? > GATED_FILES_MAX && passes < BARRIER_PASSES_MAX {
+                passes += 1;
+            }
         }
         let _w = self.gate.write();
         if let Some(b) = barrier.as_ref() {
-            // Files of batches written since the first pass (usually none).
+            // Files of batches written since the last pass (few).
             b()?;
         }
         let seq = self.db.latest_sequence_number();

@@ -274,7 +274,7 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
                 .is_some_and(|l| l.pool_id == pool_id)
             {
                 let _ = fs::remove_file(c.join(crate::store::LABEL_FILE));
-                let _ = fs::remove_dir(c.join("extents"));
+                crate::store::remove_buckets(&c.join("extents"));
             }
         }
         let _ = fs::remove_dir_all(&meta_dir);

@@ -24,7 +24,7 @@ use crate::meta::DiskState;
 pub const LABEL_FILE: &str = "foreshard.label";
 /// The health probe's file in each disk root.
 pub const PROBE_FILE: &str = "foreshard.probe";
-const EXTENT_DIR: &str = "extents";
+pub const EXTENT_DIR: &str = "extents";
 /// Open backing files kept for reads; each costs one descriptor.
 const FD_CACHE_ENTRIES_MAX: usize = 1024;
 
@@ -173,7 +173,37 @@ pub fn write_label(root: &Path, label: &Label) -> anyhow::Result<()> {
     if !fs::symlink_metadata(&ext)?.is_dir() {
         bail!("{}: not a directory (a symlink?); refused", ext.display());
     }
+    make_buckets(&ext).with_context(|| format!("{}: cannot create buckets", ext.display()))
+}
+
+/// Extent files are spread over this many bucket directories per disk (`ExtentId::bucket`).
+const BUCKETS: u16 = 256;
+
+/// Creates the bucket directories missing under a disk's `extents` directory and makes
+/// their entries durable with one fsync, so that writes do not create them (a bucket made by
+/// a write costs that write an fsync of `extents/`: a fresh pool's first 256 files per disk).
+pub fn make_buckets(ext: &Path) -> io::Result<()> {
+    let mut made = false;
+    for b in 0..BUCKETS {
+        match fs::create_dir(ext.join(format!("{b:02x}"))) {
+            Ok(()) => made = true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if made {
+        File::open(ext)?.sync_all()?;
+    }
     Ok(())
+}
+
+/// Removes the (empty) bucket directories and the `extents` directory of a disk whose
+/// labelling is rolled back; anything else is left alone.
+pub fn remove_buckets(ext: &Path) {
+    for b in 0..BUCKETS {
+        let _ = fs::remove_dir(ext.join(format!("{b:02x}")));
+    }
+    let _ = fs::remove_dir(ext);
 }
 
 /// Alignment of O_DIRECT buffers, offsets and lengths (covers 512 B and 4 KiB logical blocks).
@@ -362,8 +392,8 @@ fn make_bucket(path: &Path) -> io::Result<()> {
     match fs::create_dir(bucket) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
         Err(_) => Ok(()),
-        // A new bucket's own entry must be durable before any file in it can be (at most
-        // 256 times per disk, so synchronously).
+        // A new bucket's own entry must be durable before any file in it can be (buckets
+        // are made at labelling and mount; this is for one removed meanwhile).
         Ok(()) => File::open(bucket.parent().expect("buckets live in extents/"))?.sync_all(),
     }
 }
@@ -911,6 +941,18 @@ impl Store {
                 dir: false,
             });
         }
+        let mut per_disk: HashMap<u32, usize> = HashMap::new();
+        for (d, _) in files {
+            *per_disk.entry(*d).or_default() += 1;
+        }
+        for (d, n) in per_disk {
+            if n < SYNCFS_FILES_MIN || failed.contains_key(&d) {
+                continue;
+            }
+            if let Some(disk) = self.disk(d) {
+                durable::syncfs_hint(&disk.root);
+            }
+        }
         for (d, e) in durable::sync(&targets) {
             failed.entry(d).or_insert(e);
         }
@@ -923,6 +965,12 @@ impl Store {
         failed
     }
 }
+
+/// From this many files of one disk in one sync, the disk's filesystem is synced as a whole
+/// first (one journal commit for all of them, where per-file fdatasyncs commit a few files
+/// each); the per-file syncs that follow find the files clean and remain what guarantees
+/// durability (syncfs is not forwarded by every filesystem).
+const SYNCFS_FILES_MIN: usize = 32;
 
 #[derive(Debug)]
 pub enum ReadError {

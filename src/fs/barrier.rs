@@ -98,11 +98,12 @@ impl Barrier {
 
     /// The barrier (see the module doc). Files on disks that are failed or gone are dropped
     /// (their copies do not count). Fails when some version has no durable copy because
-    /// every disk holding it failed to sync.
-    pub(crate) fn run(&self) -> anyhow::Result<()> {
+    /// every disk holding it failed to sync. Returns how many files it found registered.
+    pub(crate) fn run(&self) -> anyhow::Result<usize> {
         let Some(mut by_disk) = self.pending() else {
-            return Ok(());
+            return Ok(0);
         };
+        let count = by_disk.values().map(Vec::len).sum();
         let mut versions: HashMap<ExtentId, Vec<u32>> = HashMap::new();
         for (d, ids) in &by_disk {
             for id in ids {
@@ -117,7 +118,7 @@ impl Barrier {
             by_disk.retain(|d, ids| !self.try_send(*d, ids, &tx, &mut running));
             let (durable, all) = self.progress(&versions, &failed);
             if all || (durable && start.elapsed() >= LAGGARD_WAIT) {
-                return Ok(());
+                return Ok(count);
             }
             if let Some((d, e)) = self.hopeless(&versions, &failed, &by_disk, &running) {
                 anyhow::bail!("disk {d}: {e}");

@@ -355,7 +355,7 @@ impl Fs {
         let weak = Arc::downgrade(&fs);
         fs.meta.set_barrier(Box::new(move || match weak.upgrade() {
             Some(fs) => fs.sync_pending(),
-            None => Ok(()),
+            None => Ok(0),
         }));
         Ok(fs)
     }
@@ -714,7 +714,7 @@ impl Fs {
     /// The data barrier: every registered extent version gets a durable copy (see
     /// `barrier`); files on disks that are gone or failed are dropped. Fails if every disk
     /// holding some version failed to sync it; its files stay registered.
-    pub(crate) fn sync_pending(&self) -> anyhow::Result<()> {
+    pub(crate) fn sync_pending(&self) -> anyhow::Result<usize> {
         self.sync_barrier.run()
     }
 
