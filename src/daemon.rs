@@ -368,15 +368,8 @@ fn run(
     if !p.contains([',', ' ', '\\']) {
         cfg.mount_options[0] = fuser::MountOption::FSName(format!("foreshard:{p}"));
     }
-    let mut session = fuser::Session::new(
-        FuseFs {
-            fs: fs.clone(),
-            io_uring: a.io_uring,
-        },
-        mp,
-        &cfg,
-    )
-    .with_context(|| format!("cannot mount on {}", mp.display()))?;
+    let mut session = fuser::Session::new(FuseFs::new(fs.clone(), a.io_uring), mp, &cfg)
+        .with_context(|| format!("cannot mount on {}", mp.display()))?;
     set_readahead(mp, crate::fuse::MAX_WRITE_BYTES / 1024);
     fs::write(
         pool_dir.join(PID_FILE),

@@ -1,5 +1,6 @@
 //! The `fuser::Filesystem` adapter: converts FUSE requests to core calls and back. No logic
-//! of its own beyond type conversion.
+//! of its own beyond type conversion, and moving requests that may wait on a disk off the
+//! io_uring threads.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -27,6 +28,76 @@ pub struct FuseFs {
     pub fs: Arc<Fs>,
     /// Ask the kernel for FUSE over io_uring at INIT (used only if it offers it).
     pub io_uring: bool,
+    /// Workers for requests that may wait on a disk, started on first use.
+    slow: std::sync::OnceLock<Offload>,
+}
+
+impl FuseFs {
+    pub fn new(fs: Arc<Fs>, io_uring: bool) -> FuseFs {
+        FuseFs {
+            fs,
+            io_uring,
+            slow: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Runs a request that may wait on a disk (fsync, flush, release, fsyncdir). Over
+    /// io_uring it goes to a worker: a ring thread that waits serves nothing else, and a CPU
+    /// has two, so a stalled disk would hold up that CPU's requests for files elsewhere.
+    /// Over /dev/fuse (any thread takes any request) it runs here.
+    fn slow(&self, f: impl FnOnce() + Send + 'static) {
+        if fuser::io_uring_threads() == 0 {
+            return f();
+        }
+        self.slow.get_or_init(Offload::start).run(f);
+    }
+}
+
+type SlowJob = Box<dyn FnOnce() + Send>;
+
+/// Worker threads for `FuseFs::slow`, with a bounded queue.
+struct Offload {
+    tx: std::sync::mpsc::SyncSender<SlowJob>,
+}
+
+/// Requests waiting on disks at once off the ring threads; beyond the queue they run on the
+/// ring thread (back-pressure).
+const SLOW_THREADS: usize = 8;
+const SLOW_QUEUE_MAX: usize = 64;
+
+impl Offload {
+    fn start() -> Offload {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SlowJob>(SLOW_QUEUE_MAX);
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        for i in 0..SLOW_THREADS {
+            let rx = rx.clone();
+            // A job that panics answers EIO (its reply's drop); the thread is restarted.
+            let r = crate::supervise::spawn(
+                format!("fuse-slow-{i}"),
+                crate::supervise::OnPanic::Restart,
+                move || loop {
+                    let job = rx.lock().recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                },
+            );
+            if let Err(e) = r {
+                tracing::warn!("cannot start fuse-slow-{i}: {e}");
+            }
+        }
+        Offload { tx }
+    }
+
+    fn run(&self, f: impl FnOnce() + Send + 'static) {
+        use std::sync::mpsc::TrySendError;
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
+            self.tx.try_send(Box::new(f))
+        {
+            job();
+        }
+    }
 }
 
 /// FUSE over io_uring: threads per CPU queue and entries (1 MiB payload each) per thread.
@@ -354,10 +425,11 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(ino.0) {
+        let fs = self.fs.clone();
+        self.slow(move || match fs.flush(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
-        }
+        });
     }
 
     fn release(
@@ -370,10 +442,11 @@ impl fuser::Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release(fh.0) {
+        let fs = self.fs.clone();
+        self.slow(move || match fs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
-        }
+        });
     }
 
     fn fsync(
@@ -384,10 +457,11 @@ impl fuser::Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(ino.0) {
+        let fs = self.fs.clone();
+        self.slow(move || match fs.fsync(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
-        }
+        });
     }
 
     fn readdir(
@@ -430,10 +504,11 @@ impl fuser::Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.sync_all() {
+        let fs = self.fs.clone();
+        self.slow(move || match fs.sync_all() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
-        }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
