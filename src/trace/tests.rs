@@ -2,7 +2,10 @@ use super::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::FileExt;
 
-const REAL_TRACE: &str = "/work/shared/data/traces/hp_hplajw_1week.csv.gz";
+const REAL_TRACE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/traces/hp_hplajw_1week.csv.gz"
+);
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
