@@ -385,6 +385,14 @@ fn read_format(db: &DB) -> anyhow::Result<u32> {
     }
 }
 
+/// What opening a pool on a full metadata filesystem with its reserve used up says.
+fn full_no_reserve(dir: &Path) -> String {
+    format!(
+        "{}: cannot open metadata: its filesystem is full (and no reserve is left): free space on it, then try again",
+        dir.display()
+    )
+}
+
 fn db_options(sizes: &crate::metaspace::Sizes) -> Options {
     // No preallocation: it reserves over a write buffer's worth per WAL, which a small
     // metadata filesystem cannot hold, and which a partly failed fallocate leaves allocated
@@ -439,10 +447,7 @@ impl Meta {
                     dir.display()
                 )
             } else if msg.contains("No space left on device") {
-                anyhow::anyhow!(
-                    "{}: cannot open metadata: its filesystem is full (and no reserve is left): free space on it, then try again ({msg})",
-                    dir.display()
-                )
+                anyhow::anyhow!("{}: {msg}", full_no_reserve(dir))
             } else {
                 anyhow::anyhow!("{}: cannot open metadata: {msg}", dir.display())
             }
@@ -480,10 +485,7 @@ impl Meta {
             .and_then(|_| meta.set_counter("version_reserved", ver + COUNTER_BLOCK))
             .map_err(|e| {
                 if crate::metaspace::is_no_space(&e) {
-                    anyhow::anyhow!(
-                        "{}: the metadata filesystem is full (and no reserve is left): free space on it, then try again",
-                        dir.display()
-                    )
+                    anyhow::anyhow!("{}: {e:#}", full_no_reserve(dir))
                 } else {
                     e
                 }

@@ -15,10 +15,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// The reserve file, in the pool directory (beside `meta/`, on the same filesystem).
@@ -101,8 +100,10 @@ pub struct MetaSpace {
     reserve: PathBuf,
     reserve_bytes: u64,
     full: AtomicBool,
-    /// When free space was last looked at (bounds statvfs calls on the request path).
-    checked: Mutex<Instant>,
+    /// When free space is next looked at, in ms since `epoch`: every write asks `is_full`,
+    /// so the common answer is one atomic load, and statvfs runs at most every `CHECK_EVERY`.
+    due_ms: AtomicU64,
+    epoch: Instant,
 }
 
 fn free_and_total(dir: &Path) -> std::io::Result<(u64, u64)> {
@@ -161,7 +162,8 @@ impl MetaSpace {
             reserve: pool.join(RESERVE_FILE),
             reserve_bytes: sizes.reserve_bytes,
             full: AtomicBool::new(false),
-            checked: Mutex::new(Instant::now()),
+            due_ms: AtomicU64::new(CHECK_EVERY.as_millis() as u64),
+            epoch: Instant::now(),
         };
         // At `init` the metadata directory does not exist yet.
         let at = if meta_dir.exists() { meta_dir } else { pool };
@@ -201,7 +203,14 @@ impl MetaSpace {
             if released { "released the reserve; " } else { "" },
             self.resume_bytes()
         );
-        *self.checked.lock() = Instant::now();
+        self.due_ms.store(
+            self.now_ms() + CHECK_EVERY.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// The full state as last seen (no check).
@@ -219,12 +228,16 @@ impl MetaSpace {
     /// RocksDB has recovered.
     pub fn is_full(&self, probe: impl FnOnce() -> anyhow::Result<()>) -> bool {
         let full = self.full.load(Ordering::Relaxed);
+        let (now, due) = (self.now_ms(), self.due_ms.load(Ordering::Relaxed));
+        let next = now + CHECK_EVERY.as_millis() as u64;
+        // One caller looks; the others go on with the state as last seen.
+        if now < due
+            || self
+                .due_ms
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
-            let mut c = self.checked.lock();
-            if c.elapsed() < CHECK_EVERY {
-                return full;
-            }
-            *c = Instant::now();
+            return full;
         }
         let Ok((free, _)) = free_and_total(&self.dir) else {
             return full;
@@ -309,10 +322,10 @@ mod tests {
         assert!(!d.path().join(RESERVE_FILE).exists(), "released");
         // Not yet looked at again: still full.
         assert!(s.is_full(|| Ok(())));
-        *s.checked.lock() -= CHECK_EVERY;
+        s.due_ms.store(0, Ordering::Relaxed);
         // Space is there, but metadata writes still fail: still full.
         assert!(s.is_full(|| anyhow::bail!("still stopped")));
-        *s.checked.lock() -= CHECK_EVERY;
+        s.due_ms.store(0, Ordering::Relaxed);
         assert!(!s.is_full(|| Ok(())));
         assert!(s.reserve_held(), "made again");
         assert!(s.status().reserve_held && !s.status().full);

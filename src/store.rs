@@ -54,7 +54,7 @@ impl ExtentId {
         })
     }
     fn bucket(&self) -> String {
-        format!("{:02x}", self.bucket_no())
+        bucket_name(self.bucket_no())
     }
     fn bucket_no(&self) -> u16 {
         ((self.ino.wrapping_mul(31) ^ self.index) & 0xff) as u16
@@ -179,13 +179,17 @@ pub fn write_label(root: &Path, label: &Label) -> anyhow::Result<()> {
 /// Extent files are spread over this many bucket directories per disk (`ExtentId::bucket`).
 const BUCKETS: u16 = 256;
 
+fn bucket_name(n: u16) -> String {
+    format!("{n:02x}")
+}
+
 /// Creates the bucket directories missing under a disk's `extents` directory and makes
 /// their entries durable with one fsync, so that writes do not create them (a bucket made by
 /// a write costs that write an fsync of `extents/`: a fresh pool's first 256 files per disk).
 pub fn make_buckets(ext: &Path) -> io::Result<()> {
     let mut made = false;
     for b in 0..BUCKETS {
-        match fs::create_dir(ext.join(format!("{b:02x}"))) {
+        match fs::create_dir(ext.join(bucket_name(b))) {
             Ok(()) => made = true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -201,7 +205,7 @@ pub fn make_buckets(ext: &Path) -> io::Result<()> {
 /// labelling is rolled back; anything else is left alone.
 pub fn remove_buckets(ext: &Path) {
     for b in 0..BUCKETS {
-        let _ = fs::remove_dir(ext.join(format!("{b:02x}")));
+        let _ = fs::remove_dir(ext.join(bucket_name(b)));
     }
     let _ = fs::remove_dir(ext);
 }
@@ -914,6 +918,7 @@ impl Store {
         let mut targets = Vec::with_capacity(files.len() + files.len() / 4);
         let mut dirs: HashSet<(u32, u16)> = HashSet::new();
         let mut disks: HashMap<u32, Option<Arc<Disk>>> = HashMap::new();
+        let mut per_disk: HashMap<u32, usize> = HashMap::new();
         for (d, id) in files {
             let disk = disks.entry(*d).or_insert_with(|| {
                 let disk = self.disk(*d)?;
@@ -927,6 +932,7 @@ impl Store {
                 }
             });
             let Some(disk) = disk else { continue };
+            *per_disk.entry(*d).or_default() += 1;
             let path = disk.extent_path(id);
             if dirs.insert((*d, id.bucket_no())) {
                 targets.push(durable::Target {
@@ -940,10 +946,6 @@ impl Store {
                 path,
                 dir: false,
             });
-        }
-        let mut per_disk: HashMap<u32, usize> = HashMap::new();
-        for (d, _) in files {
-            *per_disk.entry(*d).or_default() += 1;
         }
         for (d, n) in per_disk {
             if n < SYNCFS_FILES_MIN || failed.contains_key(&d) {

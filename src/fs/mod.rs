@@ -1034,9 +1034,7 @@ impl Fs {
         }
         Ok(RecoveryCommit::Done)
     }
-}
 
-impl Fs {
     /// `cur` with disk `id` among its replicas (recovery, `disk online`): once `placement`
     /// holds enough readable copies, copies outside it are dropped (returned, to be reaped
     /// after the record is written); until then every readable copy stays.
