@@ -436,6 +436,33 @@ pub struct Disk {
     /// Its filesystem refused an O_DIRECT open, write or read: extents are written and read
     /// through the cache.
     pub no_direct: std::sync::atomic::AtomicBool,
+    /// Extent writes, reads and probes in flight (`Disk::op`).
+    ops_inflight: std::sync::atomic::AtomicU32,
+    /// When one last finished, or the disk last went from idle to busy (`mono_us`).
+    op_progress_us: AtomicU64,
+}
+
+/// A disk with operations in flight of which none has finished for this long is lagging
+/// (stalled, or far behind): reads try its replicas last.
+const LAGGING_AFTER_US: u64 = 1_000_000;
+
+/// Microseconds on a monotonic clock (since its first use in this process).
+pub(crate) fn mono_us() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
+}
+
+/// An operation in flight on a disk (see `Disk::is_lagging`).
+pub struct DiskOp<'a>(&'a Disk);
+
+impl Drop for DiskOp<'_> {
+    fn drop(&mut self) {
+        self.0.op_progress_us.store(mono_us(), Ordering::Relaxed);
+        self.0.ops_inflight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Disk {
@@ -452,7 +479,22 @@ impl Disk {
             fault: RwLock::new(Fault::default()),
             faulty: std::sync::atomic::AtomicBool::new(false),
             no_direct: std::sync::atomic::AtomicBool::new(false),
+            ops_inflight: std::sync::atomic::AtomicU32::new(0),
+            op_progress_us: AtomicU64::new(mono_us()),
         }
+    }
+    /// Marks an operation in flight until the guard drops.
+    pub fn op(&self) -> DiskOp<'_> {
+        if self.ops_inflight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.op_progress_us.store(mono_us(), Ordering::Relaxed);
+        }
+        DiskOp(self)
+    }
+    /// Operations are in flight and none has finished for `LAGGING_AFTER_US`.
+    pub fn is_lagging(&self) -> bool {
+        self.ops_inflight.load(Ordering::Relaxed) > 0
+            && mono_us().saturating_sub(self.op_progress_us.load(Ordering::Relaxed))
+                >= LAGGING_AFTER_US
     }
     pub fn state(&self) -> DiskState {
         *self.state.read()
@@ -482,7 +524,16 @@ impl Disk {
         }
         let f = *self.fault.read();
         if f.delay_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(f.delay_ms));
+            // In steps, so that a delay taken off ends the operations waiting in it (a disk
+            // that recovers), as it would on a real device.
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(f.delay_ms);
+            while self.fault.read().delay_ms > 0 {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left.min(std::time::Duration::from_millis(50)));
+            }
         }
         if f.eio_rate > 0.0 && rand::random::<f64>() < f.eio_rate {
             return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -501,6 +552,7 @@ impl Disk {
     /// Health probe: writes a small file, fsyncs it, reads it back and compares. The caller
     /// runs it with a deadline (a hung disk never returns).
     pub fn probe(&self) -> io::Result<()> {
+        let _op = self.op();
         self.inject()?;
         let p = self.root.join(PROBE_FILE);
         let data: [u8; 64] = std::array::from_fn(|_| rand::random());
@@ -689,6 +741,7 @@ impl Store {
         // filesystem refuses O_DIRECT, write through the cache.
         let direct =
             !data.is_empty() && direct_capable(data) && !disk.no_direct.load(Ordering::Relaxed);
+        let _op = disk.op();
         let res = (|| {
             disk.inject()?;
             let (f, got_direct) = match create_new(&path, direct) {
@@ -837,6 +890,7 @@ impl Store {
         buf: &mut [u8],
     ) -> Result<(), ReadError> {
         debug_assert_eq!(off % self.block_size, 0);
+        let _op = disk.op();
         let len = buf.len();
         // Large aligned reads skip this host's page cache (the extent was written past it
         // too): one copy and one page-cache fill less per byte. Small reads keep the cache,

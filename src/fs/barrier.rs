@@ -3,19 +3,20 @@
 //!
 //! Invariant kept: when the barrier returns Ok, every extent version registered before it
 //! started has at least one replica whose file is durable (fdatasync of the file, fsync of its
-//! bucket directory). Replicas still syncing on a lagging disk are waited for up to
-//! `LAGGARD_WAIT`, then left to their worker: a power cut before it finishes leaves a
-//! copy that fails its checksum, which reads skip and repair, as for any bad replica.
+//! bucket directory). Replicas still syncing on a lagging disk are waited for until that
+//! disk's sync has run `LAGGARD_WAIT` (a disk already that late is not waited for at all),
+//! then left to their worker: a power cut before it finishes leaves a copy that fails its
+//! checksum, which reads skip and repair, as for any bad replica.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::store::{ExtentId, Store};
+use crate::store::{mono_us, ExtentId, Store};
 
 /// How long a barrier whose versions all have a durable copy still waits for the other
 /// replicas (a healthy disk finishes in milliseconds; a stalled one is left behind).
@@ -74,6 +75,8 @@ struct Worker {
     /// Set by the barrier that hands it a job, cleared by the worker when the job is done:
     /// one job per disk at a time, so a stalled disk never collects a queue.
     busy: Arc<AtomicBool>,
+    /// When the current job was handed over (`mono_us`), while `busy`.
+    since_us: AtomicU64,
 }
 
 struct Job {
@@ -116,7 +119,7 @@ impl Barrier {
         let start = Instant::now();
         loop {
             by_disk.retain(|d, ids| !self.try_send(*d, ids, &tx, &mut running));
-            let (durable, all) = self.progress(&versions, &failed);
+            let (durable, all) = self.progress(&versions, &failed, &self.lagging());
             if all || (durable && start.elapsed() >= LAGGARD_WAIT) {
                 return Ok(count);
             }
@@ -179,6 +182,7 @@ impl Barrier {
         {
             return false;
         }
+        w.since_us.store(mono_us(), Ordering::Release);
         let files: Vec<(u32, ExtentId)> = {
             let u = self.unsynced.lock();
             ids.iter()
@@ -204,11 +208,13 @@ impl Barrier {
         true
     }
 
-    /// (every version has a durable copy, every file is durable or on a failed disk).
+    /// (every version has a durable copy, every file is durable or on a failed or lagging
+    /// disk).
     fn progress(
         &self,
         versions: &HashMap<ExtentId, Vec<u32>>,
         failed: &HashMap<u32, std::io::Error>,
+        lagging: &HashSet<u32>,
     ) -> (bool, bool) {
         let u = self.unsynced.lock();
         let mut durable = true;
@@ -218,7 +224,7 @@ impl Barrier {
             for d in disks {
                 if !u.contains(&(*d, *id)) {
                     any = true;
-                } else if !failed.contains_key(d) {
+                } else if !failed.contains_key(d) && !lagging.contains(d) {
                     all = false;
                 }
             }
@@ -248,6 +254,21 @@ impl Barrier {
         })
     }
 
+    /// Disks whose worker has been on one job for `LAGGARD_WAIT` or more.
+    fn lagging(&self) -> HashSet<u32> {
+        let now = mono_us();
+        let wait = LAGGARD_WAIT.as_micros() as u64;
+        self.workers
+            .lock()
+            .iter()
+            .filter(|(_, w)| {
+                w.busy.load(Ordering::Acquire)
+                    && now.saturating_sub(w.since_us.load(Ordering::Acquire)) >= wait
+            })
+            .map(|(d, _)| *d)
+            .collect()
+    }
+
     fn disk_ids(&self) -> Vec<u32> {
         self.store.disks().iter().map(|x| x.id).collect()
     }
@@ -266,7 +287,11 @@ impl Barrier {
         if let Err(e) = spawned {
             tracing::error!(disk = d, "cannot start a sync worker: {e}");
         }
-        let w = Arc::new(Worker { tx, busy });
+        let w = Arc::new(Worker {
+            tx,
+            busy,
+            since_us: AtomicU64::new(0),
+        });
         ws.insert(d, w.clone());
         w
     }

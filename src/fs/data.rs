@@ -3,7 +3,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{extent_files, now_ns, readahead, Errno, Fs, FsResult, Handle, NodeInner, RepairReq};
+use parking_lot::MutexGuard;
+
+use super::{
+    extent_files, now_ns, readahead, Errno, Fs, FsResult, Handle, Node, NodeInner, RepairReq,
+};
 use crate::access::AccessOp;
 use crate::meta::{Batch, ExtentRec, Kind};
 use crate::store::{block_sums, AlignedBuf, ExtentId, ReadError};
@@ -74,9 +78,47 @@ impl Fs {
             return Ok(());
         };
         let mut n = node.inner.lock();
-        Self::wait_inflight(&node, &mut n)?;
-        self.commit_all(ino, &mut n)?;
-        self.persist_rec(ino, &mut n)
+        self.flush_node(ino, &node, &mut n)
+    }
+
+    /// Commits a node's buffered writes and attributes, writing the extents without the node
+    /// lock (as the committers do): a stalled disk holds up this file's flush, not every
+    /// request or namespace change that looks at the node meanwhile.
+    pub(crate) fn flush_node(
+        &self,
+        ino: u64,
+        node: &Arc<Node>,
+        n: &mut MutexGuard<'_, NodeInner>,
+    ) -> FsResult<()> {
+        Self::wait_inflight(node, n)?;
+        // Empty buffers (truncations to an extent boundary) only delete: no disk writes.
+        let empty: Vec<u64> = n
+            .dirty
+            .iter()
+            .filter(|(_, d)| d.is_empty())
+            .map(|(i, _)| *i)
+            .collect();
+        if !empty.is_empty() {
+            self.commit(ino, n, &empty, None, None)?;
+        }
+        let mut jobs = Vec::with_capacity(n.dirty.len());
+        let indices: Vec<u64> = n.dirty.keys().copied().collect();
+        for index in indices {
+            let buf = Arc::new(AlignedBuf::copy_of(&n.dirty[&index]));
+            // Out of `dirty` only once the job exists; its bytes stay counted until the
+            // job is done (`run_job`).
+            jobs.push(self.hand_off(ino, node, n, index, buf)?);
+            n.dirty.remove(&index);
+        }
+        if !jobs.is_empty() {
+            MutexGuard::unlocked(n, || {
+                for job in jobs {
+                    self.run_job(job, true);
+                }
+            });
+        }
+        Self::wait_inflight(node, n)?;
+        self.persist_rec(ino, n)
     }
 
     /// Writes the node's attributes to metadata if they changed in memory (and the inode still
@@ -356,14 +398,17 @@ impl Fs {
     }
 
     /// The live replicas of an extent in the order reads try them; the starting replica
-    /// varies with the extent so reads spread over the disks.
+    /// varies with the extent so reads spread over the disks, and lagging disks come last
+    /// (a stalled disk holds up only the reads that have no other copy).
     fn replica_order(&self, ino: u64, index: u64, e: &ExtentRec) -> Vec<Arc<crate::store::Disk>> {
         let n = e.replicas.len();
         let first = ((ino ^ index) as usize) % n.max(1);
-        (0..n)
+        let mut order: Vec<_> = (0..n)
             .filter_map(|k| self.store.disk(e.replicas[(first + k) % n]))
             .filter(|d| d.is_up())
-            .collect()
+            .collect();
+        order.sort_by_key(|d| d.is_lagging());
+        order
     }
 
     /// `read_extent` without queueing repairs: returns the data and the replicas found bad.

@@ -14,7 +14,7 @@ pub mod shards;
 mod writeback;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -221,8 +221,6 @@ pub(crate) struct NodeInner {
     pub dirty: BTreeMap<u64, Vec<u8>>,
     /// Extent records read recently; cleared when it grows past a bound.
     pub extents: HashMap<u64, Arc<ExtentRec>>,
-    /// Open handles and temporary users; the node leaves the map at zero.
-    pub refs: u32,
     /// Latest handed-off (version, data) per extent index, readable until committed.
     pub inflight: BTreeMap<u64, (u64, Arc<AlignedBuf>)>,
     /// Handed-off extents not yet committed (several may share an index).
@@ -235,6 +233,9 @@ pub(crate) struct Node {
     pub inner: Mutex<NodeInner>,
     /// Signalled when a handed-off extent of this node is committed.
     pub cv: Condvar,
+    /// Open handles and temporary users; the node leaves the map at zero. Changed under
+    /// `ns` only, never under the node lock.
+    pub refs: AtomicU32,
 }
 
 /// A complete extent on its way to the disks (see `Fs::hand_off`).
@@ -387,7 +388,7 @@ impl Fs {
                     let job = rx.lock().recv();
                     let Ok(job) = job else { break };
                     let Some(fs) = fs.upgrade() else { break };
-                    fs.run_job(job);
+                    fs.run_job(job, false);
                 })
                 .expect("spawn committer thread");
             }
@@ -566,7 +567,8 @@ impl Fs {
     /// Caller holds `ns`.
     fn acquire_locked(&self, ino: u64) -> FsResult<Arc<Node>> {
         if let Some(n) = self.node(ino) {
-            n.inner.lock().refs += 1;
+            // Not under the node lock: `ns` must never wait for one (a commit may hold it).
+            n.refs.fetch_add(1, Ordering::SeqCst);
             return Ok(n);
         }
         let rec = self.meta.inode(ino)?.ok_or(Errno::ENOENT)?;
@@ -576,12 +578,12 @@ impl Fs {
                 rec_dirty: false,
                 dirty: BTreeMap::new(),
                 extents: HashMap::new(),
-                refs: 1,
                 inflight: BTreeMap::new(),
                 inflight_count: 0,
                 async_err: None,
             }),
             cv: Condvar::new(),
+            refs: AtomicU32::new(1),
         });
         self.nodes.lock().insert(ino, node.clone());
         Ok(node)
@@ -595,16 +597,25 @@ impl Fs {
     /// Drops a reference; the last one commits buffered data, persists attributes and, for an
     /// inode unlinked while open, frees it.
     fn release_node(&self, ino: u64) -> FsResult<()> {
+        // The last reference's data is committed before taking `ns`: a stalled disk must
+        // not hold up every open and create. Whatever comes in meanwhile is committed below.
+        let flushed = match self.node(ino) {
+            Some(node) if node.refs.load(Ordering::SeqCst) == 1 => {
+                self.flush_node(ino, &node, &mut node.inner.lock())
+            }
+            _ => Ok(()),
+        };
         let _g = self.ns.lock();
         let Some(node) = self.node(ino) else {
             return Ok(());
         };
-        let mut n = node.inner.lock();
-        n.refs -= 1;
-        if n.refs > 0 {
+        if node.refs.fetch_sub(1, Ordering::SeqCst) > 1 {
             return Ok(());
         }
-        let res = Self::wait_inflight(&node, &mut n).and(self.commit_all(ino, &mut n));
+        let mut n = node.inner.lock();
+        let res = flushed
+            .and_then(|()| Self::wait_inflight(&node, &mut n))
+            .and_then(|()| self.commit_all(ino, &mut n));
         self.ra.forget(ino);
         if n.rec.nlink == 0 {
             self.nodes.lock().remove(&ino);
@@ -612,11 +623,10 @@ impl Fs {
             return self.delete_inode(ino).and(res);
         }
         self.persist_rec(ino, &mut n)?;
+        // On failure the data stays in memory (at zero references) rather than be lost; a
+        // later close or fsync retries.
         if res.is_ok() {
             self.nodes.lock().remove(&ino);
-        } else {
-            // Keep the data in memory rather than lose it; a later close or fsync retries.
-            n.refs = 0;
         }
         res
     }
@@ -729,10 +739,9 @@ impl Fs {
         let mut res = Ok(());
         for (ino, node) in nodes {
             let mut n = node.inner.lock();
-            if let Err(e) = Self::wait_inflight(&node, &mut n).and(self.commit_all(ino, &mut n)) {
+            if let Err(e) = self.flush_node(ino, &node, &mut n) {
                 res = Err(e);
             }
-            self.persist_rec(ino, &mut n)?;
         }
         res
     }

@@ -42,18 +42,20 @@ impl Fs {
     pub(crate) fn send_job(&self, job: CommitJob) {
         // Blocks when the queue is full: back-pressure on writers, bounded memory.
         if let Err(e) = self.commit_tx.get().expect("committers running").send(job) {
-            self.run_job(e.0);
+            self.run_job(e.0, false);
         }
     }
 
     /// Committer side: write the replicas without any lock, then switch the metadata under
-    /// the node lock unless a newer version of the extent got there first.
-    pub(crate) fn run_job(&self, job: CommitJob) {
+    /// the node lock unless a newer version of the extent got there first. `parallel`
+    /// writes the replicas at once (a flush waiting on one job; committers are already
+    /// parallel among themselves).
+    pub(crate) fn run_job(&self, job: CommitJob, parallel: bool) {
         // A panic while writing the replicas fails this commit like an I/O error (the data
         // goes back into the buffers): the committer thread and the writer waiting go on.
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             crate::supervise::fault_point("commit");
-            self.write_extent_version(job.ino, job.index, job.version, &job.data, false)
+            self.write_extent_version(job.ino, job.index, job.version, &job.data, parallel)
         }))
         .unwrap_or_else(|e| {
             crate::supervise::caught(&e, &format!("commit of {}:{}", job.ino, job.index));
