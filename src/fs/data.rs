@@ -102,14 +102,22 @@ impl Fs {
             self.commit(ino, n, &empty, None, None)?;
         }
         let mut jobs = Vec::with_capacity(n.dirty.len());
+        let mut handed = Ok(());
         let indices: Vec<u64> = n.dirty.keys().copied().collect();
         for index in indices {
             let buf = Arc::new(AlignedBuf::copy_of(&n.dirty[&index]));
             // Out of `dirty` only once the job exists; its bytes stay counted until the
             // job is done (`run_job`).
-            jobs.push(self.hand_off(ino, node, n, index, buf)?);
+            match self.hand_off(ino, node, n, index, buf) {
+                Ok(job) => jobs.push(job),
+                Err(e) => {
+                    handed = Err(e);
+                    break;
+                }
+            }
             n.dirty.remove(&index);
         }
+        // Jobs handed off are run even when a later hand-off failed (waiters count them).
         if !jobs.is_empty() {
             MutexGuard::unlocked(n, || {
                 for job in jobs {
@@ -118,6 +126,7 @@ impl Fs {
             });
         }
         Self::wait_inflight(node, n)?;
+        handed?;
         self.persist_rec(ino, n)
     }
 

@@ -669,3 +669,48 @@ fn a_full_metadata_disk_is_enospc_not_eio() {
     let other = anyhow::anyhow!("Corruption: block checksum mismatch");
     assert_eq!(super::metadata_errno(&other), Errno::EIO);
 }
+
+#[test]
+fn a_commit_waiting_on_a_slow_disk_holds_no_lock_others_need() {
+    use crate::store::Fault;
+    let (_t, p, fs) = setup(2, 2);
+    let (a, fh) = fs
+        .create(Ctx::root(), ROOT_INO, b"slow", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    fs.write(fh, 0, b"buffered").unwrap();
+    let slow = |ms| {
+        for d in p.store.disks() {
+            d.set_fault(Fault {
+                delay_ms: ms,
+                ..Fault::default()
+            });
+        }
+    };
+    slow(10_000);
+    // The last close commits: its extent write waits on the disks.
+    let f2 = fs.clone();
+    let closer = std::thread::spawn(move || f2.release(fh));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !closer.is_finished(),
+        "the close did not wait for the disks"
+    );
+    assert!(fs.ns.try_lock().is_some(), "ns held across an extent write");
+    let node = fs.node(a.ino).expect("still open");
+    assert!(
+        node.inner.try_lock().is_some(),
+        "node lock held across an extent write"
+    );
+    // So the file can be looked at, opened and read (from the data on its way) meanwhile.
+    assert_eq!(fs.getattr(a.ino).unwrap().size, 8);
+    let fh2 = fs.open(a.ino, libc::O_RDONLY).unwrap();
+    assert_eq!(fs.read(a.ino, 0, 8).unwrap(), b"buffered");
+    assert!(!closer.is_finished());
+    slow(0);
+    closer.join().unwrap().unwrap();
+    fs.release(fh2).unwrap();
+    let fh = fs.open(a.ino, libc::O_RDONLY).unwrap();
+    assert_eq!(fs.read(a.ino, 0, 8).unwrap(), b"buffered");
+    fs.release(fh).unwrap();
+    assert_eq!(extent_files(&p, &fs), 2, "one extent, two replicas");
+}
