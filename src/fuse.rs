@@ -41,12 +41,14 @@ impl FuseFs {
         }
     }
 
-    /// Runs a request that may wait on a disk (fsync, flush, release, fsyncdir). Over
-    /// io_uring it goes to a worker: a ring thread that waits serves nothing else, and a CPU
-    /// has two, so a stalled disk would hold up that CPU's requests for files elsewhere.
-    /// Over /dev/fuse (any thread takes any request) it runs here.
-    fn slow(&self, f: impl FnOnce() + Send + 'static) {
-        if fuser::io_uring_threads() == 0 {
+    /// Runs a request that may wait on a disk (fsync, fsyncdir; flush and release when
+    /// `Fs::flush_may_wait`). Over io_uring it goes to a worker: a ring thread that waits
+    /// serves nothing else, and a CPU has two, so a stalled disk would hold up that CPU's
+    /// requests for files elsewhere. Over /dev/fuse (any thread takes any request), and
+    /// when it will not wait, it runs here: a hop to a worker and back costs a small file's
+    /// create or overwrite about a third of its rate (bench-fsync over io_uring).
+    fn slow(&self, may_wait: bool, f: impl FnOnce() + Send + 'static) {
+        if !may_wait || fuser::io_uring_threads() == 0 {
             return f();
         }
         self.slow.get_or_init(Offload::start).run(f);
@@ -426,7 +428,7 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.slow(move || match fs.flush(ino.0) {
+        self.slow(fs.flush_may_wait(ino.0), move || match fs.flush(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         });
@@ -435,7 +437,7 @@ impl fuser::Filesystem for FuseFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -443,7 +445,7 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.slow(move || match fs.release(fh.0) {
+        self.slow(fs.flush_may_wait(ino.0), move || match fs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         });
@@ -458,7 +460,7 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.slow(move || match fs.fsync(ino.0) {
+        self.slow(true, move || match fs.fsync(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         });
@@ -505,7 +507,7 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.slow(move || match fs.sync_all() {
+        self.slow(true, move || match fs.sync_all() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         });

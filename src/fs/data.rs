@@ -81,6 +81,30 @@ impl Fs {
         self.flush_node(ino, &node, &mut n)
     }
 
+    /// Whether a flush or close of `ino` may wait long on a disk: it has commits in flight, or
+    /// buffers whose shard has a lagging disk (`Disk::is_lagging`), or its node is busy.
+    /// Others commit to healthy disks in well under a millisecond and need no worker.
+    pub fn flush_may_wait(&self, ino: u64) -> bool {
+        let Some(node) = self.node(ino) else {
+            return false;
+        };
+        let Some(n) = node.inner.try_lock() else {
+            return true;
+        };
+        if n.inflight_count > 0 {
+            return true;
+        }
+        let mut shards: Vec<u32> = n.dirty.keys().map(|i| self.home_shard(ino, *i)).collect();
+        drop(n);
+        shards.dedup();
+        shards.into_iter().any(|s| {
+            self.shard(s)
+                .disks
+                .iter()
+                .any(|d| self.store.disk(*d).is_some_and(|d| d.is_lagging()))
+        })
+    }
+
     /// Commits a node's buffered writes and attributes, writing the extents without the node
     /// lock (as the committers do): a stalled disk holds up this file's flush, not every
     /// request or namespace change that looks at the node meanwhile.
