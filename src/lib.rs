@@ -21,4 +21,5 @@ pub mod store;
 pub mod supervise;
 pub mod trace;
 pub mod upgrade;
+pub mod util;
 pub mod wake;
