@@ -2,8 +2,9 @@
 //! restore one, from its disks' failure probabilities and its repair time. The daemon
 //! (`foreshard risk`, agent sizing) and the fleet simulator use the same functions.
 
-/// The horizon the model's probabilities are for (P(fail within 30 days)).
-pub const HORIZON_DAYS: f64 = 30.0;
+/// The horizon the model's probabilities are for (P(fail within 30 days)), as a float for
+/// rates: one number, the model's.
+pub const HORIZON_DAYS: f64 = super::model::HORIZON_DAYS as f64;
 const HORIZON_S: f64 = HORIZON_DAYS * 86_400.0;
 
 /// Constant failure rate (per second) that gives probability `p` over the horizon.
