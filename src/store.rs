@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::bufmem;
 use crate::durable;
 use crate::meta::DiskState;
+use crate::util::mono_us;
 
 pub const LABEL_FILE: &str = "foreshard.label";
 /// The health probe's file in each disk root.
@@ -446,17 +447,8 @@ pub struct Disk {
 /// (stalled, or far behind): reads try its replicas last.
 const LAGGING_AFTER_US: u64 = 1_000_000;
 
-/// Microseconds on a monotonic clock (since its first use in this process).
-pub(crate) fn mono_us() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_micros() as u64
-}
-
 /// An operation in flight on a disk (see `Disk::is_lagging`).
-pub struct DiskOp<'a>(&'a Disk);
+pub(crate) struct DiskOp<'a>(&'a Disk);
 
 impl Drop for DiskOp<'_> {
     fn drop(&mut self) {
@@ -484,7 +476,7 @@ impl Disk {
         }
     }
     /// Marks an operation in flight until the guard drops.
-    pub fn op(&self) -> DiskOp<'_> {
+    pub(crate) fn op(&self) -> DiskOp<'_> {
         if self.ops_inflight.fetch_add(1, Ordering::Relaxed) == 0 {
             self.op_progress_us.store(mono_us(), Ordering::Relaxed);
         }

@@ -116,7 +116,7 @@ pub struct Event {
     pub shard: u32,
 }
 
-pub use crate::util::now_ms;
+use crate::util::now_ms;
 
 /// The posting end, held by the filesystem core.
 pub struct Sink {

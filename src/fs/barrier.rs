@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::store::{mono_us, ExtentId, Store};
+use crate::store::{ExtentId, Store};
+use crate::util::mono_us;
 
 /// How long a barrier whose versions all have a durable copy still waits for the other
 /// replicas (a healthy disk finishes in milliseconds; a stalled one is left behind).

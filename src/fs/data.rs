@@ -96,6 +96,7 @@ impl Fs {
         }
         let mut shards: Vec<u32> = n.dirty.keys().map(|i| self.home_shard(ino, *i)).collect();
         drop(n);
+        shards.sort_unstable();
         shards.dedup();
         shards.into_iter().any(|s| {
             self.shard(s)

@@ -488,7 +488,7 @@ impl Fs {
             extents: (last - first + 1).min(u64::from(u16::MAX)) as u16,
             op,
             bytes: len.min(u32::MAX as usize) as u32,
-            t_ms: crate::access::now_ms(),
+            t_ms: crate::util::now_ms(),
             stream,
             shard: crate::access::SHARD_UNKNOWN,
         });

@@ -98,7 +98,7 @@ impl Default for RecoveryOptions {
     }
 }
 
-pub use crate::util::now_ms;
+use crate::util::now_ms;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Failure {

@@ -267,7 +267,7 @@ pub struct RiskService {
 }
 
 fn today() -> i64 {
-    (crate::recovery::now_ms() / 86_400_000) as i64
+    (crate::util::now_ms() / 86_400_000) as i64
 }
 
 impl RiskService {
@@ -503,7 +503,7 @@ impl RiskService {
             shards,
             repair_rate_bytes_per_s: rate,
             rounds: prev_rounds + 1,
-            updated_ms: crate::recovery::now_ms(),
+            updated_ms: crate::util::now_ms(),
             evacuation: None,
         };
         for h in self.hooks.lock().iter() {

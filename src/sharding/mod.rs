@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::access::{now_ms, Analyzer, Ext, GroupRules, HeatClass};
+use crate::access::{Analyzer, Ext, GroupRules, HeatClass};
 use crate::fs::shards::{MoveCommit, MoveOutcome, ShardDef};
 use crate::fs::Fs;
 use crate::meta::CF_MOVES;
 use crate::store::ExtentId;
+use crate::util::now_ms;
 use plan::{Plan, PlanDisk, PlanExtent, PlanInput, PlanRules, PlanShard, Target};
 
 #[derive(Clone, Debug)]

@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::access::{now_ms, AccessStats, Analyzer, GroupRules, ShardProfile, Thresholds};
+use crate::access::{AccessStats, Analyzer, GroupRules, ShardProfile, Thresholds};
 use crate::fs::Fs;
+use crate::util::now_ms;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HeatExtent {

@@ -259,7 +259,7 @@ fn reshard_moves_hot_and_grouped_extents_and_loses_nothing() {
     }));
     // f0's extents are hot (read often at random); f1's extents 0..4 are read together by
     // process 7; the rest is read once.
-    let t0 = crate::access::now_ms();
+    let t0 = crate::util::now_ms();
     let mut events = Vec::new();
     let ev = |ino, index, t, stream| crate::access::Event {
         ino,
