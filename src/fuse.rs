@@ -44,7 +44,8 @@ impl FuseFs {
     /// Runs a request that may wait on a disk (fsync, fsyncdir; flush and release when
     /// `Fs::flush_may_wait`). Over io_uring it goes to a worker: a ring thread that waits
     /// serves nothing else, and a CPU has two, so a stalled disk would hold up that CPU's
-    /// requests for files elsewhere. Over /dev/fuse (any thread takes any request), and
+    /// requests for files elsewhere (the entry it holds meanwhile is made up for by a spare
+    /// one, see vendor/fuser/src/ring.rs). Over /dev/fuse (any thread takes any request), and
     /// when it will not wait, it runs here: a hop to a worker and back costs a small file's
     /// create or overwrite about a third of its rate (bench-fsync over io_uring).
     fn slow(&self, may_wait: bool, f: impl FnOnce() + Send + 'static) {

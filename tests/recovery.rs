@@ -641,7 +641,8 @@ fn a_stalled_disk_does_not_delay_fsync_of_files_elsewhere() {
     // 2 request threads: the test runs on one CPU, and besides the stuck writer's fsync it
     // sends more requests for the stalled file (a stat, an open, a read), each of which
     // once waited on a ring thread for the stuck commit's node lock (and the open held the
-    // namespace lock meanwhile), holding up every other file's fsync for 20 s.
+    // namespace lock meanwhile), holding up every other file's fsync for 20 s. And a close
+    // of the stalled file (below) holds a second ring entry of the CPU.
     let Some(p) = mounted(3, &["--probe-deadline-ms", "60000"]) else {
         return;
     };
@@ -671,6 +672,14 @@ fn a_stalled_disk_does_not_delay_fsync_of_files_elsewhere() {
         f.sync_all().unwrap();
     });
     std::thread::sleep(Duration::from_millis(500));
+    // A second request that waits for disk 0 from this CPU: the flush of a close of the
+    // stalled file waits for the stuck commit (so does any fd of it closed by a child that
+    // another test forks and execs meanwhile). Each such request holds one of the CPU's
+    // ring entries until it is answered; with no entry left, the kernel queued every other
+    // request of this CPU behind them (seen in CI: 20 s).
+    let slow = on0[0].clone();
+    let closer = std::thread::spawn(move || drop(std::fs::File::open(&slow).unwrap()));
+    std::thread::sleep(Duration::from_millis(100));
     let slow = on0[0].clone();
     let others = std::thread::spawn(move || {
         // By now disk 0 is lagging (nothing done for over a second): reads of the stalled
@@ -714,6 +723,7 @@ fn a_stalled_disk_does_not_delay_fsync_of_files_elsewhere() {
     );
     p.inject(&["slow", "0", "0"]);
     stuck.join().unwrap();
+    closer.join().unwrap();
     let (f, took) = others.join().unwrap();
     drop(f);
     assert!(

@@ -62,6 +62,13 @@ const EVENTFD_TAG: u64 = u64::MAX;
 const RING_BYTES_MAX: usize = 512 << 20;
 /// How often a thread blocked on its ring looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(200);
+/// Entries a thread may add beyond its `depth` while requests it handed to other threads
+/// (an fsync waiting on a disk) hold entries: the kernel queues a CPU's requests behind its
+/// own entries only, so two such requests would otherwise stop that CPU's every request.
+const SPARE_ENTRIES_PER_THREAD: usize = 4;
+/// Memory all spare entries of the process may take (made only when needed, kept after).
+const SPARE_BYTES_MAX: usize = 64 << 20;
+static SPARE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Ring threads serving requests now (one session per process in practice).
 pub(crate) static THREADS_LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -271,8 +278,9 @@ pub(crate) struct Rings {
 
 impl Rings {
     /// Starts `per_queue` threads per possible CPU, bound to it, each registering `depth`
-    /// entries on that CPU's queue (a request that blocks one thread, e.g. an fsync, leaves
-    /// the others to serve the CPU). Returns once every entry is registered (or an error).
+    /// entries on that CPU's queue (a request that blocks one thread leaves the others to
+    /// serve the CPU; one answered later from another thread holds its entry, and the thread
+    /// adds a spare: `add_spare`). Returns once every entry is registered (or an error).
     pub(crate) fn start<FS: Filesystem>(
         proto: &SessionEventLoop<FS>,
         per_queue: usize,
@@ -463,6 +471,11 @@ struct Queue {
     fd: i32,
     qid: u16,
     ents: Vec<Arc<Entry>>,
+    /// Entries the thread keeps ready for requests (more are added while some are detached).
+    depth: usize,
+    payload_bytes: usize,
+    /// Entries whose request was handed to another thread and is not answered yet.
+    detached: usize,
     late: Arc<LateReplies>,
     live: usize,
     eventfd_buf: Box<u64>,
@@ -477,7 +490,7 @@ impl Queue {
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
-            .build((depth as u32 + 2).next_power_of_two())?;
+            .build(((depth + SPARE_ENTRIES_PER_THREAD) as u32 + 2).next_power_of_two())?;
         // SAFETY: eventfd returns a new fd or -1.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -492,6 +505,9 @@ impl Queue {
             ents: (0..depth)
                 .map(|_| Arc::from(Entry::new(payload_bytes)))
                 .collect(),
+            depth,
+            payload_bytes,
+            detached: 0,
             late: Arc::new(LateReplies {
                 ready: Mutex::new(Vec::new()),
                 eventfd,
@@ -596,6 +612,7 @@ impl Queue {
                     }
                     let ready = std::mem::take(&mut *self.late.ready.lock());
                     for i in ready {
+                        self.detached = self.detached.saturating_sub(1);
                         self.commit(i);
                     }
                     self.arm_eventfd()?;
@@ -731,6 +748,30 @@ impl Queue {
         } else {
             // The filesystem kept the reply to answer later: its sender wakes us.
             st.detached = true;
+            drop(st);
+            self.detached += 1;
+            self.add_spare();
+        }
+    }
+
+    /// Registers one more entry when detached requests leave fewer than `depth` entries to
+    /// take new requests, within `SPARE_ENTRIES_PER_THREAD` and `SPARE_BYTES_MAX`.
+    fn add_spare(&mut self) {
+        let ready = self.ents.len() - self.detached.min(self.ents.len());
+        if ready >= self.depth || self.ents.len() >= self.depth + SPARE_ENTRIES_PER_THREAD {
+            return;
+        }
+        let bytes = self.payload_bytes + SLACK_BYTES + HDR_BYTES;
+        let taken = SPARE_BYTES.fetch_add(bytes, Ordering::Relaxed);
+        if taken + bytes > SPARE_BYTES_MAX {
+            SPARE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
+            return;
+        }
+        self.ents.push(Arc::from(Entry::new(self.payload_bytes)));
+        let sqe = self.cmd(CMD_REGISTER, self.ents.len() - 1, 0);
+        match self.push(sqe) {
+            Ok(()) => self.live += 1,
+            Err(e) => error!("fuse ring {}: cannot add an entry: {e}", self.qid),
         }
     }
 
