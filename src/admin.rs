@@ -10,7 +10,9 @@ use crate::fs::{Fs, StatsSnapshot};
 use crate::meta::{
     DirentVal, ExtentRec, InodeRec, Kind, CF_DIRENTS, CF_INODES, CF_ORPHANS, CF_XATTRS, ROOT_INO,
 };
+use crate::recovery::RecoveryState;
 use crate::store::ExtentId;
+use crate::util::fmt_bytes;
 
 #[derive(Serialize, Deserialize)]
 pub struct DiskStatus {
@@ -194,21 +196,6 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
     })
 }
 
-pub fn fmt_bytes(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}
-
 pub fn status_table(s: &Status) -> String {
     let mut o = String::new();
     o += &format!(
@@ -220,9 +207,13 @@ pub fn status_table(s: &Status) -> String {
         fmt_bytes(s.capacity_bytes),
         fmt_bytes(s.free_bytes)
     );
-    if let Some(h) = s.health.as_ref().filter(|h| h.state != "ok") {
+    if let Some(h) = s
+        .health
+        .as_ref()
+        .filter(|h| h.state != crate::supervise::HealthState::Ok)
+    {
         o.pop();
-        o += &format!("pool {}", h.state.to_uppercase());
+        o += &format!("pool {}", h.state.as_str().to_uppercase());
         if let Some(why) = &h.writes_refused {
             o += &format!(": writes refused ({why})");
         }
@@ -359,7 +350,7 @@ pub fn status_table(s: &Status) -> String {
             );
         }
         if let Some(e) = &r.evacuation {
-            if e.state != "idle" || !e.disks.is_empty() {
+            if e.state != crate::sharding::evacuate::EvacuationState::Idle || !e.disks.is_empty() {
                 o += &crate::risk::report::evacuation_line(e);
                 o += "\n";
             }
@@ -392,7 +383,7 @@ pub fn migration_line(m: &crate::sharding::MigrationStatus) -> String {
 /// One-paragraph summary of a recovery (status, recover).
 pub fn recovery_line(r: &crate::recovery::RecoveryStatus) -> String {
     let mut o = String::new();
-    if r.state == "idle" {
+    if r.state == RecoveryState::Idle {
         return "recovery: idle (no failure seen since mount)\n".into();
     }
     o += &format!(
@@ -404,7 +395,7 @@ pub fn recovery_line(r: &crate::recovery::RecoveryStatus) -> String {
         r.extents_total,
         fmt_bytes(r.rate_bytes_per_s as u64),
         r.eta_s
-            .filter(|_| r.state == "running")
+            .filter(|_| r.state == RecoveryState::Running)
             .map(|e| format!(", ETA {e:.0} s"))
             .unwrap_or_default(),
         r.activation_us
@@ -414,7 +405,7 @@ pub fn recovery_line(r: &crate::recovery::RecoveryStatus) -> String {
     for f in &r.failures {
         o += &format!("  disk {} failed: {}\n", f.disk, f.reason);
     }
-    if r.state == "running" {
+    if r.state == RecoveryState::Running {
         for sp in r
             .shards
             .iter()
@@ -452,89 +443,7 @@ pub fn recovery_line(r: &crate::recovery::RecoveryStatus) -> String {
     o
 }
 
-/// Path of every reachable inode (first name found for hard-linked files).
-pub fn paths(fs: &Fs) -> anyhow::Result<HashMap<u64, String>> {
-    let mut out = HashMap::new();
-    out.insert(ROOT_INO, "/".to_string());
-    let mut stack = vec![(ROOT_INO, String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        let mut kids = Vec::new();
-        fs.meta.read_dir(dir, 0, |e| {
-            kids.push(e);
-            true
-        })?;
-        for e in kids {
-            let p = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
-            if out.contains_key(&e.ino) {
-                continue;
-            }
-            out.insert(e.ino, p.clone());
-            if e.kind == Kind::Dir {
-                stack.push((e.ino, p));
-            }
-        }
-    }
-    Ok(out)
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct ShardExtent {
-    pub path: Option<String>,
-    pub index: u64,
-    pub ino: u64,
-    pub version: u64,
-    pub replicas: Vec<u32>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct ShardInfo {
-    pub id: u32,
-    pub epoch: u64,
-    pub disks: Vec<u32>,
-    /// "general" or "hot" (see `meta::ShardClass`).
-    #[serde(default)]
-    pub class: crate::meta::ShardClass,
-    pub extents: Vec<ShardExtent>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct Shards {
-    pub extent_size_bytes: u64,
-    pub shards: Vec<ShardInfo>,
-}
-
-pub fn shards(fs: &Fs) -> anyhow::Result<Shards> {
-    let paths = paths(fs)?;
-    let mut shards: Vec<ShardInfo> = (0..fs.shard_count() as u32)
-        .map(|id| {
-            let s = fs.shard(id);
-            ShardInfo {
-                id,
-                epoch: s.epoch,
-                disks: s.disks.clone(),
-                class: s.class,
-                extents: Vec::new(),
-            }
-        })
-        .collect();
-    fs.meta.each_extent(|ino, index, e| {
-        if let Some(s) = shards.get_mut(e.shard as usize) {
-            s.extents.push(ShardExtent {
-                path: paths.get(&ino).cloned(),
-                index,
-                ino,
-                version: e.version,
-                replicas: e.replicas,
-            });
-        }
-    })?;
-    Ok(Shards {
-        extent_size_bytes: fs.cfg.extent_size,
-        shards,
-    })
-}
-
-pub fn shards_table(s: &Shards) -> String {
+pub fn shards_table(s: &crate::sharding::report::Shards) -> String {
     let mut o = format!(
         "{:>6} {:>6} {:>8} {:>10} {:>8}  EXTENTS (path:index)\n",
         "SHARD", "EPOCH", "CLASS", "DISKS", "COUNT"

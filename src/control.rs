@@ -145,7 +145,7 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
             s.health = mounted.then(crate::supervise::health);
             serde_json::to_value(s)?
         }
-        Request::Shards => serde_json::to_value(admin::shards(fs)?)?,
+        Request::Shards => serde_json::to_value(crate::sharding::report::shards(fs)?)?,
         Request::Fsck { repair } => serde_json::to_value(admin::fsck(fs, *repair)?)?,
         Request::DiskFail { disk } => {
             let id = resolve_disk(fs, disk)?;

@@ -450,7 +450,7 @@ fn start_risk(
     engine: Option<Arc<crate::sharding::Engine>>,
     evacuator: &Arc<crate::sharding::evacuate::Evacuator>,
 ) -> anyhow::Result<Arc<crate::risk::service::RiskService>> {
-    use crate::sharding::RiskView;
+    use crate::placement::RiskView;
     let (model, name) = crate::risk::service::load_model(a.risk_model.as_deref())?;
     let o = orchestrator.clone();
     let svc = crate::risk::service::RiskService::new(

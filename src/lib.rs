@@ -12,6 +12,7 @@ pub mod fs;
 pub mod fuse;
 pub mod meta;
 pub mod metaspace;
+pub mod placement;
 pub mod pool;
 pub mod recovery;
 pub mod risk;

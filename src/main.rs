@@ -13,14 +13,14 @@ enum IoUringMode {
 }
 
 use foreshard::access::AccessOptions;
-use foreshard::admin::{self, FsckReport, Shards};
+use foreshard::admin::{self, FsckReport};
 use foreshard::agents::{AgentLimits, AgentMode};
 use foreshard::control::{self, Request};
 use foreshard::daemon;
 use foreshard::fs::FsOptions;
 use foreshard::pool::{self, InitArgs, Pool};
-use foreshard::recovery::{Profile, RecoveryOptions};
-use foreshard::sharding::report::{heat_table, HeatReport};
+use foreshard::recovery::{Profile, RecoveryOptions, RecoveryState};
+use foreshard::sharding::report::{heat_table, HeatReport, Shards};
 use foreshard::sharding::{MigrationStatus, PlanSummary, ShardingOptions};
 
 #[derive(Parser)]
@@ -303,7 +303,10 @@ fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
                     .collect();
                 pb.set_message(per_shard.join(" "));
             }
-            None if bar && r.state != "idle" && last_line.elapsed() >= Duration::from_secs(1) => {
+            None if bar
+                && r.state != RecoveryState::Idle
+                && last_line.elapsed() >= Duration::from_secs(1) =>
+            {
                 last_line = std::time::Instant::now();
                 eprint!("{}", admin::recovery_line(&r));
             }
@@ -311,8 +314,8 @@ fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
         }
         // Right after a failure (e.g. `inject yank` then `recover --watch`) detection may
         // still be under way: give it a moment before reporting "idle".
-        let grace = r.state == "idle" && started.elapsed() < WATCH_IDLE_GRACE;
-        if r.state != "running" && !grace {
+        let grace = r.state == RecoveryState::Idle && started.elapsed() < WATCH_IDLE_GRACE;
+        if r.state != RecoveryState::Running && !grace {
             if let Some(pb) = &pb {
                 pb.finish_and_clear();
             }
@@ -333,7 +336,7 @@ fn plan_text(s: &PlanSummary, dry_run: bool) -> String {
         "{}{} extent move(s) ({}), {} shard(s) changed, {} formed; {} hot and {} cold extent(s), {} correlated group(s)\n",
         if dry_run { "plan (dry run): " } else { "plan: " },
         s.moves,
-        admin::fmt_bytes(s.bytes_to_move),
+        foreshard::util::fmt_bytes(s.bytes_to_move),
         s.shards_changed,
         s.shards_formed,
         s.hot_extents,
@@ -374,7 +377,7 @@ fn watch_migration(pool: &Path, bar: bool) -> anyhow::Result<MigrationStatus> {
             pb.set_position(m.bytes_done);
             pb.set_message(format!("{}/{} moves", m.moves_done, m.moves_total));
         }
-        if m.state == "idle" && m.pending_moves == 0 {
+        if m.state == foreshard::sharding::MigrationState::Idle && m.pending_moves == 0 {
             if let Some(pb) = &pb {
                 pb.finish_and_clear();
             }
@@ -469,7 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 p.display(),
                 disks.len(),
                 cfg.replicas,
-                admin::fmt_bytes(cfg.extent_size),
+                foreshard::util::fmt_bytes(cfg.extent_size),
                 cfg.shard_count
             );
         }
@@ -615,7 +618,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         r.disk,
                         r.files,
                         r.reused_extents,
-                        admin::fmt_bytes(r.reused_bytes),
+                        foreshard::util::fmt_bytes(r.reused_bytes),
                         r.stale_removed,
                         r.damaged_removed,
                         r.redundant_removed,
@@ -735,7 +738,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     r.inodes,
                     r.extents,
                     r.replicas_checked,
-                    admin::fmt_bytes(r.bytes_verified),
+                    foreshard::util::fmt_bytes(r.bytes_verified),
                     r.problems.len(),
                     r.repaired,
                     r.unrepaired,

@@ -40,9 +40,37 @@ pub struct Panic {
 
 /// What `status` shows: "ok", "degraded" (a thread panicked and was restarted) or
 /// "read-only" (writes are refused), with the panics behind it.
+/// The daemon's health, as `status --json` spells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthState {
+    #[default]
+    #[serde(rename = "ok")]
+    Ok,
+    #[serde(rename = "degraded")]
+    Degraded,
+    #[serde(rename = "read-only")]
+    ReadOnly,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Ok => "ok",
+            HealthState::Degraded => "degraded",
+            HealthState::ReadOnly => "read-only",
+        }
+    }
+}
+
+impl std::fmt::Display for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Health {
-    pub state: String,
+    pub state: HealthState,
     pub writes_refused: Option<String>,
     pub panics: Vec<Panic>,
 }
@@ -138,14 +166,14 @@ pub fn writes_refused() -> bool {
 pub fn health() -> Health {
     let r = registry().lock();
     let state = if r.refused.is_some() {
-        "read-only"
+        HealthState::ReadOnly
     } else if r.panics.is_empty() {
-        "ok"
+        HealthState::Ok
     } else {
-        "degraded"
+        HealthState::Degraded
     };
     Health {
-        state: state.into(),
+        state,
         writes_refused: r.refused.clone(),
         panics: r.panics.iter().cloned().collect(),
     }
@@ -191,6 +219,6 @@ mod tests {
             .panics
             .iter()
             .any(|p| p.thread == "test-once" && p.restarted && p.message == "first run fails"));
-        assert_ne!(hl.state, "ok");
+        assert_ne!(hl.state, HealthState::Ok);
     }
 }

@@ -51,6 +51,31 @@ fn check_name(name: &[u8]) -> FsResult<()> {
 }
 
 impl Fs {
+    /// Path of every reachable inode (first name found for hard-linked files).
+    pub fn paths(&self) -> anyhow::Result<std::collections::HashMap<u64, String>> {
+        let mut out = std::collections::HashMap::new();
+        out.insert(ROOT_INO, "/".to_string());
+        let mut stack = vec![(ROOT_INO, String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            let mut kids = Vec::new();
+            self.meta.read_dir(dir, 0, |e| {
+                kids.push(e);
+                true
+            })?;
+            for e in kids {
+                let p = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
+                if out.contains_key(&e.ino) {
+                    continue;
+                }
+                out.insert(e.ino, p.clone());
+                if e.kind == Kind::Dir {
+                    stack.push((e.ino, p));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Applies `f` to an inode's attributes (the in-memory node's if any) and adds the result
     /// to `b`. Caller holds `ns`.
     fn update_rec(

@@ -129,10 +129,38 @@ pub struct LostShard {
     pub files: Vec<String>,
 }
 
+/// A recovery's state, as `status --json` spells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoveryState {
+    #[default]
+    #[serde(rename = "idle")]
+    Idle,
+    #[serde(rename = "running")]
+    Running,
+    #[serde(rename = "done")]
+    Done,
+}
+
+impl RecoveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryState::Idle => "idle",
+            RecoveryState::Running => "running",
+            RecoveryState::Done => "done",
+        }
+    }
+}
+
+impl std::fmt::Display for RecoveryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RecoveryStatus {
     /// idle (nothing ever to do), running, done.
-    pub state: String,
+    pub state: RecoveryState,
     pub mode: String,
     pub failed_disks: Vec<u32>,
     pub failures: Vec<Failure>,
@@ -177,7 +205,7 @@ pub struct Orchestrator {
     run_cv: Condvar,
     limiter: Limiter,
     /// Disk risk for choosing recovery targets (uniform until the risk service runs).
-    risk: parking_lot::RwLock<Arc<dyn crate::sharding::RiskView>>,
+    risk: parking_lot::RwLock<Arc<dyn crate::placement::RiskView>>,
 }
 
 impl Orchestrator {
@@ -186,12 +214,12 @@ impl Orchestrator {
     pub fn start(fs: Arc<Fs>, agents: Arc<AgentPool>, opts: RecoveryOptions) -> Arc<Orchestrator> {
         let o = Arc::new(Orchestrator {
             limiter: Limiter::new(&opts),
-            risk: parking_lot::RwLock::new(Arc::new(crate::sharding::UniformRisk)),
+            risk: parking_lot::RwLock::new(Arc::new(crate::placement::UniformRisk)),
             fs,
             agents,
             opts,
             status: Mutex::new(RecoveryStatus {
-                state: "idle".into(),
+                state: RecoveryState::Idle,
                 ..Default::default()
             }),
             detected: Mutex::new(None),
@@ -296,7 +324,7 @@ impl Orchestrator {
         {
             let mut det = self.detected.lock();
             let mut st = self.status.lock();
-            if st.state != "running" || det.is_none() {
+            if st.state != RecoveryState::Running || det.is_none() {
                 *det = Some(now);
                 *self.first_extent.lock() = None;
                 st.detected_at_ms = Some(now_ms());
@@ -323,7 +351,7 @@ impl Orchestrator {
     }
 
     /// The risk view recovery targets are chosen by.
-    pub fn set_risk(&self, r: Arc<dyn crate::sharding::RiskView>) {
+    pub fn set_risk(&self, r: Arc<dyn crate::placement::RiskView>) {
         *self.risk.write() = r;
     }
 
@@ -383,7 +411,7 @@ impl Orchestrator {
 
     pub fn status(&self) -> RecoveryStatus {
         let mut st = self.status.lock().clone();
-        if st.state == "running" {
+        if st.state == RecoveryState::Running {
             if let Some(t) = *self.detected.lock() {
                 let secs = t.elapsed().as_secs_f64();
                 if secs > 0.0 {
@@ -490,7 +518,7 @@ impl Orchestrator {
         }
         {
             let mut st = self.status.lock();
-            if st.state != "running" {
+            if st.state != RecoveryState::Running {
                 st.passes = 0;
                 st.bytes_done = 0;
                 st.extents_done = 0;
@@ -499,7 +527,7 @@ impl Orchestrator {
                 st.shards.clear();
                 st.lost_shards.clear();
             }
-            st.state = "running".into();
+            st.state = RecoveryState::Running;
             st.resumed |= startup;
             st.activated_at_ms = Some(now_ms());
             st.shards_without_target = no_target;
@@ -557,7 +585,7 @@ impl Orchestrator {
         fs.meta.sync_wal()?;
         {
             let mut st = self.status.lock();
-            st.state = "done".into();
+            st.state = RecoveryState::Done;
             st.done_at_ms = Some(now_ms());
             if let Some(t) = *self.detected.lock() {
                 let secs = t.elapsed().as_secs_f64();
@@ -836,7 +864,7 @@ impl Orchestrator {
             self.status.lock().lost_shards.clear();
             return Ok(());
         }
-        let paths = crate::admin::paths(&self.fs)?;
+        let paths = self.fs.paths()?;
         let mut by: BTreeMap<u32, (u64, std::collections::BTreeSet<String>)> = BTreeMap::new();
         for (shard, ino) in lost {
             let e = by.entry(*shard).or_default();

@@ -118,7 +118,7 @@ fn recover_after_failure(mode: AgentMode) {
     o.fail_disk(1, "test");
     assert!(o.wait_idle(Duration::from_secs(60)));
     let st = o.status();
-    assert_eq!(st.state, "done");
+    assert_eq!(st.state, RecoveryState::Done);
     assert!(
         st.bytes_done > 0 && st.bytes_done == st.bytes_total,
         "{st:?}"

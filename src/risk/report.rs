@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::service::Snapshot;
-use crate::admin::fmt_bytes;
+use crate::util::fmt_bytes;
 
 /// A health directory must exist; it is stored absolute (the daemon's cwd differs).
 pub fn check_health_dir(d: &Path) -> anyhow::Result<PathBuf> {

@@ -1,7 +1,7 @@
 //! The risk service of a mounted pool: on a timer, collects each disk's health (metrics
 //! file, smartctl, /sys/block stats, fullness, and what foreshard itself saw on the disk),
 //! keeps a daily history per disk, scores it with the model, and publishes a snapshot that
-//! placement (`sharding::RiskView`), the agent pool and proactive evacuation read.
+//! placement (`placement::RiskView`), the agent pool and proactive evacuation read.
 //!
 //! foreshard's own signals are mapped onto the SMART counters the model was trained on, so
 //! they land on the same risk scale: checksum failures and I/O errors are unreadable
@@ -200,7 +200,7 @@ pub struct View {
     shard_loss: HashMap<u32, f64>,
 }
 
-impl crate::sharding::RiskView for View {
+impl crate::placement::RiskView for View {
     fn disk_risk(&self, disk: u32) -> f64 {
         self.p.get(&disk).copied().unwrap_or(0.0)
     }

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use super::place::{self, Candidate};
-use super::{RiskView, UniformRisk};
 use crate::fs::{Fs, RecoveryCommit};
+use crate::placement::{self as place, Candidate};
+use crate::placement::{RiskView, UniformRisk};
 use crate::store::ExtentId;
 
 /// Copy passes per round; a pass finds extents written while the previous one ran.
@@ -29,10 +29,35 @@ const PASSES_MAX: usize = 8;
 /// How often the evacuation thread looks for work when nobody wakes it.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
+/// Proactive evacuation's state, as `status --json` spells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EvacuationState {
+    #[default]
+    #[serde(rename = "idle")]
+    Idle,
+    #[serde(rename = "evacuating")]
+    Evacuating,
+}
+
+impl EvacuationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvacuationState::Idle => "idle",
+            EvacuationState::Evacuating => "evacuating",
+        }
+    }
+}
+
+impl std::fmt::Display for EvacuationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EvacuationStatus {
     /// idle or evacuating.
-    pub state: String,
+    pub state: EvacuationState,
     /// Disks being (or to be) emptied because of their risk.
     pub disks: Vec<u32>,
     /// Of those, disks that no shard and no extent names any more.
@@ -84,7 +109,7 @@ impl Evacuator {
             risk: RwLock::new(Arc::new(UniformRisk)),
             want: Mutex::new(Vec::new()),
             status: Mutex::new(EvacuationStatus {
-                state: "idle".into(),
+                state: EvacuationState::Idle,
                 rate_bytes_per_s_max: rate_bytes_per_s,
                 ..EvacuationStatus::default()
             }),
@@ -193,7 +218,7 @@ impl Evacuator {
             .collect();
         if evac.is_empty() {
             let mut st = self.status.lock();
-            st.state = "idle".into();
+            st.state = EvacuationState::Idle;
             return Ok(());
         }
         let t0 = Instant::now();
@@ -215,7 +240,7 @@ impl Evacuator {
                 started = true;
                 self.active.store(true, Ordering::Relaxed);
                 let mut st = self.status.lock();
-                st.state = "evacuating".into();
+                st.state = EvacuationState::Evacuating;
                 st.shards_total = shards.len() as u64;
                 st.shards_done = 0;
                 st.extents_done = 0;
@@ -284,7 +309,7 @@ impl Evacuator {
                 "evacuation round done"
             );
         }
-        st.state = "idle".into();
+        st.state = EvacuationState::Idle;
         Ok(())
     }
 

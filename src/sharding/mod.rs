@@ -5,7 +5,6 @@
 //! live in RocksDB (`CF_MOVES`), so a killed daemon resumes the migration at the next mount.
 
 pub mod evacuate;
-pub mod place;
 pub mod plan;
 pub mod report;
 
@@ -21,6 +20,7 @@ use crate::access::{Analyzer, Ext, GroupRules, HeatClass};
 use crate::fs::shards::{MoveCommit, MoveOutcome, ShardDef};
 use crate::fs::Fs;
 use crate::meta::CF_MOVES;
+use crate::placement::{RiskView, UniformRisk};
 use crate::store::ExtentId;
 use crate::util::now_ms;
 use plan::{Plan, PlanDisk, PlanExtent, PlanInput, PlanRules, PlanShard, Target};
@@ -58,29 +58,6 @@ impl Default for ShardingOptions {
     }
 }
 
-/// The risk interface placement goes through: P(failure) per disk. The daemon's risk
-/// service (`risk::service::View`) fills it; before its first round, and offline, every
-/// disk has the same risk (`UniformRisk`).
-pub trait RiskView: Send + Sync {
-    fn disk_risk(&self, disk: u32) -> f64;
-    /// Disks at or above this risk never hold every replica of a shard (when others can).
-    fn risk_warn(&self) -> f64 {
-        f64::INFINITY
-    }
-    /// P(shard loses every replica before its repair finishes); orders evacuation.
-    fn shard_risk(&self, _shard: u32) -> f64 {
-        0.0
-    }
-}
-
-pub struct UniformRisk;
-
-impl RiskView for UniformRisk {
-    fn disk_risk(&self, _disk: u32) -> f64 {
-        0.0
-    }
-}
-
 /// What a plan would do, for `reshard --dry-run` and the log.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PlanSummary {
@@ -97,10 +74,35 @@ pub struct PlanSummary {
     pub sample: Vec<(String, u64, u32, String)>,
 }
 
+/// The re-sharding migration's state, as `status --json` spells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationState {
+    #[default]
+    #[serde(rename = "idle")]
+    Idle,
+    #[serde(rename = "migrating")]
+    Migrating,
+}
+
+impl MigrationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationState::Idle => "idle",
+            MigrationState::Migrating => "migrating",
+        }
+    }
+}
+
+impl std::fmt::Display for MigrationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MigrationStatus {
     /// idle or migrating.
-    pub state: String,
+    pub state: MigrationState,
     pub moves_total: u64,
     pub moves_done: u64,
     pub moves_retried: u64,
@@ -150,7 +152,7 @@ impl Engine {
             opts,
             risk: RwLock::new(Arc::new(UniformRisk)),
             status: Mutex::new(MigrationStatus {
-                state: "idle".into(),
+                state: MigrationState::Idle,
                 rate_bytes_per_s_max: rate,
                 ..MigrationStatus::default()
             }),
@@ -296,7 +298,7 @@ impl Engine {
             home: &home,
         };
         let plan = plan::plan(&input);
-        let paths = crate::admin::paths(fs).unwrap_or_default();
+        let paths = fs.paths().unwrap_or_default();
         let mut by_reason: HashMap<String, usize> = HashMap::new();
         for m in &plan.moves {
             *by_reason.entry(m.reason.to_string()).or_default() += 1;
@@ -405,7 +407,7 @@ impl Engine {
         let total: u64 = pending.iter().map(|p| p.2).sum();
         {
             let mut st = self.status.lock();
-            st.state = "migrating".into();
+            st.state = MigrationState::Migrating;
             st.moves_total = pending.len() as u64;
             st.moves_done = 0;
             st.moves_retried = 0;
@@ -480,7 +482,7 @@ impl Engine {
             st.pending_moves = pending.len() as u64;
         }
         let mut st = self.status.lock();
-        st.state = "idle".into();
+        st.state = MigrationState::Idle;
         st.pending_moves = pending.len() as u64;
         tracing::info!(
             moves = st.moves_done,
@@ -656,7 +658,7 @@ impl Engine {
         let t0 = Instant::now();
         loop {
             let st = self.status();
-            if st.state == "idle" && st.pending_moves == 0 {
+            if st.state == MigrationState::Idle && st.pending_moves == 0 {
                 return true;
             }
             if t0.elapsed() >= timeout {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::access::{Ext, HeatClass};
 use crate::meta::ShardClass;
 
-use super::place::{self, Candidate};
+use crate::placement::{self as place, Candidate};
 
 #[derive(Clone, Debug)]
 pub struct PlanExtent {

@@ -10,6 +10,64 @@ use crate::access::{AccessStats, Analyzer, GroupRules, ShardProfile, Thresholds}
 use crate::fs::Fs;
 use crate::util::now_ms;
 
+/// `foreshard shards`: every shard with its disks and extents.
+#[derive(Serialize, Deserialize)]
+pub struct ShardExtent {
+    pub path: Option<String>,
+    pub index: u64,
+    pub ino: u64,
+    pub version: u64,
+    pub replicas: Vec<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub id: u32,
+    pub epoch: u64,
+    pub disks: Vec<u32>,
+    /// "general" or "hot" (see `meta::ShardClass`).
+    #[serde(default)]
+    pub class: crate::meta::ShardClass,
+    pub extents: Vec<ShardExtent>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Shards {
+    pub extent_size_bytes: u64,
+    pub shards: Vec<ShardInfo>,
+}
+
+pub fn shards(fs: &Fs) -> anyhow::Result<Shards> {
+    let paths = fs.paths()?;
+    let mut shards: Vec<ShardInfo> = (0..fs.shard_count() as u32)
+        .map(|id| {
+            let s = fs.shard(id);
+            ShardInfo {
+                id,
+                epoch: s.epoch,
+                disks: s.disks.clone(),
+                class: s.class,
+                extents: Vec::new(),
+            }
+        })
+        .collect();
+    fs.meta.each_extent(|ino, index, e| {
+        if let Some(s) = shards.get_mut(e.shard as usize) {
+            s.extents.push(ShardExtent {
+                path: paths.get(&ino).cloned(),
+                index,
+                ino,
+                version: e.version,
+                replicas: e.replicas,
+            });
+        }
+    })?;
+    Ok(Shards {
+        extent_size_bytes: fs.cfg.extent_size,
+        shards,
+    })
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HeatExtent {
     pub path: String,
@@ -74,7 +132,7 @@ pub struct HeatReport {
 pub fn heat_report(fs: &Fs, a: &Analyzer, shard_bytes_max: u64) -> anyhow::Result<HeatReport> {
     let now = now_ms();
     a.classify(now);
-    let paths = crate::admin::paths(fs)?;
+    let paths = fs.paths()?;
     let scale = a.opts.class_scale.min(2);
     let mut extents: Vec<HeatExtent> = a
         .extents()
@@ -284,7 +342,7 @@ const COLUMN_PX: usize = ROW_CELLS * CELL_PX + 24;
 /// one square per extent coloured by heat (log scale; grey = never seen), hot shards
 /// outlined in red. Hovering shows path:index and heat.
 pub fn heat_svg(fs: &Fs, r: &HeatReport) -> anyhow::Result<String> {
-    let shards = crate::admin::shards(fs)?;
+    let shards = shards(fs)?;
     let heat: HashMap<(u64, u64), (f64, &str)> = r
         .extents
         .iter()

@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use super::fleet::{score_on, Fleet, Health, DAY_S};
 use crate::meta::ShardClass;
+use crate::placement::{choose, Candidate};
 use crate::risk::shard::{loss_probability, p_within, repair_seconds};
-use crate::sharding::place::{choose, Candidate};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {

@@ -48,7 +48,7 @@ drives the failure model was not trained on are drawn.
 Policies, on the same fleet and failures, at equal repair bandwidth:
   random         replicas on random distinct disks (creation and repair targets)
   copyset        replicas only inside a copyset (Cidon et al., USENIX ATC 2013)
-  risk           the daemon's placement rule (sharding::place::choose) on current disk risks,
+  risk           the daemon's placement rule (placement::choose) on current disk risks,
                  over a random sample of --sample disks per placement
   risk+evacuate  risk, plus: a disk whose risk reaches --evacuate-p takes no new data and its
                  shards are copied away (highest shard loss risk first) under

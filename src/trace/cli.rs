@@ -99,7 +99,7 @@ pub enum TraceCmd {
 
 /// Runs a `foreshard trace` command; returns the exit code.
 pub fn run(cmd: TraceCmd) -> anyhow::Result<i32> {
-    use crate::admin::fmt_bytes;
+    use crate::util::fmt_bytes;
     match cmd {
         TraceCmd::Replay {
             trace,

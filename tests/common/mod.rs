@@ -16,6 +16,11 @@ pub fn fuse_available() -> bool {
         && Command::new("fusermount3").arg("-V").output().is_ok()
         && unsafe { libc::geteuid() } == 0;
     if !ok {
+        // Under CI a FUSE test that does not run must not pass.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but FUSE is missing: FUSE tests need root, /dev/fuse and fusermount3"
+        );
         eprintln!("SKIP: FUSE tests need root, /dev/fuse and fusermount3 (run scripts/test)");
     }
     ok

@@ -1,5 +1,6 @@
-//! Which disks hold a shard's replicas: the one placement rule the planner, recovery and
-//! the fleet simulator (`foreshard sim`) share, so the simulator measures the daemon's rule.
+//! Which disks hold a shard's replicas: the one placement rule the planner, evacuation and
+//! the fleet simulator (`foreshard sim`) share, so the simulator measures the daemon's rule,
+//! and the risk interface (`RiskView`) that placement, recovery and evacuation read.
 //!
 //! - Disks at or above the warning threshold come last: a shard gets replicas on them only
 //!   when too few disks below it are left (never all replicas on at-risk disks while enough
@@ -10,6 +11,29 @@
 //! - Never two replicas on one disk.
 
 use crate::meta::ShardClass;
+
+/// The risk interface placement goes through: P(failure) per disk. The daemon's risk
+/// service (`risk::service::View`) fills it; before its first round, and offline, every
+/// disk has the same risk (`UniformRisk`).
+pub trait RiskView: Send + Sync {
+    fn disk_risk(&self, disk: u32) -> f64;
+    /// Disks at or above this risk never hold every replica of a shard (when others can).
+    fn risk_warn(&self) -> f64 {
+        f64::INFINITY
+    }
+    /// P(shard loses every replica before its repair finishes); orders evacuation.
+    fn shard_risk(&self, _shard: u32) -> f64 {
+        0.0
+    }
+}
+
+pub struct UniformRisk;
+
+impl RiskView for UniformRisk {
+    fn disk_risk(&self, _disk: u32) -> f64 {
+        0.0
+    }
+}
 
 /// A disk as placement sees it.
 #[derive(Clone, Copy, Debug)]
