@@ -914,5 +914,4 @@ pub fn read_health_file(dir: &Path, disk_id: u32) -> Option<Result<Health, FileE
 }
 
 #[cfg(test)]
-#[path = "collect_tests.rs"]
 mod tests;

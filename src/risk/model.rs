@@ -20,7 +20,6 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-#[path = "trees.rs"]
 pub mod trees;
 use trees::Tree;
 
@@ -712,13 +711,9 @@ pub use eval::{evaluate, CalibrationBand, Eval};
 
 // Reading Backblaze-format files and the held-out evaluation live in child modules (they
 // use the model's private helpers).
-#[path = "data.rs"]
 mod data;
-#[path = "eval.rs"]
 mod eval;
-#[path = "text.rs"]
 mod text;
 
 #[cfg(test)]
-#[path = "model_tests.rs"]
 mod tests;

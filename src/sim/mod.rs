@@ -1,6 +1,6 @@
 //! `foreshard sim`: a discrete-event simulation of a fleet of disks over years, comparing
 //! placement policies at equal repair bandwidth, with the daemon's own placement rule
-//! (`sharding::place`), failure model (`risk::model`) and shard loss / repair-time functions
+//! (`placement`), failure model (`risk::model`) and shard loss / repair-time functions
 //! (`risk::shard`).
 //!
 //! Disk health and failures come from a Backblaze-format file (data: Backblaze Hard Drive Data

@@ -1,11 +1,11 @@
 use super::*;
 
-const ATA_HDD: &str = include_str!("../../fixtures/smart/ata-hdd.json");
-const ATA_FAILING: &str = include_str!("../../fixtures/smart/ata-failing.json");
-const NVME: &str = include_str!("../../fixtures/smart/nvme.json");
-const SMARTCTL_ERROR: &str = include_str!("../../fixtures/smart/smartctl-error.json");
-const HEALTHY_PROM: &str = include_str!("../../fixtures/smart/healthy.prom");
-const FAILING_PROM: &str = include_str!("../../fixtures/smart/failing.prom");
+const ATA_HDD: &str = include_str!("../../../fixtures/smart/ata-hdd.json");
+const ATA_FAILING: &str = include_str!("../../../fixtures/smart/ata-failing.json");
+const NVME: &str = include_str!("../../../fixtures/smart/nvme.json");
+const SMARTCTL_ERROR: &str = include_str!("../../../fixtures/smart/smartctl-error.json");
+const HEALTHY_PROM: &str = include_str!("../../../fixtures/smart/healthy.prom");
+const FAILING_PROM: &str = include_str!("../../../fixtures/smart/failing.prom");
 
 fn edit(text: &str, f: impl FnOnce(&mut Value)) -> String {
     let mut v: Value = serde_json::from_str(text).expect("fixture is JSON");
