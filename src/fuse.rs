@@ -75,17 +75,13 @@ impl Offload {
         for i in 0..SLOW_THREADS {
             let rx = rx.clone();
             // A job that panics answers EIO (its reply's drop); the thread is restarted.
-            let r = crate::supervise::spawn(
-                format!("fuse-slow-{i}"),
-                crate::supervise::OnPanic::Restart,
-                move || loop {
-                    let job = rx.lock().recv();
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                },
-            );
+            let r = crate::supervise::spawn(format!("fuse-slow-{i}"), move || loop {
+                let job = rx.lock().recv();
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return,
+                }
+            });
             if let Err(e) = r {
                 tracing::warn!("cannot start fuse-slow-{i}: {e}");
             }

@@ -21,15 +21,6 @@ const RESTARTS_MAX: u32 = 5;
 /// Panics kept for `status`.
 const PANICS_KEPT_MAX: usize = 32;
 
-/// What to do when a body panics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnPanic {
-    /// Run the body again (up to `RESTARTS_MAX` times).
-    Restart,
-    /// Do not: refuse new writes from now on.
-    RefuseWrites,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Panic {
     pub thread: String,
@@ -89,10 +80,10 @@ fn registry() -> &'static Mutex<Registry> {
     R.get_or_init(|| Mutex::new(Registry::default()))
 }
 
-/// Starts `body` on a thread named `name`, supervised.
+/// Starts `body` on a thread named `name`, supervised: a body that panics runs again, up to
+/// `RESTARTS_MAX` times; then writes are refused.
 pub fn spawn(
     name: impl Into<String>,
-    on_panic: OnPanic,
     mut body: impl FnMut() + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     let name = name.into();
@@ -104,7 +95,7 @@ pub fn spawn(
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut body));
                 let Err(e) = r else { return };
                 panics += 1;
-                let restart = on_panic == OnPanic::Restart && panics <= RESTARTS_MAX;
+                let restart = panics <= RESTARTS_MAX;
                 record(&name, &panic_message(&e), restart);
                 if !restart {
                     return;
@@ -206,7 +197,7 @@ mod tests {
     fn a_panicking_body_is_restarted_recorded_and_then_given_up_on() {
         let runs = Arc::new(AtomicU32::new(0));
         let r = runs.clone();
-        let h = spawn("test-once", OnPanic::Restart, move || {
+        let h = spawn("test-once", move || {
             if r.fetch_add(1, Ordering::SeqCst) == 0 {
                 panic!("first run fails");
             }

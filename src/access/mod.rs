@@ -330,7 +330,7 @@ impl Analyzer {
             return;
         };
         let weak: Weak<Analyzer> = Arc::downgrade(self);
-        crate::supervise::spawn("access", crate::supervise::OnPanic::Restart, move || {
+        crate::supervise::spawn("access", move || {
             let (mut classified, mut saved, mut aged) =
                 (Instant::now(), Instant::now(), Instant::now());
             let mut batch = Vec::with_capacity(BATCH_EVENTS_MAX);

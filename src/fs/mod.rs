@@ -365,10 +365,10 @@ impl Fs {
     /// the flusher (commits buffered writes every few seconds, so that a crash loses at most
     /// that much unsynced data and buffers of files left open do not pile up).
     pub fn start_background(self: &Arc<Self>) {
-        use crate::supervise::{fault_point, spawn, OnPanic};
+        use crate::supervise::{fault_point, spawn};
         let weak = Arc::downgrade(self);
         let period = self.opts.flush_interval;
-        spawn("flusher", OnPanic::Restart, move || loop {
+        spawn("flusher", move || loop {
             std::thread::sleep(period);
             let Some(fs) = weak.upgrade() else { break };
             fault_point("flusher");
@@ -384,7 +384,7 @@ impl Fs {
             let rx = Arc::new(Mutex::new(rx));
             for i in 0..COMMITTERS {
                 let (fs, rx) = (Arc::downgrade(self), rx.clone());
-                spawn(format!("commit-{i}"), OnPanic::Restart, move || loop {
+                spawn(format!("commit-{i}"), move || loop {
                     let job = rx.lock().recv();
                     let Ok(job) = job else { break };
                     let Some(fs) = fs.upgrade() else { break };
@@ -398,10 +398,7 @@ impl Fs {
             let fs = Arc::downgrade(self);
             // The removals waiting survive a restart of the reaper (captured here).
             let mut waiting = std::collections::VecDeque::new();
-            spawn("reaper", OnPanic::Restart, move || {
-                reaper(&fs, &rx, &mut waiting)
-            })
-            .expect("spawn reaper thread");
+            spawn("reaper", move || reaper(&fs, &rx, &mut waiting)).expect("spawn reaper thread");
         }
         if !self.ra.running() {
             // Workers per disk (up to a bound), so each disk reads its extents in order.
@@ -411,7 +408,7 @@ impl Fs {
             for i in 0..n {
                 let (tx, rx) = sync_channel::<readahead::Job>(readahead::QUEUE_MAX);
                 let fs = Arc::downgrade(self);
-                spawn(format!("readahead-{i}"), OnPanic::Restart, move || {
+                spawn(format!("readahead-{i}"), move || {
                     while let Ok(job) = rx.recv() {
                         let Some(fs) = fs.upgrade() else { break };
                         fault_point("readahead");
@@ -425,7 +422,7 @@ impl Fs {
         }
         if let Some(rx) = self.repair_rx.lock().take() {
             let fs = Arc::downgrade(self);
-            spawn("repair", OnPanic::Restart, move || {
+            spawn("repair", move || {
                 while let Ok(req) = rx.recv() {
                     let Some(fs) = fs.upgrade() else { break };
                     fault_point("repair");

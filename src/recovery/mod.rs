@@ -241,8 +241,8 @@ impl Orchestrator {
             }
         }
         let w = Arc::downgrade(&o);
-        use crate::supervise::{fault_point, spawn, OnPanic};
-        spawn("recovery", OnPanic::Restart, move || {
+        use crate::supervise::{fault_point, spawn};
+        spawn("recovery", move || {
             if let Some(o) = w.upgrade() {
                 // A run that panicked left `running` set: re-sharding and evacuation
                 // wait on it.
@@ -284,7 +284,7 @@ impl Orchestrator {
         })
         .expect("spawn recovery thread");
         let w = Arc::downgrade(&o);
-        spawn("planner", OnPanic::Restart, move || loop {
+        spawn("planner", move || loop {
             let Some(o) = w.upgrade() else { break };
             fault_point("planner");
             let interval = o.opts.plan_refresh_interval;
@@ -298,8 +298,7 @@ impl Orchestrator {
         })
         .expect("spawn planner thread");
         let w = Arc::downgrade(&o);
-        spawn("monitor", OnPanic::Restart, move || monitor(w.clone()))
-            .expect("spawn monitor thread");
+        spawn("monitor", move || monitor(w.clone())).expect("spawn monitor thread");
         o
     }
 

@@ -329,7 +329,7 @@ impl RiskService {
 
     pub fn start(self: &Arc<Self>) {
         let w: Weak<RiskService> = Arc::downgrade(self);
-        crate::supervise::spawn("risk", crate::supervise::OnPanic::Restart, move || loop {
+        crate::supervise::spawn("risk", move || loop {
             let Some(s) = w.upgrade() else { break };
             if s.stop.load(Ordering::Relaxed) {
                 break;

@@ -157,20 +157,18 @@ impl Evacuator {
 
     pub fn start(self: &Arc<Self>) {
         let w: Weak<Evacuator> = Arc::downgrade(self);
-        crate::supervise::spawn("evacuate", crate::supervise::OnPanic::Restart, move || {
-            loop {
-                let Some(e) = w.upgrade() else { break };
-                if e.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                crate::supervise::fault_point("evacuate");
-                if let Err(err) = e.round() {
-                    tracing::error!("evacuation: {err:#}");
-                    e.status.lock().last_error = Some(format!("{err:#}"));
-                }
-                e.active.store(false, Ordering::Relaxed);
-                e.wake.wait(IDLE_CHECK);
+        crate::supervise::spawn("evacuate", move || loop {
+            let Some(e) = w.upgrade() else { break };
+            if e.stop.load(Ordering::Relaxed) {
+                break;
             }
+            crate::supervise::fault_point("evacuate");
+            if let Err(err) = e.round() {
+                tracing::error!("evacuation: {err:#}");
+                e.status.lock().last_error = Some(format!("{err:#}"));
+            }
+            e.active.store(false, Ordering::Relaxed);
+            e.wake.wait(IDLE_CHECK);
         })
         .expect("spawn evacuation thread");
     }

@@ -170,7 +170,7 @@ impl Engine {
     /// demand, and prepares shards before their daily peak.
     pub fn start(self: &Arc<Self>) {
         let weak: Weak<Engine> = Arc::downgrade(self);
-        crate::supervise::spawn("sharding", crate::supervise::OnPanic::Restart, move || {
+        crate::supervise::spawn("sharding", move || {
             let mut last_plan = Instant::now();
             loop {
                 let Some(e) = weak.upgrade() else { break };
