@@ -3,7 +3,8 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Cargo's target directory lives outside the clone so fresh clones reuse the RocksDB build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/foreshard/target}"
-FORESHARD="$CARGO_TARGET_DIR/release/foreshard"
+# The binary the scripts run: the one the caller names, else the release build.
+FORESHARD="${FORESHARD:-$CARGO_TARGET_DIR/release/foreshard}"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
