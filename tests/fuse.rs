@@ -753,3 +753,84 @@ fn append_follows_fcntl_and_rename_over_an_empty_dir_counts_links() {
     let (clean, out) = p.fsck(false);
     assert!(clean, "{out}");
 }
+
+/// The `--json` commands and fields docs/json-api.md documents: one `## \`foreshard ...\``
+/// heading per command, then a table whose first column is a field path.
+fn documented_json() -> Vec<(Vec<String>, Vec<String>)> {
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/json-api.md")).unwrap();
+    let mut out: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for line in doc.lines() {
+        if let Some(cmd) = line.strip_prefix("## `foreshard ") {
+            let args = cmd
+                .trim_end_matches('`')
+                .split(' ')
+                .map(String::from)
+                .collect();
+            out.push((args, Vec::new()));
+        } else if let (Some(field), Some(last)) = (line.strip_prefix("| `"), out.last_mut()) {
+            last.1.push(field.split('`').next().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// Whether `path` (`a.b`, `a[].b`: in every element of `a`, which must not be empty) is in `v`.
+fn has_field(v: &serde_json::Value, path: &str) -> bool {
+    let (head, rest) = match path.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (path, None),
+    };
+    let (key, each) = match head.strip_suffix("[]") {
+        Some(k) => (k, true),
+        None => (head, false),
+    };
+    let Some(x) = v.as_object().and_then(|o| o.get(key)) else {
+        return false;
+    };
+    match (rest, each) {
+        (None, false) => true,
+        (None, true) => x.is_array(),
+        (Some(r), false) => has_field(x, r),
+        (Some(r), true) => x
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|e| has_field(e, r))),
+    }
+}
+
+#[test]
+fn json_api_documented_fields_are_present() {
+    let Some(p) = mounted(3, 2) else { return };
+    for i in 0..4 {
+        fs::write(p.path(&format!("j{i}")), pattern(300 << 10, i)).unwrap();
+        assert_eq!(
+            fs::read(p.path(&format!("j{i}"))).unwrap(),
+            pattern(300 << 10, i)
+        );
+    }
+    // The risk service's first round fills the per-disk risks.
+    p.wait_status(60, "risk for every disk", |v| {
+        v["risk"]["disks"].as_array().is_some_and(|d| d.len() == 3)
+    });
+    let sections = documented_json();
+    assert!(
+        sections.len() >= 7,
+        "docs/json-api.md lists {} commands",
+        sections.len()
+    );
+    let pool = p.pool.to_str().unwrap();
+    for (cmd, fields) in sections {
+        assert!(!fields.is_empty(), "{cmd:?} documents no field");
+        let args: Vec<&str> = cmd
+            .iter()
+            .map(|a| if a == "POOL" { pool } else { a.as_str() })
+            .collect();
+        let v: serde_json::Value = serde_json::from_str(&run_ok(&args)).unwrap();
+        for f in &fields {
+            assert!(
+                has_field(&v, f),
+                "`foreshard {}` lacks {f}: {v:#}",
+                cmd.join(" ")
+            );
+        }
+    }
+}
