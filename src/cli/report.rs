@@ -148,18 +148,7 @@ const WATCH_IDLE_GRACE: Duration = Duration::from_secs(3);
 
 /// Polls recovery status until it is done, with a progress bar on a terminal.
 pub fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
-    use std::io::IsTerminal;
-    let pb = (bar && std::io::stderr().is_terminal()).then(|| {
-        let pb = indicatif::ProgressBar::new(0);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} recovery [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        pb
-    });
+    let pb = progress_bar(bar, "recovery");
     let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
     let started = std::time::Instant::now();
     loop {
@@ -240,18 +229,7 @@ fn plan_text(s: &PlanSummary, dry_run: bool) -> String {
 
 /// Polls migration status until no move is left, with a progress bar on a terminal.
 fn watch_migration(pool: &Path, bar: bool) -> anyhow::Result<MigrationStatus> {
-    use std::io::IsTerminal;
-    let pb = (bar && std::io::stderr().is_terminal()).then(|| {
-        let pb = indicatif::ProgressBar::new(0);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} migration [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        pb
-    });
+    let pb = progress_bar(bar, "migration");
     loop {
         let v = ask(pool, Request::Migration, Duration::from_secs(30))?;
         let m: MigrationStatus = serde_json::from_value(v).context("bad migration status")?;
@@ -268,4 +246,21 @@ fn watch_migration(pool: &Path, bar: bool) -> anyhow::Result<MigrationStatus> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A byte progress bar on stderr when `bar` is asked for and stderr is a terminal.
+fn progress_bar(bar: bool, what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (bar && std::io::stderr().is_terminal()).then(|| {
+        let pb = indicatif::ProgressBar::new(0);
+        let t = format!(
+            "{{spinner}} {what} [{{bar:40}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}} {{msg}}"
+        );
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(&t)
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        pb
+    })
 }
