@@ -94,6 +94,13 @@ impl Services {
     }
 
     /// The mounted analyzer, or (unmounted) one loaded with what the last mount saved.
+    /// The recovery orchestrator, which only a mounted pool has.
+    fn orchestrator(&self) -> anyhow::Result<&Arc<Orchestrator>> {
+        self.recovery
+            .as_ref()
+            .context("the pool is not mounted: recovery runs in the daemon")
+    }
+
     fn analyzer(&self) -> anyhow::Result<Arc<crate::access::Analyzer>> {
         if let Some(a) = &self.access {
             return Ok(a.clone());
@@ -126,34 +133,96 @@ pub fn resolve_disk(fs: &Fs, disk: &str) -> anyhow::Result<u32> {
         .ok_or_else(|| anyhow::anyhow!("{disk}: not a disk of this pool"))
 }
 
+/// What disk requests answer: the disk, and its new state or fault settings.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct DiskAnswer {
+    pub disk: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<crate::store::Fault>,
+}
+
+/// What `Request::Heat` answers.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct HeatAnswer {
+    pub report: crate::sharding::report::HeatReport,
+    pub svg: Option<String>,
+}
+
 /// Runs a request; `svc.recovery` is None when the pool is not mounted.
 pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value> {
     let fs = &svc.fs;
-    let mounted = svc.recovery.is_some();
-    Ok(match req {
-        Request::Ping => serde_json::json!("pong"),
-        Request::Status => {
-            let mut s = admin::status(fs, mounted)?;
-            if let Some(o) = &svc.recovery {
-                s.recovery = Some(o.status());
-                s.agents = Some(o.agents.status());
+    match req {
+        Request::Ping => Ok(serde_json::Value::from("pong")),
+        Request::Status => to(status(svc)),
+        Request::Shards => to(crate::sharding::report::shards(fs)),
+        Request::Fsck { repair } => to(admin::fsck(fs, *repair)),
+        Request::DiskFail { .. }
+        | Request::DiskAdd { .. }
+        | Request::DiskRemove { .. }
+        | Request::DiskFault { .. } => to(disk_request(svc, req)),
+        Request::DiskOnline { disk } => {
+            let id = resolve_disk(fs, disk)?;
+            match &svc.recovery {
+                Some(o) => to(o.online_disk(id)),
+                None => to(crate::recovery::online_disk(fs, id)),
             }
-            s.access = svc.access.as_ref().map(|a| a.stats());
-            s.migration = svc.sharding.as_ref().map(|e| e.status());
-            s.risk = svc.risk.as_ref().map(|r| risk_report(svc, r));
-            s.fuse = mounted.then(admin::FuseTransport::current);
-            s.health = mounted.then(crate::supervise::health);
-            serde_json::to_value(s)?
         }
-        Request::Shards => serde_json::to_value(crate::sharding::report::shards(fs)?)?,
-        Request::Fsck { repair } => serde_json::to_value(admin::fsck(fs, *repair)?)?,
+        Request::Recover => to(svc.orchestrator().map(|o| o.status())),
+        Request::Heat { svg } => to(heat(svc, *svg)),
+        Request::Reshard { dry_run } => to(reshard(svc, *dry_run)),
+        Request::Migration => match &svc.sharding {
+            Some(e) => to(Ok(e.status())),
+            None => bail!("the pool is not mounted: re-sharding runs in the daemon"),
+        },
+        Request::Risk { set } => risk(svc, set.as_ref()),
+        Request::RecoverWait { timeout_s } => {
+            let o = svc.orchestrator()?;
+            let idle = o.wait_idle(Duration::from_secs(*timeout_s));
+            let mut v = serde_json::to_value(o.status())?;
+            v["idle"] = serde_json::Value::from(idle);
+            Ok(v)
+        }
+    }
+}
+
+/// An answer as the JSON the socket carries.
+fn to<T: Serialize>(v: anyhow::Result<T>) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::to_value(v?)?)
+}
+
+fn status(svc: &Services) -> anyhow::Result<admin::Status> {
+    let mounted = svc.recovery.is_some();
+    let mut s = admin::status(&svc.fs, mounted)?;
+    if let Some(o) = &svc.recovery {
+        s.recovery = Some(o.status());
+        s.agents = Some(o.agents.status());
+    }
+    s.access = svc.access.as_ref().map(|a| a.stats());
+    s.migration = svc.sharding.as_ref().map(|e| e.status());
+    s.risk = svc.risk.as_ref().map(|r| risk_report(svc, r));
+    s.fuse = mounted.then(admin::FuseTransport::current);
+    s.health = mounted.then(crate::supervise::health);
+    Ok(s)
+}
+
+/// `disk fail|add|remove|fault`.
+fn disk_request(svc: &Services, req: &Request) -> anyhow::Result<DiskAnswer> {
+    let fs = &svc.fs;
+    let answer = |disk, state: Option<&str>| DiskAnswer {
+        disk,
+        state: state.map(String::from),
+        fault: None,
+    };
+    match req {
         Request::DiskFail { disk } => {
             let id = resolve_disk(fs, disk)?;
             match &svc.recovery {
                 Some(o) => o.fail_disk(id, "operator: foreshard disk fail"),
                 None => fs.set_disk_state(id, crate::meta::DiskState::Failed)?,
             }
-            serde_json::json!({ "disk": id, "state": "failed" })
+            Ok(answer(id, Some("failed")))
         }
         Request::DiskAdd { path } => {
             let id = match &svc.recovery {
@@ -164,7 +233,7 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
                     id
                 }
             };
-            serde_json::json!({ "disk": id })
+            Ok(answer(id, None))
         }
         Request::DiskRemove { disk } => {
             let id = resolve_disk(fs, disk)?;
@@ -172,119 +241,112 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value
                 Some(o) => o.drain_disk(id)?,
                 None => bail!("the pool is not mounted: mount it to drain a disk"),
             }
-            serde_json::json!({ "disk": id, "state": "draining" })
-        }
-        Request::DiskOnline { disk } => {
-            let id = resolve_disk(fs, disk)?;
-            let r = match &svc.recovery {
-                Some(o) => o.online_disk(id)?,
-                None => crate::recovery::online_disk(fs, id)?,
-            };
-            serde_json::to_value(r)?
+            Ok(answer(id, Some("draining")))
         }
         Request::DiskFault {
             disk,
             eio_rate,
             delay_ms,
-        } => {
-            if !mounted {
-                bail!("the pool is not mounted: faults are injected into a running daemon");
-            }
-            let id = resolve_disk(fs, disk)?;
-            let d = fs.store.disk(id).expect("resolved");
-            let mut f = d.fault();
-            if let Some(r) = eio_rate {
-                if !(0.0..=1.0).contains(r) {
-                    bail!("eio rate must be between 0 and 1");
-                }
-                f.eio_rate = *r;
-            }
-            if let Some(ms) = delay_ms {
-                f.delay_ms = *ms;
-            }
-            d.set_fault(f);
-            tracing::warn!(disk = id, ?f, "fault injection changed");
-            serde_json::json!({ "disk": id, "fault": f })
+        } => disk_fault(svc, disk, *eio_rate, *delay_ms),
+        _ => bail!("not a disk request"),
+    }
+}
+
+fn disk_fault(
+    svc: &Services,
+    disk: &str,
+    eio_rate: Option<f64>,
+    delay_ms: Option<u64>,
+) -> anyhow::Result<DiskAnswer> {
+    if svc.recovery.is_none() {
+        bail!("the pool is not mounted: faults are injected into a running daemon");
+    }
+    let id = resolve_disk(&svc.fs, disk)?;
+    let d = svc.fs.store.disk(id).expect("resolved");
+    let mut f = d.fault();
+    if let Some(r) = eio_rate {
+        if !(0.0..=1.0).contains(&r) {
+            bail!("eio rate must be between 0 and 1");
         }
-        Request::Recover => match &svc.recovery {
-            Some(o) => serde_json::to_value(o.status())?,
-            None => bail!("the pool is not mounted: recovery runs in the daemon"),
-        },
-        Request::Heat { svg } => {
-            let a = svc.analyzer()?;
-            let shard_max = svc.sharding.as_ref().map_or(
-                crate::sharding::ShardingOptions::default().shard_bytes_max,
-                |e| e.opts.shard_bytes_max,
-            );
-            let r = crate::sharding::report::heat_report(fs, &a, shard_max)?;
-            let svg = if *svg {
-                Some(crate::sharding::report::heat_svg(fs, &r)?)
-            } else {
-                None
-            };
-            serde_json::json!({ "report": r, "svg": svg })
-        }
-        Request::Reshard { dry_run } => {
-            let summary = match &svc.sharding {
-                Some(e) => e.reshard(*dry_run)?,
-                None if *dry_run => {
-                    let e = crate::sharding::Engine::new(
-                        fs.clone(),
-                        svc.analyzer()?,
-                        crate::sharding::ShardingOptions::default(),
-                        Box::new(|| false),
-                    );
-                    e.reshard(true)?
-                }
-                None => bail!("the pool is not mounted: re-sharding runs in the daemon (--dry-run works offline)"),
-            };
-            serde_json::to_value(summary)?
-        }
-        Request::Migration => match &svc.sharding {
-            Some(e) => serde_json::to_value(e.status())?,
-            None => bail!("the pool is not mounted: re-sharding runs in the daemon"),
-        },
-        Request::Risk { set } => match &svc.risk {
-            Some(r) => {
-                if let Some(new) = set {
-                    r.set_settings(new.clone())?;
-                    r.collect_round()?;
-                }
-                serde_json::to_value(risk_report(svc, r))?
-            }
-            None => {
-                if let Some(new) = set {
-                    crate::risk::service::save_settings(&fs.meta, new)?;
-                }
-                // Unmounted: one collection round now (health files, /sys, the history the
-                // daemon kept) with the shipped model; no smartctl, no evacuation.
-                let (model, name) = crate::risk::service::load_model(None)?;
-                let r = crate::risk::service::RiskService::new(
-                    fs.clone(),
-                    model,
-                    name,
-                    crate::risk::service::RiskOptions {
-                        smartctl: false,
-                        ..Default::default()
-                    },
-                    Box::new(|| None),
-                )?;
-                r.collect_round()?;
-                let mut v = serde_json::to_value(risk_report(svc, &r))?;
-                v["mounted"] = serde_json::json!(false);
-                v
-            }
-        },
-        Request::RecoverWait { timeout_s } => match &svc.recovery {
-            Some(o) => {
-                let idle = o.wait_idle(Duration::from_secs(*timeout_s));
-                let mut v = serde_json::to_value(o.status())?;
-                v["idle"] = serde_json::json!(idle);
-                v
-            }
-            None => bail!("the pool is not mounted: recovery runs in the daemon"),
-        },
+        f.eio_rate = r;
+    }
+    if let Some(ms) = delay_ms {
+        f.delay_ms = ms;
+    }
+    d.set_fault(f);
+    tracing::warn!(disk = id, ?f, "fault injection changed");
+    Ok(DiskAnswer {
+        disk: id,
+        state: None,
+        fault: Some(f),
     })
+}
+
+fn heat(svc: &Services, svg: bool) -> anyhow::Result<HeatAnswer> {
+    let a = svc.analyzer()?;
+    let shard_max = svc.sharding.as_ref().map_or(
+        crate::sharding::ShardingOptions::default().shard_bytes_max,
+        |e| e.opts.shard_bytes_max,
+    );
+    let report = crate::sharding::report::heat_report(&svc.fs, &a, shard_max)?;
+    let svg = if svg {
+        Some(crate::sharding::report::heat_svg(&svc.fs, &report)?)
+    } else {
+        None
+    };
+    Ok(HeatAnswer { report, svg })
+}
+
+fn reshard(svc: &Services, dry_run: bool) -> anyhow::Result<crate::sharding::PlanSummary> {
+    match &svc.sharding {
+        Some(e) => e.reshard(dry_run),
+        None if dry_run => {
+            let e = crate::sharding::Engine::new(
+                svc.fs.clone(),
+                svc.analyzer()?,
+                crate::sharding::ShardingOptions::default(),
+                Box::new(|| false),
+            );
+            e.reshard(true)
+        }
+        None => bail!(
+            "the pool is not mounted: re-sharding runs in the daemon (--dry-run works offline)"
+        ),
+    }
+}
+
+fn risk(
+    svc: &Services,
+    set: Option<&crate::risk::service::RiskSettings>,
+) -> anyhow::Result<serde_json::Value> {
+    let fs = &svc.fs;
+    if let Some(r) = &svc.risk {
+        if let Some(new) = set {
+            r.set_settings(new.clone())?;
+            r.collect_round()?;
+        }
+        return Ok(serde_json::to_value(risk_report(svc, r))?);
+    }
+    if let Some(new) = set {
+        crate::risk::service::save_settings(&fs.meta, new)?;
+    }
+    // Unmounted: one collection round now (health files, /sys, the history the daemon
+    // kept) with the shipped model; no smartctl, no evacuation.
+    let (model, name) = crate::risk::service::load_model(None)?;
+    let r = crate::risk::service::RiskService::new(
+        fs.clone(),
+        model,
+        name,
+        crate::risk::service::RiskOptions {
+            smartctl: false,
+            ..Default::default()
+        },
+        Box::new(|| None),
+    )?;
+    r.collect_round()?;
+    let mut v = serde_json::to_value(risk_report(svc, &r))?;
+    v["mounted"] = serde_json::Value::from(false);
+    Ok(v)
 }
 
 /// The latest risk snapshot with the evacuation progress, shards cut to the riskiest.
