@@ -12,15 +12,16 @@ pub mod fs;
 mod fuse;
 pub mod meta;
 mod metaspace;
-mod placement;
 pub mod pool;
 pub mod recovery;
 pub mod risk;
 pub mod sharding;
-pub mod sim;
 pub mod store;
 mod supervise;
-pub mod trace;
 pub mod upgrade;
-pub mod util;
 mod wake;
+
+// Plain computation lives in the foreshard-model crate (no RocksDB, no FUSE); the same paths
+// as before work here.
+use foreshard_model::placement;
+pub use foreshard_model::{sim, trace, util};

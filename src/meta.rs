@@ -144,25 +144,9 @@ pub struct ShardRec {
     pub class: ShardClass,
 }
 
-/// The kind of data a shard holds. `General` shards (the hash-addressed initial set and the
-/// engine's overflow shards) take new, warm and cold data; `Hot` shards hold the hot
-/// working set (and extents cooling off, until they turn cold), never cold data.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum ShardClass {
-    #[default]
-    General,
-    Hot,
-}
-
-impl ShardClass {
-    pub fn name(self) -> &'static str {
-        match self {
-            ShardClass::General => "general",
-            ShardClass::Hot => "hot",
-        }
-    }
-}
+/// Part of the metadata format (postcard, by variant index); defined beside the placement
+/// rule that reads it.
+pub use crate::placement::ShardClass;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum DiskState {

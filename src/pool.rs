@@ -37,23 +37,6 @@ pub struct InitArgs {
     pub health_dir: Option<PathBuf>,
 }
 
-/// Parses sizes like `1MiB`, `64k`, `1048576`.
-pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => bail!("bad size unit in {s:?} (use KiB, MiB or GiB)"),
-    };
-    n.checked_mul(mult)
-        .with_context(|| format!("size {s:?} too large"))
-}
-
 /// Every `r`-subset of `0..n`, in lexicographic order.
 fn combinations(n: usize, r: usize) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
@@ -489,15 +472,6 @@ pub fn create_temp(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
-        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("1XB").is_err());
-        assert!(parse_size("").is_err());
-    }
 
     #[test]
     fn placement_is_balanced_and_distinct() {

@@ -5,6 +5,8 @@ mod disk;
 mod pool;
 mod report;
 mod risk;
+mod risk_model;
+mod trace;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -112,7 +114,7 @@ enum Cmd {
     /// Block traces: replay against a mount, synthesize, summarize.
     Trace {
         #[command(subcommand)]
-        cmd: foreshard::trace::TraceCmd,
+        cmd: trace::TraceCmd,
     },
 }
 
@@ -147,7 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => report::reshard(pool, dry_run, wait, json),
         Cmd::Risk(a) => risk::run(a),
         Cmd::Sim(args) => code(foreshard::sim::run(args)?),
-        Cmd::Trace { cmd } => code(foreshard::trace::run(cmd)?),
+        Cmd::Trace { cmd } => code(trace::run(cmd)?),
     }
 }
 

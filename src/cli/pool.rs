@@ -11,6 +11,7 @@ use foreshard::daemon;
 use foreshard::pool;
 use foreshard::recovery::{Profile, RecoveryOptions};
 use foreshard::sharding::ShardingOptions;
+use foreshard::util;
 
 /// `foreshard mount --io-uring`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -43,7 +44,7 @@ pub fn init(a: InitCmd) -> anyhow::Result<()> {
         extent_size,
         health_dir,
     } = a;
-    let extent_size = pool::parse_size(&extent_size)?;
+    let extent_size = util::parse_size(&extent_size)?;
     let health_dir = health_dir
         .map(|d| foreshard::risk::report::check_health_dir(&d))
         .transpose()?;
@@ -148,7 +149,7 @@ pub fn mount(a: MountCmd) -> anyhow::Result<()> {
     }
     let sharding = sharding_options(&a)?;
     let recovery = recovery_options(&a)?;
-    let buffer_bytes_max = pool::parse_size(&a.agent_buffer_max).context("--agent-buffer-max")?;
+    let buffer_bytes_max = util::parse_size(&a.agent_buffer_max).context("--agent-buffer-max")?;
     daemon::mount(&daemon::MountArgs {
         threads: a.threads.map(usize::from).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16))
@@ -178,10 +179,10 @@ pub fn mount(a: MountCmd) -> anyhow::Result<()> {
 fn sharding_options(a: &MountCmd) -> anyhow::Result<ShardingOptions> {
     let s = ShardingOptions {
         interval: (a.reshard_interval_s > 0).then(|| Duration::from_secs(a.reshard_interval_s)),
-        rate_bytes_per_s: pool::parse_size(&a.migration_rate).context("--migration-rate")?,
-        chunk_bytes: pool::parse_size(&a.migration_chunk).context("--migration-chunk")?,
-        shard_bytes_max: pool::parse_size(&a.shard_size_max).context("--shard-size-max")?,
-        shard_bytes_min: pool::parse_size(&a.shard_size_min).context("--shard-size-min")?,
+        rate_bytes_per_s: util::parse_size(&a.migration_rate).context("--migration-rate")?,
+        chunk_bytes: util::parse_size(&a.migration_chunk).context("--migration-chunk")?,
+        shard_bytes_max: util::parse_size(&a.shard_size_max).context("--shard-size-max")?,
+        shard_bytes_min: util::parse_size(&a.shard_size_min).context("--shard-size-min")?,
         ..ShardingOptions::default()
     };
     anyhow::ensure!(s.rate_bytes_per_s > 0, "--migration-rate must be above 0");
@@ -195,9 +196,9 @@ fn sharding_options(a: &MountCmd) -> anyhow::Result<ShardingOptions> {
 
 fn recovery_options(a: &MountCmd) -> anyhow::Result<RecoveryOptions> {
     Ok(RecoveryOptions {
-        rate_bytes_max: pool::parse_size(&a.recovery_rate).context("--recovery-rate")?,
+        rate_bytes_max: util::parse_size(&a.recovery_rate).context("--recovery-rate")?,
         profile: a.recovery_profile,
-        reservation_bytes_per_s: pool::parse_size(&a.recovery_reservation)
+        reservation_bytes_per_s: util::parse_size(&a.recovery_reservation)
             .context("--recovery-reservation")?,
         probe_interval: Duration::from_millis(a.probe_interval_ms),
         probe_deadline: Duration::from_millis(a.probe_deadline_ms),

@@ -1,5 +1,5 @@
 //! `foreshard risk POOL`: each disk's failure risk and the risk settings; `risk train|
-//! score|eval` (the model's own commands, in `foreshard::risk`).
+//! score|eval` (the model's own commands, in `risk_model.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use foreshard::control::Request;
 #[derive(clap::Args)]
 pub struct RiskArgs {
     #[command(subcommand)]
-    pub cmd: Option<foreshard::risk::RiskCmd>,
+    pub cmd: Option<super::risk_model::RiskCmd>,
     pub pool: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
@@ -42,7 +42,7 @@ pub fn run(a: RiskArgs) -> anyhow::Result<ExitCode> {
         evacuate,
     } = a;
     if let Some(cmd) = cmd {
-        let code = foreshard::risk::run(cmd)?;
+        let code = super::risk_model::run(cmd)?;
         return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
     }
     let Some(pool) = pool else {

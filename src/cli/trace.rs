@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::*;
+use foreshard::trace::*;
 
 // ----------------------------------------------------------------------------------- CLI --
 
@@ -15,7 +15,7 @@ pub(crate) fn parse_speed(s: &str) -> Result<f64, String> {
 }
 
 pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
-    crate::pool::parse_size(s).map_err(|e| e.to_string())
+    foreshard::util::parse_size(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,7 +99,7 @@ pub enum TraceCmd {
 
 /// Runs a `foreshard trace` command; returns the exit code.
 pub fn run(cmd: TraceCmd) -> anyhow::Result<i32> {
-    use crate::util::fmt_bytes;
+    use foreshard::util::fmt_bytes;
     match cmd {
         TraceCmd::Replay {
             trace,
@@ -245,5 +245,52 @@ pub fn run(cmd: TraceCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verify_mismatch_exits_1() {
+        // A file with stray bytes where the trace reads space it never wrote.
+        let d = tempfile::tempdir().unwrap();
+        let trace = d.path().join("t.csv");
+        let text = format!("{HEADER}\n0,W,0,4096,w\n1,R,0,8192,w\n");
+        std::fs::write(&trace, text).unwrap();
+        let mnt = d.path().join("m");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::write(mnt.join("w"), vec![7u8; 8192]).unwrap();
+        let cmd = TraceCmd::Replay {
+            trace,
+            mount: mnt,
+            speed: 1.0,
+            fast: true,
+            verify: true,
+            limit: None,
+            direct: false,
+            json: true,
+        };
+        assert_eq!(run(cmd).unwrap(), 1);
+    }
+
+    #[test]
+    fn trace_cli_checks_speed() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: TraceCmd,
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from(["x"].iter().chain(args));
+        assert!(parse(&["replay", "t", "m", "--speed", "0"]).is_err());
+        assert!(parse(&["replay", "t", "m", "--speed", "inf"]).is_err());
+        assert!(parse(&["replay", "t", "m", "--speed", "2", "--fast"]).is_err());
+        match parse(&["replay", "t", "m", "--fast"]).unwrap().cmd {
+            TraceCmd::Replay { speed, fast, .. } => assert!(fast && speed == 1.0),
+            _ => unreachable!(),
+        }
+        assert!(parse(&["synth", "--out", "x.csv", "--extent-size", "256KiB"]).is_ok());
     }
 }

@@ -180,7 +180,7 @@ pub fn score_on(h: &Health, seg: &Seg, day: u32) -> Option<f64> {
 /// The model for `--model`: the file given, or the one shipped in `fixtures/` (built in, so
 /// the command works from any directory).
 pub fn load_model(path: Option<&Path>) -> anyhow::Result<Model> {
-    const SHIPPED: &str = include_str!("../../fixtures/risk-model.txt");
+    const SHIPPED: &str = include_str!("../../../../fixtures/risk-model.txt");
     match path {
         Some(p) => {
             let text =

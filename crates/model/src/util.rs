@@ -1,7 +1,10 @@
-//! Small helpers every layer may use; imports nothing from the crate.
+//! Small helpers every layer may use (clock, units and their parsing and formatting);
+//! imports nothing from the crate.
 
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
@@ -32,6 +35,23 @@ pub fn fmt_bytes(b: u64) -> String {
     }
 }
 
+/// Parses sizes like `1MiB`, `64k`, `1048576`.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => bail!("bad size unit in {s:?} (use KiB, MiB or GiB)"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} too large"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -41,5 +61,14 @@ mod tests {
         assert_eq!(super::fmt_bytes(1536), "1.5 KiB");
         assert_eq!(super::fmt_bytes(3 << 30), "3.0 GiB");
         assert_eq!(super::fmt_bytes(u64::MAX), "16777216.0 TiB");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(super::parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(super::parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(super::parse_size("4096").unwrap(), 4096);
+        assert!(super::parse_size("1XB").is_err());
+        assert!(super::parse_size("").is_err());
     }
 }

@@ -10,7 +10,27 @@
 //!   within a band.
 //! - Never two replicas on one disk.
 
-use crate::meta::ShardClass;
+use serde::{Deserialize, Serialize};
+
+/// The kind of data a shard holds. `General` shards (the hash-addressed initial set and the
+/// engine's overflow shards) take new, warm and cold data; `Hot` shards hold the hot
+/// working set (and extents cooling off, until they turn cold), never cold data.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardClass {
+    #[default]
+    General,
+    Hot,
+}
+
+impl ShardClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            ShardClass::General => "general",
+            ShardClass::Hot => "hot",
+        }
+    }
+}
 
 /// The risk interface placement goes through: P(failure) per disk. The daemon's risk
 /// service (`risk::service::View`) fills it; before its first round, and offline, every

@@ -4,7 +4,7 @@ use std::os::unix::fs::FileExt;
 
 const REAL_TRACE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/traces/hp_hplajw_1week.csv.gz"
+    "/../../../shared/data/traces/hp_hplajw_1week.csv.gz"
 );
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -531,20 +531,6 @@ fn trace_replay_verify_catches_tampering() {
     let s = replay(&trace, &mnt, &fast(true)).unwrap();
     assert_eq!(s.verify_errors, 1);
     assert_eq!(s.mismatches[0].offset, 4096);
-    assert_eq!(
-        run(TraceCmd::Replay {
-            trace,
-            mount: mnt,
-            speed: 1.0,
-            fast: true,
-            verify: true,
-            limit: None,
-            direct: false,
-            json: true,
-        })
-        .unwrap(),
-        1
-    );
 }
 
 #[test]
@@ -590,22 +576,7 @@ fn trace_replay_keeps_the_schedule() {
 }
 
 #[test]
-fn trace_cli_checks_speed() {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: TraceCmd,
-    }
-    let parse = |args: &[&str]| Cli::try_parse_from(["x"].iter().chain(args));
-    assert!(parse(&["replay", "t", "m", "--speed", "0"]).is_err());
-    assert!(parse(&["replay", "t", "m", "--speed", "inf"]).is_err());
-    assert!(parse(&["replay", "t", "m", "--speed", "2", "--fast"]).is_err());
-    match parse(&["replay", "t", "m", "--fast"]).unwrap().cmd {
-        TraceCmd::Replay { speed, fast, .. } => assert!(fast && speed == 1.0),
-        _ => unreachable!(),
-    }
-    assert!(parse(&["synth", "--out", "x.csv", "--extent-size", "256KiB"]).is_ok());
+fn truth_file_sits_beside_the_trace() {
     assert_eq!(
         default_truth_path(Path::new("f/planted.csv.gz")),
         Path::new("f/planted.truth.json")

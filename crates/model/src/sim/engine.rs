@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::fleet::{score_on, Fleet, Health, DAY_S};
-use crate::meta::ShardClass;
+use crate::placement::ShardClass;
 use crate::placement::{choose, Candidate};
 use crate::risk::shard::{loss_probability, p_within, repair_seconds};
 

@@ -11,11 +11,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-mod cli;
 mod replay;
 mod synth;
 
-pub use cli::*;
 pub use replay::*;
 pub use synth::*;
 

@@ -87,7 +87,7 @@ fn trains_on_a_planted_signal_and_round_trips() {
     more_errors_never_lower_the_score(&m, &[None, Some(&"M".to_string())]);
 }
 
-const SHIPPED: &str = include_str!("../../../fixtures/risk-model.txt");
+const SHIPPED: &str = include_str!("../../../../../fixtures/risk-model.txt");
 
 fn row(day: i64, s5: f64, s197: f64, hours: Option<f64>) -> Row {
     let mut smart = [None; ATTRS.len()];

@@ -475,7 +475,7 @@ pub fn write_synth(p: &SynthParams, out: &Path, truth_path: &Path) -> anyhow::Re
 }
 
 /// `x.csv.gz` / `x.csv` -> `x.truth.json`.
-pub(crate) fn default_truth_path(out: &Path) -> PathBuf {
+pub fn default_truth_path(out: &Path) -> PathBuf {
     let name = out
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());

@@ -300,7 +300,7 @@ pub(crate) fn check(
     None
 }
 
-pub(crate) fn check_speed(speed: f64) -> anyhow::Result<()> {
+pub fn check_speed(speed: f64) -> anyhow::Result<()> {
     if !(speed.is_finite() && speed > 0.0) {
         bail!("speed must be a finite number above 0 (got {speed})");
     }
