@@ -25,6 +25,7 @@ use std::time::Instant;
 use io_uring::{opcode, types, IoUring};
 
 use crate::store::{align_up, AlignedBuf};
+use crate::util;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -44,33 +45,34 @@ pub enum AgentMode {
     Reactive,
 }
 
-/// Global limits of the pool: every agent is one thread and one ring at activation.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Global limits of the pool: every agent is one thread and one ring at activation. The agent
+/// flags of `foreshard mount` (clap); the defaults are the flags' defaults.
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Parser)]
 pub struct AgentLimits {
-    /// Agents (each one ring and one thread while recovering).
+    /// Most recovery agents (each one io_uring ring and one thread while recovering).
+    #[arg(id = "agents-max", long = "agents-max", value_name = "AGENTS_MAX", default_value = "8", value_parser = util::count_in(1, 256))]
     pub agents_max: usize,
-    /// Extents each agent keeps in flight (its registered buffers).
-    pub queue_depth: usize,
     /// Registered buffer memory over all agents.
+    #[arg(id = "agent-buffer-max", long = "agent-buffer-max", value_name = "AGENT_BUFFER_MAX", default_value = "64MiB", value_parser = util::parse_size)]
     pub buffer_bytes_max: u64,
-    /// Replica files the plan keeps open over all agents.
+    /// Extents each agent keeps in flight.
+    #[arg(id = "agent-queue-depth", long = "agent-queue-depth", value_name = "AGENT_QUEUE_DEPTH", default_value = "4", value_parser = util::count_in(1, 64))]
+    pub queue_depth: usize,
+    // Not flags. Replica files the plan keeps open over all agents.
+    #[arg(skip = 2048usize)]
     pub fds_max: usize,
-    /// Share of a disk's free space the plan may reserve for recovery copies.
+    // Share of a disk's free space the plan may reserve for recovery copies.
+    #[arg(skip = 0.5)]
     pub reserve_fraction_max: f64,
-    /// Extents the plan holds (about `PLAN_BYTES_PER_EXTENT` each).
+    // Extents the plan holds (about `PLAN_BYTES_PER_EXTENT` each).
+    #[arg(skip = 1usize << 18)]
     pub plan_extents_max: usize,
 }
 
 impl Default for AgentLimits {
     fn default() -> Self {
-        AgentLimits {
-            agents_max: 8,
-            queue_depth: 4,
-            buffer_bytes_max: 64 << 20,
-            fds_max: 2048,
-            reserve_fraction_max: 0.5,
-            plan_extents_max: 1 << 18,
-        }
+        // The flags' defaults: one source for the CLI and the library.
+        <Self as clap::Parser>::parse_from(["foreshard"])
     }
 }
 

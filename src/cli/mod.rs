@@ -215,3 +215,28 @@ fn ask_offline(pool: &Path, req: &Request) -> anyhow::Result<serde_json::Value> 
     }
     control::handle(&control::Services::offline(fs), req)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Two flattened option structs with a field of one name give two arguments one id; a
+    /// release build then parses one of them silently wrong (clap checks only in debug).
+    fn assert_unique_ids(cmd: &clap::Command, path: &str) {
+        let mut ids = std::collections::HashSet::new();
+        for a in cmd.get_arguments() {
+            assert!(
+                ids.insert(a.get_id().clone()),
+                "{path}: two arguments with id {}",
+                a.get_id()
+            );
+        }
+        for sub in cmd.get_subcommands() {
+            assert_unique_ids(sub, &format!("{path} {}", sub.get_name()));
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        assert_unique_ids(&super::Cli::command(), "foreshard");
+    }
+}

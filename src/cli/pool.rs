@@ -1,15 +1,13 @@
 //! `foreshard init`, `mount`, `umount`, `upgrade`: a pool's life cycle.
 
 use std::path::PathBuf;
-use std::time::Duration;
-
-use anyhow::Context;
 
 use foreshard::access::AccessOptions;
 use foreshard::agents::{AgentLimits, AgentMode};
 use foreshard::daemon;
 use foreshard::pool;
-use foreshard::recovery::{Profile, RecoveryOptions};
+use foreshard::recovery::RecoveryOptions;
+use foreshard::risk::service::RiskOptions;
 use foreshard::sharding::ShardingOptions;
 use foreshard::util;
 
@@ -28,8 +26,8 @@ pub struct InitCmd {
     pub disks: Vec<PathBuf>,
     #[arg(long, default_value_t = 2)]
     pub replicas: u32,
-    #[arg(long, default_value = "1MiB")]
-    pub extent_size: String,
+    #[arg(long, default_value = "1MiB", value_parser = util::parse_size)]
+    pub extent_size: u64,
     /// Directory of per-disk health files (`<disk id>.json` smartctl --json output,
     /// `<disk id>.prom` node_exporter textfile); change it later with `risk POOL`.
     #[arg(long)]
@@ -44,7 +42,6 @@ pub fn init(a: InitCmd) -> anyhow::Result<()> {
         extent_size,
         health_dir,
     } = a;
-    let extent_size = util::parse_size(&extent_size)?;
     let health_dir = health_dir
         .map(|d| foreshard::risk::report::check_health_dir(&d))
         .transpose()?;
@@ -85,61 +82,20 @@ pub struct MountCmd {
     /// Recovery agents: `pool` (made before any failure) or `reactive` (made after it).
     #[arg(long, value_enum, default_value = "pool")]
     pub agents: AgentMode,
-    /// Most recovery agents (each one io_uring ring and one thread while recovering).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub agents_max: u16,
-    /// Registered buffer memory over all agents.
-    #[arg(long, default_value = "64MiB")]
-    pub agent_buffer_max: String,
-    /// Extents each agent keeps in flight.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub agent_queue_depth: u16,
-    /// Recovery copy rate limit per second (e.g. 200MiB; 0 = none).
-    #[arg(long, default_value = "0")]
-    pub recovery_rate: String,
-    /// Recovery rate per second kept however busy clients are (mClock reservation).
-    #[arg(long, default_value = "8MiB")]
-    pub recovery_reservation: String,
-    /// Recovery's share of bandwidth while clients do I/O (0.25, 0.5, 0.9).
-    #[arg(long, value_enum, default_value = "balanced")]
-    pub recovery_profile: Profile,
-    /// Disk health probe (write, fsync, read back) period in milliseconds.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60000))]
-    pub probe_interval_ms: u64,
-    /// A probe running longer than this counts as failed (milliseconds).
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600000))]
-    pub probe_deadline_ms: u64,
-    /// A disk whose root or label vanished stays suspect this long (milliseconds)
-    /// before it is failed and its data rebuilt elsewhere.
-    #[arg(long, default_value_t = 10000, value_parser = clap::value_parser!(u64).range(0..=3600000))]
-    pub missing_grace_ms: u64,
+    #[command(flatten)]
+    pub agent_limits: AgentLimits,
+    #[command(flatten)]
+    pub recovery: RecoveryOptions,
     /// Run without the access analyzer (and so without re-sharding).
     #[arg(long)]
     pub no_access: bool,
-    /// Automatic re-sharding period in seconds (0: only `foreshard reshard`).
-    #[arg(long, default_value_t = 600)]
-    pub reshard_interval_s: u64,
-    /// Migration budget: bytes copied per second by re-sharding.
-    #[arg(long, default_value = "16MiB")]
-    pub migration_rate: String,
-    /// Migration copies and commits this much at a time.
-    #[arg(long, default_value = "8MiB")]
-    pub migration_chunk: String,
-    /// Largest shard the sharding engine forms or keeps.
-    #[arg(long, default_value = "256MiB")]
-    pub shard_size_max: String,
-    /// Shards the engine formed that fall below this are merged.
-    #[arg(long, default_value = "4MiB")]
-    pub shard_size_min: String,
-    /// Seconds between risk collections (health files, smartctl, /sys stats).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
-    pub risk_interval_s: u64,
+    #[command(flatten)]
+    pub sharding: ShardingOptions,
+    #[command(flatten)]
+    pub risk: RiskOptions,
     /// Failure model file (default: the shipped model, trained on Backblaze data).
     #[arg(long)]
     pub risk_model: Option<PathBuf>,
-    /// Never run smartctl (health files and foreshard's own signals only).
-    #[arg(long)]
-    pub no_smartctl: bool,
 }
 
 pub fn mount(a: MountCmd) -> anyhow::Result<()> {
@@ -147,63 +103,22 @@ pub fn mount(a: MountCmd) -> anyhow::Result<()> {
         // Refused before daemonizing, with the reason.
         foreshard::risk::service::load_model(Some(m))?;
     }
-    let sharding = sharding_options(&a)?;
-    let recovery = recovery_options(&a)?;
-    let buffer_bytes_max = util::parse_size(&a.agent_buffer_max).context("--agent-buffer-max")?;
+    a.sharding.validate()?;
     daemon::mount(&daemon::MountArgs {
         threads: a.threads.map(usize::from).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16))
         }),
         io_uring: a.io_uring == IoUringMode::Auto,
         agent_mode: a.agents,
-        agent_limits: AgentLimits {
-            agents_max: usize::from(a.agents_max),
-            queue_depth: usize::from(a.agent_queue_depth),
-            buffer_bytes_max,
-            ..AgentLimits::default()
-        },
-        recovery,
+        agent_limits: a.agent_limits,
+        recovery: a.recovery,
         access: (!a.no_access).then(AccessOptions::default),
-        sharding,
-        risk: foreshard::risk::service::RiskOptions {
-            interval: Duration::from_secs(a.risk_interval_s),
-            smartctl: !a.no_smartctl,
-        },
+        sharding: a.sharding,
+        risk: a.risk,
         risk_model: a.risk_model.map(|m| std::fs::canonicalize(&m).unwrap_or(m)),
         pool: a.pool,
         mountpoint: a.mountpoint,
         foreground: a.foreground,
-    })
-}
-
-fn sharding_options(a: &MountCmd) -> anyhow::Result<ShardingOptions> {
-    let s = ShardingOptions {
-        interval: (a.reshard_interval_s > 0).then(|| Duration::from_secs(a.reshard_interval_s)),
-        rate_bytes_per_s: util::parse_size(&a.migration_rate).context("--migration-rate")?,
-        chunk_bytes: util::parse_size(&a.migration_chunk).context("--migration-chunk")?,
-        shard_bytes_max: util::parse_size(&a.shard_size_max).context("--shard-size-max")?,
-        shard_bytes_min: util::parse_size(&a.shard_size_min).context("--shard-size-min")?,
-        ..ShardingOptions::default()
-    };
-    anyhow::ensure!(s.rate_bytes_per_s > 0, "--migration-rate must be above 0");
-    anyhow::ensure!(s.chunk_bytes > 0, "--migration-chunk must be above 0");
-    anyhow::ensure!(
-        s.shard_bytes_min <= s.shard_bytes_max,
-        "--shard-size-min must not exceed --shard-size-max"
-    );
-    Ok(s)
-}
-
-fn recovery_options(a: &MountCmd) -> anyhow::Result<RecoveryOptions> {
-    Ok(RecoveryOptions {
-        rate_bytes_max: util::parse_size(&a.recovery_rate).context("--recovery-rate")?,
-        profile: a.recovery_profile,
-        reservation_bytes_per_s: util::parse_size(&a.recovery_reservation)
-            .context("--recovery-reservation")?,
-        probe_interval: Duration::from_millis(a.probe_interval_ms),
-        probe_deadline: Duration::from_millis(a.probe_deadline_ms),
-        missing_grace: Duration::from_millis(a.missing_grace_ms),
-        ..RecoveryOptions::default()
     })
 }
 
@@ -224,4 +139,73 @@ pub fn upgrade(pool: PathBuf) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::MountCmd;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mount: MountCmd,
+    }
+
+    fn parse(flags: &[&str]) -> Result<MountCmd, String> {
+        let args = ["foreshard", "POOL", "MNT"].iter().chain(flags);
+        Cli::try_parse_from(args)
+            .map(|c| c.mount)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mount_flags_fill_the_daemon_options_with_their_defaults() {
+        let m = parse(&[]).unwrap();
+        assert_eq!(m.recovery.probe_interval, Duration::from_secs(1));
+        assert_eq!(m.recovery.missing_grace, Duration::from_secs(10));
+        assert_eq!(m.recovery.reservation_bytes_per_s, 8 << 20);
+        assert_eq!(m.recovery.fail_after, 3);
+        assert_eq!(m.sharding.interval, Some(Duration::from_secs(600)));
+        assert_eq!(m.sharding.rate_bytes_per_s, 16 << 20);
+        assert_eq!(m.agent_limits.agents_max, 8);
+        assert_eq!(m.agent_limits.buffer_bytes_max, 64 << 20);
+        assert_eq!(m.agent_limits.fds_max, 2048);
+        assert_eq!(m.risk.interval, Duration::from_secs(60));
+        assert!(m.risk.smartctl);
+    }
+
+    #[test]
+    fn mount_flags_take_units_and_refuse_out_of_range_values() {
+        let m = parse(&[
+            "--probe-interval-ms=250",
+            "--missing-grace-ms=2s",
+            "--reshard-interval-s=0",
+            "--migration-rate=1MiB",
+            "--agents-max=16",
+            "--no-smartctl",
+        ])
+        .unwrap();
+        assert_eq!(m.recovery.probe_interval, Duration::from_millis(250));
+        assert_eq!(m.recovery.missing_grace, Duration::from_secs(2));
+        assert_eq!(m.sharding.interval, None);
+        assert_eq!(m.sharding.rate_bytes_per_s, 1 << 20);
+        assert_eq!(m.agent_limits.agents_max, 16);
+        assert!(!m.risk.smartctl);
+        for (flag, want) in [
+            ("--probe-interval-ms=5", "--probe-interval-ms"),
+            ("--agents-max=0", "--agents-max"),
+            ("--agent-queue-depth=65", "--agent-queue-depth"),
+            ("--migration-rate=1XB", "--migration-rate"),
+            ("--risk-interval-s=0", "--risk-interval-s"),
+        ] {
+            let Err(e) = parse(&[flag]) else {
+                panic!("{flag} was accepted")
+            };
+            assert!(e.contains(want), "{flag}: {e}");
+        }
+    }
 }

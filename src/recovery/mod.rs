@@ -60,45 +60,57 @@ impl Profile {
     }
 }
 
-#[derive(Clone, Debug)]
+/// The recovery flags of `foreshard mount` (clap) and what the detector and the Orchestrator
+/// run with; the defaults are the flags' defaults.
+#[derive(Clone, Debug, clap::Parser)]
 pub struct RecoveryOptions {
-    /// Label and root checks, and collection of probe results.
-    pub check_interval: Duration,
-    /// Write + fsync + read-back probe of each healthy disk.
-    pub probe_interval: Duration,
-    /// A probe still running after this counts as failed (the disk hangs).
-    pub probe_deadline: Duration,
-    /// Failed probes in a row that turn a suspect disk into a failed one.
-    pub fail_after: u32,
-    /// A disk whose root or label is gone stays suspect this long before it is failed: a
-    /// directory renamed away and back, or a remount, must not fail it for good.
-    pub missing_grace: Duration,
-    /// Recovery copy rate limit in bytes/s (0: none).
+    /// Recovery copy rate limit per second (e.g. 200MiB; 0 = none).
+    #[arg(id = "recovery-rate", long = "recovery-rate", value_name = "RECOVERY_RATE", default_value = "0", value_parser = util::parse_size)]
     pub rate_bytes_max: u64,
-    /// Recovery rate kept however busy clients are (mClock reservation).
+    /// Recovery rate per second kept however busy clients are (mClock reservation).
+    #[arg(id = "recovery-reservation", long = "recovery-reservation", value_name = "RECOVERY_RESERVATION", default_value = "8MiB", value_parser = util::parse_size)]
     pub reservation_bytes_per_s: u64,
+    /// Recovery's share of bandwidth while clients do I/O (0.25, 0.5, 0.9).
+    #[arg(
+        id = "recovery-profile",
+        long = "recovery-profile",
+        value_name = "RECOVERY_PROFILE",
+        value_enum,
+        default_value = "balanced"
+    )]
     pub profile: Profile,
-    /// How often a stale plan is rebuilt.
+    /// Disk health probe (write, fsync, read back) period in milliseconds.
+    #[arg(id = "probe-interval-ms", long = "probe-interval-ms", value_name = "PROBE_INTERVAL_MS", default_value = "1000",
+          value_parser = util::millis_in(Duration::from_millis(10), Duration::from_secs(60)))]
+    pub probe_interval: Duration,
+    /// A probe running longer than this counts as failed (milliseconds).
+    #[arg(id = "probe-deadline-ms", long = "probe-deadline-ms", value_name = "PROBE_DEADLINE_MS", default_value = "1000",
+          value_parser = util::millis_in(Duration::from_millis(10), Duration::from_secs(600)))]
+    pub probe_deadline: Duration,
+    /// A disk whose root or label vanished stays suspect this long (milliseconds)
+    /// before it is failed and its data rebuilt elsewhere.
+    #[arg(id = "missing-grace-ms", long = "missing-grace-ms", value_name = "MISSING_GRACE_MS", default_value = "10000",
+          value_parser = util::millis_in(Duration::ZERO, Duration::from_secs(3600)))]
+    pub missing_grace: Duration,
+    // Not flags. How often labels and roots are checked and probe results collected.
+    #[arg(skip = Duration::from_millis(50))]
+    pub check_interval: Duration,
+    // Failed probes in a row that turn a suspect disk into a failed one.
+    #[arg(skip = 3u32)]
+    pub fail_after: u32,
+    // How often a stale plan is rebuilt.
+    #[arg(skip = Duration::from_secs(2))]
     pub plan_refresh_interval: Duration,
 }
 
 impl Default for RecoveryOptions {
     fn default() -> Self {
-        RecoveryOptions {
-            check_interval: Duration::from_millis(50),
-            probe_interval: Duration::from_millis(1000),
-            probe_deadline: Duration::from_millis(1000),
-            fail_after: 3,
-            missing_grace: Duration::from_secs(10),
-            rate_bytes_max: 0,
-            reservation_bytes_per_s: 8 << 20,
-            profile: Profile::Balanced,
-            plan_refresh_interval: Duration::from_secs(2),
-        }
+        // The flags' defaults: one source for the CLI and the library.
+        <Self as clap::Parser>::parse_from(["foreshard"])
     }
 }
 
-use crate::util::now_ms;
+use crate::util::{self, now_ms};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Failure {

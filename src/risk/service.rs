@@ -25,6 +25,7 @@ use super::model::{Model, Row, ATTRS};
 use super::shard::{loss_probability, repair_seconds};
 use crate::fs::Fs;
 use crate::meta::CF_CONFIG;
+use crate::util;
 
 /// The model shipped with foreshard (trained on the Backblaze 2013 sample), built in so an
 /// installed binary has it without the source tree.
@@ -232,19 +233,22 @@ struct Track {
     write_ms: Option<f64>,
 }
 
-#[derive(Clone, Debug)]
+/// The risk flags of `foreshard mount` (clap) and what the risk thread runs with.
+#[derive(Clone, Debug, clap::Parser)]
 pub struct RiskOptions {
+    /// Seconds between risk collections (health files, smartctl, /sys stats).
+    #[arg(id = "risk-interval-s", long = "risk-interval-s", value_name = "RISK_INTERVAL_S", default_value = "60",
+          value_parser = util::secs_in(Duration::from_secs(1), Duration::from_secs(86400)))]
     pub interval: Duration,
-    /// Try smartctl on disks whose device has SMART.
+    /// Never run smartctl (health files and foreshard's own signals only).
+    #[arg(id = "no-smartctl", long = "no-smartctl", action = clap::ArgAction::SetFalse)]
     pub smartctl: bool,
 }
 
 impl Default for RiskOptions {
     fn default() -> Self {
-        RiskOptions {
-            interval: Duration::from_secs(60),
-            smartctl: true,
-        }
+        // The flags' defaults: one source for the CLI and the library.
+        <Self as clap::Parser>::parse_from(["foreshard"])
     }
 }
 

@@ -22,39 +22,60 @@ use crate::fs::Fs;
 use crate::meta::CF_MOVES;
 use crate::placement::{RiskView, UniformRisk};
 use crate::store::ExtentId;
-use crate::util::now_ms;
+use crate::util::{self, now_ms};
 use plan::{Plan, PlanDisk, PlanExtent, PlanInput, PlanRules, PlanShard, Target};
 
-#[derive(Clone, Debug)]
+/// The re-sharding flags of `foreshard mount` (clap) and what the engine runs with; the
+/// defaults are the flags' defaults.
+#[derive(Clone, Debug, clap::Parser)]
 pub struct ShardingOptions {
-    /// Shard size bounds (bytes of extent data).
-    pub shard_bytes_max: u64,
-    pub shard_bytes_min: u64,
-    /// Automatic re-sharding period (None: only on demand).
-    pub interval: Option<Duration>,
-    /// Migration budget: copied bytes per second, in chunks of about this many bytes.
+    /// Automatic re-sharding period in seconds (0: only `foreshard reshard`).
+    #[arg(id = "reshard-interval-s", long = "reshard-interval-s", value_name = "RESHARD_INTERVAL_S", default_value = "600", value_parser = util::secs_or_never)]
+    pub interval: std::option::Option<Duration>,
+    /// Migration budget: bytes copied per second by re-sharding.
+    #[arg(id = "migration-rate", long = "migration-rate", value_name = "MIGRATION_RATE", default_value = "16MiB", value_parser = util::parse_size)]
     pub rate_bytes_per_s: u64,
+    /// Migration copies and commits this much at a time.
+    #[arg(id = "migration-chunk", long = "migration-chunk", value_name = "MIGRATION_CHUNK", default_value = "8MiB", value_parser = util::parse_size)]
     pub chunk_bytes: u64,
-    /// A move refused this many times (concurrent writes) is dropped until the next plan.
+    /// Largest shard the sharding engine forms or keeps.
+    #[arg(id = "shard-size-max", long = "shard-size-max", value_name = "SHARD_SIZE_MAX", default_value = "256MiB", value_parser = util::parse_size)]
+    pub shard_bytes_max: u64,
+    /// Shards the engine formed that fall below this are merged.
+    #[arg(id = "shard-size-min", long = "shard-size-min", value_name = "SHARD_SIZE_MIN", default_value = "4MiB", value_parser = util::parse_size)]
+    pub shard_bytes_min: u64,
+    // Not flags. A move refused this many times (concurrent writes) is dropped until the
+    // next plan.
+    #[arg(skip = 3u32)]
     pub move_retries_max: u32,
-    /// Shards with a daily peak are prepared (their data read ahead) this long before it...
+    // Shards with a daily peak are prepared (their data read ahead) this long before it...
+    #[arg(skip = Duration::from_secs(3600))]
     pub prepare_lead: Duration,
-    /// ...reading at most this many bytes per shard.
+    // ...reading at most this many bytes per shard.
+    #[arg(skip = 256u64 << 20)]
     pub prepare_bytes_max: u64,
 }
 
 impl Default for ShardingOptions {
     fn default() -> Self {
-        ShardingOptions {
-            shard_bytes_max: 256 << 20,
-            shard_bytes_min: 4 << 20,
-            interval: Some(Duration::from_secs(600)),
-            rate_bytes_per_s: 16 << 20,
-            chunk_bytes: 8 << 20,
-            move_retries_max: 3,
-            prepare_lead: Duration::from_secs(3600),
-            prepare_bytes_max: 256 << 20,
-        }
+        // The flags' defaults: one source for the CLI and the library.
+        <Self as clap::Parser>::parse_from(["foreshard"])
+    }
+}
+
+impl ShardingOptions {
+    /// Refuses budgets the engine cannot run with, naming the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.rate_bytes_per_s > 0,
+            "--migration-rate must be above 0"
+        );
+        anyhow::ensure!(self.chunk_bytes > 0, "--migration-chunk must be above 0");
+        anyhow::ensure!(
+            self.shard_bytes_min <= self.shard_bytes_max,
+            "--shard-size-min must not exceed --shard-size-max"
+        );
+        Ok(())
     }
 }
 

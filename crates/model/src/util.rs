@@ -2,7 +2,7 @@
 //! imports nothing from the crate.
 
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 
@@ -52,6 +52,74 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("size {s:?} too large"))
 }
 
+/// Parses durations like `250ms`, `10s`, `5m`, `1h`; a bare number is in `bare` units (so
+/// `--probe-interval-ms 250` keeps meaning 250 ms).
+pub fn parse_duration(s: &str, bare: Duration) -> anyhow::Result<Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+    let unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "" => bare,
+        "ms" => Duration::from_millis(1),
+        "s" => Duration::from_secs(1),
+        "m" | "min" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => bail!("bad duration unit in {s:?} (use ms, s, m or h)"),
+    };
+    u32::try_from(n)
+        .ok()
+        .and_then(|n| unit.checked_mul(n))
+        .with_context(|| format!("duration {s:?} too long"))
+}
+
+/// A value parser (for clap) of a duration within `lo..=hi`; bare numbers are milliseconds.
+pub fn millis_in(
+    lo: Duration,
+    hi: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s| duration_in(s, Duration::from_millis(1), lo, hi)
+}
+
+/// A value parser (for clap) of a duration within `lo..=hi`; bare numbers are seconds.
+pub fn secs_in(
+    lo: Duration,
+    hi: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s| duration_in(s, Duration::from_secs(1), lo, hi)
+}
+
+/// A value parser (for clap) of a period in seconds where 0 means never.
+pub fn secs_or_never(s: &str) -> Result<Option<Duration>, String> {
+    let d = parse_duration(s, Duration::from_secs(1)).map_err(|e| format!("{e:#}"))?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
+fn duration_in(s: &str, bare: Duration, lo: Duration, hi: Duration) -> Result<Duration, String> {
+    let d = parse_duration(s, bare).map_err(|e| format!("{e:#}"))?;
+    if d < lo || d > hi {
+        return Err(format!("{s} is not in {lo:?}..={hi:?}"));
+    }
+    Ok(d)
+}
+
+/// A value parser (for clap) of a count within `lo..=hi`.
+pub fn count_in(
+    lo: usize,
+    hi: usize,
+) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        let n: usize = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number"))?;
+        if n < lo || n > hi {
+            return Err(format!("{n} is not in {lo}..={hi}"));
+        }
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -70,5 +138,36 @@ mod tests {
         assert_eq!(super::parse_size("4096").unwrap(), 4096);
         assert!(super::parse_size("1XB").is_err());
         assert!(super::parse_size("").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_bare_numbers_in_the_flag_unit() {
+        use std::time::Duration as D;
+        let ms = D::from_millis(1);
+        assert_eq!(
+            super::parse_duration("250", ms).unwrap(),
+            D::from_millis(250)
+        );
+        assert_eq!(
+            super::parse_duration("250ms", D::from_secs(1)).unwrap(),
+            250 * ms
+        );
+        assert_eq!(super::parse_duration("10s", ms).unwrap(), D::from_secs(10));
+        assert_eq!(super::parse_duration("5m", ms).unwrap(), D::from_secs(300));
+        assert_eq!(super::parse_duration("1h", ms).unwrap(), D::from_secs(3600));
+        assert!(super::parse_duration("1d", ms).is_err());
+        assert!(super::parse_duration("", ms).is_err());
+        assert!(super::parse_duration("99999999999h", ms).is_err());
+        let p = super::millis_in(D::from_millis(10), D::from_secs(60));
+        assert_eq!(p("1s").unwrap(), D::from_secs(1));
+        assert!(p("9").is_err() && p("61s").is_err());
+        assert_eq!(super::secs_or_never("0").unwrap(), None);
+        assert_eq!(
+            super::secs_or_never("10m").unwrap(),
+            Some(D::from_secs(600))
+        );
+        let c = super::count_in(1, 256);
+        assert_eq!(c("8").unwrap(), 8);
+        assert!(c("0").is_err() && c("257").is_err() && c("x").is_err());
     }
 }
