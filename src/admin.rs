@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::fs::{Fs, StatsSnapshot};
 use crate::meta::{
-    DirentVal, ExtentRec, InodeRec, Kind, CF_DIRENTS, CF_INODES, CF_ORPHANS, CF_XATTRS, ROOT_INO,
+    DirentVal, DiskState, ExtentRec, InodeRec, Kind, CF_DIRENTS, CF_INODES, CF_ORPHANS, CF_XATTRS,
+    ROOT_INO,
 };
 use crate::recovery::RecoveryState;
 use crate::store::ExtentId;
@@ -18,7 +19,7 @@ use crate::util::fmt_bytes;
 pub struct DiskStatus {
     pub id: u32,
     pub path: String,
-    pub state: String,
+    pub state: DiskState,
     /// Bytes of extent replicas foreshard keeps on the disk.
     pub used_bytes: u64,
     /// Free bytes on the disk's filesystem.
@@ -157,7 +158,7 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
             DiskStatus {
                 id: d.id,
                 path: d.root.to_string_lossy().into_owned(),
-                state: d.state().name().to_string(),
+                state: d.state(),
                 used_bytes: u,
                 free_bytes: free,
                 total_bytes: total,
@@ -255,10 +256,10 @@ pub fn status_table(s: &Status) -> String {
         o += &format!(
             "{:>4}  {:<8} {:>10} {:>10} {:>9} {:>7} {:>6} {:>6}  {}\n",
             d.id,
-            if d.full && d.state == "up" {
+            if d.full && d.state == DiskState::Up {
                 "full"
             } else {
-                &d.state
+                d.state.name()
             },
             fmt_bytes(d.used_bytes),
             fmt_bytes(d.free_bytes),

@@ -10,65 +10,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
+
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::admin;
+use crate::api::{DiskAnswer, HeatAnswer, RecoverWaitAnswer, Reply, Request, Response, RiskAnswer};
 use crate::fs::Fs;
+use crate::meta::DiskState;
 use crate::recovery::Orchestrator;
 
 /// Requests larger than this are refused (they are a few bytes normally).
 const REQUEST_BYTES_MAX: usize = 64 * 1024;
 /// Concurrent connections served; more wait in the listen backlog.
 const CONNECTIONS_MAX: usize = 16;
-
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    Ping,
-    Status,
-    Shards,
-    Fsck {
-        repair: bool,
-    },
-    /// `disk` is an id or a disk directory path.
-    DiskFail {
-        disk: String,
-    },
-    DiskAdd {
-        path: String,
-    },
-    DiskRemove {
-        disk: String,
-    },
-    DiskOnline {
-        disk: String,
-    },
-    DiskFault {
-        disk: String,
-        eio_rate: Option<f64>,
-        delay_ms: Option<u64>,
-    },
-    Recover,
-    /// Heat report of the access analyzer (with an SVG heat map when `svg`).
-    Heat {
-        svg: bool,
-    },
-    /// Plans re-sharding; unless `dry_run`, starts the migration.
-    Reshard {
-        dry_run: bool,
-    },
-    /// Migration progress.
-    Migration,
-    /// Risk report; with `set`, new risk settings first (persisted).
-    Risk {
-        set: Option<crate::risk::service::RiskSettings>,
-    },
-    /// Blocks until no recovery is running (or `timeout_s`); answers with its status.
-    RecoverWait {
-        timeout_s: u64,
-    },
-}
 
 /// What a request runs against: the core, and the recovery orchestrator of a mounted pool.
 pub struct Services {
@@ -133,63 +87,40 @@ pub fn resolve_disk(fs: &Fs, disk: &str) -> anyhow::Result<u32> {
         .ok_or_else(|| anyhow::anyhow!("{disk}: not a disk of this pool"))
 }
 
-/// What disk requests answer: the disk, and its new state or fault settings.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct DiskAnswer {
-    pub disk: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fault: Option<crate::store::Fault>,
-}
-
-/// What `Request::Heat` answers.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct HeatAnswer {
-    pub report: crate::sharding::report::HeatReport,
-    pub svg: Option<String>,
-}
-
 /// Runs a request; `svc.recovery` is None when the pool is not mounted.
-pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<serde_json::Value> {
+pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<Response> {
     let fs = &svc.fs;
-    match req {
-        Request::Ping => Ok(serde_json::Value::from("pong")),
-        Request::Status => to(status(svc)),
-        Request::Shards => to(crate::sharding::report::shards(fs)),
-        Request::Fsck { repair } => to(admin::fsck(fs, *repair)),
+    Ok(match req {
+        Request::Ping => Response::Pong("pong"),
+        Request::Status => Response::Status(Box::new(status(svc)?)),
+        Request::Shards => Response::Shards(crate::sharding::report::shards(fs)?),
+        Request::Fsck { repair } => Response::Fsck(admin::fsck(fs, *repair)?),
         Request::DiskFail { .. }
         | Request::DiskAdd { .. }
         | Request::DiskRemove { .. }
-        | Request::DiskFault { .. } => to(disk_request(svc, req)),
+        | Request::DiskFault { .. } => Response::Disk(disk_request(svc, req)?),
         Request::DiskOnline { disk } => {
             let id = resolve_disk(fs, disk)?;
-            match &svc.recovery {
-                Some(o) => to(o.online_disk(id)),
-                None => to(crate::recovery::online_disk(fs, id)),
-            }
+            Response::Online(match &svc.recovery {
+                Some(o) => o.online_disk(id)?,
+                None => crate::recovery::online_disk(fs, id)?,
+            })
         }
-        Request::Recover => to(svc.orchestrator().map(|o| o.status())),
-        Request::Heat { svg } => to(heat(svc, *svg)),
-        Request::Reshard { dry_run } => to(reshard(svc, *dry_run)),
+        Request::Recover => Response::Recovery(svc.orchestrator()?.status()),
+        Request::Heat { svg } => Response::Heat(Box::new(heat(svc, *svg)?)),
+        Request::Reshard { dry_run } => Response::Plan(reshard(svc, *dry_run)?),
         Request::Migration => match &svc.sharding {
-            Some(e) => to(Ok(e.status())),
+            Some(e) => Response::Migration(e.status()),
             None => bail!("the pool is not mounted: re-sharding runs in the daemon"),
         },
-        Request::Risk { set } => risk(svc, set.as_ref()),
+        Request::Risk { set } => Response::Risk(Box::new(risk(svc, set.as_ref())?)),
         Request::RecoverWait { timeout_s } => {
             let o = svc.orchestrator()?;
             let idle = o.wait_idle(Duration::from_secs(*timeout_s));
-            let mut v = serde_json::to_value(o.status())?;
-            v["idle"] = serde_json::Value::from(idle);
-            Ok(v)
+            let status = o.status();
+            Response::RecoverWait(RecoverWaitAnswer { status, idle })
         }
-    }
-}
-
-/// An answer as the JSON the socket carries.
-fn to<T: Serialize>(v: anyhow::Result<T>) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::to_value(v?)?)
+    })
 }
 
 fn status(svc: &Services) -> anyhow::Result<admin::Status> {
@@ -210,9 +141,9 @@ fn status(svc: &Services) -> anyhow::Result<admin::Status> {
 /// `disk fail|add|remove|fault`.
 fn disk_request(svc: &Services, req: &Request) -> anyhow::Result<DiskAnswer> {
     let fs = &svc.fs;
-    let answer = |disk, state: Option<&str>| DiskAnswer {
+    let answer = |disk, state: Option<DiskState>| DiskAnswer {
         disk,
-        state: state.map(String::from),
+        state,
         fault: None,
     };
     match req {
@@ -220,9 +151,9 @@ fn disk_request(svc: &Services, req: &Request) -> anyhow::Result<DiskAnswer> {
             let id = resolve_disk(fs, disk)?;
             match &svc.recovery {
                 Some(o) => o.fail_disk(id, "operator: foreshard disk fail"),
-                None => fs.set_disk_state(id, crate::meta::DiskState::Failed)?,
+                None => fs.set_disk_state(id, DiskState::Failed)?,
             }
-            Ok(answer(id, Some("failed")))
+            Ok(answer(id, Some(DiskState::Failed)))
         }
         Request::DiskAdd { path } => {
             let id = match &svc.recovery {
@@ -241,7 +172,7 @@ fn disk_request(svc: &Services, req: &Request) -> anyhow::Result<DiskAnswer> {
                 Some(o) => o.drain_disk(id)?,
                 None => bail!("the pool is not mounted: mount it to drain a disk"),
             }
-            Ok(answer(id, Some("draining")))
+            Ok(answer(id, Some(DiskState::Draining)))
         }
         Request::DiskFault {
             disk,
@@ -318,14 +249,18 @@ fn reshard(svc: &Services, dry_run: bool) -> anyhow::Result<crate::sharding::Pla
 fn risk(
     svc: &Services,
     set: Option<&crate::risk::service::RiskSettings>,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<RiskAnswer> {
     let fs = &svc.fs;
     if let Some(r) = &svc.risk {
         if let Some(new) = set {
             r.set_settings(new.clone())?;
             r.collect_round()?;
         }
-        return Ok(serde_json::to_value(risk_report(svc, r))?);
+        let snapshot = risk_report(svc, r);
+        return Ok(RiskAnswer {
+            snapshot,
+            mounted: None,
+        });
     }
     if let Some(new) = set {
         crate::risk::service::save_settings(&fs.meta, new)?;
@@ -344,9 +279,10 @@ fn risk(
         Box::new(|| None),
     )?;
     r.collect_round()?;
-    let mut v = serde_json::to_value(risk_report(svc, &r))?;
-    v["mounted"] = serde_json::Value::from(false);
-    Ok(v)
+    Ok(RiskAnswer {
+        snapshot: risk_report(svc, &r),
+        mounted: Some(false),
+    })
 }
 
 /// The latest risk snapshot with the evacuation progress, shards cut to the riskiest.
@@ -431,12 +367,13 @@ fn peer_allowed(stream: &tokio::net::UnixStream, owner_uid: u32) -> Result<(), S
     }
 }
 
-fn answer_line(reply: anyhow::Result<serde_json::Value>) -> String {
-    let out = match reply {
-        Ok(v) => serde_json::json!({ "ok": v }),
-        Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+fn answer_line(reply: anyhow::Result<Response>) -> String {
+    let reply = match reply {
+        Ok(r) => Reply::Ok(Box::new(r)),
+        Err(e) => Reply::Error(format!("{e:#}")),
     };
-    let mut s = out.to_string();
+    let mut s = serde_json::to_string(&reply)
+        .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode the answer: {e}\"}}"));
     s.push('\n');
     s
 }

@@ -123,7 +123,8 @@ const POOL_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Returns once nothing holds the pool (bounded, saying so); refuses a pool whose daemon
 /// is serving a mount.
 fn wait_for_pool(pool_dir: &Path) -> anyhow::Result<()> {
-    use crate::control::{call, Answer, Request};
+    use crate::api::Request;
+    use crate::control::{call, Answer};
     let start = Instant::now();
     let mut said = false;
     loop {

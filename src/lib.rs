@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admin;
 pub mod agents;
+pub mod api;
 mod bufmem;
 pub mod control;
 pub mod daemon;

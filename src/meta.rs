@@ -148,7 +148,10 @@ pub struct ShardRec {
 /// rule that reads it.
 pub use crate::placement::ShardClass;
 
+/// Serialized by name (lower case) in JSON; by variant index (postcard) in the metadata, so
+/// variants are only ever appended.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
 pub enum DiskState {
     Up,
     /// Probes failed or hung: still read and written, watched closely.

@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::{ask, LONG};
-use foreshard::control::Request;
+use super::{ask, ask_as, LONG};
+use foreshard::admin::Status;
+use foreshard::api::DiskAnswer;
+use foreshard::api::Request;
+use foreshard::meta::DiskState;
 
 #[derive(clap::Subcommand)]
 pub enum DiskCmd {
@@ -84,8 +87,8 @@ pub fn run(cmd: DiskCmd) -> anyhow::Result<()> {
 
 /// Drains the disk and, unless `no_wait`, waits until it is released.
 fn remove(pool: PathBuf, disk: String, no_wait: bool) -> anyhow::Result<()> {
-    let v = ask(&pool, Request::DiskRemove { disk }, LONG)?;
-    let id = v["disk"].as_u64().unwrap_or(u64::MAX);
+    let answer: DiskAnswer = ask_as(&pool, Request::DiskRemove { disk }, LONG)?;
+    let id = answer.disk;
     println!("disk {id} draining");
     if no_wait {
         return Ok(());
@@ -98,15 +101,10 @@ fn remove(pool: PathBuf, disk: String, no_wait: bool) -> anyhow::Result<()> {
         },
         LONG,
     )?;
-    let s = ask(&pool, Request::Status, LONG)?;
-    let state = s["disks"]
-        .as_array()
-        .and_then(|a| a.iter().find(|d| d["id"].as_u64() == Some(id)))
-        .and_then(|d| d["state"].as_str())
-        .unwrap_or("?")
-        .to_string();
-    println!("disk {id}: {state}");
-    if state != "removed" {
+    let s: Status = ask_as(&pool, Request::Status, LONG)?;
+    let state = s.disks.into_iter().find(|d| d.id == id).map(|d| d.state);
+    println!("disk {id}: {}", state.map_or("?", |s| s.name()));
+    if state != Some(DiskState::Removed) {
         anyhow::bail!("disk {id} is not drained (no room on the other disks?)");
     }
     Ok(())

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use foreshard::control::{self, Request};
+use foreshard::api::Request;
+use foreshard::control;
 use foreshard::fs::FsOptions;
 use foreshard::pool::Pool;
 
@@ -200,6 +201,16 @@ pub fn ask(pool: &Path, req: Request, timeout: Duration) -> anyhow::Result<serde
     }
 }
 
+/// `ask`, the answer decoded as the type `foreshard::api` says the request gets.
+pub fn ask_as<T: serde::de::DeserializeOwned>(
+    pool: &Path,
+    req: Request,
+    timeout: Duration,
+) -> anyhow::Result<T> {
+    let v = ask(pool, req, timeout)?;
+    serde_json::from_value(v).map_err(|e| anyhow::anyhow!("bad answer from the daemon: {e}"))
+}
+
 fn ask_offline(pool: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
     // RocksDB files it creates are private, like the daemon's.
     let _mask = foreshard::pool::Umask::private();
@@ -213,7 +224,8 @@ fn ask_offline(pool: &Path, req: &Request) -> anyhow::Result<serde_json::Value> 
             eprintln!("crash recovery: {freed} orphaned inode(s) freed, {removed} uncommitted extent file(s) removed");
         }
     }
-    control::handle(&control::Services::offline(fs), req)
+    let answer = control::handle(&control::Services::offline(fs), req)?;
+    Ok(serde_json::to_value(answer)?)
 }
 
 #[cfg(test)]

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{ask, LONG};
+use super::{ask, ask_as, LONG};
 use foreshard::admin::{self, FsckReport};
-use foreshard::control::Request;
-use foreshard::recovery::RecoveryState;
-use foreshard::sharding::report::{heat_table, HeatReport, Shards};
+use foreshard::api::{HeatAnswer, Request};
+use foreshard::recovery::{RecoveryState, RecoveryStatus};
+use foreshard::sharding::report::{heat_table, Shards};
 use foreshard::sharding::{MigrationStatus, PlanSummary};
 
 pub fn status(pool: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
@@ -37,8 +37,7 @@ pub fn shards(pool: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 pub fn fsck(pool: PathBuf, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let v = ask(&pool, Request::Fsck { repair }, LONG)?;
-    let r: FsckReport = serde_json::from_value(v).context("bad fsck report")?;
+    let r: FsckReport = ask_as(&pool, Request::Fsck { repair }, LONG)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -80,12 +79,14 @@ pub fn heat(
     svg: Option<PathBuf>,
     top: usize,
 ) -> anyhow::Result<ExitCode> {
-    let v = ask(&pool, Request::Heat { svg: svg.is_some() }, LONG)?;
-    if let (Some(path), Some(doc)) = (&svg, v["svg"].as_str()) {
+    let HeatAnswer {
+        report: r,
+        svg: doc,
+    } = ask_as(&pool, Request::Heat { svg: svg.is_some() }, LONG)?;
+    if let (Some(path), Some(doc)) = (&svg, doc) {
         std::fs::write(path, doc).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("heat map written to {}", path.display());
     }
-    let r: HeatReport = serde_json::from_value(v["report"].clone()).context("bad heat report")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -110,8 +111,7 @@ pub fn recover(pool: PathBuf, watch: bool, wait: bool, json: bool) -> anyhow::Re
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let r: foreshard::recovery::RecoveryStatus =
-            serde_json::from_value(v).context("bad recovery status")?;
+        let r: RecoveryStatus = serde_json::from_value(v).context("bad recovery status")?;
         print!("{}", admin::recovery_line(&r));
         if !r.lost_shards.is_empty() {
             return Ok(ExitCode::from(1));
@@ -121,8 +121,7 @@ pub fn recover(pool: PathBuf, watch: bool, wait: bool, json: bool) -> anyhow::Re
 }
 
 pub fn reshard(pool: PathBuf, dry_run: bool, wait: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let v = ask(&pool, Request::Reshard { dry_run }, LONG)?;
-    let s: PlanSummary = serde_json::from_value(v).context("bad plan")?;
+    let s: PlanSummary = ask_as(&pool, Request::Reshard { dry_run }, LONG)?;
     if json && !wait {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else if !json {
@@ -147,14 +146,12 @@ pub fn reshard(pool: PathBuf, dry_run: bool, wait: bool, json: bool) -> anyhow::
 const WATCH_IDLE_GRACE: Duration = Duration::from_secs(3);
 
 /// Polls recovery status until it is done, with a progress bar on a terminal.
-pub fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Value> {
+pub fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<RecoveryStatus> {
     let pb = progress_bar(bar, "recovery");
     let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
     let started = std::time::Instant::now();
     loop {
-        let v = ask(pool, Request::Recover, Duration::from_secs(30))?;
-        let r: foreshard::recovery::RecoveryStatus =
-            serde_json::from_value(v.clone()).context("bad recovery status")?;
+        let r: RecoveryStatus = ask_as(pool, Request::Recover, Duration::from_secs(30))?;
         match &pb {
             Some(pb) => {
                 pb.set_length(r.bytes_total);
@@ -191,7 +188,7 @@ pub fn watch_recovery(pool: &Path, bar: bool) -> anyhow::Result<serde_json::Valu
             if let Some(pb) = &pb {
                 pb.finish_and_clear();
             }
-            return Ok(v);
+            return Ok(r);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -231,8 +228,7 @@ fn plan_text(s: &PlanSummary, dry_run: bool) -> String {
 fn watch_migration(pool: &Path, bar: bool) -> anyhow::Result<MigrationStatus> {
     let pb = progress_bar(bar, "migration");
     loop {
-        let v = ask(pool, Request::Migration, Duration::from_secs(30))?;
-        let m: MigrationStatus = serde_json::from_value(v).context("bad migration status")?;
+        let m: MigrationStatus = ask_as(pool, Request::Migration, Duration::from_secs(30))?;
         if let Some(pb) = &pb {
             pb.set_length(m.bytes_total);
             pb.set_position(m.bytes_done);

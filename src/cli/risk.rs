@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::ask;
-use foreshard::control::Request;
+use super::{ask, ask_as};
+use foreshard::api::{Request, RiskAnswer};
 
 #[derive(clap::Args)]
 pub struct RiskArgs {
@@ -49,9 +49,11 @@ pub fn run(a: RiskArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("usage: foreshard risk POOL [--json] (or risk train|score|eval)");
     };
     if health_dir.is_some() || no_health_dir || warn.is_some() || evacuate.is_some() {
-        let cur = ask(&pool, Request::Risk { set: None }, Duration::from_secs(60))?;
-        let mut s: foreshard::risk::service::RiskSettings =
-            serde_json::from_value(cur["settings"].clone()).context("bad risk settings")?;
+        let cur: RiskAnswer = ask_as(&pool, Request::Risk { set: None }, Duration::from_secs(60))?;
+        let mut s = cur
+            .snapshot
+            .settings
+            .context("the daemon reported no risk settings")?;
         if let Some(d) = health_dir {
             s.health_dir = Some(foreshard::risk::report::check_health_dir(&d)?);
         }
