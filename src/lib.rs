@@ -11,6 +11,7 @@ pub mod daemon;
 mod durable;
 pub mod fs;
 mod fuse;
+pub mod inject;
 pub mod meta;
 mod metaspace;
 pub mod pool;

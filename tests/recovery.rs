@@ -1,6 +1,6 @@
-//! Disk failure end to end, on real mounts: failures injected with scripts/inject (yank,
-//! eio, slow, bitrot, crash), recovery to full replication checked through the CLI, every
-//! file's blake3 checked during and after. Plain-directory disks, so no loop devices needed.
+//! Disk failure end to end, on real mounts: failures injected with `foreshard debug inject`
+//! (yank, eio, slow, bitrot, crash), recovery to full replication checked through the CLI,
+//! every file's blake3 checked during and after. Plain-directory disks, so no loop devices needed.
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The command line: `Cli` and one file per command group; each command asks the mounted
 //! pool's daemon over its socket, or opens the pool itself when it is not mounted.
 
+mod debug;
 mod disk;
 mod pool;
 mod report;
@@ -117,6 +118,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: trace::TraceCmd,
     },
+    /// Tools for testing: fault injection (yank, bitrot, eio, slow, full, crash, ...).
+    Debug {
+        #[command(subcommand)]
+        cmd: debug::DebugCmd,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -151,6 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Risk(a) => risk::run(a),
         Cmd::Sim(args) => code(foreshard::sim::run(args)?),
         Cmd::Trace { cmd } => code(trace::run(cmd)?),
+        Cmd::Debug { cmd } => ok(debug::run(cmd)),
     }
 }
 
