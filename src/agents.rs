@@ -30,6 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::fs::Fs;
+use crate::meta::ShardRec;
 use crate::store::ExtentId;
 
 /// Name of the space reservation file on each disk (space kept for planned recovery copies).
@@ -196,6 +197,183 @@ enum Slot {
     },
 }
 
+/// One `Agent::run`: what each buffer slot is doing and which items are still to start.
+struct CopyRun<'a> {
+    fs: &'a Fs,
+    items: &'a [CopyItem],
+    fds: Option<&'a HashMap<(u32, ExtentId), Arc<File>>>,
+    slots: Vec<Slot>,
+    /// The first item not started yet.
+    next: usize,
+    /// Slots with an operation in flight.
+    busy: usize,
+    /// Operations allowed in flight (1 until the first copy completes, then every slot).
+    window: usize,
+    done: &'a mut dyn FnMut(&CopyItem, CopyResult),
+}
+
+impl CopyRun<'_> {
+    /// Starts items on free slots, up to the window.
+    fn start(&mut self, agent: &mut Agent, before: &mut dyn FnMut(u64)) {
+        for s in 0..self.slots.len() {
+            if !matches!(self.slots[s], Slot::Free)
+                || self.next >= self.items.len()
+                || self.busy >= self.window
+            {
+                continue;
+            }
+            let i = self.next;
+            self.next += 1;
+            self.start_item(agent, s, i, before);
+        }
+    }
+
+    fn start_item(&mut self, agent: &mut Agent, s: usize, i: usize, before: &mut dyn FnMut(u64)) {
+        let (fs, items) = (self.fs, self.items);
+        let it = &items[i];
+        if it.len as usize > agent.bufs[s].len() {
+            let e = "extent larger than the agent's buffers".to_string();
+            (self.done)(it, Err(e.into()));
+            return;
+        }
+        if fs.shard_epoch(it.shard) != Some(it.epoch) {
+            // The shard was placed anew (a disk came back online, a migration): the commit
+            // would be refused, so the bytes are not copied at all.
+            (self.done)(it, Err(CopyFail::Stale));
+            return;
+        }
+        let sums = match &it.sums {
+            Some(x) => x.clone(),
+            None => match fs.meta.extent(it.ino, it.index) {
+                Ok(Some(r)) if r.version == it.version => Arc::new(r.sums),
+                Ok(_) => return (self.done)(it, Err(CopyFail::Stale)),
+                Err(e) => return (self.done)(it, Err(format!("metadata: {e:#}").into())),
+            },
+        };
+        before(u64::from(it.len));
+        let Some(src) = agent.open_source(fs, it, self.fds) else {
+            // No source opened: the general path tries every replica.
+            match agent.fallback(fs, it, s) {
+                Ok(()) => self.stage(agent, s, i),
+                Err(e) => (self.done)(it, Err(e)),
+            }
+            return;
+        };
+        let e = opcode::ReadFixed::new(
+            types::Fd(src.as_raw_fd()),
+            agent.bufs[s].as_mut_ptr(),
+            align_up(it.len as usize) as u32,
+            s as u16,
+        )
+        .offset(0)
+        .build()
+        .user_data(s as u64);
+        agent.submit(&e);
+        self.slots[s] = Slot::Reading {
+            item: i,
+            sums,
+            _src: src,
+        };
+        self.busy += 1;
+    }
+
+    /// Writes slot `s`'s verified bytes to a staging file on the item's target.
+    fn stage(&mut self, agent: &mut Agent, s: usize, item: usize) {
+        let it = &self.items[item];
+        match agent.stage(self.fs, it, s) {
+            Ok((dst, wlen)) => {
+                self.slots[s] = Slot::Writing { item, dst, wlen };
+                self.busy += 1;
+            }
+            Err(e) => (self.done)(it, Err(e.into())),
+        }
+    }
+
+    fn complete(&mut self, agent: &mut Agent, s: usize, res: i32) {
+        self.busy -= 1;
+        match std::mem::replace(&mut self.slots[s], Slot::Free) {
+            Slot::Reading { item, sums, .. } => self.read_done(agent, s, item, &sums, res),
+            Slot::Writing { item, dst, wlen } => self.write_done(agent, item, dst, wlen, res),
+            Slot::Free => unreachable!("completion for an idle slot"),
+        }
+    }
+
+    /// A read completed: verified, else read again from the other replicas; then staged.
+    fn read_done(&mut self, agent: &mut Agent, s: usize, item: usize, sums: &[[u8; 32]], res: i32) {
+        let (fs, items) = (self.fs, self.items);
+        let it = &items[item];
+        let len = it.len as usize;
+        let bs = fs.store.block_size;
+        let good = res == it.len as i32
+            && len.div_ceil(bs) == sums.len()
+            && agent.bufs[s][..len]
+                .chunks(bs)
+                .zip(sums.iter())
+                .all(|(c, want)| blake3::hash(c).as_bytes() == want);
+        if !good {
+            if let Some(d) = fs.store.disk(it.sources[0]) {
+                if res < 0 {
+                    d.io_errors.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    d.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            tracing::warn!(
+                agent = agent.id,
+                ino = it.ino,
+                index = it.index,
+                "recovery source bad (result {res}); trying other replicas"
+            );
+            if let Err(e) = agent.fallback(fs, it, s) {
+                (self.done)(it, Err(e));
+                return;
+            }
+        }
+        self.stage(agent, s, item);
+    }
+
+    /// A staging write completed: trimmed to the extent's length and reported.
+    fn write_done(&mut self, agent: &Agent, item: usize, dst: File, wlen: u32, res: i32) {
+        let (fs, items) = (self.fs, self.items);
+        let it = &items[item];
+        self.window = self.slots.len();
+        // An O_DIRECT write covers whole blocks: cut the file to the extent.
+        let trimmed =
+            res == wlen as i32 && (wlen == it.len || dst.set_len(u64::from(it.len)).is_ok());
+        drop(dst);
+        if trimmed {
+            (self.done)(it, Ok(()));
+            return;
+        }
+        if let Some(d) = fs.store.disk(it.target) {
+            let e = if res < 0 {
+                io::Error::from_raw_os_error(-res)
+            } else {
+                io::Error::from_raw_os_error(libc::EIO)
+            };
+            d.note_error(&e);
+            let _ = std::fs::remove_file(fs.store.staging_path(&d, &it.id(), agent.id));
+        }
+        let e = format!("write to disk {} failed ({res})", it.target);
+        (self.done)(it, Err(e.into()));
+    }
+
+    /// The ring failed: every item in flight or not started fails.
+    fn abort(&mut self, e: &io::Error) {
+        let items = self.items;
+        for s in 0..self.slots.len() {
+            let item = match std::mem::replace(&mut self.slots[s], Slot::Free) {
+                Slot::Reading { item, .. } | Slot::Writing { item, .. } => item,
+                Slot::Free => continue,
+            };
+            (self.done)(&items[item], Err(format!("io_uring: {e}").into()));
+        }
+        for it in &items[self.next..] {
+            (self.done)(it, Err(format!("io_uring: {e}").into()));
+        }
+    }
+}
+
 impl Agent {
     pub fn new(id: u32, buf_bytes: usize, depth: usize) -> io::Result<Agent> {
         let ring = IoUring::new((depth * 2).next_power_of_two() as u32)?;
@@ -246,84 +424,21 @@ impl Agent {
         mut done: impl FnMut(&CopyItem, CopyResult),
     ) {
         let depth = self.bufs.len();
-        let mut slots: Vec<Slot> = (0..depth).map(|_| Slot::Free).collect();
-        let mut next = 0usize;
-        let mut busy = 0usize;
-        let bs = fs.store.block_size;
-        // Slow start: one extent in flight until the first completes, so the first copy is
-        // not queued behind every agent's whole window (it marks activation).
-        let mut window = 1usize;
+        let mut r = CopyRun {
+            fs,
+            items,
+            fds,
+            slots: (0..depth).map(|_| Slot::Free).collect(),
+            next: 0,
+            busy: 0,
+            // Slow start: one extent in flight until the first completes, so the first copy
+            // is not queued behind every agent's whole window (it marks activation).
+            window: 1,
+            done: &mut done,
+        };
         loop {
-            for (s, slot) in slots.iter_mut().enumerate() {
-                if !matches!(slot, Slot::Free) || next >= items.len() || busy >= window {
-                    continue;
-                }
-                let i = next;
-                next += 1;
-                let it = &items[i];
-                if it.len as usize > self.bufs[s].len() {
-                    done(
-                        it,
-                        Err("extent larger than the agent's buffers".to_string().into()),
-                    );
-                    continue;
-                }
-                if fs.shard_epoch(it.shard) != Some(it.epoch) {
-                    // The shard was placed anew (a disk came back online, a migration): the
-                    // commit would be refused, so the bytes are not copied at all.
-                    done(it, Err(CopyFail::Stale));
-                    continue;
-                }
-                let sums = match &it.sums {
-                    Some(x) => x.clone(),
-                    None => match fs.meta.extent(it.ino, it.index) {
-                        Ok(Some(r)) if r.version == it.version => Arc::new(r.sums),
-                        Ok(_) => {
-                            done(it, Err(CopyFail::Stale));
-                            continue;
-                        }
-                        Err(e) => {
-                            done(it, Err(format!("metadata: {e:#}").into()));
-                            continue;
-                        }
-                    },
-                };
-                before(u64::from(it.len));
-                match self.open_source(fs, it, fds) {
-                    Some(src) => {
-                        let e = opcode::ReadFixed::new(
-                            types::Fd(src.as_raw_fd()),
-                            self.bufs[s].as_mut_ptr(),
-                            align_up(it.len as usize) as u32,
-                            s as u16,
-                        )
-                        .offset(0)
-                        .build()
-                        .user_data(s as u64);
-                        self.submit(&e);
-                        *slot = Slot::Reading {
-                            item: i,
-                            sums,
-                            _src: src,
-                        };
-                        busy += 1;
-                    }
-                    None => {
-                        // No source opened: the general path tries every replica.
-                        match self.fallback(fs, it, s) {
-                            Ok(()) => match self.stage(fs, it, s) {
-                                Ok((dst, wlen)) => {
-                                    *slot = Slot::Writing { item: i, dst, wlen };
-                                    busy += 1;
-                                }
-                                Err(e) => done(it, Err(e.into())),
-                            },
-                            Err(e) => done(it, Err(e)),
-                        }
-                    }
-                }
-            }
-            if busy == 0 {
+            r.start(self, &mut before);
+            if r.busy == 0 {
                 break;
             }
             if let Err(e) = self.ring.submit_and_wait(1) {
@@ -332,16 +447,7 @@ impl Agent {
                 }
                 // The ring itself failed: finish every in-flight item on the slow path.
                 tracing::error!(agent = self.id, "io_uring failed: {e}");
-                for slot in slots.iter_mut() {
-                    let item = match std::mem::replace(slot, Slot::Free) {
-                        Slot::Reading { item, .. } | Slot::Writing { item, .. } => item,
-                        Slot::Free => continue,
-                    };
-                    done(&items[item], Err(format!("io_uring: {e}").into()));
-                }
-                for it in &items[next..] {
-                    done(it, Err(format!("io_uring: {e}").into()));
-                }
+                r.abort(&e);
                 return;
             }
             let cqes: Vec<(usize, i32)> = self
@@ -350,75 +456,7 @@ impl Agent {
                 .map(|c| (c.user_data() as usize, c.result()))
                 .collect();
             for (s, res) in cqes {
-                busy -= 1;
-                match std::mem::replace(&mut slots[s], Slot::Free) {
-                    Slot::Reading { item, sums, .. } => {
-                        let it = &items[item];
-                        let len = it.len as usize;
-                        let good = res == it.len as i32
-                            && len.div_ceil(bs) == sums.len()
-                            && self.bufs[s][..len]
-                                .chunks(bs)
-                                .zip(sums.iter())
-                                .all(|(c, want)| blake3::hash(c).as_bytes() == want);
-                        if !good {
-                            if let Some(d) = fs.store.disk(it.sources[0]) {
-                                if res < 0 {
-                                    d.io_errors.fetch_add(1, Ordering::Relaxed);
-                                } else {
-                                    d.checksum_errors.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            tracing::warn!(
-                                agent = self.id,
-                                ino = it.ino,
-                                index = it.index,
-                                "recovery source bad (result {res}); trying other replicas"
-                            );
-                            if let Err(e) = self.fallback(fs, it, s) {
-                                done(it, Err(e));
-                                continue;
-                            }
-                        }
-                        match self.stage(fs, it, s) {
-                            Ok((dst, wlen)) => {
-                                slots[s] = Slot::Writing { item, dst, wlen };
-                                busy += 1;
-                            }
-                            Err(e) => done(it, Err(e.into())),
-                        }
-                    }
-                    Slot::Writing { item, dst, wlen } => {
-                        let it = &items[item];
-                        window = depth;
-                        // An O_DIRECT write covers whole blocks: cut the file to the extent.
-                        let trimmed = res == wlen as i32
-                            && (wlen == it.len || dst.set_len(u64::from(it.len)).is_ok());
-                        drop(dst);
-                        if trimmed {
-                            done(it, Ok(()));
-                        } else {
-                            if let Some(d) = fs.store.disk(it.target) {
-                                let e = if res < 0 {
-                                    io::Error::from_raw_os_error(-res)
-                                } else {
-                                    io::Error::from_raw_os_error(libc::EIO)
-                                };
-                                d.note_error(&e);
-                                let _ = std::fs::remove_file(fs.store.staging_path(
-                                    &d,
-                                    &it.id(),
-                                    self.id,
-                                ));
-                            }
-                            done(
-                                it,
-                                Err(format!("write to disk {} failed ({res})", it.target).into()),
-                            );
-                        }
-                    }
-                    Slot::Free => unreachable!("completion for an idle slot"),
-                }
+                r.complete(self, s, res);
             }
         }
     }
@@ -624,143 +662,18 @@ impl AgentPool {
         let t0 = Instant::now();
         let committed_seen = data_changes(fs);
         let table = fs.shard_table();
-        let nshards = table.len();
-        let mut by_shard: Vec<Vec<PlanExtent>> = vec![Vec::new(); nshards];
-        let mut planned = 0usize;
-        fs.meta.view().each_extent(|ino, index, e| {
-            // Beyond the bound, extents are found by the orchestrator's catch-up scan.
-            if planned >= self.limits.plan_extents_max {
-                return;
-            }
-            planned += 1;
-            if let Some(v) = by_shard.get_mut(e.shard as usize) {
-                v.push(PlanExtent::new(ino, index, e, false));
-            }
-        })?;
-        let mut extents = Vec::new();
-        let mut shard_ranges = Vec::with_capacity(nshards);
-        let mut shard_bytes = Vec::with_capacity(nshards);
-        for v in by_shard {
-            let start = extents.len();
-            shard_bytes.push(v.iter().map(|e| u64::from(e.len)).sum::<u64>());
-            extents.extend(v);
-            shard_ranges.push(start..extents.len());
-        }
+        let (extents, shard_ranges, shard_bytes) =
+            plan_extents(fs, table.len(), self.limits.plan_extents_max)?;
         let agents = self.agent_count();
         let risk_gen = self.risk_gen.load(Ordering::Relaxed);
         let risk = self.risk.read().clone();
-        let weight: Vec<f64> = (0..nshards)
+        let weight: Vec<f64> = (0..table.len())
             .map(|s| risk(s as u32) * shard_bytes[s] as f64)
             .collect();
-        // Agents per shard, proportional to risk x size, scaled so that the shards hit by
-        // the worst single-disk failure use all agents together.
-        let mut per_disk: HashMap<u32, f64> = HashMap::new();
-        for (s, rec) in table.iter().enumerate() {
-            for d in &rec.disks {
-                *per_disk.entry(*d).or_default() += weight[s];
-            }
-        }
-        let w_max = per_disk.values().copied().fold(0.0, f64::max);
-        let shard_agents: Vec<u32> = (0..nshards)
-            .map(|s| {
-                if shard_bytes[s] == 0 || w_max <= 0.0 {
-                    0
-                } else {
-                    ((agents as f64 * weight[s] / w_max).round() as u32).clamp(1, agents as u32)
-                }
-            })
-            .collect();
-        // Slices to agents: biggest first, to the agent whose busiest disk of that shard
-        // has the least planned bytes, so every single-disk failure spreads over all agents.
-        let mut slices: Vec<(u32, Range<usize>, u64)> = Vec::new();
-        for s in 0..nshards {
-            let n = shard_agents[s] as usize;
-            if n == 0 {
-                continue;
-            }
-            let r = shard_ranges[s].clone();
-            let per = r.len().div_ceil(n);
-            for k in 0..n {
-                let a = r.start + k * per;
-                let b = (a + per).min(r.end);
-                if a < b {
-                    let bytes = extents[a..b].iter().map(|e| u64::from(e.len)).sum();
-                    slices.push((s as u32, a..b, bytes));
-                }
-            }
-        }
-        slices.sort_by_key(|x| std::cmp::Reverse(x.2));
-        let mut load: Vec<HashMap<u32, u64>> = vec![HashMap::new(); agents];
-        let mut assignment: Vec<Vec<Range<usize>>> = vec![Vec::new(); agents];
-        for (s, r, bytes) in slices {
-            let disks = &table[s as usize].disks;
-            let a = (0..agents)
-                .min_by_key(|a| {
-                    disks
-                        .iter()
-                        .map(|d| load[*a].get(d).copied().unwrap_or(0))
-                        .max()
-                        .unwrap_or(0)
-                })
-                .expect("at least one agent");
-            for d in disks {
-                *load[a].entry(*d).or_default() += bytes;
-            }
-            assignment[a].push(r);
-        }
-        // Targets per (shard, failing disk): the disk with the most room left after the
-        // copies already planned for that failure.
-        let mut targets = HashMap::new();
-        let mut reserved: HashMap<u32, u64> = HashMap::new();
-        let live: Vec<(u32, u64)> = fs
-            .store
-            .disks()
-            .iter()
-            .filter(|d| d.accepts_data() && !d.full.load(Ordering::Relaxed))
-            .map(|d| (d.id, d.space().map(|s| s.1).unwrap_or(0)))
-            .collect();
-        let mut fail_disks: Vec<u32> = per_disk.keys().copied().collect();
-        fail_disks.sort_unstable();
-        for f in fail_disks {
-            let mut need: HashMap<u32, u64> = HashMap::new();
-            for (s, rec) in table.iter().enumerate() {
-                if !rec.disks.contains(&f) {
-                    continue;
-                }
-                let t = live
-                    .iter()
-                    .filter(|(d, _)| !rec.disks.contains(d))
-                    .max_by_key(|(d, free)| free.saturating_sub(need.get(d).copied().unwrap_or(0)));
-                if let Some((t, _)) = t {
-                    targets.insert((s as u32, f), *t);
-                    *need.entry(*t).or_default() += shard_bytes[s];
-                }
-            }
-            for (t, n) in need {
-                let r = reserved.entry(t).or_default();
-                *r = (*r).max(n);
-            }
-        }
-        // Open replica files, within the descriptor budget.
-        let mut fds = HashMap::new();
-        'open: for e in &extents {
-            for d in &e.replicas {
-                if fds.len() >= self.limits.fds_max {
-                    break 'open;
-                }
-                let Some(disk) = fs.store.disk(*d).filter(|x| x.is_up()) else {
-                    continue;
-                };
-                let id = ExtentId {
-                    ino: e.ino,
-                    index: e.index,
-                    version: e.version,
-                };
-                if let Ok(f) = File::open(disk.extent_path(&id)) {
-                    fds.insert((*d, id), Arc::new(f));
-                }
-            }
-        }
+        let (shard_agents, fail_disks) = agents_per_shard(&table, &weight, &shard_bytes, agents);
+        let assignment = assign_slices(&table, &extents, &shard_ranges, &shard_agents, agents);
+        let (targets, reserved) = plan_targets(fs, &table, fail_disks, &shard_bytes);
+        let fds = open_replicas(fs, &extents, self.limits.fds_max);
         let reserved = self.reserve(fs, reserved);
         let plan = Plan {
             built_at: Instant::now(),
@@ -876,4 +789,180 @@ impl AgentPool {
 fn data_changes(fs: &Fs) -> u64 {
     fs.stats.extents_committed.load(Ordering::Relaxed)
         + fs.stats.extents_moved.load(Ordering::Relaxed)
+}
+
+/// The plan's extents, each shard's range of them, each shard's bytes.
+type ShardExtents = (Vec<PlanExtent>, Vec<Range<usize>>, Vec<u64>);
+
+/// Shards' extents (at most `extents_max`, the rest is found by the orchestrator's catch-up
+/// scan), grouped by shard: the list, each shard's range in it and its bytes.
+fn plan_extents(fs: &Fs, nshards: usize, extents_max: usize) -> anyhow::Result<ShardExtents> {
+    let mut by_shard: Vec<Vec<PlanExtent>> = vec![Vec::new(); nshards];
+    let mut planned = 0usize;
+    fs.meta.view().each_extent(|ino, index, e| {
+        if planned >= extents_max {
+            return;
+        }
+        planned += 1;
+        if let Some(v) = by_shard.get_mut(e.shard as usize) {
+            v.push(PlanExtent::new(ino, index, e, false));
+        }
+    })?;
+    let mut extents = Vec::new();
+    let mut shard_ranges = Vec::with_capacity(nshards);
+    let mut shard_bytes = Vec::with_capacity(nshards);
+    for v in by_shard {
+        let start = extents.len();
+        shard_bytes.push(v.iter().map(|e| u64::from(e.len)).sum::<u64>());
+        extents.extend(v);
+        shard_ranges.push(start..extents.len());
+    }
+    Ok((extents, shard_ranges, shard_bytes))
+}
+
+/// Agents per shard, proportional to risk x size, scaled so that the shards hit by the
+/// worst single-disk failure use all agents together. Also returns the disks holding any
+/// shard (each a failure to plan for), sorted.
+fn agents_per_shard(
+    table: &[ShardRec],
+    weight: &[f64],
+    shard_bytes: &[u64],
+    agents: usize,
+) -> (Vec<u32>, Vec<u32>) {
+    let mut per_disk: HashMap<u32, f64> = HashMap::new();
+    for (s, rec) in table.iter().enumerate() {
+        for d in &rec.disks {
+            *per_disk.entry(*d).or_default() += weight[s];
+        }
+    }
+    let w_max = per_disk.values().copied().fold(0.0, f64::max);
+    let shard_agents = (0..table.len())
+        .map(|s| {
+            if shard_bytes[s] == 0 || w_max <= 0.0 {
+                0
+            } else {
+                ((agents as f64 * weight[s] / w_max).round() as u32).clamp(1, agents as u32)
+            }
+        })
+        .collect();
+    let mut fail_disks: Vec<u32> = per_disk.keys().copied().collect();
+    fail_disks.sort_unstable();
+    (shard_agents, fail_disks)
+}
+
+/// Slices of each shard's extents to agents: biggest first, to the agent whose busiest disk
+/// of that shard has the least planned bytes, so every single-disk failure spreads over all
+/// agents.
+fn assign_slices(
+    table: &[ShardRec],
+    extents: &[PlanExtent],
+    shard_ranges: &[Range<usize>],
+    shard_agents: &[u32],
+    agents: usize,
+) -> Vec<Vec<Range<usize>>> {
+    let mut slices: Vec<(u32, Range<usize>, u64)> = Vec::new();
+    for s in 0..table.len() {
+        let n = shard_agents[s] as usize;
+        if n == 0 {
+            continue;
+        }
+        let r = shard_ranges[s].clone();
+        let per = r.len().div_ceil(n);
+        for k in 0..n {
+            let a = r.start + k * per;
+            let b = (a + per).min(r.end);
+            if a < b {
+                let bytes = extents[a..b].iter().map(|e| u64::from(e.len)).sum();
+                slices.push((s as u32, a..b, bytes));
+            }
+        }
+    }
+    slices.sort_by_key(|x| std::cmp::Reverse(x.2));
+    let mut load: Vec<HashMap<u32, u64>> = vec![HashMap::new(); agents];
+    let mut assignment: Vec<Vec<Range<usize>>> = vec![Vec::new(); agents];
+    for (s, r, bytes) in slices {
+        let disks = &table[s as usize].disks;
+        let a = (0..agents)
+            .min_by_key(|a| {
+                disks
+                    .iter()
+                    .map(|d| load[*a].get(d).copied().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .expect("at least one agent");
+        for d in disks {
+            *load[a].entry(*d).or_default() += bytes;
+        }
+        assignment[a].push(r);
+    }
+    assignment
+}
+
+/// Targets per (shard, failing disk): the disk with the most room left after the copies
+/// already planned for that failure; and per target the most bytes any one failure sends it.
+fn plan_targets(
+    fs: &Fs,
+    table: &[ShardRec],
+    fail_disks: Vec<u32>,
+    shard_bytes: &[u64],
+) -> (HashMap<(u32, u32), u32>, HashMap<u32, u64>) {
+    let mut targets = HashMap::new();
+    let mut reserved: HashMap<u32, u64> = HashMap::new();
+    let live: Vec<(u32, u64)> = fs
+        .store
+        .disks()
+        .iter()
+        .filter(|d| d.accepts_data() && !d.full.load(Ordering::Relaxed))
+        .map(|d| (d.id, d.space().map(|s| s.1).unwrap_or(0)))
+        .collect();
+    for f in fail_disks {
+        let mut need: HashMap<u32, u64> = HashMap::new();
+        for (s, rec) in table.iter().enumerate() {
+            if !rec.disks.contains(&f) {
+                continue;
+            }
+            let t = live
+                .iter()
+                .filter(|(d, _)| !rec.disks.contains(d))
+                .max_by_key(|(d, free)| free.saturating_sub(need.get(d).copied().unwrap_or(0)));
+            if let Some((t, _)) = t {
+                targets.insert((s as u32, f), *t);
+                *need.entry(*t).or_default() += shard_bytes[s];
+            }
+        }
+        for (t, n) in need {
+            let r = reserved.entry(t).or_default();
+            *r = (*r).max(n);
+        }
+    }
+    (targets, reserved)
+}
+
+/// Opens the planned extents' replica files, within the descriptor budget.
+fn open_replicas(
+    fs: &Fs,
+    extents: &[PlanExtent],
+    fds_max: usize,
+) -> HashMap<(u32, ExtentId), Arc<File>> {
+    let mut fds = HashMap::new();
+    for e in extents {
+        for d in &e.replicas {
+            if fds.len() >= fds_max {
+                return fds;
+            }
+            let Some(disk) = fs.store.disk(*d).filter(|x| x.is_up()) else {
+                continue;
+            };
+            let id = ExtentId {
+                ino: e.ino,
+                index: e.index,
+                version: e.version,
+            };
+            if let Ok(f) = File::open(disk.extent_path(&id)) {
+                fds.insert((*d, id), Arc::new(f));
+            }
+        }
+    }
+    fds
 }

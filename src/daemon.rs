@@ -206,32 +206,51 @@ pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     if pid > 0 {
         drop(wr);
-        // The daemon writes "ok" and keeps running, or "err ..." and exits.
-        let mut f = fs::File::from(rd);
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = f.read(&mut chunk)?;
-            buf.extend_from_slice(&chunk[..n]);
-            if n == 0 || buf.starts_with(b"ok") {
-                break;
-            }
-        }
-        let msg = String::from_utf8_lossy(&buf).into_owned();
-        return match msg.strip_prefix("ok") {
-            Some(_) => Ok(()),
-            None if msg.is_empty() => {
-                bail!(
-                    "daemon exited during start-up; see {}",
-                    pool_dir.join(pool::LOG_FILE).display()
-                )
-            }
-            None => bail!("{}", msg.trim_start_matches("err ")),
-        };
+        return wait_for_daemon(rd, &pool_dir);
     }
     drop(rd);
     // SAFETY: plain libc calls in the child.
     unsafe { libc::setsid() };
+    log_to_pool(&pool_dir);
+    let mut wr = fs::File::from(wr);
+    match run(&pool_dir, &mp, a, Some(&mut wr)) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            let _ = write!(wr, "err {e:#}");
+            eprintln!("mount failed: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// The parent's side of the start-up pipe: the daemon writes "ok" and keeps running, or
+/// "err ..." and exits.
+fn wait_for_daemon(rd: OwnedFd, pool_dir: &Path) -> anyhow::Result<()> {
+    let mut f = fs::File::from(rd);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = f.read(&mut chunk)?;
+        buf.extend_from_slice(&chunk[..n]);
+        if n == 0 || buf.starts_with(b"ok") {
+            break;
+        }
+    }
+    let msg = String::from_utf8_lossy(&buf).into_owned();
+    match msg.strip_prefix("ok") {
+        Some(_) => Ok(()),
+        None if msg.is_empty() => {
+            bail!(
+                "daemon exited during start-up; see {}",
+                pool_dir.join(pool::LOG_FILE).display()
+            )
+        }
+        None => bail!("{}", msg.trim_start_matches("err ")),
+    }
+}
+
+/// The daemon's stdout and stderr go to `POOL/foreshard.log` (private).
+fn log_to_pool(pool_dir: &Path) {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -246,15 +265,6 @@ pub fn mount(a: &MountArgs) -> anyhow::Result<()> {
         unsafe {
             libc::dup2(log.as_raw_fd(), 1);
             libc::dup2(log.as_raw_fd(), 2);
-        }
-    }
-    let mut wr = fs::File::from(wr);
-    match run(&pool_dir, &mp, a, Some(&mut wr)) {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            let _ = write!(wr, "err {e:#}");
-            eprintln!("mount failed: {e:#}");
-            std::process::exit(1)
         }
     }
 }
@@ -295,39 +305,96 @@ fn run(
     let sigs = block_signals();
     let pool = Pool::open(pool_dir)?;
     let fs = pool.fs(FsOptions::default())?;
-    // Pools labelled before buckets were made up front get them now, off the write path.
+    prepare(&fs)?;
+    fs.start_background();
+    raise_fd_limit();
+    let svc = start_services(&fs, a)?;
+    let control = crate::control::serve(
+        Arc::new(crate::control::Services {
+            fs: fs.clone(),
+            recovery: Some(svc.orchestrator.clone()),
+            access: svc.analyzer.clone(),
+            sharding: svc.engine.clone(),
+            risk: Some(svc.risk.clone()),
+            evacuator: Some(svc.evacuator.clone()),
+        }),
+        &pool_dir.join(pool::SOCKET_FILE),
+    )?;
+    let mut cfg = config(a.threads, a.io_uring);
+    let p = pool_dir.to_string_lossy();
+    if !p.contains([',', ' ', '\\']) {
+        cfg.mount_options[0] = fuser::MountOption::FSName(format!("foreshard:{p}"));
+    }
+    let mut session = fuser::Session::new(FuseFs::new(fs.clone(), a.io_uring), mp, &cfg)
+        .with_context(|| format!("cannot mount on {}", mp.display()))?;
+    set_readahead(mp, crate::fuse::MAX_WRITE_BYTES / 1024);
+    fs::write(
+        pool_dir.join(PID_FILE),
+        format!("{}\n{}\n", std::process::id(), mp.display()),
+    )?;
+    spawn_signal_thread(sigs, session.unmount_callable(), mp.to_path_buf())?;
+    // The parent returns (and scripts go on) once every FUSE worker and ring queue serves.
+    let mut notify = notify;
+    let res = session.run_with(|| {
+        let ring = fuser::io_uring_threads();
+        let via = if ring > 0 {
+            format!("io_uring, {ring} threads")
+        } else {
+            "/dev/fuse".into()
+        };
+        let (pd, m) = (pool_dir.display(), mp.display());
+        tracing::info!("mounted {pd} on {m} (fuse requests via {via})");
+        if let Some(w) = notify.take() {
+            if let Err(e) = w.write_all(b"ok") {
+                tracing::warn!("cannot tell the parent we are mounted: {e}");
+            }
+        }
+    });
+    // Shutting down: control requests are answered "shutting down" (the CLI waits for the
+    // pool's lock, which this process holds until it exits) once those running are done.
+    control.stop();
+    let _ = fs::remove_file(pool_dir.join(pool::SOCKET_FILE));
+    svc.stop(&fs)?;
+    let _ = fs::remove_file(pool_dir.join(PID_FILE));
+    tracing::info!("unmounted");
+    // The lock goes with the process: background threads may still hold the metadata, and
+    // a CLI that took the lock before they let go would find RocksDB's own lock held.
+    std::mem::forget(pool._lock);
+    res.context("FUSE session ended with an error")
+}
+
+/// Before serving: bucket directories on disks labelled before they were made up front
+/// (off the write path), then the start-up crash cleanup.
+fn prepare(fs: &crate::fs::Fs) -> anyhow::Result<()> {
     for d in fs.store.disks().iter().filter(|d| d.is_up()) {
         if let Err(e) = crate::store::make_buckets(&d.root.join(crate::store::EXTENT_DIR)) {
             tracing::warn!(disk = d.id, "cannot create bucket directories: {e}");
         }
     }
-    let (freed, removed) = pool::cleanup(&fs)?;
+    let (freed, removed) = pool::cleanup(fs)?;
     if freed + removed > 0 {
         tracing::info!("start-up cleanup: {freed} orphaned inode(s) freed, {removed} stray extent file(s) removed");
     }
-    fs.start_background();
-    raise_fd_limit();
-    let agents = std::sync::Arc::new(crate::agents::AgentPool::new(
+    Ok(())
+}
+
+/// The daemon's background services, started in dependency order.
+struct Services {
+    orchestrator: Arc<crate::recovery::Orchestrator>,
+    analyzer: Option<Arc<crate::access::Analyzer>>,
+    evacuator: Arc<crate::sharding::evacuate::Evacuator>,
+    engine: Option<Arc<crate::sharding::Engine>>,
+    risk: Arc<crate::risk::service::RiskService>,
+}
+
+fn start_services(fs: &Arc<crate::fs::Fs>, a: &MountArgs) -> anyhow::Result<Services> {
+    let agents = Arc::new(crate::agents::AgentPool::new(
         a.agent_mode,
         a.agent_limits.clone(),
         fs.extent_size() as usize,
     ));
     let orchestrator = crate::recovery::Orchestrator::start(fs.clone(), agents, a.recovery.clone());
-    let analyzer = a.access.clone().map(|opts| {
-        let an = crate::access::Analyzer::new(opts);
-        match an.load(&fs.meta) {
-            Ok(n) if n > 0 => tracing::info!("access analyzer: {n} extent summaries loaded"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("access summaries not loaded: {e:#}"),
-        }
-        let meta = fs.meta.clone();
-        an.set_resolver(Box::new(move |ino, index| {
-            meta.extent(ino, index).ok().flatten().map(|e| e.shard)
-        }));
-        an.start(Some(fs.meta.clone()));
-        fs.set_access(an.sink());
-        an
-    });
+    let analyzer = a.access.clone().map(|opts| start_analyzer(fs, opts));
     let evacuator = {
         let o = orchestrator.clone();
         let ev = crate::sharding::evacuate::Evacuator::new(
@@ -352,32 +419,64 @@ fn run(
         e.start();
         e
     });
-    let risk = start_risk(&fs, a, &orchestrator, engine.clone(), &evacuator)?;
-    let control = crate::control::serve(
-        std::sync::Arc::new(crate::control::Services {
-            fs: fs.clone(),
-            recovery: Some(orchestrator),
-            access: analyzer.clone(),
-            sharding: engine.clone(),
-            risk: Some(risk.clone()),
-            evacuator: Some(evacuator.clone()),
-        }),
-        &pool_dir.join(pool::SOCKET_FILE),
-    )?;
-    let mut cfg = config(a.threads, a.io_uring);
-    let p = pool_dir.to_string_lossy();
-    if !p.contains([',', ' ', '\\']) {
-        cfg.mount_options[0] = fuser::MountOption::FSName(format!("foreshard:{p}"));
+    let risk = start_risk(fs, a, &orchestrator, engine.clone(), &evacuator)?;
+    Ok(Services {
+        orchestrator,
+        analyzer,
+        evacuator,
+        engine,
+        risk,
+    })
+}
+
+/// The access analyzer with its saved summaries, fed by the core.
+fn start_analyzer(
+    fs: &Arc<crate::fs::Fs>,
+    opts: crate::access::AccessOptions,
+) -> Arc<crate::access::Analyzer> {
+    let an = crate::access::Analyzer::new(opts);
+    match an.load(&fs.meta) {
+        Ok(n) if n > 0 => tracing::info!("access analyzer: {n} extent summaries loaded"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("access summaries not loaded: {e:#}"),
     }
-    let mut session = fuser::Session::new(FuseFs::new(fs.clone(), a.io_uring), mp, &cfg)
-        .with_context(|| format!("cannot mount on {}", mp.display()))?;
-    set_readahead(mp, crate::fuse::MAX_WRITE_BYTES / 1024);
-    fs::write(
-        pool_dir.join(PID_FILE),
-        format!("{}\n{}\n", std::process::id(), mp.display()),
-    )?;
-    let mut unmounter = session.unmount_callable();
-    let signal_mp = mp.to_path_buf();
+    let meta = fs.meta.clone();
+    an.set_resolver(Box::new(move |ino, index| {
+        meta.extent(ino, index).ok().flatten().map(|e| e.shard)
+    }));
+    an.start(Some(fs.meta.clone()));
+    fs.set_access(an.sink());
+    an
+}
+
+impl Services {
+    /// After the FUSE session: the background movers stop, everything buffered is flushed
+    /// and synced (the kernel may not send DESTROY, e.g. after a lazy unmount), and the
+    /// access summaries are saved.
+    fn stop(&self, fs: &crate::fs::Fs) -> anyhow::Result<()> {
+        if let Some(e) = &self.engine {
+            e.shutdown();
+        }
+        self.evacuator.stop();
+        self.risk.stop();
+        fs.flush_all()
+            .and_then(|_| fs.sync_all())
+            .map_err(|e| anyhow::anyhow!("final flush failed: errno {}", e.0))?;
+        if let Some(an) = &self.analyzer {
+            if let Err(e) = an.save(&fs.meta).and_then(|_| fs.meta.sync_wal()) {
+                tracing::warn!("cannot save access summaries: {e:#}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP (blocked in every thread) unmount; a busy mount is detached.
+fn spawn_signal_thread(
+    sigs: libc::sigset_t,
+    mut unmounter: fuser::SessionUnmounter,
+    signal_mp: PathBuf,
+) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
@@ -396,50 +495,7 @@ fn run(
                 Err(e) => tracing::error!("{e:#}; still serving (send the signal again)"),
             }
         })?;
-    // The parent returns (and scripts go on) once every FUSE worker and ring queue serves.
-    let mut notify = notify;
-    let res = session.run_with(|| {
-        let ring = fuser::io_uring_threads();
-        let via = if ring > 0 {
-            format!("io_uring, {ring} threads")
-        } else {
-            "/dev/fuse".into()
-        };
-        tracing::info!(
-            "mounted {} on {} (fuse requests via {via})",
-            pool_dir.display(),
-            mp.display()
-        );
-        if let Some(w) = notify.take() {
-            if let Err(e) = w.write_all(b"ok") {
-                tracing::warn!("cannot tell the parent we are mounted: {e}");
-            }
-        }
-    });
-    // Shutting down: control requests are answered "shutting down" (the CLI waits for the
-    // pool's lock, which this process holds until it exits) once those running are done.
-    control.stop();
-    let _ = fs::remove_file(pool_dir.join(pool::SOCKET_FILE));
-    // The kernel may not send DESTROY (e.g. lazy unmount); make sure nothing is left buffered.
-    if let Some(e) = &engine {
-        e.shutdown();
-    }
-    evacuator.stop();
-    risk.stop();
-    fs.flush_all()
-        .and_then(|_| fs.sync_all())
-        .map_err(|e| anyhow::anyhow!("final flush failed: errno {}", e.0))?;
-    if let Some(an) = &analyzer {
-        if let Err(e) = an.save(&fs.meta).and_then(|_| fs.meta.sync_wal()) {
-            tracing::warn!("cannot save access summaries: {e:#}");
-        }
-    }
-    let _ = fs::remove_file(pool_dir.join(PID_FILE));
-    tracing::info!("unmounted");
-    // The lock goes with the process: background threads may still hold the metadata, and
-    // a CLI that took the lock before they let go would find RocksDB's own lock held.
-    std::mem::forget(pool._lock);
-    res.context("FUSE session ended with an error")
+    Ok(())
 }
 
 /// Starts the risk service and connects its snapshots to placement (the sharding engine

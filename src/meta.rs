@@ -372,6 +372,21 @@ fn read_format(db: &DB) -> anyhow::Result<u32> {
     }
 }
 
+/// RocksDB's open error in the user's terms: in use, no space, or what it said.
+fn open_error(dir: &Path, e: &rocksdb::Error) -> anyhow::Error {
+    let msg = e.to_string();
+    if msg.contains("lock") {
+        anyhow::anyhow!(
+            "{}: metadata is in use by another process (pool mounted?): {msg}",
+            dir.display()
+        )
+    } else if msg.contains("No space left on device") {
+        anyhow::anyhow!("{}: {msg}", full_no_reserve(dir))
+    } else {
+        anyhow::anyhow!("{}: cannot open metadata: {msg}", dir.display())
+    }
+}
+
 /// What opening a pool on a full metadata filesystem with its reserve used up says.
 fn full_no_reserve(dir: &Path) -> String {
     format!(
@@ -426,19 +441,7 @@ impl Meta {
             .iter()
             .chain([&rocksdb::DEFAULT_COLUMN_FAMILY_NAME])
             .map(|n| ColumnFamilyDescriptor::new(*n, db_options(&sizes)));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("lock") {
-                anyhow::anyhow!(
-                    "{}: metadata is in use by another process (pool mounted?): {msg}",
-                    dir.display()
-                )
-            } else if msg.contains("No space left on device") {
-                anyhow::anyhow!("{}: {msg}", full_no_reserve(dir))
-            } else {
-                anyhow::anyhow!("{}: cannot open metadata: {msg}", dir.display())
-            }
-        })?;
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| open_error(dir, &e))?;
         // Before any write (the counters below): a newer format is left exactly as it is.
         let format = read_format(&db)?;
         if format > FORMAT_VERSION {
@@ -460,6 +463,13 @@ impl Meta {
             space,
         };
 
+        meta.reserve_counters(dir)?;
+        Ok(meta)
+    }
+
+    /// Reserves the next block of inode numbers and extent versions, synced.
+    fn reserve_counters(&self, dir: &Path) -> anyhow::Result<()> {
+        let meta = self;
         let ino = meta.counter("ino_reserved")?.max(ROOT_INO + 1);
         let ver = meta.counter("version_reserved")?.max(1);
         meta.next_ino.store(ino, Ordering::SeqCst);
@@ -481,7 +491,7 @@ impl Meta {
             .store(ino + COUNTER_BLOCK, Ordering::SeqCst);
         meta.version_durable
             .store(ver + COUNTER_BLOCK, Ordering::SeqCst);
-        Ok(meta)
+        Ok(())
     }
 
     /// The pool's on-disk format (`FORMAT_LEGACY` when the key is absent).

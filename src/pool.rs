@@ -83,6 +83,46 @@ pub fn initial_shards(disk_ids: &[u32], replicas: usize) -> Vec<ShardRec> {
 }
 
 pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
+    check_init_args(a)?;
+    let meta_dir = a.pool.join(META_DIR);
+    let canon = check_disks(a)?;
+    let pool_id = format!("{:032x}", rand::random::<u128>());
+    // Metadata, lock and log are the owner's only (names, symlink targets, xattr values).
+    let _mask = Umask::private();
+    let created_pool_dir = !a.pool.exists();
+    let old_mode = fs::metadata(&a.pool).map(|m| m.mode() & 0o7777).ok();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&a.pool)
+        .and_then(|_| fs::set_permissions(&a.pool, fs::Permissions::from_mode(0o700)))
+        .with_context(|| format!("{}: cannot create pool directory", a.pool.display()))?;
+    let res = write_new_pool(a, &meta_dir, &canon, &pool_id);
+    if res.is_err() {
+        // Leave nothing behind: labels, metadata, and the pool directory if we made it.
+        for c in &canon {
+            if read_label(c)
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.pool_id == pool_id)
+            {
+                let _ = fs::remove_file(c.join(crate::store::LABEL_FILE));
+                crate::store::remove_buckets(&c.join("extents"));
+            }
+        }
+        let _ = fs::remove_dir_all(&meta_dir);
+        let _ = fs::remove_file(a.pool.join(crate::metaspace::RESERVE_FILE));
+        if created_pool_dir {
+            let _ = fs::remove_dir(&a.pool);
+        } else if let Some(m) = old_mode {
+            let _ = fs::set_permissions(&a.pool, fs::Permissions::from_mode(m));
+        }
+    }
+    res
+}
+
+/// The checks on `init`'s arguments that need no disk.
+fn check_init_args(a: &InitArgs) -> anyhow::Result<()> {
     if a.replicas == 0 {
         bail!("--replicas must be at least 1");
     }
@@ -98,13 +138,18 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
     {
         bail!("--extent-size must be a power of two between 64KiB and 64MiB");
     }
-    let meta_dir = a.pool.join(META_DIR);
-    if meta_dir.exists() {
+    if a.pool.join(META_DIR).exists() {
         bail!("{}: a pool already exists here", a.pool.display());
     }
     if a.pool.exists() && !a.pool.is_dir() {
         bail!("{}: exists and is not a directory", a.pool.display());
     }
+    Ok(())
+}
+
+/// Every disk checked before anything changes: a directory, given once, not writable by
+/// others, not in a pool, not inside the pool directory. Returns their canonical paths.
+fn check_disks(a: &InitArgs) -> anyhow::Result<Vec<PathBuf>> {
     let mut seen_paths: HashMap<PathBuf, &Path> = HashMap::new();
     let mut seen_ids: HashMap<(u64, u64), &Path> = HashMap::new();
     let mut devs: HashMap<u64, &Path> = HashMap::new();
@@ -130,23 +175,7 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
                 prev.display()
             );
         }
-        if let Some(why) = crate::store::root_exposure(&c) {
-            bail!(
-                "disk {}: {why}: whoever can write it could make foreshard overwrite files",
-                d.display()
-            );
-        }
-        if let Some(l) = read_label(&c)? {
-            bail!(
-                "disk {} already belongs to pool {} (as disk {})",
-                d.display(),
-                l.pool_id,
-                l.disk_id
-            );
-        }
-        if c.starts_with(a.pool.canonicalize().unwrap_or_else(|_| a.pool.clone())) {
-            bail!("disk {} lies inside the pool directory", d.display());
-        }
+        check_disk_owner(a, d, &c)?;
         if let Some(prev) = devs.insert(md.dev(), d) {
             tracing::warn!(
                 "disks {} and {} share one filesystem: one failure domain, replicas on them do not protect against its loss",
@@ -161,114 +190,110 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         }
         canon.push(c);
     }
-    let pool_id = format!("{:032x}", rand::random::<u128>());
+    Ok(canon)
+}
+
+/// Refuses a disk others could write, one labelled by a pool, one inside the pool directory.
+fn check_disk_owner(a: &InitArgs, d: &Path, c: &Path) -> anyhow::Result<()> {
+    if let Some(why) = crate::store::root_exposure(c) {
+        bail!(
+            "disk {}: {why}: whoever can write it could make foreshard overwrite files",
+            d.display()
+        );
+    }
+    if let Some(l) = read_label(c)? {
+        bail!(
+            "disk {} already belongs to pool {} (as disk {})",
+            d.display(),
+            l.pool_id,
+            l.disk_id
+        );
+    }
+    if c.starts_with(a.pool.canonicalize().unwrap_or_else(|_| a.pool.clone())) {
+        bail!("disk {} lies inside the pool directory", d.display());
+    }
+    Ok(())
+}
+
+/// The new pool's metadata in one synced batch, then the disk labels.
+fn write_new_pool(
+    a: &InitArgs,
+    meta_dir: &Path,
+    canon: &[PathBuf],
+    pool_id: &str,
+) -> anyhow::Result<PoolConfig> {
+    let ids: Vec<u32> = (0..canon.len() as u32).collect();
+    let shards = initial_shards(&ids, a.replicas as usize);
     let cfg = PoolConfig {
-        pool_id: pool_id.clone(),
+        pool_id: pool_id.to_string(),
         replicas: a.replicas,
         extent_size: a.extent_size,
         block_size: BLOCK_SIZE_BYTES.min(a.extent_size as u32),
-        shard_count: 0,
+        shard_count: shards.len() as u32,
     };
-    // Metadata, lock and log are the owner's only (names, symlink targets, xattr values).
-    let _mask = Umask::private();
-    let created_pool_dir = !a.pool.exists();
-    let old_mode = fs::metadata(&a.pool).map(|m| m.mode() & 0o7777).ok();
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&a.pool)
-        .and_then(|_| fs::set_permissions(&a.pool, fs::Permissions::from_mode(0o700)))
-        .with_context(|| format!("{}: cannot create pool directory", a.pool.display()))?;
-    let res = (|| -> anyhow::Result<PoolConfig> {
-        let ids: Vec<u32> = (0..canon.len() as u32).collect();
-        let shards = initial_shards(&ids, a.replicas as usize);
-        let cfg = PoolConfig {
-            shard_count: shards.len() as u32,
-            ..cfg
+    let meta = Meta::open(meta_dir, true)?;
+    let mut b = meta.batch();
+    b.put_config(&cfg);
+    b.put_raw(
+        crate::meta::CF_CONFIG,
+        crate::meta::FORMAT_KEY,
+        &crate::meta::FORMAT_VERSION.to_be_bytes(),
+    );
+    if a.health_dir.is_some() {
+        let s = crate::risk::service::RiskSettings {
+            health_dir: a.health_dir.clone(),
+            ..Default::default()
         };
-        let meta = Meta::open(&meta_dir, true)?;
-        let mut b = meta.batch();
-        b.put_config(&cfg);
+        s.validate()?;
         b.put_raw(
             crate::meta::CF_CONFIG,
-            crate::meta::FORMAT_KEY,
-            &crate::meta::FORMAT_VERSION.to_be_bytes(),
+            crate::risk::service::SETTINGS_KEY,
+            &serde_json::to_vec(&s)?,
         );
-        if a.health_dir.is_some() {
-            let s = crate::risk::service::RiskSettings {
-                health_dir: a.health_dir.clone(),
-                ..Default::default()
-            };
-            s.validate()?;
-            b.put_raw(
-                crate::meta::CF_CONFIG,
-                crate::risk::service::SETTINGS_KEY,
-                &serde_json::to_vec(&s)?,
-            );
-        }
-        for (i, c) in canon.iter().enumerate() {
-            b.put_disk(&DiskRec {
-                id: i as u32,
-                path: c.to_string_lossy().into_owned(),
-                state: DiskState::Up,
-            });
-        }
-        for (i, s) in shards.iter().enumerate() {
-            b.put_shard(i as u32, s);
-            for d in &s.disks {
-                b.put_disk_shard(*d, i as u32);
-            }
-        }
-        let now = crate::fs::now_ns();
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        b.put_inode(
-            ROOT_INO,
-            &InodeRec {
-                kind: Kind::Dir,
-                perm: 0o755,
-                uid,
-                gid,
-                nlink: 2,
-                size: 0,
-                atime_ns: now,
-                mtime_ns: now,
-                ctime_ns: now,
-                crtime_ns: now,
-                rdev: 0,
-                parent: ROOT_INO,
-                symlink: None,
-                alloc: 0,
-            },
-        );
-        meta.write(b)?;
-        meta.sync_wal()?;
-        for (i, c) in canon.iter().enumerate() {
-            write_label(c, &Label::new(&pool_id, i as u32))?;
-        }
-        Ok(cfg)
-    })();
-    if res.is_err() {
-        // Leave nothing behind: labels, metadata, and the pool directory if we made it.
-        for c in &canon {
-            if read_label(c)
-                .ok()
-                .flatten()
-                .is_some_and(|l| l.pool_id == pool_id)
-            {
-                let _ = fs::remove_file(c.join(crate::store::LABEL_FILE));
-                crate::store::remove_buckets(&c.join("extents"));
-            }
-        }
-        let _ = fs::remove_dir_all(&meta_dir);
-        let _ = fs::remove_file(a.pool.join(crate::metaspace::RESERVE_FILE));
-        if created_pool_dir {
-            let _ = fs::remove_dir(&a.pool);
-        } else if let Some(m) = old_mode {
-            let _ = fs::set_permissions(&a.pool, fs::Permissions::from_mode(m));
+    }
+    for (i, c) in canon.iter().enumerate() {
+        b.put_disk(&DiskRec {
+            id: i as u32,
+            path: c.to_string_lossy().into_owned(),
+            state: DiskState::Up,
+        });
+    }
+    for (i, s) in shards.iter().enumerate() {
+        b.put_shard(i as u32, s);
+        for d in &s.disks {
+            b.put_disk_shard(*d, i as u32);
         }
     }
-    res
+    b.put_inode(ROOT_INO, &root_inode());
+    meta.write(b)?;
+    meta.sync_wal()?;
+    for (i, c) in canon.iter().enumerate() {
+        write_label(c, &Label::new(pool_id, i as u32))?;
+    }
+    Ok(cfg)
+}
+
+/// The root directory, owned by whoever makes the pool.
+fn root_inode() -> InodeRec {
+    let now = crate::fs::now_ns();
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    InodeRec {
+        kind: Kind::Dir,
+        perm: 0o755,
+        uid,
+        gid,
+        nlink: 2,
+        size: 0,
+        atime_ns: now,
+        mtime_ns: now,
+        ctime_ns: now,
+        crtime_ns: now,
+        rdev: 0,
+        parent: ROOT_INO,
+        symlink: None,
+        alloc: 0,
+    }
 }
 
 /// Sets the process umask to 0o077 (files 0600, directories 0700 from creation: RocksDB has

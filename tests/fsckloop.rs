@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -99,16 +99,7 @@ fn setup(op: Op, replicas: u32) -> Option<Case> {
     let health = p.tmp.path().join("health");
     std::fs::create_dir(&health).unwrap();
     let pool = p.pool.to_str().unwrap().to_string();
-    run_ok(&[
-        "risk",
-        &pool,
-        "--health-dir",
-        health.to_str().unwrap(),
-        "--warn",
-        "0.06",
-        "--evacuate",
-        "0.12",
-    ]);
+    set_risk(&pool, &health, "0.06", "0.12");
     let mut opts = MOUNT_OPTS.to_vec();
     let [rr, mr] = rates(op, replicas);
     opts.extend(["--recovery-rate", rr, "--migration-rate", mr]);
@@ -350,13 +341,7 @@ fn fsck_loop(c: &Case) -> LoopStats {
 fn check_placement(c: &Case) {
     let st = c.p.json(&["status"]);
     assert_eq!(st["replica_health"]["under_replicated"], 0, "{st:#}");
-    let up: HashSet<u64> = st["disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["state"] == "up")
-        .map(|d| d["id"].as_u64().unwrap())
-        .collect();
+    let up = up_disks(&st);
     let ids = |v: &serde_json::Value| -> Vec<u64> {
         let mut x: Vec<u64> = v
             .as_array()

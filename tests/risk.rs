@@ -91,16 +91,7 @@ fn climbing_counters_evacuate_the_disk_before_it_fails() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/health"));
     let o = run(&["risk", &pool, "--warn", "0.5", "--evacuate", "0.2"]);
     assert!(!o.status.success());
-    run_ok(&[
-        "risk",
-        &pool,
-        "--health-dir",
-        health.to_str().unwrap(),
-        "--warn",
-        "0.06",
-        "--evacuate",
-        "0.12",
-    ]);
+    set_risk(&pool, &health, "0.06", "0.12");
     p.mount_with(&[
         "--risk-interval-s",
         "1",

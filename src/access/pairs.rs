@@ -209,15 +209,13 @@ impl Default for GroupRules {
     }
 }
 
-/// Greedy partition of the co-access graph (Kruskal-style agglomerative clustering with a
-/// size cap): edges that pass the rules, strongest association first, join their two
-/// groups unless the union would exceed the cap. Returns groups of two or more extents,
-/// largest first.
-pub fn groups(
+/// Pairs seen together well beyond chance (given how often each is accessed), strongest
+/// first: (association x count, pair).
+fn strong_pairs(
     edges: &[(Pair, u32)],
     accesses: impl Fn(Ext) -> u32,
-    rules: GroupRules,
-) -> Vec<Vec<Ext>> {
+    rules: &GroupRules,
+) -> Vec<(f64, Pair)> {
     let mut strong: Vec<(f64, Pair)> = edges
         .iter()
         .filter(|(_, c)| *c >= rules.pair_count_min)
@@ -233,6 +231,19 @@ pub fn groups(
         })
         .collect();
     strong.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    strong
+}
+
+/// Greedy partition of the co-access graph (Kruskal-style agglomerative clustering with a
+/// size cap): edges that pass the rules, strongest association first, join their two
+/// groups unless the union would exceed the cap. Returns groups of two or more extents,
+/// largest first.
+pub fn groups(
+    edges: &[(Pair, u32)],
+    accesses: impl Fn(Ext) -> u32,
+    rules: GroupRules,
+) -> Vec<Vec<Ext>> {
+    let strong = strong_pairs(edges, accesses, &rules);
     let mut id: HashMap<Ext, usize> = HashMap::new();
     let mut parent: Vec<usize> = Vec::new();
     let mut size: Vec<usize> = Vec::new();

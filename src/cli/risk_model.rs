@@ -1,7 +1,7 @@
 //! `foreshard risk train|score|eval`: the failure model's own commands (no pool needed).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -50,32 +50,7 @@ pub fn run(cmd: RiskCmd) -> anyhow::Result<i32> {
             test_fraction,
             seed,
             train_before,
-        } => {
-            anyhow::ensure!(
-                (0.0..1.0).contains(&test_fraction),
-                "--test-fraction must be in [0, 1)"
-            );
-            let before = match &train_before {
-                Some(d) => {
-                    Some(model::parse_day(d).with_context(|| format!("--train-before {d:?}"))?)
-                }
-                None => None,
-            };
-            let d = read(&data)?;
-            let name = data
-                .file_name()
-                .map_or("?".into(), |n| n.to_string_lossy().into_owned());
-            let m = Model::train(&d, test_fraction, seed, before, &name)?;
-            std::fs::write(&out, m.to_text())
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            eprintln!(
-                "trained on {} drives ({} attributes found: {:?}); model written to {}",
-                d.drives.len(),
-                d.columns_found.len(),
-                d.columns_found,
-                out.display()
-            );
-        }
+        } => train(&data, &out, test_fraction, seed, train_before.as_deref())?,
         RiskCmd::Score { model, data } => {
             let m = load(&model)?;
             let d = read(&data)?;
@@ -89,34 +64,68 @@ pub fn run(cmd: RiskCmd) -> anyhow::Result<i32> {
             }
             w.flush()?;
         }
-        RiskCmd::Eval { model, data, json } => {
-            let m = load(&model)?;
-            let d = read(&data)?;
-            let e = evaluate(&m, &d)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&e)?);
-            } else {
-                println!(
-                    "held-out drives: {} ({} failed); data: Backblaze drive stats format\n\
-                     ROC AUC {:.3}\n\
-                     recall at 1% false alarms {:.1}% (precision {:.1}%), at 0.1%: {:.1}%\n\
-                     median days from first alarm (1% rate) to failure: {}\n\
-                     rule 'any of 5/187/188/197/198 > 0': recall {:.1}% at {:.1}% false alarms; \
-                     the model at that rate: {:.1}%",
-                    e.drives,
-                    e.failed,
-                    e.auc,
-                    e.recall_at_1pct * 100.0,
-                    e.precision_at_1pct * 100.0,
-                    e.recall_at_0_1pct * 100.0,
-                    e.median_days_alarm_to_failure_at_1pct
-                        .map_or("n/a".into(), |d| format!("{d:.0}")),
-                    e.rule_recall * 100.0,
-                    e.rule_false_alarm_rate * 100.0,
-                    e.model_recall_at_rule_rate * 100.0
-                );
-            }
-        }
+        RiskCmd::Eval { model, data, json } => eval(&model, &data, json)?,
     }
     Ok(0)
+}
+
+fn train(
+    data: &Path,
+    out: &Path,
+    test_fraction: f64,
+    seed: u64,
+    train_before: Option<&str>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..1.0).contains(&test_fraction),
+        "--test-fraction must be in [0, 1)"
+    );
+    let before = match train_before {
+        Some(d) => Some(model::parse_day(d).with_context(|| format!("--train-before {d:?}"))?),
+        None => None,
+    };
+    let d = read(data)?;
+    let name = data
+        .file_name()
+        .map_or("?".into(), |n| n.to_string_lossy().into_owned());
+    let m = Model::train(&d, test_fraction, seed, before, &name)?;
+    std::fs::write(out, m.to_text()).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "trained on {} drives ({} attributes found: {:?}); model written to {}",
+        d.drives.len(),
+        d.columns_found.len(),
+        d.columns_found,
+        out.display()
+    );
+    Ok(())
+}
+
+fn eval(model: &PathBuf, data: &Path, json: bool) -> anyhow::Result<()> {
+    let m = load(model)?;
+    let d = read(data)?;
+    let e = evaluate(&m, &d)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(());
+    }
+    println!(
+        "held-out drives: {} ({} failed); data: Backblaze drive stats format\n\
+         ROC AUC {:.3}\n\
+         recall at 1% false alarms {:.1}% (precision {:.1}%), at 0.1%: {:.1}%\n\
+         median days from first alarm (1% rate) to failure: {}\n\
+         rule 'any of 5/187/188/197/198 > 0': recall {:.1}% at {:.1}% false alarms; \
+         the model at that rate: {:.1}%",
+        e.drives,
+        e.failed,
+        e.auc,
+        e.recall_at_1pct * 100.0,
+        e.precision_at_1pct * 100.0,
+        e.recall_at_0_1pct * 100.0,
+        e.median_days_alarm_to_failure_at_1pct
+            .map_or("n/a".into(), |d| format!("{d:.0}")),
+        e.rule_recall * 100.0,
+        e.rule_false_alarm_rate * 100.0,
+        e.model_recall_at_rule_rate * 100.0
+    );
+    Ok(())
 }

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use parking_lot::MutexGuard;
 
 use super::{
-    extent_files, now_ns, readahead, Errno, Fs, FsResult, Handle, Node, NodeInner, RepairReq,
+    extent_files, now_ns, readahead, CommitJob, Errno, Fs, FsResult, Handle, Node, NodeInner,
+    RepairReq,
 };
 use crate::access::AccessOp;
 use crate::meta::{Batch, ExtentRec, Kind};
-use crate::store::{block_sums, AlignedBuf, ExtentId, ReadError};
+use crate::store::{block_sums, AlignedBuf, Disk, ExtentId, ReadError};
 
 /// Bound on cached extent records per open file.
 const NODE_EXTENT_CACHE_MAX: usize = 4096;
@@ -25,6 +26,17 @@ struct Piece {
     len: usize,
     /// Offset inside the caller's buffer.
     at: usize,
+}
+
+/// What `plan_read` leaves to read without the node lock.
+struct ReadPlan {
+    /// (offset in the reply, extent index, its record, offset in the extent, length)
+    plan: Vec<(usize, u64, Arc<ExtentRec>, usize, usize)>,
+    /// Allocated when buffered data was copied in.
+    out: Option<AlignedBuf>,
+    out_len: usize,
+    /// The request reaches the end of the file: data past it in an extent is never read.
+    to_eof: bool,
 }
 
 /// Splits `[offset, end)` at extent boundaries.
@@ -230,64 +242,16 @@ impl Fs {
 
     fn read_once(&self, ino: u64, offset: u64, size: u32) -> FsResult<AlignedBuf> {
         let node = self.node(ino).ok_or(Errno::EBADF)?;
-        let es = self.extent_size();
         // Plan under the node lock, read disks without it.
-        let mut plan: Vec<(usize, u64, Arc<ExtentRec>, usize, usize)> = Vec::new();
-        // Allocated when buffered data is copied in or the disks' data is not taken whole.
-        let mut out: Option<AlignedBuf> = None;
-        let out_len;
-        // The request reaches the end of the file: data past it in an extent is never read.
-        let to_eof;
-        {
-            let mut n = node.inner.lock();
-            if n.rec.kind == Kind::Dir {
-                return Err(Errno::EISDIR);
-            }
-            let end = (offset + u64::from(size)).min(n.rec.size);
-            if offset >= end {
-                return Ok(AlignedBuf::new(0));
-            }
-            out_len = (end - offset) as usize;
-            to_eof = end == n.rec.size;
-            for Piece {
-                index,
-                start,
-                len,
-                at,
-            } in pieces(offset, end, es)
-            {
-                let buffered = n
-                    .dirty
-                    .get(&index)
-                    .map(|b| b.as_slice())
-                    .or_else(|| n.inflight.get(&index).map(|(_, d)| &d[..]));
-                if let Some(buf) = buffered {
-                    if start < buf.len() {
-                        let m = len.min(buf.len() - start);
-                        let o = out.get_or_insert_with(|| AlignedBuf::new(out_len));
-                        o[at..at + m].copy_from_slice(&buf[start..start + m]);
-                    }
-                } else if let Some(e) = self.extent_rec(ino, index, &mut n)? {
-                    if start < e.len as usize {
-                        plan.push((at, index, e, start, len));
-                    }
-                }
-            }
-            // relatime: update atime when it is older than the last change or a day old.
-            let now = now_ns();
-            let r = &mut n.rec;
-            if r.atime_ns <= r.mtime_ns
-                || r.atime_ns <= r.ctime_ns
-                || now - r.atime_ns > 86_400_000_000_000
-            {
-                r.atime_ns = now;
-                n.rec_dirty = true;
-            }
-        }
+        let Some(p) = self.plan_read(ino, &node, offset, size)? else {
+            return Ok(AlignedBuf::new(0));
+        };
+        let out_len = p.out_len;
         // One whole extent read ahead (or all of it before the end of the file): its buffer is
         // the reply. A request for part of an extent leaves the buffer to the next ones.
-        if let ([(0, index, e, 0, len)], None) = (&plan[..], &out) {
-            if *len == out_len && (e.len as usize == out_len || to_eof && e.len as usize > out_len)
+        if let ([(0, index, e, 0, len)], None) = (&p.plan[..], &p.out) {
+            if *len == out_len
+                && (e.len as usize == out_len || p.to_eof && e.len as usize > out_len)
             {
                 if let Some(buf) = self.ra.get(ino, *index, e.version, true) {
                     // The slot is gone now: a buffer another reader still holds is copied,
@@ -299,12 +263,12 @@ impl Fs {
                 }
             }
         }
-        let mut out = out.unwrap_or_else(|| AlignedBuf::new(out_len));
+        let mut out = p.out.unwrap_or_else(|| AlignedBuf::new(out_len));
         let bs = self.store.block_size;
-        for (at, index, e, start, len) in plan {
+        for (at, index, e, start, len) in p.plan {
             let n = len.min(e.len as usize - start);
             let dst = &mut out[at..at + n];
-            let last_use = start + n == e.len as usize || to_eof && at + n == out_len;
+            let last_use = start + n == e.len as usize || p.to_eof && at + n == out_len;
             if let Some(buf) = self.ra.get(ino, index, e.version, last_use) {
                 dst.copy_from_slice(&buf[start..start + n]);
                 if let Ok(buf) = Arc::try_unwrap(buf) {
@@ -321,6 +285,68 @@ impl Fs {
         }
         self.count_read(out.len());
         Ok(out)
+    }
+
+    /// Under the node lock: copies what is buffered (dirty or in flight) into the reply and
+    /// lists the extent parts to read from disks; updates atime (relatime). None when the
+    /// request starts at or past the end of the file.
+    fn plan_read(
+        &self,
+        ino: u64,
+        node: &Node,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Option<ReadPlan>> {
+        let mut n = node.inner.lock();
+        if n.rec.kind == Kind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        let end = (offset + u64::from(size)).min(n.rec.size);
+        if offset >= end {
+            return Ok(None);
+        }
+        let out_len = (end - offset) as usize;
+        let mut p = ReadPlan {
+            plan: Vec::new(),
+            out: None,
+            out_len,
+            to_eof: end == n.rec.size,
+        };
+        for Piece {
+            index,
+            start,
+            len,
+            at,
+        } in pieces(offset, end, self.extent_size())
+        {
+            let buffered = n
+                .dirty
+                .get(&index)
+                .map(|b| b.as_slice())
+                .or_else(|| n.inflight.get(&index).map(|(_, d)| &d[..]));
+            if let Some(buf) = buffered {
+                if start < buf.len() {
+                    let m = len.min(buf.len() - start);
+                    let o = p.out.get_or_insert_with(|| AlignedBuf::new(out_len));
+                    o[at..at + m].copy_from_slice(&buf[start..start + m]);
+                }
+            } else if let Some(e) = self.extent_rec(ino, index, &mut n)? {
+                if start < e.len as usize {
+                    p.plan.push((at, index, e, start, len));
+                }
+            }
+        }
+        // relatime: update atime when it is older than the last change or a day old.
+        let now = now_ns();
+        let r = &mut n.rec;
+        if r.atime_ns <= r.mtime_ns
+            || r.atime_ns <= r.ctime_ns
+            || now - r.atime_ns > 86_400_000_000_000
+        {
+            r.atime_ns = now;
+            n.rec_dirty = true;
+        }
+        Ok(Some(p))
     }
 
     /// Hands back a buffer `read_as` returned, once its data is sent: whole-extent buffers
@@ -497,19 +523,33 @@ impl Fs {
             return Err(Errno::ENOENT);
         }
         // No replica has the whole range intact: take each block from any copy that has it.
-        let mut out = Vec::with_capacity(b1 - b0);
-        for b in (b0..b1).step_by(bs) {
-            let blen = bs.min(b1 - b);
+        let out = self.read_blockwise(&order, &id, &e.sums, b0..b1)?;
+        Ok((out[start - b0..end - b0].to_vec(), bad))
+    }
+
+    /// Bytes `range` (whole blocks) of the extent, each block from the first replica in
+    /// `order` that has it intact.
+    fn read_blockwise(
+        &self,
+        order: &[Arc<Disk>],
+        id: &ExtentId,
+        sums: &[[u8; 32]],
+        range: std::ops::Range<usize>,
+    ) -> FsResult<Vec<u8>> {
+        let bs = self.store.block_size;
+        let mut out = Vec::with_capacity(range.len());
+        for b in range.clone().step_by(bs) {
+            let blen = bs.min(range.end - b);
             let got = order
                 .iter()
-                .find_map(|d| self.store.read_verified(d, &id, &e.sums, b, blen).ok());
+                .find_map(|d| self.store.read_verified(d, id, sums, b, blen).ok());
             match got {
                 Some(block) => out.extend_from_slice(&block),
                 None => {
                     tracing::error!(
-                        ino,
-                        index,
-                        version = e.version,
+                        ino = id.ino,
+                        index = id.index,
+                        version = id.version,
                         block = b / bs,
                         "no good replica of this block"
                     );
@@ -517,7 +557,7 @@ impl Fs {
                 }
             }
         }
-        Ok((out[start - b0..end - b0].to_vec(), bad))
+        Ok(out)
     }
 
     fn queue_repair(&self, ino: u64, index: u64, version: u64, disk: u32) {
@@ -655,62 +695,9 @@ impl Fs {
         }
         // Hand-offs go to the committers after the node lock is released (they need it).
         let res = (|| -> FsResult<()> {
-            for Piece {
-                index,
-                start,
-                len,
-                at,
-            } in pieces(offset, end, es)
-            {
-                let stop = index * es + (start + len) as u64;
-                let src = &data[at..at + len];
-                let now = now_ns();
-                // The size covers the data before it is committed, so no extent lies past the end.
-                n.rec.size = n.rec.size.max(stop);
-                n.rec.mtime_ns = now;
-                n.rec.ctime_ns = now;
-                n.rec_dirty = true;
-                if start == 0 && len == es as usize && !n.dirty.contains_key(&index) {
-                    // A whole extent: commit it straight from the request, no buffering.
-                    if self.async_commits() {
-                        jobs.push(self.hand_off(
-                            ino,
-                            &node,
-                            &mut n,
-                            index,
-                            Arc::new(AlignedBuf::copy_of(src)),
-                        )?);
-                        self.dirty_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                    } else {
-                        self.commit(ino, &mut n, &[index], None, Some(src))?;
-                    }
-                    continue;
-                }
-                if !n.dirty.contains_key(&index) {
-                    let buf = self.load_for_write(ino, index, start, len, &mut n)?;
-                    self.dirty_bytes
-                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    n.dirty.insert(index, buf);
-                }
-                let buf = n.dirty.get_mut(&index).expect("inserted above");
-                if buf.len() < start + len {
-                    self.dirty_bytes
-                        .fetch_add((start + len - buf.len()) as u64, Ordering::Relaxed);
-                    buf.resize(start + len, 0);
-                }
-                buf[start..start + len].copy_from_slice(src);
-                // A write that reaches the end of an extent most likely moves on: commit it now.
-                if start + len == es as usize {
-                    if self.async_commits() {
-                        let buf = Arc::new(AlignedBuf::copy_of(&n.dirty[&index]));
-                        // The buffer leaves `dirty` only once the job exists (a failed
-                        // version allocation leaves it dirty).
-                        jobs.push(self.hand_off(ino, &node, &mut n, index, buf)?);
-                        n.dirty.remove(&index);
-                    } else {
-                        self.commit(ino, &mut n, &[index], None, None)?;
-                    }
-                }
+            for piece in pieces(offset, end, es) {
+                let src = &data[piece.at..piece.at + piece.len];
+                self.write_piece(ino, &node, &mut n, &piece, src, &mut jobs)?;
             }
             self.stats
                 .bytes_written
@@ -726,6 +713,66 @@ impl Fs {
         }
         res?;
         Ok((ino, offset))
+    }
+
+    /// One extent's part of a write, under the node lock: a whole extent is committed (or
+    /// handed to a committer, in `jobs`) straight from `src`; a part goes to the extent's dirty
+    /// buffer, committed once the write reaches the extent's end.
+    fn write_piece(
+        &self,
+        ino: u64,
+        node: &Arc<Node>,
+        n: &mut NodeInner,
+        piece: &Piece,
+        src: &[u8],
+        jobs: &mut Vec<CommitJob>,
+    ) -> FsResult<()> {
+        let es = self.extent_size();
+        let (index, start, len) = (piece.index, piece.start, piece.len);
+        let stop = index * es + (start + len) as u64;
+        let now = now_ns();
+        // The size covers the data before it is committed, so no extent lies past the end.
+        n.rec.size = n.rec.size.max(stop);
+        n.rec.mtime_ns = now;
+        n.rec.ctime_ns = now;
+        n.rec_dirty = true;
+        if start == 0 && len == es as usize && !n.dirty.contains_key(&index) {
+            // A whole extent: commit it straight from the request, no buffering.
+            if self.async_commits() {
+                let buf = Arc::new(AlignedBuf::copy_of(src));
+                jobs.push(self.hand_off(ino, node, n, index, buf)?);
+                self.dirty_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            } else {
+                self.commit(ino, n, &[index], None, Some(src))?;
+            }
+            return Ok(());
+        }
+        if !n.dirty.contains_key(&index) {
+            let buf = self.load_for_write(ino, index, start, len, n)?;
+            self.dirty_bytes
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            n.dirty.insert(index, buf);
+        }
+        let buf = n.dirty.get_mut(&index).expect("inserted above");
+        if buf.len() < start + len {
+            self.dirty_bytes
+                .fetch_add((start + len - buf.len()) as u64, Ordering::Relaxed);
+            buf.resize(start + len, 0);
+        }
+        buf[start..start + len].copy_from_slice(src);
+        // A write that reaches the end of an extent most likely moves on: commit it now.
+        if start + len == es as usize {
+            if self.async_commits() {
+                let buf = Arc::new(AlignedBuf::copy_of(&n.dirty[&index]));
+                // The buffer leaves `dirty` only once the job exists (a failed version
+                // allocation leaves it dirty).
+                jobs.push(self.hand_off(ino, node, n, index, buf)?);
+                n.dirty.remove(&index);
+            } else {
+                self.commit(ino, n, &[index], None, None)?;
+            }
+        }
+        Ok(())
     }
 
     /// The current contents of an extent about to be partly overwritten.
@@ -779,36 +826,8 @@ impl Fs {
     ) -> FsResult<()> {
         debug_assert!(direct.is_none() || indices.len() == 1);
         let mut batch = extra.unwrap_or_else(|| self.meta.batch());
-        let mut new_recs: Vec<(u64, ExtentRec)> = Vec::new();
+        let new_recs = self.write_versions(ino, n, indices, direct)?;
         let mut written: Vec<(u64, ExtentRec)> = Vec::new();
-        let mut failed = None;
-        for &index in indices {
-            let Some(data) = direct.or_else(|| n.dirty.get(&index).map(|d| d.as_slice())) else {
-                continue;
-            };
-            let version = match self.meta.alloc_version() {
-                Ok(v) => v,
-                Err(e) => {
-                    failed = Some(Errno::from(e));
-                    break;
-                }
-            };
-            match self.write_extent_version(ino, index, version, data, true) {
-                Ok(Some(rec)) => new_recs.push((index, rec)),
-                Ok(None) => {}
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        if let Some(e) = failed {
-            // Leave the buffers dirty; remove the files of versions that never got committed.
-            for (index, rec) in new_recs {
-                self.remove_version(ino, index, &rec);
-            }
-            return Err(e);
-        }
         let mut old: Vec<(u64, Arc<ExtentRec>)> = Vec::new();
         for (index, rec) in new_recs {
             if let Some(prev) = self.extent_rec(ino, index, n)? {
@@ -864,10 +883,71 @@ impl Fs {
         Ok(())
     }
 
+    /// Writes a new version of each extent in `indices` (from `direct`, else its dirty
+    /// buffer) to its replicas. On an error the buffers stay dirty and the files of the
+    /// versions written so far are removed: no record names them yet.
+    fn write_versions(
+        &self,
+        ino: u64,
+        n: &NodeInner,
+        indices: &[u64],
+        direct: Option<&[u8]>,
+    ) -> FsResult<Vec<(u64, ExtentRec)>> {
+        let mut new_recs: Vec<(u64, ExtentRec)> = Vec::new();
+        let mut write_one = |index: u64, data: &[u8]| -> FsResult<()> {
+            let version = self.meta.alloc_version()?;
+            if let Some(rec) = self.write_extent_version(ino, index, version, data, true)? {
+                new_recs.push((index, rec));
+            }
+            Ok(())
+        };
+        let mut res = Ok(());
+        for &index in indices {
+            if let Some(data) = direct.or_else(|| n.dirty.get(&index).map(|d| d.as_slice())) {
+                res = write_one(index, data);
+                if res.is_err() {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = res {
+            for (index, rec) in new_recs {
+                self.remove_version(ino, index, &rec);
+            }
+            return Err(e);
+        }
+        Ok(new_recs)
+    }
+
     pub(crate) fn remove_version(&self, ino: u64, index: u64, rec: &ExtentRec) {
         for (d, id) in extent_files(ino, index, rec) {
             self.reap(d, id);
         }
+    }
+
+    /// Writes the extent file on each disk, in parallel threads when asked and useful.
+    fn write_replicas(
+        &self,
+        disks: &[Arc<Disk>],
+        id: &ExtentId,
+        data: &[u8],
+        parallel: bool,
+    ) -> Vec<(u32, std::io::Result<()>)> {
+        if disks.len() == 1 || !parallel {
+            return disks
+                .iter()
+                .map(|d| (d.id, self.store.write_extent(d, id, data)))
+                .collect();
+        }
+        std::thread::scope(|s| {
+            let hs: Vec<_> = disks
+                .iter()
+                .map(|d| s.spawn(|| (d.id, self.store.write_extent(d, id, data))))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("replica writer"))
+                .collect()
+        })
     }
 
     /// Writes one new version of an extent to the live disks of its shard (the replicas in
@@ -901,22 +981,7 @@ impl Fs {
         };
         let sums = block_sums(data, self.store.block_size);
         debug_assert_eq!(sums.len(), data.len().div_ceil(self.store.block_size));
-        let results: Vec<(u32, std::io::Result<()>)> = if disks.len() == 1 || !parallel {
-            disks
-                .iter()
-                .map(|d| (d.id, self.store.write_extent(d, &id, data)))
-                .collect()
-        } else {
-            std::thread::scope(|s| {
-                let hs: Vec<_> = disks
-                    .iter()
-                    .map(|d| s.spawn(|| (d.id, self.store.write_extent(d, &id, data))))
-                    .collect();
-                hs.into_iter()
-                    .map(|h| h.join().expect("replica writer"))
-                    .collect()
-            })
-        };
+        let results = self.write_replicas(&disks, &id, data, parallel);
         let mut replicas = Vec::new();
         let mut nospace = false;
         for (d, r) in results {
@@ -962,17 +1027,7 @@ impl Fs {
         }
         let keep_extents = size.div_ceil(es);
         // Everything that can fail before anything changes.
-        let mut doomed = Vec::new();
-        self.meta.extents_of(ino, keep_extents, |i, _| {
-            doomed.push(i);
-            true
-        })?;
-        let mut gone: Vec<(u64, Arc<ExtentRec>)> = Vec::new();
-        for i in &doomed {
-            if let Some(e) = self.extent_rec(ino, *i, n)? {
-                gone.push((*i, e));
-            }
-        }
+        let (doomed, gone) = self.extents_from(ino, n, keep_extents)?;
         let boundary = self.boundary_read(ino, n, size)?;
         let saved = (n.rec.size, n.rec.alloc, n.rec_dirty);
         let mut batch = self.meta.batch();
@@ -984,36 +1039,7 @@ impl Fs {
         }
         n.rec.size = size;
         n.rec_dirty = true;
-        // Dirty buffers past the end (whole ones, and the boundary's tail) leave the node
-        // only if the commit succeeds; until then they are kept aside.
-        let mut aside: Vec<(u64, Vec<u8>)> = Vec::new();
-        let drop_dirty: Vec<u64> = n.dirty.range(keep_extents..).map(|(i, _)| *i).collect();
-        for i in drop_dirty {
-            aside.push((i, n.dirty.remove(&i).expect("listed")));
-        }
-        let mut indices = Vec::new();
-        let mut inserted = None;
-        if !size.is_multiple_of(es) {
-            let index = size / es;
-            let keep = (size % es) as usize;
-            match boundary {
-                Some(buf) => {
-                    self.dirty_bytes
-                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    n.dirty.insert(index, buf);
-                    indices.push(index);
-                    inserted = Some(index);
-                }
-                None => {
-                    if let Some(d) = n.dirty.get_mut(&index) {
-                        if d.len() > keep {
-                            aside.push((index, d.split_off(keep)));
-                        }
-                        indices.push(index);
-                    }
-                }
-            }
-        }
+        let (aside, indices, inserted) = self.set_tail_aside(n, size, boundary);
         match self.commit(ino, n, &indices, Some(batch), None) {
             Ok(()) => {
                 let bytes: usize = aside.iter().map(|(_, d)| d.len()).sum();
@@ -1029,6 +1055,77 @@ impl Fs {
                 Err(e)
             }
         }
+    }
+
+    /// Extents of the file from `first` on: their indices, and the records of those that
+    /// exist (their versions are removed once the shrink is committed).
+    #[allow(clippy::type_complexity)]
+    fn extents_from(
+        &self,
+        ino: u64,
+        n: &mut NodeInner,
+        first: u64,
+    ) -> FsResult<(Vec<u64>, Vec<(u64, Arc<ExtentRec>)>)> {
+        let mut doomed = Vec::new();
+        self.meta.extents_of(ino, first, |i, _| {
+            doomed.push(i);
+            true
+        })?;
+        let mut gone = Vec::new();
+        for i in &doomed {
+            if let Some(e) = self.extent_rec(ino, *i, n)? {
+                gone.push((*i, e));
+            }
+        }
+        Ok((doomed, gone))
+    }
+
+    /// Dirty buffers past the new end (whole ones, and the boundary's tail) leave the node
+    /// only if the shrink commits; until then they are kept aside. A boundary read from
+    /// disk becomes the boundary's dirty buffer. Returns (aside, boundary index to commit,
+    /// the index inserted).
+    #[allow(clippy::type_complexity)]
+    fn set_tail_aside(
+        &self,
+        n: &mut NodeInner,
+        size: u64,
+        boundary: Option<Vec<u8>>,
+    ) -> (Vec<(u64, Vec<u8>)>, Vec<u64>, Option<u64>) {
+        let es = self.extent_size();
+        let mut aside: Vec<(u64, Vec<u8>)> = Vec::new();
+        let drop_dirty: Vec<u64> = n
+            .dirty
+            .range(size.div_ceil(es)..)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in drop_dirty {
+            aside.push((i, n.dirty.remove(&i).expect("listed")));
+        }
+        let mut indices = Vec::new();
+        let mut inserted = None;
+        if size.is_multiple_of(es) {
+            return (aside, indices, inserted);
+        }
+        let index = size / es;
+        let keep = (size % es) as usize;
+        match boundary {
+            Some(buf) => {
+                self.dirty_bytes
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                n.dirty.insert(index, buf);
+                indices.push(index);
+                inserted = Some(index);
+            }
+            None => {
+                if let Some(d) = n.dirty.get_mut(&index) {
+                    if d.len() > keep {
+                        aside.push((index, d.split_off(keep)));
+                    }
+                    indices.push(index);
+                }
+            }
+        }
+        (aside, indices, inserted)
     }
 
     /// The boundary extent's kept bytes when a shrink to `size` must rewrite it from disk

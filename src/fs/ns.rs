@@ -2,7 +2,7 @@
 //! Each change is one metadata batch, taken under the `ns` lock.
 
 use super::{now_ns, time_to_ns, Attr, Ctx, DirEntryOut, Errno, Fs, FsResult};
-use crate::meta::{Batch, InodeRec, Kind, ROOT_INO};
+use crate::meta::{Batch, DirentVal, InodeRec, Kind, ROOT_INO};
 
 const NAME_LEN_MAX: usize = 255;
 const SYMLINK_LEN_MAX: usize = 4095;
@@ -423,58 +423,80 @@ impl Fs {
         if src.kind == Kind::Dir && self.is_within(newparent, src.ino)? {
             return Err(Errno::EINVAL);
         }
-        if let Some(d) = dst {
-            if noreplace {
-                return Err(Errno::EEXIST);
+        let from = (parent, name);
+        let to = (newparent, newname);
+        match dst {
+            Some(_) if noreplace => Err(Errno::EEXIST),
+            Some(d) if d.ino == src.ino => Ok(()),
+            Some(d) if exchange => {
+                if d.kind == Kind::Dir && self.is_within(parent, d.ino)? {
+                    return Err(Errno::EINVAL);
+                }
+                self.rename_exchange(from, src, to, d)
             }
-            if d.ino == src.ino {
-                return Ok(());
-            }
-            if exchange && d.kind == Kind::Dir && self.is_within(parent, d.ino)? {
-                return Err(Errno::EINVAL);
-            }
-        } else if exchange {
-            return Err(Errno::ENOENT);
+            None if exchange => Err(Errno::ENOENT),
+            _ => self.rename_move(from, src, to, dst),
         }
+    }
+
+    /// RENAME_EXCHANGE: the two entries swap inodes (called under the namespace lock).
+    fn rename_exchange(
+        &self,
+        (parent, name): (u64, &[u8]),
+        src: DirentVal,
+        (newparent, newname): (u64, &[u8]),
+        d: DirentVal,
+    ) -> FsResult<()> {
         let now = now_ns();
         let mut b = self.meta.batch();
         let touch = |p: &mut InodeRec| {
             p.mtime_ns = now;
             p.ctime_ns = now;
         };
-        let mut free = None;
-        if exchange {
-            let d = dst.expect("checked");
-            b.put_dirent(parent, name, d.ino, d.kind);
-            b.put_dirent(newparent, newname, src.ino, src.kind);
-            if parent != newparent {
-                let delta = i64::from(src.kind == Kind::Dir) - i64::from(d.kind == Kind::Dir);
-                self.update_rec(parent, &mut b, |p| {
-                    p.nlink = (i64::from(p.nlink) - delta) as u32;
-                    touch(p)
-                })?;
-                self.update_rec(newparent, &mut b, |p| {
-                    p.nlink = (i64::from(p.nlink) + delta) as u32;
-                    touch(p)
-                })?;
-            } else {
-                self.update_rec(parent, &mut b, touch)?;
-            }
-            self.update_rec(src.ino, &mut b, |r| {
-                r.ctime_ns = now;
-                if r.kind == Kind::Dir {
-                    r.parent = newparent;
-                }
+        b.put_dirent(parent, name, d.ino, d.kind);
+        b.put_dirent(newparent, newname, src.ino, src.kind);
+        if parent != newparent {
+            let delta = i64::from(src.kind == Kind::Dir) - i64::from(d.kind == Kind::Dir);
+            self.update_rec(parent, &mut b, |p| {
+                p.nlink = (i64::from(p.nlink) - delta) as u32;
+                touch(p)
             })?;
-            self.update_rec(d.ino, &mut b, |r| {
-                r.ctime_ns = now;
-                if r.kind == Kind::Dir {
-                    r.parent = parent;
-                }
+            self.update_rec(newparent, &mut b, |p| {
+                p.nlink = (i64::from(p.nlink) + delta) as u32;
+                touch(p)
             })?;
-            self.meta.write(b)?;
-            return Ok(());
+        } else {
+            self.update_rec(parent, &mut b, touch)?;
         }
+        self.update_rec(src.ino, &mut b, |r| {
+            r.ctime_ns = now;
+            if r.kind == Kind::Dir {
+                r.parent = newparent;
+            }
+        })?;
+        self.update_rec(d.ino, &mut b, |r| {
+            r.ctime_ns = now;
+            if r.kind == Kind::Dir {
+                r.parent = parent;
+            }
+        })?;
+        self.meta.write(b)?;
+        Ok(())
+    }
+
+    /// A plain rename, over `dst` when there is one (called under the namespace lock). The
+    /// replaced inode's extent files are removed only after the batch that stops naming them
+    /// is written (`remove_versions`).
+    fn rename_move(
+        &self,
+        (parent, name): (u64, &[u8]),
+        src: DirentVal,
+        (newparent, newname): (u64, &[u8]),
+        dst: Option<DirentVal>,
+    ) -> FsResult<()> {
+        let now = now_ns();
+        let mut b = self.meta.batch();
+        let mut free = None;
         let mut replaced_dir = false;
         if let Some(d) = dst {
             match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
@@ -493,28 +515,22 @@ impl Fs {
         b.del_dirent(parent, name);
         b.put_dirent(newparent, newname, src.ino, src.kind);
         let is_dir = src.kind == Kind::Dir;
+        // Link counts: a moved directory's ".." leaves parent for newparent.
+        let parent_loses = u32::from(is_dir && parent != newparent);
+        let newparent_change = i64::from(is_dir && parent != newparent) - i64::from(replaced_dir);
+        self.update_rec(parent, &mut b, |p| {
+            p.nlink -= parent_loses;
+            if parent == newparent {
+                p.nlink = (i64::from(p.nlink) + newparent_change) as u32;
+            }
+            p.mtime_ns = now;
+            p.ctime_ns = now;
+        })?;
         if parent != newparent {
-            self.update_rec(parent, &mut b, |p| {
-                if is_dir {
-                    p.nlink -= 1;
-                }
-                touch(p)
-            })?;
             self.update_rec(newparent, &mut b, |p| {
-                if is_dir {
-                    p.nlink += 1;
-                }
-                if replaced_dir {
-                    p.nlink -= 1;
-                }
-                touch(p)
-            })?;
-        } else {
-            self.update_rec(parent, &mut b, |p| {
-                if replaced_dir {
-                    p.nlink -= 1;
-                }
-                touch(p)
+                p.nlink = (i64::from(p.nlink) + newparent_change) as u32;
+                p.mtime_ns = now;
+                p.ctime_ns = now;
             })?;
         }
         self.update_rec(src.ino, &mut b, |r| {

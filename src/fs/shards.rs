@@ -154,17 +154,7 @@ impl Fs {
                     out.push(MoveOutcome::Done);
                 }
                 Err(o) => {
-                    let cur = self.meta.extent(m.ino, m.index)?;
-                    for d in &m.installed {
-                        let named = cur
-                            .as_ref()
-                            .is_some_and(|c| c.version == m.version && c.replicas.contains(d));
-                        if !named {
-                            if let Some(disk) = self.store.disk(*d) {
-                                self.store.remove_extent(&disk, &id);
-                            }
-                        }
-                    }
+                    self.drop_unnamed_copies(m, &id)?;
                     out.push(o);
                 }
             }
@@ -187,6 +177,22 @@ impl Fs {
             .extents_moved
             .fetch_add(done as u64, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// A refused move's copies that no record names (the move's own) are removed.
+    fn drop_unnamed_copies(&self, m: &MoveCommit, id: &ExtentId) -> FsResult<()> {
+        let cur = self.meta.extent(m.ino, m.index)?;
+        for d in &m.installed {
+            let named = cur
+                .as_ref()
+                .is_some_and(|c| c.version == m.version && c.replicas.contains(d));
+            if !named {
+                if let Some(disk) = self.store.disk(*d) {
+                    self.store.remove_extent(&disk, id);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_move(&self, m: &MoveCommit) -> FsResult<Result<(ExtentRec, ShardRec), MoveOutcome>> {

@@ -26,6 +26,9 @@ enum Probe {
     Ok,
     Late(String),
     Failed(String),
+    /// Hung past `HANG_FAIL_FACTOR` deadlines while its peers answered: the disk has been
+    /// failed already.
+    Hung,
 }
 
 /// A probe still running after this many deadlines fails the disk (it hangs), if its peers
@@ -147,7 +150,6 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
         let Some(o) = w.upgrade() else { break };
         crate::supervise::fault_point("monitor");
         let tick = Instant::now();
-        let deadline = o.opts.probe_deadline;
         let watched: Vec<Arc<Disk>> =
             o.fs.store
                 .disks()
@@ -166,117 +168,8 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
             let p = probers
                 .entry(d.id)
                 .or_insert_with(|| spawn_prober(d.clone()));
-            // Outcome of the running probe: Ok, late (suspect only: a busy disk can take
-            // seconds to fsync), or failed (an error, or hung past HANG_FAIL_FACTOR deadlines).
-            let mut outcome: Option<Probe> = None;
-            if p.busy {
-                match p.rx.try_recv() {
-                    Ok((r, took)) => {
-                        p.busy = false;
-                        d.probe_us_last
-                            .store(took.as_micros() as u64, Ordering::Relaxed);
-                        if took > deadline && p.overruns == 0 {
-                            d.probe_timeouts.fetch_add(1, Ordering::Relaxed);
-                        }
-                        outcome = Some(match r {
-                            Ok(()) if took > deadline => Probe::Late(format!(
-                                "probe took {} ms (deadline {} ms)",
-                                took.as_millis(),
-                                deadline.as_millis()
-                            )),
-                            Ok(()) => {
-                                p.answered = Some(p.sent);
-                                Probe::Ok
-                            }
-                            Err(e) => Probe::Failed(e.to_string()),
-                        });
-                    }
-                    Err(_)
-                        if p.sent.elapsed() > deadline * HANG_FAIL_FACTOR
-                            && hang_is_the_disks(
-                                answered
-                                    .iter()
-                                    .filter(|(id, t)| *id != d.id && t.is_some_and(|t| t > p.sent))
-                                    .count(),
-                                watched.len() - 1,
-                            ) =>
-                    {
-                        o.fail_disk(
-                            d.id,
-                            &format!(
-                                "probe hung for more than {} ms",
-                                (deadline * HANG_FAIL_FACTOR).as_millis()
-                            ),
-                        );
-                        probers.remove(&d.id);
-                        continue;
-                    }
-                    Err(_) if p.sent.elapsed() > deadline * (p.overruns + 1) => {
-                        if p.overruns >= HANG_FAIL_FACTOR && !p.stall_noted {
-                            p.stall_noted = true;
-                            tracing::warn!(
-                                disk = d.id,
-                                "probe hung for more than {} ms, and most other disks do not \
-                                 answer either: a stall under all of them, not this disk's \
-                                 failure; it stays suspect",
-                                (deadline * p.overruns).as_millis()
-                            );
-                        }
-                        p.overruns += 1;
-                        d.probe_timeouts.fetch_add(1, Ordering::Relaxed);
-                        outcome = Some(Probe::Late(format!(
-                            "probe hung for more than {} ms",
-                            (deadline * p.overruns).as_millis()
-                        )));
-                    }
-                    Err(_) => {}
-                }
-            }
-            match outcome {
-                Some(Probe::Ok) => {
-                    p.fails = 0;
-                    if d.state() == DiskState::Suspect {
-                        tracing::info!(disk = d.id, "disk healthy again");
-                        let _ = o.fs.set_disk_state(d.id, DiskState::Up);
-                    }
-                }
-                Some(Probe::Late(e)) if d.state() == DiskState::Up => {
-                    tracing::warn!(disk = d.id, "disk suspect: {e}");
-                    let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
-                }
-                Some(Probe::Failed(e)) => {
-                    p.fails += 1;
-                    if p.fails >= o.opts.fail_after {
-                        let why = format!("{} probes in a row failed, last: {e}", p.fails);
-                        o.fail_disk(d.id, &why);
-                        probers.remove(&d.id);
-                        continue;
-                    } else if d.state() == DiskState::Up {
-                        tracing::warn!(disk = d.id, "disk suspect: probe failed: {e}");
-                        let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
-                    }
-                }
-                Some(Probe::Late(_)) | None => {}
-            }
-            // Full is not failed: once there is room again the disk takes copies again.
-            if d.full.load(Ordering::Relaxed)
-                && d.space().is_ok_and(|s| s.1 >= 2 * o.fs.extent_size())
-            {
-                d.full.store(false, Ordering::Relaxed);
-                tracing::info!(disk = d.id, "disk has room again");
-                o.kick();
-            }
-            let errors = d.io_errors.load(Ordering::Relaxed);
-            let due = p.fails > 0
-                || d.state() == DiskState::Suspect
-                || errors > p.io_errors_seen
-                || p.sent.elapsed() >= o.opts.probe_interval;
-            if !p.busy && due && p.tx.try_send(ProbeMsg::Go).is_ok() {
-                p.busy = true;
-                p.sent = Instant::now();
-                p.overruns = 0;
-                p.stall_noted = false;
-                p.io_errors_seen = errors;
+            if !check_disk(&o, d, p, &answered, watched.len()) {
+                probers.remove(&d.id);
             }
         }
         probers.retain(|id, _| o.fs.store.disk(*id).is_some_and(|d| d.is_up()));
@@ -287,6 +180,132 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
             std::thread::sleep(interval - spent);
         }
     }
+}
+
+/// One disk's turn: the running probe's outcome applied to its state, room checked, and a
+/// new probe sent when one is due. Returns false when the disk failed.
+fn check_disk(
+    o: &Orchestrator,
+    d: &Arc<Disk>,
+    p: &mut Prober,
+    answered: &[(u32, Option<Instant>)],
+    watched: usize,
+) -> bool {
+    let outcome = if p.busy {
+        probe_outcome(o, d, p, answered, watched)
+    } else {
+        None
+    };
+    match outcome {
+        Some(Probe::Ok) => {
+            p.fails = 0;
+            if d.state() == DiskState::Suspect {
+                tracing::info!(disk = d.id, "disk healthy again");
+                let _ = o.fs.set_disk_state(d.id, DiskState::Up);
+            }
+        }
+        Some(Probe::Late(e)) if d.state() == DiskState::Up => {
+            tracing::warn!(disk = d.id, "disk suspect: {e}");
+            let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
+        }
+        Some(Probe::Failed(e)) => {
+            p.fails += 1;
+            if p.fails >= o.opts.fail_after {
+                let why = format!("{} probes in a row failed, last: {e}", p.fails);
+                o.fail_disk(d.id, &why);
+                return false;
+            } else if d.state() == DiskState::Up {
+                tracing::warn!(disk = d.id, "disk suspect: probe failed: {e}");
+                let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
+            }
+        }
+        Some(Probe::Hung) => return false,
+        Some(Probe::Late(_)) | None => {}
+    }
+    // Full is not failed: once there is room again the disk takes copies again.
+    if d.full.load(Ordering::Relaxed) && d.space().is_ok_and(|s| s.1 >= 2 * o.fs.extent_size()) {
+        d.full.store(false, Ordering::Relaxed);
+        tracing::info!(disk = d.id, "disk has room again");
+        o.kick();
+    }
+    let errors = d.io_errors.load(Ordering::Relaxed);
+    let due = p.fails > 0
+        || d.state() == DiskState::Suspect
+        || errors > p.io_errors_seen
+        || p.sent.elapsed() >= o.opts.probe_interval;
+    if !p.busy && due && p.tx.try_send(ProbeMsg::Go).is_ok() {
+        p.busy = true;
+        p.sent = Instant::now();
+        p.overruns = 0;
+        p.stall_noted = false;
+        p.io_errors_seen = errors;
+    }
+    true
+}
+
+/// Outcome of the running probe: Ok, late (suspect only: a busy disk can take seconds to
+/// fsync), failed (an error), hung past `HANG_FAIL_FACTOR` deadlines (failed here), or
+/// nothing yet.
+fn probe_outcome(
+    o: &Orchestrator,
+    d: &Disk,
+    p: &mut Prober,
+    answered: &[(u32, Option<Instant>)],
+    watched: usize,
+) -> Option<Probe> {
+    let deadline = o.opts.probe_deadline;
+    if let Ok((r, took)) = p.rx.try_recv() {
+        p.busy = false;
+        d.probe_us_last
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        if took > deadline && p.overruns == 0 {
+            d.probe_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        return Some(match r {
+            Ok(()) if took > deadline => Probe::Late(format!(
+                "probe took {} ms (deadline {} ms)",
+                took.as_millis(),
+                deadline.as_millis()
+            )),
+            Ok(()) => {
+                p.answered = Some(p.sent);
+                Probe::Ok
+            }
+            Err(e) => Probe::Failed(e.to_string()),
+        });
+    }
+    let peers_answered = answered
+        .iter()
+        .filter(|(id, t)| *id != d.id && t.is_some_and(|t| t > p.sent))
+        .count();
+    if p.sent.elapsed() > deadline * HANG_FAIL_FACTOR
+        && hang_is_the_disks(peers_answered, watched - 1)
+    {
+        let why = format!(
+            "probe hung for more than {} ms",
+            (deadline * HANG_FAIL_FACTOR).as_millis()
+        );
+        o.fail_disk(d.id, &why);
+        return Some(Probe::Hung);
+    }
+    if p.sent.elapsed() <= deadline * (p.overruns + 1) {
+        return None;
+    }
+    if p.overruns >= HANG_FAIL_FACTOR && !p.stall_noted {
+        p.stall_noted = true;
+        tracing::warn!(
+            disk = d.id,
+            "probe hung for more than {} ms, and most other disks do not answer either: a \
+             stall under all of them, not this disk's failure; it stays suspect",
+            (deadline * p.overruns).as_millis()
+        );
+    }
+    p.overruns += 1;
+    d.probe_timeouts.fetch_add(1, Ordering::Relaxed);
+    Some(Probe::Late(format!(
+        "probe hung for more than {} ms",
+        (deadline * p.overruns).as_millis()
+    )))
 }
 
 #[cfg(test)]

@@ -9,11 +9,13 @@
 //! names a disk that can no longer take data a new placement (the failed disk replaced by a
 //! target: room, not already in the shard), raising the shard's epoch, then activates the
 //! agents: pre-provisioned ones run straight from their plan, reactive ones are made and
-//! planned now. Agents copy, verify and stage; the orchestrator makes staged copies durable
-//! (syncfs) and commits each under the shard epoch (`Fs::commit_recovered`). Catch-up passes
-//! scan the metadata until no extent lacks a replica, so writes racing with recovery and a
-//! second failure are covered. Progress is the metadata itself (an extent's replicas), so
-//! after kill -9 the next mount resumes where it stopped.
+//! planned now. Agents copy, verify and stage; the orchestrator checks and installs staged
+//! copies (`Fs::recovery_check`), makes them durable (each file and its bucket directory
+//! synced, `Store::sync_extents`) and commits each under the shard epoch
+//! (`Fs::commit_installed`). Catch-up passes scan the metadata until no extent lacks a
+//! replica, so writes racing with recovery and a second failure are covered. Progress is the
+//! metadata itself (an extent's replicas), so after kill -9 the next mount resumes where it
+//! stopped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -220,6 +222,117 @@ pub struct Orchestrator {
     risk: parking_lot::RwLock<Arc<dyn crate::placement::RiskView>>,
 }
 
+/// The recovery thread: a run at start-up, then one per kick (failure, drain, new disk),
+/// or when a placement names a dead disk or writes went out with too few replicas.
+fn recovery_loop(w: &std::sync::Weak<Orchestrator>) {
+    if let Some(o) = w.upgrade() {
+        // A run that panicked left `running` set: re-sharding and evacuation wait on it.
+        if std::mem::replace(&mut *o.running.lock(), false) {
+            o.run_cv.notify_all();
+        }
+    }
+    let mut first = true;
+    let mut degraded_seen = 0;
+    // Kicks covered by the runs so far; `requested` beyond it means work.
+    let mut seen = 0;
+    loop {
+        let Some(o) = w.upgrade() else { break };
+        let woken = {
+            let mut g = o.wake.lock();
+            if o.requested.load(Ordering::SeqCst) == seen {
+                o.cv.wait_for(&mut g, Duration::from_secs(1));
+            }
+            o.requested.load(Ordering::SeqCst) != seen
+        };
+        // Without a wake-up, work is a placement that names a dead disk, or extents
+        // written with fewer replicas than wanted (a full disk).
+        let degraded = o.fs.stats.degraded_writes.load(Ordering::Relaxed);
+        let degraded_new = std::mem::replace(&mut degraded_seen, degraded) != degraded;
+        if woken || degraded_new || o.needs_placement() {
+            let asked = o.requested.load(Ordering::SeqCst);
+            seen = asked;
+            *o.running.lock() = true;
+            crate::supervise::fault_point("recovery");
+            if let Err(e) = o.run(first) {
+                tracing::error!("recovery run failed: {e:#}");
+            }
+            o.completed.store(asked, Ordering::SeqCst);
+            *o.running.lock() = false;
+            o.run_cv.notify_all();
+            first = false;
+        }
+    }
+}
+
+/// Holds the agents of a pass back until the leader's first copy is done (or a time-out).
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn release(&self) {
+        *self.open.lock() = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let mut open = self.open.lock();
+        if !*open {
+            self.cv.wait_for(&mut open, timeout);
+        }
+    }
+}
+
+/// What one commit batch did, added to the status at its end.
+#[derive(Default)]
+struct BatchCounts {
+    bytes: u64,
+    extents: u64,
+    fenced: u64,
+    errors: u64,
+    /// Per shard: (extents, bytes) committed.
+    per_shard: HashMap<u32, (u64, u64)>,
+}
+
+impl BatchCounts {
+    fn count(&mut self, it: &CopyItem, r: crate::fs::FsResult<RecoveryCommit>) {
+        match r {
+            Ok(RecoveryCommit::Done) => {
+                self.bytes += u64::from(it.len);
+                self.extents += 1;
+                let e = self.per_shard.entry(it.shard).or_default();
+                e.0 += 1;
+                e.1 += u64::from(it.len);
+            }
+            Ok(RecoveryCommit::Fenced) => self.fenced += 1,
+            Ok(_) => {}
+            Err(e) => {
+                self.errors += 1;
+                tracing::warn!(
+                    ino = it.ino,
+                    index = it.index,
+                    "recovery commit failed: errno {}",
+                    e.0
+                );
+            }
+        }
+    }
+
+    fn add_to(&self, st: &mut RecoveryStatus) {
+        st.bytes_done += self.bytes;
+        st.extents_done += self.extents;
+        st.fenced += self.fenced;
+        st.copy_errors += self.errors;
+        for sp in st.shards.iter_mut() {
+            if let Some((e, b)) = self.per_shard.get(&sp.id) {
+                sp.extents_done += e;
+                sp.bytes_done += b;
+            }
+        }
+    }
+}
+
 impl Orchestrator {
     /// Starts the monitor, planner and recovery threads. Work left by an earlier daemon is
     /// picked up at once.
@@ -252,49 +365,9 @@ impl Orchestrator {
                 o.status.lock().failed_disks.push(d.id);
             }
         }
-        let w = Arc::downgrade(&o);
         use crate::supervise::{fault_point, spawn};
-        spawn("recovery", move || {
-            if let Some(o) = w.upgrade() {
-                // A run that panicked left `running` set: re-sharding and evacuation
-                // wait on it.
-                if std::mem::replace(&mut *o.running.lock(), false) {
-                    o.run_cv.notify_all();
-                }
-            }
-            let mut first = true;
-            let mut degraded_seen = 0;
-            // Kicks covered by the runs so far; `requested` beyond it means work.
-            let mut seen = 0;
-            loop {
-                let Some(o) = w.upgrade() else { break };
-                let woken = {
-                    let mut g = o.wake.lock();
-                    if o.requested.load(Ordering::SeqCst) == seen {
-                        o.cv.wait_for(&mut g, Duration::from_secs(1));
-                    }
-                    o.requested.load(Ordering::SeqCst) != seen
-                };
-                // Without a wake-up, work is a placement that names a dead disk, or
-                // extents written with fewer replicas than wanted (a full disk).
-                let degraded = o.fs.stats.degraded_writes.load(Ordering::Relaxed);
-                let degraded_new = std::mem::replace(&mut degraded_seen, degraded) != degraded;
-                if woken || degraded_new || o.needs_placement() {
-                    let asked = o.requested.load(Ordering::SeqCst);
-                    seen = asked;
-                    *o.running.lock() = true;
-                    fault_point("recovery");
-                    if let Err(e) = o.run(first) {
-                        tracing::error!("recovery run failed: {e:#}");
-                    }
-                    o.completed.store(asked, Ordering::SeqCst);
-                    *o.running.lock() = false;
-                    o.run_cv.notify_all();
-                    first = false;
-                }
-            }
-        })
-        .expect("spawn recovery thread");
+        let w = Arc::downgrade(&o);
+        spawn("recovery", move || recovery_loop(&w)).expect("spawn recovery thread");
         let w = Arc::downgrade(&o);
         spawn("planner", move || loop {
             let Some(o) = w.upgrade() else { break };
@@ -488,38 +561,9 @@ impl Orchestrator {
         let t_act = Instant::now();
         // First pass: the pre-provisioned plan when there is one, else a scan (and at start-up,
         // when the plan may predate what an earlier daemon left).
-        let hints = plan.as_ref().map(|p| &p.targets);
         let first_plan = plan.as_ref().filter(|_| !startup);
         let from_plan = first_plan.is_some();
-        let (moved, no_target, first_items) = match first_plan {
-            Some(p) => {
-                let (moved, no_target) =
-                    replace_placements(fs, &p.shard_bytes, hints, &self.at_risk())?;
-                let items = p
-                    .assignment
-                    .iter()
-                    .map(|ranges| {
-                        let mut v: Vec<CopyItem> = ranges
-                            .iter()
-                            .flat_map(|r| items_for(fs, &p.extents[r.clone()], &mut Vec::new()))
-                            .collect();
-                        // Files' extents in order: close to the order they lie on the disks.
-                        v.sort_unstable_by_key(|i| (i.ino, i.index));
-                        hot_first(fs, &mut v);
-                        v
-                    })
-                    .collect();
-                (moved, no_target, items)
-            }
-            None => {
-                let (ex, shard_bytes) = scan(fs)?;
-                let (moved, no_target) =
-                    replace_placements(fs, &shard_bytes, hints, &self.at_risk())?;
-                let mut items = items_for(fs, &ex, &mut Vec::new());
-                hot_first(fs, &mut items);
-                (moved, no_target, deal(items, self.agents.agent_count()))
-            }
-        };
+        let (moved, no_target, first_items) = self.first_pass_items(plan.as_deref(), startup)?;
         let n_items: usize = first_items.iter().map(|v| v.len()).sum();
         tracing::debug!(per_agent = ?first_items.iter().map(|v| v.len()).collect::<Vec<_>>(), "first pass");
         if n_items == 0 && moved == 0 && !self.needs_rescan()? {
@@ -527,26 +571,7 @@ impl Orchestrator {
             self.set_shards_without_target(no_target);
             return Ok(());
         }
-        {
-            let mut st = self.status.lock();
-            if st.state != RecoveryState::Running {
-                st.passes = 0;
-                st.bytes_done = 0;
-                st.extents_done = 0;
-                st.copy_errors = 0;
-                st.fenced = 0;
-                st.shards.clear();
-                st.lost_shards.clear();
-            }
-            st.state = RecoveryState::Running;
-            st.resumed |= startup;
-            st.activated_at_ms = Some(now_ms());
-            st.shards_without_target = no_target;
-            if st.detected_at_ms.is_none() {
-                st.detected_at_ms = Some(now_ms());
-                *self.detected.lock() = Some(t_act);
-            }
-        }
+        self.mark_running(startup, no_target, t_act);
         tracing::info!(
             items = n_items,
             shards_moved = moved,
@@ -568,10 +593,55 @@ impl Orchestrator {
             let (fs2, pool) = (self.fs.clone(), self.agents.clone());
             std::thread::spawn(move || pool.release_reservations(&fs2));
         }
-        let fds = plan.as_ref().filter(|_| from_plan).map(|p| &p.fds);
+        let fds = first_plan.map(|p| &p.fds);
         self.pass(&mut agents, first_items, fds);
-        // Catch-up passes: writes that raced with the first pass, failed copies, a second
-        // failure, extents newer than the plan.
+        self.catch_up(&mut agents)?;
+        self.agents.give_back(agents);
+        self.finish_drains()?;
+        fs.meta.sync_wal()?;
+        self.mark_done();
+        Ok(())
+    }
+
+    /// The first pass's new placements and copies per agent: from the pre-provisioned plan
+    /// unless at start-up or without one, else from a scan. Returns (shards moved, shards
+    /// without a target, items per agent).
+    fn first_pass_items(
+        &self,
+        plan: Option<&crate::agents::Plan>,
+        startup: bool,
+    ) -> anyhow::Result<(usize, Vec<u32>, Vec<Vec<CopyItem>>)> {
+        let fs = &self.fs;
+        let hints = plan.map(|p| &p.targets);
+        let Some(p) = plan.filter(|_| !startup) else {
+            let (ex, shard_bytes) = scan(fs)?;
+            let (moved, no_target) = replace_placements(fs, &shard_bytes, hints, &self.at_risk())?;
+            let mut items = items_for(fs, &ex, &mut Vec::new());
+            hot_first(fs, &mut items);
+            return Ok((moved, no_target, deal(items, self.agents.agent_count())));
+        };
+        let (moved, no_target) = replace_placements(fs, &p.shard_bytes, hints, &self.at_risk())?;
+        let items = p
+            .assignment
+            .iter()
+            .map(|ranges| {
+                let mut v: Vec<CopyItem> = ranges
+                    .iter()
+                    .flat_map(|r| items_for(fs, &p.extents[r.clone()], &mut Vec::new()))
+                    .collect();
+                // Files' extents in order: close to the order they lie on the disks.
+                v.sort_unstable_by_key(|i| (i.ino, i.index));
+                hot_first(fs, &mut v);
+                v
+            })
+            .collect();
+        Ok((moved, no_target, items))
+    }
+
+    /// Catch-up passes: writes that raced with the first pass, failed copies, a second
+    /// failure, extents newer than the plan.
+    fn catch_up(&self, agents: &mut [Agent]) -> anyhow::Result<()> {
+        let fs = &self.fs;
         let mut last_missing = usize::MAX;
         for _ in 0..PASSES_MAX {
             let (ex, sb) = scan(fs)?;
@@ -589,31 +659,51 @@ impl Orchestrator {
             }
             last_missing = items.len();
             let n = agents.len().max(1);
-            self.pass(&mut agents, deal(items, n), None);
-        }
-        self.agents.give_back(agents);
-        self.finish_drains()?;
-        fs.meta.sync_wal()?;
-        {
-            let mut st = self.status.lock();
-            st.state = RecoveryState::Done;
-            st.done_at_ms = Some(now_ms());
-            if let Some(t) = *self.detected.lock() {
-                let secs = t.elapsed().as_secs_f64();
-                if secs > 0.0 {
-                    st.rate_bytes_per_s = st.bytes_done as f64 / secs;
-                }
-            }
-            st.eta_s = Some(0.0);
-            tracing::info!(
-                bytes = st.bytes_done,
-                extents = st.extents_done,
-                passes = st.passes,
-                errors = st.copy_errors,
-                "recovery done"
-            );
+            self.pass(agents, deal(items, n), None);
         }
         Ok(())
+    }
+
+    /// Status: running (counters reset unless it already was), activation and detection.
+    fn mark_running(&self, startup: bool, no_target: Vec<u32>, t_act: Instant) {
+        let mut st = self.status.lock();
+        if st.state != RecoveryState::Running {
+            st.passes = 0;
+            st.bytes_done = 0;
+            st.extents_done = 0;
+            st.copy_errors = 0;
+            st.fenced = 0;
+            st.shards.clear();
+            st.lost_shards.clear();
+        }
+        st.state = RecoveryState::Running;
+        st.resumed |= startup;
+        st.activated_at_ms = Some(now_ms());
+        st.shards_without_target = no_target;
+        if st.detected_at_ms.is_none() {
+            st.detected_at_ms = Some(now_ms());
+            *self.detected.lock() = Some(t_act);
+        }
+    }
+
+    fn mark_done(&self) {
+        let mut st = self.status.lock();
+        st.state = RecoveryState::Done;
+        st.done_at_ms = Some(now_ms());
+        if let Some(t) = *self.detected.lock() {
+            let secs = t.elapsed().as_secs_f64();
+            if secs > 0.0 {
+                st.rate_bytes_per_s = st.bytes_done as f64 / secs;
+            }
+        }
+        st.eta_s = Some(0.0);
+        tracing::info!(
+            bytes = st.bytes_done,
+            extents = st.extents_done,
+            passes = st.passes,
+            errors = st.copy_errors,
+            "recovery done"
+        );
     }
 
     /// Placement changes that were not followed by copies are found by a scan, so a run
@@ -637,119 +727,129 @@ impl Orchestrator {
         items: Vec<Vec<CopyItem>>,
         fds: Option<&HashMap<(u32, crate::store::ExtentId), Arc<std::fs::File>>>,
     ) {
-        {
-            let mut st = self.status.lock();
-            st.passes += 1;
-            let mut per: BTreeMap<u32, ShardProgress> =
-                st.shards.drain(..).map(|s| (s.id, s)).collect();
-            let mut add_b = 0;
-            let mut add_e = 0;
-            for sp in per.values_mut() {
-                sp.extents_total = sp.extents_done;
-                sp.bytes_total = sp.bytes_done;
-            }
-            for it in items.iter().flatten() {
-                let sp = per.entry(it.shard).or_insert_with(|| ShardProgress {
-                    id: it.shard,
-                    ..Default::default()
-                });
-                sp.extents_total += 1;
-                sp.bytes_total += u64::from(it.len);
-                add_b += u64::from(it.len);
-                add_e += 1;
-            }
-            for (id, sp) in per.iter_mut() {
-                let s = self.fs.shard(*id);
-                sp.epoch = s.epoch;
-                sp.disks = s.disks;
-            }
-            st.shards = per.into_values().collect();
-            st.bytes_total = st.bytes_done + add_b;
-            st.extents_total = st.extents_done + add_e;
-        }
+        self.pass_totals(&items);
         // The first agent copies one extent alone before the others start (about a
         // millisecond): it proves source and target and marks activation without a
         // thundering herd on the CPUs.
-        let gate = (
-            Mutex::new(self.first_extent.lock().is_some()),
-            Condvar::new(),
-        );
-        let gate = &gate;
-        let open_gate = || {
-            *gate.0.lock() = true;
-            gate.1.notify_all();
+        let gate = Gate {
+            open: Mutex::new(self.first_extent.lock().is_some()),
+            cv: Condvar::new(),
         };
+        let gate = &gate;
         let mut leader = true;
-        // Agents hand verified copies to one committer, which makes each batch durable with
-        // one syncfs per target disk while the agents keep copying.
+        // Agents hand verified copies to one committer, which makes each batch durable (all
+        // its files synced at once) while the agents keep copying.
         let (ctx, crx) = sync_channel::<(u32, CopyItem)>(COMMIT_QUEUE_MAX);
         std::thread::scope(|sc| {
-            sc.spawn(move || {
-                while let Ok(first) = crx.recv() {
-                    // Fewer, larger batches: each syncfs of a target makes its filesystem
-                    // (and on a loop disk, the host file) flush, so it is worth amortising.
-                    let mut batch = vec![first];
-                    let until = Instant::now() + COMMIT_INTERVAL;
-                    while batch.len() < COMMIT_BATCH_MAX {
-                        let left = until.saturating_duration_since(Instant::now());
-                        match crx.recv_timeout(left) {
-                            Ok(x) => batch.push(x),
-                            Err(_) => break,
-                        }
-                    }
-                    self.commit(&mut batch);
-                }
-            });
+            sc.spawn(move || self.committer(crx));
             for (agent, list) in agents.iter_mut().zip(items) {
                 let ctx = ctx.clone();
                 if list.is_empty() {
                     continue;
                 }
                 let lead = std::mem::replace(&mut leader, false);
-                sc.spawn(move || {
-                    let opened = || {
-                        if lead {
-                            open_gate();
-                        }
-                    };
-                    if !lead {
-                        let mut open = gate.0.lock();
-                        if !*open {
-                            gate.1.wait_for(&mut open, Duration::from_millis(20));
-                        }
-                    }
-                    let tag = agent.id;
-                    agent.run(
-                        &self.fs,
-                        &list,
-                        fds,
-                        |bytes| self.limiter.acquire(&self.fs, bytes),
-                        |it: &CopyItem, res: CopyResult| {
-                            // The leader's first outcome, good or bad, lets the others go.
-                            opened();
-                            match res {
-                                Ok(()) => {
-                                    self.note_first_extent();
-                                    let _ = ctx.send((tag, it.clone()));
-                                }
-                                Err(CopyFail::Stale) => {}
-                                Err(CopyFail::Error(e)) => {
-                                    tracing::warn!(
-                                        ino = it.ino,
-                                        index = it.index,
-                                        target = it.target,
-                                        "recovery copy failed: {e}"
-                                    );
-                                    self.status.lock().copy_errors += 1;
-                                }
-                            }
-                        },
-                    );
-                    opened();
-                });
+                sc.spawn(move || self.agent_pass(agent, &list, fds, lead, gate, ctx));
             }
             drop(ctx);
         });
+    }
+
+    /// Status at the start of a pass: shards and totals grow by this pass's items.
+    fn pass_totals(&self, items: &[Vec<CopyItem>]) {
+        let mut st = self.status.lock();
+        st.passes += 1;
+        let mut per: BTreeMap<u32, ShardProgress> =
+            st.shards.drain(..).map(|s| (s.id, s)).collect();
+        let mut add_b = 0;
+        let mut add_e = 0;
+        for sp in per.values_mut() {
+            sp.extents_total = sp.extents_done;
+            sp.bytes_total = sp.bytes_done;
+        }
+        for it in items.iter().flatten() {
+            let sp = per.entry(it.shard).or_insert_with(|| ShardProgress {
+                id: it.shard,
+                ..Default::default()
+            });
+            sp.extents_total += 1;
+            sp.bytes_total += u64::from(it.len);
+            add_b += u64::from(it.len);
+            add_e += 1;
+        }
+        for (id, sp) in per.iter_mut() {
+            let s = self.fs.shard(*id);
+            sp.epoch = s.epoch;
+            sp.disks = s.disks;
+        }
+        st.shards = per.into_values().collect();
+        st.bytes_total = st.bytes_done + add_b;
+        st.extents_total = st.extents_done + add_e;
+    }
+
+    /// Takes verified copies from the agents and commits them in batches.
+    fn committer(&self, crx: std::sync::mpsc::Receiver<(u32, CopyItem)>) {
+        while let Ok(first) = crx.recv() {
+            // Fewer, larger batches: each sync of a target makes its filesystem (and on a
+            // loop disk, the host file) flush, so it is worth amortising.
+            let mut batch = vec![first];
+            let until = Instant::now() + COMMIT_INTERVAL;
+            while batch.len() < COMMIT_BATCH_MAX {
+                let left = until.saturating_duration_since(Instant::now());
+                match crx.recv_timeout(left) {
+                    Ok(x) => batch.push(x),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch);
+        }
+    }
+
+    /// One agent's share of a pass; good copies go to the committer.
+    fn agent_pass(
+        &self,
+        agent: &mut Agent,
+        list: &[CopyItem],
+        fds: Option<&HashMap<(u32, crate::store::ExtentId), Arc<std::fs::File>>>,
+        lead: bool,
+        gate: &Gate,
+        ctx: std::sync::mpsc::SyncSender<(u32, CopyItem)>,
+    ) {
+        let opened = || {
+            if lead {
+                gate.release();
+            }
+        };
+        if !lead {
+            gate.wait(Duration::from_millis(20));
+        }
+        let tag = agent.id;
+        agent.run(
+            &self.fs,
+            list,
+            fds,
+            |bytes| self.limiter.acquire(&self.fs, bytes),
+            |it: &CopyItem, res: CopyResult| {
+                // The leader's first outcome, good or bad, lets the others go.
+                opened();
+                match res {
+                    Ok(()) => {
+                        self.note_first_extent();
+                        let _ = ctx.send((tag, it.clone()));
+                    }
+                    Err(CopyFail::Stale) => {}
+                    Err(CopyFail::Error(e)) => {
+                        tracing::warn!(
+                            ino = it.ino,
+                            index = it.index,
+                            target = it.target,
+                            "recovery copy failed: {e}"
+                        );
+                        self.status.lock().copy_errors += 1;
+                    }
+                }
+            },
+        );
+        opened();
     }
 
     fn note_first_extent(&self) {
@@ -777,41 +877,8 @@ impl Orchestrator {
         // fdatasync per copy and fsync per bucket, all in parallel), then re-check and commit
         // each; the WAL sync makes the metadata durable after the files it names.
         let guard = fs.recovery_guard();
-        let mut done_b = 0u64;
-        let mut done_e = 0u64;
-        let mut fenced = 0u64;
-        let mut errors = 0u64;
-        let mut per: HashMap<u32, (u64, u64)> = HashMap::new();
-        let mut installed: Vec<CopyItem> = Vec::with_capacity(batch.len());
-        for (tag, it) in batch.drain(..) {
-            let Some(d) = fs.store.disk(it.target) else {
-                continue;
-            };
-            let id = it.id();
-            let staged = fs.store.staging_path(&d, &id, tag);
-            match fs.recovery_check(it.ino, it.index, it.version, it.epoch, it.target) {
-                Ok(Ok(_)) => match fs.store.install_staging(&d, &id, tag) {
-                    Ok(()) => installed.push(it),
-                    Err(e) => {
-                        errors += 1;
-                        tracing::warn!(disk = it.target, "cannot install recovered copy: {e}");
-                        let _ = std::fs::remove_file(&staged);
-                    }
-                },
-                Ok(Err(RecoveryCommit::Fenced)) => {
-                    fenced += 1;
-                    let _ = std::fs::remove_file(&staged);
-                }
-                Ok(Err(_)) => {
-                    let _ = std::fs::remove_file(&staged);
-                }
-                Err(e) => {
-                    errors += 1;
-                    tracing::warn!(ino = it.ino, "recovery check failed: errno {}", e.0);
-                    let _ = std::fs::remove_file(&staged);
-                }
-            }
-        }
+        let mut c = BatchCounts::default();
+        let installed = self.install_batch(batch, &mut c);
         let t_sync = Instant::now();
         let files: Vec<(u32, ExtentId)> = installed.iter().map(|it| (it.target, it.id())).collect();
         let unsynced = fs.store.sync_extents(&files);
@@ -823,29 +890,13 @@ impl Orchestrator {
                 if let Some(d) = fs.store.disk(it.target) {
                     fs.store.remove_extent(&d, &it.id());
                 }
-                errors += 1;
+                c.errors += 1;
                 continue;
             }
-            match fs.commit_installed(it.ino, it.index, it.version, it.epoch, it.target) {
-                Ok(RecoveryCommit::Done) => {
-                    done_b += u64::from(it.len);
-                    done_e += 1;
-                    let e = per.entry(it.shard).or_default();
-                    e.0 += 1;
-                    e.1 += u64::from(it.len);
-                }
-                Ok(RecoveryCommit::Fenced) => fenced += 1,
-                Ok(_) => {}
-                Err(e) => {
-                    errors += 1;
-                    tracing::warn!(
-                        ino = it.ino,
-                        index = it.index,
-                        "recovery commit failed: errno {}",
-                        e.0
-                    );
-                }
-            }
+            c.count(
+                &it,
+                fs.commit_installed(it.ino, it.index, it.version, it.epoch, it.target),
+            );
         }
         drop(guard);
         if let Err(e) = fs.meta.sync_wal() {
@@ -857,17 +908,48 @@ impl Orchestrator {
             sync_us,
             "recovery batch committed"
         );
-        let mut st = self.status.lock();
-        st.bytes_done += done_b;
-        st.extents_done += done_e;
-        st.fenced += fenced;
-        st.copy_errors += errors;
-        for sp in st.shards.iter_mut() {
-            if let Some((e, b)) = per.get(&sp.id) {
-                sp.extents_done += e;
-                sp.bytes_done += b;
+        c.add_to(&mut self.status.lock());
+    }
+
+    /// Checks each staged copy against the metadata and renames it into place; returns
+    /// those installed (the others' staging files are removed).
+    fn install_batch(
+        &self,
+        batch: &mut Vec<(u32, CopyItem)>,
+        c: &mut BatchCounts,
+    ) -> Vec<CopyItem> {
+        let fs = &self.fs;
+        let mut installed: Vec<CopyItem> = Vec::with_capacity(batch.len());
+        for (tag, it) in batch.drain(..) {
+            let Some(d) = fs.store.disk(it.target) else {
+                continue;
+            };
+            let id = it.id();
+            let staged = fs.store.staging_path(&d, &id, tag);
+            match fs.recovery_check(it.ino, it.index, it.version, it.epoch, it.target) {
+                Ok(Ok(_)) => match fs.store.install_staging(&d, &id, tag) {
+                    Ok(()) => installed.push(it),
+                    Err(e) => {
+                        c.errors += 1;
+                        tracing::warn!(disk = it.target, "cannot install recovered copy: {e}");
+                        let _ = std::fs::remove_file(&staged);
+                    }
+                },
+                Ok(Err(RecoveryCommit::Fenced)) => {
+                    c.fenced += 1;
+                    let _ = std::fs::remove_file(&staged);
+                }
+                Ok(Err(_)) => {
+                    let _ = std::fs::remove_file(&staged);
+                }
+                Err(e) => {
+                    c.errors += 1;
+                    tracing::warn!(ino = it.ino, "recovery check failed: errno {}", e.0);
+                    let _ = std::fs::remove_file(&staged);
+                }
             }
         }
+        installed
     }
 
     fn report_lost(&self, lost: &[(u32, u64)]) -> anyhow::Result<()> {

@@ -22,66 +22,27 @@ pub(super) fn replace_placements(
     at_risk: &dyn Fn(u32) -> bool,
 ) -> anyhow::Result<(usize, Vec<u32>)> {
     let disks = fs.store.disks();
-    let mut room: HashMap<u32, u64> = disks
-        .iter()
-        .filter(|d| d.accepts_data() && !d.full.load(Ordering::Relaxed))
-        .map(|d| (d.id, d.space().map(|s| s.1).unwrap_or(0)))
-        .collect();
-    let state: HashMap<u32, DiskState> = disks.iter().map(|d| (d.id, d.state())).collect();
+    let mut p = Placer {
+        room: disks
+            .iter()
+            .filter(|d| d.accepts_data() && !d.full.load(Ordering::Relaxed))
+            .map(|d| (d.id, d.space().map(|s| s.1).unwrap_or(0)))
+            .collect(),
+        state: disks.iter().map(|d| (d.id, d.state())).collect(),
+        planned,
+        at_risk,
+        replicas: fs.cfg.replicas as usize,
+    };
     let mut moved = 0;
     let mut no_target = Vec::new();
     let mut changes = Vec::new();
     for (s, rec) in fs.shard_table().into_iter().enumerate() {
         let s = s as u32;
-        let bad: Vec<u32> = rec
-            .disks
-            .iter()
-            .copied()
-            .filter(|d| !matches!(state.get(d), Some(DiskState::Up | DiskState::Suspect)))
-            .collect();
-        let short = rec.disks.len() < fs.cfg.replicas as usize;
-        if bad.is_empty() && !short {
-            continue;
-        }
         let need = shard_bytes.get(s as usize).copied().unwrap_or(0);
-        let mut new = rec.disks.clone();
-        let pick = |new: &Vec<u32>, room: &HashMap<u32, u64>, hint: Option<u32>| -> Option<u32> {
-            if let Some(h) = hint {
-                if !new.contains(&h) && !at_risk(h) && room.get(&h).is_some_and(|r| *r >= need) {
-                    return Some(h);
-                }
-            }
-            room.iter()
-                .filter(|(d, r)| !new.contains(d) && **r >= need)
-                .max_by_key(|(d, r)| (!at_risk(**d), **r, std::cmp::Reverse(**d)))
-                .map(|(d, _)| *d)
+        let Some((new, complete)) = p.place(s, &rec.disks, need) else {
+            continue;
         };
-        for b in &bad {
-            let hint = planned.and_then(|p| p.get(&(s, *b)).copied());
-            match pick(&new, &room, hint) {
-                Some(t) => {
-                    let pos = new.iter().position(|x| x == b).expect("bad disk in shard");
-                    new[pos] = t;
-                    *room.get_mut(&t).expect("target has room") -= need;
-                }
-                None if state.get(b) == Some(&DiskState::Draining) => {}
-                None => new.retain(|x| x != b),
-            }
-        }
-        while new.len() < fs.cfg.replicas as usize {
-            match pick(&new, &room, None) {
-                Some(t) => {
-                    new.push(t);
-                    *room.get_mut(&t).expect("target has room") -= need;
-                }
-                None => break,
-            }
-        }
-        if new.len() < fs.cfg.replicas as usize
-            || new
-                .iter()
-                .any(|d| state.get(d) == Some(&DiskState::Draining))
-        {
+        if !complete {
             no_target.push(s);
         }
         if new != rec.disks {
@@ -102,6 +63,73 @@ pub(super) fn replace_placements(
         }
     }
     Ok((moved, no_target))
+}
+
+/// Chooses replacement disks shard by shard, taking each choice's bytes off its room.
+struct Placer<'a> {
+    room: HashMap<u32, u64>,
+    state: HashMap<u32, DiskState>,
+    planned: Option<&'a HashMap<(u32, u32), u32>>,
+    at_risk: &'a dyn Fn(u32) -> bool,
+    replicas: usize,
+}
+
+impl Placer<'_> {
+    /// Shard `s`'s new disks, or None when its placement is fine as it is. The flag says
+    /// whether the new placement is complete (enough disks, none draining).
+    fn place(&mut self, s: u32, disks: &[u32], need: u64) -> Option<(Vec<u32>, bool)> {
+        let bad: Vec<u32> = disks
+            .iter()
+            .copied()
+            .filter(|d| !matches!(self.state.get(d), Some(DiskState::Up | DiskState::Suspect)))
+            .collect();
+        if bad.is_empty() && disks.len() >= self.replicas {
+            return None;
+        }
+        let mut new = disks.to_vec();
+        for b in &bad {
+            let hint = self.planned.and_then(|p| p.get(&(s, *b)).copied());
+            match self.pick(&new, need, hint) {
+                Some(t) => {
+                    let pos = new.iter().position(|x| x == b).expect("bad disk in shard");
+                    new[pos] = t;
+                    *self.room.get_mut(&t).expect("target has room") -= need;
+                }
+                None if self.state.get(b) == Some(&DiskState::Draining) => {}
+                None => new.retain(|x| x != b),
+            }
+        }
+        while new.len() < self.replicas {
+            match self.pick(&new, need, None) {
+                Some(t) => {
+                    new.push(t);
+                    *self.room.get_mut(&t).expect("target has room") -= need;
+                }
+                None => break,
+            }
+        }
+        let draining = new
+            .iter()
+            .any(|d| self.state.get(d) == Some(&DiskState::Draining));
+        let complete = new.len() >= self.replicas && !draining;
+        Some((new, complete))
+    }
+
+    /// The plan's target when it is still valid, else the disk with the most room (disks
+    /// at risk last).
+    fn pick(&self, new: &[u32], need: u64, hint: Option<u32>) -> Option<u32> {
+        let at_risk = self.at_risk;
+        if let Some(h) = hint {
+            if !new.contains(&h) && !at_risk(h) && self.room.get(&h).is_some_and(|r| *r >= need) {
+                return Some(h);
+            }
+        }
+        self.room
+            .iter()
+            .filter(|(d, r)| !new.contains(d) && **r >= need)
+            .max_by_key(|(d, r)| (!at_risk(**d), **r, std::cmp::Reverse(**d)))
+            .map(|(d, _)| *d)
+    }
 }
 
 /// Checks and labels a new disk directory and adds it to the pool. Returns its id.

@@ -199,36 +199,7 @@ pub fn parse_smartctl_json(text: &str) -> Result<Health, ParseError> {
             "not a smartctl JSON document (not an object)",
         ));
     }
-    let errors: Vec<&str> = doc
-        .pointer("/smartctl/messages")
-        .and_then(Value::as_array)
-        .map(|ms| {
-            ms.iter()
-                .filter(|m| m.get("severity").and_then(Value::as_str) == Some("error"))
-                .filter_map(|m| m.get("string").and_then(Value::as_str))
-                .collect()
-        })
-        .unwrap_or_default();
-    // Absent in hand-written documents: nothing failed.
-    let status = doc
-        .pointer("/smartctl/exit_status")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    if status & 0b11 != 0 {
-        let what = if errors.is_empty() {
-            if status & 1 != 0 {
-                "command line not understood".to_string()
-            } else {
-                "device open failed".to_string()
-            }
-        } else {
-            errors.join("; ")
-        };
-        return Err(ParseError::new(format!(
-            "smartctl exit status {status}: {what}"
-        )));
-    }
-
+    let (status, errors) = smartctl_status(&doc)?;
     let mut h = Health {
         source: doc
             .pointer("/device/name")
@@ -239,48 +210,11 @@ pub fn parse_smartctl_json(text: &str) -> Result<Health, ParseError> {
     };
     let table = doc.get("ata_smart_attributes");
     if let Some(t) = table {
-        let rows = t.get("table").and_then(Value::as_array).ok_or_else(|| {
-            ParseError::new("ata_smart_attributes has no table (expected an array)")
-        })?;
-        for (i, row) in rows.iter().enumerate() {
-            let id = row
-                .get("id")
-                .and_then(Value::as_u64)
-                .filter(|id| (1..=255).contains(id))
-                .ok_or_else(|| {
-                    ParseError::new(format!(
-                        "ata_smart_attributes.table[{i}]: no attribute id in 1..=255"
-                    ))
-                })?;
-            let raw = row.get("raw");
-            let value = raw.and_then(|r| r.get("value")).and_then(json_u64);
-            let string = raw.and_then(|r| r.get("string")).and_then(Value::as_str);
-            let count = raw_count(value, string).ok_or_else(|| {
-                ParseError::new(format!(
-                    "ata_smart_attributes.table[{i}] (id {id}): no raw value"
-                ))
-            })?;
-            h.smart.insert(id as u32, count);
-        }
+        h.smart = ata_attributes(t)?;
     }
     let log = doc.get("nvme_smart_health_information_log");
     if let Some(log) = log {
-        if !log.is_object() {
-            return Err(ParseError::new(
-                "nvme_smart_health_information_log is not an object",
-            ));
-        }
-        let f = |k: &str| log.get(k).and_then(json_u64);
-        h.nvme = Some(NvmeHealth {
-            critical_warning: f("critical_warning"),
-            media_errors: f("media_errors"),
-            percentage_used: f("percentage_used"),
-            available_spare: f("available_spare"),
-            available_spare_threshold: f("available_spare_threshold"),
-            num_err_log_entries: f("num_err_log_entries"),
-            unsafe_shutdowns: f("unsafe_shutdowns"),
-            power_on_hours: f("power_on_hours"),
-        });
+        h.nvme = Some(nvme_log(log)?);
     }
     h.temperature_c = doc
         .pointer("/temperature/current")
@@ -314,6 +248,89 @@ pub fn parse_smartctl_json(text: &str) -> Result<Health, ParseError> {
         }));
     }
     Ok(h)
+}
+
+/// smartctl's exit status and error messages; bits 0-1 (no data at all) are an error.
+fn smartctl_status(doc: &Value) -> Result<(u64, Vec<&str>), ParseError> {
+    let errors: Vec<&str> = doc
+        .pointer("/smartctl/messages")
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .filter(|m| m.get("severity").and_then(Value::as_str) == Some("error"))
+                .filter_map(|m| m.get("string").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Absent in hand-written documents: nothing failed.
+    let status = doc
+        .pointer("/smartctl/exit_status")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if status & 0b11 != 0 {
+        let what = if errors.is_empty() {
+            if status & 1 != 0 {
+                "command line not understood".to_string()
+            } else {
+                "device open failed".to_string()
+            }
+        } else {
+            errors.join("; ")
+        };
+        return Err(ParseError::new(format!(
+            "smartctl exit status {status}: {what}"
+        )));
+    }
+    Ok((status, errors))
+}
+
+/// The ATA attribute table: id -> raw count.
+fn ata_attributes(t: &Value) -> Result<BTreeMap<u32, u64>, ParseError> {
+    let rows = t
+        .get("table")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ParseError::new("ata_smart_attributes has no table (expected an array)"))?;
+    let mut out = BTreeMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        let id = row
+            .get("id")
+            .and_then(Value::as_u64)
+            .filter(|id| (1..=255).contains(id))
+            .ok_or_else(|| {
+                ParseError::new(format!(
+                    "ata_smart_attributes.table[{i}]: no attribute id in 1..=255"
+                ))
+            })?;
+        let raw = row.get("raw");
+        let value = raw.and_then(|r| r.get("value")).and_then(json_u64);
+        let string = raw.and_then(|r| r.get("string")).and_then(Value::as_str);
+        let count = raw_count(value, string).ok_or_else(|| {
+            ParseError::new(format!(
+                "ata_smart_attributes.table[{i}] (id {id}): no raw value"
+            ))
+        })?;
+        out.insert(id as u32, count);
+    }
+    Ok(out)
+}
+
+fn nvme_log(log: &Value) -> Result<NvmeHealth, ParseError> {
+    if !log.is_object() {
+        return Err(ParseError::new(
+            "nvme_smart_health_information_log is not an object",
+        ));
+    }
+    let f = |k: &str| log.get(k).and_then(json_u64);
+    Ok(NvmeHealth {
+        critical_warning: f("critical_warning"),
+        media_errors: f("media_errors"),
+        percentage_used: f("percentage_used"),
+        available_spare: f("available_spare"),
+        available_spare_threshold: f("available_spare_threshold"),
+        num_err_log_entries: f("num_err_log_entries"),
+        unsafe_shutdowns: f("unsafe_shutdowns"),
+        power_on_hours: f("power_on_hours"),
+    })
 }
 
 /// One sample line of the Prometheus text exposition format.
@@ -511,35 +528,7 @@ pub fn parse_textfile(text: &str) -> Result<Health, ParseError> {
             }
             "device_smart_healthy" => h.smart_passed = Some(s.value != 0.0),
             "device_active" => standby = s.value == 0.0,
-            _ => {
-                let id = if family == "attr_raw_value" {
-                    s.label("name").and_then(attr_id)
-                } else if let Some(attr) = family.strip_suffix("_raw_value") {
-                    let fixed = SMART_ID_OVERRIDES.iter().find(|(n, _)| *n == attr);
-                    match (fixed, s.label("smart_id")) {
-                        (Some((_, id)), _) => Some(*id),
-                        (None, Some(sid)) => Some(sid.parse::<u32>().map_err(|_| {
-                            ParseError::at(line_no, format!("smart_id {sid:?} is not a number"))
-                        })?),
-                        (None, None) => attr_id(attr),
-                    }
-                } else {
-                    None
-                };
-                let Some(id) = id else { continue };
-                if !(s.value.is_finite() && s.value >= 0.0) {
-                    return Err(ParseError::at(
-                        line_no,
-                        format!("{}: {} is not a count", s.name, s.value),
-                    ));
-                }
-                h.smart.insert(id, s.value.round() as u64);
-                match id {
-                    194 => h.temperature_c = Some(s.value),
-                    9 => h.power_on_hours = Some(s.value.round() as u64),
-                    _ => {}
-                }
-            }
+            _ => textfile_attr(&mut h, &s, family, line_no)?,
         }
     }
     let disk = disk.map(|(d, _)| d);
@@ -553,6 +542,43 @@ pub fn parse_textfile(text: &str) -> Result<Health, ParseError> {
     }
     h.source = disk.unwrap_or_default();
     Ok(h)
+}
+
+/// One `smartmon_*_raw_value` sample into `h.smart` (other families are ignored).
+fn textfile_attr(
+    h: &mut Health,
+    s: &Sample,
+    family: &str,
+    line_no: usize,
+) -> Result<(), ParseError> {
+    let id = if family == "attr_raw_value" {
+        s.label("name").and_then(attr_id)
+    } else if let Some(attr) = family.strip_suffix("_raw_value") {
+        let fixed = SMART_ID_OVERRIDES.iter().find(|(n, _)| *n == attr);
+        match (fixed, s.label("smart_id")) {
+            (Some((_, id)), _) => Some(*id),
+            (None, Some(sid)) => Some(sid.parse::<u32>().map_err(|_| {
+                ParseError::at(line_no, format!("smart_id {sid:?} is not a number"))
+            })?),
+            (None, None) => attr_id(attr),
+        }
+    } else {
+        None
+    };
+    let Some(id) = id else { return Ok(()) };
+    if !(s.value.is_finite() && s.value >= 0.0) {
+        return Err(ParseError::at(
+            line_no,
+            format!("{}: {} is not a count", s.name, s.value),
+        ));
+    }
+    h.smart.insert(id, s.value.round() as u64);
+    match id {
+        194 => h.temperature_c = Some(s.value),
+        9 => h.power_on_hours = Some(s.value.round() as u64),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// `/sys/block/<dev>/stat` (Documentation/block/stat.rst). Times are milliseconds; sectors

@@ -48,35 +48,7 @@ pub fn risk_text(v: &serde_json::Value) -> anyhow::Result<String> {
         "disk", "P(30d)", "level", "source"
     )?;
     for d in &s.disks {
-        let factors: Vec<String> = d
-            .factors
-            .iter()
-            .map(|f| format!("{} +{:.2}", f.name, f.contribution))
-            .collect();
-        writeln!(
-            o,
-            "{:>4}  {:>8.3}%  {:<8}  {:<22}  {}",
-            d.id,
-            d.p_fail_30d * 100.0,
-            d.level,
-            d.source,
-            if factors.is_empty() {
-                "-".into()
-            } else {
-                factors.join(", ")
-            }
-        )?;
-        let own = &d.own;
-        if own.io_errors + own.checksum_errors + own.probe_timeouts + own.slow_intervals > 0 {
-            writeln!(
-                o,
-                "        seen by foreshard: {} I/O errors, {} checksum failures, {} probe time-outs, {} slow intervals",
-                own.io_errors, own.checksum_errors, own.probe_timeouts, own.slow_intervals
-            )?;
-        }
-        if let Some(e) = &d.health_error {
-            writeln!(o, "        health input problem: {e}")?;
-        }
+        disk_lines(&mut o, d)?;
     }
     writeln!(
         o,
@@ -101,6 +73,40 @@ pub fn risk_text(v: &serde_json::Value) -> anyhow::Result<String> {
         writeln!(o, "{}", evacuation_line(e))?;
     }
     Ok(o)
+}
+
+/// One disk's row, then what foreshard itself saw and any health input problem.
+fn disk_lines(o: &mut String, d: &super::service::DiskRisk) -> std::fmt::Result {
+    let factors: Vec<String> = d
+        .factors
+        .iter()
+        .map(|f| format!("{} +{:.2}", f.name, f.contribution))
+        .collect();
+    writeln!(
+        o,
+        "{:>4}  {:>8.3}%  {:<8}  {:<22}  {}",
+        d.id,
+        d.p_fail_30d * 100.0,
+        d.level,
+        d.source,
+        if factors.is_empty() {
+            "-".into()
+        } else {
+            factors.join(", ")
+        }
+    )?;
+    let own = &d.own;
+    if own.io_errors + own.checksum_errors + own.probe_timeouts + own.slow_intervals > 0 {
+        writeln!(
+            o,
+            "        seen by foreshard: {} I/O errors, {} checksum failures, {} probe time-outs, {} slow intervals",
+            own.io_errors, own.checksum_errors, own.probe_timeouts, own.slow_intervals
+        )?;
+    }
+    if let Some(e) = &d.health_error {
+        writeln!(o, "        health input problem: {e}")?;
+    }
+    Ok(())
 }
 
 pub fn evacuation_line(e: &crate::sharding::evacuate::EvacuationStatus) -> String {

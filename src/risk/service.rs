@@ -13,8 +13,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -266,8 +266,7 @@ pub struct RiskService {
     shard_bytes: Mutex<(Option<Instant>, Vec<u64>)>,
     /// Measured recovery rate, when a recovery has run (bytes/s).
     repair_rate: Box<dyn Fn() -> Option<f64> + Send + Sync>,
-    wake: crate::wake::Wake,
-    stop: AtomicBool,
+    rounds: crate::wake::Rounds,
 }
 
 fn today() -> i64 {
@@ -294,8 +293,7 @@ impl RiskService {
             hooks: Mutex::new(Vec::new()),
             shard_bytes: Mutex::new((None, Vec::new())),
             repair_rate,
-            wake: crate::wake::Wake::default(),
-            stop: AtomicBool::new(false),
+            rounds: crate::wake::Rounds::default(),
         });
         svc.load_history();
         Ok(svc)
@@ -323,28 +321,25 @@ impl RiskService {
     }
 
     pub fn kick(&self) {
-        self.wake.kick();
+        self.rounds.kick();
     }
 
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.kick();
+        self.rounds.stop();
     }
 
     pub fn start(self: &Arc<Self>) {
-        let w: Weak<RiskService> = Arc::downgrade(self);
-        crate::supervise::spawn("risk", move || loop {
-            let Some(s) = w.upgrade() else { break };
-            if s.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            crate::supervise::fault_point("risk");
-            if let Err(e) = s.collect_round() {
-                tracing::error!("risk collection: {e:#}");
-            }
-            s.wake.wait(s.opts.interval);
-        })
-        .expect("spawn risk thread");
+        crate::wake::Rounds::spawn(
+            "risk",
+            self,
+            |s| &s.rounds,
+            |s| {
+                if let Err(e) = s.collect_round() {
+                    tracing::error!("risk collection: {e:#}");
+                }
+                s.opts.interval
+            },
+        );
     }
 
     fn load_history(&self) {
@@ -383,84 +378,7 @@ impl RiskService {
             for d in disks.iter().filter(|d| d.is_up()) {
                 let t = tracks.entry(d.id).or_default();
                 self.collect_disk(d, t, &settings);
-                let own = OwnSignals {
-                    io_errors: t.own_base.io_errors + d.io_errors.load(Ordering::Relaxed),
-                    checksum_errors: t.own_base.checksum_errors
-                        + d.checksum_errors.load(Ordering::Relaxed),
-                    probe_timeouts: t.own_base.probe_timeouts
-                        + d.probe_timeouts.load(Ordering::Relaxed),
-                    slow_intervals: t.own_base.slow_intervals + t.slow_intervals,
-                };
-                let row = today_row(day, t.last_good.as_ref(), &own);
-                match t.rows.last_mut() {
-                    Some(last) if last.day == day => *last = row,
-                    _ => t.rows.push(row),
-                }
-                if t.rows.len() > HISTORY_DAYS_MAX {
-                    let cut = t.rows.len() - HISTORY_DAYS_MAX;
-                    t.rows.drain(..cut);
-                }
-                if let Some(m) = t.last_good.as_ref().and_then(|h| h.model_name.clone()) {
-                    t.model_name = Some(m);
-                }
-                let (p, parts) = self
-                    .model
-                    .score(&t.rows, t.rows.len() - 1, t.model_name.as_ref());
-                let mut factors: Vec<Factor> = parts
-                    .into_iter()
-                    .filter(|(_, c)| *c > 0.0)
-                    .map(|(n, c)| Factor {
-                        name: n.to_string(),
-                        contribution: c,
-                    })
-                    .collect();
-                factors.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
-                factors.truncate(FACTORS_MAX);
-                let (total, free) = d.space().unwrap_or((0, 0));
-                let level = if p >= settings.evacuate {
-                    "evacuate"
-                } else if p >= settings.warn {
-                    "warn"
-                } else {
-                    "ok"
-                };
-                let probe_us = d.probe_us_last.load(Ordering::Relaxed);
-                out.push(DiskRisk {
-                    id: d.id,
-                    path: d.root.display().to_string(),
-                    p_fail_30d: p,
-                    level: level.into(),
-                    factors,
-                    source: t.source.clone(),
-                    device: t.device.as_ref().map(|b| b.name.clone()),
-                    health_error: t.error.clone(),
-                    health: t.last_good.clone(),
-                    own: own.clone(),
-                    fullness: if total > 0 {
-                        1.0 - free as f64 / total as f64
-                    } else {
-                        0.0
-                    },
-                    probe_ms_last: (probe_us > 0).then(|| probe_us as f64 / 1000.0),
-                    read_ms_per_io: t.read_ms,
-                    write_ms_per_io: t.write_ms,
-                    latency_ms_baseline: t.latency_baseline_ms,
-                    days: t.rows.len(),
-                });
-                batch.put_raw(
-                    CF_CONFIG,
-                    format!("{OWN_KEY_PREFIX}{}", d.id).as_bytes(),
-                    &serde_json::to_vec(&own)?,
-                );
-                let saved = Saved {
-                    model_name: t.model_name.clone(),
-                    rows: t.rows.iter().map(SavedRow::from).collect(),
-                };
-                batch.put_raw(
-                    CF_CONFIG,
-                    format!("{HISTORY_KEY_PREFIX}{}", d.id).as_bytes(),
-                    &serde_json::to_vec(&saved)?,
-                );
+                out.push(self.score_disk(d, t, &settings, day, &mut batch)?);
             }
         }
         self.fs.meta.write(batch)?;
@@ -468,6 +386,81 @@ impl RiskService {
         let rate = (self.repair_rate)()
             .filter(|r| *r > 0.0)
             .unwrap_or(REPAIR_RATE_DEFAULT_BYTES_PER_S);
+        let shards = self.shard_risks(&p, rate)?;
+        let view = Arc::new(View {
+            p,
+            warn: settings.warn,
+            shard_loss: shards.iter().map(|s| (s.id, s.p_loss_30d)).collect(),
+        });
+        let prev_rounds = self.snapshot.read().rounds;
+        let snap = Snapshot {
+            model: self.model_name.clone(),
+            settings: Some(settings),
+            disks: out,
+            shards_total: shards.len(),
+            shards,
+            repair_rate_bytes_per_s: rate,
+            rounds: prev_rounds + 1,
+            updated_ms: crate::util::now_ms(),
+            evacuation: None,
+        };
+        for h in self.hooks.lock().iter() {
+            h(&snap, &view);
+        }
+        *self.snapshot.write() = Arc::new(snap);
+        Ok(())
+    }
+
+    /// Today's row for the disk from what was just collected, scored; the row history and
+    /// own signals go into `batch` (they survive a restart).
+    fn score_disk(
+        &self,
+        d: &crate::store::Disk,
+        t: &mut Track,
+        settings: &RiskSettings,
+        day: i64,
+        batch: &mut crate::meta::Batch,
+    ) -> anyhow::Result<DiskRisk> {
+        let own = OwnSignals {
+            io_errors: t.own_base.io_errors + d.io_errors.load(Ordering::Relaxed),
+            checksum_errors: t.own_base.checksum_errors + d.checksum_errors.load(Ordering::Relaxed),
+            probe_timeouts: t.own_base.probe_timeouts + d.probe_timeouts.load(Ordering::Relaxed),
+            slow_intervals: t.own_base.slow_intervals + t.slow_intervals,
+        };
+        let row = today_row(day, t.last_good.as_ref(), &own);
+        match t.rows.last_mut() {
+            Some(last) if last.day == day => *last = row,
+            _ => t.rows.push(row),
+        }
+        if t.rows.len() > HISTORY_DAYS_MAX {
+            let cut = t.rows.len() - HISTORY_DAYS_MAX;
+            t.rows.drain(..cut);
+        }
+        if let Some(m) = t.last_good.as_ref().and_then(|h| h.model_name.clone()) {
+            t.model_name = Some(m);
+        }
+        let (p, parts) = self
+            .model
+            .score(&t.rows, t.rows.len() - 1, t.model_name.as_ref());
+        batch.put_raw(
+            CF_CONFIG,
+            format!("{OWN_KEY_PREFIX}{}", d.id).as_bytes(),
+            &serde_json::to_vec(&own)?,
+        );
+        let saved = Saved {
+            model_name: t.model_name.clone(),
+            rows: t.rows.iter().map(SavedRow::from).collect(),
+        };
+        batch.put_raw(
+            CF_CONFIG,
+            format!("{HISTORY_KEY_PREFIX}{}", d.id).as_bytes(),
+            &serde_json::to_vec(&saved)?,
+        );
+        Ok(disk_risk(d, t, settings, p, parts, own))
+    }
+
+    /// Each shard's chance of losing every replica before a repair, riskiest first.
+    fn shard_risks(&self, p: &HashMap<u32, f64>, rate: f64) -> anyhow::Result<Vec<ShardRisk>> {
         let bytes = self.shard_bytes()?;
         let mut shards: Vec<ShardRisk> = self
             .fs
@@ -493,28 +486,7 @@ impl RiskService {
             })
             .collect();
         shards.sort_by(|a, b| b.p_loss_30d.total_cmp(&a.p_loss_30d).then(a.id.cmp(&b.id)));
-        let view = Arc::new(View {
-            p,
-            warn: settings.warn,
-            shard_loss: shards.iter().map(|s| (s.id, s.p_loss_30d)).collect(),
-        });
-        let prev_rounds = self.snapshot.read().rounds;
-        let snap = Snapshot {
-            model: self.model_name.clone(),
-            settings: Some(settings),
-            disks: out,
-            shards_total: shards.len(),
-            shards,
-            repair_rate_bytes_per_s: rate,
-            rounds: prev_rounds + 1,
-            updated_ms: crate::util::now_ms(),
-            evacuation: None,
-        };
-        for h in self.hooks.lock().iter() {
-            h(&snap, &view);
-        }
-        *self.snapshot.write() = Arc::new(snap);
-        Ok(())
+        Ok(shards)
     }
 
     /// Bytes per shard (one copy), from a metadata scan at most every `SHARD_SCAN_INTERVAL`.
@@ -599,6 +571,58 @@ impl RiskService {
                 }
             }
         }
+    }
+}
+
+/// The disk's report line: its score, top factors, level and what was collected.
+fn disk_risk(
+    d: &crate::store::Disk,
+    t: &Track,
+    settings: &RiskSettings,
+    p: f64,
+    parts: Vec<(&'static str, f64)>,
+    own: OwnSignals,
+) -> DiskRisk {
+    let mut factors: Vec<Factor> = parts
+        .into_iter()
+        .filter(|(_, c)| *c > 0.0)
+        .map(|(n, c)| Factor {
+            name: n.to_string(),
+            contribution: c,
+        })
+        .collect();
+    factors.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
+    factors.truncate(FACTORS_MAX);
+    let (total, free) = d.space().unwrap_or((0, 0));
+    let level = if p >= settings.evacuate {
+        "evacuate"
+    } else if p >= settings.warn {
+        "warn"
+    } else {
+        "ok"
+    };
+    let probe_us = d.probe_us_last.load(Ordering::Relaxed);
+    DiskRisk {
+        id: d.id,
+        path: d.root.display().to_string(),
+        p_fail_30d: p,
+        level: level.into(),
+        factors,
+        source: t.source.clone(),
+        device: t.device.as_ref().map(|b| b.name.clone()),
+        health_error: t.error.clone(),
+        health: t.last_good.clone(),
+        own,
+        fullness: if total > 0 {
+            1.0 - free as f64 / total as f64
+        } else {
+            0.0
+        },
+        probe_ms_last: (probe_us > 0).then(|| probe_us as f64 / 1000.0),
+        read_ms_per_io: t.read_ms,
+        write_ms_per_io: t.write_ms,
+        latency_ms_baseline: t.latency_baseline_ms,
+        days: t.rows.len(),
     }
 }
 

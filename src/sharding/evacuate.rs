@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -86,10 +86,9 @@ pub struct Evacuator {
     want: Mutex<Vec<u32>>,
     status: Mutex<EvacuationStatus>,
     active: AtomicBool,
-    wake: crate::wake::Wake,
+    rounds: crate::wake::Rounds,
     /// Recovery has priority: evacuation pauses while this says so.
     busy: Box<dyn Fn() -> bool + Send + Sync>,
-    stop: AtomicBool,
 }
 
 /// One extent to copy: (ino, index, bytes).
@@ -114,9 +113,8 @@ impl Evacuator {
                 ..EvacuationStatus::default()
             }),
             active: AtomicBool::new(false),
-            wake: crate::wake::Wake::default(),
+            rounds: crate::wake::Rounds::default(),
             busy,
-            stop: AtomicBool::new(false),
         })
     }
 
@@ -147,30 +145,27 @@ impl Evacuator {
     }
 
     pub fn kick(&self) {
-        self.wake.kick();
+        self.rounds.kick();
     }
 
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.kick();
+        self.rounds.stop();
     }
 
     pub fn start(self: &Arc<Self>) {
-        let w: Weak<Evacuator> = Arc::downgrade(self);
-        crate::supervise::spawn("evacuate", move || loop {
-            let Some(e) = w.upgrade() else { break };
-            if e.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            crate::supervise::fault_point("evacuate");
-            if let Err(err) = e.round() {
-                tracing::error!("evacuation: {err:#}");
-                e.status.lock().last_error = Some(format!("{err:#}"));
-            }
-            e.active.store(false, Ordering::Relaxed);
-            e.wake.wait(IDLE_CHECK);
-        })
-        .expect("spawn evacuation thread");
+        crate::wake::Rounds::spawn(
+            "evacuate",
+            self,
+            |e| &e.rounds,
+            |e| {
+                if let Err(err) = e.round() {
+                    tracing::error!("evacuation: {err:#}");
+                    e.status.lock().last_error = Some(format!("{err:#}"));
+                }
+                e.active.store(false, Ordering::Relaxed);
+                IDLE_CHECK
+            },
+        );
     }
 
     /// Extents that need a copy because of the evacuation, by shard: extents of shards
@@ -236,54 +231,23 @@ impl Evacuator {
             });
             if !started {
                 started = true;
-                self.active.store(true, Ordering::Relaxed);
-                let mut st = self.status.lock();
-                st.state = EvacuationState::Evacuating;
-                st.shards_total = shards.len() as u64;
-                st.shards_done = 0;
-                st.extents_done = 0;
-                st.bytes_total = work.values().flatten().map(|i| i.2).sum();
-                st.bytes_done = 0;
-                st.shards_without_target.clear();
-                st.last_error = None;
-                tracing::info!(
-                    disks = ?evac,
-                    shards = shards.len(),
-                    bytes = st.bytes_total,
-                    "evacuation starts"
+                self.mark_started(
+                    &evac,
+                    shards.len(),
+                    work.values().flatten().map(|i| i.2).sum(),
                 );
             }
             let mut progress = false;
             for s in shards {
-                if self.stop.load(Ordering::Relaxed) || *self.want.lock() != want0 {
+                if self.rounds.stopped() || *self.want.lock() != want0 {
                     // Told to stop, or the set of disks changed: a new round re-plans.
                     return Ok(());
                 }
-                while (self.busy)() && !self.stop.load(Ordering::Relaxed) {
+                while (self.busy)() && !self.rounds.stopped() {
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                let before = fs.shard(s).epoch;
-                let Some(epoch) = self.replace(s, &evac, &*risk)? else {
-                    continue;
-                };
-                progress |= epoch != before;
-                let items = &work[&s];
-                for chunk in chunks(items, self.chunk_bytes) {
-                    let (copied, done) = self.copy_chunk(s, epoch, chunk)?;
-                    progress |= done > 0;
-                    budget_bytes += copied;
-                    let ahead = budget_bytes as f64 / self.rate_bytes_per_s.max(1) as f64
-                        - t0.elapsed().as_secs_f64();
-                    if ahead > 0.0 && !self.stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_secs_f64(ahead));
-                    }
-                    let mut st = self.status.lock();
-                    st.extents_done += done;
-                    st.bytes_done += copied;
-                    st.bytes_moved_since_mount += copied;
-                    st.rate_bytes_per_s = st.bytes_done as f64 / t0.elapsed().as_secs_f64();
-                }
-                self.status.lock().shards_done += 1;
+                progress |=
+                    self.evacuate_shard(s, &evac, &*risk, &work[&s], t0, &mut budget_bytes)?;
             }
             if !progress {
                 break;
@@ -291,7 +255,62 @@ impl Evacuator {
         }
         fs.meta.sync_wal()?;
         fs.drain_reaper();
-        let (_, holding) = self.scan(&evac)?;
+        self.finish_round(&evac, started)
+    }
+
+    fn mark_started(&self, evac: &HashSet<u32>, shards: usize, bytes: u64) {
+        self.active.store(true, Ordering::Relaxed);
+        let mut st = self.status.lock();
+        st.state = EvacuationState::Evacuating;
+        st.shards_total = shards as u64;
+        st.shards_done = 0;
+        st.extents_done = 0;
+        st.bytes_total = bytes;
+        st.bytes_done = 0;
+        st.shards_without_target.clear();
+        st.last_error = None;
+        tracing::info!(disks = ?evac, shards, bytes, "evacuation starts");
+    }
+
+    /// Places shard `s` off the evacuating disks and copies its extents there, chunk by
+    /// chunk within the byte-rate budget. Returns whether anything changed.
+    fn evacuate_shard(
+        &self,
+        s: u32,
+        evac: &HashSet<u32>,
+        risk: &dyn RiskView,
+        items: &[Item],
+        t0: Instant,
+        budget_bytes: &mut u64,
+    ) -> anyhow::Result<bool> {
+        let before = self.fs.shard(s).epoch;
+        let Some(epoch) = self.replace(s, evac, risk)? else {
+            return Ok(false);
+        };
+        let mut progress = epoch != before;
+        for chunk in chunks(items, self.chunk_bytes) {
+            let (copied, done) = self.copy_chunk(s, epoch, chunk)?;
+            progress |= done > 0;
+            *budget_bytes += copied;
+            let ahead = *budget_bytes as f64 / self.rate_bytes_per_s.max(1) as f64
+                - t0.elapsed().as_secs_f64();
+            if ahead > 0.0 && !self.rounds.stopped() {
+                std::thread::sleep(Duration::from_secs_f64(ahead));
+            }
+            let mut st = self.status.lock();
+            st.extents_done += done;
+            st.bytes_done += copied;
+            st.bytes_moved_since_mount += copied;
+            st.rate_bytes_per_s = st.bytes_done as f64 / t0.elapsed().as_secs_f64();
+        }
+        self.status.lock().shards_done += 1;
+        Ok(progress)
+    }
+
+    /// Which disks hold nothing any more (evacuated), then idle.
+    fn finish_round(&self, evac: &HashSet<u32>, started: bool) -> anyhow::Result<()> {
+        let fs = &self.fs;
+        let (_, holding) = self.scan(evac)?;
         let mut st = self.status.lock();
         st.evacuated = evac
             .iter()
@@ -380,80 +399,78 @@ impl Evacuator {
             return Ok((0, 0));
         }
         let mut copied = 0u64;
-        let mut written: Vec<(u64, u64, u64, u32)> = Vec::new();
+        let mut written: Vec<(u32, ExtentId)> = Vec::new();
         for (ino, index, _) in chunk {
-            let Some(cur) = fs.meta.extent(*ino, *index)? else {
-                continue;
-            };
-            if cur.shard != s {
-                continue;
-            }
-            let have = fs.store.readable(&cur.replicas);
-            let lacking: Vec<u32> = rec
-                .disks
-                .iter()
-                .copied()
-                .filter(|d| !have.contains(d))
-                .collect();
-            if lacking.is_empty() {
-                continue;
-            }
-            let Some(data) = fs.copy_source(*ino, *index, &cur)? else {
-                tracing::warn!(ino, index, "evacuation: no good copy to read");
-                continue;
-            };
-            let id = ExtentId {
-                ino: *ino,
-                index: *index,
-                version: cur.version,
-            };
-            for t in lacking {
-                let Some(disk) = fs.store.disk(t).filter(|d| d.accepts_data()) else {
-                    continue;
-                };
-                match fs.store.write_copy(&disk, &id, &data) {
-                    Ok(()) => {
-                        copied += data.len() as u64;
-                        written.push((*ino, *index, cur.version, t));
-                    }
-                    Err(e) => tracing::warn!(disk = t, "evacuation copy failed: {e}"),
-                }
-            }
+            copied += self.write_lacking(s, &rec.disks, *ino, *index, &mut written)?;
         }
-        let files: Vec<(u32, ExtentId)> = written
-            .iter()
-            .map(|&(ino, index, version, t)| {
-                let id = ExtentId {
-                    ino,
-                    index,
-                    version,
-                };
-                (t, id)
-            })
-            .collect();
-        let unsynced = fs.store.sync_extents(&files);
+        let unsynced = fs.store.sync_extents(&written);
         let mut done = 0u64;
-        for (ino, index, version, t) in written {
+        for (t, id) in written {
             if unsynced.contains_key(&t) {
                 if let Some(d) = fs.store.disk(t) {
-                    fs.store.remove_extent(
-                        &d,
-                        &ExtentId {
-                            ino,
-                            index,
-                            version,
-                        },
-                    );
+                    fs.store.remove_extent(&d, &id);
                 }
                 continue;
             }
-            match fs.commit_installed(ino, index, version, epoch, t) {
+            let (ino, index) = (id.ino, id.index);
+            match fs.commit_installed(ino, index, id.version, epoch, t) {
                 Ok(RecoveryCommit::Done) => done += 1,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(ino, index, "evacuation commit failed: errno {}", e.0),
             }
         }
         Ok((copied, done))
+    }
+
+    /// Writes (not yet synced) the extent's copies on the placement disks lacking one;
+    /// returns the bytes written, the copies go to `written`.
+    fn write_lacking(
+        &self,
+        s: u32,
+        placement: &[u32],
+        ino: u64,
+        index: u64,
+        written: &mut Vec<(u32, ExtentId)>,
+    ) -> anyhow::Result<u64> {
+        let fs = &self.fs;
+        let Some(cur) = fs.meta.extent(ino, index)? else {
+            return Ok(0);
+        };
+        if cur.shard != s {
+            return Ok(0);
+        }
+        let have = fs.store.readable(&cur.replicas);
+        let lacking: Vec<u32> = placement
+            .iter()
+            .copied()
+            .filter(|d| !have.contains(d))
+            .collect();
+        if lacking.is_empty() {
+            return Ok(0);
+        }
+        let Some(data) = fs.copy_source(ino, index, &cur)? else {
+            tracing::warn!(ino, index, "evacuation: no good copy to read");
+            return Ok(0);
+        };
+        let id = ExtentId {
+            ino,
+            index,
+            version: cur.version,
+        };
+        let mut copied = 0u64;
+        for t in lacking {
+            let Some(disk) = fs.store.disk(t).filter(|d| d.accepts_data()) else {
+                continue;
+            };
+            match fs.store.write_copy(&disk, &id, &data) {
+                Ok(()) => {
+                    copied += data.len() as u64;
+                    written.push((t, id));
+                }
+                Err(e) => tracing::warn!(disk = t, "evacuation copy failed: {e}"),
+            }
+        }
+        Ok(copied)
     }
 }
 

@@ -9,8 +9,7 @@ pub mod plan;
 pub mod report;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -19,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::{Analyzer, Ext, GroupRules, HeatClass};
 use crate::fs::shards::{MoveCommit, MoveOutcome, ShardDef};
 use crate::fs::Fs;
-use crate::meta::CF_MOVES;
+use crate::meta::{ShardRec, CF_MOVES};
 use crate::placement::{RiskView, UniformRisk};
 use crate::store::ExtentId;
 use crate::util::{self, now_ms};
@@ -147,16 +146,63 @@ pub struct MigrationStatus {
     pub pending_moves: u64,
 }
 
+impl MigrationStatus {
+    fn start_migration(&mut self, moves: u64, bytes: u64) {
+        self.state = MigrationState::Migrating;
+        self.moves_total = moves;
+        self.moves_done = 0;
+        self.moves_retried = 0;
+        self.moves_dropped = 0;
+        self.bytes_total = bytes;
+        self.bytes_done = 0;
+        self.bytes_copied = 0;
+        self.last_error = None;
+        self.pending_moves = moves;
+    }
+
+    fn add_chunk(&mut self, r: &ChunkResult, t0: Instant, pending: u64) {
+        self.moves_done += r.done.len() as u64;
+        self.moves_retried += r.retried;
+        self.moves_dropped += r.dropped;
+        self.bytes_done += r.done_bytes;
+        self.bytes_copied += r.copied;
+        self.bytes_moved_since_mount += r.copied;
+        self.elapsed_s = t0.elapsed().as_secs_f64();
+        self.rate_bytes_per_s = self.bytes_copied as f64 / self.elapsed_s.max(1e-3);
+        self.pending_moves = pending;
+    }
+}
+
+/// What one migration chunk did.
+#[derive(Default)]
+struct ChunkResult {
+    /// Moves finished (committed, or nothing left to do), with their target shards.
+    done: Vec<(Ext, u32)>,
+    done_bytes: u64,
+    copied: u64,
+    retried: u64,
+    dropped: u64,
+}
+
+/// One move of a chunk before its commit.
+enum MovePrep {
+    /// The extent, its target shard or the need to move is gone: the record is dropped.
+    Gone,
+    /// A target disk cannot take data, or no good copy was readable (extent bytes).
+    Incomplete(u64),
+    /// Copies written: the commit, the extent's bytes and the bytes copied.
+    Ready(MoveCommit, u64, u64),
+}
+
 pub struct Engine {
     pub fs: Arc<Fs>,
     pub analyzer: Arc<Analyzer>,
     pub opts: ShardingOptions,
     risk: RwLock<Arc<dyn RiskView>>,
     status: Mutex<MigrationStatus>,
-    wake: crate::wake::Wake,
+    rounds: crate::wake::Rounds,
     /// Recovery has priority: migration pauses while this says so.
     busy: Box<dyn Fn() -> bool + Send + Sync>,
-    stop: AtomicBool,
 }
 
 impl Engine {
@@ -177,9 +223,8 @@ impl Engine {
                 rate_bytes_per_s_max: rate,
                 ..MigrationStatus::default()
             }),
-            wake: crate::wake::Wake::default(),
+            rounds: crate::wake::Rounds::default(),
             busy,
-            stop: AtomicBool::new(false),
         })
     }
 
@@ -190,47 +235,42 @@ impl Engine {
     /// Starts the engine thread: resumes pending moves, then plans on its timer and on
     /// demand, and prepares shards before their daily peak.
     pub fn start(self: &Arc<Self>) {
-        let weak: Weak<Engine> = Arc::downgrade(self);
-        crate::supervise::spawn("sharding", move || {
-            let mut last_plan = Instant::now();
-            loop {
-                let Some(e) = weak.upgrade() else { break };
-                if e.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                crate::supervise::fault_point("sharding");
+        let mut last_plan = Instant::now();
+        crate::wake::Rounds::spawn(
+            "sharding",
+            self,
+            |e| &e.rounds,
+            move |e| {
                 if let Err(err) = e.migrate() {
                     tracing::error!("migration: {err:#}");
                     e.status.lock().last_error = Some(format!("{err:#}"));
                 }
                 e.prepare_peaks();
-                let due = e.opts.interval.is_some_and(|i| last_plan.elapsed() >= i);
-                if due {
-                    last_plan = Instant::now();
-                    match e.reshard(false) {
-                        Ok(s) if s.moves > 0 => tracing::info!(
-                            moves = s.moves,
-                            bytes = s.bytes_to_move,
-                            "re-sharding planned"
-                        ),
-                        Ok(_) => {}
-                        Err(err) => tracing::warn!("re-sharding plan failed: {err:#}"),
-                    }
-                    continue;
+                if e.opts.interval.is_none_or(|i| last_plan.elapsed() < i) {
+                    return Duration::from_secs(5);
                 }
-                e.wake.wait(Duration::from_secs(5));
-            }
-        })
-        .expect("spawn sharding thread");
+                last_plan = Instant::now();
+                match e.reshard(false) {
+                    Ok(s) if s.moves > 0 => tracing::info!(
+                        moves = s.moves,
+                        bytes = s.bytes_to_move,
+                        "re-sharding planned"
+                    ),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!("re-sharding plan failed: {err:#}"),
+                }
+                // Straight on to the migration of what was planned.
+                Duration::ZERO
+            },
+        );
     }
 
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.kick();
+        self.rounds.stop();
     }
 
     fn kick(&self) {
-        self.wake.kick();
+        self.rounds.kick();
     }
 
     pub fn status(&self) -> MigrationStatus {
@@ -252,27 +292,7 @@ impl Engine {
 
     fn make_plan(&self) -> anyhow::Result<(Plan, PlanSummary)> {
         let fs = &self.fs;
-        let now = now_ms();
-        self.analyzer.classify(now);
-        let heat: HashMap<Ext, crate::access::ExtentHeat> = crate::access::heat_map(&self.analyzer);
-        let scale = self.analyzer.opts.class_scale.min(2);
-        let mut extents = Vec::new();
-        fs.meta.each_extent(|ino, index, e| {
-            let (class, h) = match heat.get(&(ino, index)) {
-                Some(x) => {
-                    let (r, w) = x.at(scale, now);
-                    (x.class(), r + w)
-                }
-                None => (HeatClass::Cold, 0.0),
-            };
-            extents.push(PlanExtent {
-                ext: (ino, index),
-                bytes: u64::from(e.len),
-                shard: e.shard,
-                class,
-                heat: h,
-            });
-        })?;
+        let extents = self.plan_extents()?;
         let initial = fs.cfg.shard_count;
         let shards: Vec<PlanShard> = fs
             .shard_table()
@@ -319,23 +339,53 @@ impl Engine {
             home: &home,
         };
         let plan = plan::plan(&input);
-        let paths = fs.paths().unwrap_or_default();
+        let summary = self.summarize(&plan, &extents, groups.len());
+        Ok((plan, summary))
+    }
+
+    /// Every extent with its heat class and current heat, for the planner.
+    fn plan_extents(&self) -> anyhow::Result<Vec<PlanExtent>> {
+        let now = now_ms();
+        self.analyzer.classify(now);
+        let heat: HashMap<Ext, crate::access::ExtentHeat> = crate::access::heat_map(&self.analyzer);
+        let scale = self.analyzer.opts.class_scale.min(2);
+        let mut extents = Vec::new();
+        self.fs.meta.each_extent(|ino, index, e| {
+            let (class, h) = match heat.get(&(ino, index)) {
+                Some(x) => {
+                    let (r, w) = x.at(scale, now);
+                    (x.class(), r + w)
+                }
+                None => (HeatClass::Cold, 0.0),
+            };
+            extents.push(PlanExtent {
+                ext: (ino, index),
+                bytes: u64::from(e.len),
+                shard: e.shard,
+                class,
+                heat: h,
+            });
+        })?;
+        Ok(extents)
+    }
+
+    /// What `reshard` reports of a plan: counts, bytes, reasons and the first moves by path.
+    fn summarize(&self, plan: &Plan, extents: &[PlanExtent], groups: usize) -> PlanSummary {
+        let paths = self.fs.paths().unwrap_or_default();
         let mut by_reason: HashMap<String, usize> = HashMap::new();
         for m in &plan.moves {
             *by_reason.entry(m.reason.to_string()).or_default() += 1;
         }
-        let summary = PlanSummary {
+        let count = |c: HeatClass| extents.iter().filter(|e| e.class == c).count();
+        PlanSummary {
             shards_formed: plan.new_shards.len(),
             shards_changed: plan.shards_changed(),
             moves: plan.moves.len(),
             bytes_to_move: plan.bytes(),
             by_reason,
-            hot_extents: extents.iter().filter(|e| e.class == HeatClass::Hot).count(),
-            cold_extents: extents
-                .iter()
-                .filter(|e| e.class == HeatClass::Cold)
-                .count(),
-            groups: groups.len(),
+            hot_extents: count(HeatClass::Hot),
+            cold_extents: count(HeatClass::Cold),
+            groups,
             sample: plan
                 .moves
                 .iter()
@@ -352,8 +402,7 @@ impl Engine {
                     (p, m.ext.1, m.from, to)
                 })
                 .collect(),
-        };
-        Ok((plan, summary))
+        }
     }
 
     /// Forms the plan's shards and records its moves (one batch per 4096 moves).
@@ -426,81 +475,44 @@ impl Engine {
             return Ok(());
         }
         let total: u64 = pending.iter().map(|p| p.2).sum();
-        {
-            let mut st = self.status.lock();
-            st.state = MigrationState::Migrating;
-            st.moves_total = pending.len() as u64;
-            st.moves_done = 0;
-            st.moves_retried = 0;
-            st.moves_dropped = 0;
-            st.bytes_total = total;
-            st.bytes_done = 0;
-            st.bytes_copied = 0;
-            st.last_error = None;
-            st.pending_moves = pending.len() as u64;
-        }
+        self.status
+            .lock()
+            .start_migration(pending.len() as u64, total);
         tracing::info!(moves = pending.len(), bytes = total, "migration starts");
         let t0 = Instant::now();
         let mut retries: HashMap<Ext, u32> = HashMap::new();
         let mut budget_bytes = 0u64;
-        while !pending.is_empty() && !self.stop.load(Ordering::Relaxed) {
-            while (self.busy)() && !self.stop.load(Ordering::Relaxed) {
+        while !pending.is_empty() && !self.rounds.stopped() {
+            while (self.busy)() && !self.rounds.stopped() {
                 std::thread::sleep(Duration::from_millis(200));
             }
-            let mut chunk = Vec::new();
-            let mut chunk_bytes = 0u64;
-            let mut lens = Vec::new();
-            while let Some((e, to, len)) = pending.pop() {
-                chunk.push((e, to));
-                lens.push(len);
-                chunk_bytes += len;
-                if chunk_bytes >= self.opts.chunk_bytes {
-                    break;
-                }
-            }
+            let (chunk, lens) = self.next_chunk(&mut pending);
             let (copied, outcomes) = self.move_chunk(&chunk)?;
             budget_bytes += copied;
             // Budget: bytes copied may not run ahead of rate x time.
             let ahead = budget_bytes as f64 / self.opts.rate_bytes_per_s.max(1) as f64
                 - t0.elapsed().as_secs_f64();
-            if ahead > 0.0 && !self.stop.load(Ordering::Relaxed) {
+            if ahead > 0.0 && !self.rounds.stopped() {
                 std::thread::sleep(Duration::from_secs_f64(ahead));
             }
-            let mut done = Vec::new();
-            let mut done_bytes = 0u64;
-            let mut st_retry = 0;
-            let mut st_drop = 0;
+            let mut r = ChunkResult {
+                copied,
+                ..Default::default()
+            };
             for (((e, to), o), len) in chunk.iter().zip(outcomes).zip(lens) {
                 match o {
                     Some((MoveOutcome::Done, len)) => {
-                        done.push((*e, *to));
-                        done_bytes += len;
+                        r.done.push((*e, *to));
+                        r.done_bytes += len;
                     }
-                    None => done.push((*e, *to)),
+                    None => r.done.push((*e, *to)),
                     Some(_) => {
-                        let n = retries.entry(*e).or_default();
-                        *n += 1;
-                        if *n > self.opts.move_retries_max {
-                            self.drop_move(*e)?;
-                            st_drop += 1;
-                        } else {
-                            st_retry += 1;
-                            pending.insert(0, (*e, *to, len));
-                        }
+                        self.retry_or_drop(*e, *to, len, &mut retries, &mut pending, &mut r)?
                     }
                 }
             }
-            self.analyzer.moved(&done);
-            let mut st = self.status.lock();
-            st.moves_done += done.len() as u64;
-            st.moves_retried += st_retry;
-            st.moves_dropped += st_drop;
-            st.bytes_done += done_bytes;
-            st.bytes_copied += copied;
-            st.bytes_moved_since_mount += copied;
-            st.elapsed_s = t0.elapsed().as_secs_f64();
-            st.rate_bytes_per_s = st.bytes_copied as f64 / st.elapsed_s.max(1e-3);
-            st.pending_moves = pending.len() as u64;
+            self.analyzer.moved(&r.done);
+            self.status.lock().add_chunk(&r, t0, pending.len() as u64);
         }
         let mut st = self.status.lock();
         st.state = MigrationState::Idle;
@@ -512,6 +524,44 @@ impl Engine {
             secs = st.elapsed_s,
             "migration finished"
         );
+        Ok(())
+    }
+
+    /// Takes moves off the end of `pending` until the chunk holds `chunk_bytes`.
+    fn next_chunk(&self, pending: &mut Vec<(Ext, u32, u64)>) -> (Vec<(Ext, u32)>, Vec<u64>) {
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0u64;
+        let mut lens = Vec::new();
+        while let Some((e, to, len)) = pending.pop() {
+            chunk.push((e, to));
+            lens.push(len);
+            chunk_bytes += len;
+            if chunk_bytes >= self.opts.chunk_bytes {
+                break;
+            }
+        }
+        (chunk, lens)
+    }
+
+    /// A move that did not complete goes back in the queue, until `move_retries_max`.
+    fn retry_or_drop(
+        &self,
+        e: Ext,
+        to: u32,
+        len: u64,
+        retries: &mut HashMap<Ext, u32>,
+        pending: &mut Vec<(Ext, u32, u64)>,
+        r: &mut ChunkResult,
+    ) -> anyhow::Result<()> {
+        let n = retries.entry(e).or_default();
+        *n += 1;
+        if *n > self.opts.move_retries_max {
+            self.drop_move(e)?;
+            r.dropped += 1;
+        } else {
+            r.retried += 1;
+            pending.insert(0, (e, to, len));
+        }
         Ok(())
     }
 
@@ -531,72 +581,19 @@ impl Engine {
         let mut lens = vec![0u64; chunk.len()];
         let mut copied = 0u64;
         let table = fs.shard_table();
-        for (i, ((ino, index), to)) in chunk.iter().enumerate() {
-            let Some(cur) = fs.meta.extent(*ino, *index)? else {
-                self.drop_move((*ino, *index))?;
-                continue;
-            };
-            let Some(to_rec) = table.get(*to as usize) else {
-                self.drop_move((*ino, *index))?;
-                continue;
-            };
-            if cur.shard == *to {
-                self.drop_move((*ino, *index))?;
-                continue;
-            }
-            lens[i] = u64::from(cur.len);
-            let have = fs.store.readable(&cur.replicas);
-            let targets: Vec<u32> = to_rec
-                .disks
-                .iter()
-                .copied()
-                .filter(|d| !have.contains(d))
-                .collect();
-            if targets
-                .iter()
-                .any(|d| !fs.store.disk(*d).is_some_and(|x| x.accepts_data()))
-            {
-                out[i] = Some((MoveOutcome::Incomplete, 0));
-                continue;
-            }
-            let mut installed = Vec::new();
-            if !targets.is_empty() {
-                let Some(data) = fs.copy_source(*ino, *index, &cur)? else {
+        for (i, (ext, to)) in chunk.iter().enumerate() {
+            match self.copy_for_move(&table, *ext, *to)? {
+                MovePrep::Gone => self.drop_move(*ext)?,
+                MovePrep::Incomplete(len) => {
+                    lens[i] = len;
                     out[i] = Some((MoveOutcome::Incomplete, 0));
-                    continue;
-                };
-                let id = ExtentId {
-                    ino: *ino,
-                    index: *index,
-                    version: cur.version,
-                };
-                for d in &targets {
-                    let disk = fs.store.disk(*d).expect("checked above");
-                    match fs.store.write_copy(&disk, &id, &data) {
-                        Ok(()) => {
-                            installed.push(*d);
-                            copied += data.len() as u64;
-                        }
-                        Err(e) => {
-                            tracing::warn!(disk = d, "migration copy failed: {e}");
-                            break;
-                        }
-                    }
+                }
+                MovePrep::Ready(m, len, bytes) => {
+                    lens[i] = len;
+                    copied += bytes;
+                    commits.push((i, m));
                 }
             }
-            commits.push((
-                i,
-                MoveCommit {
-                    ino: *ino,
-                    index: *index,
-                    version: cur.version,
-                    from: cur.shard,
-                    from_epoch: table[cur.shard as usize].epoch,
-                    to: *to,
-                    to_epoch: to_rec.epoch,
-                    installed,
-                },
-            ));
         }
         let files: Vec<(u32, ExtentId)> = commits
             .iter()
@@ -620,6 +617,71 @@ impl Engine {
             out[*i] = Some((o, lens[*i]));
         }
         Ok((copied, out))
+    }
+
+    /// Writes (not yet synced) the extent's copies on the target shard's disks that lack it.
+    fn copy_for_move(&self, table: &[ShardRec], ext: Ext, to: u32) -> anyhow::Result<MovePrep> {
+        let fs = &self.fs;
+        let (ino, index) = ext;
+        let Some(cur) = fs.meta.extent(ino, index)? else {
+            return Ok(MovePrep::Gone);
+        };
+        let Some(to_rec) = table.get(to as usize) else {
+            return Ok(MovePrep::Gone);
+        };
+        if cur.shard == to {
+            return Ok(MovePrep::Gone);
+        }
+        let len = u64::from(cur.len);
+        let have = fs.store.readable(&cur.replicas);
+        let targets: Vec<u32> = to_rec
+            .disks
+            .iter()
+            .copied()
+            .filter(|d| !have.contains(d))
+            .collect();
+        if targets
+            .iter()
+            .any(|d| !fs.store.disk(*d).is_some_and(|x| x.accepts_data()))
+        {
+            return Ok(MovePrep::Incomplete(len));
+        }
+        let mut installed = Vec::new();
+        let mut copied = 0u64;
+        if !targets.is_empty() {
+            let Some(data) = fs.copy_source(ino, index, &cur)? else {
+                return Ok(MovePrep::Incomplete(len));
+            };
+            let id = ExtentId {
+                ino,
+                index,
+                version: cur.version,
+            };
+            for d in &targets {
+                let disk = fs.store.disk(*d).expect("checked above");
+                match fs.store.write_copy(&disk, &id, &data) {
+                    Ok(()) => {
+                        installed.push(*d);
+                        copied += data.len() as u64;
+                    }
+                    Err(e) => {
+                        tracing::warn!(disk = d, "migration copy failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        let m = MoveCommit {
+            ino,
+            index,
+            version: cur.version,
+            from: cur.shard,
+            from_epoch: table[cur.shard as usize].epoch,
+            to,
+            to_epoch: to_rec.epoch,
+            installed,
+        };
+        Ok(MovePrep::Ready(m, len, copied))
     }
 
     /// Reads ahead the data of shards whose daily peak starts within `prepare_lead`, once

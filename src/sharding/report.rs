@@ -134,71 +134,20 @@ pub fn heat_report(fs: &Fs, a: &Analyzer, shard_bytes_max: u64) -> anyhow::Resul
     a.classify(now);
     let paths = fs.paths()?;
     let scale = a.opts.class_scale.min(2);
-    let mut extents: Vec<HeatExtent> = a
-        .extents()
-        .into_iter()
-        .filter_map(|((ino, index), h)| {
-            let path = paths.get(&ino)?.clone();
-            let (r, w) = h.at(scale, now);
-            let by: Vec<f64> = (0..3)
-                .map(|s| {
-                    let (r, w) = h.at(s, now);
-                    r + w
-                })
-                .collect();
-            Some(HeatExtent {
-                path,
-                index,
-                ino,
-                read_heat: r,
-                write_heat: w,
-                heat_by_scale: [by[0], by[1], by[2]],
-                class: h.class().name().into(),
-                shard: h.shard(),
-            })
-        })
-        .collect();
-    extents.sort_by(|x, y| {
-        (y.read_heat + y.write_heat)
-            .total_cmp(&(x.read_heat + x.write_heat))
-            .then(x.path.cmp(&y.path))
-            .then(x.index.cmp(&y.index))
-    });
-    let mut files: HashMap<&str, HeatFile> = HashMap::new();
-    for e in &extents {
-        let f = files.entry(&e.path).or_insert_with(|| HeatFile {
-            path: e.path.clone(),
-            heat: 0.0,
-            extents: 0,
-            hot_extents: 0,
-        });
-        f.heat += e.read_heat + e.write_heat;
-        f.extents += 1;
-        f.hot_extents += usize::from(e.class == "hot");
-    }
-    let mut files: Vec<HeatFile> = files.into_values().collect();
-    files.sort_by(|x, y| y.heat.total_cmp(&x.heat).then(x.path.cmp(&y.path)));
-    let groups = a
-        .groups(GroupRules::for_shards(fs.extent_size(), shard_bytes_max))
-        .into_iter()
-        .map(|g| {
-            g.into_iter()
-                .filter_map(|(ino, index)| {
-                    Some(GroupMember {
-                        path: paths.get(&ino)?.clone(),
-                        index,
-                    })
-                })
-                .collect::<Vec<_>>()
-        })
-        .filter(|g| g.len() >= 2)
-        .collect();
+    let extents = heat_extents(a, &paths, scale, now);
+    let files = heat_files(&extents);
     let member = |(ino, index): (u64, u64)| {
         Some(GroupMember {
             path: paths.get(&ino)?.clone(),
             index,
         })
     };
+    let groups = a
+        .groups(GroupRules::for_shards(fs.extent_size(), shard_bytes_max))
+        .into_iter()
+        .map(|g| g.into_iter().filter_map(member).collect::<Vec<_>>())
+        .filter(|g| g.len() >= 2)
+        .collect();
     let pairs = a
         .top_pairs(REPORT_PAIRS_MAX)
         .into_iter()
@@ -231,6 +180,65 @@ pub fn heat_report(fs: &Fs, a: &Analyzer, shard_bytes_max: u64) -> anyhow::Resul
     })
 }
 
+/// Every tracked extent of a named file with its heat, hottest first.
+fn heat_extents(
+    a: &Analyzer,
+    paths: &HashMap<u64, String>,
+    scale: usize,
+    now: u64,
+) -> Vec<HeatExtent> {
+    let mut extents: Vec<HeatExtent> = a
+        .extents()
+        .into_iter()
+        .filter_map(|((ino, index), h)| {
+            let path = paths.get(&ino)?.clone();
+            let (r, w) = h.at(scale, now);
+            let by: Vec<f64> = (0..3)
+                .map(|s| {
+                    let (r, w) = h.at(s, now);
+                    r + w
+                })
+                .collect();
+            Some(HeatExtent {
+                path,
+                index,
+                ino,
+                read_heat: r,
+                write_heat: w,
+                heat_by_scale: [by[0], by[1], by[2]],
+                class: h.class().name().into(),
+                shard: h.shard(),
+            })
+        })
+        .collect();
+    extents.sort_by(|x, y| {
+        (y.read_heat + y.write_heat)
+            .total_cmp(&(x.read_heat + x.write_heat))
+            .then(x.path.cmp(&y.path))
+            .then(x.index.cmp(&y.index))
+    });
+    extents
+}
+
+/// Heat per file (the sum of its extents'), hottest first.
+fn heat_files(extents: &[HeatExtent]) -> Vec<HeatFile> {
+    let mut files: HashMap<&str, HeatFile> = HashMap::new();
+    for e in extents {
+        let f = files.entry(&e.path).or_insert_with(|| HeatFile {
+            path: e.path.clone(),
+            heat: 0.0,
+            extents: 0,
+            hot_extents: 0,
+        });
+        f.heat += e.read_heat + e.write_heat;
+        f.extents += 1;
+        f.hot_extents += usize::from(e.class == "hot");
+    }
+    let mut files: Vec<HeatFile> = files.into_values().collect();
+    files.sort_by(|x, y| y.heat.total_cmp(&x.heat).then(x.path.cmp(&y.path)));
+    files
+}
+
 /// The human report: top and bottom `n` of files and extents, groups, the daily profile.
 pub fn heat_table(r: &HeatReport, n: usize) -> String {
     let mut o = String::new();
@@ -251,6 +259,20 @@ pub fn heat_table(r: &HeatReport, n: usize) -> String {
         "classes by {}-scale heat: hot >= {:.2} (stays hot above {:.2}), cold <= {:.2} (stays cold below {:.2})",
         r.class_scale, r.thresholds.hot_enter, r.thresholds.hot_leave, r.thresholds.cold_enter, r.thresholds.cold_leave
     );
+    table_files_and_extents(&mut o, r, n);
+    let _ = writeln!(o, "\ncorrelated groups: {}", r.groups.len());
+    for g in r.groups.iter().take(n) {
+        let members: Vec<String> = g
+            .iter()
+            .map(|m| format!("{}:{}", m.path, m.index))
+            .collect();
+        let _ = writeln!(o, "  [{}] {}", g.len(), members.join(" "));
+    }
+    table_daily(&mut o, r, n);
+    o
+}
+
+fn table_files_and_extents(o: &mut String, r: &HeatReport, n: usize) {
     let _ = writeln!(o, "\nhottest files:");
     for f in r.files.iter().take(n) {
         let _ = writeln!(
@@ -280,20 +302,16 @@ pub fn heat_table(r: &HeatReport, n: usize) -> String {
     };
     let _ = writeln!(o, "\nhottest extents (read heat, write heat):");
     for e in r.extents.iter().take(n) {
-        o += &line(e);
+        *o += &line(e);
     }
     let _ = writeln!(o, "coldest extents:");
     for e in r.extents.iter().rev().take(n) {
-        o += &line(e);
+        *o += &line(e);
     }
-    let _ = writeln!(o, "\ncorrelated groups: {}", r.groups.len());
-    for g in r.groups.iter().take(n) {
-        let members: Vec<String> = g
-            .iter()
-            .map(|m| format!("{}:{}", m.path, m.index))
-            .collect();
-        let _ = writeln!(o, "  [{}] {}", g.len(), members.join(" "));
-    }
+}
+
+/// The pool's requests by hour as bars, its periodicity, and the rhythmic shards.
+fn table_daily(o: &mut String, r: &HeatReport, n: usize) {
     let _ = writeln!(o, "\ndaily profile (requests by hour of day, UTC):");
     let max = r
         .daily_profile
@@ -329,7 +347,6 @@ pub fn heat_table(r: &HeatReport, n: usize) -> String {
             p.peak_hours
         );
     }
-    o
 }
 
 /// Extents drawn per shard block (the rest is summarised), to keep the picture light.
@@ -371,61 +388,8 @@ pub fn heat_svg(fs: &Fs, r: &HeatReport) -> anyhow::Result<String> {
             xml(&d.root.display().to_string())
         );
         for s in shards.shards.iter().filter(|s| s.disks.contains(&d.id)) {
-            if s.extents.is_empty() {
-                continue;
-            }
-            let shown = s.extents.len().min(SVG_EXTENTS_PER_SHARD_MAX);
-            let rows = shown.div_ceil(ROW_CELLS);
-            let hot = s.class == crate::meta::ShardClass::Hot;
-            let _ = writeln!(
-                body,
-                "<text x=\"{x0}\" y=\"{}\" font-size=\"9\">shard {} ({}, {} extents)</text>",
-                y + 9,
-                s.id,
-                s.class.name(),
-                s.extents.len()
-            );
-            y += 12;
-            let _ = writeln!(
-                body,
-                "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\"/>",
-                x0 - 2,
-                y - 2,
-                ROW_CELLS * CELL_PX + 3,
-                rows * CELL_PX + 3,
-                if hot { "#d7191c" } else { "#999" },
-                if hot { 2 } else { 1 }
-            );
-            for (i, e) in s.extents.iter().take(shown).enumerate() {
-                let (h, class) = heat
-                    .get(&(e.ino, e.index))
-                    .copied()
-                    .unwrap_or((0.0, "untracked"));
-                let colour = if class == "untracked" {
-                    "#dddddd".to_string()
-                } else {
-                    ramp((1.0 + h).ln() / (1.0 + max).ln())
-                };
-                let _ = writeln!(
-                    body,
-                    "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{colour}\"><title>{}:{} heat {h:.2} ({class})</title></rect>",
-                    x0 + (i % ROW_CELLS) * CELL_PX,
-                    y + (i / ROW_CELLS) * CELL_PX,
-                    CELL_PX - 1,
-                    CELL_PX - 1,
-                    xml(e.path.as_deref().unwrap_or("(unlinked)")),
-                    e.index
-                );
-            }
-            y += rows * CELL_PX + 8;
-            if s.extents.len() > shown {
-                let _ = writeln!(
-                    body,
-                    "<text x=\"{x0}\" y=\"{}\" font-size=\"9\">+{} more</text>",
-                    y + 2,
-                    s.extents.len() - shown
-                );
-                y += 12;
+            if !s.extents.is_empty() {
+                y = svg_shard(&mut body, s, &heat, max, x0, y);
             }
         }
         height = height.max(y);
@@ -456,6 +420,72 @@ pub fn heat_svg(fs: &Fs, r: &HeatReport) -> anyhow::Result<String> {
         ly + 9
     );
     Ok(svg)
+}
+
+/// One shard's block in a disk column at height `y`: title, outline, a square per extent
+/// (up to `SVG_EXTENTS_PER_SHARD_MAX`). Returns the height below it.
+fn svg_shard(
+    body: &mut String,
+    s: &ShardInfo,
+    heat: &HashMap<(u64, u64), (f64, &str)>,
+    max: f64,
+    x0: usize,
+    mut y: usize,
+) -> usize {
+    let shown = s.extents.len().min(SVG_EXTENTS_PER_SHARD_MAX);
+    let rows = shown.div_ceil(ROW_CELLS);
+    let hot = s.class == crate::meta::ShardClass::Hot;
+    let _ = writeln!(
+        body,
+        "<text x=\"{x0}\" y=\"{}\" font-size=\"9\">shard {} ({}, {} extents)</text>",
+        y + 9,
+        s.id,
+        s.class.name(),
+        s.extents.len()
+    );
+    y += 12;
+    let _ = writeln!(
+        body,
+        "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\"/>",
+        x0 - 2,
+        y - 2,
+        ROW_CELLS * CELL_PX + 3,
+        rows * CELL_PX + 3,
+        if hot { "#d7191c" } else { "#999" },
+        if hot { 2 } else { 1 }
+    );
+    for (i, e) in s.extents.iter().take(shown).enumerate() {
+        let (h, class) = heat
+            .get(&(e.ino, e.index))
+            .copied()
+            .unwrap_or((0.0, "untracked"));
+        let colour = if class == "untracked" {
+            "#dddddd".to_string()
+        } else {
+            ramp((1.0 + h).ln() / (1.0 + max).ln())
+        };
+        let _ = writeln!(
+            body,
+            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{colour}\"><title>{}:{} heat {h:.2} ({class})</title></rect>",
+            x0 + (i % ROW_CELLS) * CELL_PX,
+            y + (i / ROW_CELLS) * CELL_PX,
+            CELL_PX - 1,
+            CELL_PX - 1,
+            xml(e.path.as_deref().unwrap_or("(unlinked)")),
+            e.index
+        );
+    }
+    y += rows * CELL_PX + 8;
+    if s.extents.len() > shown {
+        let _ = writeln!(
+            body,
+            "<text x=\"{x0}\" y=\"{}\" font-size=\"9\">+{} more</text>",
+            y + 2,
+            s.extents.len() - shown
+        );
+        y += 12;
+    }
+    y
 }
 
 /// Blue -> pale yellow -> red.

@@ -129,15 +129,14 @@ impl Pool {
         self.mounted = true;
     }
 
-    /// Runs scripts/inject on this pool; returns its stdout.
+    /// Runs `foreshard debug inject` on this pool; returns its stdout.
     pub fn inject(&self, args: &[&str]) -> String {
-        let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/inject"))
-            .arg("--pool")
+        let o = Command::new(BIN)
+            .args(["debug", "inject", "--pool"])
             .arg(&self.pool)
             .args(args)
-            .env("FORESHARD", BIN)
             .output()
-            .expect("run scripts/inject");
+            .expect("run foreshard debug inject");
         assert!(
             o.status.success(),
             "inject {args:?} failed: {}{}",
@@ -330,17 +329,37 @@ pub fn disk_state(v: &serde_json::Value, id: u64) -> String {
         .unwrap()
 }
 
-/// Every extent has `replicas` copies on distinct disks that are up, and the shards
-/// report no failed disk; fsck (every replica verified) is clean.
-pub fn assert_fully_replicated(p: &Pool) {
-    let st = p.json(&["status"]);
-    let up: HashSet<u64> = st["disks"]
+/// `foreshard risk POOL --health-dir H --warn W --evacuate E`, which must succeed.
+pub fn set_risk(pool: &str, health: &Path, warn: &str, evacuate: &str) {
+    let h = health.to_str().unwrap();
+    run_ok(&[
+        "risk",
+        pool,
+        "--health-dir",
+        h,
+        "--warn",
+        warn,
+        "--evacuate",
+        evacuate,
+    ]);
+}
+
+/// The ids of the disks `status --json` says are up.
+pub fn up_disks(st: &serde_json::Value) -> HashSet<u64> {
+    st["disks"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|d| d["state"] == "up")
         .map(|d| d["id"].as_u64().unwrap())
-        .collect();
+        .collect()
+}
+
+/// Every extent has `replicas` copies on distinct disks that are up, and the shards
+/// report no failed disk; fsck (every replica verified) is clean.
+pub fn assert_fully_replicated(p: &Pool) {
+    let st = p.json(&["status"]);
+    let up = up_disks(&st);
     assert_eq!(st["replica_health"]["under_replicated"], 0, "{st:#}");
     let shards = p.json(&["shards"]);
     let mut n = 0;

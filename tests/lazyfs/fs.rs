@@ -163,6 +163,31 @@ impl Lazy {
             Err(e) => reply.error(errno(e)),
         }
     }
+
+    /// unlink and rmdir: `rm` the name; the inode is forgotten with its last link.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        rm: impl FnOnce(&Path) -> io::Result<()>,
+    ) {
+        let mut st = self.lock();
+        let r = child(&st, parent, name).and_then(|p| {
+            let gone = last_link(&p, self);
+            rm(&p)?;
+            Ok(gone)
+        });
+        match r {
+            Ok(gone) => {
+                if let Some(ino) = gone {
+                    forget(&mut st, ino);
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
 }
 
 /// lstat of an inode: by its path, or by its open file once unlinked (fstat of an open
@@ -478,39 +503,11 @@ impl fuser::Filesystem for Lazy {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut st = self.lock();
-        let r = child(&st, parent, name).and_then(|p| {
-            let gone = last_link(&p, self);
-            std::fs::remove_file(&p)?;
-            Ok(gone)
-        });
-        match r {
-            Ok(gone) => {
-                if let Some(ino) = gone {
-                    forget(&mut st, ino);
-                }
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_file(p));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut st = self.lock();
-        let r = child(&st, parent, name).and_then(|p| {
-            let gone = last_link(&p, self);
-            std::fs::remove_dir(&p)?;
-            Ok(gone)
-        });
-        match r {
-            Ok(gone) => {
-                if let Some(ino) = gone {
-                    forget(&mut st, ino);
-                }
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_dir(p));
     }
 
     fn symlink(
