@@ -199,45 +199,8 @@ struct Sim<'a> {
 }
 
 pub fn run(p: &Params, policy: Policy, health: &Health, fleet: &Fleet) -> Outcome {
-    let mut s = Sim {
-        p,
-        policy,
-        health,
-        fleet,
-        // Placement's own random draws; the failures come from `fleet`, the same for every
-        // policy.
-        rng: StdRng::seed_from_u64(p.seed ^ PLACEMENT_STREAM),
-        disks: (0..p.disks)
-            .map(|_| Disk {
-                lanes: vec![0.0; p.repair_streams],
-                ..Disk::default()
-            })
-            .collect(),
-        shards: Vec::new(),
-        copysets: Vec::new(),
-        cursor: vec![0; p.disks],
-        heap: BinaryHeap::new(),
-        seq: 0,
-        next_copy: 0,
-        degraded_now: 0,
-        stalled: Vec::new(),
-        repair_hours_sum: 0.0,
-        out: Outcome {
-            name: policy.name().into(),
-            ..Outcome::default()
-        },
-    };
-    if policy == Policy::Copyset {
-        s.make_copysets();
-    }
-    for d in 0..p.disks {
-        s.disks[d].p = score_on(health, &fleet.slots[d][0], 0).unwrap_or(health.prior_p);
-        if let Some(t) = fleet.slots[d].iter().find_map(|g| g.fail_s) {
-            s.push(t, Kind::Fail(d as u32));
-        }
-    }
-    s.fill();
-    s.push(DAY_S, Kind::Day(1));
+    let mut s = Sim::new(p, policy, health, fleet);
+    s.start();
     let end = f64::from(fleet.days) * DAY_S;
     while let Some(Reverse(ev)) = s.heap.pop() {
         if ev.t >= end {
@@ -254,20 +217,75 @@ pub fn run(p: &Params, policy: Policy, health: &Health, fleet: &Fleet) -> Outcom
             Kind::CopyDone { shard, id } => s.copy_done(ev.t, shard, id),
         }
     }
-    // Shards still degraded at the end count up to the end.
-    for sh in &s.shards {
-        if let Some(since) = sh.degraded_since {
-            s.out.degraded_byte_hours += p.shard_bytes as f64 * (end - since) / 3600.0;
+    s.finish(end)
+}
+
+impl<'a> Sim<'a> {
+    /// An empty fleet: no shards, no events.
+    fn new(p: &'a Params, policy: Policy, health: &'a Health, fleet: &'a Fleet) -> Sim<'a> {
+        Sim {
+            p,
+            policy,
+            health,
+            fleet,
+            // Placement's own random draws; the failures come from `fleet`, the same for every
+            // policy.
+            rng: StdRng::seed_from_u64(p.seed ^ PLACEMENT_STREAM),
+            disks: (0..p.disks)
+                .map(|_| Disk {
+                    lanes: vec![0.0; p.repair_streams],
+                    ..Disk::default()
+                })
+                .collect(),
+            shards: Vec::new(),
+            copysets: Vec::new(),
+            cursor: vec![0; p.disks],
+            heap: BinaryHeap::new(),
+            seq: 0,
+            next_copy: 0,
+            degraded_now: 0,
+            stalled: Vec::new(),
+            repair_hours_sum: 0.0,
+            out: Outcome {
+                name: policy.name().into(),
+                ..Outcome::default()
+            },
         }
     }
-    if s.out.repairs > 0 {
-        s.out.mean_repair_hours = s.repair_hours_sum / s.out.repairs as f64;
+
+    /// Day 0: copysets (for that policy), the disks' first risks and failures, the initial
+    /// fill and the first day's event.
+    fn start(&mut self) {
+        let (p, health, fleet) = (self.p, self.health, self.fleet);
+        if self.policy == Policy::Copyset {
+            self.make_copysets();
+        }
+        for d in 0..p.disks {
+            self.disks[d].p = score_on(health, &fleet.slots[d][0], 0).unwrap_or(health.prior_p);
+            if let Some(t) = fleet.slots[d].iter().find_map(|g| g.fail_s) {
+                self.push(t, Kind::Fail(d as u32));
+            }
+        }
+        self.fill();
+        self.push(DAY_S, Kind::Day(1));
     }
-    s.out.shards = s.shards.len() as u64;
-    if p.check_invariants {
-        s.check();
+
+    /// The outcome at time `end`: shards still degraded count up to the end.
+    fn finish(mut self, end: f64) -> Outcome {
+        for sh in &self.shards {
+            if let Some(since) = sh.degraded_since {
+                self.out.degraded_byte_hours += self.p.shard_bytes as f64 * (end - since) / 3600.0;
+            }
+        }
+        if self.out.repairs > 0 {
+            self.out.mean_repair_hours = self.repair_hours_sum / self.out.repairs as f64;
+        }
+        self.out.shards = self.shards.len() as u64;
+        if self.p.check_invariants {
+            self.check();
+        }
+        self.out
     }
-    s.out
 }
 
 impl Sim<'_> {

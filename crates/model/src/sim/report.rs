@@ -12,8 +12,16 @@ fn pct(x: f64) -> String {
 }
 
 pub fn table(r: &SimReport) -> String {
-    let (f, p) = (&r.fleet, &r.params);
     let mut s = String::new();
+    table_header(&mut s, r);
+    table_rows(&mut s, r);
+    table_legend(&mut s, r);
+    s
+}
+
+/// The run's setting: fleet, failures, repair, data.
+fn table_header(s: &mut String, r: &SimReport) {
+    let (f, p) = (&r.fleet, &r.params);
     let _ = writeln!(
         s,
         "foreshard sim: {} disks x {} years ({} days), {} replicas, {:.0} GiB shards, \
@@ -64,6 +72,10 @@ pub fn table(r: &SimReport) -> String {
         f.health_file
     );
     let _ = writeln!(s);
+}
+
+/// One row per policy under a column header, and a note on stalled repairs.
+fn table_rows(s: &mut String, r: &SimReport) {
     let _ = writeln!(
         s,
         "{:<14} {:>9} {:>10} {:>14} {:>11} {:>12} {:>17} {:>16} {:>9} {:>8}",
@@ -104,6 +116,10 @@ pub fn table(r: &SimReport) -> String {
             "note: {stalled} repair attempts found no disk with room (retried daily)"
         );
     }
+}
+
+/// What each column means, and the run time.
+fn table_legend(s: &mut String, r: &SimReport) {
     let _ = write!(
         s,
         "\n\
@@ -117,9 +133,8 @@ pub fn table(r: &SimReport) -> String {
          repair h: mean hours from a failure to the replica restored (detection, waiting for \
          a stream, copy)\n\
          simulated in {:.1} s\n",
-        p.replicas, r.elapsed_s
+        r.params.replicas, r.elapsed_s
     );
-    s
 }
 
 fn esc(s: &str) -> String {
@@ -131,30 +146,62 @@ fn esc(s: &str) -> String {
 
 const COLORS: [&str; 4] = ["#888888", "#4e79a7", "#f28e2b", "#59a14f"];
 
+/// A chart's metric: label, value of a policy's outcome, unit.
+type Metric = (&'static str, fn(&super::Outcome) -> f64, &'static str);
+
+const METRICS: [Metric; 5] = [
+    ("data-loss events", |o| o.data_loss_events as f64, ""),
+    (
+        "expected data-loss events",
+        |o| o.expected_data_loss_events,
+        "",
+    ),
+    (
+        "degraded byte-hours",
+        |o| o.degraded_byte_hours / TB,
+        " TB-h",
+    ),
+    ("rebuilt bytes", |o| o.rebuilt_bytes as f64 / TB, " TB"),
+    ("migrated bytes", |o| o.migrated_bytes as f64 / TB, " TB"),
+];
+
+/// The chart's geometry (pixels): size, bars' top and base lines, widths of a metric's group
+/// and of a bar.
+struct Chart {
+    w: f64,
+    h: f64,
+    top: f64,
+    base: f64,
+    group_w: f64,
+    bar_w: f64,
+}
+
 /// A grouped bar chart: one group per metric, one bar per policy, each group scaled to its
 /// own largest value (the metrics have different units), values written on the bars.
 pub fn svg(r: &SimReport) -> String {
-    type Metric = (&'static str, fn(&super::Outcome) -> f64, &'static str);
-    let metrics: [Metric; 5] = [
-        ("data-loss events", |o| o.data_loss_events as f64, ""),
-        (
-            "expected data-loss events",
-            |o| o.expected_data_loss_events,
-            "",
-        ),
-        (
-            "degraded byte-hours",
-            |o| o.degraded_byte_hours / TB,
-            " TB-h",
-        ),
-        ("rebuilt bytes", |o| o.rebuilt_bytes as f64 / TB, " TB"),
-        ("migrated bytes", |o| o.migrated_bytes as f64 / TB, " TB"),
-    ];
     let (w, h) = (1100.0, 470.0);
-    let (top, base) = (70.0, 360.0);
-    let group_w = (w - 80.0) / metrics.len() as f64;
-    let bar_w = (group_w - 40.0) / r.policies.len().max(1) as f64;
+    let group_w = (w - 80.0) / METRICS.len() as f64;
+    let c = Chart {
+        w,
+        h,
+        top: 70.0,
+        base: 360.0,
+        group_w,
+        bar_w: (group_w - 40.0) / r.policies.len().max(1) as f64,
+    };
     let mut s = String::new();
+    svg_title(&mut s, r, &c);
+    for (g, metric) in METRICS.iter().enumerate() {
+        svg_group(&mut s, r, &c, g, metric);
+    }
+    svg_caption(&mut s, r, &c);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The SVG header, the title and the policies' colour legend.
+fn svg_title(s: &mut String, r: &SimReport, c: &Chart) {
+    let (w, h) = (c.w, c.h);
     let _ = writeln!(
         s,
         r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -181,59 +228,72 @@ pub fn svg(r: &SimReport) -> String {
             esc(&o.name)
         );
     }
-    for (g, (label, get, unit)) in metrics.iter().enumerate() {
-        let gx = 40.0 + g as f64 * group_w;
-        let vals: Vec<f64> = r.policies.iter().map(get).collect();
-        let max = vals.iter().copied().fold(0.0, f64::max);
-        for (k, v) in vals.iter().enumerate() {
-            let bh = if max > 0.0 {
-                v / max * (base - top - 20.0)
-            } else {
-                0.0
-            };
-            let x = gx + 20.0 + k as f64 * bar_w;
-            let _ = writeln!(
-                s,
-                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{}: {}</title></rect>"#,
-                base - bh,
-                bar_w - 4.0,
-                COLORS[k % COLORS.len()],
-                esc(&r.policies[k].name),
-                esc(label)
-            );
-            let text = if v.fract() == 0.0 || *v >= 100.0 {
-                format!("{v:.0}")
-            } else if *v < 10.0 {
-                format!("{v:.3}")
-            } else {
-                format!("{v:.1}")
-            };
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{}</text>"#,
-                x + (bar_w - 4.0) / 2.0,
-                base - bh - 4.0,
-                esc(&text)
-            );
-        }
+}
+
+/// Metric number `g`: a bar per policy with its value on top, a base line and the label.
+fn svg_group(s: &mut String, r: &SimReport, c: &Chart, g: usize, metric: &Metric) {
+    let (label, get, unit) = metric;
+    let (top, base, group_w, bar_w) = (c.top, c.base, c.group_w, c.bar_w);
+    let gx = 40.0 + g as f64 * group_w;
+    let vals: Vec<f64> = r.policies.iter().map(get).collect();
+    let max = vals.iter().copied().fold(0.0, f64::max);
+    for (k, v) in vals.iter().enumerate() {
+        let bh = if max > 0.0 {
+            v / max * (base - top - 20.0)
+        } else {
+            0.0
+        };
+        let x = gx + 20.0 + k as f64 * bar_w;
         let _ = writeln!(
             s,
-            r#"<line x1="{:.1}" y1="{base}" x2="{:.1}" y2="{base}" stroke="black"/>"#,
-            gx + 10.0,
-            gx + group_w - 10.0
+            r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{}: {}</title></rect>"#,
+            base - bh,
+            bar_w - 4.0,
+            COLORS[k % COLORS.len()],
+            esc(&r.policies[k].name),
+            esc(label)
         );
         let _ = writeln!(
             s,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-            gx + group_w / 2.0,
-            base + 18.0,
-            esc(&if unit.is_empty() {
-                label.to_string()
-            } else {
-                format!("{label} ({})", unit.trim())
-            })
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{}</text>"#,
+            x + (bar_w - 4.0) / 2.0,
+            base - bh - 4.0,
+            esc(&bar_text(*v))
         );
     }
+    let _ = writeln!(
+        s,
+        r#"<line x1="{:.1}" y1="{base}" x2="{:.1}" y2="{base}" stroke="black"/>"#,
+        gx + 10.0,
+        gx + group_w - 10.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+        gx + group_w / 2.0,
+        base + 18.0,
+        esc(&if unit.is_empty() {
+            label.to_string()
+        } else {
+            format!("{label} ({})", unit.trim())
+        })
+    );
+}
+
+/// A bar's value as written on it: whole numbers and large ones without decimals.
+fn bar_text(v: f64) -> String {
+    if v.fract() == 0.0 || v >= 100.0 {
+        format!("{v:.0}")
+    } else if v < 10.0 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The lines under the chart: scaling, fleet and repair, drives, data source.
+fn svg_caption(s: &mut String, r: &SimReport, c: &Chart) {
+    let f = &r.fleet;
     let caption = [
         format!(
             "Each group is scaled to its largest value. Fleet AFR {:.2}% (the file's {:.2}%); \
@@ -253,14 +313,12 @@ pub fn svg(r: &SimReport) -> String {
             "Data: Backblaze drive stats (Backblaze Hard Drive Data and Stats, {BACKBLAZE_URL})."
         ),
     ];
-    for (i, c) in caption.iter().enumerate() {
+    for (i, line) in caption.iter().enumerate() {
         let _ = writeln!(
             s,
             r#"<text x="40" y="{}" font-size="11">{}</text>"#,
-            base + 50.0 + i as f64 * 16.0,
-            esc(c)
+            c.base + 50.0 + i as f64 * 16.0,
+            esc(line)
         );
     }
-    s.push_str("</svg>\n");
-    s
 }

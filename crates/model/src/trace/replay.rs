@@ -307,20 +307,9 @@ pub fn check_speed(speed: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replays `trace` against the files under `mount`; see the module comment.
-pub fn replay(trace: &Path, mount: &Path, opts: &ReplayOpts) -> anyhow::Result<ReplayStats> {
-    if let Some(s) = opts.speed {
-        check_speed(s)?;
-    }
-    if !mount.is_dir() {
-        bail!(
-            "{}: not an existing directory (give the mount point)",
-            mount.display()
-        );
-    }
-    let limit = opts.limit.unwrap_or(u64::MAX);
-
-    // First pass: every volume's extent, so files exist at full size before the clock starts.
+/// The first pass: every volume's extent (the highest end offset of the first `limit`
+/// records), so files exist at full size before the clock starts, and the records counted.
+fn volume_sizes(trace: &Path, limit: u64) -> anyhow::Result<(BTreeMap<String, u64>, u64)> {
     let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
     let mut total = 0u64;
     for r in open(trace)?.take(limit as usize) {
@@ -340,6 +329,22 @@ pub fn replay(trace: &Path, mount: &Path, opts: &ReplayOpts) -> anyhow::Result<R
             }
         }
     }
+    Ok((sizes, total))
+}
+
+/// Replays `trace` against the files under `mount`; see the module comment.
+pub fn replay(trace: &Path, mount: &Path, opts: &ReplayOpts) -> anyhow::Result<ReplayStats> {
+    if let Some(s) = opts.speed {
+        check_speed(s)?;
+    }
+    if !mount.is_dir() {
+        bail!(
+            "{}: not an existing directory (give the mount point)",
+            mount.display()
+        );
+    }
+    let limit = opts.limit.unwrap_or(u64::MAX);
+    let (sizes, total) = volume_sizes(trace, limit)?;
     let mut rp = Replayer::new(mount, &sizes, opts.verify, opts.direct)?;
 
     let pb = progress_bar(total);

@@ -338,11 +338,35 @@ impl SynthParams {
 /// An extent of the synthetic trace: (volume number, index in the volume).
 type Extent = (u64, u64);
 
+/// Where the generator plants what: disjoint sets of extents, each sorted.
+struct Layout {
+    hot: Vec<Extent>,
+    groups: Vec<Vec<Extent>>,
+    /// The groups' members, in shuffled order (single requests to a group member pick here).
+    grouped: Vec<Extent>,
+    nightly: Vec<Extent>,
+    /// The rest, in shuffled order: background traffic.
+    cold: Vec<Extent>,
+}
+
+/// An event of the trace: time, kind, extents touched back to back.
+type Event = (u64, Kind, Vec<Extent>);
+
 /// Generates the synthetic trace: records in time order with why each was emitted, and the
 /// truth. Deterministic for given parameters.
 pub fn synth(p: &SynthParams) -> anyhow::Result<(Vec<(Record, Kind)>, Truth)> {
     p.check()?;
     let mut rng = Rng(p.seed);
+    let layout = layout(p, &mut rng);
+    let mut events = events(p, &mut rng, &layout);
+    // Stable: events at the same microsecond keep their generation order.
+    events.sort_by_key(|e| e.0);
+    let out = records(p, &mut rng, events);
+    Ok((out, truth(p, &layout)))
+}
+
+/// Every extent shuffled, then cut into the hot set, groups and nightly set.
+fn layout(p: &SynthParams, rng: &mut Rng) -> Layout {
     // (volume, index) pairs, shuffled: hot set, groups and nightly set are disjoint slices.
     let mut all: Vec<Extent> = (0..u64::from(p.volumes))
         .flat_map(|v| (0..p.extents_per_volume).map(move |i| (v, i)))
@@ -363,30 +387,43 @@ pub fn synth(p: &SynthParams) -> anyhow::Result<(Vec<(Record, Kind)>, Truth)> {
             g
         })
         .collect();
+    Layout {
+        hot,
+        groups,
+        grouped: grouped.to_vec(),
+        nightly,
+        cold: cold.to_vec(),
+    }
+}
 
-    // Events: (time, kind, extents touched back to back).
-    let day_us = |rng: &mut Rng| rng.below(u64::from(p.days)) * US_PER_DAY;
-    let mut events: Vec<(u64, Kind, Vec<Extent>)> = Vec::new();
-    let nightly_n = if nightly.is_empty() {
+/// A random midnight within the trace's days.
+fn day_us(p: &SynthParams, rng: &mut Rng) -> u64 {
+    rng.below(u64::from(p.days)) * US_PER_DAY
+}
+
+/// The nightly requests, then the group bursts, then the single requests (unsorted).
+fn events(p: &SynthParams, rng: &mut Rng, l: &Layout) -> Vec<Event> {
+    let mut events: Vec<Event> = Vec::new();
+    let nightly_n = if l.nightly.is_empty() {
         0
     } else {
         (p.requests as f64 * p.nightly_share).round() as u64
     };
     for _ in 0..nightly_n {
-        let t = day_us(&mut rng)
+        let t = day_us(p, rng)
             + u64::from(p.night_hour) * US_PER_HOUR
             + rng.below(US_PER_HOUR - US_PER_HOUR / 10);
-        events.push((t, Kind::Nightly, vec![rng.pick(&nightly)]));
+        events.push((t, Kind::Nightly, vec![rng.pick(&l.nightly)]));
     }
-    let bursts = if groups.is_empty() {
+    let bursts = if l.groups.is_empty() {
         0
     } else {
         (p.requests as f64 * p.burst_share / f64::from(p.group_size)).round() as u64
     };
     for burst in 0..bursts {
-        let t = day_us(&mut rng) + p.cycle_hour(&mut rng) * US_PER_HOUR + rng.below(US_PER_HOUR);
-        let group = rng.below(groups.len() as u64) as usize;
-        let mut members = groups[group].clone();
+        let t = day_us(p, rng) + p.cycle_hour(rng) * US_PER_HOUR + rng.below(US_PER_HOUR);
+        let group = rng.below(l.groups.len() as u64) as usize;
+        let mut members = l.groups[group].clone();
         rng.shuffle(&mut members);
         events.push((t, Kind::Burst { burst, group }, members));
     }
@@ -394,19 +431,22 @@ pub fn synth(p: &SynthParams) -> anyhow::Result<(Vec<(Record, Kind)>, Truth)> {
         .requests
         .saturating_sub(nightly_n + bursts * u64::from(p.group_size));
     for _ in 0..singles {
-        let t = day_us(&mut rng) + p.cycle_hour(&mut rng) * US_PER_HOUR + rng.below(US_PER_HOUR);
-        let e = if !hot.is_empty() && rng.chance(p.hot_share) {
-            rng.pick(&hot)
-        } else if !grouped.is_empty() && rng.chance(p.group_single_share) {
-            rng.pick(grouped)
+        let t = day_us(p, rng) + p.cycle_hour(rng) * US_PER_HOUR + rng.below(US_PER_HOUR);
+        let e = if !l.hot.is_empty() && rng.chance(p.hot_share) {
+            rng.pick(&l.hot)
+        } else if !l.grouped.is_empty() && rng.chance(p.group_single_share) {
+            rng.pick(&l.grouped)
         } else {
-            rng.pick(cold)
+            rng.pick(&l.cold)
         };
         events.push((t, Kind::Single, vec![e]));
     }
-    // Stable: events at the same microsecond keep their generation order.
-    events.sort_by_key(|e| e.0);
+    events
+}
 
+/// One record per extent of each event (sorted by time), with a random size, place in the
+/// extent and operation.
+fn records(p: &SynthParams, rng: &mut Rng, events: Vec<Event>) -> Vec<(Record, Kind)> {
     // Records: strictly increasing times, so a burst's records are consecutive by
     // construction and nothing can land between them.
     const BURST_GAP_US: u64 = 50;
@@ -439,18 +479,24 @@ pub fn synth(p: &SynthParams) -> anyhow::Result<(Vec<(Record, Kind)>, Truth)> {
             ));
         }
     }
+    out
+}
+
+/// What was planted where, as `shards --json` names extents.
+fn truth(p: &SynthParams, l: &Layout) -> Truth {
     let eref = |&(v, index): &Extent| ExtentRef {
         path: format!("/{}", SynthParams::volume_name(v)),
         index,
     };
-    let truth = Truth {
+    Truth {
         extent_size_bytes: p.extent_size,
-        hot: hot.iter().map(eref).collect(),
-        groups: groups
+        hot: l.hot.iter().map(eref).collect(),
+        groups: l
+            .groups
             .iter()
             .map(|g| g.iter().map(eref).collect())
             .collect(),
-        nightly: nightly.iter().map(eref).collect(),
+        nightly: l.nightly.iter().map(eref).collect(),
         night_hour: p.night_hour,
         volumes: (0..u64::from(p.volumes))
             .map(|v| VolumeSize {
@@ -459,8 +505,7 @@ pub fn synth(p: &SynthParams) -> anyhow::Result<(Vec<(Record, Kind)>, Truth)> {
             })
             .collect(),
         params: p.clone(),
-    };
-    Ok((out, truth))
+    }
 }
 
 /// Writes the synthetic trace to `out` and the truth JSON to `truth_path`.

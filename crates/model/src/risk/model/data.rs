@@ -43,8 +43,8 @@ pub fn parse_day(s: &str) -> Option<i64> {
         .then(|| days_from_civil(y, m, d))
 }
 
-/// Reads a Backblaze-format CSV (plain or gzip).
-pub fn read(path: &Path) -> anyhow::Result<Data> {
+/// The lines of a file, gunzipped if it starts with the gzip magic.
+fn lines_of(path: &Path) -> anyhow::Result<std::io::Lines<BufReader<Box<dyn Read>>>> {
     let f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
     let mut r = BufReader::new(f);
     let gz = r.fill_buf()?.starts_with(&[0x1f, 0x8b]);
@@ -53,55 +53,66 @@ pub fn read(path: &Path) -> anyhow::Result<Data> {
     } else {
         Box::new(r)
     };
-    let mut lines = BufReader::new(input).lines();
-    let header = lines
-        .next()
-        .context("empty file")?
-        .with_context(|| format!("{}: line 1", path.display()))?;
-    let cols: Vec<&str> = header.trim().split(',').collect();
-    let find = |name: &str| cols.iter().position(|c| c.trim() == name);
-    let (Some(c_date), Some(c_serial), Some(c_fail)) =
-        (find("date"), find("serial_number"), find("failure"))
-    else {
-        bail!(
-            "{}: header needs date, serial_number and failure columns",
-            path.display()
-        );
-    };
-    let c_attr: Vec<Option<usize>> = ATTRS
-        .iter()
-        .map(|a| find(&format!("smart_{a}_raw")))
-        .collect();
-    let c_model = find("model");
-    let mut data = Data {
-        drives: HashMap::new(),
-        models: HashMap::new(),
-        order: Vec::new(),
-        columns_found: ATTRS
-            .iter()
-            .zip(&c_attr)
-            .filter(|(_, c)| c.is_some())
-            .map(|(a, _)| *a)
-            .collect(),
-    };
-    for (n, line) in lines.enumerate() {
-        let lno = n + 2;
-        let line = line.with_context(|| format!("{}: line {lno}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let f: Vec<&str> = line.split(',').collect();
+    Ok(BufReader::new(input).lines())
+}
+
+/// Where the header puts the columns read (found by name, as files differ in columns).
+struct Columns {
+    date: usize,
+    serial: usize,
+    failure: usize,
+    /// Per attribute of `ATTRS`.
+    attrs: Vec<Option<usize>>,
+    model: Option<usize>,
+}
+
+impl Columns {
+    fn of(header: &str, path: &Path) -> anyhow::Result<Columns> {
+        let cols: Vec<&str> = header.trim().split(',').collect();
+        let find = |name: &str| cols.iter().position(|c| c.trim() == name);
+        let (Some(date), Some(serial), Some(failure)) =
+            (find("date"), find("serial_number"), find("failure"))
+        else {
+            bail!(
+                "{}: header needs date, serial_number and failure columns",
+                path.display()
+            );
+        };
+        Ok(Columns {
+            date,
+            serial,
+            failure,
+            attrs: ATTRS
+                .iter()
+                .map(|a| find(&format!("smart_{a}_raw")))
+                .collect(),
+            model: find("model"),
+        })
+    }
+
+    /// Line `lno` of `path`: its serial, drive model (when the file has the column) and row.
+    fn row<'l>(
+        &self,
+        line: &'l str,
+        lno: usize,
+        path: &Path,
+    ) -> anyhow::Result<(String, Option<&'l str>, Row)> {
+        let f: Vec<&'l str> = line.split(',').collect();
         let get = |c: usize| f.get(c).map(|s| s.trim()).unwrap_or("");
-        let day = parse_day(get(c_date)).with_context(|| {
-            format!("{}: line {lno}: bad date {:?}", path.display(), get(c_date))
+        let day = parse_day(get(self.date)).with_context(|| {
+            format!(
+                "{}: line {lno}: bad date {:?}",
+                path.display(),
+                get(self.date)
+            )
         })?;
-        let failure = match get(c_fail) {
+        let failure = match get(self.failure) {
             "1" => true,
             "0" | "" => false,
             x => bail!("{}: line {lno}: bad failure value {x:?}", path.display()),
         };
         let mut smart = [None; ATTRS.len()];
-        for (i, c) in c_attr.iter().enumerate() {
+        for (i, c) in self.attrs.iter().enumerate() {
             if let Some(c) = c {
                 let v = get(*c);
                 if !v.is_empty() {
@@ -115,25 +126,62 @@ pub fn read(path: &Path) -> anyhow::Result<Data> {
                 }
             }
         }
-        let serial = get(c_serial).to_string();
+        let serial = get(self.serial).to_string();
         if serial.is_empty() {
             bail!("{}: line {lno}: empty serial_number", path.display());
         }
-        if let Some(c) = c_model {
+        let model = self.model.map(|c| f.get(c).map_or("", |s| (*s).trim()));
+        let row = Row {
+            day,
+            date: get(self.date).to_string(),
+            failure,
+            smart,
+        };
+        Ok((serial, model, row))
+    }
+}
+
+/// Reads a Backblaze-format CSV (plain or gzip).
+pub fn read(path: &Path) -> anyhow::Result<Data> {
+    let mut lines = lines_of(path)?;
+    let header = lines
+        .next()
+        .context("empty file")?
+        .with_context(|| format!("{}: line 1", path.display()))?;
+    let cols = Columns::of(&header, path)?;
+    let mut data = Data {
+        drives: HashMap::new(),
+        models: HashMap::new(),
+        order: Vec::new(),
+        columns_found: ATTRS
+            .iter()
+            .zip(&cols.attrs)
+            .filter(|(_, c)| c.is_some())
+            .map(|(a, _)| *a)
+            .collect(),
+    };
+    for (n, line) in lines.enumerate() {
+        let lno = n + 2;
+        let line = line.with_context(|| format!("{}: line {lno}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (serial, model, row) = cols.row(&line, lno, path)?;
+        if let Some(m) = model {
             if !data.models.contains_key(&serial) {
-                data.models.insert(serial.clone(), get(c).to_string());
+                data.models.insert(serial.clone(), m.to_string());
             }
         }
         let rows = data.drives.entry(serial.clone()).or_default();
-        rows.push(Row {
-            day,
-            date: get(c_date).to_string(),
-            failure,
-            smart,
-        });
+        rows.push(row);
         data.order.push((serial, rows.len() - 1));
     }
-    // Rows in date order per drive; `order` keeps pointing at the same rows.
+    sort_rows(&mut data);
+    Ok(data)
+}
+
+/// Rows in date order per drive; `order` keeps pointing at the same rows.
+fn sort_rows(data: &mut Data) {
     for (serial, rows) in data.drives.iter_mut() {
         if rows.windows(2).any(|w| w[0].day > w[1].day) {
             let mut idx: Vec<usize> = (0..rows.len()).collect();
@@ -149,5 +197,4 @@ pub fn read(path: &Path) -> anyhow::Result<Data> {
             }
         }
     }
-    Ok(data)
 }

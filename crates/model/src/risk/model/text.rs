@@ -67,151 +67,214 @@ impl Model {
                 "not a foreshard risk model (first line must be `foreshard-risk-model 2` or 1)"
             ),
         };
-        let mut kv: HashMap<&str, Vec<&str>> = HashMap::new();
-        let mut drive_models = Vec::new();
-        let mut ensembles: Vec<Ensemble> = (0..KINDS).map(|_| Ensemble::empty()).collect();
-        let mut declared = [false; KINDS];
-        let mut trained_on = String::new();
-        let mut fleet = None;
-        let names: &[&str] = if version == 2 {
-            &FEATURES
-        } else {
-            &FEATURES_V1
-        };
+        let mut parsed = Parsed::new(version);
         for (n, l) in lines.enumerate() {
-            let lno = n + 2;
-            let l = l.trim();
-            if version == 1 {
-                // Version 1 named the data only in its comment.
-                if let Some(rest) = l.split_once("; trained on ").map(|x| x.1) {
-                    trained_on = rest.split(" (").next().unwrap_or(rest).to_string();
-                }
-            }
-            if l.is_empty() || l.starts_with('#') {
-                continue;
-            }
-            let num = |s: &str| -> anyhow::Result<f64> {
-                let v: f64 = s
-                    .parse()
-                    .with_context(|| format!("line {lno}: bad number {s:?}"))?;
-                anyhow::ensure!(v.is_finite(), "line {lno}: number not finite");
-                Ok(v)
-            };
-            if let Some(rest) = l.strip_prefix("trained_on ") {
-                trained_on = rest.trim().to_string();
-            } else if let Some(rest) = l.strip_prefix("model_rate ") {
-                let (r, m) = rest
-                    .split_once(' ')
-                    .with_context(|| format!("line {lno}: model_rate RATE MODEL"))?;
-                drive_models.push(DriveModel {
-                    name: m.to_string(),
-                    rate_log: num(r)?,
-                    median_hours: 0.0,
-                    tails: vec![Vec::new(); TAILS],
-                });
-            } else if let Some((is_fleet, rest)) = l
-                .strip_prefix("drive_model ")
-                .map(|r| (false, r))
-                .or(l.strip_prefix("fleet ").map(|r| (true, r)))
-            {
-                let n = 2 + TAILS * TAIL_GRID;
-                let mut it = rest.splitn(n + 1, ' ');
-                let v = it
-                    .by_ref()
-                    .take(n)
-                    .map(num)
-                    .collect::<anyhow::Result<Vec<f64>>>()?;
-                let name = it.next().unwrap_or("").trim().to_string();
-                anyhow::ensure!(
-                    v.len() == n && name.is_empty() == is_fleet,
-                    "line {lno}: needs {n} numbers{}",
-                    if is_fleet {
-                        ""
-                    } else {
-                        " and the model's name"
-                    }
-                );
-                let d = DriveModel {
-                    name,
-                    rate_log: v[0],
-                    median_hours: v[1],
-                    tails: v[2..].chunks(TAIL_GRID).map(<[f64]>::to_vec).collect(),
-                };
-                if is_fleet {
-                    fleet = Some(d);
-                } else {
-                    drive_models.push(d);
-                }
-            } else if let Some(rest) = l.strip_prefix("ensemble ") {
-                let v = rest
-                    .split_whitespace()
-                    .map(num)
-                    .collect::<anyhow::Result<Vec<f64>>>()?;
-                let k = v.first().map_or(KINDS, |k| *k as usize);
-                anyhow::ensure!(
-                    v.len() == 4 && k < KINDS && !declared[k] && v[2] > 0.0,
-                    "line {lno}: ensemble K (< {KINDS}, once) base a (> 0) b"
-                );
-                declared[k] = true;
-                ensembles[k].base = v[1];
-                ensembles[k].calibration = (v[2], v[3]);
-            } else if let Some(rest) = l.strip_prefix("tree ") {
-                let (k, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-                let k: usize = k
-                    .parse()
-                    .ok()
-                    .filter(|k| *k < KINDS)
-                    .with_context(|| format!("line {lno}: tree K NODES..."))?;
-                ensembles[k].trees.push(
-                    Tree::from_line(rest, names.len())
-                        .with_context(|| format!("line {lno}: bad tree"))?,
-                );
+            parsed.line(n + 2, l.trim())?;
+        }
+        parsed.finish()
+    }
+}
+
+/// A number on line `lno` of a model file (finite).
+fn number(lno: usize, s: &str) -> anyhow::Result<f64> {
+    let v: f64 = s
+        .parse()
+        .with_context(|| format!("line {lno}: bad number {s:?}"))?;
+    anyhow::ensure!(v.is_finite(), "line {lno}: number not finite");
+    Ok(v)
+}
+
+/// What the lines of a model file have given so far; `finish` checks that nothing is
+/// missing and builds the model.
+struct Parsed<'t> {
+    version: u32,
+    /// The features of the file's version.
+    names: &'static [&'static str],
+    /// `key value...` lines not read as they come (each key once).
+    kv: HashMap<&'t str, Vec<&'t str>>,
+    drive_models: Vec<DriveModel>,
+    ensembles: Vec<Ensemble>,
+    /// The `ensemble K` lines seen.
+    declared: [bool; KINDS],
+    trained_on: String,
+    fleet: Option<DriveModel>,
+}
+
+impl<'t> Parsed<'t> {
+    fn new(version: u32) -> Parsed<'t> {
+        Parsed {
+            version,
+            names: if version == 2 {
+                &FEATURES
             } else {
-                let mut it = l.split_whitespace();
-                let k = it.next().expect("nonempty line");
-                anyhow::ensure!(
-                    kv.insert(k, it.collect()).is_none(),
-                    "line {lno}: {k} given twice"
-                );
+                &FEATURES_V1
+            },
+            kv: HashMap::new(),
+            drive_models: Vec::new(),
+            ensembles: (0..KINDS).map(|_| Ensemble::empty()).collect(),
+            declared: [false; KINDS],
+            trained_on: String::new(),
+            fleet: None,
+        }
+    }
+
+    /// Line `lno` (trimmed), after the first.
+    fn line(&mut self, lno: usize, l: &'t str) -> anyhow::Result<()> {
+        if self.version == 1 {
+            // Version 1 named the data only in its comment.
+            if let Some(rest) = l.split_once("; trained on ").map(|x| x.1) {
+                self.trained_on = rest.split(" (").next().unwrap_or(rest).to_string();
             }
         }
-        let nums = |k: &str| -> anyhow::Result<Vec<f64>> {
-            let v = kv
-                .get(k)
-                .with_context(|| format!("missing `{k}`"))?
-                .iter()
-                .map(|s| {
-                    s.parse::<f64>()
-                        .with_context(|| format!("`{k}`: bad number {s:?}"))
-                })
-                .collect::<anyhow::Result<Vec<f64>>>()?;
+        if l.is_empty() || l.starts_with('#') {
+            return Ok(());
+        }
+        if let Some(rest) = l.strip_prefix("trained_on ") {
+            self.trained_on = rest.trim().to_string();
+        } else if let Some(rest) = l.strip_prefix("model_rate ") {
+            let (r, m) = rest
+                .split_once(' ')
+                .with_context(|| format!("line {lno}: model_rate RATE MODEL"))?;
+            self.drive_models.push(DriveModel {
+                name: m.to_string(),
+                rate_log: number(lno, r)?,
+                median_hours: 0.0,
+                tails: vec![Vec::new(); TAILS],
+            });
+        } else if let Some((is_fleet, rest)) = l
+            .strip_prefix("drive_model ")
+            .map(|r| (false, r))
+            .or(l.strip_prefix("fleet ").map(|r| (true, r)))
+        {
+            self.drive_model(lno, is_fleet, rest)?;
+        } else if let Some(rest) = l.strip_prefix("ensemble ") {
+            self.ensemble(lno, rest)?;
+        } else if let Some(rest) = l.strip_prefix("tree ") {
+            self.tree(lno, rest)?;
+        } else {
+            let mut it = l.split_whitespace();
+            let k = it.next().expect("nonempty line");
             anyhow::ensure!(
-                v.iter().all(|x| x.is_finite()),
-                "`{k}` has a non-finite number"
+                self.kv.insert(k, it.collect()).is_none(),
+                "line {lno}: {k} given twice"
             );
-            Ok(v)
+        }
+        Ok(())
+    }
+
+    /// A `drive_model` line, or the `fleet` line (the same numbers, no name).
+    fn drive_model(&mut self, lno: usize, is_fleet: bool, rest: &str) -> anyhow::Result<()> {
+        let n = 2 + TAILS * TAIL_GRID;
+        let mut it = rest.splitn(n + 1, ' ');
+        let v = it
+            .by_ref()
+            .take(n)
+            .map(|s| number(lno, s))
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        let name = it.next().unwrap_or("").trim().to_string();
+        anyhow::ensure!(
+            v.len() == n && name.is_empty() == is_fleet,
+            "line {lno}: needs {n} numbers{}",
+            if is_fleet {
+                ""
+            } else {
+                " and the model's name"
+            }
+        );
+        let d = DriveModel {
+            name,
+            rate_log: v[0],
+            median_hours: v[1],
+            tails: v[2..].chunks(TAIL_GRID).map(<[f64]>::to_vec).collect(),
         };
-        let sized = |k: &str| -> anyhow::Result<Vec<f64>> {
-            let v = nums(k)?;
-            anyhow::ensure!(
-                v.len() == names.len(),
-                "`{k}` needs {} numbers",
-                names.len()
-            );
-            Ok(v)
-        };
-        let one = |k: &str| -> anyhow::Result<f64> {
-            nums(k)?
-                .first()
-                .copied()
-                .with_context(|| format!("`{k}` is empty"))
-        };
-        let feats = kv.get("features").context("missing `features`")?;
+        if is_fleet {
+            self.fleet = Some(d);
+        } else {
+            self.drive_models.push(d);
+        }
+        Ok(())
+    }
+
+    /// An `ensemble K base a b` line.
+    fn ensemble(&mut self, lno: usize, rest: &str) -> anyhow::Result<()> {
+        let v = rest
+            .split_whitespace()
+            .map(|s| number(lno, s))
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        let k = v.first().map_or(KINDS, |k| *k as usize);
+        anyhow::ensure!(
+            v.len() == 4 && k < KINDS && !self.declared[k] && v[2] > 0.0,
+            "line {lno}: ensemble K (< {KINDS}, once) base a (> 0) b"
+        );
+        self.declared[k] = true;
+        self.ensembles[k].base = v[1];
+        self.ensembles[k].calibration = (v[2], v[3]);
+        Ok(())
+    }
+
+    /// A `tree K NODES...` line.
+    fn tree(&mut self, lno: usize, rest: &str) -> anyhow::Result<()> {
+        let (k, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        let k: usize = k
+            .parse()
+            .ok()
+            .filter(|k| *k < KINDS)
+            .with_context(|| format!("line {lno}: tree K NODES..."))?;
+        self.ensembles[k].trees.push(
+            Tree::from_line(rest, self.names.len())
+                .with_context(|| format!("line {lno}: bad tree"))?,
+        );
+        Ok(())
+    }
+
+    /// The finite numbers of key `k`.
+    fn nums(&self, k: &str) -> anyhow::Result<Vec<f64>> {
+        let v = self
+            .kv
+            .get(k)
+            .with_context(|| format!("missing `{k}`"))?
+            .iter()
+            .map(|s| {
+                s.parse::<f64>()
+                    .with_context(|| format!("`{k}`: bad number {s:?}"))
+            })
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        anyhow::ensure!(
+            v.iter().all(|x| x.is_finite()),
+            "`{k}` has a non-finite number"
+        );
+        Ok(v)
+    }
+
+    /// Key `k`'s numbers, one per feature.
+    fn sized(&self, k: &str) -> anyhow::Result<Vec<f64>> {
+        let v = self.nums(k)?;
+        anyhow::ensure!(
+            v.len() == self.names.len(),
+            "`{k}` needs {} numbers",
+            self.names.len()
+        );
+        Ok(v)
+    }
+
+    /// Key `k`'s first number.
+    fn one(&self, k: &str) -> anyhow::Result<f64> {
+        self.nums(k)?
+            .first()
+            .copied()
+            .with_context(|| format!("`{k}` is empty"))
+    }
+
+    /// The model, once every line is read: the lines every version has, then the version's
+    /// own.
+    fn finish(mut self) -> anyhow::Result<Model> {
+        let (version, names) = (self.version, self.names);
+        let feats = self.kv.get("features").context("missing `features`")?;
         anyhow::ensure!(
             feats.as_slice() == names,
             "the model's features {feats:?} are not version {version}'s {names:?}"
         );
-        let split = kv.get("split").context("missing `split`")?;
+        let split = self.kv.get("split").context("missing `split`")?;
         anyhow::ensure!(split.len() == 2, "`split` needs test fraction and seed");
         let mut m = Model {
             version,
@@ -220,12 +283,12 @@ impl Model {
             logistic: None,
             test_fraction: split[0].parse().context("`split`: bad test fraction")?,
             seed: split[1].parse().context("`split`: bad seed")?,
-            train_before_day: match kv.get("train_before_day").and_then(|v| v.first()) {
+            train_before_day: match self.kv.get("train_before_day").and_then(|v| v.first()) {
                 Some(&"none") | None => None,
                 Some(d) => Some(d.parse().context("`train_before_day`: bad day")?),
             },
-            trained_on,
-            drive_models,
+            trained_on: std::mem::take(&mut self.trained_on),
+            drive_models: std::mem::take(&mut self.drive_models),
             fleet: DriveModel {
                 name: String::new(),
                 rate_log: 0.0,
@@ -235,21 +298,21 @@ impl Model {
         };
         if version == 1 {
             let lr = Logistic {
-                weights: sized("weights")?,
-                intercept: one("intercept")?,
-                mean: sized("mean")?,
-                std: sized("std")?,
+                weights: self.sized("weights")?,
+                intercept: self.one("intercept")?,
+                mean: self.sized("mean")?,
+                std: self.sized("std")?,
             };
             anyhow::ensure!(lr.std.iter().all(|s| *s > 0.0), "`std` must be positive");
             m.logistic = Some(lr);
         } else {
-            m.impute = sized("impute")?;
-            m.fleet = fleet.context("missing `fleet`")?;
-            for (k, e) in ensembles.iter().enumerate() {
-                anyhow::ensure!(declared[k], "missing `ensemble {k}`");
+            m.impute = self.sized("impute")?;
+            m.fleet = self.fleet.take().context("missing `fleet`")?;
+            for (k, e) in self.ensembles.iter().enumerate() {
+                anyhow::ensure!(self.declared[k], "missing `ensemble {k}`");
                 anyhow::ensure!(!e.trees.is_empty(), "ensemble {k} has no trees");
             }
-            m.ensembles = ensembles;
+            m.ensembles = self.ensembles;
         }
         Ok(m)
     }

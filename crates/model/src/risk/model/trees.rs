@@ -217,20 +217,17 @@ struct Hist {
     w: f64,
 }
 
-/// Fits `rounds` trees to rows `x` (row-major, `d` features each), labels `y` (0/1) and row
-/// weights `w`. Returns the base log-odds and the trees; the model's log-odds for a row are
-/// `base + sum of tree outputs`.
-pub fn fit(x: &[Vec<f64>], y: &[f64], w: &[f64], p: &Params) -> (f64, Vec<Tree>) {
-    let d = p.monotone.len();
-    let bins = p.bins.clamp(2, 255);
-    let cuts: Vec<Vec<f64>> = (0..d)
-        .map(|f| {
-            let mut v: Vec<f64> = x.iter().map(|r| r[f]).collect();
-            cuts(&mut v, bins)
-        })
-        .collect();
-    // Trees only see bins: rows with the same bins and label are merged (their weights
-    // summed), which is exact and shrinks the daily rows of steady drives to a few.
+/// Rows merged by bins and label: each distinct (bins, label) once, with the summed weight.
+struct Binned {
+    x: Vec<Vec<u8>>,
+    y: Vec<f64>,
+    w: Vec<f64>,
+}
+
+/// Trees only see bins: rows with the same bins and label are merged (their weights
+/// summed), which is exact and shrinks the daily rows of steady drives to a few.
+fn binned(x: &[Vec<f64>], y: &[f64], w: &[f64], cuts: &[Vec<f64>]) -> Binned {
+    let d = cuts.len();
     let mut index: HashMap<(Vec<u8>, bool), usize> = HashMap::new();
     let mut xb: Vec<Vec<u8>> = Vec::new();
     let mut yb: Vec<f64> = Vec::new();
@@ -246,6 +243,55 @@ pub fn fit(x: &[Vec<f64>], y: &[f64], w: &[f64], p: &Params) -> (f64, Vec<Tree>)
         });
         wb[k] += ww;
     }
+    Binned {
+        x: xb,
+        y: yb,
+        w: wb,
+    }
+}
+
+/// The leaf value `tree` gives a row of bins (a row's bin is below a cut's index iff its
+/// value is at or under that cut).
+fn leaf_value(tree: &Tree, cuts: &[Vec<f64>], row: &[u8]) -> f64 {
+    let mut k = 0;
+    loop {
+        match tree.nodes[k] {
+            Node::Split {
+                feature,
+                threshold,
+                left,
+                right,
+                ..
+            } => {
+                let c = cuts[feature].partition_point(|c| *c < threshold);
+                k = if (row[feature] as usize) <= c {
+                    left
+                } else {
+                    right
+                };
+            }
+            Node::Leaf { value } => return value,
+        }
+    }
+}
+
+/// Fits `rounds` trees to rows `x` (row-major, `d` features each), labels `y` (0/1) and row
+/// weights `w`. Returns the base log-odds and the trees; the model's log-odds for a row are
+/// `base + sum of tree outputs`.
+pub fn fit(x: &[Vec<f64>], y: &[f64], w: &[f64], p: &Params) -> (f64, Vec<Tree>) {
+    let d = p.monotone.len();
+    let bins = p.bins.clamp(2, 255);
+    let cuts: Vec<Vec<f64>> = (0..d)
+        .map(|f| {
+            let mut v: Vec<f64> = x.iter().map(|r| r[f]).collect();
+            cuts(&mut v, bins)
+        })
+        .collect();
+    let Binned {
+        x: xb,
+        y: yb,
+        w: wb,
+    } = binned(x, y, w, &cuts);
     let n = xb.len();
     let pos: f64 = yb.iter().zip(&wb).map(|(y, w)| y * w).sum();
     let all: f64 = wb.iter().sum();
@@ -260,33 +306,20 @@ pub fn fit(x: &[Vec<f64>], y: &[f64], w: &[f64], p: &Params) -> (f64, Vec<Tree>)
             g[i] = wb[i] * (q - yb[i]);
             h[i] = wb[i] * q * (1.0 - q);
         }
-        let tree = grow(&xb, &g, &h, &wb, &cuts, p, bins);
-        // The rows' new outputs (by bins: a row's bin is below a cut's index iff its value
-        // is at or under that cut).
+        let tree = Grower {
+            xb: &xb,
+            g: &g,
+            h: &h,
+            w: &wb,
+            cuts: &cuts,
+            p,
+            bins,
+            min_weight: p.min_child_share * wb.iter().sum::<f64>(),
+        }
+        .grow();
+        // The rows' new outputs.
         for i in 0..n {
-            let mut k = 0;
-            loop {
-                match tree.nodes[k] {
-                    Node::Split {
-                        feature,
-                        threshold,
-                        left,
-                        right,
-                        ..
-                    } => {
-                        let c = cuts[feature].partition_point(|c| *c < threshold);
-                        k = if (xb[i][feature] as usize) <= c {
-                            left
-                        } else {
-                            right
-                        };
-                    }
-                    Node::Leaf { value } => {
-                        z[i] += value;
-                        break;
-                    }
-                }
-            }
+            z[i] += leaf_value(&tree, &cuts, &xb[i]);
         }
         trees.push(tree);
     }
@@ -329,117 +362,183 @@ fn merge_stumps(trees: Vec<Tree>) -> Vec<Tree> {
     out
 }
 
-fn grow(
-    xb: &[Vec<u8>],
-    g: &[f64],
-    h: &[f64],
-    w: &[f64],
-    cuts: &[Vec<f64>],
-    p: &Params,
+/// A node being grown: its index in the tree, its rows, and the bounds on its value (set by
+/// monotone splits above it).
+struct Open {
+    id: usize,
+    rows: Vec<u32>,
+    lo: f64,
+    hi: f64,
+}
+
+/// The best split of a node: gain, feature, cut index, left and right values.
+struct Split {
+    gain: f64,
+    feature: usize,
+    cut: usize,
+    left: f64,
+    right: f64,
+}
+
+/// What growing one tree reads: the rows' bins, gradients, hessians and weights, the cuts.
+struct Grower<'a> {
+    xb: &'a [Vec<u8>],
+    g: &'a [f64],
+    h: &'a [f64],
+    w: &'a [f64],
+    cuts: &'a [Vec<f64>],
+    p: &'a Params,
     bins: usize,
-) -> Tree {
-    let d = cuts.len();
-    let lam = p.lambda;
-    let min_weight = p.min_child_share * w.iter().sum::<f64>();
-    let clip = |v: f64, lo: f64, hi: f64| v.max(lo).min(hi);
-    let obj = |g: f64, h: f64, v: f64| g * v + 0.5 * (h + lam) * v * v;
-    // Nodes being grown: (node index, rows, lower and upper bound on values).
-    let mut nodes: Vec<Node> = vec![Node::Leaf { value: 0.0 }];
-    let mut frontier: Vec<(usize, Vec<u32>, f64, f64)> = vec![(
-        0,
-        (0..xb.len() as u32).collect(),
-        f64::NEG_INFINITY,
-        f64::INFINITY,
-    )];
-    for level in 0..=p.depth {
-        let mut next = Vec::new();
-        for (id, rows, lo, hi) in frontier {
-            let (gs, hs) = rows.iter().fold((0.0, 0.0), |a, &i| {
-                (a.0 + g[i as usize], a.1 + h[i as usize])
-            });
-            let own = clip(-gs / (hs + lam), lo, hi);
-            nodes[id] = Node::Leaf { value: own * p.eta };
-            if level == p.depth {
-                continue;
-            }
-            // Histograms of this node's rows.
-            let mut hist: Vec<Vec<Hist>> = (0..d)
-                .map(|_| {
-                    (0..=bins)
-                        .map(|_| Hist {
-                            g: 0.0,
-                            h: 0.0,
-                            w: 0.0,
-                        })
-                        .collect()
-                })
-                .collect();
-            let ws: f64 = rows.iter().map(|&i| w[i as usize]).sum();
-            for &i in &rows {
-                let i = i as usize;
-                for (f, hf) in hist.iter_mut().enumerate() {
-                    let b = &mut hf[xb[i][f] as usize];
-                    b.g += g[i];
-                    b.h += h[i];
-                    b.w += w[i];
-                }
-            }
-            let parent = obj(gs, hs, own);
-            // Best split: (gain, feature, cut index, left value, right value).
-            let mut best: Option<(f64, usize, usize, f64, f64)> = None;
-            for (f, hf) in hist.iter().enumerate() {
-                let (mut gl, mut hl, mut wl) = (0.0, 0.0, 0.0);
-                for (c, b) in hf.iter().enumerate().take(cuts[f].len()) {
-                    gl += b.g;
-                    hl += b.h;
-                    wl += b.w;
-                    let (gr, hr, wr) = (gs - gl, hs - hl, ws - wl);
-                    if hl < p.min_child_hess
-                        || hr < p.min_child_hess
-                        || wl < min_weight
-                        || wr < min_weight
-                    {
-                        continue;
-                    }
-                    let vl = clip(-gl / (hl + lam), lo, hi);
-                    let vr = clip(-gr / (hr + lam), lo, hi);
-                    if p.monotone[f] > 0 && vl > vr {
-                        continue;
-                    }
-                    let gain = parent - obj(gl, hl, vl) - obj(gr, hr, vr);
-                    if gain > p.min_gain && best.is_none_or(|b| gain > b.0) {
-                        best = Some((gain, f, c, vl, vr));
-                    }
-                }
-            }
-            let Some((_, f, c, vl, vr)) = best else {
-                continue;
-            };
-            let (left, right): (Vec<u32>, Vec<u32>) = rows
-                .iter()
-                .partition(|&&i| (xb[i as usize][f] as usize) <= c);
-            let (l, r) = (nodes.len(), nodes.len() + 1);
-            nodes.push(Node::Leaf { value: 0.0 });
-            nodes.push(Node::Leaf { value: 0.0 });
-            nodes[id] = Node::Split {
-                feature: f,
-                threshold: cuts[f][c],
-                value: own * p.eta,
-                left: l,
-                right: r,
-            };
-            let (bl, br) = if p.monotone[f] > 0 {
-                let m = (vl + vr) / 2.0;
-                ((lo, m), (m, hi))
-            } else {
-                ((lo, hi), (lo, hi))
-            };
-            next.push((l, left, bl.0, bl.1));
-            next.push((r, right, br.0, br.1));
-        }
-        frontier = next;
+    /// The least weight of a child: `min_child_share` of all the rows' weight.
+    min_weight: f64,
+}
+
+fn clip(v: f64, lo: f64, hi: f64) -> f64 {
+    v.max(lo).min(hi)
+}
+
+impl Grower<'_> {
+    /// The loss of giving rows with gradient sum `g` and hessian sum `h` the value `v`.
+    fn obj(&self, g: f64, h: f64, v: f64) -> f64 {
+        g * v + 0.5 * (h + self.p.lambda) * v * v
     }
-    Tree { nodes }
+
+    /// Level by level: every open node gets its own value, and below `depth` its best split.
+    fn grow(&self) -> Tree {
+        let (p, lam) = (self.p, self.p.lambda);
+        let mut nodes: Vec<Node> = vec![Node::Leaf { value: 0.0 }];
+        let mut frontier: Vec<Open> = vec![Open {
+            id: 0,
+            rows: (0..self.xb.len() as u32).collect(),
+            lo: f64::NEG_INFINITY,
+            hi: f64::INFINITY,
+        }];
+        for level in 0..=p.depth {
+            let mut next = Vec::new();
+            for node in frontier {
+                let (gs, hs) = node.rows.iter().fold((0.0, 0.0), |a, &i| {
+                    (a.0 + self.g[i as usize], a.1 + self.h[i as usize])
+                });
+                let own = clip(-gs / (hs + lam), node.lo, node.hi);
+                nodes[node.id] = Node::Leaf { value: own * p.eta };
+                if level == p.depth {
+                    continue;
+                }
+                let Some(split) = self.best_split(&node, gs, hs, own) else {
+                    continue;
+                };
+                self.split(&mut nodes, &mut next, node, &split, own);
+            }
+            frontier = next;
+        }
+        Tree { nodes }
+    }
+
+    /// Per feature and bin: the sums of g, h and w of `rows`.
+    fn histograms(&self, rows: &[u32]) -> Vec<Vec<Hist>> {
+        let mut hist: Vec<Vec<Hist>> = (0..self.cuts.len())
+            .map(|_| {
+                (0..=self.bins)
+                    .map(|_| Hist {
+                        g: 0.0,
+                        h: 0.0,
+                        w: 0.0,
+                    })
+                    .collect()
+            })
+            .collect();
+        for &i in rows {
+            let i = i as usize;
+            for (f, hf) in hist.iter_mut().enumerate() {
+                let b = &mut hf[self.xb[i][f] as usize];
+                b.g += self.g[i];
+                b.h += self.h[i];
+                b.w += self.w[i];
+            }
+        }
+        hist
+    }
+
+    /// The split of `node` (gradient sum `gs`, hessian sum `hs`, value `own`) that lowers the
+    /// loss most, within the child limits and monotone constraints; None if none gains.
+    fn best_split(&self, node: &Open, gs: f64, hs: f64, own: f64) -> Option<Split> {
+        let (p, lam) = (self.p, self.p.lambda);
+        let hist = self.histograms(&node.rows);
+        let ws: f64 = node.rows.iter().map(|&i| self.w[i as usize]).sum();
+        let parent = self.obj(gs, hs, own);
+        let mut best: Option<Split> = None;
+        for (f, hf) in hist.iter().enumerate() {
+            let (mut gl, mut hl, mut wl) = (0.0, 0.0, 0.0);
+            for (c, b) in hf.iter().enumerate().take(self.cuts[f].len()) {
+                gl += b.g;
+                hl += b.h;
+                wl += b.w;
+                let (gr, hr, wr) = (gs - gl, hs - hl, ws - wl);
+                if hl < p.min_child_hess
+                    || hr < p.min_child_hess
+                    || wl < self.min_weight
+                    || wr < self.min_weight
+                {
+                    continue;
+                }
+                let vl = clip(-gl / (hl + lam), node.lo, node.hi);
+                let vr = clip(-gr / (hr + lam), node.lo, node.hi);
+                if p.monotone[f] > 0 && vl > vr {
+                    continue;
+                }
+                let gain = parent - self.obj(gl, hl, vl) - self.obj(gr, hr, vr);
+                if gain > p.min_gain && best.as_ref().is_none_or(|b| gain > b.gain) {
+                    best = Some(Split {
+                        gain,
+                        feature: f,
+                        cut: c,
+                        left: vl,
+                        right: vr,
+                    });
+                }
+            }
+        }
+        best
+    }
+
+    /// Makes `node` a split with two open children (bounded by the midpoint of their values
+    /// on a monotone feature).
+    fn split(&self, nodes: &mut Vec<Node>, next: &mut Vec<Open>, node: Open, s: &Split, own: f64) {
+        let (f, c) = (s.feature, s.cut);
+        let (left, right): (Vec<u32>, Vec<u32>) = node
+            .rows
+            .iter()
+            .partition(|&&i| (self.xb[i as usize][f] as usize) <= c);
+        let (l, r) = (nodes.len(), nodes.len() + 1);
+        nodes.push(Node::Leaf { value: 0.0 });
+        nodes.push(Node::Leaf { value: 0.0 });
+        nodes[node.id] = Node::Split {
+            feature: f,
+            threshold: self.cuts[f][c],
+            value: own * self.p.eta,
+            left: l,
+            right: r,
+        };
+        let (lo, hi) = (node.lo, node.hi);
+        let (bl, br) = if self.p.monotone[f] > 0 {
+            let m = (s.left + s.right) / 2.0;
+            ((lo, m), (m, hi))
+        } else {
+            ((lo, hi), (lo, hi))
+        };
+        next.push(Open {
+            id: l,
+            rows: left,
+            lo: bl.0,
+            hi: bl.1,
+        });
+        next.push(Open {
+            id: r,
+            rows: right,
+            lo: br.0,
+            hi: br.1,
+        });
+    }
 }
 
 #[cfg(test)]
