@@ -1,0 +1,196 @@
+//! The results schema (`foreshard-bench/1`): one JSON document per run with the host, the
+//! configurations, every sample, and a summary (per test and configuration: median and
+//! spread; per ratio: ratio of medians and per-round ratios; the targets).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::peers::Config;
+use crate::stats;
+
+pub const SCHEMA: &str = "foreshard-bench/1";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Results {
+    pub schema: String,
+    /// Which benchmark: "io" (fio and metadata).
+    pub bench: String,
+    pub host: Host,
+    /// The source tree's commit (short hash), if known.
+    pub commit: Option<String>,
+    pub params: Params,
+    pub configs: Vec<Config>,
+    pub samples: Vec<Sample>,
+    pub summary: Vec<Summary>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Host {
+    pub hostname: String,
+    pub nproc: usize,
+    pub kernel: String,
+    /// ISO 8601 start of the run.
+    pub date: String,
+    pub ndisks: usize,
+    pub disk_kind: String,
+    /// /sys/module/fuse/parameters/enable_uring ("Y", "N", or "absent").
+    pub fuse_enable_uring: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Params {
+    pub file_mib: u64,
+    pub nfiles: usize,
+    pub meta_bytes: usize,
+    pub runtime_s: u64,
+    pub runs: u32,
+    pub interleave: bool,
+    pub remount_before_cold_read: bool,
+    pub mergerfs_opts: String,
+    pub fio_version: String,
+    /// The command line of the run.
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub config: String,
+    pub test: String,
+    pub round: u32,
+    pub value: f64,
+    pub unit: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Summary {
+    /// One configuration's values for one test.
+    Config {
+        test: String,
+        config: String,
+        unit: String,
+        median: f64,
+        min: f64,
+        max: f64,
+        n: usize,
+    },
+    /// `num / den` for one test: of the medians, and round by round.
+    Ratio {
+        test: String,
+        name: String,
+        of_medians: Option<f64>,
+        rounds: Vec<f64>,
+        rounds_median: Option<f64>,
+        rounds_min: Option<f64>,
+        rounds_max: Option<f64>,
+    },
+    /// An informative target: PASS when the ratio of medians >= threshold.
+    Target {
+        test: String,
+        target: String,
+        ratio: String,
+        threshold: f64,
+        value: Option<f64>,
+        status: String,
+    },
+}
+
+/// The tests of the io benchmark: id, label, unit.
+pub const TESTS: [(&str, &str, &str); 7] = [
+    ("seq_write", "seq write 1M (MiB/s)", "MiB/s"),
+    ("seq_read_cold", "cold seq read 1M (MiB/s)", "MiB/s"),
+    ("randread_4k", "4k rand read warm (IOPS)", "IOPS"),
+    ("randread_4k_direct", "4k rand read O_DIRECT (IOPS)", "IOPS"),
+    ("meta_create", "create (files/s)", "ops/s"),
+    ("meta_stat", "stat cold (files/s)", "ops/s"),
+    ("meta_unlink", "unlink (files/s)", "ops/s"),
+];
+
+pub fn unit_of(test: &str) -> &'static str {
+    TESTS.iter().find(|t| t.0 == test).map_or("", |t| t.2)
+}
+
+/// test -> config -> round -> value.
+pub type ByRound = BTreeMap<String, BTreeMap<String, BTreeMap<u32, f64>>>;
+
+pub fn by_round(samples: &[Sample]) -> ByRound {
+    let mut m = ByRound::new();
+    for s in samples {
+        let rounds = m
+            .entry(s.test.clone())
+            .or_default()
+            .entry(s.config.clone())
+            .or_default();
+        rounds.insert(s.round, s.value);
+    }
+    m
+}
+
+/// Median and spread of every test and configuration that has samples.
+pub fn config_summary(configs: &[Config], samples: &[Sample]) -> Vec<Summary> {
+    let br = by_round(samples);
+    let mut out = Vec::new();
+    for (test, _, unit) in TESTS {
+        for c in configs {
+            let Some(rounds) = br.get(test).and_then(|m| m.get(&c.name)) else {
+                continue;
+            };
+            let v: Vec<f64> = rounds.values().copied().collect();
+            let (Some(median), Some((min, max))) = (stats::median(&v), stats::spread(&v)) else {
+                continue;
+            };
+            out.push(Summary::Config {
+                test: test.into(),
+                config: c.name.clone(),
+                unit: unit.into(),
+                median,
+                min,
+                max,
+                n: v.len(),
+            });
+        }
+    }
+    out
+}
+
+impl Results {
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Results> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let r: Results = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a results file", path.display()))?;
+        if r.schema != SCHEMA {
+            bail!(
+                "{}: schema {:?}, this harness reads {SCHEMA:?}",
+                path.display(),
+                r.schema
+            );
+        }
+        Ok(r)
+    }
+
+    /// The median of `config` for `test`, from the summary.
+    pub fn median(&self, test: &str, config: &str) -> Option<f64> {
+        self.summary.iter().find_map(|s| match s {
+            Summary::Config {
+                test: t,
+                config: c,
+                median,
+                ..
+            } if t == test && c == config => Some(*median),
+            _ => None,
+        })
+    }
+}
