@@ -20,7 +20,7 @@ pub const META_BYTES: usize = 1024;
 /// mergerfs options, chosen to be a fair, commonly recommended setup (see --help).
 pub const MERGERFS_OPTS: &str = "cache.files=partial,dropcacheonclose=true,category.create=mfs,func.getattr=newest,moveonenospc=true,minfreespace=64M,fsname=mergerfs-bench";
 
-pub const ABOUT: &str = "Benchmarks, in a single run, the same workloads on:
+pub const ABOUT: &str = r#"Benchmarks, in a single run, the same workloads on:
   raw       one backing disk used directly (a directory on disk0's filesystem)
   mergerfs  mergerfs over the 4 disks (-o: see --mergerfs-opts)
   btrfs     btrfs RAID1 (mkfs.btrfs -d raid1 -m raid1) over 4 loop devices of --size
@@ -73,7 +73,7 @@ Targets (informative, PASS/MISS; the exit status does not depend on them):
   fs-r2 seq write >= 0.8x (raw/2)
   fs-r1 and fs-r2 random read and metadata (each phase) >= mergerfs
   analyzer on/off >= 0.97 for seq write, seq read and 4k random reads
-  (issue 5: the access analyzer costs at most 3%)";
+  (issue 5: the access analyzer costs at most 3%)"#;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = ABOUT)]
@@ -290,10 +290,7 @@ pub fn run(a: IoArgs) -> anyhow::Result<()> {
     let d = disks::setup(&work, NDISKS, p.img_bytes, &a.size, a.plain_dirs, &mut td)?;
     let names: Vec<String> = d.dirs.iter().map(|x| x.display().to_string()).collect();
     log!("disks: {} ({})", names.join(" "), d.kind);
-    let uring = match fs_bin.is_some() {
-        true => enable_fuse_uring(),
-        false => "absent".into(),
-    };
+    let uring = fuse_uring(fs_bin.is_some());
     let env = Env {
         work,
         disks: d,
@@ -378,12 +375,14 @@ fn setup_work(work: &Path, fs_bin: Option<PathBuf>, td: &mut Teardown) -> anyhow
     Ok(())
 }
 
-fn enable_fuse_uring() -> String {
+/// The kernel's FUSE-over-io_uring switch, turned on first when `enable` (foreshard
+/// configurations use it; daemons that do not ask for it are not affected).
+fn fuse_uring(enable: bool) -> String {
     let p = Path::new("/sys/module/fuse/parameters/enable_uring");
     let read = || fs::read_to_string(p).map(|s| s.trim().to_string());
     match read() {
         Err(_) => "absent".into(),
-        Ok(v) if v == "Y" => v,
+        Ok(v) if v == "Y" || !enable => v,
         Ok(v) => {
             if fs::write(p, "Y").is_ok() {
                 log!("enabled FUSE over io_uring ({} = Y)", p.display());
@@ -600,7 +599,7 @@ fn results_of(a: &IoArgs, ctx: &Ctx, configs: Vec<Config>, host: Host) -> Result
         remount_before_cold_read: ctx.remount,
         mergerfs_opts: a.mergerfs_opts.clone(),
         fio_version: cmd::version_of("fio", &["--version"]),
-        command: std::env::args().collect(),
+        command: command_line(),
     };
     let summary = ratios::summarize(&configs, &ctx.samples);
     Results {
@@ -613,6 +612,17 @@ fn results_of(a: &IoArgs, ctx: &Ctx, configs: Vec<Config>, host: Host) -> Result
         samples: ctx.samples.clone(),
         summary,
     }
+}
+
+/// This run's command line, the program by its name only.
+fn command_line() -> Vec<String> {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(a0) = args.first_mut() {
+        *a0 = Path::new(a0.as_str())
+            .file_name()
+            .map_or(a0.clone(), |n| n.to_string_lossy().into_owned());
+    }
+    args
 }
 
 /// The source tree's commit: $FORESHARD_REPO (scripts/bench sets it), else the tree this
