@@ -211,8 +211,8 @@ fn needs(configs: &[Config], plain: bool) -> Vec<(&'static str, &'static str)> {
 }
 
 /// The foreshard binary: --foreshard, else the release build in the target directory.
-fn foreshard_bin(a: &IoArgs) -> PathBuf {
-    a.foreshard.clone().unwrap_or_else(|| {
+pub fn foreshard_bin(given: Option<&Path>) -> PathBuf {
+    given.map(Path::to_path_buf).unwrap_or_else(|| {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
@@ -223,7 +223,7 @@ fn foreshard_bin(a: &IoArgs) -> PathBuf {
     })
 }
 
-fn executable(p: &Path, what: &str) -> anyhow::Result<PathBuf> {
+pub fn executable(p: &Path, what: &str) -> anyhow::Result<PathBuf> {
     let abs = fs::canonicalize(p).with_context(|| {
         format!(
             "{what} {} does not exist (build it, or give --foreshard BIN)",
@@ -236,7 +236,7 @@ fn executable(p: &Path, what: &str) -> anyhow::Result<PathBuf> {
     Ok(abs)
 }
 
-fn work_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn work_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let w = fs::canonicalize(dir)?;
     if w == Path::new("/") {
@@ -258,7 +258,10 @@ fn preflight(a: &IoArgs, p: &Plan) -> anyhow::Result<(Option<PathBuf>, Option<Pa
     tools::ensure(&needs(&p.configs, a.plain_dirs))?;
     let has_fs = p.configs.iter().any(|c| c.kind == Kind::Foreshard);
     let fs_bin = match has_fs {
-        true => Some(executable(&foreshard_bin(a), "foreshard binary")?),
+        true => Some(executable(
+            &foreshard_bin(a.foreshard.as_deref()),
+            "foreshard binary",
+        )?),
         false => None,
     };
     let before = a
@@ -345,7 +348,7 @@ fn finish(a: &IoArgs, r: &Results, json: &Path) -> anyhow::Result<()> {
 
 /// The work directory's parts, removed at the very end (when nothing is mounted there
 /// any more), and a sweep just before that for whatever the stack could not undo.
-fn setup_work(work: &Path, fs_bin: Option<PathBuf>, td: &mut Teardown) -> anyhow::Result<()> {
+pub fn setup_work(work: &Path, fs_bin: Option<PathBuf>, td: &mut Teardown) -> anyhow::Result<()> {
     const PARTS: [&str; 5] = ["img", "disk", "mnt", "pool", "tmp"];
     for part in PARTS {
         fs::create_dir_all(work.join(part))?;
@@ -377,7 +380,7 @@ fn setup_work(work: &Path, fs_bin: Option<PathBuf>, td: &mut Teardown) -> anyhow
 
 /// The kernel's FUSE-over-io_uring switch, turned on first when `enable` (foreshard
 /// configurations use it; daemons that do not ask for it are not affected).
-fn fuse_uring(enable: bool) -> String {
+pub fn fuse_uring(enable: bool) -> String {
     let p = Path::new("/sys/module/fuse/parameters/enable_uring");
     let read = || fs::read_to_string(p).map(|s| s.trim().to_string());
     match read() {
@@ -393,7 +396,7 @@ fn fuse_uring(enable: bool) -> String {
 }
 
 /// The configurations with what ran them, for the report.
-fn describe(env: &Env, configs: &[Config]) -> Vec<Config> {
+pub fn describe(env: &Env, configs: &[Config]) -> Vec<Config> {
     let n = env.disks.dirs.len();
     configs
         .iter()
@@ -455,7 +458,7 @@ fn rounds(
     for round in 1..=runs {
         // ABBA: every other round in reverse, so no configuration always goes first.
         let mut order: Vec<&Config> = configs.iter().collect();
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             order.reverse();
         }
         for c in order {
@@ -601,7 +604,7 @@ fn results_of(a: &IoArgs, ctx: &Ctx, configs: Vec<Config>, host: Host) -> Result
         fio_version: cmd::version_of("fio", &["--version"]),
         command: command_line(),
     };
-    let summary = ratios::summarize(&configs, &ctx.samples);
+    let summary = ratios::summarize("io", &configs, &ctx.samples);
     Results {
         schema: results::SCHEMA.into(),
         bench: "io".into(),
@@ -615,7 +618,7 @@ fn results_of(a: &IoArgs, ctx: &Ctx, configs: Vec<Config>, host: Host) -> Result
 }
 
 /// This run's command line, the program by its name only.
-fn command_line() -> Vec<String> {
+pub fn command_line() -> Vec<String> {
     let mut args: Vec<String> = std::env::args().collect();
     if let Some(a0) = args.first_mut() {
         *a0 = Path::new(a0.as_str())
@@ -627,7 +630,7 @@ fn command_line() -> Vec<String> {
 
 /// The source tree's commit: $FORESHARD_REPO (scripts/bench sets it), else the tree this
 /// harness was built from.
-fn commit() -> Option<String> {
+pub fn commit() -> Option<String> {
     let repo = std::env::var_os("FORESHARD_REPO")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
@@ -640,18 +643,18 @@ fn commit() -> Option<String> {
     Some(out.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-fn nproc() -> usize {
+pub fn nproc() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn kernel() -> String {
+pub fn kernel() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
         .to_string()
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap_or_default()
         .trim()

@@ -7,6 +7,7 @@ mod btrfs;
 mod cmd;
 mod disks;
 mod fio;
+mod fsync;
 mod gluster;
 mod io;
 mod meta;
@@ -41,6 +42,9 @@ enum Command {
     /// fio and metadata workloads on foreshard, one raw disk, mergerfs, btrfs RAID1 and
     /// GlusterFS replica 2, in one run (must run as root).
     Io(Box<io::IoArgs>),
+    /// fsync-heavy and metadata workloads: two foreshard binaries and the raw disk in
+    /// interleaved rounds, a fresh pool each (must run as root).
+    Fsync(Box<fsync::FsyncArgs>),
     /// Prints the report of a results file again; --render DOC writes it into DOC.
     Render {
         /// A results file (schema foreshard-bench/1).
@@ -67,6 +71,7 @@ fn main() {
     signal::install();
     let res = match cli.cmd {
         Command::Io(a) => io::run(*a),
+        Command::Fsync(a) => fsync::run(*a),
         Command::Render { file, render } => results::Results::read(&file).and_then(|r| {
             print!("{}", render::text(&r));
             render.map_or(Ok(()), |doc| render_into(&r, &doc))

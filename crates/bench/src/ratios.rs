@@ -3,7 +3,7 @@
 //! r2 against the btrfs and gluster peers and each configuration against its `@before`.
 
 use crate::peers::Config;
-use crate::results::{by_round, ByRound, Sample, Summary, TESTS};
+use crate::results::{by_round, tests, ByRound, Sample, Summary};
 use crate::stats;
 
 /// `num / (den * den_scale)`.
@@ -26,8 +26,12 @@ fn def(name: &str, num: &str, den: &str, den_scale: f64) -> RatioDef {
 
 /// The ratio columns for these configurations. The first four are always shown (as "-"
 /// when a side is missing), the others only when both sides ran.
-pub fn defs(configs: &[Config]) -> Vec<RatioDef> {
+pub fn defs(bench: &str, configs: &[Config]) -> Vec<RatioDef> {
     let has = |n: &str| configs.iter().any(|c| c.name == n);
+    if bench == "fsync" {
+        let new_old = def("new/old", "new", "old", 1.0);
+        return if has("old") { vec![new_old] } else { vec![] };
+    }
     let mut v = vec![
         def("r1/raw", "fs-r1", "raw", 1.0),
         def("r1/mfs", "fs-r1", "mergerfs", 1.0),
@@ -80,7 +84,13 @@ pub fn ratio_summary(d: &RatioDef, test: &str, br: &ByRound) -> Summary {
 }
 
 /// (test, description, ratio name, threshold), as scripts/bench had them.
-pub fn target_defs(configs: &[Config]) -> Vec<(&'static str, String, &'static str, f64)> {
+pub fn target_defs(
+    bench: &str,
+    configs: &[Config],
+) -> Vec<(&'static str, String, &'static str, f64)> {
+    if bench != "io" {
+        return Vec::new();
+    }
     let mut t = vec![
         (
             "seq_write",
@@ -142,16 +152,16 @@ pub fn target_defs(configs: &[Config]) -> Vec<(&'static str, String, &'static st
 }
 
 /// The whole summary: configurations, then ratios, then targets.
-pub fn summarize(configs: &[Config], samples: &[Sample]) -> Vec<Summary> {
+pub fn summarize(bench: &str, configs: &[Config], samples: &[Sample]) -> Vec<Summary> {
     let br = by_round(samples);
-    let mut out = crate::results::config_summary(configs, samples);
-    let defs = defs(configs);
-    for (test, _, _) in TESTS {
+    let mut out = crate::results::config_summary(bench, configs, samples);
+    let defs = defs(bench, configs);
+    for &(test, _, _) in tests(bench) {
         for d in &defs {
             out.push(ratio_summary(d, test, &br));
         }
     }
-    for (test, target, ratio, threshold) in target_defs(configs) {
+    for (test, target, ratio, threshold) in target_defs(bench, configs) {
         let value = out.iter().find_map(|s| match s {
             Summary::Ratio {
                 test: t,
@@ -196,7 +206,7 @@ mod tests {
     #[test]
     fn defs_follow_the_configurations() {
         let names = |l: &str, b: bool| {
-            defs(&parse_list(l, b).unwrap())
+            defs("io", &parse_list(l, b).unwrap())
                 .into_iter()
                 .map(|d| d.name)
                 .collect::<Vec<_>>()
@@ -229,7 +239,7 @@ mod tests {
             s.push(sample("fs-r2", "seq_write", r, new));
             s.push(sample("fs-r2@before", "seq_write", r, old));
         }
-        let sum = summarize(&configs, &s);
+        let sum = summarize("io", &configs, &s);
         let cfg = sum
             .iter()
             .find(|x| matches!(x, Summary::Config { config, .. } if config == "fs-r2"))
@@ -286,7 +296,7 @@ mod tests {
 
     #[test]
     fn analyzer_targets_in_scripts_bench_order() {
-        let t = target_defs(&parse_list("r2,r2-noaccess", false).unwrap());
+        let t = target_defs("io", &parse_list("r2,r2-noaccess", false).unwrap());
         let tail: Vec<&str> = t[t.len() - 4..].iter().map(|x| x.0).collect();
         assert_eq!(
             tail,

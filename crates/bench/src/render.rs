@@ -5,7 +5,7 @@
 use anyhow::bail;
 
 use crate::ratios;
-use crate::results::{Results, Summary, TESTS};
+use crate::results::{tests, Results, Summary};
 
 /// Rows of cells; rendered aligned for a terminal or as a Markdown table.
 pub struct Table {
@@ -111,18 +111,23 @@ fn row_status(r: &Results, test: &str) -> &'static str {
 
 /// The main table: one row per test, a column per configuration and per ratio.
 pub fn main_table(r: &Results) -> Table {
-    let defs = ratios::defs(&r.configs);
+    let defs = ratios::defs(&r.bench, &r.configs);
+    let with_targets = !ratios::target_defs(&r.bench, &r.configs).is_empty();
     let mut head = vec!["test".to_string()];
     head.extend(r.configs.iter().map(|c| c.name.clone()));
     head.extend(defs.iter().map(|d| d.name.clone()));
-    head.push("targets".into());
-    let rows = TESTS
+    if with_targets {
+        head.push("targets".into());
+    }
+    let rows = tests(&r.bench)
         .iter()
         .map(|(test, label, _)| {
             let mut row = vec![label.to_string()];
             row.extend(r.configs.iter().map(|c| fmt(r.median(test, &c.name))));
             row.extend(defs.iter().map(|d| fmt2(ratio_of(r, test, &d.name))));
-            row.push(row_status(r, test).into());
+            if with_targets {
+                row.push(row_status(r, test).into());
+            }
             row
         })
         .collect();
@@ -158,9 +163,10 @@ pub fn pair_table(r: &Results, ratio: &str, num: &str, den: &str) -> Option<Tabl
     .into();
     if r.params.interleave {
         head.push("median of round ratios".into());
+        head.push("rounds".into());
     }
     let mut rows = Vec::new();
-    for (test, label, _) in TESTS {
+    for &(test, label, _) in tests(&r.bench) {
         let (Some(a), Some(b)) = (r.median(test, num), r.median(test, den)) else {
             continue;
         };
@@ -178,11 +184,15 @@ pub fn pair_table(r: &Results, ratio: &str, num: &str, den: &str) -> Option<Tabl
                     test: t,
                     name,
                     rounds_median,
+                    rounds,
                     ..
-                } if t == test && name == ratio => Some(*rounds_median),
+                } if t == test && name == ratio => Some((*rounds_median, rounds.as_slice())),
                 _ => None,
             });
-            row.push(rm.flatten().map_or("-".into(), |v| format!("{v:.3}")));
+            let (med, rounds) = rm.unwrap_or((None, &[]));
+            row.push(med.map_or("-".into(), |v| format!("{v:.3}")));
+            let each: Vec<String> = rounds.iter().map(|v| format!("{v:.2}")).collect();
+            row.push(each.join(" "));
         }
         rows.push(row);
     }
@@ -191,32 +201,31 @@ pub fn pair_table(r: &Results, ratio: &str, num: &str, den: &str) -> Option<Tabl
 
 /// The pairs that get a table of their own: analyzer on/off and each after/before.
 fn pairs(r: &Results) -> Vec<(String, String, String)> {
-    let pair_defs = ratios::defs(&r.configs)
-        .into_iter()
-        .filter(|d| d.name == "analyzer on/off" || d.name.ends_with("after/before"));
+    let pair_defs = ratios::defs(&r.bench, &r.configs).into_iter().filter(|d| {
+        d.name == "analyzer on/off" || d.name == "new/old" || d.name.ends_with("after/before")
+    });
     pair_defs.map(|d| (d.name, d.num, d.den)).collect()
 }
 
 fn header_lines(r: &Results) -> Vec<String> {
     let (h, p) = (&r.host, &r.params);
-    let mut v = vec![
-        format!(
-            "foreshard benchmark: nproc={} kernel={} date={}",
-            h.nproc, h.kernel, h.date
-        ),
-        format!(
-            "disks: {} x {}; file {} MiB; {} files of {} B; rand read {} s; runs {} (median){}",
-            h.ndisks,
-            h.disk_kind,
-            p.file_mib,
-            p.nfiles,
-            p.meta_bytes,
-            p.runtime_s,
-            p.runs,
-            if p.interleave { ", interleaved" } else { "" }
-        ),
-        format!("mergerfs -o {}", p.mergerfs_opts),
-    ];
+    let order = if p.interleave { ", interleaved" } else { "" };
+    let mut v = vec![format!(
+        "foreshard benchmark: nproc={} kernel={} date={}",
+        h.nproc, h.kernel, h.date
+    )];
+    if r.bench == "fsync" {
+        v.push(format!(
+            "disks: {} x {}; 2 replicas, a fresh pool per round and binary; fio {} MiB file, {} s; {} files; rounds {} (median){order}",
+            h.ndisks, h.disk_kind, p.file_mib, p.runtime_s, p.nfiles, p.runs
+        ));
+    } else {
+        v.push(format!(
+            "disks: {} x {}; file {} MiB; {} files of {} B; rand read {} s; runs {} (median){order}",
+            h.ndisks, h.disk_kind, p.file_mib, p.nfiles, p.meta_bytes, p.runtime_s, p.runs
+        ));
+        v.push(format!("mergerfs -o {}", p.mergerfs_opts));
+    }
     for c in r.configs.iter().filter(|c| !c.detail.is_empty()) {
         v.push(format!("{}: {}", c.name, c.detail));
     }
@@ -237,8 +246,11 @@ pub fn text(r: &Results) -> String {
     }
     out += "\n";
     out += &main_table(r).text();
-    out += "\ntargets (informative):\n";
-    for (_, target, value, status) in targets(r) {
+    let t = targets(r);
+    if !t.is_empty() {
+        out += "\ntargets (informative):\n";
+    }
+    for (_, target, value, status) in t {
         let v = value.map_or("-".into(), |v| format!("{v:.2}x"));
         out += &format!("  {status:<4}  {target:<44} {v}\n");
     }

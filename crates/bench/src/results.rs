@@ -98,8 +98,11 @@ pub enum Summary {
     },
 }
 
-/// The tests of the io benchmark: id, label, unit.
-pub const TESTS: [(&str, &str, &str); 7] = [
+/// A test: id, label, unit.
+pub type Test = (&'static str, &'static str, &'static str);
+
+/// The tests of the io benchmark.
+pub const IO_TESTS: [Test; 7] = [
     ("seq_write", "seq write 1M (MiB/s)", "MiB/s"),
     ("seq_read_cold", "cold seq read 1M (MiB/s)", "MiB/s"),
     ("randread_4k", "4k rand read warm (IOPS)", "IOPS"),
@@ -109,8 +112,42 @@ pub const TESTS: [(&str, &str, &str); 7] = [
     ("meta_unlink", "unlink (files/s)", "ops/s"),
 ];
 
+/// The tests of the fsync benchmark (scripts/bench-fsync's workloads).
+pub const FSYNC_TESTS: [Test; 4] = [
+    (
+        "fsync4k",
+        "fsync4k (fio 4 KiB randwrite, fsync each, IOPS)",
+        "IOPS",
+    ),
+    (
+        "cfsync",
+        "cfsync (create + 4 KiB + fsync + close, files/s)",
+        "ops/s",
+    ),
+    (
+        "create",
+        "create (create + 1 KiB + close, files/s)",
+        "ops/s",
+    ),
+    (
+        "overwrite",
+        "overwrite (pwrite 8 B into 3000 files + close, ops/s)",
+        "ops/s",
+    ),
+];
+
+/// The tests of a benchmark ("io" or "fsync").
+pub fn tests(bench: &str) -> &'static [Test] {
+    match bench {
+        "fsync" => &FSYNC_TESTS,
+        _ => &IO_TESTS,
+    }
+}
+
+/// A test's unit (test ids are unique over all benchmarks).
 pub fn unit_of(test: &str) -> &'static str {
-    TESTS.iter().find(|t| t.0 == test).map_or("", |t| t.2)
+    let all = IO_TESTS.iter().chain(FSYNC_TESTS.iter());
+    all.clone().find(|t| t.0 == test).map_or("", |t| t.2)
 }
 
 /// test -> config -> round -> value.
@@ -130,10 +167,10 @@ pub fn by_round(samples: &[Sample]) -> ByRound {
 }
 
 /// Median and spread of every test and configuration that has samples.
-pub fn config_summary(configs: &[Config], samples: &[Sample]) -> Vec<Summary> {
+pub fn config_summary(bench: &str, configs: &[Config], samples: &[Sample]) -> Vec<Summary> {
     let br = by_round(samples);
     let mut out = Vec::new();
-    for (test, _, unit) in TESTS {
+    for &(test, _, unit) in tests(bench) {
         for c in configs {
             let Some(rounds) = br.get(test).and_then(|m| m.get(&c.name)) else {
                 continue;
