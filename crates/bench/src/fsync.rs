@@ -328,6 +328,7 @@ fn results_of(a: &FsyncArgs, configs: Vec<Config>, samples: Vec<Sample>, host: H
         configs,
         samples,
         summary,
+        extra: Default::default(),
     }
 }
 

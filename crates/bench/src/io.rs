@@ -614,6 +614,7 @@ fn results_of(a: &IoArgs, ctx: &Ctx, configs: Vec<Config>, host: Host) -> Result
         configs,
         samples: ctx.samples.clone(),
         summary,
+        extra: Default::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! table, and a marked section of docs/benchmarks.md). It drives the `foreshard` binary as
 //! a subprocess and does not link the filesystem.
 
+mod access;
 mod btrfs;
 mod cmd;
 mod disks;
@@ -45,6 +46,9 @@ enum Command {
     /// fsync-heavy and metadata workloads: two foreshard binaries and the raw disk in
     /// interleaved rounds, a fresh pool each (must run as root).
     Fsync(Box<fsync::FsyncArgs>),
+    /// The access analyzer's cost: two pools side by side, with and without --no-access,
+    /// the same fio jobs in ABBA rounds (must run as root).
+    Access(Box<access::AccessArgs>),
     /// Prints the report of a results file again; --render DOC writes it into DOC.
     Render {
         /// A results file (schema foreshard-bench/1).
@@ -72,6 +76,7 @@ fn main() {
     let res = match cli.cmd {
         Command::Io(a) => io::run(*a),
         Command::Fsync(a) => fsync::run(*a),
+        Command::Access(a) => access::run(*a),
         Command::Render { file, render } => results::Results::read(&file).and_then(|r| {
             print!("{}", render::text(&r));
             render.map_or(Ok(()), |doc| render_into(&r, &doc))

@@ -28,6 +28,9 @@ fn def(name: &str, num: &str, den: &str, den_scale: f64) -> RatioDef {
 /// when a side is missing), the others only when both sides ran.
 pub fn defs(bench: &str, configs: &[Config]) -> Vec<RatioDef> {
     let has = |n: &str| configs.iter().any(|c| c.name == n);
+    if bench == "access" {
+        return vec![def("on/off", "on", "off", 1.0)];
+    }
     if bench == "fsync" {
         let new_old = def("new/old", "new", "old", 1.0);
         return if has("old") { vec![new_old] } else { vec![] };
@@ -79,6 +82,7 @@ pub fn ratio_summary(d: &RatioDef, test: &str, br: &ByRound) -> Summary {
         rounds_median: stats::median(&rounds),
         rounds_min: spread.map(|s| s.0),
         rounds_max: spread.map(|s| s.1),
+        rounds_geomean: stats::geomean(&rounds),
         rounds,
     }
 }

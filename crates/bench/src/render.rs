@@ -163,6 +163,7 @@ pub fn pair_table(r: &Results, ratio: &str, num: &str, den: &str) -> Option<Tabl
     .into();
     if r.params.interleave {
         head.push("median of round ratios".into());
+        head.push("geomean".into());
         head.push("rounds".into());
     }
     let mut rows = Vec::new();
@@ -184,13 +185,17 @@ pub fn pair_table(r: &Results, ratio: &str, num: &str, den: &str) -> Option<Tabl
                     test: t,
                     name,
                     rounds_median,
+                    rounds_geomean,
                     rounds,
                     ..
-                } if t == test && name == ratio => Some((*rounds_median, rounds.as_slice())),
+                } if t == test && name == ratio => {
+                    Some((*rounds_median, *rounds_geomean, rounds.as_slice()))
+                }
                 _ => None,
             });
-            let (med, rounds) = rm.unwrap_or((None, &[]));
+            let (med, geo, rounds) = rm.unwrap_or((None, None, &[]));
             row.push(med.map_or("-".into(), |v| format!("{v:.3}")));
+            row.push(geo.map_or("-".into(), |v| format!("{v:.3}")));
             let each: Vec<String> = rounds.iter().map(|v| format!("{v:.2}")).collect();
             row.push(each.join(" "));
         }
@@ -202,7 +207,8 @@ pub fn pair_table(r: &Results, ratio: &str, num: &str, den: &str) -> Option<Tabl
 /// The pairs that get a table of their own: analyzer on/off and each after/before.
 fn pairs(r: &Results) -> Vec<(String, String, String)> {
     let pair_defs = ratios::defs(&r.bench, &r.configs).into_iter().filter(|d| {
-        d.name == "analyzer on/off" || d.name == "new/old" || d.name.ends_with("after/before")
+        let paired = ["analyzer on/off", "new/old", "on/off"];
+        paired.contains(&d.name.as_str()) || d.name.ends_with("after/before")
     });
     pair_defs.map(|d| (d.name, d.num, d.den)).collect()
 }
@@ -214,7 +220,12 @@ fn header_lines(r: &Results) -> Vec<String> {
         "foreshard benchmark: nproc={} kernel={} date={}",
         h.nproc, h.kernel, h.date
     )];
-    if r.bench == "fsync" {
+    if r.bench == "access" {
+        v.push(format!(
+            "disks: {} x {}; 2 replicas; file {} MiB; rand read {} s; rounds {} (median){order}",
+            h.ndisks, h.disk_kind, p.file_mib, p.runtime_s, p.runs
+        ));
+    } else if r.bench == "fsync" {
         v.push(format!(
             "disks: {} x {}; 2 replicas, a fresh pool per round and binary; fio {} MiB file, {} s; {} files; rounds {} (median){order}",
             h.ndisks, h.disk_kind, p.file_mib, p.runtime_s, p.nfiles, p.runs
@@ -237,6 +248,20 @@ fn header_lines(r: &Results) -> Vec<String> {
     v
 }
 
+/// The analyzer's own counters (access benchmark): events, CPU per event, memory.
+fn analyzer_line(r: &Results) -> Option<String> {
+    let a = r.extra.get("analyzer")?;
+    let n = |k: &str| a.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let per_event_us = n("cpu_ms") * 1000.0 / n("events_applied").max(1.0);
+    Some(format!(
+        "analyzer: {} events ({} dropped), cpu {} ms = {per_event_us:.2} us per event, memory {} KiB",
+        n("events_applied"),
+        n("events_dropped"),
+        n("cpu_ms"),
+        n("memory_bytes") as u64 >> 10
+    ))
+}
+
 /// The terminal report.
 pub fn text(r: &Results) -> String {
     let mut out = String::from("\n");
@@ -246,6 +271,9 @@ pub fn text(r: &Results) -> String {
     }
     out += "\n";
     out += &main_table(r).text();
+    if let Some(line) = analyzer_line(r) {
+        out += &format!("\n{line}\n");
+    }
     let t = targets(r);
     if !t.is_empty() {
         out += "\ntargets (informative):\n";

@@ -25,6 +25,9 @@ pub struct Results {
     pub configs: Vec<Config>,
     pub samples: Vec<Sample>,
     pub summary: Vec<Summary>,
+    /// What a benchmark measures besides samples (access: the analyzer's own counters).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -86,6 +89,8 @@ pub enum Summary {
         rounds_median: Option<f64>,
         rounds_min: Option<f64>,
         rounds_max: Option<f64>,
+        #[serde(default)]
+        rounds_geomean: Option<f64>,
     },
     /// An informative target: PASS when the ratio of medians >= threshold.
     Target {
@@ -136,17 +141,37 @@ pub const FSYNC_TESTS: [Test; 4] = [
     ),
 ];
 
-/// The tests of a benchmark ("io" or "fsync").
+/// The tests of the access benchmark (scripts/bench-access's workloads, and the daemon's CPU
+/// for each: per pass over the file for sequential I/O, per request for random reads).
+pub const ACCESS_TESTS: [Test; 6] = [
+    ("seq_write", "1 MiB seq write + fsync (MiB/s)", "MiB/s"),
+    ("seq_read", "1 MiB seq read, cold (MiB/s)", "MiB/s"),
+    (
+        "randread_direct",
+        "4 KiB rand read O_DIRECT, 4 jobs (IOPS)",
+        "IOPS",
+    ),
+    ("seq_write_cpu", "daemon CPU per pass, seq write (ms)", "ms"),
+    ("seq_read_cpu", "daemon CPU per pass, seq read (ms)", "ms"),
+    (
+        "randread_direct_cpu",
+        "daemon CPU per request, rand read (us)",
+        "us",
+    ),
+];
+
+/// The tests of a benchmark ("io", "fsync" or "access").
 pub fn tests(bench: &str) -> &'static [Test] {
     match bench {
         "fsync" => &FSYNC_TESTS,
+        "access" => &ACCESS_TESTS,
         _ => &IO_TESTS,
     }
 }
 
 /// A test's unit (test ids are unique over all benchmarks).
 pub fn unit_of(test: &str) -> &'static str {
-    let all = IO_TESTS.iter().chain(FSYNC_TESTS.iter());
+    let all = IO_TESTS.iter().chain(&FSYNC_TESTS).chain(&ACCESS_TESTS);
     all.clone().find(|t| t.0 == test).map_or("", |t| t.2)
 }
 

@@ -32,6 +32,15 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// The geometric mean of positive values (it cancels an order effect that multiplies
+/// alternate rounds' ratios by x and 1/x); None when there are none or one is not positive.
+pub fn geomean(values: &[f64]) -> Option<f64> {
+    if values.is_empty() || !values.iter().all(|v| v.is_finite() && *v > 0.0) {
+        return None;
+    }
+    Some((values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp())
+}
+
 /// The ratios num[r] / den[r] of the rounds both have, in round order: runs made in the
 /// same round saw the same state of a noisy machine.
 pub fn round_ratios(num: &BTreeMap<u32, f64>, den: &BTreeMap<u32, f64>) -> Vec<f64> {
@@ -51,6 +60,14 @@ mod tests {
         assert_eq!(median(&[7.0]), Some(7.0));
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[f64::NAN, 5.0]), Some(5.0));
+    }
+
+    #[test]
+    fn geomean_of_reciprocal_pairs_is_one() {
+        assert!((geomean(&[2.0, 0.5]).unwrap() - 1.0).abs() < 1e-12);
+        assert!((geomean(&[4.0, 1.0]).unwrap() - 2.0).abs() < 1e-12);
+        assert_eq!(geomean(&[]), None);
+        assert_eq!(geomean(&[1.0, 0.0]), None);
     }
 
     #[test]
