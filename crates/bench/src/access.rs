@@ -14,7 +14,7 @@ use crate::fio::{self, Dir, Metric};
 use crate::peers::{self, Config, Env, Kind, Prepared};
 use crate::results::{self, Host, Params, Results, Sample};
 use crate::teardown::Teardown;
-use crate::{disks, io, log, mounts, ratios, render, tools};
+use crate::{disks, io, log, mounts, ratios, tools};
 
 pub const TESTS: [&str; 3] = ["seq_write", "seq_read", "randread_direct"];
 
@@ -231,12 +231,7 @@ pub fn run(a: AccessArgs) -> anyhow::Result<()> {
         host,
         status["access"].clone(),
     );
-    r.write(&json)?;
-    print!("{}", render::text(&r));
-    println!("\nresults written to {}", json.display());
-    if let Some(doc) = &a.render {
-        crate::render_into(&r, doc)?;
-    }
+    io::finish(&r, &json, a.render.as_deref())?;
     Ok(())
 }
 

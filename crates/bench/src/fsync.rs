@@ -14,7 +14,7 @@ use crate::fio::{self, Dir, Metric};
 use crate::peers::{self, Config, Env, Kind, Prepared};
 use crate::results::{self, Host, Params, Results, Sample};
 use crate::teardown::Teardown;
-use crate::{disks, io, log, mounts, ratios, render, signal, tools};
+use crate::{disks, io, log, mounts, ratios, signal, tools};
 
 const DISK_SIZE: &str = "2G";
 const FIO_MIB: u64 = 64;
@@ -144,12 +144,7 @@ pub fn run(a: FsyncArgs) -> anyhow::Result<()> {
         fuse_enable_uring: uring,
     };
     let r = results_of(&a, configs, samples, host);
-    r.write(&json)?;
-    print!("{}", render::text(&r));
-    println!("\nresults written to {}", json.display());
-    if let Some(doc) = &a.render {
-        crate::render_into(&r, doc)?;
-    }
+    io::finish(&r, &json, a.render.as_deref())?;
     Ok(())
 }
 

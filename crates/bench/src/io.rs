@@ -323,7 +323,11 @@ pub fn run(a: IoArgs) -> anyhow::Result<()> {
         disk_kind: ctx.env.disks.kind.clone(),
         fuse_enable_uring: uring,
     };
-    finish(&a, &results_of(&a, &ctx, configs, host), &json)?;
+    finish(
+        &results_of(&a, &ctx, configs, host),
+        &json,
+        a.render.as_deref(),
+    )?;
     let work = ctx.env.work.clone();
     drop(td);
     if !mounts::under(&work).is_empty() || !mounts::loops_under(&work).is_empty() {
@@ -336,11 +340,11 @@ pub fn run(a: IoArgs) -> anyhow::Result<()> {
 }
 
 /// Writes the results and prints (and with --render writes) the report.
-fn finish(a: &IoArgs, r: &Results, json: &Path) -> anyhow::Result<()> {
+pub fn finish(r: &Results, json: &Path, render: Option<&Path>) -> anyhow::Result<()> {
     r.write(json)?;
     print!("{}", render::text(r));
     println!("\nresults written to {}", json.display());
-    if let Some(doc) = &a.render {
+    if let Some(doc) = render {
         crate::render_into(r, doc)?;
     }
     Ok(())
