@@ -256,3 +256,45 @@ impl Results {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::parse_list;
+
+    #[test]
+    fn a_results_file_reads_back_and_other_schemas_are_refused() {
+        let configs = parse_list("raw,r2", false).unwrap();
+        let samples = vec![Sample {
+            config: "fs-r2".into(),
+            test: "seq_write".into(),
+            round: 1,
+            value: 512.5,
+            unit: "MiB/s".into(),
+        }];
+        let r = Results {
+            schema: SCHEMA.into(),
+            bench: "io".into(),
+            host: Host::default(),
+            commit: Some("abc1234".into()),
+            params: Params::default(),
+            summary: crate::ratios::summarize("io", &configs, &samples),
+            configs,
+            samples,
+            extra: BTreeMap::new(),
+        };
+        let path =
+            std::env::temp_dir().join(format!("fsbench-results-{}.json", std::process::id()));
+        r.write(&path).unwrap();
+        let back = Results::read(&path).unwrap();
+        assert_eq!(back.samples, r.samples);
+        assert_eq!(back.summary, r.summary);
+        assert_eq!(back.median("seq_write", "fs-r2"), Some(512.5));
+        assert_eq!(back.median("seq_write", "raw"), None);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""kind": "config""#) && text.contains(r#""kind": "target""#));
+        std::fs::write(&path, text.replace(SCHEMA, "foreshard-bench/0")).unwrap();
+        assert!(Results::read(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+    }
+}
