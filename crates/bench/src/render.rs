@@ -4,8 +4,8 @@
 
 use anyhow::bail;
 
-use crate::ratios;
 use crate::results::{tests, Results, Summary};
+use crate::{peers, ratios};
 
 /// Rows of cells; rendered aligned for a terminal or as a Markdown table.
 pub struct Table {
@@ -109,12 +109,36 @@ fn row_status(r: &Results, test: &str) -> &'static str {
     }
 }
 
+/// The configuration columns: those that ran; for io also raw, mergerfs, fs-r1 and fs-r2
+/// when they did not (as "-"), as scripts/bench showed them, in canonical order.
+fn columns(r: &Results) -> Vec<String> {
+    let mut names: Vec<String> = r.configs.iter().map(|c| c.name.clone()).collect();
+    if r.bench != "io" {
+        return names;
+    }
+    for base in ["raw", "mergerfs", "fs-r1", "fs-r2"] {
+        if !names.iter().any(|n| n == base) {
+            names.push(base.into());
+        }
+    }
+    let key = |n: &String| {
+        let plain = n.trim_end_matches("@before");
+        (
+            peers::NAMES.iter().position(|c| *c == plain),
+            n.ends_with("@before"),
+        )
+    };
+    names.sort_by_key(key);
+    names
+}
+
 /// The main table: one row per test, a column per configuration and per ratio.
 pub fn main_table(r: &Results) -> Table {
     let defs = ratios::defs(&r.bench, &r.configs);
     let with_targets = !ratios::target_defs(&r.bench, &r.configs).is_empty();
+    let columns = columns(r);
     let mut head = vec!["test".to_string()];
-    head.extend(r.configs.iter().map(|c| c.name.clone()));
+    head.extend(columns.iter().cloned());
     head.extend(defs.iter().map(|d| d.name.clone()));
     if with_targets {
         head.push("targets".into());
@@ -123,7 +147,7 @@ pub fn main_table(r: &Results) -> Table {
         .iter()
         .map(|(test, label, _)| {
             let mut row = vec![label.to_string()];
-            row.extend(r.configs.iter().map(|c| fmt(r.median(test, &c.name))));
+            row.extend(columns.iter().map(|c| fmt(r.median(test, c))));
             row.extend(defs.iter().map(|d| fmt2(ratio_of(r, test, &d.name))));
             if with_targets {
                 row.push(row_status(r, test).into());
