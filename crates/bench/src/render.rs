@@ -352,19 +352,32 @@ pub fn markdown(r: &Results) -> String {
     out
 }
 
-/// `doc` with the text between `<!-- bench:NAME begin -->` and `<!-- bench:NAME end -->`
-/// replaced by `body`; the markers stay.
+/// `doc` with the lines between the marker lines `<!-- bench:NAME begin -->` and
+/// `<!-- bench:NAME end -->` replaced by `body`; the markers stay. Markers count only as
+/// lines of their own, so prose may quote them.
 pub fn replace_section(doc: &str, name: &str, body: &str) -> anyhow::Result<String> {
     let begin = format!("<!-- bench:{name} begin -->");
     let end = format!("<!-- bench:{name} end -->");
-    let (Some(b), Some(e)) = (doc.find(&begin), doc.find(&end)) else {
-        bail!("no '{begin}' ... '{end}' markers in the document");
+    let lines: Vec<&str> = doc.split_inclusive('\n').collect();
+    let at = |m: &str| -> Vec<usize> {
+        (0..lines.len())
+            .filter(|i| lines[*i].trim_end() == m)
+            .collect()
     };
-    if e < b || doc[b + begin.len()..].contains(&begin) {
-        bail!("markers '{begin}' and '{end}' out of order or repeated");
+    let (bs, es) = (at(&begin), at(&end));
+    let (b, e) = match (bs.as_slice(), es.as_slice()) {
+        (&[b], &[e]) if b < e => (b, e),
+        ([], _) | (_, []) => bail!("no '{begin}' ... '{end}' marker lines in the document"),
+        _ => bail!("marker lines '{begin}' and '{end}' out of order or repeated"),
+    };
+    let mut out: String = lines[..=b].concat();
+    if !out.ends_with('\n') {
+        out.push('\n');
     }
-    let body = body.trim_end_matches('\n');
-    Ok(format!("{}{begin}\n{body}\n{}", &doc[..b], &doc[e..]))
+    out += body.trim_end_matches('\n');
+    out.push('\n');
+    out += &lines[e..].concat();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -387,6 +400,13 @@ mod tests {
         assert!(replace_section(reversed, "io", "x").is_err());
         let twice = "<!-- bench:io begin -->\n<!-- bench:io begin -->\n<!-- bench:io end -->\n";
         assert!(replace_section(twice, "io", "x").is_err());
+        // Quoted in prose, a marker is not one.
+        let prose =
+            "see `<!-- bench:io begin -->`\n<!-- bench:io begin -->\nold\n<!-- bench:io end -->";
+        assert_eq!(
+            replace_section(prose, "io", "new").unwrap(),
+            "see `<!-- bench:io begin -->`\n<!-- bench:io begin -->\nnew\n<!-- bench:io end -->"
+        );
     }
 
     #[test]
