@@ -53,6 +53,13 @@ build() {
     (cd "$ROOT" && cargo build --release --locked) || die "build failed"
 }
 
+# run_harness SUBCOMMAND ARGS...: builds foreshard-bench (crates/bench; seconds, no RocksDB)
+# and runs it; the benchmark scripts are entry points to it.
+run_harness() {
+    (cd "$ROOT" && cargo build --release --locked -q -p foreshard-bench) || die "cannot build foreshard-bench"
+    FORESHARD_REPO=$ROOT exec "$CARGO_TARGET_DIR/release/foreshard-bench" "$@"
+}
+
 # mkdisks DIR N SIZE: N backing disks under DIR: loop-mounted ext4 images when loop devices
 # work, else plain directories. Prints the disk directories.
 mkdisks() {

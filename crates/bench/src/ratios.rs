@@ -1,0 +1,315 @@
+//! Which ratios and targets a run reports, and their values: the same as scripts/bench
+//! printed (r1/raw, r1/mfs, r2/(raw/2), r2/mfs, analyzer on/off, uring/devfuse), plus
+//! r2 against the btrfs and gluster peers and each configuration against its `@before`.
+
+use crate::peers::Config;
+use crate::results::{by_round, tests, ByRound, Sample, Summary};
+use crate::stats;
+
+/// `num / (den * den_scale)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RatioDef {
+    pub name: String,
+    pub num: String,
+    pub den: String,
+    pub den_scale: f64,
+}
+
+fn def(name: &str, num: &str, den: &str, den_scale: f64) -> RatioDef {
+    RatioDef {
+        name: name.into(),
+        num: num.into(),
+        den: den.into(),
+        den_scale,
+    }
+}
+
+/// The ratio columns for these configurations. The first four are always shown (as "-"
+/// when a side is missing), the others only when both sides ran.
+pub fn defs(bench: &str, configs: &[Config]) -> Vec<RatioDef> {
+    let has = |n: &str| configs.iter().any(|c| c.name == n);
+    if bench == "access" {
+        return vec![def("on/off", "on", "off", 1.0)];
+    }
+    if bench == "fsync" {
+        let new_old = def("new/old", "new", "old", 1.0);
+        return if has("old") { vec![new_old] } else { vec![] };
+    }
+    let mut v = vec![
+        def("r1/raw", "fs-r1", "raw", 1.0),
+        def("r1/mfs", "fs-r1", "mergerfs", 1.0),
+        def("r2/(raw/2)", "fs-r2", "raw", 0.5),
+        def("r2/mfs", "fs-r2", "mergerfs", 1.0),
+    ];
+    let optional = [
+        def("r2/btrfs", "fs-r2", "btrfs", 1.0),
+        def("r2/gluster", "fs-r2", "gluster", 1.0),
+        // issue 5: the access analyzer's cost; fs-r2 runs it, fs-r2-noaccess does not
+        def("analyzer on/off", "fs-r2", "fs-r2-noaccess", 1.0),
+        // FUSE over io_uring queues (fs-r1) against /dev/fuse only (fs-r1-devfuse)
+        def("uring/devfuse", "fs-r1", "fs-r1-devfuse", 1.0),
+    ];
+    v.extend(optional.into_iter().filter(|d| has(&d.num) && has(&d.den)));
+    for c in configs.iter().filter(|c| c.before) {
+        let after = c.name.trim_end_matches("@before");
+        if has(after) {
+            let short = after.trim_start_matches("fs-");
+            v.push(def(&format!("{short} after/before"), after, &c.name, 1.0));
+        }
+    }
+    v
+}
+
+/// The value of `d` for `test`: of the medians, and per round.
+pub fn ratio_summary(d: &RatioDef, test: &str, br: &ByRound) -> Summary {
+    let rounds_of = |c: &str| {
+        br.get(test)
+            .and_then(|m| m.get(c))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (num, mut den) = (rounds_of(&d.num), rounds_of(&d.den));
+    den.values_mut().for_each(|v| *v *= d.den_scale);
+    let med = |m: &std::collections::BTreeMap<u32, f64>| {
+        stats::median(&m.values().copied().collect::<Vec<_>>())
+    };
+    let rounds = stats::round_ratios(&num, &den);
+    let spread = stats::spread(&rounds);
+    Summary::Ratio {
+        test: test.into(),
+        name: d.name.clone(),
+        of_medians: stats::ratio(med(&num), med(&den)),
+        rounds_median: stats::median(&rounds),
+        rounds_min: spread.map(|s| s.0),
+        rounds_max: spread.map(|s| s.1),
+        rounds_geomean: stats::geomean(&rounds),
+        rounds,
+    }
+}
+
+/// (test, description, ratio name, threshold), as scripts/bench had them.
+pub fn target_defs(
+    bench: &str,
+    configs: &[Config],
+) -> Vec<(&'static str, String, &'static str, f64)> {
+    if bench != "io" {
+        return Vec::new();
+    }
+    let mut t = vec![
+        (
+            "seq_write",
+            "fs-r1 seq write >= 0.9x raw".to_string(),
+            "r1/raw",
+            0.9,
+        ),
+        (
+            "seq_write",
+            "fs-r1 seq write >= mergerfs".into(),
+            "r1/mfs",
+            1.0,
+        ),
+        (
+            "seq_write",
+            "fs-r2 seq write >= 0.8x raw/2".into(),
+            "r2/(raw/2)",
+            0.8,
+        ),
+        (
+            "seq_read_cold",
+            "fs-r1 cold seq read >= 0.9x raw".into(),
+            "r1/raw",
+            0.9,
+        ),
+        (
+            "seq_read_cold",
+            "fs-r1 cold seq read >= mergerfs".into(),
+            "r1/mfs",
+            1.0,
+        ),
+    ];
+    let names = [
+        ("randread_4k", "4k rand read"),
+        ("randread_4k_direct", "4k rand read direct"),
+        ("meta_create", "create"),
+        ("meta_stat", "stat"),
+        ("meta_unlink", "unlink"),
+    ];
+    for (test, name) in names {
+        t.push((test, format!("fs-r1 {name} >= mergerfs"), "r1/mfs", 1.0));
+        t.push((test, format!("fs-r2 {name} >= mergerfs"), "r2/mfs", 1.0));
+    }
+    if configs.iter().any(|c| c.name == "fs-r2-noaccess") {
+        let reads = [
+            ("seq_write", "seq write"),
+            ("seq_read_cold", "cold seq read"),
+        ];
+        for (test, name) in reads.into_iter().chain(names[..2].iter().copied()) {
+            t.push((
+                test,
+                format!("analyzer on/off {name} >= 0.97"),
+                "analyzer on/off",
+                0.97,
+            ));
+        }
+    }
+    t
+}
+
+/// The whole summary: configurations, then ratios, then targets.
+pub fn summarize(bench: &str, configs: &[Config], samples: &[Sample]) -> Vec<Summary> {
+    let br = by_round(samples);
+    let mut out = crate::results::config_summary(bench, configs, samples);
+    let defs = defs(bench, configs);
+    for &(test, _, _) in tests(bench) {
+        for d in &defs {
+            out.push(ratio_summary(d, test, &br));
+        }
+    }
+    for (test, target, ratio, threshold) in target_defs(bench, configs) {
+        let value = out.iter().find_map(|s| match s {
+            Summary::Ratio {
+                test: t,
+                name,
+                of_medians,
+                ..
+            } if t == test && name == ratio => *of_medians,
+            _ => None,
+        });
+        let status = match value {
+            None => "n/a",
+            Some(v) if v >= threshold => "PASS",
+            Some(_) => "MISS",
+        };
+        out.push(Summary::Target {
+            test: test.into(),
+            target,
+            ratio: ratio.into(),
+            threshold,
+            value,
+            status: status.into(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::parse_list;
+
+    fn sample(config: &str, test: &str, round: u32, value: f64) -> Sample {
+        Sample {
+            config: config.into(),
+            test: test.into(),
+            round,
+            value,
+            unit: "MiB/s".into(),
+        }
+    }
+
+    #[test]
+    fn defs_follow_the_configurations() {
+        let names = |l: &str, b: bool| {
+            defs("io", &parse_list(l, b).unwrap())
+                .into_iter()
+                .map(|d| d.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names("raw,r1", false),
+            ["r1/raw", "r1/mfs", "r2/(raw/2)", "r2/mfs"]
+        );
+        let all = names(
+            "raw,mergerfs,btrfs,gluster,r1,r2,r2-noaccess,r1-devfuse",
+            false,
+        );
+        assert_eq!(
+            &all[4..],
+            ["r2/btrfs", "r2/gluster", "analyzer on/off", "uring/devfuse"]
+        );
+        assert_eq!(&names("r2", true)[4..], ["r2 after/before"]);
+    }
+
+    #[test]
+    fn summary_has_medians_spreads_round_ratios_and_targets() {
+        let configs = parse_list("raw,r2", true).unwrap();
+        let mut s = Vec::new();
+        for (r, raw, new, old) in [
+            (1, 100.0, 60.0, 50.0),
+            (2, 200.0, 90.0, 100.0),
+            (3, 150.0, 70.0, 70.0),
+        ] {
+            s.push(sample("raw", "seq_write", r, raw));
+            s.push(sample("fs-r2", "seq_write", r, new));
+            s.push(sample("fs-r2@before", "seq_write", r, old));
+        }
+        let sum = summarize("io", &configs, &s);
+        let cfg = sum
+            .iter()
+            .find(|x| matches!(x, Summary::Config { config, .. } if config == "fs-r2"))
+            .unwrap();
+        assert_eq!(
+            *cfg,
+            Summary::Config {
+                test: "seq_write".into(),
+                config: "fs-r2".into(),
+                unit: "MiB/s".into(),
+                median: 70.0,
+                min: 60.0,
+                max: 90.0,
+                n: 3
+            }
+        );
+        let ratio = |n: &str| {
+            sum.iter()
+                .find_map(|x| match x {
+                    Summary::Ratio {
+                        test,
+                        name,
+                        of_medians,
+                        rounds,
+                        rounds_median,
+                        ..
+                    } if test == "seq_write" && name == n => {
+                        Some((*of_medians, rounds.clone(), *rounds_median))
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            ratio("r2 after/before"),
+            (Some(1.0), vec![1.2, 0.9, 1.0], Some(1.0))
+        );
+        // r2 / (raw/2): medians 70 / 75; rounds 60/50, 90/100, 70/75.
+        let (m, rounds, _) = ratio("r2/(raw/2)");
+        assert!((m.unwrap() - 70.0 / 75.0).abs() < 1e-12);
+        assert_eq!(rounds.len(), 3);
+        assert_eq!(ratio("r1/raw"), (None, vec![], None));
+        let status = |t: &str| {
+            sum.iter()
+                .find_map(|x| match x {
+                    Summary::Target { target, status, .. } if target == t => Some(status.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(status("fs-r2 seq write >= 0.8x raw/2"), "PASS");
+        assert_eq!(status("fs-r1 seq write >= 0.9x raw"), "n/a");
+    }
+
+    #[test]
+    fn analyzer_targets_in_scripts_bench_order() {
+        let t = target_defs("io", &parse_list("r2,r2-noaccess", false).unwrap());
+        let tail: Vec<&str> = t[t.len() - 4..].iter().map(|x| x.0).collect();
+        assert_eq!(
+            tail,
+            [
+                "seq_write",
+                "seq_read_cold",
+                "randread_4k",
+                "randread_4k_direct"
+            ]
+        );
+    }
+}
