@@ -23,7 +23,8 @@ pub enum DiskCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Add a new, empty disk directory; it takes new data and recovery copies.
+    /// Add a disk directory that belongs to no pool (its other files are left alone); it
+    /// takes a share of the shards, new data and recovery copies.
     Add { pool: PathBuf, dir: PathBuf },
     /// Drain a healthy disk (its replicas move elsewhere), then release it.
     Remove {

@@ -70,8 +70,8 @@ pub struct MountCmd {
     pub mountpoint: PathBuf,
     #[arg(long)]
     pub foreground: bool,
-    /// FUSE worker threads (default: one per CPU, at least 2; more threads help
-    /// parallel I/O, fewer help a single stream of metadata operations).
+    /// FUSE worker threads, 1 to 64 (default: one per CPU, at least 2 and at most 16;
+    /// more threads help parallel I/O, fewer help a single stream of metadata operations).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: Option<u16>,
     /// FUSE requests over io_uring, one queue per CPU served on that CPU (`auto`: when

@@ -6,10 +6,10 @@
 //! foreshard's own signals are mapped onto the SMART counters the model was trained on, so
 //! they land on the same risk scale: checksum failures and I/O errors are unreadable
 //! sectors as the disk would count them (197, current pending), probe time-outs and slow
-//! intervals (latency far above the disk's own baseline) are command time-outs (188). With
-//! the shipped model (trained on data with SMART 5 and 197 only) 188 carries no weight, so
-//! latency shows in the factors but moves the score only through a model trained on newer
-//! data.
+//! intervals (latency far above the disk's own baseline) are command time-outs (188). The
+//! model pools 197, 198, 187 and 188 into one error-counter feature (`ERROR_ATTRS` in
+//! foreshard-model's `risk::model`), so these move the score as pending sectors would,
+//! although the 2013 training data has only 197.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
