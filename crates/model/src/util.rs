@@ -120,8 +120,38 @@ pub fn count_in(
     }
 }
 
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes (`\040`).
+pub fn unescape_mount_field(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let oct = s
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (s[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        use super::unescape_mount_field as u;
+        assert_eq!(u(br"/a\040b\134c"), b"/a b\\c".to_vec());
+        assert_eq!(u(br"/x\0"), br"/x\0".to_vec());
+        assert_eq!(u(b"/plain"), b"/plain".to_vec());
+    }
+
     #[test]
     fn bytes_are_formatted_in_binary_units() {
         assert_eq!(super::fmt_bytes(0), "0 B");
