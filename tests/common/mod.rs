@@ -168,7 +168,17 @@ impl Pool {
     }
 
     pub fn umount(&mut self) {
-        run_ok(&["umount", self.mnt.to_str().unwrap()]);
+        let o = run(&["umount", self.mnt.to_str().unwrap()]);
+        if !o.status.success() {
+            let log = std::fs::read_to_string(self.pool.join("foreshard.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "foreshard umount failed: {}\ndaemon log (last 60 lines):\n{}",
+                String::from_utf8_lossy(&o.stderr),
+                tail.join("\n")
+            );
+        }
         self.mounted = false;
         // The daemon must not unmount its path again once it is gone (fuser's is_mounted):
         // that could take down a filesystem mounted there since.
