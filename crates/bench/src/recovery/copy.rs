@@ -211,11 +211,23 @@ pub fn btrfs(ctx: &Ctx, data: &DataSet, td: &mut Teardown) -> anyhow::Result<Rec
     disks::mount_dev("btrfs", &devs[0], &mnt, td)?;
     log!("btrfs: writing the data set on {}", devs[..n].join(" "));
     data.fill(&mnt.join("data"))?;
+    let fail = failed_device(&mnt, &devs[..n], 2 * data.bytes() / n as u64)?;
+    degrade(&mnt, &devs[..n], &fail, td)?;
+    let secs = replace(&mnt, fail.devid, &spare)?;
+    log!("btrfs: replace took {secs:.2} s");
+    data.verify(&mnt.join("data"), "btrfs")?;
+    let mut rec = timed_record("btrfs", fail.data_bytes, secs);
+    rec.raw = json!({"failed_devid": fail.devid, "bytes": fail.data_bytes, "chunk_bytes": fail.chunk_bytes});
+    td.unwind_to(mark)?;
+    Ok(rec)
+}
+
+/// The device to fail (see `pick_failed`), from the mounted filesystem's usage.
+fn failed_device(mnt: &Path, devs: &[String], even: u64) -> anyhow::Result<Device> {
     let found = devices(
-        &btrfs_text(&["filesystem", "show"], &mnt)?,
-        &btrfs_text(&["filesystem", "usage", "-b"], &mnt)?,
+        &btrfs_text(&["filesystem", "show"], mnt)?,
+        &btrfs_text(&["filesystem", "usage", "-b"], mnt)?,
     )?;
-    let even = 2 * data.bytes() / n as u64;
     let fail = pick_failed(&found, &devs[1], even)
         .context("btrfs: disk1's device is not in 'btrfs filesystem show'")?
         .clone();
@@ -227,13 +239,18 @@ pub fn btrfs(ctx: &Ctx, data: &DataSet, td: &mut Teardown) -> anyhow::Result<Rec
             fail.data_bytes
         );
     }
-    let remain = devs[..n]
+    Ok(fail)
+}
+
+/// The disk fails: unmount, the kernel forgets the device, its loop device goes away; then
+/// the filesystem is mounted degraded from a remaining device.
+fn degrade(mnt: &Path, devs: &[String], fail: &Device, td: &mut Teardown) -> anyhow::Result<()> {
+    let remain = devs
         .iter()
         .find(|d| **d != fail.path)
         .expect("2 or more devices")
         .clone();
-    // The disk fails: unmount, the kernel forgets the device, its loop device goes away.
-    mounts::umount(&mnt, None)?;
+    mounts::umount(mnt, None)?;
     let _ = Cmd::new("btrfs")
         .args(["device", "scan", "--forget", &fail.path])
         .run();
@@ -241,14 +258,14 @@ pub fn btrfs(ctx: &Ctx, data: &DataSet, td: &mut Teardown) -> anyhow::Result<Rec
     mounts::drop_caches();
     Cmd::new("mount")
         .args(["-t", "btrfs", "-o", "degraded", &remain])
-        .arg(&mnt)
+        .arg(mnt)
         .ok()
         .context("btrfs: degraded mount failed")?;
-    let m = mnt.clone();
+    let m = mnt.to_path_buf();
     td.push(format!("umount {}", mnt.display()), move || {
         mounts::umount(&m, None)
     });
-    let m = mnt.clone();
+    let m = mnt.to_path_buf();
     // An interrupted replace goes on in the kernel; cancel it before unmounting.
     td.push("btrfs replace cancel", move || {
         let _ = Cmd::new("btrfs")
@@ -258,20 +275,14 @@ pub fn btrfs(ctx: &Ctx, data: &DataSet, td: &mut Teardown) -> anyhow::Result<Rec
             .run();
         Ok(())
     });
-    if !btrfs_text(&["filesystem", "show"], &mnt)
+    if !btrfs_text(&["filesystem", "show"], mnt)
         .unwrap_or_default()
         .to_lowercase()
         .contains("missing")
     {
         log!("warning: btrfs: no device reported missing after the degraded mount");
     }
-    let secs = replace(&mnt, fail.devid, &spare)?;
-    log!("btrfs: replace took {secs:.2} s");
-    data.verify(&mnt.join("data"), "btrfs")?;
-    let mut rec = timed_record("btrfs", fail.data_bytes, secs);
-    rec.raw = json!({"failed_devid": fail.devid, "bytes": fail.data_bytes, "chunk_bytes": fail.chunk_bytes});
-    td.unwind_to(mark)?;
-    Ok(rec)
+    Ok(())
 }
 
 /// `btrfs replace start -B DEVID SPARE MNT`, checked; its time in seconds.

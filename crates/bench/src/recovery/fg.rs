@@ -180,7 +180,7 @@ fn during(p: &Pool, prof: &str, client: &Path, tmp: &Path) -> anyhow::Result<Dur
         p.disks.dirs[1].display()
     );
     let since = Instant::now();
-    let (t0, _) = yank(p, &p.disks.dirs[1])?;
+    let t0 = yank(p, &p.disks.dirs[1])?.t0_ms;
     let status = poll_recovery(p, prof, since, &mut polls)?;
     let o = fio.interrupt(STOP_GRACE)?;
     fio::totals(&o.stdout, Dir::Read)

@@ -82,17 +82,27 @@ pub fn wait_ready(p: &Pool, mode: &str) -> anyhow::Result<Value> {
 }
 
 /// `foreshard debug inject --pool POOL yank DISK`: returns T0 (Unix ms) and how long it took.
-pub fn yank(p: &Pool, disk: &Path) -> anyhow::Result<(u64, f64)> {
-    let t = Instant::now();
+/// T0 is taken just before the command, as scripts/bench-recovery took it before its
+/// `umount -l`: the time it prints is when umount2 returned, and the daemon may notice the
+/// disk gone while the call is still on its way back (a few ms).
+pub fn yank(p: &Pool, disk: &Path) -> anyhow::Result<Yank> {
+    let t0_ms = super::fg::now_ms();
     let c = Cmd::new(&p.bin)
         .args(["debug", "inject", "--pool"])
         .arg(&p.pool);
     let out = c.arg("yank").arg(disk).ok()?;
-    let took_ms = t.elapsed().as_secs_f64() * 1000.0;
-    Ok((
-        timing::yank_ms(&out).with_context(|| format!("inject yank printed '{}'", out.trim()))?,
-        took_ms,
-    ))
+    let at =
+        timing::yank_ms(&out).with_context(|| format!("inject yank printed '{}'", out.trim()))?;
+    Ok(Yank {
+        t0_ms,
+        yanked_at_ms: at,
+    })
+}
+
+/// When a yank started, and the time `foreshard debug inject yank` printed.
+pub struct Yank {
+    pub t0_ms: u64,
+    pub yanked_at_ms: u64,
 }
 
 /// The checks of every status while recovering: mounted, nothing lost.
@@ -173,7 +183,8 @@ pub fn run(ctx: &Ctx, mode: &str, data: &DataSet, td: &mut Teardown) -> anyhow::
     mounts::drop_caches();
     log!("{mode}: yanking {}", disk1.display());
     let since = Instant::now();
-    let (t0, yank_ms) = yank(&p, disk1)?;
+    let y = yank(&p, disk1)?;
+    let t0 = y.t0_ms;
     let st = wait_recovery(&p, mode, since)?;
     let t = Timings::from_status(&st)?;
     let m = t.measures(t0);
@@ -195,7 +206,7 @@ pub fn run(ctx: &Ctx, mode: &str, data: &DataSet, td: &mut Teardown) -> anyhow::
     td.unwind_to(mark)?;
     let mut rec = Record::new(&cfg, &m);
     rec.raw = json!({
-        "t0_ms": t0, "yank_ms": yank_ms, "fill_s": fill_s, "agents": ready["agents"],
+        "t0_ms": t0, "yanked_at_ms": y.yanked_at_ms, "fill_s": fill_s, "agents": ready["agents"],
         "disk1_id": d1, "recovery": without_shards(&st["recovery"]), "warnings": warnings,
     });
     Ok(rec)
