@@ -86,7 +86,10 @@ pub fn parts_markdown(r: &Results, parts: &[Part]) -> String {
     );
     for p in parts.iter().skip(1) {
         match p {
-            Part::Line(l) => out += &format!("- {}\n", l.trim()),
+            Part::Line(l) => {
+                // Alignment is for terminals; in Markdown the spaces only show as gaps.
+                out += &format!("- {}\n", l.split_whitespace().collect::<Vec<_>>().join(" "));
+            }
             Part::Table(t) => out += &format!("\n{}\n", t.markdown()),
             Part::Gap => out.push('\n'),
         }

@@ -53,7 +53,7 @@ fn header(r: &Results) -> Vec<Part> {
     let mut v = vec![
         Part::Line(format!("foreshard recovery benchmark: nproc={} kernel={} date={}", h.nproc, h.kernel, h.date)),
         Part::Line(format!(
-            "{} disks ({}), {} replicas; {} files, {} MiB of data; {} run(s){runs}; --missing-grace-ms {}",
+            "{} disks, {}, {} replicas; {} files, {} MiB of data; {} run(s){runs}; --missing-grace-ms {}",
             h.ndisks, h.disk_kind, s["replicas"], p.nfiles, p.file_mib, p.runs, s["missing_grace_ms"]
         )),
     ];

@@ -266,11 +266,7 @@ fn results_of(
         .flat_map(|(m, r)| samples_of(m, r))
         .collect();
     let version = cmd::version_of(&ctx.bin.to_string_lossy(), &["--version"]);
-    let detail = format!(
-        "{} ({version}); mount --reshard-interval-s 0 {}",
-        ctx.bin.display(),
-        ctx.mount_args.join(" ")
-    );
+    let detail = format!("{} ({version})", ctx.bin.display());
     let c = |name: &str, detail: String| Config {
         name: name.into(),
         kind: Kind::Foreshard,

@@ -92,6 +92,32 @@ fn per_disk(m0: &Value) -> Vec<Part> {
         .collect()
 }
 
+/// The pair list, shard classes and the daemon's memory of the first run.
+fn details(m0: &Value) -> Vec<Part> {
+    let classes = |w: &str| {
+        let c = m0["shards"][w]["by_class"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let each: Vec<String> = c.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        each.join(",")
+    };
+    let mib = |p: &str| num(m0, p).map_or("-".into(), |b| format!("{:.1}", b / MIB));
+    let p = &m0["pairs"];
+    vec![
+        Part::Line(format!(
+            "pairs: {} listed by heat --json of {} tracked; {} left out (an extent holds no data); groups of {}",
+            p["listed"], p["tracked"], p["unplaced"], m0["groups"]["heat_groups"]
+        )),
+        Part::Line(format!("shards by class: {} before, {} after", classes("before"), classes("after"))),
+        Part::Line(format!(
+            "daemon RSS {} MiB, peak {} MiB (after the replay)",
+            mib("analyzer.daemon.rss_bytes"),
+            mib("analyzer.daemon.rss_peak_bytes")
+        )),
+    ]
+}
+
 fn checks(r: &Results) -> Vec<Part> {
     let runs = r.extra["runs"].as_array().cloned().unwrap_or_default();
     let Some(m0) = runs.first() else {
@@ -112,6 +138,7 @@ fn checks(r: &Results) -> Vec<Part> {
             m0["fsck"]["extents"], m0["fsck"]["replicas_checked"]
         )),
     ];
+    v.extend(details(m0));
     v.extend(per_disk(m0));
     for (i, m) in runs.iter().enumerate() {
         for w in m["warnings"].as_array().into_iter().flatten() {
