@@ -449,4 +449,84 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn recovery_targets_compare_both_ways_and_on_a_median() {
+        let c = |name: &str| Config {
+            name: name.into(),
+            kind: crate::peers::Kind::Foreshard,
+            replicas: 2,
+            no_access: false,
+            devfuse: false,
+            before: false,
+            detail: String::new(),
+        };
+        let configs: Vec<Config> = ["fs-pool", "fs-reactive", "plain", "btrfs"].map(c).into();
+        let s = |config: &str, test: &str, round, value| Sample {
+            config: config.into(),
+            test: test.into(),
+            round,
+            value,
+            unit: String::new(),
+        };
+        let samples = vec![
+            s("fs-pool", "full_s", 1, 0.8),
+            s("btrfs", "full_s", 1, 1.6),
+            s("fs-pool", "full_s", 2, 1.2),
+            s("btrfs", "full_s", 2, 1.0),
+            s("fs-pool", "rate_mibs", 1, 500.0),
+            s("plain", "rate_mibs", 1, 700.0),
+            s("fs-pool", "activate_ms", 1, 12.0),
+            s("fs-reactive", "activate_ms", 1, 30.0),
+        ];
+        let sum = summarize("recovery", &configs, &samples);
+        // Ratios only for their own tests: pool/btrfs on full_s, none on rate_mibs.
+        let ratios: Vec<(&str, &str)> = sum
+            .iter()
+            .filter_map(|x| match x {
+                Summary::Ratio { test, name, .. } => Some((test.as_str(), name.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            ratios,
+            [
+                ("activate_ms", "pool/reactive"),
+                ("full_s", "pool/btrfs"),
+                ("rate_mibs", "pool/plain")
+            ]
+        );
+        let pool_btrfs = sum.iter().find_map(|x| match x {
+            Summary::Ratio {
+                name,
+                of_medians,
+                rounds,
+                ..
+            } if name == "pool/btrfs" => Some((*of_medians, rounds.clone())),
+            _ => None,
+        });
+        assert_eq!(pool_btrfs, Some((Some(1.0 / 1.3), vec![0.5, 1.2])));
+        let status = |t: &str| {
+            sum.iter()
+                .find_map(|x| match x {
+                    Summary::Target {
+                        target,
+                        status,
+                        value,
+                        ..
+                    } if target == t => Some((status.as_str(), *value)),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(status("pool time / btrfs time <= 1").0, "PASS");
+        assert_eq!(status("pool rate / plain copy rate >= 0.8").0, "MISS");
+        // On fs-pool's median (12 ms), not a ratio.
+        assert_eq!(status("pool activation < 10 ms"), ("MISS", Some(12.0)));
+        assert_eq!(
+            status("pool activation <= 0.5x reactive"),
+            ("PASS", Some(0.4))
+        );
+        assert!(holds(1.0, "<=", 1.0) && !holds(1.0, "<", 1.0) && holds(2.0, ">=", 1.0));
+    }
 }
