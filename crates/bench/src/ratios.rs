@@ -450,8 +450,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn recovery_targets_compare_both_ways_and_on_a_median() {
+    /// Four recovery configurations and their samples: pool/btrfs time 1.0 / 1.3, pool/plain
+    /// rate 500 / 700, activation 12 ms against 30 ms.
+    fn recovery_samples() -> (Vec<Config>, Vec<Sample>) {
         let c = |name: &str| Config {
             name: name.into(),
             kind: crate::peers::Kind::Foreshard,
@@ -479,6 +480,12 @@ mod tests {
             s("fs-pool", "activate_ms", 1, 12.0),
             s("fs-reactive", "activate_ms", 1, 30.0),
         ];
+        (configs, samples)
+    }
+
+    #[test]
+    fn recovery_targets_compare_both_ways_and_on_a_median() {
+        let (configs, samples) = recovery_samples();
         let sum = summarize("recovery", &configs, &samples);
         // Ratios only for their own tests: pool/btrfs on full_s, none on rate_mibs.
         let ratios: Vec<(&str, &str)> = sum
