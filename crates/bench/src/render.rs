@@ -141,6 +141,69 @@ pub fn medians_by_test(
     Table { head, rows }
 }
 
+/// With several rounds: a row per test, min..max per configuration (`cols`), and the
+/// per-round values of every ratio of the summary.
+pub fn spreads(
+    r: &Results,
+    tests: &[crate::results::Test],
+    cols: &[(&str, &str)],
+    cell: impl Fn(&str, Option<f64>) -> String,
+) -> Vec<Part> {
+    if r.params.runs < 2 {
+        return Vec::new();
+    }
+    let spread = |test: &str, c: &str| {
+        r.summary.iter().find_map(|s| match s {
+            Summary::Config {
+                test: t,
+                config,
+                min,
+                max,
+                ..
+            } if t == test && config == c => Some(format!(
+                "{}..{}",
+                cell(test, Some(*min)),
+                cell(test, Some(*max))
+            )),
+            _ => None,
+        })
+    };
+    let mut head = vec!["min..max".to_string()];
+    head.extend(cols.iter().map(|c| c.1.to_string()));
+    let rows = tests
+        .iter()
+        .map(|(test, label, _)| {
+            let mut row = vec![label.to_string()];
+            row.extend(
+                cols.iter()
+                    .map(|c| spread(test, c.0).unwrap_or_else(|| "-".into())),
+            );
+            row
+        })
+        .collect();
+    let mut v = vec![Part::Gap, Part::Table(Table { head, rows }), Part::Gap];
+    for s in &r.summary {
+        if let Summary::Ratio {
+            test,
+            name,
+            rounds,
+            rounds_median,
+            ..
+        } = s
+        {
+            if !rounds.is_empty() {
+                let each: Vec<String> = rounds.iter().map(|x| format!("{x:.2}")).collect();
+                let med = rounds_median.map_or("-".into(), |m| format!("{m:.2}"));
+                v.push(Part::Line(format!(
+                    "{name} {test} per round: {} (median {med})",
+                    each.join(" ")
+                )));
+            }
+        }
+    }
+    v
+}
+
 /// Values as scripts/bench printed them: one decimal below 1000, none above.
 pub fn fmt(v: Option<f64>) -> String {
     match v {

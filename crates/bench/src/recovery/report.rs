@@ -169,6 +169,17 @@ pub fn parts(r: &Results) -> Vec<Part> {
     v.push(Part::Gap);
     v.push(Part::Line("detection = detected_at - T0 (yank); activation = first re-replicated extent - detection; foreshard time = done - T0; rate = bytes / (done - detected). btrfs: time and rate of 'btrfs replace' alone (no detection). plain-copy: 2 parallel cp + sync of the same bytes.".into()));
     v.extend(btrfs_devices(r).map(Part::Line));
+    v.extend(crate::render::spreads(r, &RECOVERY_TESTS, &cols, cell));
     v.extend(foreground(r));
+    let fg: Vec<(String, String)> = profiles(r)
+        .iter()
+        .map(|p| (format!("fg-{p}"), p.to_string()))
+        .collect();
+    let fg: Vec<(&str, &str)> = fg.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    if !fg.is_empty() {
+        let spread = crate::render::spreads(r, &FOREGROUND_TESTS[..6], &fg, cell);
+        // The ratios were listed with the main table's spreads.
+        v.extend(spread.into_iter().filter(|p| !matches!(p, Part::Line(_))));
+    }
     v
 }

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::analyze::num;
 use crate::render::{medians_by_test, Part};
-use crate::results::{Results, Summary, RESHARD_RUN_TESTS, RESHARD_TESTS};
+use crate::results::{Results, RESHARD_RUN_TESTS, RESHARD_TESTS};
 
 const MIB: f64 = 1048576.0;
 
@@ -152,24 +152,6 @@ fn checks(r: &Results) -> Vec<Part> {
     v
 }
 
-/// The per-round after/before ratios, when there are several runs.
-fn spreads(r: &Results) -> Vec<Part> {
-    if r.params.runs < 2 {
-        return Vec::new();
-    }
-    let lines = r.summary.iter().filter_map(|s| match s {
-        Summary::Ratio { test, rounds, .. } if !rounds.is_empty() => {
-            let each: Vec<String> = rounds.iter().map(|x| format!("{x:.2}")).collect();
-            Some(Part::Line(format!(
-                "{test}: after/before per run {}",
-                each.join(" ")
-            )))
-        }
-        _ => None,
-    });
-    lines.collect()
-}
-
 pub fn parts(r: &Results) -> Vec<Part> {
     let mut v = header(r);
     v.push(Part::Gap);
@@ -188,6 +170,13 @@ pub fn parts(r: &Results) -> Vec<Part> {
     )));
     v.push(Part::Gap);
     v.extend(checks(r));
-    v.extend(spreads(r));
+    let cols = [("before", "before"), ("after", "after")];
+    v.extend(crate::render::spreads(r, &RESHARD_TESTS, &cols, cell));
+    v.extend(crate::render::spreads(
+        r,
+        &RESHARD_RUN_TESTS,
+        &[("run", "run")],
+        cell,
+    ));
     v
 }
