@@ -25,9 +25,23 @@ pub fn make(
     if n < 2 {
         bail!("btrfs RAID1 needs at least 2 devices");
     }
+    let devs = devices(work, "btrfs", n, img_bytes, td)?;
+    mkfs(&devs)?;
+    Ok(devs[0].clone())
+}
+
+/// `n` loop devices over sparse images work/img/PREFIXi.img, forgotten by the kernel's
+/// btrfs device list and detached again by the stack.
+pub fn devices(
+    work: &Path,
+    prefix: &str,
+    n: usize,
+    img_bytes: u64,
+    td: &mut Teardown,
+) -> anyhow::Result<Vec<String>> {
     let mut devs = Vec::new();
     for i in 0..n {
-        let img = work.join("img").join(format!("btrfs{i}.img"));
+        let img = work.join("img").join(format!("{prefix}{i}.img"));
         disks::sparse_image(&img, img_bytes, td)?;
         devs.push(disks::attach(&img, td)?);
     }
@@ -42,15 +56,17 @@ pub fn make(
         }
         Ok(())
     });
+    Ok(devs)
+}
+
+/// `mkfs.btrfs -d raid1 -m raid1` over `devs`, and a device scan.
+pub fn mkfs(devs: &[String]) -> anyhow::Result<()> {
     log!("btrfs: mkfs.btrfs -d raid1 -m raid1 {}", devs.join(" "));
     Cmd::new("mkfs.btrfs")
         .args(["-f", "-d", "raid1", "-m", "raid1"])
-        .args(&devs)
+        .args(devs)
         .ok()
         .context("mkfs.btrfs failed")?;
-    Cmd::new("btrfs")
-        .args(["device", "scan"])
-        .args(&devs)
-        .ok()?;
-    Ok(devs[0].clone())
+    Cmd::new("btrfs").args(["device", "scan"]).args(devs).ok()?;
+    Ok(())
 }

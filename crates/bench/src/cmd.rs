@@ -129,6 +129,25 @@ impl Cmd {
         Ok(o.stdout)
     }
 
+    /// Starts it in the background (stdout and stderr collected); killed when dropped.
+    pub fn spawn(&self) -> anyhow::Result<Background> {
+        let mut child = Command::new(&self.prog)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.prog))?;
+        let out = reader(child.stdout.take());
+        let err = reader(child.stderr.take());
+        Ok(Background {
+            line: self.line(),
+            child: Some(child),
+            out: Some(out),
+            err: Some(err),
+        })
+    }
+
     fn wait(&self, child: &mut Child) -> anyhow::Result<ExitStatus> {
         let start = Instant::now();
         loop {
@@ -148,6 +167,72 @@ impl Cmd {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A command running in the background (`Cmd::spawn`).
+pub struct Background {
+    pub line: String,
+    child: Option<Child>,
+    out: Option<JoinHandle<String>>,
+    err: Option<JoinHandle<String>>,
+}
+
+impl Background {
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits for it to end by itself; a caught signal kills it.
+    pub fn wait(mut self) -> anyhow::Result<Output> {
+        while self.running() {
+            if signal::caught().is_some() {
+                self.child.as_mut().map(kill);
+                signal::check()?;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.finish()
+    }
+
+    /// SIGINT (fio then writes its report), SIGKILL if it has not ended after `grace`.
+    pub fn interrupt(mut self, grace: Duration) -> anyhow::Result<Output> {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGINT) };
+        }
+        let start = Instant::now();
+        while self.running() && start.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.running() {
+            crate::log!("{} ignores SIGINT; killing it", self.line);
+            self.child.as_mut().map(kill);
+        }
+        self.finish()
+    }
+
+    fn finish(&mut self) -> anyhow::Result<Output> {
+        let mut child = self.child.take().expect("finished once");
+        let status = child.wait()?;
+        let join =
+            |h: Option<JoinHandle<String>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
+        Ok(Output {
+            status,
+            stdout: join(self.out.take()),
+            stderr: join(self.err.take()),
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            kill(c);
         }
     }
 }

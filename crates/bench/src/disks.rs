@@ -83,11 +83,18 @@ pub fn sparse_image(img: &Path, bytes: u64, td: &mut Teardown) -> anyhow::Result
     Ok(())
 }
 
-/// A loop device over `img`, detached again by the stack.
+/// A loop device over `img`, detached again by the stack, unless it was detached already
+/// (a benchmark's failed disk): the number may belong to someone else by then.
 pub fn attach(img: &Path, td: &mut Teardown) -> anyhow::Result<String> {
     let dev = mounts::loop_attach(img)?;
     let d = dev.clone();
-    td.push(format!("losetup -d {dev}"), move || mounts::loop_detach(&d));
+    let back = img.to_path_buf();
+    td.push(format!("losetup -d {dev}"), move || {
+        if mounts::loop_backing(&d).is_some_and(|b| b == back) {
+            mounts::loop_detach(&d)?;
+        }
+        Ok(())
+    });
     Ok(dev)
 }
 

@@ -44,11 +44,14 @@ struct Stats {
     bw: f64,
     #[serde(default)]
     iops: f64,
+    #[serde(default)]
+    io_bytes: u64,
+    /// ms
+    #[serde(default)]
+    runtime: u64,
 }
 
-/// The value of `metric` for `dir` in fio's JSON report `text` (which may start with
-/// non-JSON lines, as some fio versions print notes first).
-pub fn parse(text: &str, dir: Dir, metric: Metric) -> anyhow::Result<f64> {
+fn report(text: &str) -> anyhow::Result<Report> {
     let start = text.find('{').context("no JSON object in fio's output")?;
     let report: Report = serde_json::from_str(&text[start..]).context("cannot parse fio's JSON")?;
     if report.jobs.is_empty() {
@@ -57,6 +60,20 @@ pub fn parse(text: &str, dir: Dir, metric: Metric) -> anyhow::Result<f64> {
     if let Some(j) = report.jobs.iter().find(|j| j.error != 0) {
         bail!("fio job {} reported error {}", j.jobname, j.error);
     }
+    Ok(report)
+}
+
+/// (bytes, runtime in ms) of the first job's `dir` side: what a stopped time-based job did.
+pub fn totals(text: &str, dir: Dir) -> anyhow::Result<(u64, u64)> {
+    let j = &report(text)?.jobs[0];
+    let s = if dir == Dir::Read { &j.read } else { &j.write };
+    Ok((s.io_bytes, s.runtime))
+}
+
+/// The value of `metric` for `dir` in fio's JSON report `text` (which may start with
+/// non-JSON lines, as some fio versions print notes first).
+pub fn parse(text: &str, dir: Dir, metric: Metric) -> anyhow::Result<f64> {
+    let report = report(text)?;
     let total: f64 = report
         .jobs
         .iter()
@@ -108,6 +125,9 @@ mod tests {
         assert_eq!(parse(SEQWRITE, Dir::Read, Metric::Bandwidth).unwrap(), 0.0);
         let iops = parse(RANDREAD, Dir::Read, Metric::Iops).unwrap();
         assert!((iops - 1093857.994042).abs() < 1e-6, "{iops}");
+        let (bytes, ms) = totals(SEQWRITE, Dir::Write).unwrap();
+        assert_eq!(bytes, 16 << 20);
+        assert!(ms > 0);
     }
 
     #[test]

@@ -633,12 +633,18 @@ pub fn command_line() -> Vec<String> {
     args
 }
 
+/// The source tree: $FORESHARD_REPO (the scripts set it), else the tree this harness was
+/// built from.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("FORESHARD_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
 /// The source tree's commit: $FORESHARD_REPO (scripts/bench sets it), else the tree this
 /// harness was built from.
 pub fn commit() -> Option<String> {
-    let repo = std::env::var_os("FORESHARD_REPO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    let repo = repo_root();
     let out = cmd::Cmd::new("git")
         .arg("-C")
         .arg(repo)

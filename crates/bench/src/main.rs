@@ -14,10 +14,14 @@ mod io;
 mod meta;
 mod mounts;
 mod peers;
+mod pool;
 mod ratios;
+mod recovery;
 mod render;
+mod reshard;
 mod results;
 mod signal;
+mod sim;
 mod stats;
 mod teardown;
 mod tools;
@@ -49,6 +53,16 @@ enum Command {
     /// The access analyzer's cost: two pools side by side, with and without --no-access,
     /// the same fio jobs in ABBA rounds (must run as root).
     Access(Box<access::AccessArgs>),
+    /// Recovery after a disk is yanked: foreshard (pool and reactive agents) against a
+    /// plain parallel copy and btrfs replace, and the foreground share under each
+    /// --recovery-profile (must run as root).
+    Recovery(Box<recovery::RecoveryArgs>),
+    /// What re-sharding buys on a block trace: co-accessed pairs across shards and bytes
+    /// to rebuild before and after 'foreshard reshard', migration and analyzer cost (must
+    /// run as root).
+    Reshard(Box<reshard::ReshardArgs>),
+    /// The fleet simulator ('foreshard sim') at 10,000 disks x 5 years, with its wall time.
+    Sim(Box<sim::SimArgs>),
     /// Prints the report of a results file again; --render DOC writes it into DOC.
     Render {
         /// A results file (schema foreshard-bench/1).
@@ -77,6 +91,9 @@ fn main() {
         Command::Io(a) => io::run(*a),
         Command::Fsync(a) => fsync::run(*a),
         Command::Access(a) => access::run(*a),
+        Command::Recovery(a) => recovery::run(*a),
+        Command::Reshard(a) => reshard::run(*a),
+        Command::Sim(a) => sim::run(*a),
         Command::Render { file, render } => results::Results::read(&file).and_then(|r| {
             print!("{}", render::text(&r));
             render.map_or(Ok(()), |doc| render_into(&r, &doc))

@@ -139,6 +139,17 @@ pub fn loop_detach(dev: &str) -> anyhow::Result<()> {
         .map(drop)
 }
 
+/// The file behind loop device `dev`, None when it is not attached.
+pub fn loop_backing(dev: &str) -> Option<PathBuf> {
+    let out = Cmd::new("losetup")
+        .args(["-n", "-O", "BACK-FILE", dev])
+        .uninterruptible()
+        .ok()
+        .ok()?;
+    let b = out.trim().trim_end_matches(" (deleted)");
+    (!b.is_empty()).then(|| PathBuf::from(b))
+}
+
 /// Loop devices backed by files under `dir`.
 pub fn loops_under(dir: &Path) -> Vec<String> {
     let out = Cmd::new("losetup")

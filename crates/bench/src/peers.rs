@@ -287,7 +287,7 @@ fn fs_up(env: &Env, c: &Config, mnt: &Path, td: &mut Teardown) -> anyhow::Result
 
 /// `foreshard umount` (which waits for the daemon's flush); a failure is an error of the
 /// run, but the mount is removed anyway so that the teardown can go on.
-fn fs_umount(bin: &Path, mnt: &Path) -> anyhow::Result<()> {
+pub fn fs_umount(bin: &Path, mnt: &Path) -> anyhow::Result<()> {
     if mounts::at(mnt).is_none() {
         return Ok(());
     }

@@ -92,15 +92,22 @@ pub enum Summary {
         #[serde(default)]
         rounds_geomean: Option<f64>,
     },
-    /// An informative target: PASS when the ratio of medians >= threshold.
+    /// An informative target: PASS when `value op threshold`; the value is the ratio of
+    /// medians named `ratio`, or the median of the configuration so named.
     Target {
         test: String,
         target: String,
         ratio: String,
         threshold: f64,
+        #[serde(default = "at_least")]
+        op: String,
         value: Option<f64>,
         status: String,
     },
+}
+
+fn at_least() -> String {
+    ">=".into()
 }
 
 /// A test: id, label, unit.
@@ -160,19 +167,139 @@ pub const ACCESS_TESTS: [Test; 6] = [
     ),
 ];
 
-/// The tests of a benchmark ("io", "fsync" or "access").
-pub fn tests(bench: &str) -> &'static [Test] {
+/// The recovery benchmark's tests of each configuration (scripts/bench-recovery's table).
+pub const RECOVERY_TESTS: [Test; 5] = [
+    ("detect_ms", "detection latency (ms)", "ms"),
+    ("activate_ms", "activation latency (ms)", "ms"),
+    ("full_s", "time to full replication (s)", "s"),
+    ("rate_mibs", "rate (MiB/s)", "MiB/s"),
+    ("bytes_mib", "data re-replicated (MiB)", "MiB"),
+];
+
+/// The recovery benchmark's foreground phase, per recovery profile (fg-PROFILE).
+pub const FOREGROUND_TESTS: [Test; 9] = [
+    ("fg_idle_mibs", "fg idle MiB/s", "MiB/s"),
+    ("fg_during_mibs", "fg during rec. MiB/s", "MiB/s"),
+    ("fg_kept", "fg kept", "ratio"),
+    ("rec_mibs", "recovery MiB/s", "MiB/s"),
+    ("rec_s", "recovery s", "s"),
+    ("rec_share", "recovery share", "ratio"),
+    ("fg_pre_mibs", "fg before the yank MiB/s", "MiB/s"),
+    (
+        "fg_during_daemon_mibs",
+        "fg during, daemon-counted MiB/s",
+        "MiB/s",
+    ),
+    (
+        "fg_idle_daemon_counted",
+        "daemon-counted / fio bytes, idle",
+        "ratio",
+    ),
+];
+
+/// The re-sharding benchmark's measures of the pool before and after `reshard --wait`.
+pub const RESHARD_TESTS: [Test; 12] = [
+    (
+        "cross_pairs",
+        "co-accessed pairs in different shards",
+        "pairs",
+    ),
+    ("cross_fraction", "  fraction (%)", "%"),
+    (
+        "cross_fraction_weighted",
+        "  weighted by co-access count (%)",
+        "%",
+    ),
+    (
+        "groups_split",
+        "co-access groups spanning > 1 shard",
+        "groups",
+    ),
+    ("shards_per_group", "  mean shards per group", "shards"),
+    (
+        "rebuild_median_mib",
+        "single-disk failure, MiB rebuilt for the hot set: median over disks",
+        "MiB",
+    ),
+    ("rebuild_max_mib", "  max over disks", "MiB"),
+    (
+        "rebuild_median_nominal_mib",
+        "  nominal (extents x extent size): median",
+        "MiB",
+    ),
+    ("rebuild_max_nominal_mib", "  nominal: max", "MiB"),
+    (
+        "rebuild_all_median_mib",
+        "  for scale: all shards on the disk, median",
+        "MiB",
+    ),
+    ("shards", "shards", "shards"),
+    ("shards_with_hot", "  holding a hot extent", "shards"),
+];
+
+/// The re-sharding benchmark's measures of the run (configuration "run").
+pub const RESHARD_RUN_TESTS: [Test; 12] = [
+    ("hot_mib", "hot working set (MiB of data)", "MiB"),
+    ("bytes_moved_mib", "migration: bytes moved (MiB)", "MiB"),
+    (
+        "bytes_copied_mib",
+        "  bytes copied to target disks (MiB)",
+        "MiB",
+    ),
+    ("migration_s", "  elapsed (s)", "s"),
+    (
+        "copy_rate_mibs",
+        "  copy rate bytes_copied / elapsed (MiB/s)",
+        "MiB/s",
+    ),
+    ("gib_per_hour", "  the same in GiB per hour", "GiB/h"),
+    ("events_applied", "analyzer: events applied", "events"),
+    ("analyzer_memory_kib", "  memory (KiB)", "KiB"),
+    ("analyzer_memory_max_kib", "  memory bound (KiB)", "KiB"),
+    ("extents_tracked", "  extents tracked", "extents"),
+    ("pairs_tracked", "  pairs tracked", "pairs"),
+    ("cpu_us_per_event", "  CPU per event (us)", "us"),
+];
+
+/// The simulator benchmark's measures per placement policy, and its wall time ("sim").
+pub const SIM_TESTS: [Test; 10] = [
+    ("data_loss_events", "data-loss events", "events"),
+    (
+        "expected_data_loss_events",
+        "expected loss events",
+        "events",
+    ),
+    ("degraded_tb_hours", "degraded TB-hours", "TB-h"),
+    ("rebuilt_tb", "rebuilt TB", "TB"),
+    ("migrated_tb", "migrated TB", "TB"),
+    ("failures", "failures", "disks"),
+    ("evacuations_started", "evacuated disks", "disks"),
+    (
+        "failures_after_evacuation",
+        "  of them failed later",
+        "disks",
+    ),
+    ("mean_repair_hours", "mean repair (h)", "h"),
+    ("wall_s", "wall time (s)", "s"),
+];
+
+/// The tests of a benchmark.
+pub fn tests(bench: &str) -> Vec<Test> {
     match bench {
-        "fsync" => &FSYNC_TESTS,
-        "access" => &ACCESS_TESTS,
-        _ => &IO_TESTS,
+        "fsync" => FSYNC_TESTS.to_vec(),
+        "access" => ACCESS_TESTS.to_vec(),
+        "recovery" => [&RECOVERY_TESTS[..], &FOREGROUND_TESTS].concat(),
+        "reshard" => [&RESHARD_TESTS[..], &RESHARD_RUN_TESTS].concat(),
+        "sim" => SIM_TESTS.to_vec(),
+        _ => IO_TESTS.to_vec(),
     }
 }
 
 /// A test's unit (test ids are unique over all benchmarks).
 pub fn unit_of(test: &str) -> &'static str {
-    let all = IO_TESTS.iter().chain(&FSYNC_TESTS).chain(&ACCESS_TESTS);
-    all.clone().find(|t| t.0 == test).map_or("", |t| t.2)
+    let benches = ["io", "fsync", "access", "recovery", "reshard", "sim"];
+    let all: Vec<Test> = benches.iter().flat_map(|b| tests(b)).collect();
+    all.iter().find(|t| t.0 == test).map_or("", |t| t.2)
 }
 
 /// test -> config -> round -> value.
@@ -195,7 +322,7 @@ pub fn by_round(samples: &[Sample]) -> ByRound {
 pub fn config_summary(bench: &str, configs: &[Config], samples: &[Sample]) -> Vec<Summary> {
     let br = by_round(samples);
     let mut out = Vec::new();
-    for &(test, _, unit) in tests(bench) {
+    for (test, _, unit) in tests(bench) {
         for c in configs {
             let Some(rounds) = br.get(test).and_then(|m| m.get(&c.name)) else {
                 continue;
