@@ -214,15 +214,7 @@ pub fn run(a: AccessArgs) -> anyhow::Result<()> {
         .ok()?;
     let status: serde_json::Value =
         serde_json::from_str(&status).context("foreshard status --json")?;
-    let host = Host {
-        hostname: io::hostname(),
-        nproc: io::nproc(),
-        kernel: io::kernel(),
-        date: date.trim().into(),
-        ndisks: io::NDISKS,
-        disk_kind: env.disks.kind.clone(),
-        fuse_enable_uring: uring,
-    };
+    let host = io::host(date.trim(), io::NDISKS, env.disks.kind.clone(), uring);
     let r = results_of(
         &a,
         file_mib,

@@ -134,15 +134,7 @@ pub fn run(a: FsyncArgs) -> anyhow::Result<()> {
             run_config(&env, c, round, &mut samples, &mut td)?;
         }
     }
-    let host = Host {
-        hostname: io::hostname(),
-        nproc: io::nproc(),
-        kernel: io::kernel(),
-        date: date.trim().into(),
-        ndisks: io::NDISKS,
-        disk_kind: env.disks.kind.clone(),
-        fuse_enable_uring: uring,
-    };
+    let host = io::host(date.trim(), io::NDISKS, env.disks.kind.clone(), uring);
     let r = results_of(&a, configs, samples, host);
     io::finish(&r, &json, a.render.as_deref())?;
     Ok(())

@@ -314,15 +314,7 @@ pub fn run(a: IoArgs) -> anyhow::Result<()> {
         peers::prepare(&ctx.env, c, &mut ctx.prepared, &mut td)?;
     }
     rounds(&mut ctx, &configs, a.interleave, &mut td)?;
-    let host = Host {
-        hostname: hostname(),
-        nproc: nproc(),
-        kernel: kernel(),
-        date,
-        ndisks: NDISKS,
-        disk_kind: ctx.env.disks.kind.clone(),
-        fuse_enable_uring: uring,
-    };
+    let host = host(date, NDISKS, ctx.env.disks.kind.clone(), uring);
     finish(
         &results_of(&a, &ctx, configs, host),
         &json,
@@ -652,6 +644,19 @@ pub fn commit() -> Option<String> {
         .ok()
         .ok()?;
     Some(out.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The machine a run is on, for the results' header.
+pub fn host(date: impl Into<String>, ndisks: usize, disk_kind: String, uring: String) -> Host {
+    Host {
+        hostname: hostname(),
+        nproc: nproc(),
+        kernel: kernel(),
+        date: date.into(),
+        ndisks,
+        disk_kind,
+        fuse_enable_uring: uring,
+    }
 }
 
 pub fn nproc() -> usize {

@@ -33,26 +33,9 @@ pub fn table() -> Vec<Mount> {
         .collect()
 }
 
+/// mountinfo's octal escapes decoded (foreshard-model's, which `debug inject` uses too).
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], oct) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&foreshard_model::util::unescape_mount_field(s.as_bytes())).into_owned()
 }
 
 /// The last mount at `path` (the one visible there), if any.

@@ -109,13 +109,7 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         "wall time {wall_s:.3} s for {disks} disks x {years} years on {} cores",
         io::nproc()
     );
-    let host = Host {
-        hostname: io::hostname(),
-        nproc: io::nproc(),
-        kernel: io::kernel(),
-        date: date.trim().into(),
-        ..Host::default()
-    };
+    let host = io::host(date.trim(), 0, String::new(), String::new());
     let r = results_of(&bin, sim, wall_s, host)?;
     io::finish(&r, &a.json, a.render.as_deref())
 }

@@ -296,15 +296,12 @@ pub fn run(a: RecoveryArgs) -> anyhow::Result<()> {
         ctx.run = run;
         records.push((run, one_run(&ctx, &mut td)?));
     }
-    let host = Host {
-        hostname: io::hostname(),
-        nproc: io::nproc(),
-        kernel: io::kernel(),
-        date: date.trim().into(),
-        ndisks: ctx.plan.ndisks,
-        disk_kind: format!("loop-ext4 ({} MiB images)", ctx.plan.disk_bytes >> 20),
-        fuse_enable_uring: io::fuse_uring(ctx.bin.is_some()),
-    };
+    let host = io::host(
+        date.trim(),
+        ctx.plan.ndisks,
+        format!("loop-ext4 ({} MiB images)", ctx.plan.disk_bytes >> 20),
+        io::fuse_uring(ctx.bin.is_some()),
+    );
     let r = results_of(&a, &ctx, records, host);
     io::finish(&r, &json, a.render.as_deref())
 }

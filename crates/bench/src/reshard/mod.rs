@@ -126,15 +126,12 @@ pub fn run(a: ReshardArgs) -> anyhow::Result<()> {
     for r in 1..=a.runs {
         metrics.push(run::once(&ctx, r, a.runs, &mut td)?);
     }
-    let host = Host {
-        hostname: io::hostname(),
-        nproc: io::nproc(),
-        kernel: io::kernel(),
-        date: date.trim().into(),
-        ndisks: ctx.ndisks,
-        disk_kind: metrics[0]["disk_kind"].as_str().unwrap_or("?").into(),
-        fuse_enable_uring: io::fuse_uring(true),
-    };
+    let host = io::host(
+        date.trim(),
+        ctx.ndisks,
+        metrics[0]["disk_kind"].as_str().unwrap_or("?").into(),
+        io::fuse_uring(true),
+    );
     let r = results_of(&a, &ctx, stats, metrics, host);
     finish(&r, &ctx, a.json.as_deref(), a.render.as_deref())
 }
