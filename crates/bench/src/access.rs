@@ -169,16 +169,9 @@ fn one(env: &Env, c: &Config, test: &str, size: &str, runtime: u64) -> anyhow::R
 pub fn run(a: AccessArgs) -> anyhow::Result<()> {
     let tests = parse_tests(&a.tests)?;
     let file_mib = io::parse_size(&a.size)? >> 20;
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("run as root (drop_caches, mounts)");
-    }
+    io::need_root("run as root (drop_caches, mounts)")?;
     tools::ensure(&[tools::FIO, tools::FUSE3])?;
-    let given = a
-        .foreshard
-        .clone()
-        .or_else(|| std::env::var_os("FORESHARD").map(PathBuf::from));
-    let bin = io::executable(&io::foreshard_bin(given.as_deref()), "foreshard binary")?;
+    let bin = io::foreshard_given(a.foreshard.as_deref())?;
     let date = Cmd::new("date").arg("-Is").ok().unwrap_or_default();
     let work = io::work_dir(&a.dir)?;
     let json = a.json.clone().unwrap_or_else(|| work.join("results.json"));
@@ -289,15 +282,8 @@ fn results_of(
         extra.insert("analyzer".to_string(), analyzer);
     }
     Results {
-        schema: results::SCHEMA.into(),
-        bench: "access".into(),
-        host,
-        commit: io::commit(),
-        params,
-        configs,
-        samples,
-        summary,
         extra,
+        ..Results::new("access", host, params, configs, samples, summary)
     }
 }
 

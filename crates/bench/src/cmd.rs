@@ -91,8 +91,9 @@ impl Cmd {
         s
     }
 
-    /// Runs it to the end (or its timeout) and returns what it printed, whatever its status.
-    pub fn run(&self) -> anyhow::Result<Output> {
+    /// Starts the process with its stdout and stderr read by threads.
+    #[allow(clippy::type_complexity)]
+    fn start(&self) -> anyhow::Result<(Child, JoinHandle<String>, JoinHandle<String>)> {
         let mut child = Command::new(&self.prog)
             .args(&self.args)
             .stdin(Stdio::null())
@@ -102,6 +103,12 @@ impl Cmd {
             .with_context(|| format!("cannot run {}", self.prog))?;
         let out = reader(child.stdout.take());
         let err = reader(child.stderr.take());
+        Ok((child, out, err))
+    }
+
+    /// Runs it to the end (or its timeout) and returns what it printed, whatever its status.
+    pub fn run(&self) -> anyhow::Result<Output> {
+        let (mut child, out, err) = self.start()?;
         let status = self.wait(&mut child)?;
         Ok(Output {
             status,
@@ -131,15 +138,7 @@ impl Cmd {
 
     /// Starts it in the background (stdout and stderr collected); killed when dropped.
     pub fn spawn(&self) -> anyhow::Result<Background> {
-        let mut child = Command::new(&self.prog)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot run {}", self.prog))?;
-        let out = reader(child.stdout.take());
-        let err = reader(child.stderr.take());
+        let (child, out, err) = self.start()?;
         Ok(Background {
             line: self.line(),
             child: Some(child),

@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::fio::{self, Dir, Metric};
 use crate::peers::{self, Config, Env, Kind, Prepared};
@@ -88,10 +88,7 @@ fn configs(with_old: bool) -> Vec<Config> {
 
 /// The whole run; everything made is undone when `td` drops.
 pub fn run(a: FsyncArgs) -> anyhow::Result<()> {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("needs root (loop devices, mounts)");
-    }
+    io::need_root("needs root (loop devices, mounts)")?;
     tools::ensure(&[tools::FIO, tools::FUSE3, tools::EXT4])?;
     // $FORESHARD, as scripts/lib.sh names the binary the scripts run.
     let given = a
@@ -306,17 +303,7 @@ fn results_of(a: &FsyncArgs, configs: Vec<Config>, samples: Vec<Sample>, host: H
         command: io::command_line(),
     };
     let summary = ratios::summarize("fsync", &configs, &samples);
-    Results {
-        schema: results::SCHEMA.into(),
-        bench: "fsync".into(),
-        host,
-        commit: io::commit(),
-        params,
-        configs,
-        samples,
-        summary,
-        extra: Default::default(),
-    }
+    Results::new("fsync", host, params, configs, samples, summary)
 }
 
 #[cfg(test)]

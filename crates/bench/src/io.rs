@@ -210,6 +210,24 @@ fn needs(configs: &[Config], plain: bool) -> Vec<(&'static str, &'static str)> {
     v
 }
 
+/// Refuses to run without root; `msg` says what needs it.
+pub fn need_root(msg: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{msg}");
+    }
+    Ok(())
+}
+
+/// The foreshard binary to run: the option, else $FORESHARD (as scripts/lib.sh names it),
+/// else the release build; it must be an executable.
+pub fn foreshard_given(option: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let given = option
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("FORESHARD").map(PathBuf::from));
+    executable(&foreshard_bin(given.as_deref()), "foreshard binary")
+}
+
 /// The foreshard binary: --foreshard, else the release build in the target directory.
 pub fn foreshard_bin(given: Option<&Path>) -> PathBuf {
     given.map(Path::to_path_buf).unwrap_or_else(|| {
@@ -251,10 +269,7 @@ pub fn work_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 /// Checks and tools before anything is made: root, packages, the binaries. Returns the
 /// foreshard binary (when a configuration needs it) and the --before binary.
 fn preflight(a: &IoArgs, p: &Plan) -> anyhow::Result<(Option<PathBuf>, Option<PathBuf>)> {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("must run as root (loop devices, mounts, drop_caches)");
-    }
+    need_root("must run as root (loop devices, mounts, drop_caches)")?;
     tools::ensure(&needs(&p.configs, a.plain_dirs))?;
     let has_fs = p.configs.iter().any(|c| c.kind == Kind::Foreshard);
     let fs_bin = match has_fs {
@@ -601,17 +616,7 @@ fn results_of(a: &IoArgs, ctx: &Ctx, configs: Vec<Config>, host: Host) -> Result
         command: command_line(),
     };
     let summary = ratios::summarize("io", &configs, &ctx.samples);
-    Results {
-        schema: results::SCHEMA.into(),
-        bench: "io".into(),
-        host,
-        commit: commit(),
-        params,
-        configs,
-        samples: ctx.samples.clone(),
-        summary,
-        extra: Default::default(),
-    }
+    Results::new("io", host, params, configs, ctx.samples.clone(), summary)
 }
 
 /// This run's command line, the program by its name only.

@@ -30,6 +30,30 @@ pub struct Results {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+impl Results {
+    /// A results document of this schema and the source tree's commit.
+    pub fn new(
+        bench: &str,
+        host: Host,
+        params: Params,
+        configs: Vec<Config>,
+        samples: Vec<Sample>,
+        summary: Vec<Summary>,
+    ) -> Results {
+        Results {
+            schema: SCHEMA.into(),
+            bench: bench.into(),
+            host,
+            commit: crate::io::commit(),
+            params,
+            configs,
+            samples,
+            summary,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Host {
     pub hostname: String,

@@ -81,11 +81,7 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
             h
         }
     };
-    let given = a
-        .foreshard
-        .clone()
-        .or_else(|| std::env::var_os("FORESHARD").map(PathBuf::from));
-    let bin = io::executable(&io::foreshard_bin(given.as_deref()), "foreshard binary")?;
+    let bin = io::foreshard_given(a.foreshard.as_deref())?;
     let date = cmd::Cmd::new("date").arg("-Is").ok().unwrap_or_default();
     let (years, disks, seed) = (a.years.to_string(), a.disks.to_string(), a.seed.to_string());
     let mut args: Vec<String> = ["sim", "--disks", &disks, "--years", &years, "--seed", &seed]
@@ -185,17 +181,7 @@ fn results_of(bin: &Path, sim: Value, wall_s: f64, host: Host) -> anyhow::Result
         command: io::command_line(),
         ..Params::default()
     };
-    let mut r = Results {
-        schema: results::SCHEMA.into(),
-        bench: "sim".into(),
-        host,
-        commit: io::commit(),
-        params,
-        configs,
-        samples,
-        summary,
-        extra: Default::default(),
-    };
+    let mut r = Results::new("sim", host, params, configs, samples, summary);
     r.extra.insert("sim".into(), sim);
     Ok(r)
 }

@@ -200,10 +200,7 @@ impl Record {
 }
 
 fn preflight(a: &RecoveryArgs, p: &Plan) -> anyhow::Result<Option<PathBuf>> {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("must run as root (loop devices, mounts, drop_caches)");
-    }
+    io::need_root("must run as root (loop devices, mounts, drop_caches)")?;
     let mut needs = vec![tools::EXT4];
     if p.fs {
         needs.push(tools::FUSE3);
@@ -218,11 +215,7 @@ fn preflight(a: &RecoveryArgs, p: &Plan) -> anyhow::Result<Option<PathBuf>> {
     if !p.fs {
         return Ok(None);
     }
-    let given = a
-        .foreshard
-        .clone()
-        .or_else(|| std::env::var_os("FORESHARD").map(PathBuf::from));
-    let bin = io::executable(&io::foreshard_bin(given.as_deref()), "foreshard binary")?;
+    let bin = io::foreshard_given(a.foreshard.as_deref())?;
     let help = cmd::Cmd::new(&bin)
         .args(["mount", "--help"])
         .ok()
@@ -442,17 +435,7 @@ fn results_of(
         },
         command: io::command_line(),
     };
-    let mut r = Results {
-        schema: results::SCHEMA.into(),
-        bench: "recovery".into(),
-        host,
-        commit: io::commit(),
-        params,
-        configs,
-        samples,
-        summary,
-        extra: Default::default(),
-    };
+    let mut r = Results::new("recovery", host, params, configs, samples, summary);
     let setup = json!({
         "disk_mib": p.disk_bytes >> 20, "replicas": REPLICAS, "data_mib": p.data_bytes >> 20,
         "fg_data_mib": (p.fg_file_bytes * data::NFILES) >> 20, "fg_client_mib": p.client_bytes >> 20,

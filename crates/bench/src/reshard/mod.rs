@@ -91,16 +91,9 @@ pub fn run(a: ReshardArgs) -> anyhow::Result<()> {
     if disk_bytes < 64 << 20 {
         bail!("--disk-size {} is too small (at least 64M)", a.disk_size);
     }
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("must run as root (loop devices, mounts)");
-    }
+    io::need_root("must run as root (loop devices, mounts)")?;
     tools::ensure(&[tools::FUSE3, tools::EXT4])?;
-    let given = a
-        .foreshard
-        .clone()
-        .or_else(|| std::env::var_os("FORESHARD").map(PathBuf::from));
-    let bin = io::executable(&io::foreshard_bin(given.as_deref()), "foreshard binary")?;
+    let bin = io::foreshard_given(a.foreshard.as_deref())?;
     let stats = trace_stats(&bin, &trace)?;
     let date = cmd::Cmd::new("date").arg("-Is").ok().unwrap_or_default();
     let work = io::work_dir(&a.dir)?;
@@ -284,17 +277,7 @@ fn results_of(
         command: io::command_line(),
         ..Params::default()
     };
-    let mut r = Results {
-        schema: results::SCHEMA.into(),
-        bench: "reshard".into(),
-        host,
-        commit: io::commit(),
-        params,
-        configs,
-        samples,
-        summary,
-        extra: Default::default(),
-    };
+    let mut r = Results::new("reshard", host, params, configs, samples, summary);
     let setup = json!({"trace": ctx.trace, "disk_bytes": ctx.disk_bytes, "replicas": REPLICAS,
         "extent_size": EXTENT_SIZE, "mount_args": format!("--reshard-interval-s 0 {}", ctx.mount_args.join(" ")).trim(),
         "replay": "--fast --direct --verify"});
