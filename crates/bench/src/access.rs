@@ -283,7 +283,15 @@ fn results_of(
     }
     Results {
         extra,
-        ..Results::new("access", host, params, configs, samples, summary)
+        ..Results::new(
+            "access",
+            io::commit(),
+            host,
+            params,
+            configs,
+            samples,
+            summary,
+        )
     }
 }
 

@@ -303,7 +303,15 @@ fn results_of(a: &FsyncArgs, configs: Vec<Config>, samples: Vec<Sample>, host: H
         command: io::command_line(),
     };
     let summary = ratios::summarize("fsync", &configs, &samples);
-    Results::new("fsync", host, params, configs, samples, summary)
+    Results::new(
+        "fsync",
+        io::commit(),
+        host,
+        params,
+        configs,
+        samples,
+        summary,
+    )
 }
 
 #[cfg(test)]

@@ -616,7 +616,15 @@ fn results_of(a: &IoArgs, ctx: &Ctx, configs: Vec<Config>, host: Host) -> Result
         command: command_line(),
     };
     let summary = ratios::summarize("io", &configs, &ctx.samples);
-    Results::new("io", host, params, configs, ctx.samples.clone(), summary)
+    Results::new(
+        "io",
+        commit(),
+        host,
+        params,
+        configs,
+        ctx.samples.clone(),
+        summary,
+    )
 }
 
 /// This run's command line, the program by its name only.

@@ -84,9 +84,20 @@ pub fn render_into(r: &results::Results, doc: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The benchmarks whose reports have a layout of their own.
+fn layouts(r: &results::Results) -> Option<Vec<render::Part>> {
+    match r.bench.as_str() {
+        "recovery" => Some(recovery::report::parts(r)),
+        "reshard" => Some(reshard::report::parts(r)),
+        "sim" => Some(sim::parts(r)),
+        _ => None,
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     signal::install();
+    render::set_layouts(layouts);
     let res = match cli.cmd {
         Command::Io(a) => io::run(*a),
         Command::Fsync(a) => fsync::run(*a),

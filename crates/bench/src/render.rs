@@ -434,14 +434,19 @@ fn analyzer_line(r: &Results) -> Option<String> {
     ))
 }
 
-/// The report's parts for the benchmarks with a layout of their own.
+/// The report's parts of a benchmark with a layout of its own (None: the common layout).
+pub type Layouts = fn(&Results) -> Option<Vec<Part>>;
+
+/// Set once by main: the benchmarks' own layouts live with them, above this module, so
+/// that they may use it and it need not know them.
+static LAYOUTS: std::sync::OnceLock<Layouts> = std::sync::OnceLock::new();
+
+pub fn set_layouts(f: Layouts) {
+    let _ = LAYOUTS.set(f);
+}
+
 fn parts_of(r: &Results) -> Option<Vec<Part>> {
-    match r.bench.as_str() {
-        "recovery" => Some(crate::recovery::report::parts(r)),
-        "reshard" => Some(crate::reshard::report::parts(r)),
-        "sim" => Some(crate::sim::parts(r)),
-        _ => None,
-    }
+    LAYOUTS.get().and_then(|f| f(r))
 }
 
 /// The terminal report.

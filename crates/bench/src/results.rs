@@ -31,9 +31,10 @@ pub struct Results {
 }
 
 impl Results {
-    /// A results document of this schema and the source tree's commit.
+    /// A results document of this schema.
     pub fn new(
         bench: &str,
+        commit: Option<String>,
         host: Host,
         params: Params,
         configs: Vec<Config>,
@@ -44,7 +45,7 @@ impl Results {
             schema: SCHEMA.into(),
             bench: bench.into(),
             host,
-            commit: crate::io::commit(),
+            commit,
             params,
             configs,
             samples,

@@ -181,7 +181,7 @@ fn results_of(bin: &Path, sim: Value, wall_s: f64, host: Host) -> anyhow::Result
         command: io::command_line(),
         ..Params::default()
     };
-    let mut r = Results::new("sim", host, params, configs, samples, summary);
+    let mut r = Results::new("sim", io::commit(), host, params, configs, samples, summary);
     r.extra.insert("sim".into(), sim);
     Ok(r)
 }

@@ -435,7 +435,15 @@ fn results_of(
         },
         command: io::command_line(),
     };
-    let mut r = Results::new("recovery", host, params, configs, samples, summary);
+    let mut r = Results::new(
+        "recovery",
+        io::commit(),
+        host,
+        params,
+        configs,
+        samples,
+        summary,
+    );
     let setup = json!({
         "disk_mib": p.disk_bytes >> 20, "replicas": REPLICAS, "data_mib": p.data_bytes >> 20,
         "fg_data_mib": (p.fg_file_bytes * data::NFILES) >> 20, "fg_client_mib": p.client_bytes >> 20,

@@ -277,7 +277,15 @@ fn results_of(
         command: io::command_line(),
         ..Params::default()
     };
-    let mut r = Results::new("reshard", host, params, configs, samples, summary);
+    let mut r = Results::new(
+        "reshard",
+        io::commit(),
+        host,
+        params,
+        configs,
+        samples,
+        summary,
+    );
     let setup = json!({"trace": ctx.trace, "disk_bytes": ctx.disk_bytes, "replicas": REPLICAS,
         "extent_size": EXTENT_SIZE, "mount_args": format!("--reshard-interval-s 0 {}", ctx.mount_args.join(" ")).trim(),
         "replay": "--fast --direct --verify"});
