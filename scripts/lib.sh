@@ -26,7 +26,8 @@ ensure_pkgs() {
 
 # What building and mounting need on a fresh Debian machine.
 ensure_build_deps() {
-    ensure_pkgs fuse3 libclang-dev clang pkg-config e2fsprogs mount
+    # protobuf-compiler: etcd-client (crates/cluster) runs protoc in its build script
+    ensure_pkgs fuse3 libclang-dev clang pkg-config e2fsprogs mount protobuf-compiler
     command -v cargo >/dev/null || die "cargo not found (the Rust toolchain is required)"
     [[ -e /dev/fuse ]] || modprobe fuse 2>/dev/null || true
 }
