@@ -3,3 +3,10 @@
 //! storage hosts serve their disks with. No RocksDB and no FUSE here, so `cargo test -p
 //! foreshard-cluster` builds in minutes on a fresh machine; a single-host pool never runs
 //! any of it.
+
+pub mod batch;
+pub mod keys;
+pub mod map;
+pub mod member;
+pub mod records;
+pub mod watch;
