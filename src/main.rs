@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FORESHARD_LOG")
-                .unwrap_or_else(|_| "warn,foreshard=info".into()),
+                .unwrap_or_else(|_| "warn,foreshard=info,foreshard_cluster=info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -3,6 +3,7 @@
 
 mod debug;
 mod disk;
+mod node;
 mod pool;
 mod report;
 mod risk;
@@ -118,6 +119,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: trace::TraceCmd,
     },
+    /// Run this machine as a storage host of a cluster: join etcd, register and serve disks.
+    Node(node::NodeCmd),
     /// Tools for testing: fault injection (yank, bitrot, eio, slow, full, crash, ...).
     Debug {
         #[command(subcommand)]
@@ -157,6 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Risk(a) => risk::run(a),
         Cmd::Sim(args) => code(foreshard::sim::run(args)?),
         Cmd::Trace { cmd } => code(trace::run(cmd)?),
+        Cmd::Node(a) => ok(node::run(a)),
         Cmd::Debug { cmd } => ok(debug::run(cmd)),
     }
 }

@@ -8,5 +8,6 @@ pub mod batch;
 pub mod keys;
 pub mod map;
 pub mod member;
+pub mod node;
 pub mod records;
 pub mod watch;

@@ -416,3 +416,57 @@ fn the_map_outlives_its_leader() {
         "namespaces left behind"
     );
 }
+
+#[test]
+fn a_node_registers_its_disks_and_leaves() {
+    use foreshard_cluster::node::{Node, NodeConfig};
+    use foreshard_cluster::records::{decode, DiskRecord};
+    let Some((_net, url)) = cluster() else { return };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let cfg = |name: &str, adopt| NodeConfig {
+        name: name.into(),
+        disks: dirs.iter().map(|d| d.path().to_path_buf()).collect(),
+        rack: Some("r1".into()),
+        addr: "10.0.0.9:7070".into(),
+        lease_ttl_s: 3,
+        adopt,
+    };
+    rt().block_on(async {
+        let map = Map::connect(&url).await.unwrap();
+        let node = Node::start(&map, cfg("s1", false)).await.unwrap();
+        let uuids: Vec<String> = node.disks.iter().map(|d| d.0.clone()).collect();
+        let k = map.keys().clone();
+        for u in &uuids {
+            let kv = map.get(&k.disk(u)).await.unwrap().expect("disk record");
+            let rec = decode::<DiskRecord>(&kv.key, &kv.value).unwrap().body;
+            assert_eq!(
+                (rec.host.as_str(), rec.rack.as_deref(), rec.pool),
+                ("s1", Some("r1"), None)
+            );
+            let st = map.get(&k.disk_stat(u)).await.unwrap().expect("diskstat");
+            assert_eq!(st.lease, node.membership.lease());
+        }
+        assert!(map.get(&k.host_info("s1")).await.unwrap().is_some());
+        let stop = tokio::time::sleep(Duration::from_millis(300));
+        node.run(&map, Duration::from_millis(100), stop)
+            .await
+            .unwrap();
+        // Left: the host and its stats are gone at once; the disks stay registered.
+        assert!(map.get(&k.host("s1")).await.unwrap().is_none());
+        assert!(map.get(&k.disk_stat(&uuids[0])).await.unwrap().is_none());
+        assert!(map.get(&k.disk(&uuids[0])).await.unwrap().is_some());
+        // Its disks under another name: refused, then adopted with the same uuids.
+        let e = Node::start(&map, cfg("s2", false)).await.err().unwrap();
+        assert!(format!("{e:#}").contains("--adopt"), "{e:#}");
+        let again = Node::start(&map, cfg("s2", true)).await.unwrap();
+        assert_eq!(
+            again.disks.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
+            uuids
+        );
+        let kv = map.get(&k.disk(&uuids[1])).await.unwrap().unwrap();
+        assert_eq!(
+            decode::<DiskRecord>(&kv.key, &kv.value).unwrap().body.host,
+            "s2"
+        );
+    });
+}

@@ -1,0 +1,117 @@
+//! `foreshard node`: run this machine as a storage host of a cluster (docs/cluster.md):
+//! join under a lease, register the disks with host and rack, publish their space, leave
+//! on SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use foreshard_cluster::keys::ClusterUrl;
+use foreshard_cluster::map::Map;
+use foreshard_cluster::node::{check_config, Node, NodeConfig, DISKSTAT_INTERVAL};
+
+#[derive(clap::Args)]
+pub struct NodeCmd {
+    /// The etcd members and the cluster's name: etcd://HOST:PORT[,HOST:PORT...][/CLUSTER]
+    #[arg(long)]
+    cluster: String,
+    /// A directory this host serves (repeat for each disk).
+    #[arg(long = "disk", value_name = "DIR", required = true)]
+    disks: Vec<PathBuf>,
+    /// Failure domain above the host (a rack, a room); replicas avoid sharing one.
+    #[arg(long)]
+    rack: Option<String>,
+    /// This host's name in the cluster [default: the hostname].
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the extent service listens.
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    listen: SocketAddr,
+    /// The address other hosts reach this one at [default: --listen, which must then name
+    /// an address, not 0.0.0.0].
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// The host counts as gone this long after its last keep-alive (2 to 300).
+    #[arg(long, default_value_t = 10)]
+    lease_ttl_s: i64,
+    /// Take disks whose label names another host (a disk moved between chassis).
+    #[arg(long)]
+    adopt: bool,
+}
+
+pub fn run(a: NodeCmd) -> anyhow::Result<()> {
+    let url = ClusterUrl::parse(&a.cluster)?;
+    let addr = match a.advertise {
+        Some(ad) => ad,
+        None if !a.listen.ip().is_unspecified() => a.listen,
+        None => bail!(
+            "--listen {} is not an address others can reach: give --advertise IP:PORT",
+            a.listen
+        ),
+    };
+    let name = match a.name {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    let config = NodeConfig {
+        name,
+        disks: a.disks,
+        rack: a.rack,
+        addr: addr.to_string(),
+        lease_ttl_s: a.lease_ttl_s,
+        adopt: a.adopt,
+    };
+    // Two threads: etcd keep-alives and diskstat puts are all this process does besides
+    // serving, and they must not wait behind each other.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(url, config))
+}
+
+async fn serve(url: ClusterUrl, config: NodeConfig) -> anyhow::Result<()> {
+    // Local mistakes first, before anything waits on the network.
+    check_config(&config)?;
+    let map = Map::connect(&url).await?;
+    let health = map.spawn_health();
+    let node = Node::start(&map, config).await?;
+    println!(
+        "node {} joined cluster {} (lease {}): {}",
+        node.config.name,
+        url.cluster,
+        node.membership.lease(),
+        node.disks
+            .iter()
+            .map(|(u, d)| format!("{} = {u}", d.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let r = node.run(&map, DISKSTAT_INTERVAL, stop_signal()).await;
+    health.abort();
+    r.context("leaving the cluster")?;
+    println!("node left the cluster");
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handlers the node runs until killed; its lease then lapses.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn hostname() -> anyhow::Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the hostname: give --name")?;
+    Ok(h.trim().to_string())
+}

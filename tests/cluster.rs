@@ -1,0 +1,172 @@
+//! `foreshard node` as a storage host of a cluster: three etcd members and the node in
+//! network namespaces (crates/cluster/tests/net), as root.
+
+#[path = "../crates/cluster/tests/net/mod.rs"]
+mod net;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use foreshard_cluster::keys::ClusterUrl;
+use foreshard_cluster::map::{Kv, Map};
+use foreshard_cluster::records::{decode, DiskRecord};
+use net::Net;
+
+const BIN: &str = env!("CARGO_BIN_EXE_foreshard");
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn wait_for(map: &Map, key: &str, present: bool, max: Duration) -> Option<Kv> {
+    let t0 = Instant::now();
+    loop {
+        let kv = map.get(key).await.unwrap();
+        if kv.is_some() == present {
+            return kv;
+        }
+        assert!(
+            t0.elapsed() < max,
+            "{key} present={} after {max:?}",
+            kv.is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn node_args(net: &Net, url: &str, disks: &[&Path]) -> Vec<String> {
+    let mut a: Vec<String> = ["node", "--cluster", url, "--name", "s1", "--rack", "r1"]
+        .map(String::from)
+        .to_vec();
+    a.extend(["--listen".into(), format!("{}:7070", net.ip("s1"))]);
+    a.extend(["--lease-ttl-s".into(), "2".into()]);
+    for d in disks {
+        a.extend(["--disk".into(), d.display().to_string()]);
+    }
+    a
+}
+
+#[test]
+fn a_node_joins_dies_and_comes_back() {
+    if !net::available() {
+        return;
+    }
+    let mut net = Net::new(&["e1", "e2", "e3", "s1"]);
+    let url = net.etcd(&["e1", "e2", "e3"], "t");
+    let disks = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let dp: Vec<&Path> = disks.iter().map(|d| d.path()).collect();
+    let args = node_args(&net, &url, &dp);
+    let pid = net.spawn("s1", BIN, &args, "node1.log");
+    rt().block_on(async {
+        let map = Map::connect(&ClusterUrl::parse(&url).unwrap())
+            .await
+            .unwrap();
+        let k = map.keys().clone();
+        let first = wait_for(&map, &k.host("s1"), true, Duration::from_secs(20))
+            .await
+            .unwrap();
+        let disks = map.read_prefix(&k.disks()).await.unwrap();
+        assert_eq!(disks.kvs.len(), 2);
+        for kv in &disks.kvs {
+            let d = decode::<DiskRecord>(&kv.key, &kv.value).unwrap().body;
+            assert_eq!((d.host.as_str(), d.rack.as_deref()), ("s1", Some("r1")));
+        }
+        // kill -9: nobody revokes the lease; it lapses within its TTL (+1 s).
+        net.signal(pid, libc::SIGKILL);
+        let t0 = Instant::now();
+        wait_for(&map, &k.host("s1"), false, Duration::from_secs(10)).await;
+        let lived = t0.elapsed();
+        assert!(
+            lived < Duration::from_secs(3) + Duration::from_millis(500),
+            "{lived:?}"
+        );
+        // Started again on the same disks: the same uuids, a new lease.
+        let pid2 = net.spawn("s1", BIN, &args, "node2.log");
+        let back = wait_for(&map, &k.host("s1"), true, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_ne!(back.lease, first.lease);
+        assert_eq!(map.read_prefix(&k.disks()).await.unwrap().kvs.len(), 2);
+        // SIGTERM: it leaves at once (the lease revoked, not left to lapse) and exits 0.
+        net.signal(pid2, libc::SIGTERM);
+        wait_for(&map, &k.host("s1"), false, Duration::from_millis(1500)).await;
+    });
+    let log = std::fs::read_to_string(net.dir.join("node2.log")).unwrap();
+    assert!(
+        log.contains("joined cluster t") && log.contains("left the cluster"),
+        "{log}"
+    );
+}
+
+#[test]
+fn bad_node_arguments_fail_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let disk = d.path().display().to_string();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--cluster", "http://x:1", "--disk", &disk, "--name", "a"],
+            "etcd://",
+        ),
+        (
+            &["--cluster", "etcd://127.0.0.1:1", "--disk", &disk],
+            "advertise",
+        ),
+        (
+            &[
+                "--cluster",
+                "etcd://127.0.0.1:1",
+                "--disk",
+                "/nonexistent-fs",
+                "--name",
+                "a",
+                "--listen",
+                "127.0.0.1:7070",
+            ],
+            "no such directory",
+        ),
+        (
+            &[
+                "--cluster",
+                "etcd://127.0.0.1:1",
+                "--disk",
+                &disk,
+                "--name",
+                "a/b",
+                "--listen",
+                "127.0.0.1:7070",
+            ],
+            "host name",
+        ),
+        // Nothing listens on port 1: a clear error within the connect time-out.
+        (
+            &[
+                "--cluster",
+                "etcd://127.0.0.1:1",
+                "--disk",
+                &disk,
+                "--name",
+                "a",
+                "--listen",
+                "127.0.0.1:7070",
+            ],
+            "etcd",
+        ),
+    ];
+    for (args, want) in cases {
+        let t0 = Instant::now();
+        let o = Command::new(BIN).arg("node").args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{args:?} took {:?}",
+            t0.elapsed()
+        );
+    }
+}
