@@ -3,3 +3,5 @@
 //! storage hosts serve their disks with. No RocksDB and no FUSE here, so `cargo test -p
 //! foreshard-cluster` builds in minutes on a fresh machine; a single-host pool never runs
 //! any of it.
+
+pub mod wire;
