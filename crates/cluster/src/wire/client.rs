@@ -489,7 +489,6 @@ async fn read_answer(conn: &Conn, rd: &mut Reader) -> Result<(), Fail> {
 }
 
 async fn read_chunks(rd: &mut Reader, id: u64, len: u64, keep: bool) -> Result<Vec<u8>, Fail> {
-    use tokio::io::AsyncReadExt;
     let mut buf = Vec::with_capacity(if keep { len as usize } else { 0 });
     let mut left = len;
     while left > 0 {
@@ -504,9 +503,7 @@ async fn read_chunks(rd: &mut Reader, id: u64, len: u64, keep: bool) -> Result<V
             return Err(Fail::Transport(e));
         }
         if keep {
-            let start = buf.len();
-            buf.resize(start + n as usize, 0);
-            rd.read_exact(&mut buf[start..]).await.map_err(transport)?;
+            (frame::read_append(rd, &mut buf, n as usize).await).map_err(transport)?;
         } else {
             frame::skip(rd, n).await.map_err(transport)?;
         }

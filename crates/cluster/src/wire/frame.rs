@@ -148,6 +148,23 @@ pub async fn read_vec<R: AsyncRead + Unpin>(r: &mut R, n: usize) -> io::Result<V
     Ok(v)
 }
 
+/// Appends exactly `n` bytes to `buf`, read straight into its spare room (no zeroing first:
+/// at 1 MiB chunks that was a tenth of a receive's time).
+pub async fn read_append<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> io::Result<()> {
+    buf.reserve(n);
+    let mut limited = r.take(n as u64);
+    while limited.limit() > 0 {
+        if limited.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
+}
+
 /// Reads and drops `n` bytes through a small buffer (keeps a connection in step after a
 /// refused write without holding its bytes).
 pub async fn skip<R: AsyncRead + Unpin>(r: &mut R, mut n: u64) -> io::Result<()> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -21,7 +21,9 @@ use super::auth::{hello_mac, macs_equal, server_mac};
 use super::backend::DiskBackend;
 use super::fence::Fence;
 use super::frame::{self, Header, KIND_CHALLENGE, KIND_DATA, KIND_REQUEST, KIND_RESPONSE};
-use super::msg::{blocks_in, verify_blocks, Challenge, Class, Op, Request, Response, WireError};
+use super::msg::{
+    blocks_in, verify_blocks, Challenge, Class, Op, Request, Response, Sum, WireError,
+};
 use super::pace::Pacer;
 use super::{CONN_REQUESTS_MAX, PROTO, SERVER_BUFFER_BYTES_MAX, STALL_TIMEOUT};
 
@@ -422,6 +424,55 @@ async fn chunk_header(
     Ok(h)
 }
 
+/// Reads and drops a refused write's chunks, so the connection stays in step.
+async fn drain_write(
+    rd: &mut BufReader<OwnedReadHalf>,
+    id: u64,
+    len: u64,
+    stall: Duration,
+    refusal: WireError,
+) -> Received {
+    let mut left = len;
+    while left > 0 {
+        let h = match chunk_header(rd, id, left, stall).await {
+            Ok(h) => h,
+            Err(e) => return Received::Close(e),
+        };
+        if within(stall, frame::skip(rd, h.payload_len as u64))
+            .await
+            .is_err()
+        {
+            return Received::Close(WireError::timed_out());
+        }
+        left -= h.payload_len as u64;
+    }
+    Received::Answer(refusal)
+}
+
+/// Verifies the blocks of `buf` from `*verified` on that are whole (or the last one, once
+/// all `len` bytes are in); the first bad one is the answer.
+fn verify_whole(
+    buf: &[u8],
+    len: u64,
+    block_bytes: u32,
+    sums: &[Sum],
+    verified: &mut usize,
+) -> Result<(), WireError> {
+    let bs = block_bytes as usize;
+    while *verified < buf.len() && (*verified + bs <= buf.len() || buf.len() as u64 == len) {
+        let end = (*verified + bs).min(buf.len());
+        let block = *verified / bs;
+        verify_blocks(
+            &buf[*verified..end],
+            block_bytes,
+            &sums[block..][..1],
+            block as u64,
+        )?;
+        *verified = end;
+    }
+    Ok(())
+}
+
 /// Takes a write's `len` bytes in chunks, verifying each block as soon as it is whole. A
 /// refused write (bad sums, fenced, no buffers) still has its chunks read and dropped.
 async fn receive_write(
@@ -449,61 +500,30 @@ async fn receive_write(
         .and_then(|()| sh.fence(disk)?.check(req.term, Some((shard, epoch))))
         .and_then(|()| sh.buffers(len));
     let stall = sh.cfg.stall_timeout;
-    let pacer = sh.pacer(req.class);
     let (mut buf, permit) = match admitted {
         Ok(p) => (Vec::with_capacity(len as usize), p),
-        Err(refusal) => {
-            let mut left = len;
-            while left > 0 {
-                let h = match chunk_header(rd, id, left, stall).await {
-                    Ok(h) => h,
-                    Err(e) => return Received::Close(e),
-                };
-                if within(stall, frame::skip(rd, h.payload_len as u64))
-                    .await
-                    .is_err()
-                {
-                    return Received::Close(WireError::timed_out());
-                }
-                left -= h.payload_len as u64;
-            }
-            return Received::Answer(refusal);
-        }
+        Err(refusal) => return drain_write(rd, id, len, stall, refusal).await,
     };
-    let (mut verified, mut bad) = (0usize, None);
+    let (mut verified, mut verdict) = (0usize, Ok(()));
     while (buf.len() as u64) < len {
         let h = match chunk_header(rd, id, len - buf.len() as u64, stall).await {
             Ok(h) => h,
             Err(e) => return Received::Close(e),
         };
-        if let Some(p) = pacer {
+        if let Some(p) = sh.pacer(req.class) {
             p.take(h.payload_len as u64).await;
         }
-        let start = buf.len();
-        buf.resize(start + h.payload_len as usize, 0);
-        if let Err(e) = within(stall, async { rd.read_exact(&mut buf[start..]).await }).await {
+        let n = h.payload_len as usize;
+        if let Err(e) = within(stall, frame::read_append(rd, &mut buf, n)).await {
             return Received::Close(WireError::from_transport(&e));
         }
-        let bs = block_bytes as usize;
-        while bad.is_none()
-            && verified < buf.len()
-            && (verified + bs <= buf.len() || buf.len() as u64 == len)
-        {
-            let end = (verified + bs).min(buf.len());
-            let block = (verified / bs) as u64;
-            bad = verify_blocks(
-                &buf[verified..end],
-                block_bytes,
-                &sums[block as usize..][..1],
-                block,
-            )
-            .err();
-            verified = end;
+        if verdict.is_ok() {
+            verdict = verify_whole(&buf, len, block_bytes, sums, &mut verified);
         }
     }
-    match bad {
-        Some(e) => Received::Answer(e),
-        None => Received::Bytes(buf, permit),
+    match verdict {
+        Err(e) => Received::Answer(e),
+        Ok(()) => Received::Bytes(buf, permit),
     }
 }
 
@@ -529,18 +549,12 @@ async fn handle(
     let _ = tx.send(out).await;
 }
 
-fn done<T>(_: T) -> Result<Served, WireError> {
-    Ok((Response::Done, Vec::new(), None))
-}
-
 async fn serve(
     sh: &Shared,
     req: Request,
     payload: Option<(Vec<u8>, OwnedSemaphorePermit)>,
 ) -> Result<Served, WireError> {
     let term = req.term;
-    let be = sh.backend.clone();
-    let disk_err = |e: io::Error| WireError::from_disk(&e);
     match req.op {
         Op::Hello { .. } => Err(WireError::BadRequest("hello twice".into())),
         Op::Write {
@@ -550,13 +564,13 @@ async fn serve(
             epoch,
             ..
         } => {
-            let fence = sh.fence(disk)?;
+            let (fence, be) = (sh.fence(disk)?, sh.backend.clone());
             let (buf, permit) = payload.expect("a write comes with its bytes");
             blocking(move || {
                 let _seen = fence.admit(term, Some((shard, epoch)))?;
-                be.write_extent(disk, id, &buf).map_err(disk_err)?;
+                (be.write_extent(disk, id, &buf)).map_err(|e| WireError::from_disk(&e))?;
                 drop(permit);
-                done(())
+                Ok((Response::Done, Vec::new(), None))
             })
             .await
         }
@@ -579,53 +593,49 @@ async fn serve(
             };
             serve_read(sh, read).await
         }
-        Op::Sync { disk, ids } => {
-            let fence = sh.fence(disk)?;
-            blocking(move || {
-                let _seen = fence.admit(term, None)?;
-                let failed = be.sync(disk, &ids).map_err(disk_err)?;
-                Ok((Response::Synced { failed }, Vec::new(), None))
-            })
-            .await
-        }
+        op => serve_small(sh, term, op).await,
+    }
+}
+
+/// Sync, Remove, Probe and Space: no bytes either way.
+async fn serve_small(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError> {
+    let (disk, mutation) = match op {
+        Op::Sync { disk, .. } | Op::Probe { disk } | Op::Space { disk } => (disk, None),
         Op::Remove {
-            disk,
-            id,
-            shard,
-            epoch,
-        } => {
-            let fence = sh.fence(disk)?;
-            blocking(move || {
-                let _seen = fence.admit(term, Some((shard, epoch)))?;
-                be.remove(disk, id).map_err(disk_err).and_then(done)
-            })
-            .await
-        }
-        Op::Probe { disk } => {
-            let fence = sh.fence(disk)?;
-            blocking(move || {
-                let _seen = fence.admit(term, None)?;
+            disk, shard, epoch, ..
+        } => (disk, Some((shard, epoch))),
+        _ => unreachable!("serve takes the others"),
+    };
+    let (fence, be) = (sh.fence(disk)?, sh.backend.clone());
+    blocking(move || {
+        let _seen = fence.admit(term, mutation)?;
+        let disk_err = |e: io::Error| WireError::from_disk(&e);
+        let resp = match op {
+            Op::Sync { ids, .. } => Response::Synced {
+                failed: be.sync(disk, &ids).map_err(disk_err)?,
+            },
+            Op::Remove { id, .. } => be
+                .remove(disk, id)
+                .map(|()| Response::Done)
+                .map_err(disk_err)?,
+            Op::Probe { .. } => {
                 let t = Instant::now();
                 be.probe(disk).map_err(disk_err)?;
-                let us = t.elapsed().as_micros() as u64;
-                Ok((Response::ProbeOk { us }, Vec::new(), None))
-            })
-            .await
-        }
-        Op::Space { disk } => {
-            let fence = sh.fence(disk)?;
-            blocking(move || {
-                let _seen = fence.admit(term, None)?;
+                Response::ProbeOk {
+                    us: t.elapsed().as_micros() as u64,
+                }
+            }
+            _ => {
                 let s = be.space(disk).map_err(disk_err)?;
-                let resp = Response::SpaceOk {
+                Response::SpaceOk {
                     total_bytes: s.total_bytes,
                     free_bytes: s.free_bytes,
-                };
-                Ok((resp, Vec::new(), None))
-            })
-            .await
-        }
-    }
+                }
+            }
+        };
+        Ok((resp, Vec::new(), None))
+    })
+    .await
 }
 
 struct Read {
