@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use foreshard_cluster::wire::frame::{self, Header, KIND_DATA, KIND_REQUEST};
 use foreshard_cluster::wire::msg::Response;
 use foreshard_cluster::wire::{
-    block_sums, Class, ClientConfig, Ctx, DirBackend, DiskBackend, DiskInfo, ExtentId, Peer,
-    ReadReq, Server, ServerConfig, Space, WireError, WriteReq,
+    block_sums, Class, Client, ClientConfig, Ctx, DirBackend, DiskBackend, DiskInfo, ExtentId,
+    Peer, ReadReq, Server, ServerConfig, Space, WireError, WriteReq,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -525,6 +525,103 @@ async fn a_wrong_secret_and_a_replayed_hello_are_refused() {
     assert!(matches!(refusal(&mut s).await, WireError::BadRequest(_)));
     // The captured one was good where it was made.
     p.probe(ctx(1), DISK).await.unwrap();
+}
+
+/// A DirBackend whose writes wait while the gate is shut (to hold a server's buffers).
+struct Gated {
+    inner: DirBackend,
+    shut: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl DiskBackend for Gated {
+    fn disks(&self) -> Vec<DiskInfo> {
+        self.inner.disks()
+    }
+    fn write_extent(&self, disk: u32, id: ExtentId, bytes: &[u8]) -> io::Result<()> {
+        let shut = self.shut.lock().unwrap();
+        drop(self.opened.wait_while(shut, |s| *s).unwrap());
+        self.inner.write_extent(disk, id, bytes)
+    }
+    fn read(&self, disk: u32, id: ExtentId, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.inner.read(disk, id, offset, len)
+    }
+    fn sync(&self, disk: u32, ids: &[ExtentId]) -> io::Result<Vec<ExtentId>> {
+        self.inner.sync(disk, ids)
+    }
+    fn remove(&self, disk: u32, id: ExtentId) -> io::Result<()> {
+        self.inner.remove(disk, id)
+    }
+    fn probe(&self, disk: u32) -> io::Result<()> {
+        self.inner.probe(disk)
+    }
+    fn space(&self, disk: u32) -> io::Result<Space> {
+        self.inner.space(disk)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_receive_buffers_answer_busy_and_free_up() {
+    let d = tempfile::tempdir().unwrap();
+    let gated = Arc::new(Gated {
+        inner: DirBackend::open(&[(DISK, d.path().join("d1"))]).unwrap(),
+        shut: Mutex::new(true),
+        opened: std::sync::Condvar::new(),
+    });
+    let mut cfg = ServerConfig::new(POOL, "store-a", SECRET);
+    cfg.buffer_bytes_max = 3 << 19;
+    let server = Server::bind(LOCAL.parse().unwrap(), cfg, gated.clone())
+        .await
+        .unwrap();
+    let p = Arc::new(peer(server.local_addr(), |_| {}).await);
+    let data = Arc::new(pattern(1 << 20, 9));
+    let w = Arc::new(write_req(xid(1), (1, 1), &data));
+    let first = {
+        let (p, data, w) = (p.clone(), data.clone(), w.clone());
+        tokio::spawn(async move { p.write(ctx(1), &w, &data).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 1 MiB of the 1.5 MiB is held by the write waiting at the gate (tried twice).
+    assert_eq!(p.write(ctx(1), &w, &data).await, Err(WireError::Busy));
+    let big = pattern(2 << 20, 9);
+    let wb = write_req(xid(2), (1, 1), &big);
+    assert_eq!(p.write(ctx(1), &wb, &big).await, Err(WireError::TooLarge));
+    *gated.shut.lock().unwrap() = false;
+    gated.opened.notify_all();
+    first.await.unwrap().unwrap();
+    p.write(ctx(1), &w, &data).await.unwrap();
+}
+
+#[test]
+fn the_blocking_client_works_from_a_plain_thread() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let (server, _) = rt.block_on(start(d.path(), |_| {}));
+    let cfg = ClientConfig::new(POOL, "meta-a", SECRET);
+    let handle = rt.handle().clone();
+    let addr = server.local_addr();
+    std::thread::spawn(move || {
+        let c = Client::connect(handle, addr, cfg).unwrap();
+        let data = pattern(100_000, 10);
+        let w = write_req(xid(1), (1, 1), &data);
+        c.write(ctx(1), &w, &data).unwrap();
+        let r = ReadReq::covering(DISK, xid(1), (10, 50_000), BS, &w.sums);
+        assert!(c.read(ctx(1), &r).unwrap() == data[10..50_010]);
+        assert_eq!(c.sync(ctx(1), DISK, &[xid(1)]).unwrap(), vec![]);
+        let e: io::Error = c.read(ctx(0), &r).unwrap_err().into();
+        let inner = e.get_ref().and_then(|e| e.downcast_ref::<WireError>());
+        assert_eq!(inner, Some(&WireError::Fenced { term: 1, epoch: 0 }));
+        c.remove(ctx(1), DISK, xid(1), (1, 1)).unwrap();
+        let e: io::Error = c.read(ctx(1), &r).unwrap_err().into();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    })
+    .join()
+    .unwrap();
+    drop(server);
 }
 
 /// Keeps nothing: the benchmark measures the service, not a disk.

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use super::msg::WireError;
@@ -26,6 +27,8 @@ const COMPACT_FACTOR: usize = 4;
 pub struct Fence {
     dir: PathBuf,
     table: RwLock<Table>,
+    /// Requests refused so far (for the node's counters).
+    refused: AtomicU64,
 }
 
 struct Table {
@@ -112,11 +115,22 @@ impl Fence {
         Ok(Fence {
             dir: dir.to_path_buf(),
             table: RwLock::new(table),
+            refused: AtomicU64::new(0),
         })
     }
 
     pub fn term(&self) -> u64 {
         self.table.read().expect("fence lock").term
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn refuse(&self, e: WireError, term: u64, shard_epoch: Option<(u32, u64)>) -> WireError {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(dir = %self.dir.display(), term, ?shard_epoch, seen = %e, "fenced");
+        e
     }
 
     pub fn epoch(&self, shard: u32) -> u64 {
@@ -144,7 +158,7 @@ impl Fence {
     /// takes the write's bytes; [`Fence::admit`] decides.
     pub fn check(&self, term: u64, shard_epoch: Option<(u32, u64)>) -> Result<(), WireError> {
         match Self::judge(&self.table.read().expect("fence lock"), term, shard_epoch) {
-            Judge::Refuse(e) => Err(e),
+            Judge::Refuse(e) => Err(self.refuse(e, term, shard_epoch)),
             _ => Ok(()),
         }
     }
@@ -162,7 +176,7 @@ impl Fence {
                 let t = self.table.read().expect("fence lock");
                 match Self::judge(&t, term, shard_epoch) {
                     Judge::Admit => return Ok(FenceGuard(t)),
-                    Judge::Refuse(e) => return Err(e),
+                    Judge::Refuse(e) => return Err(self.refuse(e, term, shard_epoch)),
                     Judge::Raise => {}
                 }
             }
@@ -242,9 +256,11 @@ mod tests {
         assert_eq!(f.admit(5, Some((3, 9))).map(|_| ()), fenced(5, 10));
         assert_eq!(f.check(6, Some((3, 9))), fenced(5, 10));
         assert!(f.admit(5, Some((4, 1))).is_ok());
+        assert_eq!(f.refused(), 3);
         drop(f);
         let f = Fence::open(d.path()).unwrap();
         assert_eq!((f.term(), f.epoch(3), f.epoch(4)), (5, 10, 1));
+        assert_eq!(f.refused(), 0, "counted per process, not kept");
         assert_eq!(f.admit(5, Some((3, 9))).map(|_| ()), fenced(5, 10));
     }
 

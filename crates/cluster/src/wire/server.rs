@@ -493,13 +493,14 @@ async fn receive_write(
     else {
         unreachable!("receive_write takes writes")
     };
+    let stall = sh.cfg.stall_timeout;
     if len > sh.cfg.buffer_bytes_max as u64 {
-        return Received::Close(WireError::TooLarge);
+        // Dropped as it comes (no buffer), so the caller reads the answer, not a reset.
+        return drain_write(rd, id, len, stall, WireError::TooLarge).await;
     }
     let admitted = check_blocks(len, block_bytes, sums.len())
         .and_then(|()| sh.fence(disk)?.check(req.term, Some((shard, epoch))))
         .and_then(|()| sh.buffers(len));
-    let stall = sh.cfg.stall_timeout;
     let (mut buf, permit) = match admitted {
         Ok(p) => (Vec::with_capacity(len as usize), p),
         Err(refusal) => return drain_write(rd, id, len, stall, refusal).await,
