@@ -122,20 +122,24 @@ async fn round_trip_of_a_4_mib_extent_and_partial_reads() {
 async fn concurrent_callers_share_the_connections() {
     let d = tempfile::tempdir().unwrap();
     let (server, _) = start(d.path(), |_| {}).await;
-    let p = Arc::new(peer(server.local_addr(), |_| {}).await);
-    let mut tasks = Vec::new();
-    for i in 0..24u64 {
-        let p = p.clone();
-        tasks.push(tokio::spawn(async move {
-            let data = pattern(100_000 + i as usize * 999, i);
-            let w = write_req(xid(100 + i), (1, 1), &data);
-            p.write(ctx(1), &w, &data).await.unwrap();
-            let r = ReadReq::covering(DISK, xid(100 + i), (0, data.len() as u64), BS, &w.sums);
-            assert!(p.read(ctx(1), &r).await.unwrap() == data);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
+    // One connection and 40 callers: beyond 16 in flight they wait for a slot.
+    for (connections, callers) in [(4, 24u64), (1, 40)] {
+        let p = peer(server.local_addr(), |c| c.connections_max = connections).await;
+        let p = Arc::new(p);
+        let mut tasks = Vec::new();
+        for i in 0..callers {
+            let p = p.clone();
+            tasks.push(tokio::spawn(async move {
+                let data = pattern(100_000 + i as usize * 999, i);
+                let w = write_req(xid(100 + i), (1, 1), &data);
+                p.write(ctx(1), &w, &data).await.unwrap();
+                let r = ReadReq::covering(DISK, xid(100 + i), (0, data.len() as u64), BS, &w.sums);
+                assert!(p.read(ctx(1), &r).await.unwrap() == data);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
     }
 }
 

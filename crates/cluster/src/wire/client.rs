@@ -341,7 +341,7 @@ impl Conn {
     async fn open(addr: SocketAddr, cfg: &ClientConfig, id: u64) -> Result<Hello, Fail> {
         let connect = async { TcpStream::connect(addr).await.map_err(transport) };
         let stream = within(cfg.connect_timeout, connect).await?;
-        let _ = stream.set_nodelay(true);
+        frame::tune_socket(&stream);
         let progress = Arc::new(Progress {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),

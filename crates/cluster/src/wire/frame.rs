@@ -79,6 +79,25 @@ impl Header {
     }
 }
 
+/// TCP_NODELAY (a request's small frames go at once) and SO_KEEPALIVE (a peer that vanished
+/// without a reset is noticed on an idle connection too). The buffer sizes stay with the
+/// kernel's autotuning, which setting them would turn off.
+pub fn tune_socket(s: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let _ = s.set_nodelay(true);
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option of the size passed.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 pub fn encode_meta<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("postcard encodes every message type")
 }

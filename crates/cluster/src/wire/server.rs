@@ -280,17 +280,21 @@ async fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
 }
 
 async fn serve_conn(sh: Arc<Shared>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+    frame::tune_socket(&stream);
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(READ_BUFFER_BYTES, rd);
     let (tx, rx) = mpsc::channel(CONN_REQUESTS_MAX + 1);
     let writer = AbortOnDrop(tokio::spawn(write_loop(sh.clone(), wr, rx)));
+    let mut writer = writer;
     if hello(&sh, &mut rd, &tx).await {
-        read_loop(&sh, &mut rd, &tx).await;
+        tokio::select! {
+            () = read_loop(&sh, &mut rd, &tx) => {}
+            // The writer failed (a caller that stopped reading) or closed: stop reading too.
+            _ = &mut writer.0 => return,
+        }
     }
     drop(tx);
     // The answers in hand still go out; the writer ends when the last sender is gone.
-    let mut writer = writer;
     let _ = (&mut writer.0).await;
 }
 
