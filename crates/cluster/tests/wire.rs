@@ -492,6 +492,29 @@ async fn the_rate_cap_holds_within_10_percent() {
         "{:.1} MiB/s",
         measured / (1 << 20) as f64
     );
+    // Writes are paced as they are received.
+    server.set_rate(Class::Migration, rate / 2);
+    let migration = Ctx {
+        term: 1,
+        class: Class::Migration,
+    };
+    let t = Instant::now();
+    let mut written = 0u64;
+    while t.elapsed() < Duration::from_secs(2) {
+        p.write(migration, &w, &data).await.unwrap();
+        written += data.len() as u64;
+    }
+    let measured = written as f64 / t.elapsed().as_secs_f64();
+    eprintln!(
+        "migration writes at a 10 MiB/s cap: {:.2} MiB/s",
+        measured / (1 << 20) as f64
+    );
+    let ratio = measured / (rate / 2) as f64;
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "{:.1} MiB/s",
+        measured / (1 << 20) as f64
+    );
     // The client class is never paced.
     let t = Instant::now();
     let r = ReadReq::covering(DISK, xid(1), (0, 1 << 20), BS, &w.sums);

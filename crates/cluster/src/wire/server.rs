@@ -477,6 +477,29 @@ fn verify_whole(
     Ok(())
 }
 
+/// Appends a chunk of `n` bytes to `buf`; a paced class's in pieces that each wait for their
+/// slot, so even at a low rate bytes keep moving within the sender's stall time-out.
+async fn take_paced(
+    pacer: Option<&Pacer>,
+    rd: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+    n: u32,
+    stall: Duration,
+) -> io::Result<()> {
+    let n = n as usize;
+    let piece = pacer.map_or(n, Pacer::chunk_bytes);
+    let mut got = 0;
+    while got < n {
+        let k = piece.min(n - got);
+        if let Some(p) = pacer {
+            p.take(k as u64).await;
+        }
+        within(stall, frame::read_append(rd, buf, k)).await?;
+        got += k;
+    }
+    Ok(())
+}
+
 /// Takes a write's `len` bytes in chunks, verifying each block as soon as it is whole. A
 /// refused write (bad sums, fenced, no buffers) still has its chunks read and dropped.
 async fn receive_write(
@@ -515,11 +538,7 @@ async fn receive_write(
             Ok(h) => h,
             Err(e) => return Received::Close(e),
         };
-        if let Some(p) = sh.pacer(req.class) {
-            p.take(h.payload_len as u64).await;
-        }
-        let n = h.payload_len as usize;
-        if let Err(e) = within(stall, frame::read_append(rd, &mut buf, n)).await {
+        if let Err(e) = take_paced(sh.pacer(req.class), rd, &mut buf, h.payload_len, stall).await {
             return Received::Close(WireError::from_transport(&e));
         }
         if verdict.is_ok() {
