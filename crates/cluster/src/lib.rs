@@ -11,3 +11,4 @@ pub mod member;
 pub mod node;
 pub mod records;
 pub mod watch;
+pub mod wire;

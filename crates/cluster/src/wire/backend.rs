@@ -1,0 +1,206 @@
+//! What a server serves: [`DiskBackend`], and [`DirBackend`], one directory per disk and
+//! one file per extent version (the tests' backend; the store implements the trait later).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::msg::ExtentId;
+
+/// One disk a server serves: its pool disk number, its uuid, and the directory its
+/// `foreshard.fence` lives in.
+#[derive(Debug, Clone)]
+pub struct DiskInfo {
+    pub disk: u32,
+    pub uuid: String,
+    pub fence_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// Blocking calls; the server runs them on tokio's blocking pool. Errors map to the wire by
+/// errno (`ENOSPC` is `NoSpace`, `ENOENT` `NotFound`, the rest `Io {errno}`).
+pub trait DiskBackend: Send + Sync + 'static {
+    fn disks(&self) -> Vec<DiskInfo>;
+    /// Writes a whole extent version (the server has verified its sums).
+    fn write_extent(&self, disk: u32, id: ExtentId, bytes: &[u8]) -> io::Result<()>;
+    /// Up to `len` bytes from `offset`, fewer only at the extent's end.
+    fn read(&self, disk: u32, id: ExtentId, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+    /// Makes the extents durable; returns those that failed.
+    fn sync(&self, disk: u32, ids: &[ExtentId]) -> io::Result<Vec<ExtentId>>;
+    /// Removes an extent version; a missing one is not an error (the call is retried).
+    fn remove(&self, disk: u32, id: ExtentId) -> io::Result<()>;
+    /// A small read that shows the disk answers.
+    fn probe(&self, disk: u32) -> io::Result<()>;
+    fn space(&self, disk: u32) -> io::Result<Space>;
+}
+
+const UUID_FILE: &str = "foreshard.uuid";
+const EXTENTS_DIR: &str = "extents";
+
+pub struct DirBackend {
+    disks: HashMap<u32, (PathBuf, String)>,
+}
+
+fn disk_uuid(dir: &Path) -> io::Result<String> {
+    let path = dir.join(UUID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(s) => Ok(s.trim().to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let uuid = format!("{:032x}", rand::random::<u128>());
+            fs::write(&path, &uuid)?;
+            Ok(uuid)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn not_found() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOENT)
+}
+
+impl DirBackend {
+    /// `disks`: (pool disk, directory); the directories are made if missing.
+    pub fn open(disks: &[(u32, PathBuf)]) -> io::Result<DirBackend> {
+        let mut map = HashMap::new();
+        for (disk, dir) in disks {
+            fs::create_dir_all(dir.join(EXTENTS_DIR))?;
+            map.insert(*disk, (dir.clone(), disk_uuid(dir)?));
+        }
+        Ok(DirBackend { disks: map })
+    }
+
+    fn dir(&self, disk: u32) -> io::Result<&Path> {
+        self.disks
+            .get(&disk)
+            .map(|(d, _)| d.as_path())
+            .ok_or_else(not_found)
+    }
+
+    /// Where an extent version's file is (tests corrupt it there).
+    pub fn extent_path(&self, disk: u32, id: ExtentId) -> io::Result<PathBuf> {
+        let name = format!("{:016x}-{:016x}-{:016x}", id.inode, id.index, id.version);
+        Ok(self.dir(disk)?.join(EXTENTS_DIR).join(name))
+    }
+}
+
+impl DiskBackend for DirBackend {
+    fn disks(&self) -> Vec<DiskInfo> {
+        let mut v: Vec<DiskInfo> = self
+            .disks
+            .iter()
+            .map(|(&disk, (dir, uuid))| DiskInfo {
+                disk,
+                uuid: uuid.clone(),
+                fence_dir: dir.clone(),
+            })
+            .collect();
+        v.sort_by_key(|d| d.disk);
+        v
+    }
+
+    fn write_extent(&self, disk: u32, id: ExtentId, bytes: &[u8]) -> io::Result<()> {
+        let path = self.extent_path(disk, id)?;
+        // A retried write may overlap the first try: each takes its own temporary name.
+        let tmp = path.with_extension(format!("tmp{:016x}", rand::random::<u64>()));
+        let r = File::create(&tmp)
+            .and_then(|mut f| f.write_all(bytes))
+            .and_then(|()| fs::rename(&tmp, &path));
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    fn read(&self, disk: u32, id: ExtentId, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let f = File::open(self.extent_path(disk, id)?)?;
+        let size = f.metadata()?.len();
+        let n = len.min(size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; n];
+        f.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    fn sync(&self, disk: u32, ids: &[ExtentId]) -> io::Result<Vec<ExtentId>> {
+        let mut failed = Vec::new();
+        for &id in ids {
+            let path = self.extent_path(disk, id)?;
+            if File::open(&path).and_then(|f| f.sync_data()).is_err() {
+                failed.push(id);
+            }
+        }
+        // The renames are durable once the directory is.
+        if File::open(self.dir(disk)?.join(EXTENTS_DIR))
+            .and_then(|d| d.sync_all())
+            .is_err()
+        {
+            return Ok(ids.to_vec());
+        }
+        Ok(failed)
+    }
+
+    fn remove(&self, disk: u32, id: ExtentId) -> io::Result<()> {
+        match fs::remove_file(self.extent_path(disk, id)?) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    fn probe(&self, disk: u32) -> io::Result<()> {
+        fs::read(self.dir(disk)?.join(UUID_FILE)).map(|_| ())
+    }
+
+    fn space(&self, disk: u32) -> io::Result<Space> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::ffi::CString::new(self.dir(disk)?.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `dir` is a valid C string and `st` a valid out-pointer for the call.
+        if unsafe { libc::statvfs(dir.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Space {
+            total_bytes: st.f_blocks as u64 * st.f_frsize as u64,
+            free_bytes: st.f_bavail as u64 * st.f_frsize as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_write_read_sync_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let b = DirBackend::open(&[(3, d.path().join("d3"))]).unwrap();
+        let id = ExtentId {
+            inode: 1,
+            index: 0,
+            version: 2,
+        };
+        b.write_extent(3, id, b"hello world").unwrap();
+        assert_eq!(b.read(3, id, 6, 100).unwrap(), b"world");
+        assert_eq!(b.sync(3, &[id]).unwrap(), vec![]);
+        let gone = ExtentId { version: 9, ..id };
+        assert_eq!(b.sync(3, &[gone]).unwrap(), vec![gone]);
+        b.remove(3, id).unwrap();
+        b.remove(3, id).unwrap();
+        assert_eq!(
+            b.read(3, id, 0, 1).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert!(b.read(4, id, 0, 1).is_err());
+        assert!(b.space(3).unwrap().total_bytes > 0);
+        b.probe(3).unwrap();
+        let uuid = b.disks()[0].uuid.clone();
+        let again = DirBackend::open(&[(3, d.path().join("d3"))]).unwrap();
+        assert_eq!(again.disks()[0].uuid, uuid);
+    }
+}

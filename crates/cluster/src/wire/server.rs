@@ -1,0 +1,736 @@
+//! The server: one task per connection reads requests in order (a write's chunks right
+//! after its request), handles each in its own task (the disk calls on the blocking pool),
+//! and one writer task sends the answers, a read's bytes in chunks (paced for recovery and
+//! migration). Up to `CONN_REQUESTS_MAX` requests of a connection are in hand at once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use super::auth::{hello_mac, macs_equal, server_mac};
+use super::backend::DiskBackend;
+use super::fence::Fence;
+use super::frame::{self, Header, KIND_CHALLENGE, KIND_DATA, KIND_REQUEST, KIND_RESPONSE};
+use super::msg::{
+    blocks_in, verify_blocks, Challenge, Class, Op, Request, Response, Sum, WireError,
+};
+use super::pace::Pacer;
+use super::{CONN_REQUESTS_MAX, PROTO, SERVER_BUFFER_BYTES_MAX, STALL_TIMEOUT};
+
+/// A connection's read buffer: headers and small metas come in one syscall; a chunk larger
+/// than this goes straight into its own buffer.
+const READ_BUFFER_BYTES: usize = 64 << 10;
+pub const BLOCK_BYTES_MIN: u32 = 512;
+pub const BLOCK_BYTES_MAX: u32 = 16 << 20;
+
+pub struct ServerConfig {
+    pub pool: String,
+    /// This host's name, sent in `HelloOk`.
+    pub host: String,
+    pub secret: [u8; 32],
+    /// A request's chunks, and each answer frame, must move within it.
+    pub stall_timeout: Duration,
+    pub buffer_bytes_max: usize,
+    /// Tests only: flips the first byte of every read answer after the sender verified it,
+    /// so the receiving side's check is what catches it.
+    #[doc(hidden)]
+    pub test_corrupt_sent: bool,
+}
+
+impl ServerConfig {
+    pub fn new(pool: &str, host: &str, secret: [u8; 32]) -> ServerConfig {
+        ServerConfig {
+            pool: pool.to_string(),
+            host: host.to_string(),
+            secret,
+            stall_timeout: STALL_TIMEOUT,
+            buffer_bytes_max: SERVER_BUFFER_BYTES_MAX,
+            test_corrupt_sent: false,
+        }
+    }
+}
+
+struct Shared {
+    cfg: ServerConfig,
+    backend: Arc<dyn DiskBackend>,
+    fences: HashMap<u32, Arc<Fence>>,
+    disks: Vec<(u32, String)>,
+    buffers: Arc<Semaphore>,
+    recovery: Pacer,
+    migration: Pacer,
+    stopping: AtomicBool,
+    conns: Mutex<Vec<AbortHandle>>,
+}
+
+/// Serves until [`Server::shutdown`] or drop.
+pub struct Server {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept: AbortHandle,
+}
+
+/// What the writer task sends: a frame of `kind` with `meta`, then `payload` in chunks.
+struct Out {
+    id: u64,
+    kind: u8,
+    meta: Vec<u8>,
+    payload: Vec<u8>,
+    class: Class,
+    close: bool,
+    /// Buffer bytes and the connection slot, given back once sent.
+    _hold: Vec<OwnedSemaphorePermit>,
+}
+
+impl Out {
+    fn answer(id: u64, resp: &Response) -> Out {
+        Out {
+            id,
+            kind: KIND_RESPONSE,
+            meta: frame::encode_meta(resp),
+            payload: Vec::new(),
+            class: Class::Client,
+            close: false,
+            _hold: Vec::new(),
+        }
+    }
+
+    fn refuse(id: u64, e: WireError) -> Out {
+        Out::answer(id, &Response::Err(e))
+    }
+
+    fn closing(mut self) -> Out {
+        self.close = true;
+        self
+    }
+}
+
+enum Inbound {
+    Eof,
+    Req(u64, Request),
+    /// Answer and close: the stream cannot be trusted to be in step any more.
+    Refuse(u64, WireError),
+}
+
+enum Received {
+    Bytes(Vec<u8>, OwnedSemaphorePermit),
+    /// Answer; the connection stays in step (the chunks were read and dropped).
+    Answer(WireError),
+    Close(WireError),
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn within<T>(t: Duration, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(t, f)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WireError> + Send + 'static,
+) -> Result<T, WireError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(WireError::Io { errno: libc::EIO }))
+}
+
+fn check_blocks(len: u64, block_bytes: u32, sums: usize) -> Result<(), WireError> {
+    if !(BLOCK_BYTES_MIN..=BLOCK_BYTES_MAX).contains(&block_bytes) {
+        return Err(WireError::BadRequest(format!("block size {block_bytes}")));
+    }
+    if blocks_in(len, block_bytes) != sums as u64 {
+        return Err(WireError::BadRequest(format!(
+            "{len} bytes but {sums} sums"
+        )));
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn fence(&self, disk: u32) -> Result<Arc<Fence>, WireError> {
+        self.fences.get(&disk).cloned().ok_or(WireError::NotFound)
+    }
+
+    fn pacer(&self, class: Class) -> Option<&Pacer> {
+        match class {
+            Class::Client => None,
+            Class::Recovery => Some(&self.recovery),
+            Class::Migration => Some(&self.migration),
+        }
+    }
+
+    fn buffers(&self, bytes: u64) -> Result<OwnedSemaphorePermit, WireError> {
+        if bytes > self.cfg.buffer_bytes_max as u64 {
+            return Err(WireError::TooLarge);
+        }
+        // An empty permit for 0 bytes keeps the callers uniform.
+        (self.buffers.clone())
+            .try_acquire_many_owned(bytes as u32)
+            .map_err(|_| WireError::Busy)
+    }
+}
+
+impl Server {
+    pub async fn bind(
+        addr: SocketAddr,
+        cfg: ServerConfig,
+        backend: Arc<dyn DiskBackend>,
+    ) -> io::Result<Server> {
+        Server::serve(TcpListener::bind(addr).await?, cfg, backend)
+    }
+
+    /// Opens every disk's fence (replaying it) and starts accepting.
+    pub fn serve(
+        listener: TcpListener,
+        cfg: ServerConfig,
+        backend: Arc<dyn DiskBackend>,
+    ) -> io::Result<Server> {
+        let mut fences = HashMap::new();
+        let mut disks = Vec::new();
+        for d in backend.disks() {
+            fences.insert(d.disk, Arc::new(Fence::open(&d.fence_dir)?));
+            disks.push((d.disk, d.uuid));
+        }
+        let shared = Arc::new(Shared {
+            buffers: Arc::new(Semaphore::new(cfg.buffer_bytes_max)),
+            cfg,
+            backend,
+            fences,
+            disks,
+            recovery: Pacer::default(),
+            migration: Pacer::default(),
+            stopping: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+        });
+        let addr = listener.local_addr()?;
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener)).abort_handle();
+        Ok(Server {
+            shared,
+            addr,
+            accept,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Caps `class`'s bytes (sent and received) per second; 0 lifts the cap. The client
+    /// class is never paced.
+    pub fn set_rate(&self, class: Class, bytes_per_s: u64) {
+        if let Some(p) = self.shared.pacer(class) {
+            p.set_rate(bytes_per_s);
+        }
+    }
+
+    /// The fence of one disk (for its term and epochs).
+    pub fn fence(&self, disk: u32) -> Option<Arc<Fence>> {
+        self.shared.fences.get(&disk).cloned()
+    }
+
+    /// Stops accepting and drops every connection. Disk calls already on the blocking pool
+    /// run to their end.
+    pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.accept.abort();
+        for h in self.shared.conns.lock().expect("conns lock").drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and the like: wait for descriptors instead of spinning.
+                tracing::warn!("extent service accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let h = tokio::spawn(serve_conn(sh.clone(), stream)).abort_handle();
+        let mut conns = sh.conns.lock().expect("conns lock");
+        conns.retain(|h| !h.is_finished());
+        conns.push(h);
+    }
+}
+
+async fn serve_conn(sh: Arc<Shared>, stream: TcpStream) {
+    frame::tune_socket(&stream);
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(READ_BUFFER_BYTES, rd);
+    let (tx, rx) = mpsc::channel(CONN_REQUESTS_MAX + 1);
+    let writer = AbortOnDrop(tokio::spawn(write_loop(sh.clone(), wr, rx)));
+    let mut writer = writer;
+    if hello(&sh, &mut rd, &tx).await {
+        tokio::select! {
+            () = read_loop(&sh, &mut rd, &tx) => {}
+            // The writer failed (a caller that stopped reading) or closed: stop reading too.
+            _ = &mut writer.0 => return,
+        }
+    }
+    drop(tx);
+    // The answers in hand still go out; the writer ends when the last sender is gone.
+    let _ = (&mut writer.0).await;
+}
+
+async fn read_request(rd: &mut BufReader<OwnedReadHalf>) -> Inbound {
+    let b = match frame::read_header_bytes(rd).await {
+        Ok(Some(b)) => b,
+        Ok(None) | Err(_) => return Inbound::Eof,
+    };
+    let h = match Header::decode(&b) {
+        Ok(h) => h,
+        Err((id, e)) => return Inbound::Refuse(id, e),
+    };
+    if h.kind != KIND_REQUEST || h.payload_len != 0 {
+        let e = WireError::BadRequest(format!("frame kind {} where a request was due", h.kind));
+        return Inbound::Refuse(h.request_id, e);
+    }
+    let Ok(meta) = frame::read_vec(rd, h.meta_len as usize).await else {
+        return Inbound::Eof;
+    };
+    match frame::decode_meta::<Request>(&meta) {
+        Ok(req) => Inbound::Req(h.request_id, req),
+        Err(e) => Inbound::Refuse(h.request_id, e),
+    }
+}
+
+/// Sends the challenge and checks the client's `Hello` against it; false closes.
+async fn hello(sh: &Shared, rd: &mut BufReader<OwnedReadHalf>, tx: &mpsc::Sender<Out>) -> bool {
+    let nonce: [u8; 32] = rand::random();
+    let challenge = Challenge {
+        proto: PROTO,
+        nonce,
+    };
+    let mut out = Out::answer(0, &Response::Done);
+    (out.kind, out.meta) = (KIND_CHALLENGE, frame::encode_meta(&challenge));
+    if tx.send(out).await.is_err() {
+        return false;
+    }
+    let (id, req) = match tokio::time::timeout(sh.cfg.stall_timeout, read_request(rd)).await {
+        Ok(Inbound::Req(id, req)) => (id, req),
+        Ok(Inbound::Refuse(id, e)) => {
+            let _ = tx.send(Out::refuse(id, e).closing()).await;
+            return false;
+        }
+        Ok(Inbound::Eof) | Err(_) => return false,
+    };
+    let answer = match req.op {
+        Op::Hello {
+            pool,
+            host,
+            proto,
+            nonce: theirs,
+            mac,
+        } if proto == PROTO && pool == sh.cfg.pool => {
+            let want = hello_mac(&sh.cfg.secret, &nonce, &theirs, &pool, &host);
+            macs_equal(&mac, &want).then(|| Response::HelloOk {
+                host: sh.cfg.host.clone(),
+                disks: sh.disks.clone(),
+                mac: server_mac(&sh.cfg.secret, &nonce, &theirs, &sh.cfg.host),
+            })
+        }
+        _ => None,
+    };
+    let ok = answer.is_some();
+    let refused = || Response::Err(WireError::BadRequest("hello refused".into()));
+    let out = Out::answer(id, &answer.unwrap_or_else(refused));
+    let sent = tx.send(if ok { out } else { out.closing() }).await;
+    ok && sent.is_ok()
+}
+
+async fn read_loop(sh: &Arc<Shared>, rd: &mut BufReader<OwnedReadHalf>, tx: &mpsc::Sender<Out>) {
+    let slots = Arc::new(Semaphore::new(CONN_REQUESTS_MAX));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (id, req) = match read_request(rd).await {
+            Inbound::Eof => return,
+            Inbound::Refuse(id, e) => {
+                let _ = tx.send(Out::refuse(id, e).closing()).await;
+                return;
+            }
+            Inbound::Req(id, req) => (id, req),
+        };
+        let payload = match &req.op {
+            Op::Write { .. } => match receive_write(sh, rd, id, &req).await {
+                Received::Bytes(buf, permit) => Some((buf, permit)),
+                Received::Answer(e) => {
+                    let mut out = Out::refuse(id, e);
+                    out._hold.push(slot);
+                    let _ = tx.send(out).await;
+                    continue;
+                }
+                Received::Close(e) => {
+                    let _ = tx.send(Out::refuse(id, e).closing()).await;
+                    return;
+                }
+            },
+            _ => None,
+        };
+        if sh.stopping.load(Ordering::SeqCst) {
+            let _ = tx
+                .send(Out::refuse(id, WireError::ShuttingDown).closing())
+                .await;
+            return;
+        }
+        tokio::spawn(handle(sh.clone(), id, req, payload, slot, tx.clone()));
+    }
+}
+
+/// Reads the next data chunk's header of request `id` (at most `left` bytes); Err closes.
+async fn chunk_header(
+    rd: &mut BufReader<OwnedReadHalf>,
+    id: u64,
+    left: u64,
+    stall: Duration,
+) -> Result<Header, WireError> {
+    let b = match within(stall, frame::read_header_bytes(rd)).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err(WireError::BadRequest("end of stream in a write".into())),
+        Err(e) => return Err(WireError::from_transport(&e)),
+    };
+    let h = Header::decode(&b).map_err(|(_, e)| e)?;
+    if h.kind != KIND_DATA || h.request_id != id || h.meta_len != 0 {
+        return Err(WireError::BadRequest("a write's chunk was due".into()));
+    }
+    if h.payload_len as u64 > left || h.payload_len == 0 {
+        return Err(WireError::BadRequest(
+            "chunks do not add up to the length".into(),
+        ));
+    }
+    Ok(h)
+}
+
+/// Reads and drops a refused write's chunks, so the connection stays in step.
+async fn drain_write(
+    rd: &mut BufReader<OwnedReadHalf>,
+    id: u64,
+    len: u64,
+    stall: Duration,
+    refusal: WireError,
+) -> Received {
+    let mut left = len;
+    while left > 0 {
+        let h = match chunk_header(rd, id, left, stall).await {
+            Ok(h) => h,
+            Err(e) => return Received::Close(e),
+        };
+        if within(stall, frame::skip(rd, h.payload_len as u64))
+            .await
+            .is_err()
+        {
+            return Received::Close(WireError::timed_out());
+        }
+        left -= h.payload_len as u64;
+    }
+    Received::Answer(refusal)
+}
+
+/// Verifies the blocks of `buf` from `*verified` on that are whole (or the last one, once
+/// all `len` bytes are in); the first bad one is the answer.
+fn verify_whole(
+    buf: &[u8],
+    len: u64,
+    block_bytes: u32,
+    sums: &[Sum],
+    verified: &mut usize,
+) -> Result<(), WireError> {
+    let bs = block_bytes as usize;
+    while *verified < buf.len() && (*verified + bs <= buf.len() || buf.len() as u64 == len) {
+        let end = (*verified + bs).min(buf.len());
+        let block = *verified / bs;
+        verify_blocks(
+            &buf[*verified..end],
+            block_bytes,
+            &sums[block..][..1],
+            block as u64,
+        )?;
+        *verified = end;
+    }
+    Ok(())
+}
+
+/// Appends a chunk of `n` bytes to `buf`; a paced class's in pieces that each wait for their
+/// slot, so even at a low rate bytes keep moving within the sender's stall time-out.
+async fn take_paced(
+    pacer: Option<&Pacer>,
+    rd: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+    n: u32,
+    stall: Duration,
+) -> io::Result<()> {
+    let n = n as usize;
+    let piece = pacer.map_or(n, Pacer::chunk_bytes);
+    let mut got = 0;
+    while got < n {
+        let k = piece.min(n - got);
+        if let Some(p) = pacer {
+            p.take(k as u64).await;
+        }
+        within(stall, frame::read_append(rd, buf, k)).await?;
+        got += k;
+    }
+    Ok(())
+}
+
+/// Takes a write's `len` bytes in chunks, verifying each block as soon as it is whole. A
+/// refused write (bad sums, fenced, no buffers) still has its chunks read and dropped.
+async fn receive_write(
+    sh: &Shared,
+    rd: &mut BufReader<OwnedReadHalf>,
+    id: u64,
+    req: &Request,
+) -> Received {
+    let Op::Write {
+        disk,
+        shard,
+        epoch,
+        len,
+        block_bytes,
+        ref sums,
+        ..
+    } = req.op
+    else {
+        unreachable!("receive_write takes writes")
+    };
+    let stall = sh.cfg.stall_timeout;
+    if len > sh.cfg.buffer_bytes_max as u64 {
+        // Dropped as it comes (no buffer), so the caller reads the answer, not a reset.
+        return drain_write(rd, id, len, stall, WireError::TooLarge).await;
+    }
+    let admitted = check_blocks(len, block_bytes, sums.len())
+        .and_then(|()| sh.fence(disk)?.check(req.term, Some((shard, epoch))))
+        .and_then(|()| sh.buffers(len));
+    let (mut buf, permit) = match admitted {
+        Ok(p) => (Vec::with_capacity(len as usize), p),
+        Err(refusal) => return drain_write(rd, id, len, stall, refusal).await,
+    };
+    let (mut verified, mut verdict) = (0usize, Ok(()));
+    while (buf.len() as u64) < len {
+        let h = match chunk_header(rd, id, len - buf.len() as u64, stall).await {
+            Ok(h) => h,
+            Err(e) => return Received::Close(e),
+        };
+        if let Err(e) = take_paced(sh.pacer(req.class), rd, &mut buf, h.payload_len, stall).await {
+            return Received::Close(WireError::from_transport(&e));
+        }
+        if verdict.is_ok() {
+            verdict = verify_whole(&buf, len, block_bytes, sums, &mut verified);
+        }
+    }
+    match verdict {
+        Err(e) => Received::Answer(e),
+        Ok(()) => Received::Bytes(buf, permit),
+    }
+}
+
+type Served = (Response, Vec<u8>, Option<OwnedSemaphorePermit>);
+
+async fn handle(
+    sh: Arc<Shared>,
+    id: u64,
+    req: Request,
+    payload: Option<(Vec<u8>, OwnedSemaphorePermit)>,
+    slot: OwnedSemaphorePermit,
+    tx: mpsc::Sender<Out>,
+) {
+    let class = req.class;
+    let (resp, data, permit) = serve(&sh, req, payload)
+        .await
+        .unwrap_or_else(|e| (Response::Err(e), Vec::new(), None));
+    let mut out = Out::answer(id, &resp);
+    out.payload = data;
+    out.class = class;
+    out._hold.push(slot);
+    out._hold.extend(permit);
+    let _ = tx.send(out).await;
+}
+
+async fn serve(
+    sh: &Shared,
+    req: Request,
+    payload: Option<(Vec<u8>, OwnedSemaphorePermit)>,
+) -> Result<Served, WireError> {
+    let term = req.term;
+    match req.op {
+        Op::Hello { .. } => Err(WireError::BadRequest("hello twice".into())),
+        Op::Write {
+            disk,
+            id,
+            shard,
+            epoch,
+            ..
+        } => {
+            let (fence, be) = (sh.fence(disk)?, sh.backend.clone());
+            let (buf, permit) = payload.expect("a write comes with its bytes");
+            blocking(move || {
+                let _seen = fence.admit(term, Some((shard, epoch)))?;
+                (be.write_extent(disk, id, &buf)).map_err(|e| WireError::from_disk(&e))?;
+                drop(permit);
+                Ok((Response::Done, Vec::new(), None))
+            })
+            .await
+        }
+        Op::Read {
+            disk,
+            id,
+            offset,
+            len,
+            block_bytes,
+            sums,
+        } => {
+            let read = Read {
+                term,
+                disk,
+                id,
+                offset,
+                len,
+                block_bytes,
+                sums,
+            };
+            serve_read(sh, read).await
+        }
+        op => serve_small(sh, term, op).await,
+    }
+}
+
+/// Sync, Remove, Probe and Space: no bytes either way.
+async fn serve_small(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError> {
+    let (disk, mutation) = match op {
+        Op::Sync { disk, .. } | Op::Probe { disk } | Op::Space { disk } => (disk, None),
+        Op::Remove {
+            disk, shard, epoch, ..
+        } => (disk, Some((shard, epoch))),
+        _ => unreachable!("serve takes the others"),
+    };
+    let (fence, be) = (sh.fence(disk)?, sh.backend.clone());
+    blocking(move || {
+        let _seen = fence.admit(term, mutation)?;
+        let disk_err = |e: io::Error| WireError::from_disk(&e);
+        let resp = match op {
+            Op::Sync { ids, .. } => Response::Synced {
+                failed: be.sync(disk, &ids).map_err(disk_err)?,
+            },
+            Op::Remove { id, .. } => be
+                .remove(disk, id)
+                .map(|()| Response::Done)
+                .map_err(disk_err)?,
+            Op::Probe { .. } => {
+                let t = Instant::now();
+                be.probe(disk).map_err(disk_err)?;
+                Response::ProbeOk {
+                    us: t.elapsed().as_micros() as u64,
+                }
+            }
+            _ => {
+                let s = be.space(disk).map_err(disk_err)?;
+                Response::SpaceOk {
+                    total_bytes: s.total_bytes,
+                    free_bytes: s.free_bytes,
+                }
+            }
+        };
+        Ok((resp, Vec::new(), None))
+    })
+    .await
+}
+
+struct Read {
+    term: u64,
+    disk: u32,
+    id: super::msg::ExtentId,
+    offset: u64,
+    len: u64,
+    block_bytes: u32,
+    sums: Vec<super::msg::Sum>,
+}
+
+/// Reads the whole blocks `offset..offset + len` covers and verifies them before sending.
+async fn serve_read(sh: &Shared, r: Read) -> Result<Served, WireError> {
+    if r.len == 0 {
+        return Err(WireError::BadRequest("empty read".into()));
+    }
+    let bs = r.block_bytes as u64;
+    let first = r.offset / r.block_bytes.max(1) as u64;
+    let end = r.offset.saturating_add(r.len).div_ceil(bs.max(1));
+    check_blocks((end - first) * bs, r.block_bytes, r.sums.len())?;
+    let permit = sh.buffers((end - first) * bs)?;
+    let (fence, be) = (sh.fence(r.disk)?, sh.backend.clone());
+    let data = blocking(move || {
+        let _seen = fence.admit(r.term, None)?;
+        let data = (be.read(r.disk, r.id, first * bs, (end - first) * bs))
+            .map_err(|e| WireError::from_disk(&e))?;
+        if (data.len() as u64) < r.offset.saturating_add(r.len) - first * bs {
+            return Err(WireError::BadRequest("read past the extent's end".into()));
+        }
+        verify_blocks(&data, r.block_bytes, &r.sums, first)?;
+        Ok(data)
+    })
+    .await?;
+    Ok((
+        Response::Data {
+            len: data.len() as u64,
+        },
+        data,
+        Some(permit),
+    ))
+}
+
+async fn write_loop(sh: Arc<Shared>, mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>) {
+    while let Some(out) = rx.recv().await {
+        if send_out(&sh, &mut wr, &out).await.is_err() || out.close {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn send_out(sh: &Shared, wr: &mut OwnedWriteHalf, out: &Out) -> io::Result<()> {
+    let stall = sh.cfg.stall_timeout;
+    let head = Header::new(out.kind, out.id, 0, 0);
+    within(stall, frame::write_frame(wr, head, &out.meta, &[], false)).await?;
+    let pacer = sh.pacer(out.class);
+    let chunk = pacer.map_or(frame::PAYLOAD_BYTES_MAX as usize, Pacer::chunk_bytes);
+    let n = out.payload.len().div_ceil(chunk);
+    let mut flipped;
+    for (i, mut c) in out.payload.chunks(chunk).enumerate() {
+        if let Some(p) = pacer {
+            p.take(c.len() as u64).await;
+        }
+        if sh.cfg.test_corrupt_sent && i == 0 {
+            flipped = c.to_vec();
+            flipped[0] ^= 1;
+            c = &flipped;
+        }
+        let head = Header::new(KIND_DATA, out.id, 0, 0);
+        within(stall, frame::write_frame(wr, head, &[], c, i + 1 == n)).await?;
+    }
+    Ok(())
+}
