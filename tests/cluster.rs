@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use foreshard_cluster::keys::ClusterUrl;
 use foreshard_cluster::map::{Kv, Map};
-use foreshard_cluster::records::{decode, DiskRecord};
+use foreshard_cluster::records::{decode, DiskRecord, HostRec};
+use foreshard_cluster::wire::{
+    block_sums, Class, ClientConfig, Ctx, ExtentId, Peer, ReadReq, WriteReq,
+};
 use net::Net;
 
 const BIN: &str = env!("CARGO_BIN_EXE_foreshard");
@@ -39,12 +42,23 @@ async fn wait_for(map: &Map, key: &str, present: bool, max: Duration) -> Option<
     }
 }
 
+const SECRET: [u8; 32] = [0x5a; 32];
+
+fn secret_file(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("secret");
+    std::fs::write(&p, SECRET).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p.display().to_string()
+}
+
 fn node_args(net: &Net, url: &str, disks: &[&Path]) -> Vec<String> {
     let mut a: Vec<String> = ["node", "--cluster", url, "--name", "s1", "--rack", "r1"]
         .map(String::from)
         .to_vec();
     a.extend(["--listen".into(), format!("{}:7070", net.ip("s1"))]);
     a.extend(["--lease-ttl-s".into(), "2".into()]);
+    a.extend(["--secret-file".into(), secret_file(&net.dir)]);
     for d in disks {
         a.extend(["--disk".into(), d.display().to_string()]);
     }
@@ -76,6 +90,8 @@ fn a_node_joins_dies_and_comes_back() {
             let d = decode::<DiskRecord>(&kv.key, &kv.value).unwrap().body;
             assert_eq!((d.host.as_str(), d.rack.as_deref()), ("s1", Some("r1")));
         }
+        let host = decode::<HostRec>(&first.key, &first.value).unwrap().body;
+        extents_over_the_network(&host.addr).await;
         // kill -9: nobody revokes the lease; it lapses within its TTL (+1 s).
         net.signal(pid, libc::SIGKILL);
         let t0 = Instant::now();
@@ -103,10 +119,50 @@ fn a_node_joins_dies_and_comes_back() {
     );
 }
 
+/// The node serves its disks: a write and a partial read through the extent service, and
+/// a connection with the wrong secret refused.
+async fn extents_over_the_network(addr: &str) {
+    let addr = addr.parse().unwrap();
+    let wrong = ClientConfig::new("t", "intruder", [0x11; 32]);
+    assert!(
+        Peer::connect(addr, wrong).await.is_err(),
+        "wrong secret let in"
+    );
+    let peer = Peer::connect(addr, ClientConfig::new("t", "m1", SECRET))
+        .await
+        .unwrap();
+    assert_eq!(peer.host(), "s1");
+    assert_eq!(peer.disks().len(), 2);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let bs = 16 * 1024;
+    let sums = block_sums(&data, bs);
+    let id = ExtentId {
+        inode: 5,
+        index: 1,
+        version: 9,
+    };
+    let ctx = Ctx {
+        term: 1,
+        class: Class::Client,
+    };
+    let w = WriteReq {
+        disk: 1,
+        id,
+        shard: 3,
+        epoch: 1,
+        block_bytes: bs as u32,
+        sums: sums.clone(),
+    };
+    peer.write(ctx, &w, &data).await.unwrap();
+    let r = ReadReq::covering(1, id, (40_000, 100_000), bs as u32, &sums);
+    assert_eq!(peer.read(ctx, &r).await.unwrap(), &data[40_000..140_000]);
+}
+
 #[test]
 fn bad_node_arguments_fail_clearly() {
     let d = tempfile::tempdir().unwrap();
     let disk = d.path().display().to_string();
+    let secret = secret_file(d.path());
     let cases: [(&[&str], &str); 5] = [
         (
             &["--cluster", "http://x:1", "--disk", &disk, "--name", "a"],
@@ -159,7 +215,12 @@ fn bad_node_arguments_fail_clearly() {
     ];
     for (args, want) in cases {
         let t0 = Instant::now();
-        let o = Command::new(BIN).arg("node").args(args).output().unwrap();
+        let o = Command::new(BIN)
+            .arg("node")
+            .args(args)
+            .args(["--secret-file", &secret])
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{args:?} succeeded");
         assert!(err.contains(want), "{args:?}: {err}");

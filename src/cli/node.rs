@@ -1,15 +1,17 @@
 //! `foreshard node`: run this machine as a storage host of a cluster (docs/cluster.md):
-//! join under a lease, register the disks with host and rack, publish their space, leave
-//! on SIGINT or SIGTERM.
+//! join under a lease, register the disks with host and rack, publish their space, serve
+//! their extents (the extent service, `wire`), leave on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
 use foreshard_cluster::keys::ClusterUrl;
 use foreshard_cluster::map::Map;
-use foreshard_cluster::node::{check_config, Node, NodeConfig, DISKSTAT_INTERVAL};
+use foreshard_cluster::node::{check_config, read_secret, Node, NodeConfig, DISKSTAT_INTERVAL};
+use foreshard_cluster::wire::{DirBackend, Server, ServerConfig};
 
 #[derive(clap::Args)]
 pub struct NodeCmd {
@@ -38,6 +40,10 @@ pub struct NodeCmd {
     /// Take disks whose label names another host (a disk moved between chassis).
     #[arg(long)]
     adopt: bool,
+    /// The secret the cluster's hosts share (32 bytes or 64 hex digits, mode 600): every
+    /// extent-service connection proves it both ways.
+    #[arg(long, value_name = "FILE")]
+    secret_file: PathBuf,
 }
 
 pub fn run(a: NodeCmd) -> anyhow::Result<()> {
@@ -68,15 +74,35 @@ pub fn run(a: NodeCmd) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(serve(url, config))
+    rt.block_on(serve(url, config, a.listen, &a.secret_file))
 }
 
-async fn serve(url: ClusterUrl, config: NodeConfig) -> anyhow::Result<()> {
+async fn serve(
+    url: ClusterUrl,
+    config: NodeConfig,
+    listen: SocketAddr,
+    secret_file: &Path,
+) -> anyhow::Result<()> {
     // Local mistakes first, before anything waits on the network.
     check_config(&config)?;
+    let secret = read_secret(secret_file)?;
+    // Listening before joining: once others see the host, its address answers.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}"))?;
     let map = Map::connect(&url).await?;
     let health = map.spawn_health();
     let node = Node::start(&map, config).await?;
+    let disks: Vec<(u32, PathBuf, String)> = (0u32..)
+        .zip(&node.disks)
+        .map(|(i, (uuid, dir))| (i, dir.clone(), uuid.clone()))
+        .collect();
+    let backend = Arc::new(DirBackend::with_uuids(&disks)?);
+    let server = Server::serve(
+        listener,
+        ServerConfig::new(&url.cluster, &node.config.name, secret),
+        backend,
+    )?;
     println!(
         "node {} joined cluster {} (lease {}): {}",
         node.config.name,
@@ -89,6 +115,7 @@ async fn serve(url: ClusterUrl, config: NodeConfig) -> anyhow::Result<()> {
             .join(", ")
     );
     let r = node.run(&map, DISKSTAT_INTERVAL, stop_signal()).await;
+    server.shutdown();
     health.abort();
     r.context("leaving the cluster")?;
     println!("node left the cluster");

@@ -180,6 +180,50 @@ pub fn check_config(c: &NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Longest secret file: 32 raw bytes or 64 hex digits and a newline.
+const SECRET_FILE_BYTES_MAX: u64 = 128;
+
+/// The secret the cluster's hosts prove to each other on every extent-service connection:
+/// a file of 32 raw bytes or 64 hex digits, a regular file that only its owner can read
+/// (anyone else who reads it can talk to every node).
+pub fn read_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("secret file {}", path.display()))?;
+    if !meta.is_file() || meta.len() > SECRET_FILE_BYTES_MAX {
+        bail!(
+            "secret file {}: not a regular file of 32 bytes or 64 hex digits",
+            path.display()
+        );
+    }
+    if meta.mode() & 0o077 != 0 || meta.uid() != unsafe { libc::geteuid() } {
+        bail!(
+            "secret file {}: must be owned by this user and private (chmod 600), is mode {:o} uid {}",
+            path.display(),
+            meta.mode() & 0o7777,
+            meta.uid()
+        );
+    }
+    let bytes = std::fs::read(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let hex = text.trim();
+    let mut out = [0u8; 32];
+    if bytes.len() == 32 {
+        out.copy_from_slice(&bytes);
+        return Ok(out);
+    }
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "secret file {}: not 32 bytes or 64 hex digits",
+            path.display()
+        );
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked hex");
+    }
+    Ok(out)
+}
+
 /// Reads the disk's label, or writes a new one (durably: file, then directory).
 pub fn label_disk(dir: &Path, host: &str, adopt: bool) -> anyhow::Result<NodeLabel> {
     let path = dir.join(NODE_LABEL);
@@ -376,6 +420,31 @@ mod tests {
         std::fs::remove_file(&p).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
         assert!(label_disk(d.path(), "s1", true).is_err());
+    }
+
+    #[test]
+    fn secrets_must_be_private_and_well_formed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("secret");
+        let set = |bytes: &[u8], mode: u32| {
+            std::fs::write(&p, bytes).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        set(format!("{}\n", "ab".repeat(32)).as_bytes(), 0o600);
+        assert_eq!(read_secret(&p).unwrap(), [0xab; 32]);
+        set(&[7u8; 32], 0o400);
+        assert_eq!(read_secret(&p).unwrap(), [7; 32]);
+        set(&[7u8; 32], 0o640);
+        assert!(read_secret(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600"));
+        for bad in [&b"short"[..], &[b'z'; 64][..], &[1u8; 33][..]] {
+            set(bad, 0o600);
+            assert!(read_secret(&p).is_err(), "{bad:?}");
+        }
+        assert!(read_secret(&d.path().join("none")).is_err());
     }
 
     #[test]

@@ -76,6 +76,17 @@ impl DirBackend {
         Ok(DirBackend { disks: map })
     }
 
+    /// As `open`, with each disk's uuid given (a node's label holds it) instead of read
+    /// from or written to `foreshard.uuid`.
+    pub fn with_uuids(disks: &[(u32, PathBuf, String)]) -> io::Result<DirBackend> {
+        let mut map = HashMap::new();
+        for (disk, dir, uuid) in disks {
+            fs::create_dir_all(dir.join(EXTENTS_DIR))?;
+            map.insert(*disk, (dir.clone(), uuid.clone()));
+        }
+        Ok(DirBackend { disks: map })
+    }
+
     fn dir(&self, disk: u32) -> io::Result<&Path> {
         self.disks
             .get(&disk)
