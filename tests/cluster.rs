@@ -134,7 +134,7 @@ async fn extents_over_the_network(addr: &str) {
     assert_eq!(peer.host(), "s1");
     assert_eq!(peer.disks().len(), 2);
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let bs = 16 * 1024;
+    let bs: u32 = 16 * 1024;
     let sums = block_sums(&data, bs);
     let id = ExtentId {
         inode: 5,
@@ -150,11 +150,11 @@ async fn extents_over_the_network(addr: &str) {
         id,
         shard: 3,
         epoch: 1,
-        block_bytes: bs as u32,
+        block_bytes: bs,
         sums: sums.clone(),
     };
     peer.write(ctx, &w, &data).await.unwrap();
-    let r = ReadReq::covering(1, id, (40_000, 100_000), bs as u32, &sums);
+    let r = ReadReq::covering(1, id, (40_000, 100_000), bs, &sums);
     assert_eq!(peer.read(ctx, &r).await.unwrap(), &data[40_000..140_000]);
 }
 
