@@ -357,6 +357,8 @@ impl Evacuator {
                     total_bytes: total,
                     used_bytes: total.saturating_sub(free),
                     risk: risk.disk_risk(d.id),
+                    host: 0,
+                    rack: None,
                 })
             })
             .collect();

@@ -237,6 +237,8 @@ impl Planner<'_> {
                 total_bytes: d.total_bytes,
                 used_bytes: self.disk_used[&d.id],
                 risk: d.risk,
+                host: 0,
+                rack: None,
             })
             .collect();
         let rules = self.input.rules;

@@ -425,6 +425,8 @@ impl Sim<'_> {
             total_bytes: self.p.capacity_bytes,
             used_bytes: disk.used,
             risk: disk.p,
+            host: 0,
+            rack: None,
         }
     }
 
