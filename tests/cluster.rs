@@ -90,6 +90,12 @@ fn a_node_joins_dies_and_comes_back() {
             let d = decode::<DiskRecord>(&kv.key, &kv.value).unwrap().body;
             assert_eq!((d.host.as_str(), d.rack.as_deref()), ("s1", Some("r1")));
         }
+        let v = hosts_json(&url);
+        assert_eq!(v["hosts"][0]["name"], "s1");
+        assert_eq!(v["hosts"][0]["alive"], true);
+        assert_eq!(v["hosts"][0]["rack"], "r1");
+        assert_eq!(v["hosts"][0]["disks"].as_array().unwrap().len(), 2);
+        assert!(v["hosts"][0]["disks"][0]["free_bytes"].as_u64().unwrap() > 0);
         let host = decode::<HostRec>(&first.key, &first.value).unwrap().body;
         extents_over_the_network(&host.addr).await;
         // kill -9: nobody revokes the lease; it lapses within its TTL (+1 s).
@@ -117,6 +123,20 @@ fn a_node_joins_dies_and_comes_back() {
         log.contains("joined cluster t") && log.contains("left the cluster"),
         "{log}"
     );
+}
+
+fn hosts_json(url: &str) -> serde_json::Value {
+    let o = Command::new(BIN)
+        .args(["hosts", "--cluster", url, "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = Command::new(BIN)
+        .args(["hosts", "--cluster", url])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("s1"));
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// The node serves its disks: a write and a partial read through the extent service, and

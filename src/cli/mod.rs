@@ -121,6 +121,8 @@ enum Cmd {
     },
     /// Run this machine as a storage host of a cluster: join etcd, register and serve disks.
     Node(node::NodeCmd),
+    /// The cluster's hosts and disks, from the cluster map in etcd.
+    Hosts(node::HostsCmd),
     /// Tools for testing: fault injection (yank, bitrot, eio, slow, full, crash, ...).
     Debug {
         #[command(subcommand)]
@@ -161,6 +163,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Sim(args) => code(foreshard::sim::run(args)?),
         Cmd::Trace { cmd } => code(trace::run(cmd)?),
         Cmd::Node(a) => ok(node::run(a)),
+        Cmd::Hosts(a) => ok(node::hosts(a)),
         Cmd::Debug { cmd } => ok(debug::run(cmd)),
     }
 }

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
+use foreshard::util::fmt_bytes;
 use foreshard_cluster::keys::ClusterUrl;
 use foreshard_cluster::map::Map;
 use foreshard_cluster::node::{check_config, read_secret, Node, NodeConfig, DISKSTAT_INTERVAL};
+use foreshard_cluster::view::{read_view, ClusterView};
 use foreshard_cluster::wire::{DirBackend, Server, ServerConfig};
 
 #[derive(clap::Args)]
@@ -141,4 +143,96 @@ fn hostname() -> anyhow::Result<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .context("reading the hostname: give --name")?;
     Ok(h.trim().to_string())
+}
+
+#[derive(clap::Args)]
+pub struct HostsCmd {
+    /// The etcd members and the cluster's name: etcd://HOST:PORT[,HOST:PORT...][/CLUSTER]
+    #[arg(long)]
+    cluster: String,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `foreshard hosts`: the cluster map's hosts and disks, at one etcd revision.
+pub fn hosts(a: HostsCmd) -> anyhow::Result<()> {
+    let url = ClusterUrl::parse(&a.cluster)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let view = rt.block_on(async {
+        let map = Map::connect(&url).await?;
+        read_view(&map, &url.cluster).await
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", render_hosts(&view));
+    }
+    if !view.bad_records.is_empty() {
+        bail!(
+            "{} cluster map record(s) could not be read",
+            view.bad_records.len()
+        );
+    }
+    Ok(())
+}
+
+fn render_hosts(v: &ClusterView) -> String {
+    use std::fmt::Write;
+    let alive = v.hosts.iter().filter(|h| h.alive).count();
+    let mut out = format!(
+        "cluster {} (etcd revision {}): {} host(s), {alive} alive\n",
+        v.cluster,
+        v.revision,
+        v.hosts.len()
+    );
+    let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "{:<16} {:<6} {:<9} {:<21} {:<8} {:>5}",
+        "host", "alive", "state", "addr", "rack", "disks"
+    );
+    for h in &v.hosts {
+        let state = h
+            .state
+            .map_or("-".into(), |s| format!("{s:?}").to_lowercase());
+        let alive = if h.alive { "yes" } else { "NO" };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<6} {:<9} {:<21} {:<8} {:>5}",
+            h.name,
+            alive,
+            state,
+            opt(&h.addr),
+            opt(&h.rack),
+            h.disks.len()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<32} {:<16} {:<9} {:<10} {:>10} {:>10}  path",
+        "disk", "host", "state", "pool", "used", "free"
+    );
+    for h in &v.hosts {
+        for d in &h.disks {
+            let bytes = |b: Option<u64>| b.map_or("-".into(), fmt_bytes);
+            let state = format!("{:?}", d.record.state).to_lowercase();
+            let _ = writeln!(
+                out,
+                "{:<32} {:<16} {:<9} {:<10} {:>10} {:>10}  {}",
+                d.uuid,
+                h.name,
+                state,
+                opt(&d.record.pool),
+                bytes(d.used_bytes),
+                bytes(d.free_bytes),
+                d.record.path
+            );
+        }
+    }
+    for b in &v.bad_records {
+        let _ = writeln!(out, "unreadable: {b}");
+    }
+    out
 }

@@ -10,5 +10,6 @@ pub mod map;
 pub mod member;
 pub mod node;
 pub mod records;
+pub mod view;
 pub mod watch;
 pub mod wire;
