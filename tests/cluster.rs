@@ -59,6 +59,10 @@ fn node_args(net: &Net, url: &str, disks: &[&Path]) -> Vec<String> {
     a.extend(["--listen".into(), format!("{}:7070", net.ip("s1"))]);
     a.extend(["--lease-ttl-s".into(), "2".into()]);
     a.extend(["--secret-file".into(), secret_file(&net.dir)]);
+    a.extend([
+        "--audit-log".into(),
+        net.dir.join("audit.log").display().to_string(),
+    ]);
     for d in disks {
         a.extend(["--disk".into(), d.display().to_string()]);
     }
@@ -118,6 +122,11 @@ fn a_node_joins_dies_and_comes_back() {
         net.signal(pid2, libc::SIGTERM);
         wait_for(&map, &k.host("s1"), false, Duration::from_millis(1500)).await;
     });
+    let audit = std::fs::read_to_string(net.dir.join("audit.log")).unwrap();
+    assert!(
+        audit.contains(r#""op":"write""#) && audit.contains(r#""accepted":true"#),
+        "{audit}"
+    );
     let log = std::fs::read_to_string(net.dir.join("node2.log")).unwrap();
     assert!(
         log.contains("joined cluster t") && log.contains("left the cluster"),

@@ -13,7 +13,7 @@ use foreshard_cluster::keys::ClusterUrl;
 use foreshard_cluster::map::Map;
 use foreshard_cluster::node::{check_config, read_secret, Node, NodeConfig, DISKSTAT_INTERVAL};
 use foreshard_cluster::view::{read_view, ClusterView};
-use foreshard_cluster::wire::{DirBackend, Server, ServerConfig};
+use foreshard_cluster::wire::{Audit, DirBackend, Server, ServerConfig};
 
 #[derive(clap::Args)]
 pub struct NodeCmd {
@@ -46,6 +46,10 @@ pub struct NodeCmd {
     /// extent-service connection proves it both ways.
     #[arg(long, value_name = "FILE")]
     secret_file: PathBuf,
+    /// Log every write and remove the fence accepted or refused, one JSON line each
+    /// (rotated to FILE.1 at 64 MiB).
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
 }
 
 pub fn run(a: NodeCmd) -> anyhow::Result<()> {
@@ -76,13 +80,19 @@ pub fn run(a: NodeCmd) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(serve(url, config, a.listen, &a.secret_file))
+    let audit = match &a.audit_log {
+        Some(p) => Some(Arc::new(
+            Audit::open(p).with_context(|| format!("--audit-log {}", p.display()))?,
+        )),
+        None => None,
+    };
+    rt.block_on(serve(url, config, (a.listen, audit), &a.secret_file))
 }
 
 async fn serve(
     url: ClusterUrl,
     config: NodeConfig,
-    listen: SocketAddr,
+    (listen, audit): (SocketAddr, Option<Arc<Audit>>),
     secret_file: &Path,
 ) -> anyhow::Result<()> {
     // Local mistakes first, before anything waits on the network.
@@ -100,11 +110,9 @@ async fn serve(
         .map(|(i, (uuid, dir))| (i, dir.clone(), uuid.clone()))
         .collect();
     let backend = Arc::new(DirBackend::with_uuids(&disks)?);
-    let server = Server::serve(
-        listener,
-        ServerConfig::new(&url.cluster, &node.config.name, secret),
-        backend,
-    )?;
+    let mut scfg = ServerConfig::new(&url.cluster, &node.config.name, secret);
+    scfg.audit = audit;
+    let server = Server::serve(listener, scfg, backend)?;
     println!(
         "node {} joined cluster {} (lease {}): {}",
         node.config.name,

@@ -40,7 +40,18 @@ struct Table {
 
 /// Held while a request is served, so a raise (which takes the write lock) is ordered
 /// wholly before or after it.
-pub struct FenceGuard<'a>(#[allow(dead_code)] RwLockReadGuard<'a, Table>);
+pub struct FenceGuard<'a>(RwLockReadGuard<'a, Table>);
+
+impl FenceGuard<'_> {
+    /// The fence as the admitted request sees it (read from the held lock: asking the
+    /// `Fence` again while holding it could wait behind a writer).
+    pub fn term(&self) -> u64 {
+        self.0.term
+    }
+    pub fn epoch(&self, shard: u32) -> u64 {
+        self.0.epochs.get(&shard).copied().unwrap_or(0)
+    }
+}
 
 enum Judge {
     Admit,

@@ -9,6 +9,7 @@
 //!
 //! Skipped here (later steps): CopyFrom, SyncInstalled, Scan, Label, Fault, the WAL stream.
 
+mod audit;
 mod auth;
 mod backend;
 mod client;
@@ -20,6 +21,7 @@ mod server;
 
 use std::time::Duration;
 
+pub use audit::{Audit, AuditLine, AUDIT_BYTES_MAX};
 pub use backend::{DirBackend, DiskBackend, DiskInfo, Space};
 pub use client::{Client, ClientConfig, Ctx, Peer, ReadReq, WriteReq};
 pub use fence::{Fence, FenceGuard, FENCE_FILE};

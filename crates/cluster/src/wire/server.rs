@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 
+use super::audit::{Audit, AuditLine};
 use super::auth::{hello_mac, macs_equal, server_mac};
 use super::backend::DiskBackend;
 use super::fence::Fence;
@@ -26,6 +27,12 @@ use super::msg::{
 };
 use super::pace::Pacer;
 use super::{CONN_REQUESTS_MAX, PROTO, SERVER_BUFFER_BYTES_MAX, STALL_TIMEOUT};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A connection's read buffer: headers and small metas come in one syscall; a chunk larger
 /// than this goes straight into its own buffer.
@@ -45,6 +52,8 @@ pub struct ServerConfig {
     /// so the receiving side's check is what catches it.
     #[doc(hidden)]
     pub test_corrupt_sent: bool,
+    /// Where each fenced request (write, remove) is logged, accepted or refused.
+    pub audit: Option<Arc<Audit>>,
 }
 
 impl ServerConfig {
@@ -56,6 +65,7 @@ impl ServerConfig {
             stall_timeout: STALL_TIMEOUT,
             buffer_bytes_max: SERVER_BUFFER_BYTES_MAX,
             test_corrupt_sent: false,
+            audit: None,
         }
     }
 }
@@ -163,6 +173,67 @@ fn check_blocks(len: u64, block_bytes: u32, sums: usize) -> Result<(), WireError
 }
 
 impl Shared {
+    /// The early, memory-only fence check of a write (before its bytes are taken); a
+    /// refusal is logged as `admit_logged` logs one.
+    fn check_logged(
+        &self,
+        disk: u32,
+        term: u64,
+        (shard, epoch): (u32, u64),
+    ) -> Result<(), WireError> {
+        let r = self.fence(disk)?.check(term, Some((shard, epoch)));
+        if let (
+            Some(a),
+            Err(WireError::Fenced {
+                term: ts,
+                epoch: es,
+            }),
+        ) = (&self.cfg.audit, &r)
+        {
+            a.log(&AuditLine {
+                ms: now_ms(),
+                op: "write",
+                disk,
+                shard,
+                epoch,
+                term,
+                accepted: false,
+                term_seen: *ts,
+                epoch_seen: *es,
+            });
+        }
+        r
+    }
+
+    /// `fence.admit` for a mutating request, logged to the audit log when there is one.
+    fn admit_logged<'f>(
+        audit: Option<&Audit>,
+        fence: &'f Fence,
+        (op, disk, term): (&'static str, u32, u64),
+        (shard, epoch): (u32, u64),
+    ) -> Result<super::FenceGuard<'f>, WireError> {
+        let r = fence.admit(term, Some((shard, epoch)));
+        if let Some(a) = audit {
+            let (accepted, term_seen, epoch_seen) = match &r {
+                Ok(g) => (true, g.term(), g.epoch(shard)),
+                Err(WireError::Fenced { term, epoch }) => (false, *term, *epoch),
+                Err(_) => (false, 0, 0),
+            };
+            a.log(&AuditLine {
+                ms: now_ms(),
+                op,
+                disk,
+                shard,
+                epoch,
+                term,
+                accepted,
+                term_seen,
+                epoch_seen,
+            });
+        }
+        r
+    }
+
     fn fence(&self, disk: u32) -> Result<Arc<Fence>, WireError> {
         self.fences.get(&disk).cloned().ok_or(WireError::NotFound)
     }
@@ -526,7 +597,7 @@ async fn receive_write(
         return drain_write(rd, id, len, stall, WireError::TooLarge).await;
     }
     let admitted = check_blocks(len, block_bytes, sums.len())
-        .and_then(|()| sh.fence(disk)?.check(req.term, Some((shard, epoch))))
+        .and_then(|()| sh.check_logged(disk, req.term, (shard, epoch)))
         .and_then(|()| sh.buffers(len));
     let (mut buf, permit) = match admitted {
         Ok(p) => (Vec::with_capacity(len as usize), p),
@@ -589,9 +660,12 @@ async fn serve(
             ..
         } => {
             let (fence, be) = (sh.fence(disk)?, sh.backend.clone());
+            let audit = sh.cfg.audit.clone();
             let (buf, permit) = payload.expect("a write comes with its bytes");
             blocking(move || {
-                let _seen = fence.admit(term, Some((shard, epoch)))?;
+                let audit = audit.as_deref();
+                let _seen =
+                    Shared::admit_logged(audit, &fence, ("write", disk, term), (shard, epoch))?;
                 (be.write_extent(disk, id, &buf)).map_err(|e| WireError::from_disk(&e))?;
                 drop(permit);
                 Ok((Response::Done, Vec::new(), None))
@@ -631,8 +705,12 @@ async fn serve_small(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError
         _ => unreachable!("serve takes the others"),
     };
     let (fence, be) = (sh.fence(disk)?, sh.backend.clone());
+    let audit = sh.cfg.audit.clone();
     blocking(move || {
-        let _seen = fence.admit(term, mutation)?;
+        let _seen = match mutation {
+            Some(se) => Shared::admit_logged(audit.as_deref(), &fence, ("remove", disk, term), se)?,
+            None => fence.admit(term, None)?,
+        };
         let disk_err = |e: io::Error| WireError::from_disk(&e);
         let resp = match op {
             Op::Sync { ids, .. } => Response::Synced {
