@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod net;
+
 use foreshard_cluster::wire::frame::{self, Header, KIND_DATA, KIND_REQUEST};
 use foreshard_cluster::wire::msg::Response;
 use foreshard_cluster::wire::{
@@ -689,15 +691,66 @@ impl DiskBackend for NullBackend {
     }
 }
 
+/// Where the benchmark's server side runs: here, or on runtime threads that entered a
+/// network namespace (sockets belong to the namespace of the thread that makes them).
+struct Side {
+    rt: tokio::runtime::Handle,
+    ip: String,
+    _owned: Option<tokio::runtime::Runtime>,
+}
+
+impl Side {
+    fn here() -> Side {
+        Side {
+            rt: tokio::runtime::Handle::current(),
+            ip: "127.0.0.1".into(),
+            _owned: None,
+        }
+    }
+
+    fn netns(ns: &str, ip: &str) -> Side {
+        let path = format!("/run/netns/{ns}");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(move || {
+                let f = std::fs::File::open(&path).unwrap();
+                use std::os::fd::AsRawFd;
+                assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            })
+            .build()
+            .unwrap();
+        Side {
+            rt: rt.handle().clone(),
+            ip: ip.into(),
+            _owned: Some(rt),
+        }
+    }
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        // Dropped inside the test's own runtime, where blocking on a shutdown is not allowed.
+        if let Some(rt) = self._owned.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 const BENCH_BYTES: u64 = 1 << 30;
 const FRAME_BYTES: usize = 1 << 20;
 
 /// 1 GiB in 1 MiB writes on one TCP stream; each end hashes every 16 KiB block if told
 /// to (the least work a verified transfer does: the floor the service is measured against).
-async fn plain_tcp_mib_s(hash_send: bool, hash_recv: bool) -> f64 {
-    let listener = TcpListener::bind(LOCAL).await.unwrap();
+async fn plain_tcp_mib_s(side: &Side, hash_send: bool, hash_recv: bool) -> f64 {
+    let bind = format!("{}:0", side.ip);
+    let listener = side
+        .rt
+        .spawn(async move { TcpListener::bind(bind).await.unwrap() })
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
-    let sink = tokio::spawn(async move {
+    let sink = side.rt.spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         s.set_nodelay(true).unwrap();
         let mut buf = vec![0u8; FRAME_BYTES];
@@ -753,12 +806,35 @@ async fn service_mib_s(p: &Arc<Peer>, data: &Arc<Vec<u8>>, callers: u64, read: b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test: run by hand in release"]
 async fn bench_service_against_plain_tcp() {
+    // FSX_BENCH_VETH=1: the server side runs in a network namespace, so every byte crosses
+    // two veth pairs and a bridge (as between hosts of the cluster tests), not loopback.
+    let mut _net = None;
+    let side = if std::env::var_os("FSX_BENCH_VETH").is_some() && net::available() {
+        let n = net::Net::new(&["s1"]);
+        let side = Side::netns(&n.ns("s1"), &n.ip("s1"));
+        _net = Some(n);
+        side
+    } else {
+        Side::here()
+    };
+    println!(
+        "server side: {} ({})",
+        side.ip,
+        if _net.is_some() {
+            "namespace over veth"
+        } else {
+            "loopback"
+        }
+    );
     let data = Arc::new(pattern(FRAME_BYTES, 7));
     let backend = Arc::new(NullBackend {
         extent: data.to_vec(),
     });
     let cfg = ServerConfig::new(POOL, "store-a", SECRET);
-    let server = Server::bind(LOCAL.parse().unwrap(), cfg, backend)
+    let bind: SocketAddr = format!("{}:0", side.ip).parse().unwrap();
+    let server = side
+        .rt
+        .spawn(async move { Server::bind(bind, cfg, backend).await.unwrap() })
         .await
         .unwrap();
     let p = Arc::new(peer(server.local_addr(), |_| {}).await);
@@ -772,9 +848,9 @@ async fn bench_service_against_plain_tcp() {
     let mut best = [0f64; 7];
     for round in 0..5 {
         let r = [
-            plain_tcp_mib_s(false, false).await,
-            plain_tcp_mib_s(false, true).await,
-            plain_tcp_mib_s(true, true).await,
+            plain_tcp_mib_s(&side, false, false).await,
+            plain_tcp_mib_s(&side, false, true).await,
+            plain_tcp_mib_s(&side, true, true).await,
             service_mib_s(&p, &data, 1, false).await,
             service_mib_s(&p, &data, 1, true).await,
             service_mib_s(&p, &data, 4, false).await,
