@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::fleet::{score_on, Fleet, Health, DAY_S};
 use crate::placement::ShardClass;
-use crate::placement::{choose, Candidate};
+use crate::placement::{place, Candidate, Relaxed, Site};
 use crate::risk::shard::{loss_probability, p_within, repair_seconds};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +67,10 @@ pub struct Params {
     pub scatter: usize,
     /// Disks sampled per risk-aware placement (power of k choices).
     pub sample: usize,
+    /// Storage hosts: disk `d` is on host `d % hosts`. Left out of the JSON at 1, so
+    /// single-host reports stay as they were.
+    #[serde(skip_serializing_if = "is_one")]
+    pub hosts: usize,
     pub seed: u64,
     /// Check the bookkeeping invariants every simulated day (tests).
     #[serde(skip)]
@@ -104,6 +108,18 @@ pub struct Outcome {
     /// Mean hours from a failure to the replica restored (detection, wait, copy).
     pub mean_repair_hours: f64,
     pub shards: u64,
+    /// Placements (new shards, repair and evacuation targets) that put a replica on a host
+    /// already holding one of the shard's; counted with more than one host only.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub shared_host_placements: u64,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Copy)]
@@ -355,6 +371,12 @@ impl Sim<'_> {
 
     /// `n` more disks for a shard held by (or being copied to) `holders`, by the policy.
     fn place(&mut self, holders: &[u32], n: usize) -> Vec<u32> {
+        let targets = self.place_by_policy(holders, n);
+        self.count_shared(holders, &targets);
+        targets
+    }
+
+    fn place_by_policy(&mut self, holders: &[u32], n: usize) -> Vec<u32> {
         match self.policy {
             Policy::Random => self.place_random(holders, n),
             Policy::Copyset => if holders.is_empty() {
@@ -363,39 +385,75 @@ impl Sim<'_> {
                 self.place_copyset_repair(holders)
             }
             .unwrap_or_else(|| self.place_random(holders, n)),
-            Policy::Risk | Policy::RiskEvacuate => self.place_risk(holders, n),
+            Policy::Risk | Policy::RiskEvacuate => self.place_risk(holders, holders, n),
         }
     }
 
+    fn host(&self, d: u32) -> u32 {
+        d % self.p.hosts as u32
+    }
+
+    /// Whether the fleet has enough hosts for `n` more replicas beside `held`'s.
+    fn hosts_suffice(&self, held: usize, n: usize) -> bool {
+        self.p.hosts > 1 && self.p.hosts >= held + n
+    }
+
+    fn count_shared(&mut self, held: &[u32], targets: &[u32]) {
+        if self.p.hosts == 1 {
+            return;
+        }
+        let mut hosts: Vec<u32> = held.iter().chain(targets).map(|d| self.host(*d)).collect();
+        let n = hosts.len();
+        hosts.sort_unstable();
+        hosts.dedup();
+        if hosts.len() < n {
+            self.out.shared_host_placements += 1;
+        }
+    }
+
+    /// Random distinct disks, on hosts the shard does not use yet while the fleet has
+    /// enough hosts.
     fn place_random(&mut self, holders: &[u32], n: usize) -> Vec<u32> {
+        let spread = self.hosts_suffice(holders.len(), n);
         let mut out: Vec<u32> = Vec::with_capacity(n);
+        let fits = |s: &Self, out: &[u32], d: u32, spread: bool| {
+            s.eligible(d)
+                && !holders.contains(&d)
+                && !out.contains(&d)
+                && (!spread || holders.iter().chain(out).all(|h| s.host(*h) != s.host(d)))
+        };
         for _ in 0..SAMPLE_TRIES_PER_DISK * 8 * n {
             if out.len() == n {
                 return out;
             }
             let d = self.rng.random_range(0..self.p.disks as u32);
-            if self.eligible(d) && !holders.contains(&d) && !out.contains(&d) {
+            if fits(self, &out, d, spread) {
                 out.push(d);
             }
         }
-        // A nearly full fleet: take any disks with room, from a random start.
+        // A nearly full fleet: take any disks with room (new hosts first), from a random
+        // start.
         let start = self.rng.random_range(0..self.p.disks);
-        for k in 0..self.p.disks {
-            if out.len() == n {
-                break;
-            }
-            let d = ((start + k) % self.p.disks) as u32;
-            if self.eligible(d) && !holders.contains(&d) && !out.contains(&d) {
-                out.push(d);
+        for spread in [spread, false] {
+            for k in 0..self.p.disks {
+                if out.len() == n {
+                    break;
+                }
+                let d = ((start + k) % self.p.disks) as u32;
+                if fits(self, &out, d, spread) {
+                    out.push(d);
+                }
             }
         }
         out
     }
 
-    /// The daemon's rule (`place::choose`) over a random sample of `sample` disks (power of
-    /// k choices: sorting 10,000 disks for each of 200,000 shards would dominate the run,
-    /// and the best of a random 32 is close to the best of all in fullness and risk).
-    fn place_risk(&mut self, holders: &[u32], n: usize) -> Vec<u32> {
+    /// The daemon's rule (`placement::place`) over a random sample of `sample` disks (power
+    /// of k choices: sorting 10,000 disks for each of 200,000 shards would dominate the run,
+    /// and the best of a random 32 is close to the best of all in fullness and risk), never
+    /// on `holders`, on hosts `held` does not use while it can. Falls back to every disk
+    /// when the sample is short of disks, or of hosts while the fleet has enough.
+    fn place_risk(&mut self, holders: &[u32], held: &[u32], n: usize) -> Vec<u32> {
         let k = self.p.sample.max(n);
         let mut cands: Vec<Candidate> = Vec::with_capacity(k);
         for _ in 0..k * SAMPLE_TRIES_PER_DISK {
@@ -407,15 +465,18 @@ impl Sim<'_> {
                 cands.push(self.candidate(d));
             }
         }
-        let out = choose(&cands, ShardClass::General, n, self.p.risk_warn, holders);
-        if out.len() == n {
-            return out;
+        let sites: Vec<Site> = held.iter().map(|d| self.candidate(*d).site()).collect();
+        let warn = self.p.risk_warn;
+        let out = place(&cands, ShardClass::General, n, warn, holders, &sites);
+        let spread = out.relaxed == Relaxed::None || !self.hosts_suffice(held.len(), n);
+        if out.disks.len() == n && spread {
+            return out.disks;
         }
         let all: Vec<Candidate> = (0..self.p.disks as u32)
             .filter(|d| self.eligible(*d))
             .map(|d| self.candidate(d))
             .collect();
-        choose(&all, ShardClass::General, n, self.p.risk_warn, holders)
+        place(&all, ShardClass::General, n, warn, holders, &sites).disks
     }
 
     fn candidate(&self, d: u32) -> Candidate {
@@ -425,7 +486,7 @@ impl Sim<'_> {
             total_bytes: self.p.capacity_bytes,
             used_bytes: disk.used,
             risk: disk.p,
-            host: 0,
+            host: self.host(d),
             rack: None,
         }
     }
@@ -795,7 +856,11 @@ impl Sim<'_> {
                 continue;
             }
             let holders = self.holders(sh);
-            let Some(&target) = self.place_risk(&holders, 1).first() else {
+            // The evacuating disk's host is given up with it.
+            let held: Vec<u32> = holders.iter().copied().filter(|h| *h != d).collect();
+            let targets = self.place_risk(&holders, &held, 1);
+            self.count_shared(&held, &targets);
+            let Some(&target) = targets.first() else {
                 // No room anywhere now: try again at the next daily update.
                 self.disks[d as usize].evac_queue.push(sh);
                 return;

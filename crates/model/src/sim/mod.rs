@@ -48,7 +48,7 @@ drives the failure model was not trained on are drawn.
 Policies, on the same fleet and failures, at equal repair bandwidth:
   random         replicas on random distinct disks (creation and repair targets)
   copyset        replicas only inside a copyset (Cidon et al., USENIX ATC 2013)
-  risk           the daemon's placement rule (placement::choose) on current disk risks,
+  risk           the daemon's placement rule (placement::place) on current disk risks,
                  over a random sample of --sample disks per placement
   risk+evacuate  risk, plus: a disk whose risk reaches --evacuate-p takes no new data and its
                  shards are copied away (highest shard loss risk first) under
@@ -121,6 +121,11 @@ pub struct SimArgs {
     /// Disks sampled per risk-aware placement; the daemon's rule picks the best of them.
     #[arg(long, default_value_t = 32)]
     pub sample: usize,
+    /// Storage hosts; disk d is on host d mod N. Random and risk placement put a shard's
+    /// replicas on distinct hosts while enough have room; copysets ignore hosts. Hosts do
+    /// not fail here, only disks.
+    #[arg(long, default_value_t = 1)]
+    pub hosts: usize,
     /// Generate the fleet from every drive in FILE, also those the model was trained on
     /// (default: only the held-out drives, so risk is not scored on training data).
     #[arg(long)]
@@ -206,6 +211,10 @@ impl SimArgs {
         }
         ensure!(self.scatter >= 1, "--scatter must be at least 1");
         ensure!(self.sample >= 1, "--sample must be at least 1");
+        ensure!(
+            (1..=self.disks).contains(&self.hosts),
+            "--hosts must be between 1 and --disks"
+        );
         Ok(Params {
             disks: self.disks,
             replicas: self.replicas,
@@ -220,6 +229,7 @@ impl SimArgs {
             evacuate_bytes_per_s: self.evacuate_rate_mb_s * BYTES_PER_MB,
             scatter: self.scatter,
             sample: self.sample,
+            hosts: self.hosts,
             seed: self.seed,
             check_invariants: false,
         })

@@ -66,6 +66,13 @@ fn table_header(s: &mut String, r: &SimReport) {
         p.evacuate_p,
         p.evacuate_bytes_per_s / 1e6
     );
+    if p.hosts > 1 {
+        let _ = writeln!(
+            s,
+            "hosts: {} (disk d on host d mod {}); hosts do not fail, only disks",
+            p.hosts, p.hosts
+        );
+    }
     let _ = writeln!(
         s,
         "data: Backblaze Hard Drive Data and Stats ({BACKBLAZE_URL}), {}",
@@ -114,6 +121,18 @@ fn table_rows(s: &mut String, r: &SimReport) {
         let _ = writeln!(
             s,
             "note: {stalled} repair attempts found no disk with room (retried daily)"
+        );
+    }
+    if r.params.hosts > 1 {
+        let shared: Vec<String> = r
+            .policies
+            .iter()
+            .map(|o| format!("{} {}", o.name, o.shared_host_placements))
+            .collect();
+        let _ = writeln!(
+            s,
+            "placements putting a replica on a host that already held one: {}",
+            shared.join(", ")
         );
     }
 }

@@ -65,6 +65,7 @@ fn args(health: &Path, disks: usize, years: f64) -> SimArgs {
         evacuate_rate_mb_s: 50.0,
         scatter: 4,
         sample: 32,
+        hosts: 1,
         all_drives: true,
     }
 }
@@ -175,6 +176,41 @@ fn bytes_are_conserved_and_full_disks_never_receive() {
 }
 
 #[test]
+fn replicas_spread_over_hosts_while_enough_have_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = synthetic(dir.path(), 200, 8);
+    let mut a = args(&f, 100, 1.0);
+    a.replicas = 3;
+    a.fill = 0.5;
+    a.hosts = 4;
+    let r = checked(&a);
+    for o in &r.policies {
+        assert!(o.repairs > 0 || o.migrated_bytes > 0, "{o:?}");
+        // Copysets are cut from random permutations, blind to hosts.
+        let shared = o.name == "copyset";
+        assert_eq!(o.shared_host_placements > 0, shared, "{o:?}");
+    }
+    let table = report::table(&r);
+    assert!(
+        table.contains("hosts: 4 (disk d on host d mod 4)"),
+        "{table}"
+    );
+    assert!(table.contains("random 0, copyset "), "{table}");
+    // Two hosts for three replicas: every placement shares one, and that is counted.
+    a.hosts = 2;
+    let r = checked(&a);
+    let risk = by_name(&r, "risk");
+    assert!(risk.shared_host_placements >= risk.shards, "{risk:?}");
+    // One host: nothing counted, and the report reads as before hosts existed.
+    a.hosts = 1;
+    let r = checked(&a);
+    assert!(r.policies.iter().all(|o| o.shared_host_placements == 0));
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(!json.contains("hosts"), "{json}");
+    assert!(!report::table(&r).contains("host"));
+}
+
+#[test]
 fn bad_input_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let f = synthetic(dir.path(), 20, 5);
@@ -188,6 +224,11 @@ fn bad_input_is_refused_with_a_reason() {
     a.years = 0.0;
     assert!(err(&a).contains("--years"));
     a.years = 1.0;
+    a.hosts = 0;
+    assert!(err(&a).contains("--hosts"), "{}", err(&a));
+    a.hosts = 3;
+    assert!(err(&a).contains("--hosts must be between 1 and --disks"));
+    a.hosts = 1;
     a.health = dir.path().join("missing.csv");
     assert!(err(&a).contains("missing.csv"), "{}", err(&a));
     let bad = dir.path().join("bad.csv");
