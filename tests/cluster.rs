@@ -9,12 +9,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use foreshard_cluster::keys::ClusterUrl;
-use foreshard_cluster::map::{Kv, Map};
+use foreshard_cluster::map::Map;
 use foreshard_cluster::records::{decode, DiskRecord, HostRec};
 use foreshard_cluster::wire::{
     block_sums, Class, ClientConfig, Ctx, ExtentId, Peer, ReadReq, WriteReq,
 };
-use net::Net;
+use net::{wait_for, Net};
 
 const BIN: &str = env!("CARGO_BIN_EXE_foreshard");
 
@@ -24,22 +24,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-async fn wait_for(map: &Map, key: &str, present: bool, max: Duration) -> Option<Kv> {
-    let t0 = Instant::now();
-    loop {
-        let kv = map.get(key).await.unwrap();
-        if kv.is_some() == present {
-            return kv;
-        }
-        assert!(
-            t0.elapsed() < max,
-            "{key} present={} after {max:?}",
-            kv.is_some()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const SECRET: [u8; 32] = [0x5a; 32];

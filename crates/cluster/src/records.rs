@@ -70,15 +70,8 @@ pub struct HostRec {
     pub started_ms: u64,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum HostState {
-    Up,
-    Suspect,
-    Failed,
-    Draining,
-    Removed,
-}
+/// A host's state, by the same names (and meaning, for the host as a whole) as a disk's.
+pub type HostState = DiskState;
 
 /// `hostinfo/<host>`: what outlives the lease.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

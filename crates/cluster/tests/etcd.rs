@@ -12,7 +12,7 @@ use foreshard_cluster::map::{CasOutcome, Map};
 use foreshard_cluster::member::join;
 use foreshard_cluster::records::{encode, HostRec};
 use foreshard_cluster::watch::{MapWatch, WatchEvent};
-use net::Net;
+use net::{wait_for, Net};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -219,27 +219,6 @@ fn spawn_child(net: &mut Net, exe: &std::path::Path, url: &str) -> u32 {
     let pid = net.spawn("e1", exe.to_str().unwrap(), &args, "child.log");
     std::env::remove_var("FSC_CHILD_URL");
     pid
-}
-
-async fn wait_for(
-    map: &Map,
-    key: &str,
-    present: bool,
-    max: Duration,
-) -> Option<foreshard_cluster::map::Kv> {
-    let t0 = Instant::now();
-    loop {
-        let kv = map.get(key).await.unwrap();
-        if kv.is_some() == present {
-            return kv;
-        }
-        assert!(
-            t0.elapsed() < max,
-            "{key} present={} after {max:?}",
-            kv.is_some()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[test]

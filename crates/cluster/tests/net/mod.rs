@@ -12,6 +12,28 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// Waits until `key` is present (or absent) in the map, at most `max`; its record when present.
+pub async fn wait_for(
+    map: &foreshard_cluster::map::Map,
+    key: &str,
+    present: bool,
+    max: Duration,
+) -> Option<foreshard_cluster::map::Kv> {
+    let t0 = Instant::now();
+    loop {
+        let kv = map.get(key).await.unwrap();
+        if kv.is_some() == present {
+            return kv;
+        }
+        assert!(
+            t0.elapsed() < max,
+            "{key} present={} after {max:?}",
+            kv.is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 /// etcd comes up in about 2 s here; allow for a loaded machine.
 const ETCD_HEALTHY_WAIT: Duration = Duration::from_secs(30);
