@@ -14,17 +14,9 @@ use foreshard_cluster::records::{decode, DiskRecord, HostRec};
 use foreshard_cluster::wire::{
     block_sums, Class, ClientConfig, Ctx, ExtentId, Peer, ReadReq, WriteReq,
 };
-use net::{wait_for, Net};
+use net::{rt, wait_for, Net};
 
 const BIN: &str = env!("CARGO_BIN_EXE_foreshard");
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 const SECRET: [u8; 32] = [0x5a; 32];
 

@@ -12,15 +12,7 @@ use foreshard_cluster::map::{CasOutcome, Map};
 use foreshard_cluster::member::join;
 use foreshard_cluster::records::{encode, HostRec};
 use foreshard_cluster::watch::{MapWatch, WatchEvent};
-use net::{wait_for, Net};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use net::{rt, wait_for, Net};
 
 fn cluster() -> Option<(Net, ClusterUrl)> {
     if !net::available() {

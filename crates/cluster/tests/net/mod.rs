@@ -12,6 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// The tests' runtime: two workers, as the daemon's cluster runtime will have.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Waits until `key` is present (or absent) in the map, at most `max`; its record when present.
 pub async fn wait_for(
     map: &foreshard_cluster::map::Map,
