@@ -138,6 +138,13 @@ async fn extents_over_the_network(addr: &str) {
         .unwrap();
     assert_eq!(peer.host(), "s1");
     assert_eq!(peer.disks().len(), 2);
+    let ctx0 = Ctx {
+        term: 1,
+        class: Class::Client,
+    };
+    for disk in 0..2 {
+        peer.probe(ctx0, disk).await.unwrap();
+    }
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let bs: u32 = 16 * 1024;
     let sums = block_sums(&data, bs);

@@ -163,8 +163,13 @@ impl DiskBackend for DirBackend {
         }
     }
 
+    /// Lists the extents directory: every disk has one, whichever way it was opened (a
+    /// node's disks carry their uuid in the node label, not in `foreshard.uuid`).
     fn probe(&self, disk: u32) -> io::Result<()> {
-        fs::read(self.dir(disk)?.join(UUID_FILE)).map(|_| ())
+        fs::read_dir(self.dir(disk)?.join(EXTENTS_DIR))?
+            .next()
+            .transpose()
+            .map(|_| ())
     }
 
     fn space(&self, disk: u32) -> io::Result<Space> {
