@@ -148,40 +148,9 @@ pub struct ShardRec {
 /// rule that reads it.
 pub use crate::placement::ShardClass;
 
-/// Serialized by name (lower case) in JSON; by variant index (postcard) in the metadata, so
-/// variants are only ever appended.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskState {
-    Up,
-    /// Probes failed or hung: still read and written, watched closely.
-    Suspect,
-    /// Never read or written again; its replicas are rebuilt elsewhere.
-    Failed,
-    /// Being emptied by `disk remove`: read as a source, never a target of new data.
-    Draining,
-    /// Emptied and released by `disk remove`.
-    Removed,
-}
-
-impl DiskState {
-    pub fn name(self) -> &'static str {
-        match self {
-            DiskState::Up => "up",
-            DiskState::Suspect => "suspect",
-            DiskState::Failed => "failed",
-            DiskState::Draining => "draining",
-            DiskState::Removed => "removed",
-        }
-    }
-    /// Holds readable replicas (a source for reads and recovery).
-    pub fn readable(self) -> bool {
-        matches!(
-            self,
-            DiskState::Up | DiskState::Suspect | DiskState::Draining
-        )
-    }
-}
+/// Part of the metadata format (postcard, by variant index) and of the cluster map (JSON, by
+/// name); defined beside the placement rule, where both crates reach it.
+pub use crate::placement::DiskState;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DiskRec {

@@ -649,18 +649,7 @@ impl Disk {
     }
 }
 
-pub fn statvfs(p: &Path) -> io::Result<(u64, u64, u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::ErrorKind::InvalidInput)?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid C string and s a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let f = s.f_frsize;
-    Ok((s.f_blocks * f, s.f_bavail * f, s.f_files, s.f_ffree))
-}
+pub use foreshard_model::util::statvfs;
 
 /// The set of disks and the extent I/O on them.
 pub struct Store {

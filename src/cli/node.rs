@@ -225,7 +225,7 @@ fn render_hosts(v: &ClusterView) -> String {
     for h in &v.hosts {
         for d in &h.disks {
             let bytes = |b: Option<u64>| b.map_or("-".into(), fmt_bytes);
-            let state = format!("{:?}", d.record.state).to_lowercase();
+            let state = d.record.state.name();
             let _ = writeln!(
                 out,
                 "{:<32} {:<16} {:<9} {:<10} {:>10} {:>10}  {}",

@@ -116,6 +116,9 @@ impl Keys {
     pub fn disk_stat(&self, uuid: &str) -> String {
         format!("{}diskstat/{uuid}", self.prefix)
     }
+    pub fn disk_stats(&self) -> String {
+        format!("{}diskstat/", self.prefix)
+    }
     pub fn pool_config(&self, pool: &str) -> String {
         format!("{}pools/{pool}/config", self.prefix)
     }

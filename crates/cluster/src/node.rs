@@ -7,7 +7,9 @@
 //! moved between chassis is noticed (refused unless `adopt`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use foreshard_model::util::{now_ms, statvfs};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -59,12 +61,6 @@ pub struct Node {
     /// (uuid, directory) of each disk, in the order given.
     pub disks: Vec<(String, PathBuf)>,
     pub membership: Membership,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// This boot's id: a restart of the same boot waits for its old lease, another machine with
@@ -311,14 +307,8 @@ fn valid_uuid(u: &str) -> bool {
 
 /// (total, free) bytes of the filesystem under `dir`.
 pub fn space(dir: &Path) -> anyhow::Result<(u64, u64)> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statvfs {}", dir.display()));
-    }
-    let frsize = s.f_frsize as u64;
-    Ok((s.f_blocks as u64 * frsize, s.f_bavail as u64 * frsize))
+    let (total, free, _, _) = statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
+    Ok((total, free))
 }
 
 /// Creates `hostinfo/<host>` if absent; a rack given later than the first start is kept

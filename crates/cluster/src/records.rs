@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use foreshard_model::placement::ShardClass;
+pub use foreshard_model::placement::{DiskState, ShardClass};
 
 /// Format of every value; a reader refuses a newer one rather than guess at it.
 pub const RECORD_VERSION: u32 = 1;
@@ -81,17 +81,6 @@ pub struct HostInfo {
     pub since_ms: u64,
     /// Rejoins with a new lease in the last day (a host risk signal).
     pub lease_flaps_day: u32,
-}
-
-/// As the pool's `DiskState`, by the same lower-case names.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskState {
-    Up,
-    Suspect,
-    Failed,
-    Draining,
-    Removed,
 }
 
 /// `disks/<uuid>`: a disk some host registered, and the pool that claimed it.

@@ -70,7 +70,7 @@ struct Parts {
 
 impl Parts {
     fn absorb(&mut self, k: &crate::keys::Keys, kv: &Kv) -> anyhow::Result<()> {
-        let (hp, ip, dp, sp) = (k.hosts(), k.host_infos(), k.disks(), k.disk_stat(""));
+        let (hp, ip, dp, sp) = (k.hosts(), k.host_infos(), k.disks(), k.disk_stats());
         if kv.key.starts_with(&hp) {
             let rec = decode::<HostRec>(&kv.key, &kv.value)?.body;
             let h = host(&mut self.hosts, tail(kv, &hp));

@@ -34,6 +34,41 @@ impl ShardClass {
     }
 }
 
+/// Serialized by name (lower case) in JSON; by variant index (postcard) in the metadata, so
+/// variants are only ever appended.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskState {
+    Up,
+    /// Probes failed or hung: still read and written, watched closely.
+    Suspect,
+    /// Never read or written again; its replicas are rebuilt elsewhere.
+    Failed,
+    /// Being emptied by `disk remove`: read as a source, never a target of new data.
+    Draining,
+    /// Emptied and released by `disk remove`.
+    Removed,
+}
+
+impl DiskState {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskState::Up => "up",
+            DiskState::Suspect => "suspect",
+            DiskState::Failed => "failed",
+            DiskState::Draining => "draining",
+            DiskState::Removed => "removed",
+        }
+    }
+    /// Holds readable replicas (a source for reads and recovery).
+    pub fn readable(self) -> bool {
+        matches!(
+            self,
+            DiskState::Up | DiskState::Suspect | DiskState::Draining
+        )
+    }
+}
+
 /// The risk interface placement goes through: P(failure) per disk. The daemon's risk
 /// service (`risk::service::View`) fills it; before its first round, and offline, every
 /// disk has the same risk (`UniformRisk`).

@@ -19,6 +19,20 @@ pub fn mono_us() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
+/// (total bytes, available bytes, inodes, free inodes) of the filesystem holding `p`.
+pub fn statvfs(p: &std::path::Path) -> std::io::Result<(u64, u64, u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and s a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let f = s.f_frsize;
+    Ok((s.f_blocks * f, s.f_bavail * f, s.f_files, s.f_ffree))
+}
+
 /// Bytes for people: "512 B", "1.5 MiB" (binary units, one decimal).
 pub fn fmt_bytes(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

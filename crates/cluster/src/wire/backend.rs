@@ -173,17 +173,10 @@ impl DiskBackend for DirBackend {
     }
 
     fn space(&self, disk: u32) -> io::Result<Space> {
-        use std::os::unix::ffi::OsStrExt;
-        let dir = std::ffi::CString::new(self.dir(disk)?.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `dir` is a valid C string and `st` a valid out-pointer for the call.
-        if unsafe { libc::statvfs(dir.as_ptr(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let (total_bytes, free_bytes, _, _) = foreshard_model::util::statvfs(self.dir(disk)?)?;
         Ok(Space {
-            total_bytes: st.f_blocks as u64 * st.f_frsize as u64,
-            free_bytes: st.f_bavail as u64 * st.f_frsize as u64,
+            total_bytes,
+            free_bytes,
         })
     }
 }

@@ -28,11 +28,7 @@ use super::msg::{
 use super::pace::Pacer;
 use super::{CONN_REQUESTS_MAX, PROTO, SERVER_BUFFER_BYTES_MAX, STALL_TIMEOUT};
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use foreshard_model::util::now_ms;
 
 /// A connection's read buffer: headers and small metas come in one syscall; a chunk larger
 /// than this goes straight into its own buffer.
