@@ -77,7 +77,8 @@ enum Command {
 pub fn render_into(r: &results::Results, doc: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(doc).with_context(|| format!("cannot read {}", doc.display()))?;
-    let new = render::replace_section(&text, &r.bench, &render::markdown(r))
+    let body = render::without_machine_paths(&render::markdown(r));
+    let new = render::replace_section(&text, &r.bench, &body)
         .with_context(|| format!("{}", doc.display()))?;
     std::fs::write(doc, new).with_context(|| format!("cannot write {}", doc.display()))?;
     log!("wrote the bench:{} section of {}", r.bench, doc.display());

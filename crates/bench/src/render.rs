@@ -521,6 +521,32 @@ pub fn markdown(r: &Results) -> String {
     out
 }
 
+/// `text` with every absolute path of this machine (binaries, work directories, results
+/// files) cut to its last component: a document in the repository names no path a user's
+/// clone lacks. A path is a word that starts with `/` and has another `/` in it.
+pub fn without_machine_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let is_path = word.starts_with('/') && word[1..].contains('/');
+        match word.trim_end_matches('/').rsplit('/').next() {
+            Some(last) if is_path && !last.is_empty() => out.push_str(last),
+            _ => out.push_str(word),
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() || "()`,;|".contains(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 /// `doc` with the lines between the marker lines `<!-- bench:NAME begin -->` and
 /// `<!-- bench:NAME end -->` replaced by `body`; the markers stay. Markers count only as
 /// lines of their own, so prose may quote them.
@@ -552,6 +578,19 @@ pub fn replace_section(doc: &str, name: &str, body: &str) -> anyhow::Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_paths_are_cut_to_their_last_component() {
+        let t = "- fs-r1: /root/.cache/x/release/foreshard (foreshard 0.1.0)\n\
+                 - raw: a directory on disk0 (/var/tmp/b/disk0/raw)\n\
+                 `foreshard-bench io --json /var/tmp/r.json` | r2/(raw/2) | docs/benchmarks.md | / |";
+        assert_eq!(
+            without_machine_paths(t),
+            "- fs-r1: foreshard (foreshard 0.1.0)\n\
+             - raw: a directory on disk0 (raw)\n\
+             `foreshard-bench io --json r.json` | r2/(raw/2) | docs/benchmarks.md | / |"
+        );
+    }
 
     #[test]
     fn section_is_replaced_between_the_markers_only() {
