@@ -115,7 +115,10 @@ async fn round_trip_of_a_4_mib_extent_and_partial_reads() {
     assert!(p.space(ctx(1), DISK).await.unwrap().total_bytes > 0);
     p.probe(ctx(1), DISK).await.unwrap();
     assert_eq!(p.probe(ctx(1), 77).await, Err(WireError::NotFound));
-    p.remove(ctx(1), DISK, xid(1), (9, 1)).await.unwrap();
+    assert_eq!(p.scan(ctx(1), DISK).await.unwrap(), vec![(xid(1), len)]);
+    assert_eq!(p.remove_temps(ctx(1), DISK).await.unwrap(), 0);
+    p.remove(ctx(1), DISK, xid(1), Some((9, 1))).await.unwrap();
+    assert_eq!(p.scan(ctx(1), DISK).await.unwrap(), vec![]);
     let all = ReadReq::covering(DISK, xid(1), (0, 10), BS, &w.sums);
     assert_eq!(p.read(ctx(1), &all).await, Err(WireError::NotFound));
 }
@@ -282,7 +285,7 @@ async fn stale_term_and_epoch_are_refused_also_after_a_restart() {
             fenced(5, 3)
         );
         assert_eq!(
-            p.remove(ctx(5), DISK, xid(1), (4, 2)).await.err(),
+            p.remove(ctx(5), DISK, xid(1), Some((4, 2))).await.err(),
             fenced(5, 3)
         );
         assert_eq!(p.read(ctx(4), &r).await.err(), fenced(5, 0));
@@ -587,6 +590,17 @@ impl DiskBackend for Gated {
     fn space(&self, disk: u32) -> io::Result<Space> {
         self.inner.space(disk)
     }
+    fn scan(
+        &self,
+        disk: u32,
+        after: Option<ExtentId>,
+        limit: usize,
+    ) -> io::Result<(Vec<(ExtentId, u64)>, bool)> {
+        self.inner.scan(disk, after, limit)
+    }
+    fn remove_temps(&self, disk: u32) -> io::Result<u64> {
+        self.inner.remove_temps(disk)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,7 +658,7 @@ fn the_blocking_client_works_from_a_plain_thread() {
         let e: io::Error = c.read(ctx(0), &r).unwrap_err().into();
         let inner = e.get_ref().and_then(|e| e.downcast_ref::<WireError>());
         assert_eq!(inner, Some(&WireError::Fenced { term: 1, epoch: 0 }));
-        c.remove(ctx(1), DISK, xid(1), (1, 1)).unwrap();
+        c.remove(ctx(1), DISK, xid(1), Some((1, 1))).unwrap();
         let e: io::Error = c.read(ctx(1), &r).unwrap_err().into();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
     })
@@ -688,6 +702,17 @@ impl DiskBackend for NullBackend {
             total_bytes: 1,
             free_bytes: 1,
         })
+    }
+    fn scan(
+        &self,
+        _: u32,
+        _: Option<ExtentId>,
+        _: usize,
+    ) -> io::Result<(Vec<(ExtentId, u64)>, bool)> {
+        Ok((vec![], false))
+    }
+    fn remove_temps(&self, _: u32) -> io::Result<u64> {
+        Ok(0)
     }
 }
 
@@ -897,8 +922,8 @@ async fn the_audit_log_shows_no_stale_write_accepted() {
     p.write(ctx(2), &at(2, 3), &data).await.unwrap();
     assert!(p.write(ctx(2), &at(3, 2), &data).await.is_err()); // stale epoch
     assert!(p.write(ctx(1), &at(4, 3), &data).await.is_err()); // stale term
-    p.remove(ctx(2), DISK, xid(1), (4, 3)).await.unwrap();
-    assert!(p.remove(ctx(2), DISK, xid(2), (4, 1)).await.is_err());
+    p.remove(ctx(2), DISK, xid(1), Some((4, 3))).await.unwrap();
+    assert!(p.remove(ctx(2), DISK, xid(2), Some((4, 1))).await.is_err());
     server.shutdown();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap()

@@ -39,6 +39,29 @@ pub trait DiskBackend: Send + Sync + 'static {
     /// A small read that shows the disk answers.
     fn probe(&self, disk: u32) -> io::Result<()>;
     fn space(&self, disk: u32) -> io::Result<Space>;
+    /// Up to `limit` extents in id order after `after`, with their file lengths; `true`
+    /// when more follow.
+    fn scan(
+        &self,
+        disk: u32,
+        after: Option<ExtentId>,
+        limit: usize,
+    ) -> io::Result<(Vec<(ExtentId, u64)>, bool)>;
+    /// Removes the temporary files of interrupted writes and copies; returns how many.
+    fn remove_temps(&self, disk: u32) -> io::Result<u64>;
+}
+
+/// One page of `all` (any order) after `after`, for [`DiskBackend::scan`].
+pub fn scan_page(
+    mut all: Vec<(ExtentId, u64)>,
+    after: Option<ExtentId>,
+    limit: usize,
+) -> (Vec<(ExtentId, u64)>, bool) {
+    all.retain(|(id, _)| after.is_none_or(|a| *id > a));
+    all.sort_unstable();
+    let more = all.len() > limit;
+    all.truncate(limit);
+    (all, more)
 }
 
 const UUID_FILE: &str = "foreshard.uuid";
@@ -98,6 +121,16 @@ impl DirBackend {
     pub fn extent_path(&self, disk: u32, id: ExtentId) -> io::Result<PathBuf> {
         let name = format!("{:016x}-{:016x}-{:016x}", id.inode, id.index, id.version);
         Ok(self.dir(disk)?.join(EXTENTS_DIR).join(name))
+    }
+
+    fn parse_name(name: &str) -> Option<ExtentId> {
+        let mut it = name.split('-').map(|p| u64::from_str_radix(p, 16).ok());
+        let (inode, index, version) = (it.next()??, it.next()??, it.next()??);
+        (it.next().is_none() && name.len() == 50).then_some(ExtentId {
+            inode,
+            index,
+            version,
+        })
     }
 }
 
@@ -179,6 +212,34 @@ impl DiskBackend for DirBackend {
             free_bytes,
         })
     }
+
+    fn scan(
+        &self,
+        disk: u32,
+        after: Option<ExtentId>,
+        limit: usize,
+    ) -> io::Result<(Vec<(ExtentId, u64)>, bool)> {
+        let mut all = Vec::new();
+        for e in fs::read_dir(self.dir(disk)?.join(EXTENTS_DIR))? {
+            let e = e?;
+            if let Some(id) = Self::parse_name(&e.file_name().to_string_lossy()) {
+                all.push((id, e.metadata()?.len()));
+            }
+        }
+        Ok(scan_page(all, after, limit))
+    }
+
+    fn remove_temps(&self, disk: u32) -> io::Result<u64> {
+        let mut n = 0;
+        for e in fs::read_dir(self.dir(disk)?.join(EXTENTS_DIR))? {
+            let e = e?;
+            if e.file_name().to_string_lossy().contains(".tmp") {
+                fs::remove_file(e.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +267,12 @@ mod tests {
             io::ErrorKind::NotFound
         );
         assert!(b.read(4, id, 0, 1).is_err());
+        b.write_extent(3, gone, b"x").unwrap();
+        std::fs::write(d.path().join("d3/extents/x.tmp1"), b"t").unwrap();
+        let (page, more) = b.scan(3, None, 1).unwrap();
+        assert_eq!((page, more), (vec![(gone, 1)], false));
+        assert_eq!(b.scan(3, Some(gone), 10).unwrap().0, vec![]);
+        assert_eq!(b.remove_temps(3).unwrap(), 1);
         assert!(b.space(3).unwrap().total_bytes > 0);
         b.probe(3).unwrap();
         let uuid = b.disks()[0].uuid.clone();

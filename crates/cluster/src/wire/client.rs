@@ -24,8 +24,8 @@ use tokio::task::AbortHandle;
 use super::auth::{hello_mac, macs_equal, server_mac};
 use super::backend::Space;
 use super::frame::{self, Header, KIND_CHALLENGE, KIND_DATA, KIND_REQUEST, KIND_RESPONSE};
-use super::msg::WireError;
 use super::msg::{verify_blocks, Challenge, Class, ExtentId, Op, Request, Response, Sum};
+use super::msg::{WireError, SCAN_PAGE_MAX};
 use super::{CONNECT_TIMEOUT, CONN_REQUESTS_MAX, PEER_CONNECTIONS_MAX, PROTO};
 use super::{REQUEST_BYTES_PER_S, REQUEST_DEADLINE_BASE, RETRY_DELAYS, STALL_TIMEOUT};
 
@@ -724,21 +724,59 @@ impl Peer {
         }
     }
 
+    /// Removes an extent version; `shard_epoch` fences a placement change's removal.
     pub async fn remove(
         &self,
         ctx: Ctx,
         disk: u32,
         id: ExtentId,
-        (shard, epoch): (u32, u64),
+        shard_epoch: Option<(u32, u64)>,
     ) -> Result<(), WireError> {
         let op = Op::Remove {
             disk,
             id,
-            shard,
-            epoch,
+            shard_epoch,
         };
         let retries = self.cfg.retry_delays.len();
         expect_done(self.call(Self::request(ctx, op), &[], 0, retries).await?.0)
+    }
+
+    /// Every extent on `disk` with its file length, a page at a time (one disk's listing
+    /// is bounded by what it holds; pages keep each answer under the frame limits).
+    pub async fn scan(&self, ctx: Ctx, disk: u32) -> Result<Vec<(ExtentId, u64)>, WireError> {
+        let retries = self.cfg.retry_delays.len();
+        let mut out: Vec<(ExtentId, u64)> = Vec::new();
+        loop {
+            let after = out.last().map(|e| e.0);
+            let op = Op::Scan {
+                disk,
+                after,
+                limit: SCAN_PAGE_MAX,
+            };
+            match self.call(Self::request(ctx, op), &[], 0, retries).await?.0 {
+                Response::Listing { extents, more } => {
+                    let ordered = extents
+                        .first()
+                        .is_none_or(|f| after.is_none_or(|a| f.0 > a));
+                    if !ordered {
+                        return Err(WireError::BadRequest("scan page out of order".into()));
+                    }
+                    out.extend(extents);
+                    if !more {
+                        return Ok(out);
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    pub async fn remove_temps(&self, ctx: Ctx, disk: u32) -> Result<u64, WireError> {
+        let req = Self::request(ctx, Op::RemoveTemps { disk });
+        match self.call(req, &[], 0, 0).await?.0 {
+            Response::Removed { count } => Ok(count),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// The disk's answer time for a small read, in microseconds (measured by the server).
@@ -805,10 +843,18 @@ impl Client {
         ctx: Ctx,
         disk: u32,
         id: ExtentId,
-        shard_epoch: (u32, u64),
+        shard_epoch: Option<(u32, u64)>,
     ) -> Result<(), WireError> {
         self.rt
             .block_on(self.peer.remove(ctx, disk, id, shard_epoch))
+    }
+
+    pub fn scan(&self, ctx: Ctx, disk: u32) -> Result<Vec<(ExtentId, u64)>, WireError> {
+        self.rt.block_on(self.peer.scan(ctx, disk))
+    }
+
+    pub fn remove_temps(&self, ctx: Ctx, disk: u32) -> Result<u64, WireError> {
+        self.rt.block_on(self.peer.remove_temps(ctx, disk))
     }
 
     pub fn probe(&self, ctx: Ctx, disk: u32) -> Result<u64, WireError> {

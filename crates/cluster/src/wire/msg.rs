@@ -13,6 +13,9 @@ pub struct ExtentId {
     pub version: u64,
 }
 
+/// Extents one `Scan` answer lists at most (40 bytes each: well under the meta limit).
+pub const SCAN_PAGE_MAX: u32 = 4096;
+
 /// blake3 of one block.
 pub type Sum = [u8; 32];
 
@@ -73,11 +76,22 @@ pub enum Op {
         disk: u32,
         ids: Vec<ExtentId>,
     },
+    /// `shard_epoch`: a placement change's removal is fenced by the shard's epoch; the
+    /// reaper's (a version no record names any more) by the term only.
     Remove {
         disk: u32,
         id: ExtentId,
-        shard: u32,
-        epoch: u64,
+        shard_epoch: Option<(u32, u64)>,
+    },
+    /// Up to `limit` extents (at most [`SCAN_PAGE_MAX`]) in id order after `after`.
+    Scan {
+        disk: u32,
+        after: Option<ExtentId>,
+        limit: u32,
+    },
+    /// Start-up cleanup: the temporary files of interrupted writes and copies.
+    RemoveTemps {
+        disk: u32,
     },
     Probe {
         disk: u32,
@@ -108,6 +122,14 @@ pub enum Response {
     SpaceOk {
         total_bytes: u64,
         free_bytes: u64,
+    },
+    /// (extent, file length); `more` when the page was full.
+    Listing {
+        extents: Vec<(ExtentId, u64)>,
+        more: bool,
+    },
+    Removed {
+        count: u64,
     },
     Err(WireError),
 }
@@ -261,13 +283,14 @@ mod tests {
             op: Op::Remove {
                 disk: 4,
                 id,
-                shard: 5,
-                epoch: 6,
+                shard_epoch: Some((5, 6)),
             },
         };
         let b = postcard::to_allocvec(&r).unwrap();
         let back: Request = postcard::from_bytes(&b).unwrap();
-        assert!(matches!(back.op, Op::Remove { disk: 4, id: i, shard: 5, epoch: 6 } if i == id));
+        assert!(
+            matches!(back.op, Op::Remove { disk: 4, id: i, shard_epoch: Some((5, 6)) } if i == id)
+        );
         let e = Response::Err(WireError::Fenced { term: 1, epoch: 2 });
         let b = postcard::to_allocvec(&e).unwrap();
         let back: Response = postcard::from_bytes(&b).unwrap();

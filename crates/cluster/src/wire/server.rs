@@ -24,6 +24,7 @@ use super::fence::Fence;
 use super::frame::{self, Header, KIND_CHALLENGE, KIND_DATA, KIND_REQUEST, KIND_RESPONSE};
 use super::msg::{
     blocks_in, verify_blocks, Challenge, Class, Op, Request, Response, Sum, WireError,
+    SCAN_PAGE_MAX,
 };
 use super::pace::Pacer;
 use super::{CONN_REQUESTS_MAX, PROTO, SERVER_BUFFER_BYTES_MAX, STALL_TIMEOUT};
@@ -691,13 +692,17 @@ async fn serve(
     }
 }
 
-/// Sync, Remove, Probe and Space: no bytes either way.
+/// Sync, Remove, Scan, RemoveTemps, Probe and Space: no bytes either way.
 async fn serve_small(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError> {
     let (disk, mutation) = match op {
-        Op::Sync { disk, .. } | Op::Probe { disk } | Op::Space { disk } => (disk, None),
+        Op::Sync { disk, .. }
+        | Op::Probe { disk }
+        | Op::Space { disk }
+        | Op::Scan { disk, .. }
+        | Op::RemoveTemps { disk } => (disk, None),
         Op::Remove {
-            disk, shard, epoch, ..
-        } => (disk, Some((shard, epoch))),
+            disk, shard_epoch, ..
+        } => (disk, shard_epoch),
         _ => unreachable!("serve takes the others"),
     };
     let (fence, be) = (sh.fence(disk)?, sh.backend.clone());
@@ -716,6 +721,14 @@ async fn serve_small(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError
                 .remove(disk, id)
                 .map(|()| Response::Done)
                 .map_err(disk_err)?,
+            Op::Scan { after, limit, .. } => {
+                let limit = limit.clamp(1, SCAN_PAGE_MAX) as usize;
+                let (extents, more) = be.scan(disk, after, limit).map_err(disk_err)?;
+                Response::Listing { extents, more }
+            }
+            Op::RemoveTemps { .. } => Response::Removed {
+                count: be.remove_temps(disk).map_err(disk_err)?,
+            },
             Op::Probe { .. } => {
                 let t = Instant::now();
                 be.probe(disk).map_err(disk_err)?;
