@@ -700,7 +700,8 @@ impl AgentPool {
     fn reserve(&self, fs: &Fs, want: HashMap<u32, u64>) -> HashMap<u32, u64> {
         let mut out = HashMap::new();
         for d in fs.store.disks() {
-            if !d.accepts_data() {
+            // A remote disk's space is reserved by its host (docs/cluster.md, step 9).
+            if !d.accepts_data() || d.is_remote() {
                 continue;
             }
             let p = d.root.join(RESERVE_FILE);
@@ -742,7 +743,7 @@ impl AgentPool {
 
     /// Frees the reservations (at activation: the copies take that space now).
     pub fn release_reservations(&self, fs: &Fs) {
-        for d in fs.store.disks() {
+        for d in fs.store.disks().iter().filter(|d| !d.is_remote()) {
             let p = d.root.join(RESERVE_FILE);
             if let Ok(f) = crate::store::open_plain(&p, true, false) {
                 let _ = f.set_len(0);
@@ -951,7 +952,7 @@ fn open_replicas(
             if fds.len() >= fds_max {
                 return fds;
             }
-            let Some(disk) = fs.store.disk(*d).filter(|x| x.is_up()) else {
+            let Some(disk) = fs.store.disk(*d).filter(|x| x.is_up() && !x.is_remote()) else {
                 continue;
             };
             let id = ExtentId {

@@ -355,6 +355,9 @@ fn run(
     control.stop();
     let _ = fs::remove_file(pool_dir.join(pool::SOCKET_FILE));
     svc.stop(&fs)?;
+    if let Some(c) = &pool.cluster {
+        c.resign();
+    }
     let _ = fs::remove_file(pool_dir.join(PID_FILE));
     tracing::info!("unmounted");
     // The lock goes with the process: background threads may still hold the metadata, and
@@ -366,7 +369,12 @@ fn run(
 /// Before serving: bucket directories on disks labelled before they were made up front
 /// (off the write path), then the start-up crash cleanup.
 fn prepare(fs: &crate::fs::Fs) -> anyhow::Result<()> {
-    for d in fs.store.disks().iter().filter(|d| d.is_up()) {
+    for d in fs
+        .store
+        .disks()
+        .iter()
+        .filter(|d| d.is_up() && !d.is_remote())
+    {
         if let Err(e) = crate::store::make_buckets(&d.root.join(crate::store::EXTENT_DIR)) {
             tracing::warn!(disk = d.id, "cannot create bucket directories: {e}");
         }

@@ -37,8 +37,13 @@ pub struct InitArgs {
     pub health_dir: Option<PathBuf>,
 }
 
-/// Every `r`-subset of `0..n`, in lexicographic order.
+/// Every `r`-subset of `0..n`, in lexicographic order, up to `SHARDS_MAX` of them.
 fn combinations(n: usize, r: usize) -> Vec<Vec<usize>> {
+    combinations_capped(n, r, SHARDS_MAX as usize)
+}
+
+/// The first `cap` `r`-subsets of `0..n`, in lexicographic order.
+fn combinations_capped(n: usize, r: usize, cap: usize) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
     let mut cur: Vec<usize> = (0..r).collect();
     if r == 0 || r > n {
@@ -50,7 +55,7 @@ fn combinations(n: usize, r: usize) -> Vec<Vec<usize>> {
         while i > 0 && cur[i - 1] == n - r + i - 1 {
             i -= 1;
         }
-        if i == 0 || out.len() >= SHARDS_MAX as usize {
+        if i == 0 || out.len() >= cap {
             return out;
         }
         cur[i - 1] += 1;
@@ -63,7 +68,26 @@ fn combinations(n: usize, r: usize) -> Vec<Vec<usize>> {
 /// The initial placement: shards cycle through every combination of `replicas` disks, so
 /// each disk holds about the same number of shards and every pair shares some.
 pub fn initial_shards(disk_ids: &[u32], replicas: usize) -> Vec<ShardRec> {
-    let combos = combinations(disk_ids.len(), replicas);
+    initial_shards_on(disk_ids, &vec![0; disk_ids.len()], replicas)
+}
+
+/// `initial_shards` over disks on hosts (`hosts[i]` is disk i's): only combinations whose
+/// disks are all on distinct hosts, while the disks span `replicas` hosts (else every
+/// combination, as on one host).
+pub fn initial_shards_on(disk_ids: &[u32], hosts: &[u32], replicas: usize) -> Vec<ShardRec> {
+    let distinct: HashSet<u32> = hosts.iter().copied().collect();
+    let mut combos = combinations(disk_ids.len(), replicas);
+    if distinct.len() >= replicas && distinct.len() > 1 {
+        // Enumerated further than the cap, so spread ones are not cut off early.
+        combos = combinations_capped(disk_ids.len(), replicas, 16 * SHARDS_MAX as usize)
+            .into_iter()
+            .filter(|c| c.iter().map(|&i| hosts[i]).collect::<HashSet<_>>().len() == c.len())
+            .take(SHARDS_MAX as usize)
+            .collect();
+        if combos.is_empty() {
+            combos = combinations(disk_ids.len(), replicas);
+        }
+    }
     let count = (combos.len() as u32).clamp(SHARDS_MIN, SHARDS_MAX) as usize;
     (0..count)
         .map(|i| {
@@ -84,8 +108,39 @@ pub fn initial_shards(disk_ids: &[u32], replicas: usize) -> Vec<ShardRec> {
 
 pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
     check_init_args(a)?;
-    let meta_dir = a.pool.join(META_DIR);
+    if a.disks.len() < a.replicas as usize {
+        bail!(
+            "{} disk(s) given but --replicas {} needs at least that many distinct disks",
+            a.disks.len(),
+            a.replicas
+        );
+    }
     let canon = check_disks(a)?;
+    init_with(a, |meta_dir, pool_id| {
+        write_new_pool(a, meta_dir, &canon, pool_id).inspect_err(|_| {
+            // Leave no label of this pool behind.
+            for c in &canon {
+                if read_label(c)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|l| l.pool_id == pool_id)
+                {
+                    let _ = fs::remove_file(c.join(crate::store::LABEL_FILE));
+                    crate::store::remove_buckets(&c.join("extents"));
+                }
+            }
+        })
+    })
+}
+
+/// Makes the pool directory and lets `write(meta dir, pool id)` fill it; on an error
+/// leaves nothing behind (metadata, and the pool directory if it was made here).
+pub(crate) fn init_with(
+    a: &InitArgs,
+    write: impl FnOnce(&Path, &str) -> anyhow::Result<PoolConfig>,
+) -> anyhow::Result<PoolConfig> {
+    check_init_args(a)?;
+    let meta_dir = a.pool.join(META_DIR);
     let pool_id = format!("{:032x}", rand::random::<u128>());
     // Metadata, lock and log are the owner's only (names, symlink targets, xattr values).
     let _mask = Umask::private();
@@ -97,19 +152,8 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         .create(&a.pool)
         .and_then(|_| fs::set_permissions(&a.pool, fs::Permissions::from_mode(0o700)))
         .with_context(|| format!("{}: cannot create pool directory", a.pool.display()))?;
-    let res = write_new_pool(a, &meta_dir, &canon, &pool_id);
+    let res = write(&meta_dir, &pool_id);
     if res.is_err() {
-        // Leave nothing behind: labels, metadata, and the pool directory if we made it.
-        for c in &canon {
-            if read_label(c)
-                .ok()
-                .flatten()
-                .is_some_and(|l| l.pool_id == pool_id)
-            {
-                let _ = fs::remove_file(c.join(crate::store::LABEL_FILE));
-                crate::store::remove_buckets(&c.join("extents"));
-            }
-        }
         let _ = fs::remove_dir_all(&meta_dir);
         let _ = fs::remove_file(a.pool.join(crate::metaspace::RESERVE_FILE));
         if created_pool_dir {
@@ -125,13 +169,6 @@ pub fn init(a: &InitArgs) -> anyhow::Result<PoolConfig> {
 fn check_init_args(a: &InitArgs) -> anyhow::Result<()> {
     if a.replicas == 0 {
         bail!("--replicas must be at least 1");
-    }
-    if a.disks.len() < a.replicas as usize {
-        bail!(
-            "{} disk(s) given but --replicas {} needs at least that many distinct disks",
-            a.disks.len(),
-            a.replicas
-        );
     }
     if !a.extent_size.is_power_of_two()
         || !(EXTENT_SIZE_MIN..=EXTENT_SIZE_MAX).contains(&a.extent_size)
@@ -224,13 +261,44 @@ fn write_new_pool(
 ) -> anyhow::Result<PoolConfig> {
     let ids: Vec<u32> = (0..canon.len() as u32).collect();
     let shards = initial_shards(&ids, a.replicas as usize);
-    let cfg = PoolConfig {
+    let disks: Vec<DiskRec> = canon
+        .iter()
+        .enumerate()
+        .map(|(i, c)| DiskRec {
+            id: i as u32,
+            path: c.to_string_lossy().into_owned(),
+            state: DiskState::Up,
+        })
+        .collect();
+    let cfg = write_pool_meta(a, meta_dir, (&disks, &shards), pool_id, &[])?;
+    // Labels last: a disk carries this pool's label only once the metadata naming it is
+    // durable.
+    for (i, c) in canon.iter().enumerate() {
+        write_label(c, &Label::new(pool_id, i as u32))?;
+    }
+    Ok(cfg)
+}
+
+pub(crate) fn pool_config(a: &InitArgs, pool_id: &str, shard_count: u32) -> PoolConfig {
+    PoolConfig {
         pool_id: pool_id.to_string(),
         replicas: a.replicas,
         extent_size: a.extent_size,
         block_size: BLOCK_SIZE_BYTES.min(a.extent_size as u32),
-        shard_count: shards.len() as u32,
-    };
+        shard_count,
+    }
+}
+
+/// A new pool's metadata (config, disks, shards, root, and `extra` config records) in one
+/// synced batch.
+pub(crate) fn write_pool_meta(
+    a: &InitArgs,
+    meta_dir: &Path,
+    (disks, shards): (&[DiskRec], &[ShardRec]),
+    pool_id: &str,
+    extra: &[(&[u8], Vec<u8>)],
+) -> anyhow::Result<PoolConfig> {
+    let cfg = pool_config(a, pool_id, shards.len() as u32);
     let meta = Meta::open(meta_dir, true)?;
     let mut b = meta.batch();
     b.put_config(&cfg);
@@ -251,12 +319,11 @@ fn write_new_pool(
             &serde_json::to_vec(&s)?,
         );
     }
-    for (i, c) in canon.iter().enumerate() {
-        b.put_disk(&DiskRec {
-            id: i as u32,
-            path: c.to_string_lossy().into_owned(),
-            state: DiskState::Up,
-        });
+    for (k, v) in extra {
+        b.put_raw(crate::meta::CF_CONFIG, k, v);
+    }
+    for d in disks {
+        b.put_disk(d);
     }
     for (i, s) in shards.iter().enumerate() {
         b.put_shard(i as u32, s);
@@ -267,9 +334,6 @@ fn write_new_pool(
     b.put_inode(ROOT_INO, &root_inode());
     meta.write(b)?;
     meta.sync_wal()?;
-    for (i, c) in canon.iter().enumerate() {
-        write_label(c, &Label::new(pool_id, i as u32))?;
-    }
     Ok(cfg)
 }
 
@@ -350,6 +414,8 @@ pub struct Pool {
     pub meta: Arc<Meta>,
     pub store: Arc<Store>,
     pub cfg: PoolConfig,
+    /// A cluster pool's side in etcd (this host is its active metadata host meanwhile).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub _lock: PoolLock,
 }
 
@@ -378,6 +444,42 @@ impl Pool {
         let cfg = meta
             .config()?
             .context("pool metadata has no configuration record")?;
+        let (cluster, disks) = match crate::cluster::conf_of(&meta)? {
+            Some(conf) => {
+                let (c, disks) = crate::cluster::open(&conf, &meta, &cfg)
+                    .with_context(|| format!("cluster {}", conf.url))?;
+                (Some(c), disks)
+            }
+            None => (None, local_disks(&meta, &cfg)?),
+        };
+        let store = Arc::new(Store::new(disks, cfg.block_size as usize));
+        Ok(Pool {
+            dir: dir.to_path_buf(),
+            meta,
+            store,
+            cfg,
+            cluster,
+            _lock: lock,
+        })
+    }
+
+    pub fn fs(&self, opts: FsOptions) -> anyhow::Result<Arc<Fs>> {
+        let fs = Fs::new(
+            self.meta.clone(),
+            self.store.clone(),
+            self.cfg.clone(),
+            opts,
+        )?;
+        if let Some(c) = &self.cluster {
+            fs.set_placement_sink(c.clone());
+        }
+        Ok(fs)
+    }
+}
+
+/// The disks of a single-host pool; those whose label is wrong or missing are marked failed.
+fn local_disks(meta: &Meta, cfg: &PoolConfig) -> anyhow::Result<Vec<Arc<Disk>>> {
+    {
         let mut disks = Vec::new();
         for rec in meta.disks()? {
             let disk = Disk::new(rec.id, PathBuf::from(&rec.path), rec.state);
@@ -397,23 +499,7 @@ impl Pool {
             }
             disks.push(Arc::new(disk));
         }
-        let store = Arc::new(Store::new(disks, cfg.block_size as usize));
-        Ok(Pool {
-            dir: dir.to_path_buf(),
-            meta,
-            store,
-            cfg,
-            _lock: lock,
-        })
-    }
-
-    pub fn fs(&self, opts: FsOptions) -> anyhow::Result<Arc<Fs>> {
-        Fs::new(
-            self.meta.clone(),
-            self.store.clone(),
-            self.cfg.clone(),
-            opts,
-        )
+        Ok(disks)
     }
 }
 
@@ -517,5 +603,25 @@ mod tests {
         );
         assert!(mx - mn <= 2, "unbalanced: {per_disk:?}");
         assert_eq!(combinations(5, 3).len(), 10);
+    }
+
+    #[test]
+    fn initial_shards_spread_over_hosts() {
+        // 4 hosts x 2 disks: every shard's replicas on distinct hosts, all disks used.
+        let ids: Vec<u32> = (0..8).collect();
+        let hosts: Vec<u32> = ids.iter().map(|i| 1 + i / 2).collect();
+        let shards = initial_shards_on(&ids, &hosts, 2);
+        assert!(shards.len() >= SHARDS_MIN as usize);
+        let mut used = HashSet::new();
+        for s in &shards {
+            assert_ne!(hosts[s.disks[0] as usize], hosts[s.disks[1] as usize]);
+            used.extend(s.disks.iter().copied());
+        }
+        assert_eq!(used.len(), 8);
+        // Two hosts, three replicas: not enough hosts, so every combination (as today).
+        let two: Vec<u32> = ids.iter().map(|i| i % 2).collect();
+        assert_eq!(initial_shards_on(&ids, &two, 3), initial_shards(&ids, 3));
+        // One host: exactly today's answer.
+        assert_eq!(initial_shards_on(&ids, &[0; 8], 2), initial_shards(&ids, 2));
     }
 }

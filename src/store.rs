@@ -419,9 +419,51 @@ pub struct Fault {
     pub delay_ms: u64,
 }
 
+/// (shard, epoch) a write is made under: a storage host refuses it once it has seen a
+/// higher epoch for the shard (docs/cluster.md, "Fencing on the data path").
+pub type ShardEpoch = (u32, u64);
+
+/// A disk a storage host serves over the extent service (docs/cluster.md): what `Store` and
+/// `Disk` do to a local directory, done by the host that owns the disk. Errors come back as
+/// the local ones (errno, checksum), so counting, skipping and repair work unchanged.
+pub trait RemoteIo: Send + Sync {
+    /// Writes a whole extent version (or replaces a bad copy of it: the bytes of a version
+    /// never change), `sums` one per block; the host checks them before it writes.
+    fn write(
+        &self,
+        id: &ExtentId,
+        data: &[u8],
+        sums: &[[u8; 32]],
+        fence: ShardEpoch,
+    ) -> io::Result<()>;
+    /// `[off, off + buf.len())`, checked on both ends against `sums` (the whole extent's).
+    fn read_into(
+        &self,
+        id: &ExtentId,
+        sums: &[[u8; 32]],
+        off: usize,
+        buf: &mut [u8],
+    ) -> Result<(), ReadError>;
+    /// Makes the files durable; returns those that failed.
+    fn sync(&self, ids: &[ExtentId]) -> io::Result<Vec<ExtentId>>;
+    fn remove(&self, id: &ExtentId) -> io::Result<()>;
+    /// The host's own probe of the disk; returns how long it took in microseconds.
+    fn probe(&self) -> io::Result<u64>;
+    fn space(&self) -> io::Result<(u64, u64)>;
+    fn scan(&self) -> io::Result<Vec<(ExtentId, u64)>>;
+    fn remove_temps(&self) -> io::Result<usize>;
+    /// The host still serves this disk (by its cluster-wide uuid).
+    fn check(&self) -> anyhow::Result<()>;
+    /// The storage host's number in the pool (placement's failure domain).
+    fn host(&self) -> u32;
+}
+
 pub struct Disk {
     pub id: u32,
+    /// A local disk's directory; for a remote one, `node://HOST/UUID` (never opened).
     pub root: PathBuf,
+    /// Set for a disk on another host: every operation goes over the extent service.
+    pub remote: Option<Arc<dyn RemoteIo>>,
     state: RwLock<DiskState>,
     pub io_errors: AtomicU64,
     pub checksum_errors: AtomicU64,
@@ -462,6 +504,7 @@ impl Disk {
         Disk {
             id,
             root,
+            remote: None,
             state: RwLock::new(state),
             io_errors: AtomicU64::new(0),
             checksum_errors: AtomicU64::new(0),
@@ -474,6 +517,20 @@ impl Disk {
             ops_inflight: std::sync::atomic::AtomicU32::new(0),
             op_progress_us: AtomicU64::new(mono_us()),
         }
+    }
+    /// A disk served by another host, reached through `io`.
+    pub fn remote(id: u32, name: String, state: DiskState, io: Arc<dyn RemoteIo>) -> Disk {
+        Disk {
+            remote: Some(io),
+            ..Disk::new(id, PathBuf::from(name), state)
+        }
+    }
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+    /// The failure domain above the disk: 0 for every local disk.
+    pub fn host(&self) -> u32 {
+        self.remote.as_ref().map_or(0, |r| r.host())
     }
     /// Marks an operation in flight until the guard drops.
     pub(crate) fn op(&self) -> DiskOp<'_> {
@@ -544,12 +601,21 @@ impl Disk {
     /// Health probe: writes a small file, fsyncs it, reads it back and compares. The caller
     /// runs it with a deadline (a hung disk never returns).
     pub fn probe(&self) -> io::Result<()> {
+        self.probe_labelled(LABEL_FILE)
+    }
+
+    /// `probe` of a disk whose label is the file `label` (a storage host's disks carry the
+    /// node label).
+    pub fn probe_labelled(&self, label: &str) -> io::Result<()> {
         let _op = self.op();
         self.inject()?;
+        if let Some(r) = &self.remote {
+            return r.probe().map(|_| ());
+        }
         let p = self.root.join(PROBE_FILE);
         let data: [u8; 64] = std::array::from_fn(|_| rand::random());
         // Never create the file when the disk root itself is gone.
-        if !self.root.join(LABEL_FILE).exists() {
+        if !self.root.join(label).exists() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "disk root or label gone",
@@ -579,6 +645,9 @@ impl Disk {
 
     /// Checks that the directory still carries this pool's label for this disk.
     pub fn check_label(&self, pool_id: &str) -> anyhow::Result<()> {
+        if let Some(r) = &self.remote {
+            return r.check();
+        }
         match read_label(&self.root)? {
             Some(l) if l.pool_id == pool_id && l.disk_id == self.id => Ok(()),
             Some(l) => bail!(
@@ -598,12 +667,18 @@ impl Disk {
 
     /// (total, free) bytes of the filesystem the disk lives on.
     pub fn space(&self) -> io::Result<(u64, u64)> {
+        if let Some(r) = &self.remote {
+            return r.space();
+        }
         let s = statvfs(&self.root)?;
         Ok((s.0, s.1))
     }
 
     /// Every extent file on the disk (for orphan cleanup and fsck).
     pub fn scan(&self) -> io::Result<Vec<(ExtentId, u64)>> {
+        if let Some(r) = &self.remote {
+            return r.scan();
+        }
         let mut out = Vec::new();
         let top = self.root.join(EXTENT_DIR);
         for b in fs::read_dir(&top)? {
@@ -631,6 +706,9 @@ impl Disk {
     /// Removes the temp files of interrupted repairs and recovery copies (start-up cleanup
     /// only: on a mounted pool they may belong to an operation in flight). Returns how many.
     pub fn remove_temps(&self) -> io::Result<usize> {
+        if let Some(r) = &self.remote {
+            return r.remove_temps();
+        }
         let mut n = 0;
         for b in fs::read_dir(self.root.join(EXTENT_DIR))? {
             let b = b?;
@@ -650,6 +728,17 @@ impl Disk {
 }
 
 pub use foreshard_model::util::statvfs;
+
+/// Staging files are the local recovery agents' (a remote host installs its own copies).
+fn local_only(disk: &Disk) -> io::Result<()> {
+    match disk.is_remote() {
+        false => Ok(()),
+        true => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("disk {} is on another host", disk.id),
+        )),
+    }
+}
 
 /// The set of disks and the extent I/O on them.
 pub struct Store {
@@ -704,18 +793,57 @@ impl Store {
 
     /// Writes a copy of an extent version to a disk that is not among its replicas; a file
     /// left there by an earlier refused copy (no record names it) is replaced.
-    pub fn write_copy(&self, disk: &Disk, id: &ExtentId, data: &[u8]) -> io::Result<()> {
-        match self.write_extent(disk, id, data) {
+    pub fn write_copy(
+        &self,
+        disk: &Disk,
+        id: &ExtentId,
+        data: &[u8],
+        fence: ShardEpoch,
+    ) -> io::Result<()> {
+        match self.write_extent(disk, id, data, fence) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 self.remove_extent(disk, id);
-                self.write_extent(disk, id, data)
+                self.write_extent(disk, id, data, fence)
             }
             r => r,
         }
     }
 
-    /// Writes one replica of an extent version. The file must not exist yet.
-    pub fn write_extent(&self, disk: &Disk, id: &ExtentId, data: &[u8]) -> io::Result<()> {
+    /// A write to a remote disk: the host checks the block sums before it writes.
+    fn write_remote(
+        &self,
+        disk: &Disk,
+        r: &dyn RemoteIo,
+        (id, data): (&ExtentId, &[u8]),
+        fence: ShardEpoch,
+    ) -> io::Result<()> {
+        let _op = disk.op();
+        let res = disk.inject().and_then(|()| {
+            let sums = block_sums(data, self.block_size);
+            r.write(id, data, &sums, fence)
+        });
+        match &res {
+            Ok(()) => disk.full.store(false, Ordering::Relaxed),
+            Err(e) => {
+                disk.note_error(e);
+                tracing::warn!(disk = disk.id, "remote write of {id:?} failed: {e}");
+            }
+        }
+        res
+    }
+
+    /// Writes one replica of an extent version under `fence` (a remote disk's host checks
+    /// it). A local file must not exist yet.
+    pub fn write_extent(
+        &self,
+        disk: &Disk,
+        id: &ExtentId,
+        data: &[u8],
+        fence: ShardEpoch,
+    ) -> io::Result<()> {
+        if let Some(r) = &disk.remote {
+            return self.write_remote(disk, r.as_ref(), (id, data), fence);
+        }
         let path = disk.extent_path(id);
         // Whole aligned extents skip this host's page cache (one copy less per byte written;
         // reads of recent data come from the FUSE page cache above). Others, and disks whose
@@ -762,7 +890,17 @@ impl Store {
     }
 
     /// Replaces a bad copy of an extent version with `data` (already verified by the caller).
-    pub fn rewrite_extent(&self, disk: &Disk, id: &ExtentId, data: &[u8]) -> io::Result<()> {
+    pub fn rewrite_extent(
+        &self,
+        disk: &Disk,
+        id: &ExtentId,
+        data: &[u8],
+        fence: ShardEpoch,
+    ) -> io::Result<()> {
+        if let Some(r) = &disk.remote {
+            // The host replaces the file atomically (temp file and rename), as below.
+            return self.write_remote(disk, r.as_ref(), (id, data), fence);
+        }
         let path = disk.extent_path(id);
         make_bucket(&path)?;
         let tmp = path.with_extension("tmp");
@@ -801,6 +939,7 @@ impl Store {
         tag: u32,
         direct: bool,
     ) -> io::Result<(File, bool)> {
+        local_only(disk)?;
         disk.inject()?;
         let p = self.staging_path(disk, id, tag);
         make_bucket(&p)?;
@@ -810,12 +949,21 @@ impl Store {
 
     /// Moves a verified staging copy into place as the extent version's file.
     pub fn install_staging(&self, disk: &Disk, id: &ExtentId, tag: u32) -> io::Result<()> {
+        local_only(disk)?;
         fs::rename(self.staging_path(disk, id, tag), disk.extent_path(id))?;
         self.forget_fds(disk, id);
         Ok(())
     }
 
+    /// A local extent file, open for reading (the recovery agents' and migration's sources;
+    /// a remote disk has none: its bytes come over the extent service).
     pub fn open_extent(&self, disk: &Disk, id: &ExtentId) -> io::Result<Arc<File>> {
+        if disk.is_remote() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a remote disk's extents are read over the extent service",
+            ));
+        }
         disk.inject()?;
         self.open_cached(disk, id)
     }
@@ -872,6 +1020,18 @@ impl Store {
     ) -> Result<(), ReadError> {
         debug_assert_eq!(off % self.block_size, 0);
         let _op = disk.op();
+        if let Some(r) = &disk.remote {
+            disk.inject().map_err(ReadError::Io)?;
+            return r.read_into(id, sums, off, buf).inspect_err(|e| match e {
+                ReadError::Io(e) if e.kind() != io::ErrorKind::NotFound => {
+                    disk.io_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                ReadError::Corrupt(_) => {
+                    disk.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                ReadError::Io(_) => {}
+            });
+        }
         let len = buf.len();
         // Large aligned reads skip this host's page cache (the extent was written past it
         // too): one copy and one page-cache fill less per byte. Small reads keep the cache,
@@ -937,6 +1097,12 @@ impl Store {
     }
 
     pub fn remove_extent(&self, disk: &Disk, id: &ExtentId) {
+        if let Some(r) = &disk.remote {
+            if let Err(e) = r.remove(id) {
+                tracing::warn!(disk = disk.id, "cannot remove {:?}: {e}", id);
+            }
+            return;
+        }
         self.forget_fds(disk, id);
         match fs::remove_file(disk.extent_path(id)) {
             Ok(()) => {}
@@ -949,6 +1115,55 @@ impl Store {
     /// its bucket directory (fsync), all in parallel. Files already removed are skipped.
     /// Returns the disks where something failed (their error counted).
     pub fn sync_extents(&self, files: &[(u32, ExtentId)]) -> HashMap<u32, io::Error> {
+        let (remote, local): (Vec<_>, Vec<_>) = files
+            .iter()
+            .partition(|(d, _)| self.disk(*d).is_some_and(|x| x.is_remote()));
+        if remote.is_empty() {
+            return self.sync_local(files);
+        }
+        let local: Vec<(u32, ExtentId)> = local.into_iter().copied().collect();
+        let mut per_disk: HashMap<u32, Vec<ExtentId>> = HashMap::new();
+        for (d, id) in remote {
+            per_disk.entry(*d).or_default().push(*id);
+        }
+        // Every remote disk's sync is one request, all of them and the local syncs at once.
+        std::thread::scope(|s| {
+            let hs: Vec<_> = per_disk
+                .into_iter()
+                .map(|(d, ids)| s.spawn(move || (d, self.sync_remote(d, &ids))))
+                .collect();
+            let mut failed = self.sync_local(&local);
+            for h in hs {
+                if let (d, Err(e)) = h.join().expect("remote sync") {
+                    failed.insert(d, e);
+                }
+            }
+            failed
+        })
+    }
+
+    fn sync_remote(&self, d: u32, ids: &[ExtentId]) -> io::Result<()> {
+        let disk = self.disk(d).expect("partitioned on it");
+        let r = disk.remote.as_ref().expect("remote");
+        let res = disk.inject().and_then(|()| r.sync(ids)).and_then(|bad| {
+            // A file removed meanwhile (superseded, reaped) has nothing to sync, as locally.
+            match bad.first() {
+                None => Ok(()),
+                Some(id) => Err(io::Error::other(format!(
+                    "{} of {} extent file(s) not made durable, first {id:?}",
+                    bad.len(),
+                    ids.len()
+                ))),
+            }
+        });
+        if let Err(e) = &res {
+            tracing::error!(disk = d, "cannot make extent files durable: {e}");
+            disk.note_error(e);
+        }
+        res
+    }
+
+    fn sync_local(&self, files: &[(u32, ExtentId)]) -> HashMap<u32, io::Error> {
         let mut failed: HashMap<u32, io::Error> = HashMap::new();
         let mut targets = Vec::with_capacity(files.len() + files.len() / 4);
         let mut dirs: HashSet<(u32, u16)> = HashSet::new();
@@ -1058,7 +1273,7 @@ mod tests {
         };
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         let sums = block_sums(&data, 4096);
-        store.write_extent(&disk, &id, &data).unwrap();
+        store.write_extent(&disk, &id, &data, (0, 1)).unwrap();
         assert_eq!(
             store.read_verified(&disk, &id, &sums, 4096, 4096).unwrap(),
             &data[4096..8192]
@@ -1071,7 +1286,7 @@ mod tests {
         );
         let mut bad = data.clone();
         bad[5000] ^= 1;
-        store.rewrite_extent(&disk, &id, &bad).unwrap();
+        store.rewrite_extent(&disk, &id, &bad, (0, 1)).unwrap();
         assert!(matches!(
             store.read_verified(&disk, &id, &sums, 4096, 4096),
             Err(ReadError::Corrupt(_))
@@ -1080,14 +1295,16 @@ mod tests {
             store.read_verified(&disk, &id, &sums, 0, 4096).is_ok(),
             "other blocks stay readable"
         );
-        store.rewrite_extent(&disk, &id, &data[..9000]).unwrap();
+        store
+            .rewrite_extent(&disk, &id, &data[..9000], (0, 1))
+            .unwrap();
         assert!(matches!(
             store.read_verified(&disk, &id, &sums, 8192, 10_000 - 8192),
             Err(ReadError::Corrupt(_))
         ));
         assert_eq!(disk.checksum_errors.load(Ordering::Relaxed), 2);
         assert!(
-            store.write_extent(&disk, &id, &data).is_err(),
+            store.write_extent(&disk, &id, &data, (0, 1)).is_err(),
             "versions are never overwritten"
         );
     }
@@ -1112,7 +1329,7 @@ mod tests {
                 index: 0,
                 version,
             };
-            store.write_extent(&disk, &id, &buf).unwrap();
+            store.write_extent(&disk, &id, &buf, (0, 1)).unwrap();
             let n = buf.len();
             let sums = block_sums(&buf, 4096);
             assert_eq!(
@@ -1158,7 +1375,7 @@ mod tests {
             version: 1,
         };
         store
-            .write_extent(&disk, &id, &AlignedBuf::copy_of(&data))
+            .write_extent(&disk, &id, &AlignedBuf::copy_of(&data), (0, 1))
             .unwrap();
         let sums = block_sums(&data, 4096);
         let mut buf = AlignedBuf::new(DIRECT_READ_BYTES_MIN);
@@ -1201,7 +1418,7 @@ mod tests {
             index: 0,
             version: 1,
         };
-        assert!(store.write_extent(&disk, &id, b"x").is_err());
+        assert!(store.write_extent(&disk, &id, b"x", (0, 1)).is_err());
         assert!(!root.exists(), "the disk directory must not be recreated");
         assert_eq!(disk.io_errors.load(Ordering::Relaxed), 1);
     }

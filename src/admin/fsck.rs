@@ -310,8 +310,12 @@ impl Fsck<'_> {
                 bad.push((*d, err.to_string()));
                 continue;
             }
-            // A longer file has bytes the checksums do not cover.
-            let len = std::fs::metadata(disk.extent_path(id)).map_or(0, |m| m.len());
+            // A longer file has bytes the checksums do not cover (a remote disk's lengths
+            // come from its scan, checked in `debris`).
+            let len = match disk.is_remote() {
+                true => u64::from(e.len),
+                false => std::fs::metadata(disk.extent_path(id)).map_or(0, |m| m.len()),
+            };
             if len != u64::from(e.len) {
                 bad.push((*d, format!("length {len}, expected {}", e.len)));
             } else {
@@ -346,7 +350,8 @@ impl Fsck<'_> {
                 if let (Some(data), Some(disk)) =
                     (fs.read_good_copy(ino, index, &now), fs.store.disk(d))
                 {
-                    fixed = fs.store.rewrite_extent(&disk, id, &data).is_ok();
+                    let fence = (now.shard, fs.shard(now.shard).epoch);
+                    fixed = fs.store.rewrite_extent(&disk, id, &data, fence).is_ok();
                 }
             }
             let msg = format!("inode {ino} extent {index} replica on disk {d}: {why}");
@@ -473,7 +478,8 @@ fn restore_replicas(
         if replicas.contains(&d) {
             continue;
         }
-        if fs.store.rewrite_extent(&disk, &id, &data).is_ok() {
+        let fence = (e.shard, fs.shard(e.shard).epoch);
+        if fs.store.rewrite_extent(&disk, &id, &data, fence).is_ok() {
             replicas.push(d);
             files.insert((d, ino, index, e.version));
         }

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
+use foreshard::remote::StoreBackend;
 use foreshard::util::fmt_bytes;
 use foreshard_cluster::keys::ClusterUrl;
 use foreshard_cluster::map::Map;
 use foreshard_cluster::node::{check_config, read_secret, Node, NodeConfig, DISKSTAT_INTERVAL};
 use foreshard_cluster::view::{read_view, ClusterView};
-use foreshard_cluster::wire::{Audit, DirBackend, Server, ServerConfig};
+use foreshard_cluster::wire::{Audit, Server, ServerConfig};
 
 #[derive(clap::Args)]
 pub struct NodeCmd {
@@ -109,7 +110,8 @@ async fn serve(
         .zip(&node.disks)
         .map(|(i, (uuid, dir))| (i, dir.clone(), uuid.clone()))
         .collect();
-    let backend = Arc::new(DirBackend::with_uuids(&disks)?);
+    let block = foreshard_cluster::wire::BLOCK_BYTES_DEFAULT as usize;
+    let backend = Arc::new(StoreBackend::open(&disks, block)?);
     let mut scfg = ServerConfig::new(&url.cluster, &node.config.name, secret);
     scfg.audit = audit;
     let server = Server::serve(listener, scfg, backend)?;
@@ -147,7 +149,7 @@ async fn stop_signal() {
     }
 }
 
-fn hostname() -> anyhow::Result<String> {
+pub fn hostname() -> anyhow::Result<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .context("reading the hostname: give --name")?;
     Ok(h.trim().to_string())

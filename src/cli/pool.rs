@@ -22,8 +22,22 @@ pub enum IoUringMode {
 pub struct InitCmd {
     pub pool: PathBuf,
     /// A backing disk directory (give at least --replicas of them).
-    #[arg(long = "disk", required = true)]
+    #[arg(
+        long = "disk",
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
     pub disks: Vec<PathBuf>,
+    /// Make a pool over the storage hosts of this cluster (etcd://HOST:PORT[,...][/CLUSTER]):
+    /// it claims every free disk they registered (`foreshard node`).
+    #[arg(long, requires = "secret_file")]
+    pub cluster: Option<String>,
+    /// The cluster's shared secret (as given to `foreshard node`).
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub secret_file: Option<PathBuf>,
+    /// This host's name in the cluster [default: the hostname].
+    #[arg(long, requires = "cluster")]
+    pub name: Option<String>,
     #[arg(long, default_value_t = 2)]
     pub replicas: u32,
     #[arg(long, default_value = "1MiB", value_parser = util::parse_size)]
@@ -41,22 +55,41 @@ pub fn init(a: InitCmd) -> anyhow::Result<()> {
         replicas,
         extent_size,
         health_dir,
+        cluster,
+        secret_file,
+        name,
     } = a;
     let health_dir = health_dir
         .map(|d| foreshard::risk::report::check_health_dir(&d))
         .transpose()?;
-    let cfg = pool::init(&pool::InitArgs {
+    let args = pool::InitArgs {
         pool: p.clone(),
         disks: disks.clone(),
         replicas,
         extent_size,
         health_dir,
-    })?;
+    };
+    let (cfg, ndisks) = match cluster {
+        None => (pool::init(&args)?, disks.len()),
+        Some(url) => {
+            let c = foreshard::cluster::ClusterArgs {
+                url,
+                secret_file: secret_file.expect("clap: required with --cluster"),
+                host: match name {
+                    Some(n) => n,
+                    None => super::node::hostname()?,
+                },
+            };
+            let cfg = foreshard::cluster::init(&args, &c)?;
+            let meta = foreshard::meta::Meta::open(&p.join(pool::META_DIR), false)?;
+            (cfg, meta.disks()?.len())
+        }
+    };
     println!(
         "created pool {} at {}: {} disk(s), {} replica(s), extent {}, {} shards",
         cfg.pool_id,
         p.display(),
-        disks.len(),
+        ndisks,
         cfg.replicas,
         foreshard::util::fmt_bytes(cfg.extent_size),
         cfg.shard_count

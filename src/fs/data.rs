@@ -596,7 +596,8 @@ impl Fs {
                 index: req.index,
                 version: e.version,
             };
-            self.store.rewrite_extent(&disk, &id, &data)?;
+            let fence = (e.shard, self.shard(e.shard).epoch);
+            self.store.rewrite_extent(&disk, &id, &data, fence)?;
             Ok(true)
         })();
         match res {
@@ -926,23 +927,25 @@ impl Fs {
     }
 
     /// Writes the extent file on each disk, in parallel threads when asked and useful.
+    /// Remote replicas are always written in parallel (each waits for a network round trip).
     fn write_replicas(
         &self,
         disks: &[Arc<Disk>],
-        id: &ExtentId,
+        (id, fence): (&ExtentId, crate::store::ShardEpoch),
         data: &[u8],
         parallel: bool,
     ) -> Vec<(u32, std::io::Result<()>)> {
+        let parallel = parallel || disks.iter().any(|d| d.is_remote());
         if disks.len() == 1 || !parallel {
             return disks
                 .iter()
-                .map(|d| (d.id, self.store.write_extent(d, id, data)))
+                .map(|d| (d.id, self.store.write_extent(d, id, data, fence)))
                 .collect();
         }
         std::thread::scope(|s| {
             let hs: Vec<_> = disks
                 .iter()
-                .map(|d| s.spawn(|| (d.id, self.store.write_extent(d, id, data))))
+                .map(|d| s.spawn(|| (d.id, self.store.write_extent(d, id, data, fence))))
                 .collect();
             hs.into_iter()
                 .map(|h| h.join().expect("replica writer"))
@@ -969,7 +972,8 @@ impl Fs {
             "extent buffer larger than the extent size"
         );
         let shard = self.home_shard(ino, index);
-        let disks = self.live_disks(&self.shard(shard).disks);
+        let placement = self.shard(shard);
+        let disks = self.live_disks(&placement.disks);
         if disks.is_empty() {
             tracing::error!(shard, "no live disk to write to");
             return Err(Errno::EIO);
@@ -981,7 +985,8 @@ impl Fs {
         };
         let sums = block_sums(data, self.store.block_size);
         debug_assert_eq!(sums.len(), data.len().div_ceil(self.store.block_size));
-        let results = self.write_replicas(&disks, &id, data, parallel);
+        let fence = (shard, placement.epoch);
+        let results = self.write_replicas(&disks, (&id, fence), data, parallel);
         let mut replicas = Vec::new();
         let mut nospace = false;
         for (d, r) in results {

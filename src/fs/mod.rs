@@ -268,6 +268,13 @@ pub(crate) struct Handle {
     pub append: bool,
 }
 
+/// The truth for placements when it is not this pool's metadata (docs/cluster.md: etcd for
+/// a cluster pool). `commit` applies each `(shard, new record)` if the shard is still at
+/// the epoch before it, and says per change whether it did.
+pub trait PlacementSink: Send + Sync {
+    fn commit(&self, changes: &[(u32, ShardRec)]) -> anyhow::Result<Vec<bool>>;
+}
+
 pub struct Fs {
     pub meta: Arc<Meta>,
     pub store: Arc<Store>,
@@ -282,6 +289,9 @@ pub struct Fs {
     shards: parking_lot::RwLock<Vec<ShardRec>>,
     /// Serialises placement changes and recovery commits against each other.
     placement_lock: Mutex<()>,
+    /// Where placements are the truth before they are written here (a cluster pool's map
+    /// in etcd); none for a single-host pool.
+    placement_sink: std::sync::OnceLock<Arc<dyn PlacementSink>>,
     /// Serialises recovery installs (see `commit_recovered`).
     install_lock: Mutex<()>,
     dirty_bytes: AtomicU64,
@@ -340,6 +350,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             shards: parking_lot::RwLock::new(shards),
             placement_lock: Mutex::new(()),
+            placement_sink: std::sync::OnceLock::new(),
             install_lock: Mutex::new(()),
             dirty_bytes: AtomicU64::new(0),
             unsynced: unsynced.clone(),
@@ -679,7 +690,13 @@ impl Fs {
             if !d.is_up() {
                 continue;
             }
-            if let Ok((t, f, _, ff)) = crate::store::statvfs(&d.root) {
+            if d.is_remote() {
+                // Files are the metadata host's to count; a remote disk gives bytes only.
+                if let Ok((t, f)) = d.space() {
+                    total += t;
+                    free += f;
+                }
+            } else if let Ok((t, f, _, ff)) = crate::store::statvfs(&d.root) {
                 total += t;
                 free += f;
                 files_free = files_free.min(ff);
@@ -869,6 +886,14 @@ impl Fs {
         }
     }
 
+    /// Makes `sink` the truth for placements (once, before the pool serves).
+    pub fn set_placement_sink(&self, sink: Arc<dyn PlacementSink>) {
+        assert!(
+            self.placement_sink.set(sink).is_ok(),
+            "placement sink set twice"
+        );
+    }
+
     /// Changes a shard's placement if its epoch is still `expect_epoch`; raises the epoch and
     /// keeps the disk -> shard index in step, in one batch. Returns the new epoch.
     pub fn set_placement(&self, shard: u32, expect_epoch: u64, disks: Vec<u32>) -> FsResult<u64> {
@@ -889,6 +914,7 @@ impl Fs {
         let mut b = self.meta.batch();
         let mut out = Vec::with_capacity(changes.len());
         let mut apply = Vec::new();
+        let mut slots = Vec::new();
         for (shard, expect_epoch, disks) in changes {
             let old = self.shard(shard);
             if old.epoch != expect_epoch {
@@ -914,15 +940,59 @@ impl Fs {
             for d in &rec.disks {
                 b.put_disk_shard(*d, shard);
             }
+            slots.push(out.len());
             out.push(Ok(rec.epoch));
             apply.push((shard, rec));
         }
         if apply.is_empty() {
             return Ok(out);
         }
+        if let Some(sink) = self.placement_sink.get() {
+            // The map first: a crash between the two leaves the map ahead, which the next
+            // open copies here; a change the map refuses is not made here either.
+            let applied = sink.commit(&apply).map_err(|e| {
+                tracing::error!("placement change refused by the cluster map: {e:#}");
+                Errno::EIO
+            })?;
+            if applied.iter().any(|ok| !ok) {
+                return self.set_placements_partly(apply, (&applied, &slots), out);
+            }
+        }
         self.meta.write(b)?;
         let mut t = self.shards.write();
         for (shard, rec) in apply {
+            t[shard as usize] = rec;
+        }
+        Ok(out)
+    }
+
+    /// The changes of `set_placements` the sink applied (the others: ESTALE), written here.
+    fn set_placements_partly(
+        &self,
+        apply: Vec<(u32, ShardRec)>,
+        (applied, slots): (&[bool], &[usize]),
+        mut out: Vec<FsResult<u64>>,
+    ) -> FsResult<Vec<FsResult<u64>>> {
+        let mut b = self.meta.batch();
+        let mut keep = Vec::new();
+        for (((shard, rec), ok), slot) in apply.into_iter().zip(applied).zip(slots) {
+            if !ok {
+                out[*slot] = Err(Errno::ESTALE);
+                continue;
+            }
+            let old = self.shard(shard);
+            for d in old.disks.iter().filter(|d| !rec.disks.contains(d)) {
+                b.del_disk_shard(*d, shard);
+            }
+            for d in &rec.disks {
+                b.put_disk_shard(*d, shard);
+            }
+            b.put_shard(shard, &rec);
+            keep.push((shard, rec));
+        }
+        self.meta.write(b)?;
+        let mut t = self.shards.write();
+        for (shard, rec) in keep {
             t[shard as usize] = rec;
         }
         Ok(out)

@@ -371,7 +371,7 @@ fn restart_cleans_uncommitted_files_and_orphans() {
             index: 0,
             version: 12345,
         };
-        p.store.write_extent(&d, &stray, b"junk").unwrap();
+        p.store.write_extent(&d, &stray, b"junk", (0, 1)).unwrap();
         // "Crash": drop without release.
     }
     // Background threads may hold the old Fs for a moment after the drop (they upgrade a

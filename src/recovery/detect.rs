@@ -92,6 +92,10 @@ fn spawn_prober(d: Arc<Disk>) -> Prober {
 /// label is missing: suspect, failed once `missing_grace` has passed; or another label:
 /// failed at once).
 fn root_present(o: &Orchestrator, d: &Arc<Disk>, missing: &mut HashMap<u32, Instant>) -> bool {
+    if d.is_remote() {
+        // Its host checks its own disks; the probe (over the extent service) decides.
+        return true;
+    }
     let hard = match read_label(&d.root) {
         Ok(Some(l)) if l.pool_id == o.fs.cfg.pool_id && l.disk_id == d.id => None,
         Ok(Some(l)) => Some(Hard::Wrong(format!(

@@ -1010,6 +1010,10 @@ impl Orchestrator {
             }
             self.fs.drain_reaper();
             self.fs.set_disk_state(d.id, DiskState::Removed)?;
+            if d.is_remote() {
+                tracing::info!(disk = d.id, path = %d.root.display(), "remote disk drained");
+                continue;
+            }
             let _ = std::fs::remove_dir_all(d.root.join("extents"));
             for f in [
                 crate::store::LABEL_FILE,

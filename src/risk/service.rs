@@ -508,7 +508,10 @@ impl RiskService {
     fn collect_disk(&self, d: &crate::store::Disk, t: &mut Track, s: &RiskSettings) {
         if !t.device_checked {
             t.device_checked = true;
-            t.device = collect::block_device_of(&d.root).ok().flatten();
+            // A remote disk's device is its host's to read (its SMART comes in diskstat).
+            if !d.is_remote() {
+                t.device = collect::block_device_of(&d.root).ok().flatten();
+            }
         }
         // Health: the metrics file wins; else smartctl when the device has SMART.
         let mut from_file = false;

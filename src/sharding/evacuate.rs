@@ -464,7 +464,10 @@ impl Evacuator {
             let Some(disk) = fs.store.disk(t).filter(|d| d.accepts_data()) else {
                 continue;
             };
-            match fs.store.write_copy(&disk, &id, &data) {
+            match fs
+                .store
+                .write_copy(&disk, &id, &data, (s, fs.shard(s).epoch))
+            {
                 Ok(()) => {
                     copied += data.len() as u64;
                     written.push((t, id));

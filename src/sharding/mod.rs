@@ -659,7 +659,7 @@ impl Engine {
             };
             for d in &targets {
                 let disk = fs.store.disk(*d).expect("checked above");
-                match fs.store.write_copy(&disk, &id, &data) {
+                match fs.store.write_copy(&disk, &id, &data, (to, to_rec.epoch)) {
                     Ok(()) => {
                         installed.push(*d);
                         copied += data.len() as u64;
@@ -721,6 +721,9 @@ impl Engine {
         for (ino, index, e) in files {
             if let Some(d) = fs.store.readable(&e.replicas).first() {
                 let disk = fs.store.disk(*d).expect("readable disk");
+                if disk.is_remote() {
+                    continue;
+                }
                 let id = ExtentId {
                     ino,
                     index,

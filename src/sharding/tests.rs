@@ -370,7 +370,7 @@ fn concurrent_write_wins_over_a_move() {
     let data = fs.read_good_copy(ino, 0, &cur).unwrap();
     for d in &to_rec.disks {
         fs.store
-            .write_extent(&fs.store.disk(*d).unwrap(), &id, &data)
+            .write_extent(&fs.store.disk(*d).unwrap(), &id, &data, (to, to_rec.epoch))
             .unwrap();
     }
     // The concurrent write.

@@ -221,19 +221,7 @@ impl Pool {
     }
 
     pub fn fsck(&self, repair: bool) -> (bool, String) {
-        let mut a = vec!["fsck", self.pool.to_str().unwrap()];
-        if repair {
-            a.push("--repair");
-        }
-        let o = run(&a);
-        (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
+        fsck_at(&self.pool, repair)
     }
 }
 
@@ -249,6 +237,23 @@ impl Drop for Pool {
             }
         }
     }
+}
+
+/// `foreshard fsck POOL [--repair]`: (exit 0, stdout and stderr).
+pub fn fsck_at(pool: &Path, repair: bool) -> (bool, String) {
+    let mut a = vec!["fsck", pool.to_str().unwrap()];
+    if repair {
+        a.push("--repair");
+    }
+    let o = run(&a);
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 pub fn pattern(n: usize, seed: u64) -> Vec<u8> {

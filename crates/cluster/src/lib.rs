@@ -5,6 +5,7 @@
 //! any of it.
 
 pub mod batch;
+pub mod campaign;
 pub mod keys;
 pub mod map;
 pub mod member;

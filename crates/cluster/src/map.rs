@@ -234,6 +234,17 @@ impl Map {
         Ok(out)
     }
 
+    /// Deletes every record under `prefix` (a failed `init` takes back what it wrote).
+    pub async fn delete_prefix(&self, prefix: &str) -> anyhow::Result<()> {
+        self.retry("delete", |mut c| {
+            let p = prefix.to_string();
+            let o = etcd_client::DeleteOptions::new().with_prefix();
+            async move { c.delete(p, Some(o)).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Drops history before `revision` (the active metadata host does it every 5 minutes).
     pub async fn compact(&self, revision: i64) -> anyhow::Result<()> {
         self.retry("compact", |mut c| async move {

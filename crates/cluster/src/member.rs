@@ -215,7 +215,12 @@ async fn keep_alive_loop(
 }
 
 /// Keeps `lease` alive until it lapses (Ok) or cannot be reached before its deadline (Err).
-async fn keep_alive(map: &Map, lease: i64, ttl_s: i64, state: &LeaseState) -> anyhow::Result<()> {
+pub(crate) async fn keep_alive(
+    map: &Map,
+    lease: i64,
+    ttl_s: i64,
+    state: &LeaseState,
+) -> anyhow::Result<()> {
     let period = Duration::from_millis((ttl_s as u64 * 1000 / 3).max(300));
     loop {
         let opened = map

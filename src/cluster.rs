@@ -1,0 +1,522 @@
+//! A pool whose disks are on storage hosts (docs/cluster.md, step 8): `init --cluster`
+//! claims free registered disks in the etcd map and writes the shards there first; opening
+//! one campaigns for the pool's `meta/active` record (its create_revision is the term every
+//! extent request carries), copies the map's placements over RocksDB's where they differ,
+//! and reaches each disk through its host's extent service ([`crate::remote::RemoteDisk`]).
+//! Placement changes go to the map first ([`crate::fs::PlacementSink`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use foreshard_cluster::batch::{Change, Expect};
+use foreshard_cluster::campaign::{campaign, Active};
+use foreshard_cluster::keys::{shard_of_key, ClusterUrl};
+use foreshard_cluster::map::{CasOutcome, Kv, Map};
+use foreshard_cluster::node::read_secret;
+use foreshard_cluster::records::{decode, encode, DiskRecord, HostRec, MetaActive, ShardRecord};
+use foreshard_cluster::wire::{Client, ClientConfig, BLOCK_BYTES_DEFAULT};
+
+use crate::meta::{DiskRec, DiskState, Meta, PoolConfig, ShardRec, CF_CONFIG};
+use crate::remote::RemoteDisk;
+use crate::store::Disk;
+
+/// The cluster record in the pool's config column family.
+pub const CLUSTER_KEY: &[u8] = b"cluster";
+/// A remote disk's `DiskRec.path`: `node://HOST/UUID`.
+pub const REMOTE_SCHEME: &str = "node://";
+/// The metadata host's lease: the pool counts as unmounted this long after a crash.
+pub const META_LEASE_TTL_S: i64 = 10;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClusterConf {
+    pub url: String,
+    /// The pool's name in the map (`pools/<pool>/`): its pool id.
+    pub pool: String,
+    /// This metadata host's name in the cluster.
+    pub host: String,
+    pub secret_file: PathBuf,
+    pub lease_ttl_s: i64,
+}
+
+pub fn remote_path(host: &str, uuid: &str) -> String {
+    format!("{REMOTE_SCHEME}{host}/{uuid}")
+}
+
+/// (host, uuid) of a remote disk's path.
+pub fn parse_remote(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix(REMOTE_SCHEME)?.split_once('/')
+}
+
+pub fn conf_of(meta: &Meta) -> anyhow::Result<Option<ClusterConf>> {
+    match meta.get_raw(CF_CONFIG, CLUSTER_KEY)? {
+        None => Ok(None),
+        Some(b) => Ok(Some(
+            serde_json::from_slice(&b).context("corrupt cluster record in pool metadata")?,
+        )),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Two workers: keep-alives, the member health task and the extent connections' tasks;
+    // the callers are the filesystem's own threads (blocking wrappers).
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("fs-cluster")
+        .enable_all()
+        .build()?)
+}
+
+/// A registered disk `init` may claim.
+struct FreeDisk {
+    uuid: String,
+    rec: DiskRecord,
+    revision: i64,
+}
+
+/// The disks no pool has claimed, on hosts that are alive, in (host, path) order.
+async fn free_disks(map: &Map) -> anyhow::Result<Vec<FreeDisk>> {
+    let keys = map.keys();
+    let hosts = map.read_prefix(&keys.hosts()).await?;
+    let alive: Vec<String> = hosts
+        .kvs
+        .iter()
+        .map(|kv| kv.key.trim_start_matches(&keys.hosts()).to_string())
+        .collect();
+    let snap = map.read_prefix(&keys.disks()).await?;
+    let mut out = Vec::new();
+    for kv in &snap.kvs {
+        let rec = decode::<DiskRecord>(&kv.key, &kv.value)?.body;
+        if rec.pool.is_none() && rec.state == DiskState::Up && alive.contains(&rec.host) {
+            out.push(FreeDisk {
+                uuid: kv.key.trim_start_matches(&keys.disks()).to_string(),
+                rec,
+                revision: kv.mod_revision,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.rec.host, &a.rec.path).cmp(&(&b.rec.host, &b.rec.path)));
+    Ok(out)
+}
+
+/// What `init --cluster` is given besides the common arguments.
+pub struct ClusterArgs {
+    pub url: String,
+    pub secret_file: PathBuf,
+    /// This host's name [default: the hostname].
+    pub host: String,
+}
+
+/// Claims the free disks, writes config and shards to the map, then the pool's metadata.
+pub fn init(a: &crate::pool::InitArgs, c: &ClusterArgs) -> anyhow::Result<PoolConfig> {
+    let url = ClusterUrl::parse(&c.url)?;
+    read_secret(&c.secret_file)?;
+    foreshard_cluster::keys::check_name("host name", &c.host)?;
+    let secret_file = std::fs::canonicalize(&c.secret_file)
+        .with_context(|| format!("--secret-file {}", c.secret_file.display()))?;
+    let rt = runtime()?;
+    let map = rt.block_on(Map::connect(&url))?;
+    let free = rt.block_on(free_disks(&map))?;
+    let hosts: Vec<&str> = {
+        let mut h: Vec<&str> = free.iter().map(|d| d.rec.host.as_str()).collect();
+        h.dedup();
+        h
+    };
+    if free.len() < a.replicas as usize {
+        bail!(
+            "the cluster map has {} free disk(s) on live hosts; --replicas {} needs at least that many (start `foreshard node` on the storage hosts)",
+            free.len(),
+            a.replicas
+        );
+    }
+    if hosts.len() < a.replicas as usize {
+        eprintln!(
+            "warning: {} host(s) for {} replicas: some shards keep two replicas on one host",
+            hosts.len(),
+            a.replicas
+        );
+    }
+    crate::pool::init_with(a, |meta_dir, pool_id| {
+        let conf = ClusterConf {
+            url: c.url.clone(),
+            pool: pool_id.to_string(),
+            host: c.host.clone(),
+            secret_file: secret_file.clone(),
+            lease_ttl_s: META_LEASE_TTL_S,
+        };
+        let (disks, shards) = layout(&free, &hosts, a.replicas as usize);
+        let cfg = crate::pool::pool_config(a, pool_id, shards.len() as u32);
+        rt.block_on(claim(&map, &conf, (&free, &cfg), &shards))?;
+        let extra = [(CLUSTER_KEY, serde_json::to_vec(&conf)?)];
+        let res = crate::pool::write_pool_meta(a, meta_dir, (&disks, &shards), pool_id, &extra);
+        if res.is_err() {
+            rt.block_on(release(&map, &conf.pool, &free));
+        }
+        res
+    })
+}
+
+/// The pool's disks (ids in (host, path) order) and its initial shards over them.
+fn layout(free: &[FreeDisk], hosts: &[&str], replicas: usize) -> (Vec<DiskRec>, Vec<ShardRec>) {
+    let host_no = |h: &str| 1 + hosts.iter().position(|x| *x == h).expect("listed") as u32;
+    let ids: Vec<u32> = (0..free.len() as u32).collect();
+    let on: Vec<u32> = free.iter().map(|d| host_no(&d.rec.host)).collect();
+    let shards = crate::pool::initial_shards_on(&ids, &on, replicas);
+    let disks = free
+        .iter()
+        .zip(&ids)
+        .map(|(d, id)| DiskRec {
+            id: *id,
+            path: remote_path(&d.rec.host, &d.uuid),
+            state: DiskState::Up,
+        })
+        .collect();
+    (disks, shards)
+}
+
+/// One commit: the disk claims first (a disk claimed meanwhile fails the first transaction,
+/// so nothing is claimed), then the config and the shards.
+async fn claim(
+    map: &Map,
+    conf: &ClusterConf,
+    (free, cfg): (&[FreeDisk], &PoolConfig),
+    shards: &[ShardRec],
+) -> anyhow::Result<()> {
+    let keys = map.keys();
+    let op = rand::random();
+    let mut changes = Vec::new();
+    for (i, d) in free.iter().enumerate() {
+        let rec = DiskRecord {
+            pool: Some(conf.pool.clone()),
+            pool_disk: Some(i as u32),
+            ..d.rec.clone()
+        };
+        let key = keys.disk(&d.uuid);
+        changes.push(Change::put(
+            key,
+            Expect::Revision(d.revision),
+            encode(op, &rec),
+        ));
+    }
+    let key = keys.pool_config(&conf.pool);
+    changes.push(Change::put(key, Expect::Absent, encode(op, cfg)));
+    for (i, s) in shards.iter().enumerate() {
+        let key = keys.shard(&conf.pool, i as u32);
+        changes.push(Change::put(
+            key,
+            Expect::Absent,
+            encode(op, &shard_record(s)),
+        ));
+    }
+    for (batch, outcome) in map.commit(op, changes, None).await? {
+        if let CasOutcome::Conflict { .. } | CasOutcome::Deposed = outcome {
+            release(map, &conf.pool, free).await;
+            bail!(
+                "the cluster map changed meanwhile ({} and {} more record(s) not as read): run init again",
+                batch[0].key,
+                batch.len() - 1
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Best effort after a failed init: the disks this pool claimed are free again, its config
+/// and shards gone.
+async fn release(map: &Map, pool: &str, free: &[FreeDisk]) {
+    let keys = map.keys();
+    for d in free {
+        let key = keys.disk(&d.uuid);
+        if let Ok(Some(kv)) = map.get(&key).await {
+            let mine = decode::<DiskRecord>(&key, &kv.value)
+                .is_ok_and(|r| r.body.pool.as_deref() == Some(pool));
+            if mine {
+                let op = rand::random();
+                let back = Change::put(key, Expect::Revision(kv.mod_revision), encode(op, &d.rec));
+                let _ = map.cas(op, &[back], None).await;
+            }
+        }
+    }
+    let _ = map
+        .delete_prefix(&format!("{}pools/{pool}/", keys.all()))
+        .await;
+}
+
+pub fn shard_record(s: &ShardRec) -> ShardRecord {
+    ShardRecord {
+        epoch: s.epoch,
+        disks: s.disks.clone(),
+        class: s.class,
+    }
+}
+
+/// The open side: this host is the pool's active metadata host while this lives.
+pub struct Cluster {
+    rt: tokio::runtime::Runtime,
+    pub map: Map,
+    pub conf: ClusterConf,
+    active: Mutex<Option<Active>>,
+    term: Arc<std::sync::atomic::AtomicI64>,
+    /// Each shard record's mod_revision as last written or read (the CAS compare).
+    shard_revs: Mutex<HashMap<u32, i64>>,
+    health: tokio::task::JoinHandle<()>,
+}
+
+impl Cluster {
+    pub fn term(&self) -> i64 {
+        self.term.load(Ordering::Acquire)
+    }
+}
+
+impl Cluster {
+    /// Unmount: the pool is free for another metadata host at once, not after the TTL.
+    /// Placement changes fail from here on.
+    pub fn resign(&self) {
+        if let Some(a) = self.active.lock().take() {
+            if let Err(e) = self.rt.block_on(a.resign(&self.map)) {
+                tracing::warn!("cannot give up the metadata lease: {e:#}");
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.health.abort();
+        self.resign();
+    }
+}
+
+/// Opens the cluster side of a pool: campaign, the map's placements copied over `meta`'s,
+/// one extent-service connection per host. Returns the disks for the store.
+pub fn open(
+    conf: &ClusterConf,
+    meta: &Meta,
+    cfg: &PoolConfig,
+) -> anyhow::Result<(Arc<Cluster>, Vec<Arc<Disk>>)> {
+    let url = ClusterUrl::parse(&conf.url)?;
+    let secret = read_secret(&conf.secret_file)?;
+    let rt = runtime()?;
+    let map = rt.block_on(Map::connect(&url))?;
+    let health = rt.block_on(async { map.spawn_health() });
+    let me = MetaActive {
+        host: conf.host.clone(),
+        addr: String::new(),
+        started_ms: crate::util::now_ms(),
+    };
+    let active = rt.block_on(campaign(&map, &conf.pool, &me, conf.lease_ttl_s))?;
+    let term = active.term.clone();
+    let (hosts, shards) = rt.block_on(read_hosts_and_shards(&map, &conf.pool))?;
+    let shard_revs = reconcile_shards(meta, cfg, &shards)?;
+    let cluster = Arc::new(Cluster {
+        rt,
+        map,
+        conf: conf.clone(),
+        active: Mutex::new(Some(active)),
+        term,
+        shard_revs: Mutex::new(shard_revs),
+        health,
+    });
+    let disks = remote_disks(&cluster, meta, &hosts, secret)?;
+    Ok((cluster, disks))
+}
+
+/// Live hosts' addresses, and the pool's shard records.
+async fn read_hosts_and_shards(
+    map: &Map,
+    pool: &str,
+) -> anyhow::Result<(BTreeMap<String, String>, Vec<Kv>)> {
+    let keys = map.keys();
+    let mut hosts = BTreeMap::new();
+    for kv in map.read_prefix(&keys.hosts()).await?.kvs {
+        let rec = decode::<HostRec>(&kv.key, &kv.value)?.body;
+        hosts.insert(
+            kv.key.trim_start_matches(&keys.hosts()).to_string(),
+            rec.addr,
+        );
+    }
+    let shards = map.read_prefix(&keys.shards(pool)).await?.kvs;
+    Ok((hosts, shards))
+}
+
+/// The map is the truth for placements: RocksDB records that differ are rewritten (a crash
+/// between the map's commit and RocksDB's). Returns each shard's mod_revision.
+fn reconcile_shards(
+    meta: &Meta,
+    cfg: &PoolConfig,
+    kvs: &[Kv],
+) -> anyhow::Result<HashMap<u32, i64>> {
+    let mut revs = HashMap::new();
+    let local: HashMap<u32, ShardRec> = meta.shards()?.into_iter().collect();
+    let mut b = meta.batch();
+    let mut fixed = 0;
+    for kv in kvs {
+        let shard = shard_of_key(&kv.key).with_context(|| format!("bad shard key {}", kv.key))?;
+        if shard >= cfg.shard_count {
+            bail!(
+                "{}: shard {shard} beyond the pool's {}",
+                kv.key,
+                cfg.shard_count
+            );
+        }
+        let r = decode::<ShardRecord>(&kv.key, &kv.value)?.body;
+        revs.insert(shard, kv.mod_revision);
+        let old = local.get(&shard);
+        if old.is_some_and(|o| o.epoch == r.epoch && o.disks == r.disks && o.class == r.class) {
+            continue;
+        }
+        if let Some(o) = old {
+            for d in o.disks.iter().filter(|d| !r.disks.contains(d)) {
+                b.del_disk_shard(*d, shard);
+            }
+        }
+        for d in &r.disks {
+            b.put_disk_shard(*d, shard);
+        }
+        let rec = ShardRec {
+            epoch: r.epoch,
+            disks: r.disks,
+            class: r.class,
+        };
+        b.put_shard(shard, &rec);
+        fixed += 1;
+    }
+    if revs.len() != cfg.shard_count as usize {
+        bail!(
+            "the cluster map holds {} of the pool's {} shards",
+            revs.len(),
+            cfg.shard_count
+        );
+    }
+    if fixed > 0 {
+        tracing::warn!(fixed, "shard placements copied from the cluster map");
+        meta.write(b)?;
+        meta.sync_wal()?;
+    }
+    Ok(revs)
+}
+
+/// One connection per storage host, one [`RemoteDisk`] per pool disk. A host that is not
+/// alive or does not answer stops the open (step 9 makes such disks suspect instead).
+fn remote_disks(
+    cluster: &Arc<Cluster>,
+    meta: &Meta,
+    hosts: &BTreeMap<String, String>,
+    secret: [u8; 32],
+) -> anyhow::Result<Vec<Arc<Disk>>> {
+    let url = ClusterUrl::parse(&cluster.conf.url)?;
+    let names: Vec<&String> = hosts.keys().collect();
+    let mut clients: HashMap<String, Arc<Client>> = HashMap::new();
+    let mut disks = Vec::new();
+    for rec in meta.disks()? {
+        let Some((host, uuid)) = parse_remote(&rec.path) else {
+            bail!(
+                "disk {} ({}): a local disk in a cluster pool",
+                rec.id,
+                rec.path
+            );
+        };
+        if rec.state == DiskState::Removed {
+            continue;
+        }
+        let client = match clients.get(host) {
+            Some(c) => c.clone(),
+            None => {
+                let addr = hosts.get(host).with_context(|| {
+                    format!(
+                        "disk {}: host {host} is not alive in the cluster map",
+                        rec.id
+                    )
+                })?;
+                let sa = addr
+                    .parse()
+                    .with_context(|| format!("host {host}: address {addr}"))?;
+                let cc = ClientConfig::new(&url.cluster, &cluster.conf.host, secret);
+                let c = Client::connect(cluster.rt.handle().clone(), sa, cc)
+                    .with_context(|| format!("host {host} ({addr})"))?;
+                let c = Arc::new(c);
+                clients.insert(host.to_string(), c.clone());
+                c
+            }
+        };
+        let Some(host_disk) = client
+            .peer()
+            .disks()
+            .iter()
+            .find(|(_, u)| u == uuid)
+            .map(|d| d.0)
+        else {
+            bail!(
+                "disk {} ({}): host {host} does not serve it",
+                rec.id,
+                rec.path
+            );
+        };
+        let io = RemoteDisk {
+            client,
+            host_disk,
+            uuid: uuid.to_string(),
+            host_no: 1 + names.iter().position(|n| *n == host).unwrap_or(names.len()) as u32,
+            term: cluster.term.clone(),
+            block_bytes: BLOCK_BYTES_DEFAULT,
+        };
+        disks.push(Arc::new(Disk::remote(
+            rec.id,
+            rec.path.clone(),
+            rec.state,
+            Arc::new(io),
+        )));
+    }
+    Ok(disks)
+}
+
+impl crate::fs::PlacementSink for Cluster {
+    fn commit(&self, changes: &[(u32, ShardRec)]) -> anyhow::Result<Vec<bool>> {
+        let keys = self.map.keys();
+        let op = rand::random();
+        let list: Vec<Change> = {
+            let revs = self.shard_revs.lock();
+            changes
+                .iter()
+                .map(|(s, rec)| {
+                    let expect = revs.get(s).map_or(Expect::Absent, |r| Expect::Revision(*r));
+                    let value = encode(op, &shard_record(rec));
+                    Change::put(keys.shard(&self.conf.pool, *s), expect, value)
+                })
+                .collect()
+        };
+        let term = self
+            .active
+            .lock()
+            .as_ref()
+            .map(|a| a.term())
+            .context("resigned")?;
+        let outcomes = self.rt.block_on(self.map.commit(op, list, Some(&term)))?;
+        let mut out = Vec::with_capacity(changes.len());
+        let mut revs = self.shard_revs.lock();
+        for (batch, outcome) in outcomes {
+            let applied = match outcome {
+                CasOutcome::Applied { revision } => {
+                    for c in &batch {
+                        revs.extend(shard_of_key(&c.key).map(|s| (s, revision)));
+                    }
+                    true
+                }
+                CasOutcome::Conflict { current } => {
+                    for kv in &current {
+                        revs.extend(shard_of_key(&kv.key).map(|s| (s, kv.mod_revision)));
+                    }
+                    false
+                }
+                CasOutcome::Deposed => bail!("this host is no longer the active metadata host"),
+            };
+            out.extend(std::iter::repeat_n(applied, batch.len()));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,291 @@
+//! Disks on other hosts (docs/cluster.md, step 5): [`RemoteDisk`] is a pool disk reached
+//! over the extent service, [`StoreBackend`] is what a storage host (`foreshard node`) serves
+//! its disks with. Both ends use the store's own extent files, so one code path (buckets,
+//! O_DIRECT, atomic repair, durable syncs) writes every extent file of every host.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use anyhow::bail;
+
+use foreshard_cluster::wire::{
+    self, scan_page, Class, Client, Ctx, DiskBackend, DiskInfo, ReadReq, Space, WireError, WriteReq,
+};
+
+use crate::meta::DiskState;
+use crate::store::{make_buckets, Disk, ExtentId, ReadError, RemoteIo, ShardEpoch, Store};
+
+pub fn to_wire(id: &ExtentId) -> wire::ExtentId {
+    wire::ExtentId {
+        inode: id.ino,
+        index: id.index,
+        version: id.version,
+    }
+}
+
+pub fn from_wire(id: &wire::ExtentId) -> ExtentId {
+    ExtentId {
+        ino: id.inode,
+        index: id.index,
+        version: id.version,
+    }
+}
+
+/// One pool disk on a storage host: the host's connection (shared by its disks), the disk's
+/// number on that host and its cluster-wide uuid.
+pub struct RemoteDisk {
+    pub client: Arc<Client>,
+    /// The disk's number on its host (what the host's `HelloOk` listed with the uuid).
+    pub host_disk: u32,
+    pub uuid: String,
+    /// The storage host's number in the pool (placement's failure domain).
+    pub host_no: u32,
+    /// The metadata term every request carries (shared by all remote disks; raised when
+    /// this host wins the pool again).
+    pub term: Arc<AtomicI64>,
+    pub block_bytes: u32,
+}
+
+impl RemoteDisk {
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            term: self.term.load(Ordering::Acquire).max(0) as u64,
+            class: Class::Client,
+        }
+    }
+}
+
+/// A failed read as the read path handles it: bad bytes (or fewer than the metadata says)
+/// are corruption, to be skipped and repaired; the rest are I/O errors.
+fn read_error(e: WireError) -> ReadError {
+    match e {
+        WireError::Checksum { block } => {
+            ReadError::Corrupt(format!("checksum mismatch in block {block} (remote)"))
+        }
+        WireError::BadRequest(why) => ReadError::Corrupt(format!("remote: {why}")),
+        e => ReadError::Io(e.into()),
+    }
+}
+
+impl RemoteIo for RemoteDisk {
+    fn write(
+        &self,
+        id: &ExtentId,
+        data: &[u8],
+        sums: &[[u8; 32]],
+        (shard, epoch): ShardEpoch,
+    ) -> io::Result<()> {
+        let w = WriteReq {
+            disk: self.host_disk,
+            id: to_wire(id),
+            shard,
+            epoch,
+            block_bytes: self.block_bytes,
+            sums: sums.to_vec(),
+        };
+        Ok(self.client.write(self.ctx(), &w, data)?)
+    }
+
+    fn read_into(
+        &self,
+        id: &ExtentId,
+        sums: &[[u8; 32]],
+        off: usize,
+        buf: &mut [u8],
+    ) -> Result<(), ReadError> {
+        let span = (off as u64, buf.len() as u64);
+        let r = ReadReq::covering(self.host_disk, to_wire(id), span, self.block_bytes, sums);
+        let data = self.client.read(self.ctx(), &r).map_err(read_error)?;
+        if data.len() != buf.len() {
+            return Err(ReadError::Corrupt(format!(
+                "remote read gave {} of {} bytes",
+                data.len(),
+                buf.len()
+            )));
+        }
+        buf.copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn sync(&self, ids: &[ExtentId]) -> io::Result<Vec<ExtentId>> {
+        let ids: Vec<wire::ExtentId> = ids.iter().map(to_wire).collect();
+        let failed = self.client.sync(self.ctx(), self.host_disk, &ids)?;
+        Ok(failed.iter().map(from_wire).collect())
+    }
+
+    fn remove(&self, id: &ExtentId) -> io::Result<()> {
+        Ok(self
+            .client
+            .remove(self.ctx(), self.host_disk, to_wire(id), None)?)
+    }
+
+    fn probe(&self) -> io::Result<u64> {
+        Ok(self.client.probe(self.ctx(), self.host_disk)?)
+    }
+
+    fn space(&self) -> io::Result<(u64, u64)> {
+        let s = self.client.space(self.ctx(), self.host_disk)?;
+        Ok((s.total_bytes, s.free_bytes))
+    }
+
+    fn scan(&self) -> io::Result<Vec<(ExtentId, u64)>> {
+        let all = self.client.scan(self.ctx(), self.host_disk)?;
+        Ok(all.iter().map(|(id, len)| (from_wire(id), *len)).collect())
+    }
+
+    fn remove_temps(&self) -> io::Result<usize> {
+        Ok(self.client.remove_temps(self.ctx(), self.host_disk)? as usize)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let peer = self.client.peer();
+        match peer.disks().iter().find(|(_, u)| *u == self.uuid) {
+            Some((d, _)) if *d == self.host_disk => Ok(()),
+            Some((d, _)) => bail!(
+                "host {} serves disk {} as its disk {d}, expected {}",
+                peer.host(),
+                self.uuid,
+                self.host_disk
+            ),
+            None => bail!("host {} no longer serves disk {}", peer.host(), self.uuid),
+        }
+    }
+
+    fn host(&self) -> u32 {
+        self.host_no
+    }
+}
+
+fn annotate(e: io::Error, path: &std::path::Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// A storage host's disks as the extent service serves them, through the store's code.
+pub struct StoreBackend {
+    store: Store,
+    uuids: HashMap<u32, String>,
+}
+
+impl StoreBackend {
+    /// `disks`: (number on this host, directory, uuid). Makes the bucket directories.
+    pub fn open(disks: &[(u32, PathBuf, String)], block_size: usize) -> io::Result<StoreBackend> {
+        let mut list = Vec::new();
+        let mut uuids = HashMap::new();
+        for (n, dir, uuid) in disks {
+            let ext = dir.join(crate::store::EXTENT_DIR);
+            let made = match std::fs::DirBuilder::new().mode(0o700).create(&ext) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(annotate(e, &ext)),
+            };
+            make_buckets(&ext).map_err(|e| annotate(e, &ext))?;
+            if made {
+                // The new directory's entry, before any extent file in it counts as durable.
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            list.push(Arc::new(Disk::new(*n, dir.clone(), DiskState::Up)));
+            uuids.insert(*n, uuid.clone());
+        }
+        Ok(StoreBackend {
+            store: Store::new(list, block_size),
+            uuids,
+        })
+    }
+
+    fn disk(&self, n: u32) -> io::Result<Arc<Disk>> {
+        self.store
+            .disk(n)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+}
+
+impl DiskBackend for StoreBackend {
+    fn disks(&self) -> Vec<DiskInfo> {
+        let mut v: Vec<DiskInfo> = self
+            .store
+            .disks()
+            .iter()
+            .map(|d| DiskInfo {
+                disk: d.id,
+                uuid: self.uuids[&d.id].clone(),
+                fence_dir: d.root.clone(),
+            })
+            .collect();
+        v.sort_by_key(|d| d.disk);
+        v
+    }
+
+    /// A second write of a version (a retry, or a repair of a bad copy) replaces the file
+    /// atomically: the server has checked the bytes against the metadata's sums.
+    fn write_extent(&self, disk: u32, id: wire::ExtentId, bytes: &[u8]) -> io::Result<()> {
+        let d = self.disk(disk)?;
+        let id = from_wire(&id);
+        // The fence is the server's (checked before this call); local disks ignore it.
+        match self.store.write_extent(&d, &id, bytes, (0, 0)) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.store.rewrite_extent(&d, &id, bytes, (0, 0))
+            }
+            r => r,
+        }
+    }
+
+    fn read(&self, disk: u32, id: wire::ExtentId, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let d = self.disk(disk)?;
+        let f = self.store.open_extent(&d, &from_wire(&id))?;
+        let _op = d.op();
+        let size = f.metadata()?.len();
+        let n = len.min(size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; n];
+        f.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// A file removed meanwhile is not a failure (as on a local disk); any other failure
+    /// fails every file of the request (the store reports errors per disk).
+    fn sync(&self, disk: u32, ids: &[wire::ExtentId]) -> io::Result<Vec<wire::ExtentId>> {
+        self.disk(disk)?;
+        let files: Vec<(u32, ExtentId)> = ids.iter().map(|i| (disk, from_wire(i))).collect();
+        match self.store.sync_extents(&files).remove(&disk) {
+            None => Ok(Vec::new()),
+            Some(_) => Ok(ids.to_vec()),
+        }
+    }
+
+    fn remove(&self, disk: u32, id: wire::ExtentId) -> io::Result<()> {
+        let d = self.disk(disk)?;
+        self.store.remove_extent(&d, &from_wire(&id));
+        Ok(())
+    }
+
+    fn probe(&self, disk: u32) -> io::Result<()> {
+        self.disk(disk)?
+            .probe_labelled(foreshard_cluster::node::NODE_LABEL)
+    }
+
+    fn space(&self, disk: u32) -> io::Result<Space> {
+        let (total_bytes, free_bytes) = self.disk(disk)?.space()?;
+        Ok(Space {
+            total_bytes,
+            free_bytes,
+        })
+    }
+
+    fn scan(
+        &self,
+        disk: u32,
+        after: Option<wire::ExtentId>,
+        limit: usize,
+    ) -> io::Result<(Vec<(wire::ExtentId, u64)>, bool)> {
+        let all = self.disk(disk)?.scan()?;
+        let all = all.iter().map(|(id, len)| (to_wire(id), *len)).collect();
+        Ok(scan_page(all, after, limit))
+    }
+
+    fn remove_temps(&self, disk: u32) -> io::Result<u64> {
+        Ok(self.disk(disk)?.remove_temps()? as u64)
+    }
+}

@@ -1,0 +1,359 @@
+//! A pool over storage hosts (docs/cluster.md, step 8): three etcd members and four
+//! `foreshard node`s in network namespaces (crates/cluster/tests/net), the metadata host is
+//! this process's namespace (it reaches every host through its own veth), as root.
+
+#[path = "../crates/cluster/tests/net/mod.rs"]
+mod net;
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{fuse_available, pattern, run, run_ok};
+use foreshard_cluster::keys::ClusterUrl;
+use foreshard_cluster::map::Map;
+use foreshard_cluster::records::{decode, DiskRecord, MetaActive, ShardRecord};
+use net::{rt, Net};
+
+const BIN: &str = env!("CARGO_BIN_EXE_foreshard");
+const SECRET: [u8; 32] = [0x3c; 32];
+
+struct Cluster {
+    net: Net,
+    url: String,
+    secret: String,
+    /// Each storage host's disk directories.
+    disks: BTreeMap<String, Vec<PathBuf>>,
+    tmp: tempfile::TempDir,
+    /// The test's runtime: the map's connection lives on it.
+    rt: tokio::runtime::Runtime,
+    map: Map,
+}
+
+fn secret_file(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("secret");
+    std::fs::write(&p, SECRET).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p.display().to_string()
+}
+
+/// etcd x3 and `hosts` storage hosts with two disks each, all registered.
+fn cluster(hosts: &[&str]) -> Cluster {
+    let mut names = vec!["e1", "e2", "e3"];
+    names.extend_from_slice(hosts);
+    let mut net = Net::new(&names);
+    let url = net.etcd(&["e1", "e2", "e3"], "pool");
+    let tmp = tempfile::Builder::new()
+        .prefix("foreshard-cluster")
+        .tempdir_in(std::env::var("FORESHARD_TEST_DIR").unwrap_or("/var/tmp".into()))
+        .unwrap();
+    let secret = secret_file(tmp.path());
+    let mut disks = BTreeMap::new();
+    for h in hosts {
+        let ds: Vec<PathBuf> = (0..2)
+            .map(|i| tmp.path().join(format!("{h}-d{i}")))
+            .collect();
+        let mut a: Vec<String> = ["node", "--cluster", &url, "--name", h]
+            .map(String::from)
+            .to_vec();
+        a.extend(["--listen".into(), format!("{}:7070", net.ip(h))]);
+        a.extend(["--lease-ttl-s".into(), "3".into(), "--secret-file".into()]);
+        a.push(secret.clone());
+        a.extend([
+            "--audit-log".into(),
+            tmp.path().join(format!("{h}.audit")).display().to_string(),
+        ]);
+        for d in &ds {
+            std::fs::create_dir(d).unwrap();
+            a.extend(["--disk".into(), d.display().to_string()]);
+        }
+        net.spawn(h, BIN, &a, &format!("{h}.log"));
+        disks.insert(h.to_string(), ds);
+    }
+    let rt = rt();
+    let map = rt
+        .block_on(Map::connect(&ClusterUrl::parse(&url).unwrap()))
+        .unwrap();
+    let c = Cluster {
+        net,
+        url,
+        secret,
+        disks,
+        tmp,
+        rt,
+        map,
+    };
+    c.wait_disks(2 * hosts.len());
+    c
+}
+
+impl Cluster {
+    fn get(&self, key: &str) -> Option<foreshard_cluster::map::Kv> {
+        self.rt.block_on(self.map.get(key)).unwrap()
+    }
+
+    fn wait_disks(&self, n: usize) {
+        let t0 = Instant::now();
+        let map = &self.map;
+        loop {
+            let (hosts, disks) = self.rt.block_on(async {
+                let k = map.keys();
+                let h = map.read_prefix(&k.hosts()).await.unwrap().kvs.len();
+                (h, map.read_prefix(&k.disks()).await.unwrap().kvs.len())
+            });
+            if disks >= n && hosts * 2 >= n {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{disks} of {n} disks registered: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for h in self.disks.keys() {
+            let log = std::fs::read_to_string(self.net.dir.join(format!("{h}.log")));
+            out += &format!("--- {h}\n{}\n", log.unwrap_or_default());
+        }
+        out
+    }
+
+    fn init_args(&self, pool: &Path) -> Vec<String> {
+        let p = pool.display().to_string();
+        ["init", &p, "--cluster", &self.url, "--replicas", "2"]
+            .into_iter()
+            .chain(["--secret-file", &self.secret, "--name", "m1"])
+            .map(String::from)
+            .collect()
+    }
+
+    /// `foreshard mount`; on a failure the hosts' logs and the daemon's go in the panic.
+    fn mount(&self, pool: &str, mnt: &str) {
+        let o = run(&["mount", pool, mnt]);
+        if !o.status.success() {
+            let log = std::fs::read_to_string(Path::new(pool).join("foreshard.log"));
+            panic!(
+                "mount failed: {}\n{}--- daemon\n{}",
+                String::from_utf8_lossy(&o.stderr),
+                self.logs(),
+                log.unwrap_or_default()
+            );
+        }
+    }
+
+    /// Extent files (not temporaries) on each host's disks.
+    fn files_per_host(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for (h, ds) in &self.disks {
+            let mut n = 0;
+            for d in ds {
+                let top = d.join("extents");
+                for b in std::fs::read_dir(&top).unwrap().flatten() {
+                    n += std::fs::read_dir(b.path())
+                        .map(|r| {
+                            r.flatten()
+                                .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+                                .count()
+                        })
+                        .unwrap_or(0);
+                }
+            }
+            out.insert(h.clone(), n);
+        }
+        out
+    }
+}
+
+/// The pool's shards in the map, and which host each pool disk is on.
+fn shards_and_hosts(c: &Cluster, pool_id: &str) -> (Vec<ShardRecord>, HashMap<u32, String>) {
+    let map = &c.map;
+    c.rt.block_on(async {
+        let k = map.keys();
+        let shards = map.read_prefix(&k.shards(pool_id)).await.unwrap().kvs;
+        let shards = shards
+            .iter()
+            .map(|kv| decode::<ShardRecord>(&kv.key, &kv.value).unwrap().body)
+            .collect();
+        let mut hosts = HashMap::new();
+        for kv in map.read_prefix(&k.disks()).await.unwrap().kvs {
+            let d = decode::<DiskRecord>(&kv.key, &kv.value).unwrap().body;
+            if d.pool.as_deref() == Some(pool_id) {
+                hosts.insert(d.pool_disk.unwrap(), d.host);
+            }
+        }
+        (shards, hosts)
+    })
+}
+
+fn write_files(mnt: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    std::fs::create_dir(mnt.join("dir")).unwrap();
+    for (i, len) in [
+        0usize,
+        1,
+        4095,
+        16_384,
+        100_000,
+        1 << 20,
+        (3 << 20) + 17,
+        9 << 20,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = mnt.join(format!("dir/f{i}"));
+        let data = pattern(len, i as u64 + 1);
+        std::fs::write(&p, &data).unwrap();
+        std::fs::File::open(&p).unwrap().sync_all().unwrap();
+        files.insert(p, data);
+    }
+    files
+}
+
+fn check_files(files: &BTreeMap<PathBuf, Vec<u8>>) {
+    for (p, data) in files {
+        let got = std::fs::read(p).unwrap();
+        assert!(
+            got == *data,
+            "{} differs ({} vs {} bytes)",
+            p.display(),
+            got.len(),
+            data.len()
+        );
+    }
+}
+
+#[test]
+fn a_pool_over_four_hosts_writes_reads_and_remounts() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let c = cluster(&["s1", "s2", "s3", "s4"]);
+    let pool = c.tmp.path().join("pool");
+    let mnt = c.tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let a = c.init_args(&pool);
+    let out = run_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(out.contains("8 disk(s), 2 replica(s)"), "{out}");
+    let pool_id = out.split_whitespace().nth(2).unwrap().to_string();
+    // Every shard's two replicas on two hosts (4 hosts, 2 replicas: always possible).
+    let (shards, host_of) = shards_and_hosts(&c, &pool_id);
+    assert!(shards.len() >= 64, "{} shards", shards.len());
+    assert_eq!(host_of.len(), 8);
+    for s in &shards {
+        assert_eq!(s.disks.len(), 2);
+        assert_ne!(host_of[&s.disks[0]], host_of[&s.disks[1]], "{s:?}");
+    }
+    // A second init finds no free disk.
+    let again = c.tmp.path().join("pool2");
+    let o = run(&c
+        .init_args(&again)
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("free disk"),
+        "{o:?}"
+    );
+    assert!(!again.join("meta").exists());
+
+    let (p, m) = (pool.to_str().unwrap(), mnt.to_str().unwrap());
+    c.mount(p, m);
+    let active_key = c.map.keys().meta_active(&pool_id);
+    let active = c.get(&active_key);
+    let active = decode::<MetaActive>("active", &active.expect("meta/active").value).unwrap();
+    assert_eq!(active.body.host, "m1");
+    let files = write_files(&mnt);
+    common::drop_caches();
+    check_files(&files);
+    // The bytes are on the storage hosts, spread over all four.
+    let per_host = c.files_per_host();
+    assert!(per_host.values().all(|n| *n > 0), "{per_host:?}");
+    let total: usize = per_host.values().sum();
+    assert!(total >= 2 * 12, "{per_host:?}");
+    run_ok(&["umount", m]);
+    // Unmounted: the metadata lease is given back at once, not left to lapse.
+    assert!(c.get(&active_key).is_none());
+    let (ok, report) = common::fsck_at(&pool, false);
+    assert!(ok, "{report}");
+    c.mount(p, m);
+    check_files(&files);
+    // A removed file's extents go from the hosts too (through the reaper, once the
+    // removal is durable): 9 extents x 2 replicas.
+    std::fs::remove_file(mnt.join("dir/f7")).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let after: usize = c.files_per_host().values().sum();
+        if after == total - 18 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{after} files left of {total}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run_ok(&["umount", m]);
+    let (ok, report) = common::fsck_at(&pool, false);
+    assert!(ok && report.contains("clean"), "{report}");
+}
+
+#[test]
+fn bad_cluster_init_arguments_fail_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let pool = d.path().join("pool");
+    let p = pool.to_str().unwrap();
+    let secret = secret_file(d.path());
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["init", p, "--cluster", "etcd://127.0.0.1:1"],
+            "--secret-file",
+        ),
+        (
+            &[
+                "init",
+                p,
+                "--cluster",
+                "etcd://127.0.0.1:1",
+                "--secret-file",
+                &secret,
+                "--disk",
+                "/tmp",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &["init", p, "--cluster", "http://x", "--secret-file", &secret],
+            "etcd://",
+        ),
+        // Nothing listens on port 1: a clear error, and no pool left behind.
+        (
+            &[
+                "init",
+                p,
+                "--cluster",
+                "etcd://127.0.0.1:1",
+                "--secret-file",
+                &secret,
+                "--name",
+                "m1",
+            ],
+            "etcd",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!pool.join("meta").exists(), "{args:?} left a pool");
+    }
+}
