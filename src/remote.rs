@@ -289,3 +289,146 @@ impl DiskBackend for StoreBackend {
         Ok(self.disk(disk)?.remove_temps()? as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{block_sums, ReadError};
+    use foreshard_cluster::wire::{ClientConfig, Server, ServerConfig};
+
+    const SECRET: [u8; 32] = [7; 32];
+    const BS: usize = 16 * 1024;
+
+    struct Loop {
+        rt: tokio::runtime::Runtime,
+        _server: Server,
+        host_dir: tempfile::TempDir,
+        store: Store,
+        term: Arc<AtomicI64>,
+    }
+
+    /// A storage host on 127.0.0.1 serving one disk (the store's own files), and a store
+    /// whose disk 5 is that disk over the extent service.
+    fn loopback() -> Loop {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let host_dir = tempfile::tempdir().unwrap();
+        let dir = host_dir.path().join("d0");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(foreshard_cluster::node::NODE_LABEL), b"{}").unwrap();
+        let backend = StoreBackend::open(&[(0, dir, "uuid-a".into())], BS).unwrap();
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let cfg = ServerConfig::new("t", "h1", SECRET);
+        let server = rt
+            .block_on(Server::bind(addr, cfg, Arc::new(backend)))
+            .unwrap();
+        let cc = ClientConfig::new("t", "m1", SECRET);
+        let client = Client::connect(rt.handle().clone(), server.local_addr(), cc).unwrap();
+        let term = Arc::new(AtomicI64::new(3));
+        let io = RemoteDisk {
+            client: Arc::new(client),
+            host_disk: 0,
+            uuid: "uuid-a".into(),
+            host_no: 1,
+            term: term.clone(),
+            block_bytes: BS as u32,
+        };
+        let disk = Disk::remote(5, "node://h1/uuid-a".into(), DiskState::Up, Arc::new(io));
+        Loop {
+            rt,
+            _server: server,
+            host_dir,
+            store: Store::new(vec![Arc::new(disk)], BS),
+            term,
+        }
+    }
+
+    impl Loop {
+        /// The file the host keeps the extent in (tests damage it there).
+        fn host_path(&self, id: &ExtentId) -> PathBuf {
+            Disk::new(0, self.host_dir.path().join("d0"), DiskState::Up).extent_path(id)
+        }
+    }
+
+    #[test]
+    fn store_calls_on_a_remote_disk() {
+        let l = loopback();
+        let _rt = &l.rt;
+        let disk = l.store.disk(5).unwrap();
+        assert!(disk.is_remote() && disk.host() == 1);
+        let id = ExtentId {
+            ino: 9,
+            index: 2,
+            version: 4,
+        };
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let sums = block_sums(&data, BS);
+        l.store.write_extent(&disk, &id, &data, (1, 1)).unwrap();
+        assert_eq!(std::fs::read(l.host_path(&id)).unwrap(), data);
+        let got = l
+            .store
+            .read_verified(&disk, &id, &sums, BS, 20_000)
+            .unwrap();
+        assert_eq!(got, &data[BS..BS + 20_000]);
+        let tail = l
+            .store
+            .read_verified(&disk, &id, &sums, 2 * BS, 40_000 - 2 * BS);
+        assert_eq!(tail.unwrap(), &data[2 * BS..]);
+        // A flipped byte on the host: both ends check, the read says corrupt and counts it.
+        let mut bad = data.clone();
+        bad[BS + 5] ^= 1;
+        std::fs::write(l.host_path(&id), &bad).unwrap();
+        assert!(matches!(
+            l.store.read_verified(&disk, &id, &sums, BS, BS),
+            Err(ReadError::Corrupt(_))
+        ));
+        assert_eq!(disk.checksum_errors.load(Ordering::Relaxed), 1);
+        assert!(l.store.read_verified(&disk, &id, &sums, 0, BS).is_ok());
+        // Repair replaces the copy (with bytes the caller verified).
+        l.store.rewrite_extent(&disk, &id, &data, (1, 1)).unwrap();
+        assert!(l.store.read_verified(&disk, &id, &sums, BS, BS).is_ok());
+        assert_eq!(disk.scan().unwrap(), vec![(id, data.len() as u64)]);
+        assert!(l.store.sync_extents(&[(5, id)]).is_empty());
+        disk.probe().unwrap();
+        assert!(disk.space().unwrap().0 > 0);
+        disk.check_label("any").unwrap();
+        let gone = ExtentId { version: 5, ..id };
+        assert!(matches!(
+            l.store.read_verified(&disk, &gone, &sums, 0, BS),
+            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound
+        ));
+        l.store.remove_extent(&disk, &id);
+        assert_eq!(disk.scan().unwrap(), vec![]);
+        assert_eq!(disk.remove_temps().unwrap(), 0);
+        assert!(l.store.open_extent(&disk, &id).is_err());
+    }
+
+    #[test]
+    fn a_remote_disk_refuses_a_stale_term_and_epoch() {
+        let l = loopback();
+        let disk = l.store.disk(5).unwrap();
+        let id = ExtentId {
+            ino: 1,
+            index: 0,
+            version: 1,
+        };
+        l.store.write_extent(&disk, &id, b"abc", (7, 4)).unwrap();
+        let old = ExtentId { version: 2, ..id };
+        let e = l
+            .store
+            .write_extent(&disk, &old, b"abc", (7, 3))
+            .unwrap_err();
+        assert!(e.to_string().contains("fenced"), "{e}");
+        l.term.store(2, Ordering::Release);
+        let e = l
+            .store
+            .write_extent(&disk, &old, b"abc", (7, 4))
+            .unwrap_err();
+        assert!(e.to_string().contains("fenced"), "{e}");
+        assert!(disk.probe().is_err(), "a deposed term still probes");
+        assert_eq!(disk.io_errors.load(Ordering::Relaxed), 2);
+    }
+}

@@ -29,6 +29,7 @@ pub(super) fn replace_placements(
             .map(|d| (d.id, d.space().map(|s| s.1).unwrap_or(0)))
             .collect(),
         state: disks.iter().map(|d| (d.id, d.state())).collect(),
+        host: disks.iter().map(|d| (d.id, d.host())).collect(),
         planned,
         at_risk,
         replicas: fs.cfg.replicas as usize,
@@ -69,6 +70,8 @@ pub(super) fn replace_placements(
 struct Placer<'a> {
     room: HashMap<u32, u64>,
     state: HashMap<u32, DiskState>,
+    /// Each disk's storage host (all 0 on a single-host pool).
+    host: HashMap<u32, u32>,
     planned: Option<&'a HashMap<(u32, u32), u32>>,
     at_risk: &'a dyn Fn(u32) -> bool,
     replicas: usize,
@@ -89,7 +92,7 @@ impl Placer<'_> {
         let mut new = disks.to_vec();
         for b in &bad {
             let hint = self.planned.and_then(|p| p.get(&(s, *b)).copied());
-            match self.pick(&new, need, hint) {
+            match self.pick(&new, &bad, need, hint) {
                 Some(t) => {
                     let pos = new.iter().position(|x| x == b).expect("bad disk in shard");
                     new[pos] = t;
@@ -100,7 +103,7 @@ impl Placer<'_> {
             }
         }
         while new.len() < self.replicas {
-            match self.pick(&new, need, None) {
+            match self.pick(&new, &bad, need, None) {
                 Some(t) => {
                     new.push(t);
                     *self.room.get_mut(&t).expect("target has room") -= need;
@@ -115,20 +118,35 @@ impl Placer<'_> {
         Some((new, complete))
     }
 
-    /// The plan's target when it is still valid, else the disk with the most room (disks
-    /// at risk last).
-    fn pick(&self, new: &[u32], need: u64, hint: Option<u32>) -> Option<u32> {
+    /// The plan's target when it is still valid, else the disk with the most room: disks
+    /// at risk last, then disks on a host that holds another of the shard's live replicas
+    /// (`bad` ones do not count; a single-host pool has one host, so this never decides).
+    fn pick(&self, new: &[u32], bad: &[u32], need: u64, hint: Option<u32>) -> Option<u32> {
         let at_risk = self.at_risk;
+        let host = |d: u32| self.host.get(&d).copied().unwrap_or(0);
+        let used: HashSet<u32> = new
+            .iter()
+            .filter(|d| !bad.contains(d))
+            .map(|d| host(*d))
+            .collect();
+        let best = self
+            .room
+            .iter()
+            .filter(|(d, r)| !new.contains(d) && **r >= need)
+            .max_by_key(|(d, r)| {
+                let spread = !used.contains(&host(**d));
+                (!at_risk(**d), spread, **r, std::cmp::Reverse(**d))
+            })
+            .map(|(d, _)| *d);
         if let Some(h) = hint {
-            if !new.contains(&h) && !at_risk(h) && self.room.get(&h).is_some_and(|r| *r >= need) {
+            let valid = !new.contains(&h) && !at_risk(h);
+            let spread_ok =
+                best.is_none_or(|b| used.contains(&host(b)) || !used.contains(&host(h)));
+            if valid && spread_ok && self.room.get(&h).is_some_and(|r| *r >= need) {
                 return Some(h);
             }
         }
-        self.room
-            .iter()
-            .filter(|(d, r)| !new.contains(d) && **r >= need)
-            .max_by_key(|(d, r)| (!at_risk(**d), **r, std::cmp::Reverse(**d)))
-            .map(|(d, _)| *d)
+        best
     }
 }
 

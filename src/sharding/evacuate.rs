@@ -357,7 +357,7 @@ impl Evacuator {
                     total_bytes: total,
                     used_bytes: total.saturating_sub(free),
                     risk: risk.disk_risk(d.id),
-                    host: 0,
+                    host: d.host(),
                     rack: None,
                 })
             })

@@ -319,6 +319,7 @@ impl Engine {
                     used_bytes: total.saturating_sub(free),
                     risk: risk.disk_risk(d.id),
                     accepts_data: d.accepts_data() && total > 0,
+                    host: d.host(),
                 }
             })
             .collect();

@@ -47,6 +47,8 @@ pub struct PlanDisk {
     /// P(failure within 30 days), from the risk service (uniform before its first round).
     pub risk: f64,
     pub accepts_data: bool,
+    /// Its storage host (0 on a single-host pool): replicas of a shard avoid sharing one.
+    pub host: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -237,7 +239,7 @@ impl Planner<'_> {
                 total_bytes: d.total_bytes,
                 used_bytes: self.disk_used[&d.id],
                 risk: d.risk,
-                host: 0,
+                host: d.host,
                 rack: None,
             })
             .collect();

@@ -45,6 +45,7 @@ fn disks(risks: &[f64]) -> Vec<PlanDisk> {
             used_bytes: 0,
             risk: *r,
             accepts_data: true,
+            host: 0,
         })
         .collect()
 }
