@@ -13,8 +13,8 @@ mod net;
 use foreshard_cluster::wire::frame::{self, Header, KIND_DATA, KIND_REQUEST};
 use foreshard_cluster::wire::msg::Response;
 use foreshard_cluster::wire::{
-    block_sums, Class, Client, ClientConfig, Ctx, DirBackend, DiskBackend, DiskInfo, ExtentId,
-    Peer, ReadReq, Server, ServerConfig, Space, WireError, WriteReq,
+    block_sums, Class, Client, ClientConfig, CopyReq, Ctx, DirBackend, DiskBackend, DiskInfo,
+    ExtentId, Peer, ReadReq, Server, ServerConfig, Space, WireError, WriteReq,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -601,6 +601,15 @@ impl DiskBackend for Gated {
     fn remove_temps(&self, disk: u32) -> io::Result<u64> {
         self.inner.remove_temps(disk)
     }
+    fn stage(&self, disk: u32, id: ExtentId, tag: u32, bytes: &[u8]) -> io::Result<()> {
+        self.inner.stage(disk, id, tag, bytes)
+    }
+    fn install(&self, disk: u32, id: ExtentId, tag: u32) -> io::Result<()> {
+        self.inner.install(disk, id, tag)
+    }
+    fn discard(&self, disk: u32, id: ExtentId, tag: u32) -> io::Result<()> {
+        self.inner.discard(disk, id, tag)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,6 +722,15 @@ impl DiskBackend for NullBackend {
     }
     fn remove_temps(&self, _: u32) -> io::Result<u64> {
         Ok(0)
+    }
+    fn stage(&self, _: u32, _: ExtentId, _: u32, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn install(&self, _: u32, _: ExtentId, _: u32) -> io::Result<()> {
+        Ok(())
+    }
+    fn discard(&self, _: u32, _: ExtentId, _: u32) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -964,4 +982,59 @@ async fn the_audit_log_shows_no_stale_write_accepted() {
             epoch_max = epoch_max.max(*epoch);
         }
     }
+}
+
+/// Recovery's target pull: host B copies an extent from host A (checked on both ends
+/// against the sums it was given), stages it, installs it when told; a stale epoch, a
+/// corrupt source and a missing source stage nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_pulls_a_copy_from_its_source() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, back_a) = start(da.path(), |_| {}).await;
+    let (b, back_b) = start(db.path(), |c| c.host = "store-b".into()).await;
+    let (pa, pb) = (
+        peer(a.local_addr(), |_| {}).await,
+        peer(b.local_addr(), |_| {}).await,
+    );
+    let data = pattern((2 << 20) + 99, 5);
+    let w = write_req(xid(1), (6, 2), &data);
+    pa.write(ctx(1), &w, &data).await.unwrap();
+    let copy = |id: ExtentId, epoch: u64, tag: u32| CopyReq {
+        src: a.local_addr().to_string(),
+        src_disk: DISK,
+        dst_disk: DISK,
+        id,
+        len: data.len() as u64,
+        block_bytes: BS,
+        sums: w.sums.clone(),
+        shard: 6,
+        epoch,
+        tag,
+    };
+    pb.copy_from(ctx(1), &copy(xid(1), 3, 9)).await.unwrap();
+    // Staged, not an extent yet.
+    assert_eq!(pb.scan(ctx(1), DISK).await.unwrap(), vec![]);
+    pb.install(ctx(1), DISK, (xid(1), 9), (6, 3)).await.unwrap();
+    let r = ReadReq::covering(DISK, xid(1), (0, data.len() as u64), BS, &w.sums);
+    assert!(pb.read(ctx(1), &r).await.unwrap() == data);
+    // B has seen epoch 3 for shard 6: a copy planned under epoch 2 is refused.
+    let stale = pb.copy_from(ctx(1), &copy(xid(1), 2, 10)).await;
+    assert!(
+        matches!(stale, Err(WireError::Fenced { epoch: 3, .. })),
+        "{stale:?}"
+    );
+    // A corrupt source: A refuses to send it, nothing is staged on B.
+    let p = back_a.extent_path(DISK, xid(1)).unwrap();
+    let mut bad = std::fs::read(&p).unwrap();
+    bad[100_000] ^= 1;
+    std::fs::write(&p, &bad).unwrap();
+    let e = pb.copy_from(ctx(1), &copy(xid(1), 3, 11)).await;
+    assert!(matches!(e, Err(WireError::Checksum { block: 6 })), "{e:?}");
+    assert_eq!(
+        pb.copy_from(ctx(1), &copy(xid(2), 3, 12)).await,
+        Err(WireError::NotFound)
+    );
+    pb.discard(ctx(1), DISK, xid(1), 11).await.unwrap();
+    assert_eq!(pb.remove_temps(ctx(1), DISK).await.unwrap(), 0);
+    drop(back_b);
 }

@@ -49,6 +49,12 @@ pub trait DiskBackend: Send + Sync + 'static {
     ) -> io::Result<(Vec<(ExtentId, u64)>, bool)>;
     /// Removes the temporary files of interrupted writes and copies; returns how many.
     fn remove_temps(&self, disk: u32) -> io::Result<u64>;
+    /// Writes a recovered copy under its staging name (`tag` keeps copies apart).
+    fn stage(&self, disk: u32, id: ExtentId, tag: u32, bytes: &[u8]) -> io::Result<()>;
+    /// Renames staged copy `tag` to the extent's own name.
+    fn install(&self, disk: u32, id: ExtentId, tag: u32) -> io::Result<()>;
+    /// Removes staged copy `tag`; a missing one is not an error.
+    fn discard(&self, disk: u32, id: ExtentId, tag: u32) -> io::Result<()>;
 }
 
 /// One page of `all` (any order) after `after`, for [`DiskBackend::scan`].
@@ -121,6 +127,11 @@ impl DirBackend {
     pub fn extent_path(&self, disk: u32, id: ExtentId) -> io::Result<PathBuf> {
         let name = format!("{:016x}-{:016x}-{:016x}", id.inode, id.index, id.version);
         Ok(self.dir(disk)?.join(EXTENTS_DIR).join(name))
+    }
+
+    fn staging_path(&self, disk: u32, id: ExtentId, tag: u32) -> io::Result<PathBuf> {
+        let p = self.extent_path(disk, id)?;
+        Ok(p.with_extension(format!("r{tag}.tmp")))
     }
 
     fn parse_name(name: &str) -> Option<ExtentId> {
@@ -229,6 +240,25 @@ impl DiskBackend for DirBackend {
         Ok(scan_page(all, after, limit))
     }
 
+    fn stage(&self, disk: u32, id: ExtentId, tag: u32, bytes: &[u8]) -> io::Result<()> {
+        let mut f = File::create(self.staging_path(disk, id, tag)?)?;
+        f.write_all(bytes)
+    }
+
+    fn install(&self, disk: u32, id: ExtentId, tag: u32) -> io::Result<()> {
+        fs::rename(
+            self.staging_path(disk, id, tag)?,
+            self.extent_path(disk, id)?,
+        )
+    }
+
+    fn discard(&self, disk: u32, id: ExtentId, tag: u32) -> io::Result<()> {
+        match fs::remove_file(self.staging_path(disk, id, tag)?) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
     fn remove_temps(&self, disk: u32) -> io::Result<u64> {
         let mut n = 0;
         for e in fs::read_dir(self.dir(disk)?.join(EXTENTS_DIR))? {
@@ -273,6 +303,18 @@ mod tests {
         assert_eq!((page, more), (vec![(gone, 1)], false));
         assert_eq!(b.scan(3, Some(gone), 10).unwrap().0, vec![]);
         assert_eq!(b.remove_temps(3).unwrap(), 1);
+        b.stage(3, id, 7, b"copy").unwrap();
+        assert_eq!(
+            b.scan(3, None, 10).unwrap().0.len(),
+            1,
+            "a staged copy is not an extent"
+        );
+        b.install(3, id, 7).unwrap();
+        assert_eq!(b.read(3, id, 0, 10).unwrap(), b"copy");
+        b.stage(3, id, 8, b"again").unwrap();
+        b.discard(3, id, 8).unwrap();
+        b.discard(3, id, 8).unwrap();
+        assert_eq!(b.remove_temps(3).unwrap(), 0);
         assert!(b.space(3).unwrap().total_bytes > 0);
         b.probe(3).unwrap();
         let uuid = b.disks()[0].uuid.clone();

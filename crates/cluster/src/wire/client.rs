@@ -83,6 +83,22 @@ pub struct WriteReq {
     pub sums: Vec<Sum>,
 }
 
+/// A recovery copy the target host pulls from `src` (`ip:port`, its disk `src_disk`).
+#[derive(Debug, Clone)]
+pub struct CopyReq {
+    pub src: String,
+    pub src_disk: u32,
+    pub dst_disk: u32,
+    pub id: ExtentId,
+    pub len: u64,
+    pub block_bytes: u32,
+    /// The whole extent's, from the metadata.
+    pub sums: Vec<Sum>,
+    pub shard: u32,
+    pub epoch: u64,
+    pub tag: u32,
+}
+
 /// A read of `offset..offset + len`; `sums` are those of the blocks the range covers.
 #[derive(Debug, Clone)]
 pub struct ReadReq {
@@ -771,6 +787,54 @@ impl Peer {
         }
     }
 
+    /// Has this host pull `c.id` from `c.src` and stage it as copy `c.tag` (recovery);
+    /// not retried: the recovery's next pass plans it again.
+    pub async fn copy_from(&self, ctx: Ctx, c: &CopyReq) -> Result<(), WireError> {
+        let op = Op::CopyFrom {
+            src: c.src.clone(),
+            src_disk: c.src_disk,
+            dst_disk: c.dst_disk,
+            id: c.id,
+            len: c.len,
+            block_bytes: c.block_bytes,
+            sums: c.sums.clone(),
+            shard: c.shard,
+            epoch: c.epoch,
+            tag: c.tag,
+        };
+        expect_done(self.call(Self::request(ctx, op), &[], 0, 0).await?.0)
+    }
+
+    /// Moves staged copy `tag` into place under the shard's fence.
+    pub async fn install(
+        &self,
+        ctx: Ctx,
+        disk: u32,
+        (id, tag): (ExtentId, u32),
+        (shard, epoch): (u32, u64),
+    ) -> Result<(), WireError> {
+        let op = Op::Install {
+            disk,
+            id,
+            tag,
+            shard,
+            epoch,
+        };
+        expect_done(self.call(Self::request(ctx, op), &[], 0, 1).await?.0)
+    }
+
+    pub async fn discard(
+        &self,
+        ctx: Ctx,
+        disk: u32,
+        id: ExtentId,
+        tag: u32,
+    ) -> Result<(), WireError> {
+        let op = Op::Discard { disk, id, tag };
+        let retries = self.cfg.retry_delays.len();
+        expect_done(self.call(Self::request(ctx, op), &[], 0, retries).await?.0)
+    }
+
     pub async fn remove_temps(&self, ctx: Ctx, disk: u32) -> Result<u64, WireError> {
         let req = Self::request(ctx, Op::RemoveTemps { disk });
         match self.call(req, &[], 0, 0).await?.0 {
@@ -855,6 +919,25 @@ impl Client {
 
     pub fn remove_temps(&self, ctx: Ctx, disk: u32) -> Result<u64, WireError> {
         self.rt.block_on(self.peer.remove_temps(ctx, disk))
+    }
+
+    pub fn copy_from(&self, ctx: Ctx, c: &CopyReq) -> Result<(), WireError> {
+        self.rt.block_on(self.peer.copy_from(ctx, c))
+    }
+
+    pub fn install(
+        &self,
+        ctx: Ctx,
+        disk: u32,
+        id_tag: (ExtentId, u32),
+        fence: (u32, u64),
+    ) -> Result<(), WireError> {
+        self.rt
+            .block_on(self.peer.install(ctx, disk, id_tag, fence))
+    }
+
+    pub fn discard(&self, ctx: Ctx, disk: u32, id: ExtentId, tag: u32) -> Result<(), WireError> {
+        self.rt.block_on(self.peer.discard(ctx, disk, id, tag))
     }
 
     pub fn probe(&self, ctx: Ctx, disk: u32) -> Result<u64, WireError> {

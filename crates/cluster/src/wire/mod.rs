@@ -7,7 +7,7 @@
 //! - [`DiskBackend`]: what a server serves; [`DirBackend`] is one directory per disk.
 //! - [`Server`] and [`Peer`] (async) / [`Client`] (blocking wrappers for non-async threads).
 //!
-//! Skipped here (later steps): CopyFrom, SyncInstalled, Label, Fault, the WAL stream.
+//! Skipped here (later steps): Label, Fault, the WAL stream.
 
 mod audit;
 mod auth;
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use audit::{Audit, AuditLine, AUDIT_BYTES_MAX};
 pub use backend::{scan_page, DirBackend, DiskBackend, DiskInfo, Space};
-pub use client::{Client, ClientConfig, Ctx, Peer, ReadReq, WriteReq};
+pub use client::{Client, ClientConfig, CopyReq, Ctx, Peer, ReadReq, WriteReq};
 pub use fence::{Fence, FenceGuard, FENCE_FILE};
 pub use msg::{block_sums, verify_blocks, Class, ExtentId, Sum, WireError, SCAN_PAGE_MAX};
 pub use pace::Pacer;

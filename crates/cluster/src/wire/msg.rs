@@ -93,6 +93,35 @@ pub enum Op {
     RemoveTemps {
         disk: u32,
     },
+    /// Recovery, target pull: the server reads the extent from the host at `src` (its disk
+    /// `src_disk`), checks it against `sums` (the metadata host's), and stages it on
+    /// `dst_disk` as the copy `tag`; the bytes never pass through the metadata host.
+    CopyFrom {
+        src: String,
+        src_disk: u32,
+        dst_disk: u32,
+        id: ExtentId,
+        len: u64,
+        block_bytes: u32,
+        sums: Vec<Sum>,
+        shard: u32,
+        epoch: u64,
+        tag: u32,
+    },
+    /// Moves staged copy `tag` into place (the metadata host checked it may).
+    Install {
+        disk: u32,
+        id: ExtentId,
+        tag: u32,
+        shard: u32,
+        epoch: u64,
+    },
+    /// Drops staged copy `tag` (refused at its commit).
+    Discard {
+        disk: u32,
+        id: ExtentId,
+        tag: u32,
+    },
     Probe {
         disk: u32,
     },

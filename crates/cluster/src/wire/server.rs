@@ -20,6 +20,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use super::audit::{Audit, AuditLine};
 use super::auth::{hello_mac, macs_equal, server_mac};
 use super::backend::DiskBackend;
+use super::client::{ClientConfig, Peer};
 use super::fence::Fence;
 use super::frame::{self, Header, KIND_CHALLENGE, KIND_DATA, KIND_REQUEST, KIND_RESPONSE};
 use super::msg::{
@@ -34,6 +35,8 @@ use foreshard_model::util::now_ms;
 /// A connection's read buffer: headers and small metas come in one syscall; a chunk larger
 /// than this goes straight into its own buffer.
 const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Source hosts a server keeps connections to for recovery pulls.
+const PEERS_MAX: usize = 64;
 pub const BLOCK_BYTES_MIN: u32 = 512;
 pub const BLOCK_BYTES_MAX: u32 = 16 << 20;
 
@@ -77,6 +80,8 @@ struct Shared {
     migration: Pacer,
     stopping: AtomicBool,
     conns: Mutex<Vec<AbortHandle>>,
+    /// Connections to the other hosts recovery copies are pulled from, by address.
+    peers: tokio::sync::Mutex<HashMap<String, Arc<Peer>>>,
 }
 
 /// Serves until [`Server::shutdown`] or drop.
@@ -231,6 +236,27 @@ impl Shared {
         r
     }
 
+    /// The connection to the host at `addr` (made on first use, kept: a recovery pulls
+    /// many extents from the same few hosts).
+    async fn peer(&self, addr: &str) -> Result<Arc<Peer>, WireError> {
+        let mut peers = self.peers.lock().await;
+        if let Some(p) = peers.get(addr) {
+            return Ok(p.clone());
+        }
+        if peers.len() >= PEERS_MAX {
+            // Bounded: the oldest is as good to drop as any (reconnected when needed).
+            let k = peers.keys().next().cloned().expect("non-empty");
+            peers.remove(&k);
+        }
+        let sa: SocketAddr = addr
+            .parse()
+            .map_err(|_| WireError::BadRequest(format!("source address {addr}")))?;
+        let cfg = ClientConfig::new(&self.cfg.pool, &self.cfg.host, self.cfg.secret);
+        let p = Arc::new(Peer::connect(sa, cfg).await?);
+        peers.insert(addr.to_string(), p.clone());
+        Ok(p)
+    }
+
     fn fence(&self, disk: u32) -> Result<Arc<Fence>, WireError> {
         self.fences.get(&disk).cloned().ok_or(WireError::NotFound)
     }
@@ -285,6 +311,7 @@ impl Server {
             migration: Pacer::default(),
             stopping: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
+            peers: tokio::sync::Mutex::new(HashMap::new()),
         });
         let addr = listener.local_addr()?;
         let accept = tokio::spawn(accept_loop(shared.clone(), listener)).abort_handle();
@@ -688,8 +715,53 @@ async fn serve(
             };
             serve_read(sh, read).await
         }
+        op @ Op::CopyFrom { .. } => serve_copy(sh, term, op).await,
         op => serve_small(sh, term, op).await,
     }
+}
+
+/// CopyFrom: pulls the extent from its source host (checked there and here against the
+/// metadata host's sums), then stages it under the fence.
+async fn serve_copy(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError> {
+    let Op::CopyFrom {
+        src,
+        src_disk,
+        dst_disk,
+        id,
+        len,
+        block_bytes,
+        sums,
+        shard,
+        epoch,
+        tag,
+    } = op
+    else {
+        unreachable!("serve matched it");
+    };
+    check_blocks(len, block_bytes, sums.len())?;
+    // Refused before any byte moves when the fence already knows better.
+    sh.check_logged(dst_disk, term, (shard, epoch))?;
+    let peer = sh.peer(&src).await?;
+    let ctx = super::Ctx {
+        term,
+        class: Class::Recovery,
+    };
+    let read = super::ReadReq::covering(src_disk, id, (0, len), block_bytes, &sums);
+    let data = peer.read(ctx, &read).await?;
+    let (fence, be) = (sh.fence(dst_disk)?, sh.backend.clone());
+    let audit = sh.cfg.audit.clone();
+    blocking(move || {
+        let _seen = Shared::admit_logged(
+            audit.as_deref(),
+            &fence,
+            ("stage", dst_disk, term),
+            (shard, epoch),
+        )?;
+        be.stage(dst_disk, id, tag, &data)
+            .map_err(|e| WireError::from_disk(&e))?;
+        Ok((Response::Done, Vec::new(), None))
+    })
+    .await
 }
 
 /// Sync, Remove, Scan, RemoveTemps, Probe and Space: no bytes either way.
@@ -699,17 +771,23 @@ async fn serve_small(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError
         | Op::Probe { disk }
         | Op::Space { disk }
         | Op::Scan { disk, .. }
-        | Op::RemoveTemps { disk } => (disk, None),
+        | Op::RemoveTemps { disk }
+        | Op::Discard { disk, .. } => (disk, None),
         Op::Remove {
             disk, shard_epoch, ..
-        } => (disk, shard_epoch),
+        } => (disk, shard_epoch.map(|se| ("remove", se))),
+        Op::Install {
+            disk, shard, epoch, ..
+        } => (disk, Some(("install", (shard, epoch)))),
         _ => unreachable!("serve takes the others"),
     };
     let (fence, be) = (sh.fence(disk)?, sh.backend.clone());
     let audit = sh.cfg.audit.clone();
     blocking(move || {
         let _seen = match mutation {
-            Some(se) => Shared::admit_logged(audit.as_deref(), &fence, ("remove", disk, term), se)?,
+            Some((what, se)) => {
+                Shared::admit_logged(audit.as_deref(), &fence, (what, disk, term), se)?
+            }
             None => fence.admit(term, None)?,
         };
         let disk_err = |e: io::Error| WireError::from_disk(&e);
@@ -729,6 +807,14 @@ async fn serve_small(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError
             Op::RemoveTemps { .. } => Response::Removed {
                 count: be.remove_temps(disk).map_err(disk_err)?,
             },
+            Op::Install { id, tag, .. } => be
+                .install(disk, id, tag)
+                .map(|()| Response::Done)
+                .map_err(disk_err)?,
+            Op::Discard { id, tag, .. } => be
+                .discard(disk, id, tag)
+                .map(|()| Response::Done)
+                .map_err(disk_err)?,
             Op::Probe { .. } => {
                 let t = Instant::now();
                 be.probe(disk).map_err(disk_err)?;
