@@ -158,6 +158,64 @@ pub struct Plan {
     pub fds: HashMap<(u32, ExtentId), Arc<File>>,
 }
 
+/// The item's block sums: carried, or looked up (Stale when the extent moved on).
+fn item_sums(fs: &Fs, it: &CopyItem) -> Result<Arc<Vec<[u8; 32]>>, CopyFail> {
+    match &it.sums {
+        Some(x) => Ok(x.clone()),
+        None => match fs.meta.extent(it.ino, it.index) {
+            Ok(Some(r)) if r.version == it.version => Ok(Arc::new(r.sums)),
+            Ok(_) => Err(CopyFail::Stale),
+            Err(e) => Err(format!("metadata: {e:#}").into()),
+        },
+    }
+}
+
+/// A cluster pool's share of a recovery pass for one agent: every disk is on a storage
+/// host, so each copy is the target's host pulling the extent from a source's host
+/// (`Store::stage_remote`); no byte passes through this host and no ring is needed. The
+/// agents run in parallel as on one host, each one copy at a time; sources are tried in
+/// order.
+pub fn run_remote(
+    fs: &Fs,
+    tag: u32,
+    items: &[CopyItem],
+    mut before: impl FnMut(u64),
+    done: &mut dyn FnMut(&CopyItem, CopyResult),
+) {
+    for it in items {
+        let r = copy_remote(fs, tag, it, &mut before);
+        done(it, r);
+    }
+}
+
+fn copy_remote(fs: &Fs, tag: u32, it: &CopyItem, before: &mut dyn FnMut(u64)) -> CopyResult {
+    if fs.shard_epoch(it.shard) != Some(it.epoch) {
+        return Err(CopyFail::Stale);
+    }
+    let sums = item_sums(fs, it)?;
+    let dst = fs
+        .store
+        .disk(it.target)
+        .filter(|d| d.accepts_data())
+        .ok_or_else(|| format!("target disk {} not available", it.target))?;
+    before(u64::from(it.len));
+    let mut last = "no readable source".to_string();
+    for s in &it.sources {
+        let Some(src) = fs.store.disk(*s).filter(|d| d.is_up()) else {
+            continue;
+        };
+        let what = (&it.id(), u64::from(it.len), tag);
+        match fs
+            .store
+            .stage_remote((&dst, &src), what, &sums, (it.shard, it.epoch))
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("from disk {} to disk {}: {e}", src.id, dst.id),
+        }
+    }
+    Err(last.into())
+}
+
 /// One recovery agent: a ring and its registered buffers.
 pub struct Agent {
     pub id: u32,
@@ -242,13 +300,9 @@ impl CopyRun<'_> {
             (self.done)(it, Err(CopyFail::Stale));
             return;
         }
-        let sums = match &it.sums {
-            Some(x) => x.clone(),
-            None => match fs.meta.extent(it.ino, it.index) {
-                Ok(Some(r)) if r.version == it.version => Arc::new(r.sums),
-                Ok(_) => return (self.done)(it, Err(CopyFail::Stale)),
-                Err(e) => return (self.done)(it, Err(format!("metadata: {e:#}").into())),
-            },
+        let sums = match item_sums(fs, it) {
+            Ok(s) => s,
+            Err(e) => return (self.done)(it, Err(e)),
         };
         before(u64::from(it.len));
         let Some(src) = agent.open_source(fs, it, self.fds) else {

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use anyhow::bail;
 
 use foreshard_cluster::wire::{
-    self, scan_page, Class, Client, Ctx, DiskBackend, DiskInfo, ReadReq, Space, WireError, WriteReq,
+    self, scan_page, Class, Client, CopyReq, Ctx, DiskBackend, DiskInfo, ReadReq, Space, WireError,
+    WriteReq,
 };
 
 use crate::meta::DiskState;
@@ -158,6 +159,50 @@ impl RemoteIo for RemoteDisk {
     fn host(&self) -> u32 {
         self.host_no
     }
+
+    fn locator(&self) -> (String, u32) {
+        (self.client.peer().addr().to_string(), self.host_disk)
+    }
+
+    fn stage_from(
+        &self,
+        src: &dyn RemoteIo,
+        (id, len, tag): (&ExtentId, u64, u32),
+        sums: &[[u8; 32]],
+        (shard, epoch): ShardEpoch,
+    ) -> io::Result<()> {
+        let (src, src_disk) = src.locator();
+        let c = CopyReq {
+            src,
+            src_disk,
+            dst_disk: self.host_disk,
+            id: to_wire(id),
+            len,
+            block_bytes: self.block_bytes,
+            sums: sums.to_vec(),
+            shard,
+            epoch,
+            tag,
+        };
+        let ctx = Ctx {
+            class: Class::Recovery,
+            ..self.ctx()
+        };
+        Ok(self.client.copy_from(ctx, &c)?)
+    }
+
+    fn install(&self, id: &ExtentId, tag: u32, fence: ShardEpoch) -> io::Result<()> {
+        let id_tag = (to_wire(id), tag);
+        Ok(self
+            .client
+            .install(self.ctx(), self.host_disk, id_tag, fence)?)
+    }
+
+    fn discard(&self, id: &ExtentId, tag: u32) -> io::Result<()> {
+        Ok(self
+            .client
+            .discard(self.ctx(), self.host_disk, to_wire(id), tag)?)
+    }
 }
 
 fn annotate(e: io::Error, path: &std::path::Path) -> io::Error {
@@ -287,6 +332,24 @@ impl DiskBackend for StoreBackend {
 
     fn remove_temps(&self, disk: u32) -> io::Result<u64> {
         Ok(self.disk(disk)?.remove_temps()? as u64)
+    }
+
+    fn stage(&self, disk: u32, id: wire::ExtentId, tag: u32, bytes: &[u8]) -> io::Result<()> {
+        let d = self.disk(disk)?;
+        let (f, _) = self.store.create_staging(&d, &from_wire(&id), tag, false)?;
+        f.write_all_at(bytes, 0)
+    }
+
+    fn install(&self, disk: u32, id: wire::ExtentId, tag: u32) -> io::Result<()> {
+        let d = self.disk(disk)?;
+        // The server checked the fence; local disks ignore it.
+        self.store.install_staging(&d, &from_wire(&id), tag, (0, 0))
+    }
+
+    fn discard(&self, disk: u32, id: wire::ExtentId, tag: u32) -> io::Result<()> {
+        let d = self.disk(disk)?;
+        self.store.discard_staging(&d, &from_wire(&id), tag);
+        Ok(())
     }
 }
 

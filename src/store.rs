@@ -454,6 +454,20 @@ pub trait RemoteIo: Send + Sync {
     fn remove_temps(&self) -> io::Result<usize>;
     /// The host still serves this disk (by its cluster-wide uuid).
     fn check(&self) -> anyhow::Result<()>;
+    /// Where the disk is served: its host's extent-service address and its number there.
+    fn locator(&self) -> (String, u32);
+    /// Recovery: this disk's host pulls `id` from `src` (another remote disk) and stages it
+    /// as copy `tag`, checked against `sums`; no byte passes through this host.
+    fn stage_from(
+        &self,
+        src: &dyn RemoteIo,
+        what: (&ExtentId, u64, u32),
+        sums: &[[u8; 32]],
+        fence: ShardEpoch,
+    ) -> io::Result<()>;
+    /// Moves staged copy `tag` into place.
+    fn install(&self, id: &ExtentId, tag: u32, fence: ShardEpoch) -> io::Result<()>;
+    fn discard(&self, id: &ExtentId, tag: u32) -> io::Result<()>;
     /// The storage host's number in the pool (placement's failure domain).
     fn host(&self) -> u32;
 }
@@ -947,9 +961,52 @@ impl Store {
         create_new(&p, direct)
     }
 
-    /// Moves a verified staging copy into place as the extent version's file.
-    pub fn install_staging(&self, disk: &Disk, id: &ExtentId, tag: u32) -> io::Result<()> {
-        local_only(disk)?;
+    /// Copies `id` from `src` to staging copy `tag` on `dst`, both remote: `dst`'s host
+    /// pulls it straight from `src`'s (docs/cluster.md, "recovery").
+    pub fn stage_remote(
+        &self,
+        (dst, src): (&Disk, &Disk),
+        (id, len, tag): (&ExtentId, u64, u32),
+        sums: &[[u8; 32]],
+        fence: ShardEpoch,
+    ) -> io::Result<()> {
+        let (Some(d), Some(s)) = (&dst.remote, &src.remote) else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a host-to-host copy needs two remote disks",
+            ));
+        };
+        let _op = dst.op();
+        dst.inject()?;
+        d.stage_from(s.as_ref(), (id, len, tag), sums, fence)
+    }
+
+    /// Removes staged copy `tag` (its commit was refused).
+    pub fn discard_staging(&self, disk: &Disk, id: &ExtentId, tag: u32) {
+        let r = match &disk.remote {
+            Some(r) => r.discard(id, tag),
+            None => match fs::remove_file(self.staging_path(disk, id, tag)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            },
+        };
+        if let Err(e) = r {
+            tracing::warn!(disk = disk.id, "cannot remove staged copy of {id:?}: {e}");
+        }
+    }
+
+    /// Moves a verified staging copy into place as the extent version's file (a remote
+    /// disk's host checks `fence` first).
+    pub fn install_staging(
+        &self,
+        disk: &Disk,
+        id: &ExtentId,
+        tag: u32,
+        fence: ShardEpoch,
+    ) -> io::Result<()> {
+        if let Some(r) = &disk.remote {
+            return r.install(id, tag, fence);
+        }
         fs::rename(self.staging_path(disk, id, tag), disk.extent_path(id))?;
         self.forget_fds(disk, id);
         Ok(())

@@ -29,6 +29,25 @@ enum Probe {
     /// Hung past `HANG_FAIL_FACTOR` deadlines while its peers answered: the disk has been
     /// failed already.
     Hung,
+    /// A remote disk's host did not answer (refused, reset, timed out, hung): the host's
+    /// grace applies, not the disk's probe count.
+    Unreachable(String),
+}
+
+/// Errors of the network, never of a disk: the host is unreachable, the disk may be fine.
+fn unreachable(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::ECONNRESET
+                | libc::ETIMEDOUT
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EPIPE
+                | libc::ECONNABORTED
+        )
+    )
 }
 
 /// A probe still running after this many deadlines fails the disk (it hangs), if its peers
@@ -58,6 +77,8 @@ struct Prober {
     answered: Option<Instant>,
     /// The running probe's hang was put down to a stall of its peers too (logged once).
     stall_noted: bool,
+    /// A remote disk's host has not answered since (reset by an answer).
+    unreachable_since: Option<Instant>,
 }
 
 fn spawn_prober(d: Arc<Disk>) -> Prober {
@@ -85,6 +106,7 @@ fn spawn_prober(d: Arc<Disk>) -> Prober {
         io_errors_seen: 0,
         answered: None,
         stall_noted: false,
+        unreachable_since: None,
     }
 }
 
@@ -186,6 +208,26 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
     }
 }
 
+/// A remote disk whose host does not answer: suspect, failed once `host_grace` has passed
+/// since the host last answered. Returns false when the disk failed.
+fn host_unreachable(o: &Orchestrator, d: &Arc<Disk>, p: &mut Prober, e: &str) -> bool {
+    let since = *p.unreachable_since.get_or_insert_with(Instant::now);
+    if since.elapsed() >= o.opts.host_grace {
+        let why = format!(
+            "host unreachable for {} ms (grace {} ms), last: {e}",
+            since.elapsed().as_millis(),
+            o.opts.host_grace.as_millis()
+        );
+        o.fail_disk(d.id, &why);
+        return false;
+    }
+    if d.state() == DiskState::Up {
+        tracing::warn!(disk = d.id, "disk suspect: its host does not answer: {e}");
+        let _ = o.fs.set_disk_state(d.id, DiskState::Suspect);
+    }
+    true
+}
+
 /// One disk's turn: the running probe's outcome applied to its state, room checked, and a
 /// new probe sent when one is due. Returns false when the disk failed.
 fn check_disk(
@@ -201,8 +243,16 @@ fn check_disk(
         None
     };
     match outcome {
+        Some(Probe::Unreachable(e)) => {
+            if !host_unreachable(o, d, p, &e) {
+                return false;
+            }
+        }
         Some(Probe::Ok) => {
             p.fails = 0;
+            if p.unreachable_since.take().is_some() {
+                tracing::info!(disk = d.id, "host answers again");
+            }
             if d.state() == DiskState::Suspect {
                 tracing::info!(disk = d.id, "disk healthy again");
                 let _ = o.fs.set_disk_state(d.id, DiskState::Up);
@@ -275,6 +325,7 @@ fn probe_outcome(
                 p.answered = Some(p.sent);
                 Probe::Ok
             }
+            Err(e) if d.is_remote() && unreachable(&e) => Probe::Unreachable(e.to_string()),
             Err(e) => Probe::Failed(e.to_string()),
         });
     }
@@ -282,6 +333,14 @@ fn probe_outcome(
         .iter()
         .filter(|(id, t)| *id != d.id && t.is_some_and(|t| t > p.sent))
         .count();
+    if p.sent.elapsed() > deadline * HANG_FAIL_FACTOR && d.is_remote() {
+        // A remote probe hangs when its host does (paused): the host's grace decides.
+        let why = format!(
+            "host hung for more than {} ms",
+            p.sent.elapsed().as_millis()
+        );
+        return Some(Probe::Unreachable(why));
+    }
     if p.sent.elapsed() > deadline * HANG_FAIL_FACTOR
         && hang_is_the_disks(peers_answered, watched - 1)
     {

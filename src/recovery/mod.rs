@@ -94,6 +94,12 @@ pub struct RecoveryOptions {
     #[arg(id = "missing-grace-ms", long = "missing-grace-ms", value_name = "MISSING_GRACE_MS", default_value = "10000",
           value_parser = util::millis_in(Duration::ZERO, Duration::from_secs(3600)))]
     pub missing_grace: Duration,
+    /// A cluster pool: a storage host that cannot be reached (dead, cut off, paused) has
+    /// its disks suspect this long (milliseconds) before they are failed and rebuilt on
+    /// other hosts. A host back within it has nothing copied.
+    #[arg(id = "host-grace-ms", long = "host-grace-ms", value_name = "HOST_GRACE_MS", default_value = "60000",
+          value_parser = util::millis_in(Duration::ZERO, Duration::from_secs(3600)))]
+    pub host_grace: Duration,
     // Not flags. How often labels and roots are checked and probe results collected.
     #[arg(skip = Duration::from_millis(50))]
     pub check_interval: Duration,
@@ -823,32 +829,37 @@ impl Orchestrator {
             gate.wait(Duration::from_millis(20));
         }
         let tag = agent.id;
-        agent.run(
-            &self.fs,
-            list,
-            fds,
-            |bytes| self.limiter.acquire(&self.fs, bytes),
-            |it: &CopyItem, res: CopyResult| {
-                // The leader's first outcome, good or bad, lets the others go.
-                opened();
-                match res {
-                    Ok(()) => {
-                        self.note_first_extent();
-                        let _ = ctx.send((tag, it.clone()));
-                    }
-                    Err(CopyFail::Stale) => {}
-                    Err(CopyFail::Error(e)) => {
-                        tracing::warn!(
-                            ino = it.ino,
-                            index = it.index,
-                            target = it.target,
-                            "recovery copy failed: {e}"
-                        );
-                        self.status.lock().copy_errors += 1;
-                    }
+        let remote = list
+            .first()
+            .and_then(|it| self.fs.store.disk(it.target))
+            .is_some_and(|d| d.is_remote());
+        let before = |bytes| self.limiter.acquire(&self.fs, bytes);
+        let mut done = |it: &CopyItem, res: CopyResult| {
+            // The leader's first outcome, good or bad, lets the others go.
+            opened();
+            match res {
+                Ok(()) => {
+                    self.note_first_extent();
+                    let _ = ctx.send((tag, it.clone()));
                 }
-            },
-        );
+                Err(CopyFail::Stale) => {}
+                Err(CopyFail::Error(e)) => {
+                    tracing::warn!(
+                        ino = it.ino,
+                        index = it.index,
+                        target = it.target,
+                        "recovery copy failed: {e}"
+                    );
+                    self.status.lock().copy_errors += 1;
+                }
+            }
+        };
+        if remote {
+            // A cluster pool: each copy is the target host pulling from a source host.
+            crate::agents::run_remote(&self.fs, tag, list, before, &mut done);
+        } else {
+            agent.run(&self.fs, list, fds, before, &mut done);
+        }
         opened();
     }
 
@@ -925,27 +936,25 @@ impl Orchestrator {
                 continue;
             };
             let id = it.id();
-            let staged = fs.store.staging_path(&d, &id, tag);
+            let discard = || fs.store.discard_staging(&d, &id, tag);
             match fs.recovery_check(it.ino, it.index, it.version, it.epoch, it.target) {
-                Ok(Ok(_)) => match fs.store.install_staging(&d, &id, tag) {
+                Ok(Ok(_)) => match fs.store.install_staging(&d, &id, tag, (it.shard, it.epoch)) {
                     Ok(()) => installed.push(it),
                     Err(e) => {
                         c.errors += 1;
                         tracing::warn!(disk = it.target, "cannot install recovered copy: {e}");
-                        let _ = std::fs::remove_file(&staged);
+                        discard();
                     }
                 },
                 Ok(Err(RecoveryCommit::Fenced)) => {
                     c.fenced += 1;
-                    let _ = std::fs::remove_file(&staged);
+                    discard();
                 }
-                Ok(Err(_)) => {
-                    let _ = std::fs::remove_file(&staged);
-                }
+                Ok(Err(_)) => discard(),
                 Err(e) => {
                     c.errors += 1;
                     tracing::warn!(ino = it.ino, "recovery check failed: errno {}", e.0);
-                    let _ = std::fs::remove_file(&staged);
+                    discard();
                 }
             }
         }

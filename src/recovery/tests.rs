@@ -275,7 +275,7 @@ fn stale_epoch_is_fenced_and_racing_agents_commit_once() {
     let db = stage(spare[1], 7);
     let r = fs
         .commit_recovered(ino, 0, e.version, shard.epoch, spare[1], || {
-            fs.store.install_staging(&db, &id, 7)
+            fs.store.install_staging(&db, &id, 7, (0, 0))
         })
         .unwrap();
     assert_eq!(r, RecoveryCommit::Fenced);
@@ -293,7 +293,7 @@ fn stale_epoch_is_fenced_and_racing_agents_commit_once() {
                 let (fs, da, id, t0) = (&fs, &da, &id, spare[0]);
                 s.spawn(move || {
                     fs.commit_recovered(ino, 0, e.version, epoch_a, t0, || {
-                        fs.store.install_staging(da, id, tag)
+                        fs.store.install_staging(da, id, tag, (0, 0))
                     })
                     .unwrap()
                 })
