@@ -23,7 +23,7 @@ use foreshard_cluster::records::{decode, encode, DiskRecord, HostRec, MetaActive
 use foreshard_cluster::wire::{Client, ClientConfig, BLOCK_BYTES_DEFAULT};
 
 use crate::meta::{DiskRec, DiskState, Meta, PoolConfig, ShardRec, CF_CONFIG};
-use crate::remote::RemoteDisk;
+use crate::remote::{HostLink, RemoteDisk};
 use crate::store::Disk;
 
 /// The cluster record in the pool's config column family.
@@ -401,78 +401,81 @@ fn reconcile_shards(
     Ok(revs)
 }
 
-/// One connection per storage host, one [`RemoteDisk`] per pool disk. A host that is not
-/// alive or does not answer stops the open (step 9 makes such disks suspect instead).
+/// One link per storage host (connected on first use: a host that is down at mount has its
+/// disks suspect, then failed after the host grace), one [`RemoteDisk`] per pool disk.
 fn remote_disks(
     cluster: &Arc<Cluster>,
     meta: &Meta,
     hosts: &BTreeMap<String, String>,
     secret: [u8; 32],
 ) -> anyhow::Result<Vec<Arc<Disk>>> {
+    let recs = meta.disks()?;
     let url = ClusterUrl::parse(&cluster.conf.url)?;
-    let names: Vec<&String> = hosts.keys().collect();
-    let mut clients: HashMap<String, Arc<Client>> = HashMap::new();
-    let mut disks = Vec::new();
-    for rec in meta.disks()? {
-        let Some((host, uuid)) = parse_remote(&rec.path) else {
+    let mut names: Vec<&str> = Vec::new();
+    for rec in &recs {
+        let Some((host, _)) = parse_remote(&rec.path) else {
             bail!(
                 "disk {} ({}): a local disk in a cluster pool",
                 rec.id,
                 rec.path
             );
         };
-        if rec.state == DiskState::Removed {
-            continue;
+        if !names.contains(&host) {
+            names.push(host);
         }
-        let client = match clients.get(host) {
-            Some(c) => c.clone(),
-            None => {
-                let addr = hosts.get(host).with_context(|| {
-                    format!(
-                        "disk {}: host {host} is not alive in the cluster map",
-                        rec.id
-                    )
-                })?;
-                let sa = addr
-                    .parse()
-                    .with_context(|| format!("host {host}: address {addr}"))?;
-                let cc = ClientConfig::new(&url.cluster, &cluster.conf.host, secret);
-                let c = Client::connect(cluster.rt.handle().clone(), sa, cc)
-                    .with_context(|| format!("host {host} ({addr})"))?;
-                let c = Arc::new(c);
-                clients.insert(host.to_string(), c.clone());
-                c
-            }
-        };
-        let Some(host_disk) = client
-            .peer()
-            .disks()
-            .iter()
-            .find(|(_, u)| u == uuid)
-            .map(|d| d.0)
-        else {
-            bail!(
-                "disk {} ({}): host {host} does not serve it",
-                rec.id,
-                rec.path
+    }
+    names.sort_unstable();
+    let mut links: HashMap<&str, Arc<HostLink>> = HashMap::new();
+    let mut disks = Vec::new();
+    for rec in &recs {
+        let (host, uuid) = parse_remote(&rec.path).expect("checked above");
+        if !hosts.contains_key(host) {
+            eprintln!(
+                "warning: disk {} ({}): host {host} is not alive",
+                rec.id, rec.path
             );
-        };
+        }
+        let link = links
+            .entry(host)
+            .or_insert_with(|| Arc::new(host_link(cluster, (host, &url.cluster), secret)))
+            .clone();
         let io = RemoteDisk {
-            client,
-            host_disk,
+            link,
             uuid: uuid.to_string(),
-            host_no: 1 + names.iter().position(|n| *n == host).unwrap_or(names.len()) as u32,
+            host_no: 1 + names.iter().position(|n| *n == host).expect("listed") as u32,
             term: cluster.term.clone(),
             block_bytes: BLOCK_BYTES_DEFAULT,
         };
-        disks.push(Arc::new(Disk::remote(
-            rec.id,
-            rec.path.clone(),
-            rec.state,
-            Arc::new(io),
-        )));
+        let disk = Disk::remote(rec.id, rec.path.clone(), rec.state, Arc::new(io));
+        disks.push(Arc::new(disk));
     }
     Ok(disks)
+}
+
+/// Connects to `host` at the address its live `hosts/` record gives (a host that is not
+/// alive in the map is unreachable).
+fn host_link(cluster: &Arc<Cluster>, (host, pool): (&str, &str), secret: [u8; 32]) -> HostLink {
+    let (map, rt) = (cluster.map.clone(), cluster.rt.handle().clone());
+    let cfg = ClientConfig::new(pool, &cluster.conf.host, secret);
+    let name = host.to_string();
+    let connect = Box::new(move || -> std::io::Result<Client> {
+        let unreachable =
+            |why: String| std::io::Error::new(std::io::ErrorKind::HostUnreachable, why);
+        let key = map.keys().host(&name);
+        let kv = rt
+            .block_on(map.get(&key))
+            .map_err(|e| unreachable(format!("cluster map: {e:#}")))?
+            .ok_or_else(|| unreachable(format!("host {name} is not alive in the cluster map")))?;
+        let rec = decode::<HostRec>(&key, &kv.value)
+            .map_err(|e| unreachable(format!("{e:#}")))?
+            .body;
+        let addr = rec
+            .addr
+            .parse()
+            .map_err(|_| unreachable(format!("host {name}: bad address {}", rec.addr)))?;
+        Ok(Client::connect(rt.clone(), addr, cfg.clone())?)
+    });
+    HostLink::new(host, connect)
 }
 
 impl crate::fs::PlacementSink for Cluster {

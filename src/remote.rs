@@ -36,12 +36,44 @@ pub fn from_wire(id: &wire::ExtentId) -> ExtentId {
     }
 }
 
-/// One pool disk on a storage host: the host's connection (shared by its disks), the disk's
-/// number on that host and its cluster-wide uuid.
+/// How a [`HostLink`] reaches its host: a cluster pool looks the host's address up in the
+/// map and connects (every time it is asked: the host may have moved or be down).
+pub type Connect = Box<dyn Fn() -> io::Result<Client> + Send + Sync>;
+
+/// One storage host's extent-service connection, shared by its disks. Made on first use,
+/// so a pool mounts while a host is down; kept once made (the connection's own pool of
+/// sockets reconnects after a reset).
+pub struct HostLink {
+    pub name: String,
+    connect: Connect,
+    client: parking_lot::Mutex<Option<Arc<Client>>>,
+}
+
+impl HostLink {
+    pub fn new(name: &str, connect: Connect) -> HostLink {
+        HostLink {
+            name: name.to_string(),
+            connect,
+            client: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The connection, made now if there is none (one caller at a time connects).
+    pub fn client(&self) -> io::Result<Arc<Client>> {
+        let mut g = self.client.lock();
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new((self.connect)()?);
+        *g = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// One pool disk on a storage host: the host's link and the disk's cluster-wide uuid (its
+/// number on the host comes from the host's `HelloOk`).
 pub struct RemoteDisk {
-    pub client: Arc<Client>,
-    /// The disk's number on its host (what the host's `HelloOk` listed with the uuid).
-    pub host_disk: u32,
+    pub link: Arc<HostLink>,
     pub uuid: String,
     /// The storage host's number in the pool (placement's failure domain).
     pub host_no: u32,
@@ -52,6 +84,24 @@ pub struct RemoteDisk {
 }
 
 impl RemoteDisk {
+    /// The host's connection and the disk's number there.
+    fn at(&self) -> io::Result<(Arc<Client>, u32)> {
+        let c = self.link.client()?;
+        let n = c
+            .peer()
+            .disks()
+            .iter()
+            .find(|(_, u)| *u == self.uuid)
+            .map(|d| d.0);
+        match n {
+            Some(n) => Ok((c, n)),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("host {} does not serve disk {}", self.link.name, self.uuid),
+            )),
+        }
+    }
+
     fn ctx(&self) -> Ctx {
         Ctx {
             term: self.term.load(Ordering::Acquire).max(0) as u64,
@@ -80,15 +130,16 @@ impl RemoteIo for RemoteDisk {
         sums: &[[u8; 32]],
         (shard, epoch): ShardEpoch,
     ) -> io::Result<()> {
+        let (c, disk) = self.at()?;
         let w = WriteReq {
-            disk: self.host_disk,
+            disk,
             id: to_wire(id),
             shard,
             epoch,
             block_bytes: self.block_bytes,
             sums: sums.to_vec(),
         };
-        Ok(self.client.write(self.ctx(), &w, data)?)
+        Ok(c.write(self.ctx(), &w, data)?)
     }
 
     fn read_into(
@@ -99,8 +150,9 @@ impl RemoteIo for RemoteDisk {
         buf: &mut [u8],
     ) -> Result<(), ReadError> {
         let span = (off as u64, buf.len() as u64);
-        let r = ReadReq::covering(self.host_disk, to_wire(id), span, self.block_bytes, sums);
-        let data = self.client.read(self.ctx(), &r).map_err(read_error)?;
+        let (c, disk) = self.at().map_err(ReadError::Io)?;
+        let r = ReadReq::covering(disk, to_wire(id), span, self.block_bytes, sums);
+        let data = c.read(self.ctx(), &r).map_err(read_error)?;
         if data.len() != buf.len() {
             return Err(ReadError::Corrupt(format!(
                 "remote read gave {} of {} bytes",
@@ -114,54 +166,58 @@ impl RemoteIo for RemoteDisk {
 
     fn sync(&self, ids: &[ExtentId]) -> io::Result<Vec<ExtentId>> {
         let ids: Vec<wire::ExtentId> = ids.iter().map(to_wire).collect();
-        let failed = self.client.sync(self.ctx(), self.host_disk, &ids)?;
+        let (c, disk) = self.at()?;
+        let failed = c.sync(self.ctx(), disk, &ids)?;
         Ok(failed.iter().map(from_wire).collect())
     }
 
     fn remove(&self, id: &ExtentId) -> io::Result<()> {
-        Ok(self
-            .client
-            .remove(self.ctx(), self.host_disk, to_wire(id), None)?)
+        let (c, disk) = self.at()?;
+        Ok(c.remove(self.ctx(), disk, to_wire(id), None)?)
     }
 
     fn probe(&self) -> io::Result<u64> {
-        Ok(self.client.probe(self.ctx(), self.host_disk)?)
+        let (c, disk) = self.at()?;
+        Ok(c.probe(self.ctx(), disk)?)
     }
 
     fn space(&self) -> io::Result<(u64, u64)> {
-        let s = self.client.space(self.ctx(), self.host_disk)?;
+        let (c, disk) = self.at()?;
+        let s = c.space(self.ctx(), disk)?;
         Ok((s.total_bytes, s.free_bytes))
     }
 
     fn scan(&self) -> io::Result<Vec<(ExtentId, u64)>> {
-        let all = self.client.scan(self.ctx(), self.host_disk)?;
+        let (c, disk) = self.at()?;
+        let all = c.scan(self.ctx(), disk)?;
         Ok(all.iter().map(|(id, len)| (from_wire(id), *len)).collect())
     }
 
     fn remove_temps(&self) -> io::Result<usize> {
-        Ok(self.client.remove_temps(self.ctx(), self.host_disk)? as usize)
+        let (c, disk) = self.at()?;
+        Ok(c.remove_temps(self.ctx(), disk)? as usize)
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        let peer = self.client.peer();
-        match peer.disks().iter().find(|(_, u)| *u == self.uuid) {
-            Some((d, _)) if *d == self.host_disk => Ok(()),
-            Some((d, _)) => bail!(
-                "host {} serves disk {} as its disk {d}, expected {}",
-                peer.host(),
-                self.uuid,
-                self.host_disk
-            ),
-            None => bail!("host {} no longer serves disk {}", peer.host(), self.uuid),
+        let (c, _) = self.at()?;
+        if c.peer().host() != self.link.name {
+            bail!(
+                "host {} answers as {} at {}",
+                self.link.name,
+                c.peer().host(),
+                c.peer().addr()
+            );
         }
+        Ok(())
     }
 
     fn host(&self) -> u32 {
         self.host_no
     }
 
-    fn locator(&self) -> (String, u32) {
-        (self.client.peer().addr().to_string(), self.host_disk)
+    fn locator(&self) -> io::Result<(String, u32)> {
+        let (c, disk) = self.at()?;
+        Ok((c.peer().addr().to_string(), disk))
     }
 
     fn stage_from(
@@ -171,11 +227,12 @@ impl RemoteIo for RemoteDisk {
         sums: &[[u8; 32]],
         (shard, epoch): ShardEpoch,
     ) -> io::Result<()> {
-        let (src, src_disk) = src.locator();
+        let (src, src_disk) = src.locator()?;
+        let (client, dst_disk) = self.at()?;
         let c = CopyReq {
             src,
             src_disk,
-            dst_disk: self.host_disk,
+            dst_disk,
             id: to_wire(id),
             len,
             block_bytes: self.block_bytes,
@@ -188,20 +245,17 @@ impl RemoteIo for RemoteDisk {
             class: Class::Recovery,
             ..self.ctx()
         };
-        Ok(self.client.copy_from(ctx, &c)?)
+        Ok(client.copy_from(ctx, &c)?)
     }
 
     fn install(&self, id: &ExtentId, tag: u32, fence: ShardEpoch) -> io::Result<()> {
-        let id_tag = (to_wire(id), tag);
-        Ok(self
-            .client
-            .install(self.ctx(), self.host_disk, id_tag, fence)?)
+        let (c, disk) = self.at()?;
+        Ok(c.install(self.ctx(), disk, (to_wire(id), tag), fence)?)
     }
 
     fn discard(&self, id: &ExtentId, tag: u32) -> io::Result<()> {
-        Ok(self
-            .client
-            .discard(self.ctx(), self.host_disk, to_wire(id), tag)?)
+        let (c, disk) = self.at()?;
+        Ok(c.discard(self.ctx(), disk, to_wire(id), tag)?)
     }
 }
 
@@ -389,11 +443,11 @@ mod tests {
             .block_on(Server::bind(addr, cfg, Arc::new(backend)))
             .unwrap();
         let cc = ClientConfig::new("t", "m1", SECRET);
-        let client = Client::connect(rt.handle().clone(), server.local_addr(), cc).unwrap();
+        let (h, addr) = (rt.handle().clone(), server.local_addr());
+        let connect: Connect = Box::new(move || Ok(Client::connect(h.clone(), addr, cc.clone())?));
         let term = Arc::new(AtomicI64::new(3));
         let io = RemoteDisk {
-            client: Arc::new(client),
-            host_disk: 0,
+            link: Arc::new(HostLink::new("h1", connect)),
             uuid: "uuid-a".into(),
             host_no: 1,
             term: term.clone(),

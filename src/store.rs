@@ -455,7 +455,7 @@ pub trait RemoteIo: Send + Sync {
     /// The host still serves this disk (by its cluster-wide uuid).
     fn check(&self) -> anyhow::Result<()>;
     /// Where the disk is served: its host's extent-service address and its number there.
-    fn locator(&self) -> (String, u32);
+    fn locator(&self) -> io::Result<(String, u32)>;
     /// Recovery: this disk's host pulls `id` from `src` (another remote disk) and stages it
     /// as copy `tag`, checked against `sums`; no byte passes through this host.
     fn stage_from(

@@ -395,53 +395,9 @@ fn a_host_killed_during_writes_is_rebuilt_on_the_others() {
     if !net::available() || !fuse_available() {
         return;
     }
-    let mut c = cluster(&["s1", "s2", "s3", "s4"]);
-    let pool = c.tmp.path().join("pool");
-    let mnt = c.tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let out = run_ok(
-        &c.init_args(&pool)
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>(),
-    );
-    let pool_id = out.split_whitespace().nth(2).unwrap().to_string();
-    let (p, m) = (pool.to_str().unwrap(), mnt.to_str().unwrap());
-    let o = run(&["mount", p, m, "--host-grace-ms", "2000"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let fsp = common::Pool {
-        tmp: tempfile::tempdir().unwrap(),
-        pool: pool.clone(),
-        mnt: mnt.clone(),
-        disks: vec![],
-        mounted: false,
-    };
-    let mut files = BTreeMap::new();
-    for i in 0..24 {
-        let path = mnt.join(format!("f{i:02}"));
-        let data = pattern((1 << 20) + i * 4099, i as u64 + 7);
-        std::fs::write(&path, &data).unwrap();
-        std::fs::File::open(&path).unwrap().sync_all().unwrap();
-        files.insert(path, data);
-    }
-    // Writes go on while the host dies: each file is kept once its fsync returned.
-    let writer = {
-        let mnt = mnt.clone();
-        std::thread::spawn(move || {
-            let mut done = BTreeMap::new();
-            for i in 0..40 {
-                let path = mnt.join(format!("w{i:02}"));
-                let data = pattern(700_000 + i * 777, i as u64 + 100);
-                let ok = std::fs::write(&path, &data)
-                    .and_then(|()| std::fs::File::open(&path)?.sync_all());
-                if ok.is_ok() {
-                    done.insert(path, data);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            done
-        })
-    };
+    let (mut c, m) = mounted_cluster(2000);
+    let files = fill(&m.mnt, 24);
+    let writer = writer(&m.mnt, 40);
     std::thread::sleep(Duration::from_millis(400));
     let t_kill = Instant::now();
     c.net.kill("s2");
@@ -451,15 +407,11 @@ fn a_host_killed_during_writes_is_rebuilt_on_the_others() {
         "{} of 40 writes acknowledged",
         acked.len()
     );
-    let v = fsp.wait_status(120, "recovery done with s2's disks failed", |v| {
-        let failed = v["disks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["state"] == "failed")
-            .count();
-        failed == 2 && v["recovery"]["state"] == "done"
-    });
+    let v = m
+        .fsp
+        .wait_status(120, "recovery done with s2's disks failed", |v| {
+            failed_disks(v) == 2 && v["recovery"]["state"] == "done"
+        });
     let rebuilt_s = t_kill.elapsed().as_secs_f64();
     let why = v["recovery"]["failures"][0]["reason"]
         .as_str()
@@ -473,17 +425,174 @@ fn a_host_killed_during_writes_is_rebuilt_on_the_others() {
     common::drop_caches();
     check_files(&files);
     check_files(&acked);
-    // Every shard on two distinct live hosts again.
-    let (shards, host_of) = shards_and_hosts(&c, &pool_id);
+    assert_spread_without(&c, &m.pool_id, "s2");
+    common::assert_fully_replicated(&m.fsp);
+    let n = check_audit_logs(&c);
+    assert!(n > 100, "{n} audit lines");
+}
+
+/// Every shard on two distinct live hosts, none on `gone`.
+fn assert_spread_without(c: &Cluster, pool_id: &str, gone: &str) {
+    let (shards, host_of) = shards_and_hosts(c, pool_id);
     for s in &shards {
-        let hs: Vec<&String> = s.disks.iter().map(|d| &host_of[d]).collect();
+        let hs: Vec<&str> = s.disks.iter().map(|d| host_of[d].as_str()).collect();
         assert!(
-            hs.len() == 2 && hs[0] != hs[1] && !hs.contains(&&"s2".to_string()),
+            hs.len() == 2 && hs[0] != hs[1] && !hs.contains(&gone),
             "{s:?} on {hs:?}"
         );
     }
-    common::assert_fully_replicated(&fsp);
-    let n = check_audit_logs(&c);
-    assert!(n > 100, "{n} audit lines");
-    run_ok(&["umount", m]);
+}
+
+fn failed_disks(v: &serde_json::Value) -> usize {
+    let disks = v["disks"].as_array().unwrap();
+    disks.iter().filter(|d| d["state"] == "failed").count()
+}
+
+/// A mounted 4-host pool.
+struct Mounted {
+    pool_id: String,
+    mnt: PathBuf,
+    /// The pool as the common helpers take it (status, shards, fsck); not unmounted by it.
+    fsp: common::Pool,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = run(&["umount", self.mnt.to_str().unwrap()]);
+    }
+}
+
+/// Four storage hosts, a pool over them mounted with `--host-grace-ms grace_ms`.
+fn mounted_cluster(grace_ms: u32) -> (Cluster, Mounted) {
+    let c = cluster(&["s1", "s2", "s3", "s4"]);
+    let pool = c.tmp.path().join("pool");
+    let mnt = c.tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let args = c.init_args(&pool);
+    let out = run_ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let pool_id = out.split_whitespace().nth(2).unwrap().to_string();
+    let (p, m) = (pool.to_str().unwrap(), mnt.to_str().unwrap());
+    let o = run(&["mount", p, m, "--host-grace-ms", &grace_ms.to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fsp = common::Pool {
+        tmp: tempfile::tempdir().unwrap(),
+        pool,
+        mnt: mnt.clone(),
+        disks: vec![],
+        mounted: false,
+    };
+    (c, Mounted { pool_id, mnt, fsp })
+}
+
+/// `n` files of about 1 MiB, each fsynced.
+fn fill(mnt: &Path, n: usize) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for i in 0..n {
+        let path = mnt.join(format!("f{i:02}"));
+        let data = pattern((1 << 20) + i * 4099, i as u64 + 7);
+        std::fs::write(&path, &data).unwrap();
+        std::fs::File::open(&path).unwrap().sync_all().unwrap();
+        files.insert(path, data);
+    }
+    files
+}
+
+/// Writes `n` files one every 50 ms in the background; returns those whose fsync returned.
+fn writer(mnt: &Path, n: usize) -> std::thread::JoinHandle<BTreeMap<PathBuf, Vec<u8>>> {
+    let mnt = mnt.to_path_buf();
+    std::thread::spawn(move || {
+        let mut done = BTreeMap::new();
+        for i in 0..n {
+            let path = mnt.join(format!("w{i:02}"));
+            let data = pattern(700_000 + i * 777, i as u64 + 100);
+            let ok =
+                std::fs::write(&path, &data).and_then(|()| std::fs::File::open(&path)?.sync_all());
+            if ok.is_ok() {
+                done.insert(path, data);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        done
+    })
+}
+
+/// A host cut off at its switch port for 3 s, within its 20 s grace: its disks go suspect
+/// and come back up; nothing is rebuilt elsewhere, writes meanwhile skip it (committed
+/// degraded) and are topped up once it answers; reads never fail.
+#[test]
+fn a_host_cut_off_within_its_grace_is_not_rebuilt() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let (c, m) = mounted_cluster(20_000);
+    let files = fill(&m.mnt, 16);
+    c.net.cut("s3");
+    let t0 = Instant::now();
+    let writer = writer(&m.mnt, 20);
+    let mut reads = 0;
+    while t0.elapsed() < Duration::from_secs(3) {
+        common::drop_caches();
+        check_files(&files);
+        reads += files.len();
+    }
+    let acked = writer.join().unwrap();
+    assert_eq!(acked.len(), 20, "writes failed while a host was cut off");
+    let v = m.fsp.json(&["status"]);
+    let suspect = v["disks"].as_array().unwrap().iter();
+    let suspect = suspect.filter(|d| d["state"] == "suspect").count();
+    assert_eq!(suspect, 2, "{v:#}");
+    c.net.heal("s3");
+    let v = m
+        .fsp
+        .wait_status(60, "s3's disks up, replicas topped up", |v| {
+            let up = v["disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["state"] == "up");
+            up && v["replica_health"]["under_replicated"] == 0
+                && v["recovery"]["state"] != "running"
+        });
+    assert_eq!(failed_disks(&v), 0);
+    let failures = v["recovery"]["failures"].as_array().map_or(0, |f| f.len());
+    assert_eq!(failures, 0, "{v:#}");
+    eprintln!(
+        "s3 cut off 3 s: {reads} file reads, {} bytes topped up afterwards",
+        v["recovery"]["bytes_done"]
+    );
+    check_files(&files);
+    check_files(&acked);
+    common::assert_fully_replicated(&m.fsp);
+}
+
+/// A host paused (SIGSTOP) past its lease and its grace: rebuilt on the other hosts under
+/// new epochs; continued (SIGCONT), it is fenced off: its disks stay failed, no host's audit
+/// log shows a stale write accepted, and the files are intact.
+#[test]
+fn a_paused_host_is_rebuilt_and_fenced_when_it_wakes() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let (c, m) = mounted_cluster(2000);
+    let files = fill(&m.mnt, 16);
+    let pid = c.net.pid("s4");
+    c.net.signal(pid, libc::SIGSTOP);
+    let writer = writer(&m.mnt, 20);
+    let v = m
+        .fsp
+        .wait_status(120, "s4's disks failed and rebuilt", |v| {
+            failed_disks(v) == 2 && v["recovery"]["state"] == "done"
+        });
+    let acked = writer.join().unwrap();
+    c.net.signal(pid, libc::SIGCONT);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(failed_disks(&m.fsp.json(&["status"])), 2);
+    let why = v["recovery"]["failures"][0]["reason"].as_str().unwrap();
+    assert!(why.contains("host"), "{why}");
+    assert_spread_without(&c, &m.pool_id, "s4");
+    common::drop_caches();
+    check_files(&files);
+    check_files(&acked);
+    common::assert_fully_replicated(&m.fsp);
+    check_audit_logs(&c);
 }

@@ -459,7 +459,8 @@ impl Fs {
 
     /// The live replicas of an extent in the order reads try them; the starting replica
     /// varies with the extent so reads spread over the disks, and lagging disks come last
-    /// (a stalled disk holds up only the reads that have no other copy).
+    /// (a stalled disk holds up only the reads that have no other copy), as do remote disks
+    /// whose host does not answer (suspect: each try would wait out a time-out).
     fn replica_order(&self, ino: u64, index: u64, e: &ExtentRec) -> Vec<Arc<crate::store::Disk>> {
         let n = e.replicas.len();
         let first = ((ino ^ index) as usize) % n.max(1);
@@ -467,7 +468,9 @@ impl Fs {
             .filter_map(|k| self.store.disk(e.replicas[(first + k) % n]))
             .filter(|d| d.is_up())
             .collect();
-        order.sort_by_key(|d| d.is_lagging());
+        order.sort_by_key(|d| {
+            d.is_lagging() || (d.is_remote() && d.state() == crate::meta::DiskState::Suspect)
+        });
         order
     }
 

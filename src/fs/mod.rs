@@ -536,10 +536,14 @@ impl Fs {
     }
 
     /// Disks of `ids` that take new data (writes go only there).
+    /// The disks of `ids` new data goes to. A remote disk whose host does not answer
+    /// (suspect) is skipped, so a write does not wait out time-outs: the extent is committed
+    /// degraded and recovery tops it up once the host is back, or rebuilds it elsewhere.
     pub(crate) fn live_disks(&self, ids: &[u32]) -> Vec<Arc<Disk>> {
         ids.iter()
             .filter_map(|id| self.store.disk(*id))
             .filter(|d| d.accepts_data())
+            .filter(|d| !(d.is_remote() && d.state() == crate::meta::DiskState::Suspect))
             .collect()
     }
 

@@ -36,7 +36,12 @@ enum Probe {
 
 /// Errors of the network, never of a disk: the host is unreachable, the disk may be fine.
 fn unreachable(e: &std::io::Error) -> bool {
-    matches!(
+    use std::io::ErrorKind as K;
+    let kind = matches!(
+        e.kind(),
+        K::HostUnreachable | K::ConnectionRefused | K::ConnectionReset | K::TimedOut
+    );
+    kind || matches!(
         e.raw_os_error(),
         Some(
             libc::ECONNREFUSED
@@ -251,7 +256,9 @@ fn check_disk(
         Some(Probe::Ok) => {
             p.fails = 0;
             if p.unreachable_since.take().is_some() {
+                // Extents written meanwhile went without this replica: top them up.
                 tracing::info!(disk = d.id, "host answers again");
+                o.kick();
             }
             if d.state() == DiskState::Suspect {
                 tracing::info!(disk = d.id, "disk healthy again");

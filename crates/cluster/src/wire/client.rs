@@ -646,17 +646,18 @@ impl Peer {
                 let pause = delays.get(attempt - 1).or(delays.last());
                 tokio::time::sleep(pause.copied().unwrap_or_default()).await;
             }
-            let r = match self.lease(exclude).await {
-                Ok(lease) => {
-                    exclude = Some(lease.0.id);
-                    let call = lease.0.call(&req, data, data_bytes_max);
-                    match deadline {
-                        Some(d) => within(d, call).await,
-                        None => call.await,
-                    }
-                }
-                Err(e) => Err(e),
+            // The deadline covers getting a connection too: with the host unreachable,
+            // callers would otherwise queue behind each other's connect time-outs.
+            let used = AtomicU64::new(u64::MAX);
+            let attempt = self.attempt(&req, (data, data_bytes_max), exclude, &used);
+            let r = match deadline {
+                Some(d) => within(d, attempt).await,
+                None => attempt.await,
             };
+            let used = used.load(Ordering::Relaxed);
+            if used != u64::MAX {
+                exclude = Some(used);
+            }
             match r {
                 Ok(v) => return Ok(v),
                 Err(Fail::Answer(e)) if e != WireError::Busy => return Err(e),
@@ -664,6 +665,20 @@ impl Peer {
             }
         }
         Err(last)
+    }
+
+    /// One try of `call`: a connection other than `exclude` (its id left in `used`), then
+    /// the request on it.
+    async fn attempt(
+        &self,
+        req: &Request,
+        (data, data_bytes_max): (&[u8], u64),
+        exclude: Option<u64>,
+        used: &AtomicU64,
+    ) -> Answer {
+        let lease = self.lease(exclude).await?;
+        used.store(lease.0.id, Ordering::Relaxed);
+        lease.0.call(req, data, data_bytes_max).await
     }
 
     fn request(ctx: Ctx, op: Op) -> Request {
