@@ -213,6 +213,42 @@ pub(super) fn monitor(w: std::sync::Weak<Orchestrator>) {
     }
 }
 
+/// How often the disks of hosts that did not answer are tried again.
+const HOST_RETURN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A host that answers again after its disks were failed: each of them goes through `disk
+/// online` (its copies verified; intact current ones become replicas again, the disk
+/// rejoins shards where it holds more than recovery put elsewhere), so what it holds is
+/// reused, not copied again. Its own thread: a probe of a host still away takes seconds.
+pub(super) fn host_returns(w: std::sync::Weak<Orchestrator>) {
+    loop {
+        let Some(o) = w.upgrade() else { break };
+        let ids: Vec<u32> = o.host_failed.lock().iter().copied().collect();
+        for id in ids {
+            let back =
+                o.fs.store
+                    .disk(id)
+                    .filter(|d| d.state() == DiskState::Failed);
+            let Some(d) = back else {
+                o.host_failed.lock().remove(&id);
+                continue;
+            };
+            if d.probe().is_err() {
+                continue;
+            }
+            match o.online_disk(id) {
+                Ok(r) => {
+                    tracing::info!(disk = id, ?r, "host back: disk online again");
+                    o.host_failed.lock().remove(&id);
+                }
+                Err(e) => tracing::warn!(disk = id, "host back, disk stays failed: {e:#}"),
+            }
+        }
+        drop(o);
+        std::thread::sleep(HOST_RETURN_INTERVAL);
+    }
+}
+
 /// A remote disk whose host does not answer: suspect, failed once `host_grace` has passed
 /// since the host last answered. Returns false when the disk failed.
 fn host_unreachable(o: &Orchestrator, d: &Arc<Disk>, p: &mut Prober, e: &str) -> bool {
@@ -223,6 +259,7 @@ fn host_unreachable(o: &Orchestrator, d: &Arc<Disk>, p: &mut Prober, e: &str) ->
             since.elapsed().as_millis(),
             o.opts.host_grace.as_millis()
         );
+        o.host_failed.lock().insert(d.id);
         o.fail_disk(d.id, &why);
         return false;
     }

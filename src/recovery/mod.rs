@@ -226,6 +226,9 @@ pub struct Orchestrator {
     limiter: Limiter,
     /// Disk risk for choosing recovery targets (uniform until the risk service runs).
     risk: parking_lot::RwLock<Arc<dyn crate::placement::RiskView>>,
+    /// Remote disks failed because their host did not answer: brought back (`disk
+    /// online`) when it answers again (`detect::host_returns`).
+    host_failed: Mutex<HashSet<u32>>,
 }
 
 /// The recovery thread: a run at start-up, then one per kick (failure, drain, new disk),
@@ -361,6 +364,7 @@ impl Orchestrator {
             run_cv: Condvar::new(),
             requested: std::sync::atomic::AtomicU64::new(1),
             completed: std::sync::atomic::AtomicU64::new(0),
+            host_failed: Mutex::new(HashSet::new()),
         });
         o.status.lock().mode = o.agents.status().mode;
         if let Err(e) = o.agents.provision() {
@@ -390,6 +394,11 @@ impl Orchestrator {
         .expect("spawn planner thread");
         let w = Arc::downgrade(&o);
         spawn("monitor", move || monitor(w.clone())).expect("spawn monitor thread");
+        if o.fs.store.disks().iter().any(|d| d.is_remote()) {
+            let w = Arc::downgrade(&o);
+            spawn("host-returns", move || detect::host_returns(w.clone()))
+                .expect("spawn host-returns thread");
+        }
         o
     }
 
