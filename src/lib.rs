@@ -7,6 +7,7 @@ pub mod agents;
 pub mod api;
 mod bufmem;
 pub mod cluster;
+pub mod cluster_init;
 pub mod control;
 pub mod daemon;
 mod durable;

@@ -72,7 +72,7 @@ pub fn init(a: InitCmd) -> anyhow::Result<()> {
     let (cfg, ndisks) = match cluster {
         None => (pool::init(&args)?, disks.len()),
         Some(url) => {
-            let c = foreshard::cluster::ClusterArgs {
+            let c = foreshard::cluster_init::ClusterArgs {
                 url,
                 secret_file: secret_file.expect("clap: required with --cluster"),
                 host: match name {
@@ -80,7 +80,7 @@ pub fn init(a: InitCmd) -> anyhow::Result<()> {
                     None => super::node::hostname()?,
                 },
             };
-            let cfg = foreshard::cluster::init(&args, &c)?;
+            let cfg = foreshard::cluster_init::init(&args, &c)?;
             let meta = foreshard::meta::Meta::open(&p.join(pool::META_DIR), false)?;
             (cfg, meta.disks()?.len())
         }
