@@ -272,6 +272,18 @@ fn a_pool_over_four_hosts_writes_reads_and_remounts() {
     let active = decode::<MetaActive>("active", &active.expect("meta/active").value).unwrap();
     assert_eq!(active.body.host, "m1");
     let files = write_files(&mnt);
+    let st: serde_json::Value = serde_json::from_str(&run_ok(&["status", p, "--json"])).unwrap();
+    let hosts: Vec<&str> = st["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hosts,
+        ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"],
+        "{st:#}"
+    );
     common::drop_caches();
     check_files(&files);
     // The bytes are on the storage hosts, spread over all four.

@@ -35,6 +35,9 @@ pub struct DiskStatus {
     pub full: bool,
     #[serde(default)]
     pub fault: Option<crate::store::Fault>,
+    /// The storage host of a cluster pool's disk (its path is `node://HOST/UUID`).
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,11 +122,20 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
     let disks = all
         .iter()
         .map(|d| {
-            let (total, free) = d.space().unwrap_or((0, 0));
+            let path = d.root.to_string_lossy().into_owned();
+            let host = crate::cluster::parse_remote(&path).map(|(h, _)| h.to_string());
+            // A remote disk whose host does not answer would hold status up for seconds.
+            let away = d.is_remote() && d.state() != DiskState::Up;
+            let (total, free) = if away {
+                (0, 0)
+            } else {
+                d.space().unwrap_or((0, 0))
+            };
             let (u, n) = used.get(&d.id).copied().unwrap_or((0, 0));
             DiskStatus {
                 id: d.id,
-                path: d.root.to_string_lossy().into_owned(),
+                path,
+                host,
                 state: d.state(),
                 used_bytes: u,
                 free_bytes: free,

@@ -694,7 +694,9 @@ impl Fs {
             if !d.is_up() {
                 continue;
             }
-            if d.is_remote() {
+            if d.is_remote() && d.state() == crate::meta::DiskState::Suspect {
+                // Its host does not answer: statfs must not wait on it.
+            } else if d.is_remote() {
                 // Files are the metadata host's to count; a remote disk gives bytes only.
                 if let Ok((t, f)) = d.space() {
                     total += t;
