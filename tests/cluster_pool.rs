@@ -614,3 +614,84 @@ fn a_paused_host_is_rebuilt_and_fenced_when_it_wakes() {
     common::assert_fully_replicated(&m.fsp);
     check_audit_logs(&c);
 }
+
+/// One round's MiB/s: a `mib` MiB file written in 1 MiB writes then fsynced, and read back
+/// cold (caches dropped) in 1 MiB reads.
+fn seq_round(mnt: &Path, mib: usize) -> (f64, f64) {
+    use std::io::{Read, Write};
+    let path = mnt.join("bench.dat");
+    let chunk = pattern(1 << 20, 99);
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&path).unwrap();
+    for _ in 0..mib {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let w = mib as f64 / t.elapsed().as_secs_f64();
+    common::drop_caches();
+    let t = Instant::now();
+    let mut f = std::fs::File::open(&path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    loop {
+        let k = f.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    assert_eq!(n, mib << 20);
+    let r = mib as f64 / t.elapsed().as_secs_f64();
+    std::fs::remove_file(&path).unwrap();
+    (w, r)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// docs/benchmarks.md, "A pool over four hosts": sequential write and cold read of a 1 GiB
+/// file on a 2-replica pool over 4 storage hosts (namespaces, veth, 2 disks each) against
+/// the same 8 disk directories as one single-host pool, in interleaved rounds. A
+/// measurement, run by hand: `cargo test --release --test cluster_pool bench -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "a measurement, not a test: run by hand in release"]
+fn bench_cluster_pool_against_one_host() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let rounds: usize = std::env::var("FSX_ROUNDS").map_or(3, |v| v.parse().unwrap());
+    let mib: usize = std::env::var("FSX_MIB").map_or(1024, |v| v.parse().unwrap());
+    let (_c, m) = mounted_cluster(60_000);
+    let local = common::Pool::new(8, 2, "1MiB");
+    let mut local = local;
+    local.mount();
+    let (mut cw, mut cr, mut lw, mut lr) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        // Interleaved, the order alternating: neither side always runs on a warmer machine.
+        let (a, b) = if round % 2 == 0 {
+            let a = seq_round(&m.mnt, mib);
+            (a, seq_round(&local.mnt, mib))
+        } else {
+            let b = seq_round(&local.mnt, mib);
+            (seq_round(&m.mnt, mib), b)
+        };
+        eprintln!(
+            "round {round}: cluster write {:.0} read {:.0} MiB/s; one host write {:.0} read {:.0}; ratios write {:.2} read {:.2}",
+            a.0, a.1, b.0, b.1, a.0 / b.0, a.1 / b.1
+        );
+        cw.push(a.0);
+        cr.push(a.1);
+        lw.push(b.0);
+        lr.push(b.1);
+    }
+    let ratio = |x: &[f64], y: &[f64]| median(x.iter().zip(y).map(|(a, b)| a / b).collect());
+    eprintln!(
+        "medians of {rounds} rounds, {mib} MiB: cluster write {:.0} read {:.0} MiB/s; one host write {:.0} read {:.0}; per-round ratio medians write {:.2} read {:.2}",
+        median(cw.clone()), median(cr.clone()), median(lw.clone()), median(lr.clone()),
+        ratio(&cw, &lw), ratio(&cr, &lr)
+    );
+}
