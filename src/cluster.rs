@@ -186,18 +186,20 @@ fn reconcile_shards(
     let mut fixed = 0;
     for kv in kvs {
         let shard = shard_of_key(&kv.key).with_context(|| format!("bad shard key {}", kv.key))?;
-        if shard >= cfg.shard_count {
-            bail!(
-                "{}: shard {shard} beyond the pool's {}",
-                kv.key,
-                cfg.shard_count
-            );
-        }
         let r = decode::<ShardRecord>(&kv.key, &kv.value)?.body;
         revs.insert(shard, kv.mod_revision);
         let old = local.get(&shard);
         if old.is_some_and(|o| o.epoch == r.epoch && o.disks == r.disks && o.class == r.class) {
             continue;
+        }
+        if let Some(o) = old.filter(|o| o.epoch > r.epoch) {
+            // Every change goes to the map first: a newer record here means the map lost
+            // one (restored from an old snapshot?). Neither side is safe to take.
+            bail!(
+                "shard {shard}: epoch {} here but {} in the cluster map; refusing to guess which placement holds the data",
+                o.epoch,
+                r.epoch
+            );
         }
         if let Some(o) = old {
             for d in o.disks.iter().filter(|d| !r.disks.contains(d)) {
@@ -215,10 +217,12 @@ fn reconcile_shards(
         b.put_shard(shard, &rec);
         fixed += 1;
     }
-    if revs.len() != cfg.shard_count as usize {
+    // Re-sharding adds shards past the initial count; the map must hold every one here.
+    if let Some(s) = local.keys().find(|s| !revs.contains_key(s)) {
         bail!(
-            "the cluster map holds {} of the pool's {} shards",
+            "the cluster map lacks shard {s} (it holds {} shards, the pool {}, initially {})",
             revs.len(),
+            local.len(),
             cfg.shard_count
         );
     }

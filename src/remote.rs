@@ -117,7 +117,15 @@ fn read_error(e: WireError) -> ReadError {
         WireError::Checksum { block } => {
             ReadError::Corrupt(format!("checksum mismatch in block {block} (remote)"))
         }
-        WireError::BadRequest(why) => ReadError::Corrupt(format!("remote: {why}")),
+        // The host's file is shorter than the metadata says: corruption, repaired.
+        WireError::BadRequest(why) if why.contains("past the extent's end") => {
+            ReadError::Corrupt(format!("remote: {why}"))
+        }
+        // Anything else is the protocol's (a refused hello, a bad frame): not the bytes.
+        WireError::BadRequest(why) => ReadError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("extent service: {why}"),
+        )),
         e => ReadError::Io(e.into()),
     }
 }
@@ -267,7 +275,13 @@ fn annotate(e: io::Error, path: &std::path::Path) -> io::Error {
 pub struct StoreBackend {
     store: Store,
     uuids: HashMap<u32, String>,
+    /// Writes of one extent version one at a time: a retried write must not overlap its
+    /// first try (whose failure cleanup would remove the retry's good file).
+    writing: Vec<parking_lot::Mutex<()>>,
 }
+
+/// Stripes of `StoreBackend::writing`.
+const WRITE_STRIPES: usize = 64;
 
 impl StoreBackend {
     /// `disks`: (number on this host, directory, uuid). Makes the bucket directories.
@@ -292,6 +306,9 @@ impl StoreBackend {
         Ok(StoreBackend {
             store: Store::new(list, block_size),
             uuids,
+            writing: (0..WRITE_STRIPES)
+                .map(|_| parking_lot::Mutex::new(()))
+                .collect(),
         })
     }
 
@@ -322,6 +339,8 @@ impl DiskBackend for StoreBackend {
     /// atomically: the server has checked the bytes against the metadata's sums.
     fn write_extent(&self, disk: u32, id: wire::ExtentId, bytes: &[u8]) -> io::Result<()> {
         let d = self.disk(disk)?;
+        let stripe = (id.inode ^ id.index.rotate_left(17) ^ id.version.rotate_left(31)) as usize;
+        let _one = self.writing[stripe % WRITE_STRIPES].lock();
         let id = from_wire(&id);
         // The fence is the server's (checked before this call); local disks ignore it.
         match self.store.write_extent(&d, &id, bytes, (0, 0)) {

@@ -743,6 +743,28 @@ impl Disk {
 
 pub use foreshard_model::util::statvfs;
 
+/// Errors of the network, never of a disk: a remote disk's host is unreachable, the disk
+/// may be fine (not counted against the disk; the host grace applies).
+pub fn is_network_error(e: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    let kind = matches!(
+        e.kind(),
+        K::HostUnreachable | K::ConnectionRefused | K::ConnectionReset | K::TimedOut
+    );
+    kind || matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::ECONNRESET
+                | libc::ETIMEDOUT
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EPIPE
+                | libc::ECONNABORTED
+        )
+    )
+}
+
 /// Staging files are the local recovery agents' (a remote host installs its own copies).
 fn local_only(disk: &Disk) -> io::Result<()> {
     match disk.is_remote() {
@@ -839,7 +861,9 @@ impl Store {
         match &res {
             Ok(()) => disk.full.store(false, Ordering::Relaxed),
             Err(e) => {
-                disk.note_error(e);
+                if !is_network_error(e) {
+                    disk.note_error(e);
+                }
                 tracing::warn!(disk = disk.id, "remote write of {id:?} failed: {e}");
             }
         }
@@ -1080,7 +1104,7 @@ impl Store {
         if let Some(r) = &disk.remote {
             disk.inject().map_err(ReadError::Io)?;
             return r.read_into(id, sums, off, buf).inspect_err(|e| match e {
-                ReadError::Io(e) if e.kind() != io::ErrorKind::NotFound => {
+                ReadError::Io(e) if e.kind() != io::ErrorKind::NotFound && !is_network_error(e) => {
                     disk.io_errors.fetch_add(1, Ordering::Relaxed);
                 }
                 ReadError::Corrupt(_) => {
@@ -1215,7 +1239,9 @@ impl Store {
         });
         if let Err(e) = &res {
             tracing::error!(disk = d, "cannot make extent files durable: {e}");
-            disk.note_error(e);
+            if !is_network_error(e) {
+                disk.note_error(e);
+            }
         }
         res
     }

@@ -892,6 +892,19 @@ impl Fs {
         }
     }
 
+    /// Commits `changes` to the placement sink, if there is one, before they are written
+    /// here; false when it refused any of them (all or nothing).
+    pub(crate) fn placements_to_sink(&self, changes: &[(u32, ShardRec)]) -> FsResult<bool> {
+        let Some(sink) = self.placement_sink.get() else {
+            return Ok(true);
+        };
+        let applied = sink.commit(changes).map_err(|e| {
+            tracing::error!("placement change refused by the cluster map: {e:#}");
+            Errno::EIO
+        })?;
+        Ok(applied.iter().all(|ok| *ok))
+    }
+
     /// Makes `sink` the truth for placements (once, before the pool serves).
     pub fn set_placement_sink(&self, sink: Arc<dyn PlacementSink>) {
         assert!(

@@ -54,6 +54,7 @@ impl Fs {
         let mut table = self.shards.read().clone();
         let mut b = self.meta.batch();
         let mut out = Vec::with_capacity(defs.len());
+        let mut changed = Vec::new();
         for def in defs {
             let mut seen = HashSet::new();
             assert!(
@@ -100,13 +101,19 @@ impl Fs {
             for d in &rec.disks {
                 b.put_disk_shard(*d, id);
             }
-            table[id as usize] = rec;
+            table[id as usize] = rec.clone();
+            changed.push((id, rec));
             out.push(Ok(id));
         }
-        if !b.is_empty() {
-            self.meta.write(b)?;
-            *self.shards.write() = table;
+        if b.is_empty() {
+            return Ok(out);
         }
+        if !self.placements_to_sink(&changed)? {
+            // The map (a cluster pool's truth) refused: nothing is written here either.
+            return Ok(out.into_iter().map(|r| r.and(Err(Errno::ESTALE))).collect());
+        }
+        self.meta.write(b)?;
+        *self.shards.write() = table;
         Ok(out)
     }
 

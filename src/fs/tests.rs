@@ -714,3 +714,62 @@ fn a_commit_waiting_on_a_slow_disk_holds_no_lock_others_need() {
     fs.release(fh).unwrap();
     assert_eq!(extent_files(&p, &fs), 2, "one extent, two replicas");
 }
+
+/// A placement sink (a cluster pool's etcd map) that refuses or accepts, recording what it
+/// was asked.
+struct Sink {
+    accept: std::sync::atomic::AtomicBool,
+    seen: Mutex<Vec<(u32, ShardRec)>>,
+}
+
+impl PlacementSink for Sink {
+    fn commit(&self, changes: &[(u32, ShardRec)]) -> anyhow::Result<Vec<bool>> {
+        self.seen.lock().extend(changes.iter().cloned());
+        let ok = self.accept.load(Ordering::SeqCst);
+        Ok(vec![ok; changes.len()])
+    }
+}
+
+#[test]
+fn placements_and_new_shards_go_to_the_sink_first() {
+    let t = tempfile::tempdir().unwrap();
+    let (_p, fs) = create_temp(t.path(), 3, 2, ES).unwrap();
+    let sink = Arc::new(Sink {
+        accept: std::sync::atomic::AtomicBool::new(false),
+        seen: Mutex::new(Vec::new()),
+    });
+    fs.set_placement_sink(sink.clone());
+    let before = fs.shard(0);
+    let shards = fs.shard_table().len();
+    // Refused by the map: nothing changes here.
+    assert_eq!(
+        fs.set_placement(0, before.epoch, vec![1, 2]),
+        Err(Errno::ESTALE)
+    );
+    let def = || crate::fs::shards::ShardDef {
+        id: None,
+        expect_epoch: 0,
+        class: crate::meta::ShardClass::Hot,
+        disks: vec![0, 2],
+    };
+    assert_eq!(
+        fs.define_shards(vec![def()]).unwrap(),
+        vec![Err(Errno::ESTALE)]
+    );
+    assert_eq!(fs.shard(0), before);
+    assert_eq!(fs.shard_table().len(), shards);
+    assert_eq!(fs.meta.shards().unwrap().len(), shards);
+    assert_eq!(sink.seen.lock().len(), 2);
+    // Accepted: written here too, with the epochs the map was given.
+    sink.accept.store(true, Ordering::SeqCst);
+    assert_eq!(
+        fs.set_placement(0, before.epoch, vec![1, 2]),
+        Ok(before.epoch + 1)
+    );
+    let new = fs.define_shards(vec![def()]).unwrap()[0].unwrap();
+    assert_eq!(new as usize, shards);
+    let seen = sink.seen.lock().clone();
+    assert_eq!(seen[2], (0, fs.shard(0)));
+    assert_eq!(seen[3], (new, fs.shard(new)));
+    assert_eq!(fs.meta.shards().unwrap().len(), shards + 1);
+}

@@ -34,27 +34,6 @@ enum Probe {
     Unreachable(String),
 }
 
-/// Errors of the network, never of a disk: the host is unreachable, the disk may be fine.
-fn unreachable(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind as K;
-    let kind = matches!(
-        e.kind(),
-        K::HostUnreachable | K::ConnectionRefused | K::ConnectionReset | K::TimedOut
-    );
-    kind || matches!(
-        e.raw_os_error(),
-        Some(
-            libc::ECONNREFUSED
-                | libc::ECONNRESET
-                | libc::ETIMEDOUT
-                | libc::EHOSTUNREACH
-                | libc::ENETUNREACH
-                | libc::EPIPE
-                | libc::ECONNABORTED
-        )
-    )
-}
-
 /// A probe still running after this many deadlines fails the disk (it hangs), if its peers
 /// show that the hang is the disk's own (`hang_is_the_disks`).
 const HANG_FAIL_FACTOR: u32 = 10;
@@ -341,6 +320,36 @@ fn check_disk(
     true
 }
 
+/// The outcome of a probe that returned after `took`.
+fn finished(
+    d: &Disk,
+    p: &mut Prober,
+    (r, took): (std::io::Result<()>, Duration),
+    deadline: Duration,
+) -> Probe {
+    p.busy = false;
+    d.probe_us_last
+        .store(took.as_micros() as u64, Ordering::Relaxed);
+    if took > deadline && p.overruns == 0 {
+        d.probe_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+    match r {
+        Ok(()) if took > deadline => Probe::Late(format!(
+            "probe took {} ms (deadline {} ms)",
+            took.as_millis(),
+            deadline.as_millis()
+        )),
+        Ok(()) => {
+            p.answered = Some(p.sent);
+            Probe::Ok
+        }
+        Err(e) if d.is_remote() && crate::store::is_network_error(&e) => {
+            Probe::Unreachable(e.to_string())
+        }
+        Err(e) => Probe::Failed(e.to_string()),
+    }
+}
+
 /// Outcome of the running probe: Ok, late (suspect only: a busy disk can take seconds to
 /// fsync), failed (an error), hung past `HANG_FAIL_FACTOR` deadlines (failed here), or
 /// nothing yet.
@@ -353,25 +362,7 @@ fn probe_outcome(
 ) -> Option<Probe> {
     let deadline = o.opts.probe_deadline;
     if let Ok((r, took)) = p.rx.try_recv() {
-        p.busy = false;
-        d.probe_us_last
-            .store(took.as_micros() as u64, Ordering::Relaxed);
-        if took > deadline && p.overruns == 0 {
-            d.probe_timeouts.fetch_add(1, Ordering::Relaxed);
-        }
-        return Some(match r {
-            Ok(()) if took > deadline => Probe::Late(format!(
-                "probe took {} ms (deadline {} ms)",
-                took.as_millis(),
-                deadline.as_millis()
-            )),
-            Ok(()) => {
-                p.answered = Some(p.sent);
-                Probe::Ok
-            }
-            Err(e) if d.is_remote() && unreachable(&e) => Probe::Unreachable(e.to_string()),
-            Err(e) => Probe::Failed(e.to_string()),
-        });
+        return Some(finished(d, p, (r, took), deadline));
     }
     let peers_answered = answered
         .iter()
