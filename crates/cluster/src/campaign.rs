@@ -41,12 +41,7 @@ impl Active {
     /// Gives the pool up at once (unmount): the record goes with the lease.
     pub async fn resign(self, map: &Map) -> anyhow::Result<()> {
         self.task.abort();
-        let lease = self.lease.lease.load(Ordering::Acquire);
-        map.retry("lease revoke", |mut c| async move {
-            c.lease_revoke(lease).await
-        })
-        .await?;
-        Ok(())
+        map.revoke(self.lease.lease.load(Ordering::Acquire)).await
     }
 }
 
@@ -117,11 +112,7 @@ async fn win(
             }
             CasOutcome::Deposed => unreachable!("no term compared"),
             CasOutcome::Conflict { current } => {
-                let _ = map
-                    .retry("lease revoke", |mut c| async move {
-                        c.lease_revoke(lease).await
-                    })
-                    .await;
+                let _ = map.revoke(lease).await;
                 let Some(kv) = current.first() else { continue };
                 let them = decode::<MetaActive>(key, &kv.value)?.body;
                 if them.host != me.host {

@@ -234,6 +234,15 @@ impl Map {
         Ok(out)
     }
 
+    /// Ends `lease` now: the records under it are deleted at once, not after its TTL.
+    pub async fn revoke(&self, lease: i64) -> anyhow::Result<()> {
+        self.retry("lease revoke", |mut c| async move {
+            c.lease_revoke(lease).await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Deletes every record under `prefix` (a failed `init` takes back what it wrote).
     pub async fn delete_prefix(&self, prefix: &str) -> anyhow::Result<()> {
         self.retry("delete", |mut c| {

@@ -47,12 +47,7 @@ impl Membership {
     /// Stops the keep-alives and revokes the lease, which deletes `hosts/<host>` at once.
     pub async fn leave(self, map: &Map) -> anyhow::Result<()> {
         self.task.abort();
-        let lease = self.lease();
-        map.retry("lease revoke", |mut c| async move {
-            c.lease_revoke(lease).await
-        })
-        .await?;
-        Ok(())
+        map.revoke(self.lease()).await
     }
 }
 
@@ -123,11 +118,7 @@ async fn claim(
         if r.succeeded() {
             return Ok((lease, sent + Duration::from_secs(ttl_s as u64)));
         }
-        let _ = map
-            .retry("lease revoke", |mut c| async move {
-                c.lease_revoke(lease).await
-            })
-            .await;
+        let _ = map.revoke(lease).await;
         let holder = held_by(&r.op_responses())?;
         check_holder(&key, rec, holder.as_ref(), Instant::now() < deadline)?;
         tokio::time::sleep(HELD_POLL).await;
