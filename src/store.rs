@@ -850,13 +850,13 @@ impl Store {
         &self,
         disk: &Disk,
         r: &dyn RemoteIo,
-        (id, data): (&ExtentId, &[u8]),
+        (id, data, sums): (&ExtentId, &[u8], Option<&[[u8; 32]]>),
         fence: ShardEpoch,
     ) -> io::Result<()> {
         let _op = disk.op();
-        let res = disk.inject().and_then(|()| {
-            let sums = block_sums(data, self.block_size);
-            r.write(id, data, &sums, fence)
+        let res = disk.inject().and_then(|()| match sums {
+            Some(sums) => r.write(id, data, sums, fence),
+            None => r.write(id, data, &block_sums(data, self.block_size), fence),
         });
         match &res {
             Ok(()) => disk.full.store(false, Ordering::Relaxed),
@@ -879,8 +879,20 @@ impl Store {
         data: &[u8],
         fence: ShardEpoch,
     ) -> io::Result<()> {
+        self.write_extent_summed(disk, id, (data, None), fence)
+    }
+
+    /// `write_extent` with the version's block sums when the caller has them (the write
+    /// path does): a remote disk's request carries them, so they are not computed again.
+    pub fn write_extent_summed(
+        &self,
+        disk: &Disk,
+        id: &ExtentId,
+        (data, sums): (&[u8], Option<&[[u8; 32]]>),
+        fence: ShardEpoch,
+    ) -> io::Result<()> {
         if let Some(r) = &disk.remote {
-            return self.write_remote(disk, r.as_ref(), (id, data), fence);
+            return self.write_remote(disk, r.as_ref(), (id, data, sums), fence);
         }
         let path = disk.extent_path(id);
         // Whole aligned extents skip this host's page cache (one copy less per byte written;
@@ -937,7 +949,7 @@ impl Store {
     ) -> io::Result<()> {
         if let Some(r) = &disk.remote {
             // The host replaces the file atomically (temp file and rename), as below.
-            return self.write_remote(disk, r.as_ref(), (id, data), fence);
+            return self.write_remote(disk, r.as_ref(), (id, data, None), fence);
         }
         let path = disk.extent_path(id);
         make_bucket(&path)?;

@@ -935,21 +935,21 @@ impl Fs {
         &self,
         disks: &[Arc<Disk>],
         (id, fence): (&ExtentId, crate::store::ShardEpoch),
-        data: &[u8],
+        (data, sums): (&[u8], &[[u8; 32]]),
         parallel: bool,
     ) -> Vec<(u32, std::io::Result<()>)> {
         let parallel = parallel || disks.iter().any(|d| d.is_remote());
+        let write = |d: &Arc<Disk>| {
+            let r = self
+                .store
+                .write_extent_summed(d, id, (data, Some(sums)), fence);
+            (d.id, r)
+        };
         if disks.len() == 1 || !parallel {
-            return disks
-                .iter()
-                .map(|d| (d.id, self.store.write_extent(d, id, data, fence)))
-                .collect();
+            return disks.iter().map(write).collect();
         }
         std::thread::scope(|s| {
-            let hs: Vec<_> = disks
-                .iter()
-                .map(|d| s.spawn(|| (d.id, self.store.write_extent(d, id, data, fence))))
-                .collect();
+            let hs: Vec<_> = disks.iter().map(|d| s.spawn(move || write(d))).collect();
             hs.into_iter()
                 .map(|h| h.join().expect("replica writer"))
                 .collect()
@@ -989,7 +989,7 @@ impl Fs {
         let sums = block_sums(data, self.store.block_size);
         debug_assert_eq!(sums.len(), data.len().div_ceil(self.store.block_size));
         let fence = (shard, placement.epoch);
-        let results = self.write_replicas(&disks, (&id, fence), data, parallel);
+        let results = self.write_replicas(&disks, (&id, fence), (data, &sums), parallel);
         let mut replicas = Vec::new();
         let mut nospace = false;
         for (d, r) in results {

@@ -97,12 +97,7 @@ async fn win(
     let deadline = Instant::now() + Duration::from_secs(ttl_s as u64 + 2);
     loop {
         let sent = Instant::now();
-        let lease = map
-            .retry("lease grant", |mut c| async move {
-                c.lease_grant(ttl_s, None).await
-            })
-            .await?
-            .id();
+        let lease = map.grant(ttl_s).await?;
         let op = rand::random();
         let mut change = Change::put(key.to_string(), Expect::Absent, encode(op, me));
         change.lease = lease;

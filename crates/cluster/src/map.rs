@@ -234,6 +234,16 @@ impl Map {
         Ok(out)
     }
 
+    /// A new lease of `ttl_s` seconds; returns its id.
+    pub async fn grant(&self, ttl_s: i64) -> anyhow::Result<i64> {
+        let r = self
+            .retry("lease grant", |mut c| async move {
+                c.lease_grant(ttl_s, None).await
+            })
+            .await?;
+        Ok(r.id())
+    }
+
     /// Ends `lease` now: the records under it are deleted at once, not after its TTL.
     pub async fn revoke(&self, lease: i64) -> anyhow::Result<()> {
         self.retry("lease revoke", |mut c| async move {

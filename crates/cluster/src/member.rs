@@ -95,12 +95,7 @@ async fn claim(
     let deadline = Instant::now() + Duration::from_secs(ttl_s as u64 + 2);
     loop {
         let sent = Instant::now();
-        let lease = map
-            .retry("lease grant", |mut c| async move {
-                c.lease_grant(ttl_s, None).await
-            })
-            .await?
-            .id();
+        let lease = map.grant(ttl_s).await?;
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
