@@ -41,6 +41,18 @@ pub enum Request {
         eio_rate: Option<f64>,
         delay_ms: Option<u64>,
     },
+    /// A cluster pool: claim a storage host's free disks (`host add`).
+    HostAdd {
+        host: String,
+    },
+    /// A cluster pool: drain every disk of a storage host.
+    HostDrain {
+        host: String,
+    },
+    /// A cluster pool: give a drained host's disks back to the cluster (`host remove`).
+    HostRelease {
+        host: String,
+    },
     Recover,
     /// Heat report of the access analyzer (with an SVG heat map when `svg`).
     Heat {
@@ -74,6 +86,8 @@ pub enum Response {
     /// `DiskFail`, `DiskAdd`, `DiskRemove`, `DiskFault`.
     Disk(DiskAnswer),
     Online(OnlineReport),
+    /// `HostAdd`, `HostDrain`, `HostRelease`.
+    Host(HostAnswer),
     /// `Recover`.
     Recovery(RecoveryStatus),
     RecoverWait(RecoverWaitAnswer),
@@ -92,6 +106,14 @@ pub struct DiskAnswer {
     pub state: Option<DiskState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+}
+
+/// What host requests answer: the host, and the pool disks the request added, set
+/// draining or released.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct HostAnswer {
+    pub host: String,
+    pub disks: Vec<u32>,
 }
 
 /// What `Request::Heat` answers.

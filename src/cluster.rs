@@ -90,6 +90,11 @@ pub struct Cluster {
     /// Each shard record's mod_revision as last written or read (the CAS compare).
     shard_revs: Mutex<HashMap<u32, i64>>,
     health: tokio::task::JoinHandle<()>,
+    secret: [u8; 32],
+    /// One link per storage host the pool has disks on, and the host's number in the pool.
+    links: Mutex<BTreeMap<String, (Arc<HostLink>, u32)>>,
+    /// `host add` and `host release` one at a time (pool disk ids, the map's disk records).
+    pub(crate) admin: Mutex<()>,
 }
 
 impl Cluster {
@@ -150,8 +155,11 @@ pub fn open(
         term,
         shard_revs: Mutex::new(shard_revs),
         health,
+        secret,
+        links: Mutex::new(BTreeMap::new()),
+        admin: Mutex::new(()),
     });
-    let disks = remote_disks(&cluster, meta, &hosts, secret)?;
+    let disks = remote_disks(&cluster, meta, &hosts)?;
     Ok((cluster, disks))
 }
 
@@ -240,10 +248,8 @@ fn remote_disks(
     cluster: &Arc<Cluster>,
     meta: &Meta,
     hosts: &BTreeMap<String, String>,
-    secret: [u8; 32],
 ) -> anyhow::Result<Vec<Arc<Disk>>> {
     let recs = meta.disks()?;
-    let url = ClusterUrl::parse(&cluster.conf.url)?;
     let mut names: Vec<&str> = Vec::new();
     for rec in &recs {
         let Some((host, _)) = parse_remote(&rec.path) else {
@@ -258,7 +264,10 @@ fn remote_disks(
         }
     }
     names.sort_unstable();
-    let mut links: HashMap<&str, Arc<HostLink>> = HashMap::new();
+    // Host numbers in name order at open; a host added later gets the next one.
+    for n in &names {
+        cluster.link(n);
+    }
     let mut disks = Vec::new();
     for rec in &recs {
         let (host, uuid) = parse_remote(&rec.path).expect("checked above");
@@ -268,21 +277,62 @@ fn remote_disks(
                 rec.id, rec.path
             );
         }
-        let link = links
-            .entry(host)
-            .or_insert_with(|| Arc::new(host_link(cluster, (host, &url.cluster), secret)))
-            .clone();
+        disks.push(cluster.remote_disk(rec.id, (host, uuid), rec.state));
+    }
+    Ok(disks)
+}
+
+impl Cluster {
+    /// The link to `host` and its number in the pool, made now if there is none.
+    fn link(self: &Arc<Self>, host: &str) -> (Arc<HostLink>, u32) {
+        let mut links = self.links.lock();
+        let next = 1 + links.len() as u32;
+        links
+            .entry(host.to_string())
+            .or_insert_with(|| {
+                // Parsed at open, so it parses here.
+                let url = ClusterUrl::parse(&self.conf.url).expect("parsed at open");
+                let link = host_link(self, (host, &url.cluster), self.secret);
+                (Arc::new(link), next)
+            })
+            .clone()
+    }
+
+    /// A store disk for pool disk `id`, disk `uuid` on `host`.
+    pub(crate) fn remote_disk(
+        self: &Arc<Self>,
+        id: u32,
+        (host, uuid): (&str, &str),
+        state: crate::meta::DiskState,
+    ) -> Arc<Disk> {
+        let (link, host_no) = self.link(host);
         let io = RemoteDisk {
             link,
             uuid: uuid.to_string(),
-            host_no: 1 + names.iter().position(|n| *n == host).expect("listed") as u32,
-            term: cluster.term.clone(),
+            host_no,
+            term: self.term.clone(),
             block_bytes: BLOCK_BYTES_DEFAULT,
         };
-        let disk = Disk::remote(rec.id, rec.path.clone(), rec.state, Arc::new(io));
-        disks.push(Arc::new(disk));
+        Arc::new(Disk::remote(
+            id,
+            remote_path(host, uuid),
+            state,
+            Arc::new(io),
+        ))
     }
-    Ok(disks)
+
+    pub(crate) fn rt(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    /// The term compare for map changes; an error once resigned.
+    pub(crate) fn term_compare(&self) -> anyhow::Result<foreshard_cluster::batch::Term> {
+        self.active
+            .lock()
+            .as_ref()
+            .map(|a| a.term())
+            .context("resigned")
+    }
 }
 
 /// Connects to `host` at the address its live `hosts/` record gives (a host that is not
@@ -326,12 +376,7 @@ impl crate::fs::PlacementSink for Cluster {
                 })
                 .collect()
         };
-        let term = self
-            .active
-            .lock()
-            .as_ref()
-            .map(|a| a.term())
-            .context("resigned")?;
+        let term = self.term_compare()?;
         let outcomes = self.rt.block_on(self.map.commit(op, list, Some(&term)))?;
         let mut out = Vec::with_capacity(changes.len());
         let mut revs = self.shard_revs.lock();

@@ -18,15 +18,16 @@ use crate::cluster::{
 };
 use crate::meta::{DiskRec, DiskState, PoolConfig, ShardRec};
 
-/// A registered disk `init` may claim.
-struct FreeDisk {
-    uuid: String,
-    rec: DiskRecord,
-    revision: i64,
+/// A registered disk `init` (or `host add`) may claim.
+pub(crate) struct FreeDisk {
+    pub uuid: String,
+    pub rec: DiskRecord,
+    pub revision: i64,
 }
 
-/// The disks no pool has claimed, on hosts that are alive, in (host, path) order.
-async fn free_disks(map: &Map) -> anyhow::Result<Vec<FreeDisk>> {
+/// The disks no pool has claimed (or `also` has), on hosts that are alive, in (host, path)
+/// order.
+pub(crate) async fn free_disks(map: &Map, also: Option<&str>) -> anyhow::Result<Vec<FreeDisk>> {
     let keys = map.keys();
     let hosts = map.read_prefix(&keys.hosts()).await?;
     let alive: Vec<String> = hosts
@@ -38,7 +39,8 @@ async fn free_disks(map: &Map) -> anyhow::Result<Vec<FreeDisk>> {
     let mut out = Vec::new();
     for kv in &snap.kvs {
         let rec = decode::<DiskRecord>(&kv.key, &kv.value)?.body;
-        if rec.pool.is_none() && rec.state == DiskState::Up && alive.contains(&rec.host) {
+        let claimable = rec.pool.is_none() || (also.is_some() && rec.pool.as_deref() == also);
+        if claimable && rec.state == DiskState::Up && alive.contains(&rec.host) {
             out.push(FreeDisk {
                 uuid: kv.key.trim_start_matches(&keys.disks()).to_string(),
                 rec,
@@ -67,7 +69,7 @@ pub fn init(a: &crate::pool::InitArgs, c: &ClusterArgs) -> anyhow::Result<PoolCo
         .with_context(|| format!("--secret-file {}", c.secret_file.display()))?;
     let rt = runtime()?;
     let map = rt.block_on(Map::connect(&url))?;
-    let free = rt.block_on(free_disks(&map))?;
+    let free = rt.block_on(free_disks(&map, None))?;
     let hosts: Vec<&str> = {
         let mut h: Vec<&str> = free.iter().map(|d| d.rec.host.as_str()).collect();
         h.dedup();

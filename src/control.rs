@@ -14,7 +14,9 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::admin;
-use crate::api::{DiskAnswer, HeatAnswer, RecoverWaitAnswer, Reply, Request, Response, RiskAnswer};
+use crate::api::{
+    DiskAnswer, HeatAnswer, HostAnswer, RecoverWaitAnswer, Reply, Request, Response, RiskAnswer,
+};
 use crate::fs::Fs;
 use crate::meta::DiskState;
 use crate::recovery::Orchestrator;
@@ -32,6 +34,8 @@ pub struct Services {
     pub sharding: Option<Arc<crate::sharding::Engine>>,
     pub risk: Option<Arc<crate::risk::service::RiskService>>,
     pub evacuator: Option<Arc<crate::sharding::evacuate::Evacuator>>,
+    /// A cluster pool's map side (`host add|drain|remove`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Services {
@@ -44,6 +48,7 @@ impl Services {
             sharding: None,
             risk: None,
             evacuator: None,
+            cluster: None,
         }
     }
 
@@ -114,6 +119,9 @@ pub fn handle(svc: &Services, req: &Request) -> anyhow::Result<Response> {
             None => bail!("the pool is not mounted: re-sharding runs in the daemon"),
         },
         Request::Risk { set } => Response::Risk(Box::new(risk(svc, set.as_ref())?)),
+        Request::HostAdd { .. } | Request::HostDrain { .. } | Request::HostRelease { .. } => {
+            Response::Host(host_request(svc, req)?)
+        }
         Request::RecoverWait { timeout_s } => {
             let o = svc.orchestrator()?;
             let idle = o.wait_idle(Duration::from_secs(*timeout_s));
@@ -181,6 +189,28 @@ fn disk_request(svc: &Services, req: &Request) -> anyhow::Result<DiskAnswer> {
         } => disk_fault(svc, disk, *eio_rate, *delay_ms),
         _ => bail!("not a disk request"),
     }
+}
+
+/// `host add|drain|remove` on a mounted cluster pool.
+fn host_request(svc: &Services, req: &Request) -> anyhow::Result<HostAnswer> {
+    let o = svc.orchestrator()?;
+    let Some(c) = &svc.cluster else {
+        bail!("not a cluster pool: its disks are local (disk add|remove)");
+    };
+    let (host, disks) = match req {
+        Request::HostAdd { host } => {
+            let ids = c.add_host(&svc.fs, host)?;
+            o.rebalance_new(&ids)?;
+            (host, ids)
+        }
+        Request::HostDrain { host } => (host, o.drain_host(host)?),
+        Request::HostRelease { host } => (host, c.release_host(&svc.fs, host)?),
+        _ => bail!("not a host request"),
+    };
+    Ok(HostAnswer {
+        host: host.clone(),
+        disks,
+    })
 }
 
 fn disk_fault(

@@ -317,6 +317,7 @@ fn run(
             sharding: svc.engine.clone(),
             risk: Some(svc.risk.clone()),
             evacuator: Some(svc.evacuator.clone()),
+            cluster: pool.cluster.clone(),
         }),
         &pool_dir.join(pool::SOCKET_FILE),
     )?;

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod api;
 mod bufmem;
 pub mod cluster;
+mod cluster_hosts;
 pub mod cluster_init;
 pub mod control;
 pub mod daemon;

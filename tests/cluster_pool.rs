@@ -42,6 +42,12 @@ fn secret_file(dir: &Path) -> String {
 
 /// etcd x3 and `hosts` storage hosts with two disks each, all registered.
 fn cluster(hosts: &[&str]) -> Cluster {
+    cluster_started(hosts, hosts.len())
+}
+
+/// etcd x3 and namespaces for `hosts`, of which the first `started` run a node now (the
+/// others through `Cluster::start_node`).
+fn cluster_started(hosts: &[&str], started: usize) -> Cluster {
     let mut names = vec!["e1", "e2", "e3"];
     names.extend_from_slice(hosts);
     let mut net = Net::new(&names);
@@ -51,43 +57,53 @@ fn cluster(hosts: &[&str]) -> Cluster {
         .tempdir_in(std::env::var("FORESHARD_TEST_DIR").unwrap_or("/var/tmp".into()))
         .unwrap();
     let secret = secret_file(tmp.path());
-    let mut disks = BTreeMap::new();
-    for h in hosts {
+    let rt = rt();
+    let map = rt
+        .block_on(Map::connect(&ClusterUrl::parse(&url).unwrap()))
+        .unwrap();
+    let mut c = Cluster {
+        net,
+        url,
+        secret,
+        disks: BTreeMap::new(),
+        tmp,
+        rt,
+        map,
+    };
+    for h in &hosts[..started] {
+        c.start_node(h);
+    }
+    c.wait_disks(2 * started);
+    c
+}
+
+impl Cluster {
+    /// `foreshard node` on host `h` with two new disk directories.
+    fn start_node(&mut self, h: &str) {
         let ds: Vec<PathBuf> = (0..2)
-            .map(|i| tmp.path().join(format!("{h}-d{i}")))
+            .map(|i| self.tmp.path().join(format!("{h}-d{i}")))
             .collect();
-        let mut a: Vec<String> = ["node", "--cluster", &url, "--name", h]
+        let mut a: Vec<String> = ["node", "--cluster", &self.url, "--name", h]
             .map(String::from)
             .to_vec();
-        a.extend(["--listen".into(), format!("{}:7070", net.ip(h))]);
+        a.extend(["--listen".into(), format!("{}:7070", self.net.ip(h))]);
         a.extend(["--lease-ttl-s".into(), "3".into(), "--secret-file".into()]);
-        a.push(secret.clone());
+        a.push(self.secret.clone());
         a.extend([
             "--audit-log".into(),
-            tmp.path().join(format!("{h}.audit")).display().to_string(),
+            self.tmp
+                .path()
+                .join(format!("{h}.audit"))
+                .display()
+                .to_string(),
         ]);
         for d in &ds {
             std::fs::create_dir(d).unwrap();
             a.extend(["--disk".into(), d.display().to_string()]);
         }
-        net.spawn(h, BIN, &a, &format!("{h}.log"));
-        disks.insert(h.to_string(), ds);
+        self.net.spawn(h, BIN, &a, &format!("{h}.log"));
+        self.disks.insert(h.to_string(), ds);
     }
-    let rt = rt();
-    let map = rt
-        .block_on(Map::connect(&ClusterUrl::parse(&url).unwrap()))
-        .unwrap();
-    let c = Cluster {
-        net,
-        url,
-        secret,
-        disks,
-        tmp,
-        rt,
-        map,
-    };
-    c.wait_disks(2 * hosts.len());
-    c
 }
 
 impl Cluster {
@@ -476,13 +492,23 @@ impl Drop for Mounted {
 
 /// Four storage hosts, a pool over them mounted with `--host-grace-ms grace_ms`.
 fn mounted_cluster(grace_ms: u32) -> (Cluster, Mounted) {
-    let c = cluster(&["s1", "s2", "s3", "s4"]);
+    mount_over(cluster(&["s1", "s2", "s3", "s4"]), grace_ms, &[])
+}
+
+/// A pool over every host of `c` that runs a node, mounted; the nodes of `late` start
+/// between init and mount (registered, free). A node started after the mount would hold
+/// the FUSE mount alive in its namespace's copy of the mount table after unmount.
+fn mount_over(mut c: Cluster, grace_ms: u32, late: &[&str]) -> (Cluster, Mounted) {
     let pool = c.tmp.path().join("pool");
     let mnt = c.tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let args = c.init_args(&pool);
     let out = run_ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     let pool_id = out.split_whitespace().nth(2).unwrap().to_string();
+    for h in late {
+        c.start_node(h);
+    }
+    c.wait_disks(2 * c.disks.len());
     let (p, m) = (pool.to_str().unwrap(), mnt.to_str().unwrap());
     let o = run(&["mount", p, m, "--host-grace-ms", &grace_ms.to_string()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -613,6 +639,131 @@ fn a_paused_host_is_rebuilt_and_fenced_when_it_wakes() {
     check_files(&acked);
     common::assert_fully_replicated(&m.fsp);
     check_audit_logs(&c);
+}
+
+/// `host add` claims a fifth host's disks into the mounted pool and moves shards onto
+/// them; `host remove` drains a host while files are written (every replica moves to the
+/// other hosts, with progress), then frees its disks in the map, where `host add` can take
+/// them again. Files intact, every shard on two hosts, fsck clean, audit logs clean.
+#[test]
+fn hosts_are_added_drained_and_removed() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    // s5's node starts after init, which claims every free disk.
+    let c = cluster_started(&["s1", "s2", "s3", "s4", "s5"], 4);
+    let (c, m) = mount_over(c, 20_000, &["s5"]);
+    let p = m.fsp.pool.to_str().unwrap().to_string();
+    let files = fill(&m.mnt, 16);
+    let t0 = Instant::now();
+    let out = run_ok(&["host", "add", &p, "s5"]);
+    assert!(out.contains("[8, 9] added"), "{out}");
+    wait_moved(&m, "shards moved onto s5");
+    eprintln!(
+        "host s5 added, shards moved in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let (shards, host_of) = shards_and_hosts(&c, &m.pool_id);
+    let on_s5 = shards
+        .iter()
+        .filter(|s| s.disks.iter().any(|d| host_of[d] == "s5"))
+        .count();
+    assert!(
+        on_s5 >= shards.len() / 5,
+        "{on_s5} of {} shards on s5",
+        shards.len()
+    );
+    assert_spread_without(&c, &m.pool_id, "none");
+    assert!(c.files_per_host()["s5"] > 0);
+
+    let writer = writer(&m.mnt, 20);
+    let t0 = Instant::now();
+    let out = run_ok(&["host", "remove", &p, "s1"]);
+    let drain_s = t0.elapsed().as_secs_f64();
+    assert!(out.contains("drained") && out.contains("released"), "{out}");
+    let acked = writer.join().unwrap();
+    assert_eq!(acked.len(), 20, "writes failed during the drain");
+    assert_spread_without(&c, &m.pool_id, "s1");
+    let free: Vec<DiskRecord> = disk_records(&c)
+        .into_iter()
+        .filter(|d| d.host == "s1")
+        .collect();
+    assert!(free.iter().all(|d| d.pool.is_none()), "{free:?}");
+    assert_eq!(c.files_per_host()["s1"], 0, "extent files left on s1");
+    let v = m.fsp.json(&["status"]);
+    let removed = v["disks"].as_array().unwrap().iter();
+    assert_eq!(removed.filter(|d| d["state"] == "removed").count(), 2);
+    eprintln!("host s1 drained and released in {drain_s:.1} s\n{out}");
+    common::drop_caches();
+    check_files(&files);
+    check_files(&acked);
+    common::assert_fully_replicated(&m.fsp);
+    // Bad hosts and a second release are refused, nothing changed.
+    let o = run(&["host", "drain", &p, "s9"]);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no disk in this pool"));
+    let o = run(&["host", "add", &p, "s2"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no free disk"),
+        "{o:?}"
+    );
+    // The released disks can be claimed again (under new ids).
+    let t0 = Instant::now();
+    let out = run_ok(&["host", "add", &p, "s1"]);
+    assert!(out.contains("[10, 11] added"), "{out}");
+    wait_moved(&m, "shards back on s1");
+    assert!(c.files_per_host()["s1"] > 0);
+    eprintln!("host s1 added again in {:.1} s", t0.elapsed().as_secs_f64());
+    assert_spread_without(&c, &m.pool_id, "none");
+    check_files(&files);
+    check_audit_logs(&c);
+    let (ok, report) = common::fsck_at(&m.fsp.pool, false);
+    assert!(ok, "{report}");
+}
+
+/// Waits (up to 60 s) until every extent is on exactly its shard's disks: the moves the
+/// placement changes asked for are copied.
+fn wait_moved(m: &Mounted, what: &str) {
+    let t0 = Instant::now();
+    loop {
+        let v = m.fsp.json(&["shards"]);
+        let shards = v["shards"].as_array().unwrap();
+        let off = shards.iter().any(|s| {
+            let mut want: Vec<u64> = s["disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            want.sort_unstable();
+            s["extents"].as_array().unwrap().iter().any(|e| {
+                let mut r: Vec<u64> = e["replicas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap())
+                    .collect();
+                r.sort_unstable();
+                r != want
+            })
+        });
+        if !off {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{what}: {v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every disk record in the map.
+fn disk_records(c: &Cluster) -> Vec<DiskRecord> {
+    let map = &c.map;
+    c.rt.block_on(async {
+        let kvs = map.read_prefix(&map.keys().disks()).await.unwrap().kvs;
+        kvs.iter()
+            .map(|kv| decode::<DiskRecord>(&kv.key, &kv.value).unwrap().body)
+            .collect()
+    })
 }
 
 /// One round's MiB/s: a `mib` MiB file written in 1 MiB writes then fsynced, and read back

@@ -3,6 +3,7 @@
 
 mod debug;
 mod disk;
+mod host;
 mod node;
 mod pool;
 mod report;
@@ -123,6 +124,11 @@ enum Cmd {
     Node(node::NodeCmd),
     /// The cluster's hosts and disks, from the cluster map in etcd.
     Hosts(node::HostsCmd),
+    /// A cluster pool's storage hosts: add (claim its disks), drain, remove (drain, release).
+    Host {
+        #[command(subcommand)]
+        cmd: host::HostCmd,
+    },
     /// Tools for testing: fault injection (yank, bitrot, eio, slow, full, crash, ...).
     Debug {
         #[command(subcommand)]
@@ -164,6 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Trace { cmd } => code(trace::run(cmd)?),
         Cmd::Node(a) => ok(node::run(a)),
         Cmd::Hosts(a) => ok(node::hosts(a)),
+        Cmd::Host { cmd } => ok(host::run(cmd)),
         Cmd::Debug { cmd } => ok(debug::run(cmd)),
     }
 }

@@ -485,10 +485,62 @@ impl Orchestrator {
             );
         }
         self.fs.set_disk_state(id, DiskState::Draining)?;
-        {
-            let mut st = self.status.lock();
-            st.detected_at_ms = Some(now_ms());
-            *self.detected.lock() = Some(Instant::now());
+        self.mark_started();
+        self.kick();
+        Ok(())
+    }
+
+    /// A drain starts the clock of the recovery pass that moves it. One lock at a time:
+    /// `fail_disk` takes `detected` before `status`.
+    fn mark_started(&self) {
+        *self.detected.lock() = Some(Instant::now());
+        self.status.lock().detected_at_ms = Some(now_ms());
+    }
+
+    /// Starts draining every disk of a storage host (`host drain`), as `drain_disk` does
+    /// one: refused while the other hosts could not hold `replicas` copies on distinct
+    /// hosts. Returns the disks now draining (failed ones have nothing left to move).
+    pub fn drain_host(&self, host: &str) -> anyhow::Result<Vec<u32>> {
+        let on_host = |d: &Disk| {
+            crate::cluster::parse_remote(&d.root.to_string_lossy()).is_some_and(|(h, _)| h == host)
+        };
+        let disks = self.fs.store.disks();
+        let mine: Vec<&Arc<Disk>> = disks.iter().filter(|d| on_host(d)).collect();
+        if mine.is_empty() {
+            bail!("host {host} has no disk in this pool");
+        }
+        let others: HashSet<u32> = disks
+            .iter()
+            .filter(|d| !on_host(d) && d.accepts_data())
+            .map(|d| d.host())
+            .collect();
+        if others.len() < self.fs.cfg.replicas as usize {
+            bail!(
+                "cannot drain host {host}: {} other host(s) take data, {} replicas need as many",
+                others.len(),
+                self.fs.cfg.replicas
+            );
+        }
+        let mut out = Vec::new();
+        for d in mine {
+            if matches!(d.state(), DiskState::Up | DiskState::Suspect) {
+                self.fs.set_disk_state(d.id, DiskState::Draining)?;
+            }
+            if d.state() == DiskState::Draining {
+                out.push(d.id);
+            }
+        }
+        tracing::warn!(host, disks = ?out, "host draining");
+        self.mark_started();
+        self.kick();
+        Ok(out)
+    }
+
+    /// Adds disks that are already in the store and the metadata (`host add`) and moves
+    /// some shard replicas onto each, as `add_disk` does for one.
+    pub fn rebalance_new(&self, ids: &[u32]) -> anyhow::Result<()> {
+        for id in ids {
+            rebalance_onto(&self.fs, *id)?;
         }
         self.kick();
         Ok(())

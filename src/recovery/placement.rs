@@ -227,6 +227,16 @@ pub fn rebalance_onto(fs: &Fs, new: u32) -> anyhow::Result<()> {
         }
     }
     let mut have = count.get(&new).copied().unwrap_or(0);
+    // On a cluster pool the new disk must not join a shard that has a replica on its host
+    // (other than the one it replaces); every local disk is host 0, so no check there.
+    let host_of = |d: u32| fs.store.disk(d).map_or(0, |x| x.host());
+    let new_host = host_of(new);
+    let shares_host = |s: &crate::meta::ShardRec, from: u32| {
+        new_host != 0
+            && s.disks
+                .iter()
+                .any(|d| *d != from && host_of(*d) == new_host)
+    };
     let mut changed: HashSet<u32> = HashSet::new();
     while have < want {
         let Some((&from, _)) = count
@@ -237,7 +247,10 @@ pub fn rebalance_onto(fs: &Fs, new: u32) -> anyhow::Result<()> {
             break;
         };
         let Some((sid, rec)) = table.iter().enumerate().find(|(i, s)| {
-            s.disks.contains(&from) && !s.disks.contains(&new) && !changed.contains(&(*i as u32))
+            s.disks.contains(&from)
+                && !s.disks.contains(&new)
+                && !changed.contains(&(*i as u32))
+                && !shares_host(s, from)
         }) else {
             count.remove(&from);
             continue;
