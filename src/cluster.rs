@@ -18,12 +18,13 @@ use foreshard_cluster::batch::{Change, Expect};
 use foreshard_cluster::campaign::{campaign, Active};
 use foreshard_cluster::keys::{shard_of_key, ClusterUrl};
 use foreshard_cluster::map::{CasOutcome, Kv, Map};
-use foreshard_cluster::node::read_secret;
+use foreshard_cluster::node::{read_secret, DiskStat};
 use foreshard_cluster::records::{decode, encode, HostRec, MetaActive, ShardRecord};
 use foreshard_cluster::wire::{Client, ClientConfig, BLOCK_BYTES_DEFAULT};
 
 use crate::meta::{Meta, PoolConfig, ShardRec, CF_CONFIG};
 use crate::remote::{HostLink, RemoteDisk};
+use crate::risk::collect::Health;
 use crate::store::Disk;
 
 /// The cluster record in the pool's config column family.
@@ -95,6 +96,59 @@ pub struct Cluster {
     links: Mutex<BTreeMap<String, (Arc<HostLink>, u32)>>,
     /// `host add` and `host release` one at a time (pool disk ids, the map's disk records).
     pub(crate) admin: Mutex<()>,
+    /// The map's `diskstat/` records by disk uuid, and when they were read.
+    stats: Mutex<(Option<std::time::Instant>, Arc<HashMap<String, DiskStat>>)>,
+}
+
+/// `diskstat/` is read at most this often (once per risk round, not once per disk).
+const STATS_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Cluster {
+    /// The hosts' latest disk stats (cached for `STATS_MAX_AGE`; the last good read while
+    /// etcd does not answer).
+    fn disk_stats(&self) -> Arc<HashMap<String, DiskStat>> {
+        let mut g = self.stats.lock();
+        if g.0.is_some_and(|t| t.elapsed() < STATS_MAX_AGE) {
+            return g.1.clone();
+        }
+        let prefix = self.map.keys().disk_stats();
+        match self.rt.block_on(self.map.read_prefix(&prefix)) {
+            Ok(snap) => {
+                let mut out = HashMap::new();
+                for kv in snap.kvs {
+                    match decode::<DiskStat>(&kv.key, &kv.value) {
+                        Ok(st) => {
+                            out.insert(kv.key.trim_start_matches(&prefix).to_string(), st.body);
+                        }
+                        Err(e) => tracing::warn!("{e:#}"),
+                    }
+                }
+                *g = (Some(std::time::Instant::now()), Arc::new(out));
+            }
+            Err(e) => tracing::warn!("cannot read disk stats from the cluster map: {e:#}"),
+        }
+        g.1.clone()
+    }
+}
+
+impl crate::risk::service::RemoteHealth for Cluster {
+    fn health(&self, d: &Disk) -> Option<Result<Health, String>> {
+        let path = d.root.to_string_lossy();
+        let (host, uuid) = parse_remote(&path)?;
+        let stats = self.disk_stats();
+        let st = stats.get(uuid)?;
+        if let Some(e) = &st.health_error {
+            return Some(Err(format!("host {host}: {e}")));
+        }
+        let v = st.health.clone()?;
+        Some(match serde_json::from_value::<Health>(v) {
+            Ok(mut h) => {
+                h.source = format!("host {host}: {}", h.source);
+                Ok(h)
+            }
+            Err(e) => Err(format!("host {host}: unreadable health snapshot: {e}")),
+        })
+    }
 }
 
 impl Cluster {
@@ -158,6 +212,7 @@ pub fn open(
         secret,
         links: Mutex::new(BTreeMap::new()),
         admin: Mutex::new(()),
+        stats: Mutex::new((None, Arc::new(HashMap::new()))),
     });
     let disks = remote_disks(&cluster, meta, &hosts)?;
     Ok((cluster, disks))

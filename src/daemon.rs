@@ -308,7 +308,7 @@ fn run(
     prepare(&fs)?;
     fs.start_background();
     raise_fd_limit();
-    let svc = start_services(&fs, a)?;
+    let svc = start_services(&fs, a, pool.cluster.clone())?;
     let control = crate::control::serve(
         Arc::new(crate::control::Services {
             fs: fs.clone(),
@@ -396,7 +396,11 @@ struct Services {
     risk: Arc<crate::risk::service::RiskService>,
 }
 
-fn start_services(fs: &Arc<crate::fs::Fs>, a: &MountArgs) -> anyhow::Result<Services> {
+fn start_services(
+    fs: &Arc<crate::fs::Fs>,
+    a: &MountArgs,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+) -> anyhow::Result<Services> {
     let agents = Arc::new(crate::agents::AgentPool::new(
         a.agent_mode,
         a.agent_limits.clone(),
@@ -428,7 +432,7 @@ fn start_services(fs: &Arc<crate::fs::Fs>, a: &MountArgs) -> anyhow::Result<Serv
         e.start();
         e
     });
-    let risk = start_risk(fs, a, &orchestrator, engine.clone(), &evacuator)?;
+    let risk = start_risk(fs, a, &orchestrator, (engine.clone(), &evacuator), cluster)?;
     Ok(Services {
         orchestrator,
         analyzer,
@@ -513,8 +517,11 @@ fn start_risk(
     fs: &Arc<crate::fs::Fs>,
     a: &MountArgs,
     orchestrator: &Arc<crate::recovery::Orchestrator>,
-    engine: Option<Arc<crate::sharding::Engine>>,
-    evacuator: &Arc<crate::sharding::evacuate::Evacuator>,
+    (engine, evacuator): (
+        Option<Arc<crate::sharding::Engine>>,
+        &Arc<crate::sharding::evacuate::Evacuator>,
+    ),
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> anyhow::Result<Arc<crate::risk::service::RiskService>> {
     use crate::placement::RiskView;
     let (model, name) = crate::risk::service::load_model(a.risk_model.as_deref())?;
@@ -568,6 +575,9 @@ fn start_risk(
             .collect();
         ev.set(disks, v);
     }));
+    if let Some(c) = cluster {
+        svc.set_remote_health(c);
+    }
     svc.start();
     Ok(svc)
 }

@@ -78,6 +78,10 @@ fn cluster_started(hosts: &[&str], started: usize) -> Cluster {
 }
 
 impl Cluster {
+    fn health_dir(&self, h: &str) -> PathBuf {
+        self.tmp.path().join(format!("{h}-health"))
+    }
+
     /// `foreshard node` on host `h` with two new disk directories.
     fn start_node(&mut self, h: &str) {
         let ds: Vec<PathBuf> = (0..2)
@@ -101,6 +105,11 @@ impl Cluster {
             std::fs::create_dir(d).unwrap();
             a.extend(["--disk".into(), d.display().to_string()]);
         }
+        // SMART from health files (N.prom for the N-th disk), published every second.
+        let health = self.health_dir(h);
+        std::fs::create_dir(&health).unwrap();
+        a.extend(["--health-dir".into(), health.display().to_string()]);
+        a.extend(["--no-smartctl", "--stat-interval-s", "1"].map(String::from));
         self.net.spawn(h, BIN, &a, &format!("{h}.log"));
         self.disks.insert(h.to_string(), ds);
     }
@@ -492,13 +501,18 @@ impl Drop for Mounted {
 
 /// Four storage hosts, a pool over them mounted with `--host-grace-ms grace_ms`.
 fn mounted_cluster(grace_ms: u32) -> (Cluster, Mounted) {
-    mount_over(cluster(&["s1", "s2", "s3", "s4"]), grace_ms, &[])
+    let grace = grace_ms.to_string();
+    mount_over(
+        cluster(&["s1", "s2", "s3", "s4"]),
+        &[],
+        &["--host-grace-ms", &grace],
+    )
 }
 
 /// A pool over every host of `c` that runs a node, mounted; the nodes of `late` start
 /// between init and mount (registered, free). A node started after the mount would hold
 /// the FUSE mount alive in its namespace's copy of the mount table after unmount.
-fn mount_over(mut c: Cluster, grace_ms: u32, late: &[&str]) -> (Cluster, Mounted) {
+fn mount_over(mut c: Cluster, late: &[&str], mount_args: &[&str]) -> (Cluster, Mounted) {
     let pool = c.tmp.path().join("pool");
     let mnt = c.tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -510,7 +524,7 @@ fn mount_over(mut c: Cluster, grace_ms: u32, late: &[&str]) -> (Cluster, Mounted
     }
     c.wait_disks(2 * c.disks.len());
     let (p, m) = (pool.to_str().unwrap(), mnt.to_str().unwrap());
-    let o = run(&["mount", p, m, "--host-grace-ms", &grace_ms.to_string()]);
+    let o = run(&[&["mount", p, m], mount_args].concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let fsp = common::Pool {
         tmp: tempfile::tempdir().unwrap(),
@@ -641,6 +655,257 @@ fn a_paused_host_is_rebuilt_and_fenced_when_it_wakes() {
     check_audit_logs(&c);
 }
 
+/// A disk yanked on s3 while host s2 is down (killed, within its grace): the yanked disk
+/// fails on its own, then s2's after the grace; the shards that had both replicas on s2 and
+/// that disk are reported lost with their files (exactly the files that no longer read,
+/// with EIO), everything else reads back identical and is rebuilt to two copies on two of
+/// the live hosts.
+#[test]
+fn a_disk_yanked_while_another_host_is_down() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let (mut c, m) = mounted_cluster(6000);
+    let files = fill(&m.mnt, 32);
+    c.net.kill("s2");
+    m.fsp.wait_status(30, "s2's disks suspect", |v| {
+        let d = v["disks"].as_array().unwrap();
+        d.iter().filter(|d| d["state"] == "suspect").count() == 2
+    });
+    let yanked = c.disks["s3"][0].clone();
+    std::fs::rename(&yanked, yanked.with_extension("yanked")).unwrap();
+    let v = m
+        .fsp
+        .wait_status(120, "three disks failed, recovery done", |v| {
+            failed_disks(v) == 3 && v["recovery"]["state"] == "done"
+        });
+    let failed: Vec<u64> = v["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["state"] == "failed")
+        .map(|d| d["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(failed, [2, 3, 4], "{v:#}");
+    let lost = v["recovery"]["lost_shards"].as_array().unwrap();
+    let mut lost_files = std::collections::HashSet::new();
+    for l in lost {
+        for f in l["files"].as_array().unwrap() {
+            lost_files.insert(m.mnt.join(f.as_str().unwrap().trim_start_matches('/')));
+        }
+    }
+    eprintln!(
+        "s2 down, s3's disk 4 yanked: {} shard(s) lost ({} file(s)); the passes:",
+        lost.len(),
+        lost_files.len(),
+    );
+    common::drop_caches();
+    for (path, data) in &files {
+        match std::fs::read(path) {
+            Ok(d) => {
+                assert!(
+                    !lost_files.contains(path),
+                    "{} lost but readable",
+                    path.display()
+                );
+                assert!(d == *data, "{} differs", path.display());
+            }
+            Err(e) => {
+                assert!(
+                    lost_files.contains(path),
+                    "{}: {e}, not reported",
+                    path.display()
+                );
+                assert_eq!(e.raw_os_error(), Some(libc::EIO));
+            }
+        }
+    }
+    // Every surviving extent has two copies on two live disks of distinct hosts.
+    let (_, host_of) = shards_and_hosts(&c, &m.pool_id);
+    let shards = m.fsp.json(&["shards"]);
+    for s in shards["shards"].as_array().unwrap() {
+        for e in s["extents"].as_array().unwrap() {
+            let reps: Vec<u32> = e["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_u64().unwrap() as u32)
+                .collect();
+            if reps.iter().all(|r| failed.contains(&(*r as u64))) {
+                continue;
+            }
+            assert_eq!(reps.len(), 2, "survivor {e} not fully replicated");
+            assert_ne!(host_of[&reps[0]], host_of[&reps[1]], "{e}");
+            assert!(reps.iter().all(|r| !failed.contains(&(*r as u64))), "{e}");
+        }
+    }
+    check_audit_logs(&c);
+    let log = std::fs::read_to_string(m.fsp.pool.join("foreshard.log")).unwrap();
+    let passes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("recovery done") || l.contains("recovery activated"))
+        .collect();
+    eprintln!("{}", passes.join("\n"));
+}
+
+/// The etcd leader killed (-9) while files are written, then a storage host killed: the
+/// metadata host keeps its lease and term through the two members left, the host's
+/// failure is handled and every shard rebuilt on the others (placement CASes through the
+/// new leader), no acknowledged write is lost, and the map and the pool's metadata agree
+/// on every shard's epoch and disks (no change lost or applied twice).
+#[test]
+fn the_etcd_leader_killed_during_writes_and_a_recovery() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let (mut c, m) = mounted_cluster(2000);
+    let files = fill(&m.mnt, 16);
+    let active_key = c.map.keys().meta_active(&m.pool_id);
+    let term = c.get(&active_key).expect("meta/active").create_revision;
+    let writer = writer(&m.mnt, 40);
+    let leader = c.net.leader().expect("an etcd leader");
+    c.net.kill(&leader);
+    std::thread::sleep(Duration::from_millis(300));
+    c.net.kill("s3");
+    let t_kill = Instant::now();
+    let acked = writer.join().unwrap();
+    assert!(
+        acked.len() >= 30,
+        "{} of 40 writes acknowledged",
+        acked.len()
+    );
+    let v = m
+        .fsp
+        .wait_status(120, "s3 rebuilt with etcd on two members", |v| {
+            failed_disks(v) == 2 && v["recovery"]["state"] == "done"
+        });
+    eprintln!(
+        "etcd leader {leader} and s3 killed: full replication {:.1} s after (grace 2 s), {} bytes rebuilt",
+        t_kill.elapsed().as_secs_f64(),
+        v["recovery"]["bytes_done"]
+    );
+    let now = c.get(&active_key).expect("meta/active kept");
+    assert_eq!(now.create_revision, term, "the metadata host lost its term");
+    assert_spread_without(&c, &m.pool_id, "s3");
+    let map_shards: HashMap<u32, ShardRecord> = c.rt.block_on(async {
+        let kvs = c.map.read_prefix(&c.map.keys().shards(&m.pool_id)).await;
+        let kvs = kvs.unwrap().kvs;
+        kvs.iter()
+            .map(|kv| {
+                let id = foreshard_cluster::keys::shard_of_key(&kv.key).unwrap();
+                (id, decode::<ShardRecord>(&kv.key, &kv.value).unwrap().body)
+            })
+            .collect()
+    });
+    let local = m.fsp.json(&["shards"]);
+    let local = local["shards"].as_array().unwrap();
+    assert_eq!(local.len(), map_shards.len());
+    for l in local {
+        let r = &map_shards[&(l["id"].as_u64().unwrap() as u32)];
+        let disks: Vec<u32> = l["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            (l["epoch"].as_u64().unwrap(), disks),
+            (r.epoch, r.disks.clone()),
+            "{l}"
+        );
+    }
+    common::drop_caches();
+    check_files(&files);
+    check_files(&acked);
+    common::assert_fully_replicated(&m.fsp);
+    check_audit_logs(&c);
+}
+
+/// A smartmon-style textfile with climbing error counters.
+fn failing_prom() -> String {
+    [
+        "smartmon_reallocated_sector_ct_raw_value{disk=\"/dev/sdb\",smart_id=\"5\"} 5000",
+        "smartmon_current_pending_sector_raw_value{disk=\"/dev/sdb\",smart_id=\"197\"} 2000",
+        "smartmon_offline_uncorrectable_raw_value{disk=\"/dev/sdb\",smart_id=\"198\"} 2000",
+        "smartmon_power_on_hours_raw_value{disk=\"/dev/sdb\",smart_id=\"9\"} 21000",
+        "",
+    ]
+    .join("\n")
+}
+
+/// A storage host whose SMART goes bad (health files on the host, published in its
+/// diskstat): the metadata host scores its disks at the evacuation level and moves every
+/// replica off them to the other hosts while the files stay readable; killed afterwards,
+/// the host's failure rebuilds nothing.
+#[test]
+fn a_host_whose_smart_goes_bad_is_evacuated_before_it_fails() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let args = [
+        "--host-grace-ms",
+        "2000",
+        "--risk-interval-s",
+        "1",
+        "--no-smartctl",
+    ];
+    let args = [
+        &args[..],
+        &["--migration-rate", "64MiB", "--reshard-interval-s", "0"],
+    ]
+    .concat();
+    let (mut c, m) = mount_over(cluster(&["s1", "s2", "s3", "s4"]), &[], &args);
+    let p = m.fsp.pool.to_str().unwrap().to_string();
+    run_ok(&["risk", &p, "--warn", "0.06", "--evacuate", "0.12"]);
+    let files = fill(&m.mnt, 24);
+    for i in 0..2 {
+        let f = c.health_dir("s2").join(format!("{i}.prom"));
+        std::fs::write(f.with_extension("tmp"), failing_prom()).unwrap();
+        std::fs::rename(f.with_extension("tmp"), &f).unwrap();
+    }
+    let t0 = Instant::now();
+    let v = m.fsp.wait_status(120, "s2's disks evacuated", |v| {
+        let ev = v["risk"]["evacuation"]["evacuated"].as_array();
+        let done = |id: u64| ev.is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(id)));
+        done(2) && done(3)
+    });
+    let evac_s = t0.elapsed().as_secs_f64();
+    let risk = m.fsp.json(&["risk"]);
+    let d2 = risk["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == 2)
+        .unwrap();
+    assert_eq!(d2["level"], "evacuate", "{d2:#}");
+    assert!(d2["source"].as_str().unwrap().contains("host s2"), "{d2:#}");
+    for d in v["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["host"] == "s2")
+    {
+        assert_eq!(
+            (d["extents"].as_u64(), d["shards"].as_u64()),
+            (Some(0), Some(0)),
+            "{d:#}"
+        );
+    }
+    eprintln!(
+        "s2's SMART bad: evacuated in {evac_s:.1} s, {} bytes moved",
+        v["risk"]["evacuation"]["bytes_done"]
+    );
+    assert_spread_without(&c, &m.pool_id, "s2");
+    c.net.kill("s2");
+    let v = m.fsp.wait_status(60, "s2's disks failed", |v| {
+        failed_disks(v) == 2 && v["recovery"]["state"] != "running"
+    });
+    assert_eq!(v["recovery"]["bytes_done"], 0, "{:#}", v["recovery"]);
+    common::drop_caches();
+    check_files(&files);
+    common::assert_fully_replicated(&m.fsp);
+}
+
 /// `host add` claims a fifth host's disks into the mounted pool and moves shards onto
 /// them; `host remove` drains a host while files are written (every replica moves to the
 /// other hosts, with progress), then frees its disks in the map, where `host add` can take
@@ -652,7 +917,7 @@ fn hosts_are_added_drained_and_removed() {
     }
     // s5's node starts after init, which claims every free disk.
     let c = cluster_started(&["s1", "s2", "s3", "s4", "s5"], 4);
-    let (c, m) = mount_over(c, 20_000, &["s5"]);
+    let (c, m) = mount_over(c, &["s5"], &["--host-grace-ms", "20000"]);
     let p = m.fsp.pool.to_str().unwrap().to_string();
     let files = fill(&m.mnt, 16);
     let t0 = Instant::now();

@@ -12,7 +12,9 @@ use foreshard::remote::StoreBackend;
 use foreshard::util::fmt_bytes;
 use foreshard_cluster::keys::ClusterUrl;
 use foreshard_cluster::map::Map;
-use foreshard_cluster::node::{check_config, read_secret, Node, NodeConfig, DISKSTAT_INTERVAL};
+use foreshard_cluster::node::{
+    check_config, read_secret, HealthFn, Node, NodeConfig, DISKSTAT_INTERVAL,
+};
 use foreshard_cluster::view::{read_view, ClusterView};
 use foreshard_cluster::wire::{Audit, Server, ServerConfig};
 
@@ -51,7 +53,42 @@ pub struct NodeCmd {
     /// (rotated to FILE.1 at 64 MiB).
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
+    /// Directory with SMART health files, `N.json` (smartctl --json) or `N.prom` (a
+    /// node_exporter textfile) for the N-th --disk, counting from 0; they win over smartctl.
+    #[arg(long, value_name = "DIR")]
+    health_dir: Option<PathBuf>,
+    /// Never run smartctl on the disks' devices (health files only).
+    #[arg(long)]
+    no_smartctl: bool,
+    /// Seconds between publishing each disk's space and health to the cluster map.
+    #[arg(long, default_value_t = DISKSTAT_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    stat_interval_s: u64,
 }
+
+/// The node's health source: the N-th disk's file in `dir`, else smartctl on the block
+/// device under the disk directory (when it has SMART and `smartctl` is allowed).
+fn health_source(dir: Option<PathBuf>, smartctl: bool) -> HealthFn {
+    use foreshard::risk::collect;
+    Arc::new(move |i, disk| {
+        let snap = match &dir {
+            Some(d) => collect::read_health_file(d, i as u32).map(|r| r.map_err(|e| e.to_string())),
+            None => None,
+        };
+        let snap = snap.or_else(|| {
+            let dev = collect::block_device_of(disk).ok().flatten()?;
+            (smartctl && collect::has_smart(&dev))
+                .then(|| collect::run_smartctl(&dev, SMARTCTL_TIMEOUT))
+        });
+        match snap {
+            Some(Ok(h)) => (serde_json::to_value(&h).ok(), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        }
+    })
+}
+
+/// smartctl is killed after this (a hung device must not hold the stats up).
+const SMARTCTL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub fn run(a: NodeCmd) -> anyhow::Result<()> {
     let url = ClusterUrl::parse(&a.cluster)?;
@@ -87,7 +124,16 @@ pub fn run(a: NodeCmd) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    rt.block_on(serve(url, config, (a.listen, audit), &a.secret_file))
+    if let Some(d) = &a.health_dir {
+        if !d.is_dir() {
+            bail!("--health-dir {}: not a directory", d.display());
+        }
+    }
+    let stats = (
+        health_source(a.health_dir, !a.no_smartctl),
+        std::time::Duration::from_secs(a.stat_interval_s),
+    );
+    rt.block_on(serve(url, config, (a.listen, audit), &a.secret_file, stats))
 }
 
 async fn serve(
@@ -95,6 +141,7 @@ async fn serve(
     config: NodeConfig,
     (listen, audit): (SocketAddr, Option<Arc<Audit>>),
     secret_file: &Path,
+    (health_fn, stat_interval): (HealthFn, std::time::Duration),
 ) -> anyhow::Result<()> {
     // Local mistakes first, before anything waits on the network.
     check_config(&config)?;
@@ -105,7 +152,11 @@ async fn serve(
         .with_context(|| format!("--listen {listen}"))?;
     let map = Map::connect(&url).await?;
     let health = map.spawn_health();
-    let node = Node::start(&map, config).await?;
+    let mut node = Node::start(&map, config).await?;
+    node.health = Some(health_fn);
+    if let Err(e) = node.publish_stats(&map).await {
+        tracing::warn!("diskstat: {e:#}");
+    }
     let disks: Vec<(u32, PathBuf, String)> = (0u32..)
         .zip(&node.disks)
         .map(|(i, (uuid, dir))| (i, dir.clone(), uuid.clone()))
@@ -126,7 +177,7 @@ async fn serve(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let r = node.run(&map, DISKSTAT_INTERVAL, stop_signal()).await;
+    let r = node.run(&map, stat_interval, stop_signal()).await;
     server.shutdown();
     health.abort();
     r.context("leaving the cluster")?;

@@ -267,6 +267,13 @@ pub struct RiskService {
     /// Measured recovery rate, when a recovery has run (bytes/s).
     repair_rate: Box<dyn Fn() -> Option<f64> + Send + Sync>,
     rounds: crate::wake::Rounds,
+    remote_health: RwLock<Option<Arc<dyn RemoteHealth>>>,
+}
+
+/// Health read elsewhere: a cluster pool's storage hosts publish their disks' SMART.
+pub trait RemoteHealth: Send + Sync {
+    /// The disk's latest snapshot, or why there is none; None without a source.
+    fn health(&self, disk: &crate::store::Disk) -> Option<Result<Health, String>>;
 }
 
 fn today() -> i64 {
@@ -294,9 +301,15 @@ impl RiskService {
             shard_bytes: Mutex::new((None, Vec::new())),
             repair_rate,
             rounds: crate::wake::Rounds::default(),
+            remote_health: RwLock::new(None),
         });
         svc.load_history();
         Ok(svc)
+    }
+
+    /// Where remote disks' health comes from (a cluster pool: the storage hosts).
+    pub fn set_remote_health(&self, src: Arc<dyn RemoteHealth>) {
+        *self.remote_health.write() = Some(src);
     }
 
     /// Called with every new snapshot (placement, agents, evacuation subscribe here).
@@ -531,6 +544,18 @@ impl RiskService {
                     t.error = Some(msg);
                     from_file = true;
                 }
+                None => {}
+            }
+        }
+        let remote = self.remote_health.read().clone();
+        if let Some(src) = remote.filter(|_| !from_file && d.is_remote()) {
+            match src.health(d) {
+                Some(Ok(h)) => {
+                    t.source = h.source.clone();
+                    t.last_good = Some(h);
+                    t.error = None;
+                }
+                Some(Err(e)) => t.error = Some(e),
                 None => {}
             }
         }

@@ -7,6 +7,7 @@
 //! moved between chassis is noticed (refused unless `adopt`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use foreshard_model::util::{now_ms, statvfs};
@@ -48,19 +49,37 @@ pub struct NodeConfig {
     pub adopt: bool,
 }
 
-/// `diskstat/<uuid>`: space, under the host's lease (gone with the host).
+/// `diskstat/<uuid>`: space and health, under the host's lease (gone with the host).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DiskStat {
     pub used_bytes: u64,
     pub free_bytes: u64,
     pub updated_ms: u64,
+    /// The disk's latest SMART snapshot as the node read it (the metadata host's risk
+    /// model scores it); opaque here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<serde_json::Value>,
+    /// Why there is no snapshot (a malformed health file, smartctl failing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_error: Option<String>,
 }
+
+/// A health snapshot bigger than this is not published (an error instead): the map's
+/// values stay small.
+pub const HEALTH_BYTES_MAX: usize = 16 * 1024;
+
+/// What a node reads for disk number `i` (in `--disk` order) at `dir`: a snapshot, or why
+/// there is none; (None, None) when it has no source.
+pub type HealthFn =
+    Arc<dyn Fn(usize, &Path) -> (Option<serde_json::Value>, Option<String>) + Send + Sync>;
 
 pub struct Node {
     pub config: NodeConfig,
     /// (uuid, directory) of each disk, in the order given.
     pub disks: Vec<(String, PathBuf)>,
     pub membership: Membership,
+    /// Where SMART comes from for `diskstat` (none: space only).
+    pub health: Option<HealthFn>,
 }
 
 /// This boot's id: a restart of the same boot waits for its old lease, another machine with
@@ -97,6 +116,7 @@ impl Node {
             config,
             disks,
             membership,
+            health: None,
         };
         node.publish_stats(map).await?;
         Ok(node)
@@ -105,12 +125,26 @@ impl Node {
     /// Puts each disk's space under the host's lease (one writer: a plain put).
     pub async fn publish_stats(&self, map: &Map) -> anyhow::Result<()> {
         let lease = self.membership.lease();
-        for (uuid, dir) in &self.disks {
+        for (i, (uuid, dir)) in self.disks.iter().enumerate() {
             let (total, free) = space(dir)?;
+            // A health file read or smartctl may block: off the runtime's async workers.
+            let (mut health, mut health_error) = match &self.health {
+                Some(f) => tokio::task::block_in_place(|| f(i, dir)),
+                None => (None, None),
+            };
+            let bytes = health.as_ref().map_or(0, |h| h.to_string().len());
+            if bytes > HEALTH_BYTES_MAX {
+                health = None;
+                health_error = Some(format!(
+                    "health snapshot of {bytes} bytes (over {HEALTH_BYTES_MAX}) not published"
+                ));
+            }
             let stat = DiskStat {
                 used_bytes: total - free,
                 free_bytes: free,
                 updated_ms: now_ms(),
+                health,
+                health_error,
             };
             let key = map.keys().disk_stat(uuid);
             let value = encode(rand::random(), &stat);
