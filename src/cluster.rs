@@ -125,7 +125,11 @@ impl Cluster {
                 }
                 *g = (Some(std::time::Instant::now()), Arc::new(out));
             }
-            Err(e) => tracing::warn!("cannot read disk stats from the cluster map: {e:#}"),
+            Err(e) => {
+                // Not again until STATS_MAX_AGE: every remote disk of a round asks.
+                g.0 = Some(std::time::Instant::now());
+                tracing::warn!("cannot read disk stats from the cluster map: {e:#}");
+            }
         }
         g.1.clone()
     }
@@ -214,6 +218,9 @@ pub fn open(
         admin: Mutex::new(()),
         stats: Mutex::new((None, Arc::new(HashMap::new()))),
     });
+    if let Err(e) = cluster.free_stranded_claims(meta) {
+        tracing::warn!("cannot check the map's disk claims: {e:#}");
+    }
     let disks = remote_disks(&cluster, meta, &hosts)?;
     Ok((cluster, disks))
 }

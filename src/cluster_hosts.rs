@@ -3,11 +3,12 @@
 //! the cluster map first (the claim is the truth; RocksDB follows). The drain between them
 //! is recovery's (`Orchestrator::drain_host`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use foreshard_cluster::batch::{Change, Expect, TXN_RECORDS_MAX};
+use foreshard_cluster::batch::{Change, Expect};
 use foreshard_cluster::map::CasOutcome;
 use foreshard_cluster::records::{decode, encode, DiskRecord};
 
@@ -15,91 +16,83 @@ use crate::cluster::{parse_remote, remote_path, Cluster};
 use crate::cluster_init::{free_disks, FreeDisk};
 use crate::fs::Fs;
 use crate::meta::{DiskRec, DiskState};
-
-/// Disks one `host add` claims (one transaction with the term compare); add again for more.
-const HOST_ADD_DISKS_MAX: usize = TXN_RECORDS_MAX - 1;
+use crate::store::Disk;
 
 impl Cluster {
     /// The disks `host` registered that this pool may take: free ones, and this pool's own
-    /// that a drain released (state `removed` here, so they come back under new ids).
+    /// that a drain left `removed` here (they come back under new ids), unless the disk is
+    /// in the pool again already under another id.
     fn claimable(&self, fs: &Fs, host: &str) -> anyhow::Result<Vec<FreeDisk>> {
-        let mine_removed = |uuid: &str| {
-            fs.store.disks().iter().any(|d| {
-                d.state() == DiskState::Removed
-                    && parse_remote(&d.root.to_string_lossy()).is_some_and(|(_, u)| u == uuid)
-            })
+        let disks = fs.store.disks();
+        let uuid_of =
+            |d: &Disk| parse_remote(&d.root.to_string_lossy()).map(|(_, u)| u.to_string());
+        let live: HashSet<String> = disks
+            .iter()
+            .filter(|d| d.state() != DiskState::Removed)
+            .filter_map(|d| uuid_of(d))
+            .collect();
+        let removed_here = |id: Option<u32>| {
+            id.and_then(|id| fs.store.disk(id))
+                .is_some_and(|d| d.state() == DiskState::Removed)
         };
         let mut out = self
             .rt()
             .block_on(free_disks(&self.map, Some(&self.conf.pool)))?;
         out.retain(|d| {
+            let ours = d.rec.pool.as_deref() == Some(&self.conf.pool);
             d.rec.host == host
-                && (d.rec.pool.is_none()
-                    || (d.rec.pool.as_deref() == Some(&self.conf.pool) && mine_removed(&d.uuid)))
+                && !live.contains(&d.uuid)
+                && (d.rec.pool.is_none() || (ours && removed_here(d.rec.pool_disk)))
         });
         Ok(out)
     }
 
-    /// `host add`: claims the host's free disks (compare-and-swap on each record, with this
-    /// metadata host's term), then records them in RocksDB and the store. Returns their ids.
+    /// `host add`: claims the host's free disks (one compare-and-swap transaction on their
+    /// records, with this metadata host's term), then records them in RocksDB and the
+    /// store. Returns their ids.
     pub fn add_host(self: &Arc<Self>, fs: &Fs, host: &str) -> anyhow::Result<Vec<u32>> {
         let _one = self.admin.lock();
-        let mut free = self.claimable(fs, host)?;
+        let free = self.claimable(fs, host)?;
         if free.is_empty() {
             bail!(
                 "host {host} has no free disk: is it alive, its disks registered (`foreshard hosts`) and not claimed by a pool?"
             );
         }
-        if free.len() > HOST_ADD_DISKS_MAX {
-            tracing::warn!(
-                host,
-                "host add takes {HOST_ADD_DISKS_MAX} disks; add again for the rest"
-            );
-            free.truncate(HOST_ADD_DISKS_MAX);
-        }
         let first = fs.store.disks().iter().map(|d| d.id + 1).max().unwrap_or(0);
         let keys = self.map.keys();
         let op = rand::random();
-        let changes: Vec<Change> = free
-            .iter()
-            .zip(first..)
-            .map(|(d, id)| {
-                let rec = DiskRecord {
-                    pool: Some(self.conf.pool.clone()),
-                    pool_disk: Some(id),
-                    ..d.rec.clone()
-                };
-                Change::put(
-                    keys.disk(&d.uuid),
-                    Expect::Revision(d.revision),
-                    encode(op, &rec),
-                )
-            })
-            .collect();
+        let claim = |(d, id): (&FreeDisk, u32)| {
+            let rec = DiskRecord {
+                pool: Some(self.conf.pool.clone()),
+                pool_disk: Some(id),
+                ..d.rec.clone()
+            };
+            Change::put(
+                keys.disk(&d.uuid),
+                Expect::Revision(d.revision),
+                encode(op, &rec),
+            )
+        };
+        // A node serves at most NODE_DISKS_MAX (64) disks: one transaction holds them all.
+        let changes: Vec<Change> = free.iter().zip(first..).map(claim).collect();
         let term = self.term_compare()?;
-        for (batch, outcome) in self
+        match self
             .rt()
-            .block_on(self.map.commit(op, changes, Some(&term)))?
+            .block_on(self.map.cas(op, &changes, Some(&term)))?
         {
-            match outcome {
-                CasOutcome::Applied { .. } => {}
-                CasOutcome::Conflict { .. } => bail!(
-                    "the cluster map changed meanwhile ({} not as read): run host add again",
-                    batch[0].key
-                ),
-                CasOutcome::Deposed => bail!("this host is no longer the active metadata host"),
+            CasOutcome::Applied { .. } => {}
+            CasOutcome::Conflict { .. } => {
+                bail!("the cluster map changed meanwhile: run host add again")
             }
+            CasOutcome::Deposed => bail!("this host is no longer the active metadata host"),
         }
-        let mut b = fs.meta.batch();
-        for (d, id) in free.iter().zip(first..) {
-            b.put_disk(&DiskRec {
-                id,
-                path: remote_path(host, &d.uuid),
-                state: DiskState::Up,
-            });
+        if let Err(e) = record_disks(fs, host, &free, first) {
+            // Nothing names the disks here: give the claims back (else the next open does).
+            for (d, id) in free.iter().zip(first..) {
+                let _ = self.free_disk(&d.uuid, id);
+            }
+            return Err(e);
         }
-        fs.meta.write(b)?;
-        fs.meta.sync_wal()?;
         let mut ids = Vec::new();
         for (d, id) in free.iter().zip(first..) {
             fs.store
@@ -111,11 +104,12 @@ impl Cluster {
     }
 
     /// The release half of `host remove`: each of the host's disks that holds nothing of
-    /// this pool any more (drained: `removed`; or `failed` and named by no shard) is marked
-    /// removed here, then freed in the map for any pool. Refuses while any still holds data.
+    /// this pool any more (drained: `removed`; or `failed` and named by no shard and no
+    /// extent) is marked removed here (durably), then freed in the map for any pool.
+    /// Refuses while any still holds data, and when there is nothing left to release.
     pub fn release_host(&self, fs: &Fs, host: &str) -> anyhow::Result<Vec<u32>> {
         let _one = self.admin.lock();
-        let disks: Vec<_> = fs
+        let disks: Vec<Arc<Disk>> = fs
             .store
             .disks()
             .into_iter()
@@ -124,11 +118,9 @@ impl Cluster {
         if disks.is_empty() {
             bail!("host {host} has no disk in this pool");
         }
-        let named: std::collections::HashSet<u32> = fs
-            .shard_table()
-            .iter()
-            .flat_map(|s| s.disks.clone())
-            .collect();
+        // Reaps still queued may name the disks: done before they are given away.
+        fs.drain_reaper();
+        let named = named_disks(fs)?;
         for d in &disks {
             let done = match d.state() {
                 DiskState::Removed => true,
@@ -143,20 +135,46 @@ impl Cluster {
                 );
             }
         }
+        for d in disks.iter().filter(|d| d.state() == DiskState::Failed) {
+            fs.set_disk_state(d.id, DiskState::Removed)?;
+        }
+        // Removed must be durable before another pool may take the disk.
+        fs.meta.sync_wal()?;
         let mut out = Vec::new();
         for d in &disks {
-            if d.state() == DiskState::Failed {
-                fs.set_disk_state(d.id, DiskState::Removed)?;
-            }
-            let (_, uuid) = parse_remote(&d.root.to_string_lossy())
-                .map(|(h, u)| (h.to_string(), u.to_string()))
-                .expect("filtered");
-            if self.free_disk(&uuid, d.id)? {
+            let path = d.root.to_string_lossy();
+            let (_, uuid) = parse_remote(&path).expect("filtered");
+            if self.free_disk(uuid, d.id)? {
                 tracing::info!(disk = d.id, host, %uuid, "remote disk released to the cluster");
                 out.push(d.id);
             }
         }
+        if out.is_empty() {
+            bail!("host {host}: its disks in this pool are released already");
+        }
         Ok(out)
+    }
+
+    /// Claims in the map on this pool's behalf that RocksDB does not name (a crash or an
+    /// error between `host add`'s claim and its RocksDB write): nothing was placed on
+    /// them, so they are freed. Run at open.
+    pub(crate) fn free_stranded_claims(&self, meta: &crate::meta::Meta) -> anyhow::Result<()> {
+        let here: HashSet<String> = meta
+            .disks()?
+            .iter()
+            .filter_map(|r| parse_remote(&r.path).map(|(_, u)| u.to_string()))
+            .collect();
+        let prefix = self.map.keys().disks();
+        let snap = self.rt().block_on(self.map.read_prefix(&prefix))?;
+        for kv in snap.kvs {
+            let rec = decode::<DiskRecord>(&kv.key, &kv.value)?.body;
+            let uuid = kv.key.trim_start_matches(&prefix);
+            if rec.pool.as_deref() == Some(&self.conf.pool) && !here.contains(uuid) {
+                tracing::warn!(%uuid, host = %rec.host, "freeing a disk claim this pool never recorded");
+                self.free_disk(uuid, rec.pool_disk.unwrap_or(u32::MAX))?;
+            }
+        }
+        Ok(())
     }
 
     /// Clears this pool's claim on disk `uuid` (pool disk `id`); false when the map gives it
@@ -190,4 +208,30 @@ impl Cluster {
             CasOutcome::Deposed => bail!("this host is no longer the active metadata host"),
         }
     }
+}
+
+/// The new disks in RocksDB (durably), before the store uses them.
+fn record_disks(fs: &Fs, host: &str, free: &[FreeDisk], first: u32) -> anyhow::Result<()> {
+    let mut b = fs.meta.batch();
+    for (d, id) in free.iter().zip(first..) {
+        b.put_disk(&DiskRec {
+            id,
+            path: remote_path(host, &d.uuid),
+            state: DiskState::Up,
+        });
+    }
+    fs.meta.write(b)?;
+    fs.meta.sync_wal()?;
+    Ok(())
+}
+
+/// Disks some shard or extent record names.
+fn named_disks(fs: &Fs) -> anyhow::Result<HashSet<u32>> {
+    let mut used: HashSet<u32> = fs
+        .shard_table()
+        .iter()
+        .flat_map(|s| s.disks.clone())
+        .collect();
+    fs.meta.each_extent(|_, _, e| used.extend(e.replicas))?;
+    Ok(used)
 }

@@ -85,9 +85,12 @@ pub fn resolve_disk(fs: &Fs, disk: &str) -> anyhow::Result<u32> {
     }
     let p = Path::new(disk);
     let c = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    // A removed disk that was added again has two ids for one path: the live one first.
+    let by_path = |d: &&Arc<crate::store::Disk>| d.root == c || d.root == p;
     disks
         .iter()
-        .find(|d| d.root == c || d.root == p)
+        .filter(by_path)
+        .min_by_key(|d| d.state() == DiskState::Removed)
         .map(|d| d.id)
         .ok_or_else(|| anyhow::anyhow!("{disk}: not a disk of this pool"))
 }
@@ -203,7 +206,11 @@ fn host_request(svc: &Services, req: &Request) -> anyhow::Result<HostAnswer> {
             o.rebalance_new(&ids)?;
             (host, ids)
         }
-        Request::HostDrain { host } => (host, o.drain_host(host)?),
+        Request::HostDrain { host } => {
+            // One host change at a time: a drain's host count must not race an add.
+            let _one = c.admin.lock();
+            (host, o.drain_host(host)?)
+        }
         Request::HostRelease { host } => (host, c.release_host(&svc.fs, host)?),
         _ => bail!("not a host request"),
     };

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::bail;
@@ -18,7 +18,9 @@ use foreshard_cluster::wire::{
 };
 
 use crate::meta::DiskState;
-use crate::store::{make_buckets, Disk, ExtentId, ReadError, RemoteIo, ShardEpoch, Store};
+use crate::store::{
+    make_buckets, Disk, ExtentId, HostSignals, ReadError, RemoteIo, ShardEpoch, Store,
+};
 
 pub fn to_wire(id: &ExtentId) -> wire::ExtentId {
     wire::ExtentId {
@@ -47,6 +49,10 @@ pub struct HostLink {
     pub name: String,
     connect: Connect,
     client: parking_lot::Mutex<Option<Arc<Client>>>,
+    /// Answering -> network error transitions (`HostSignals::outages`).
+    outages: AtomicU64,
+    down: AtomicBool,
+    since: std::time::Instant,
 }
 
 impl HostLink {
@@ -55,6 +61,31 @@ impl HostLink {
             name: name.to_string(),
             connect,
             client: parking_lot::Mutex::new(None),
+            outages: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Counts an outage at the first network error after an answer (errors while the
+    /// host stays down are one outage).
+    pub fn note<T>(&self, r: &io::Result<T>) {
+        match r {
+            Ok(_) => self.down.store(false, Ordering::Relaxed),
+            Err(e) if crate::store::is_network_error(e) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    self.outages.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(host = %self.name, "storage host stopped answering: {e}");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    pub fn signals(&self) -> HostSignals {
+        HostSignals {
+            outages: self.outages.load(Ordering::Relaxed),
+            watched_s: self.since.elapsed().as_secs_f64(),
         }
     }
 
@@ -185,8 +216,16 @@ impl RemoteIo for RemoteDisk {
     }
 
     fn probe(&self) -> io::Result<u64> {
-        let (c, disk) = self.at()?;
-        Ok(c.probe(self.ctx(), disk)?)
+        // Probes run every second on every disk: they see each outage of the host.
+        let r = self
+            .at()
+            .and_then(|(c, disk)| Ok(c.probe(self.ctx(), disk)?));
+        self.link.note(&r);
+        r
+    }
+
+    fn host_signals(&self) -> HostSignals {
+        self.link.signals()
     }
 
     fn space(&self) -> io::Result<(u64, u64)> {

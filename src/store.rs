@@ -470,6 +470,19 @@ pub trait RemoteIo: Send + Sync {
     fn discard(&self, id: &ExtentId, tag: u32) -> io::Result<()>;
     /// The storage host's number in the pool (placement's failure domain).
     fn host(&self) -> u32;
+    /// How the host's link has behaved (a risk signal of the host, not the disk).
+    fn host_signals(&self) -> HostSignals {
+        HostSignals::default()
+    }
+}
+
+/// What the metadata host saw of a storage host's link since the pool was mounted.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostSignals {
+    /// Times the link went from answering to a network error (a cut, a crash, a pause).
+    pub outages: u64,
+    /// Seconds the link has been watched.
+    pub watched_s: f64,
 }
 
 pub struct Disk {

@@ -672,6 +672,14 @@ fn a_disk_yanked_while_another_host_is_down() {
         let d = v["disks"].as_array().unwrap();
         d.iter().filter(|d| d["state"] == "suspect").count() == 2
     });
+    // The shards holding data with both replicas on s2 and the disk to be yanked (4).
+    let before = m.fsp.json(&["shards"]);
+    let doomed = before["shards"].as_array().unwrap().iter().filter(|s| {
+        let on = |d: &serde_json::Value| [2, 3, 4].contains(&d.as_u64().unwrap());
+        let empty = s["extents"].as_array().unwrap().is_empty();
+        !empty && s["disks"].as_array().unwrap().iter().all(on)
+    });
+    let doomed = doomed.count();
     let yanked = c.disks["s3"][0].clone();
     std::fs::rename(&yanked, yanked.with_extension("yanked")).unwrap();
     let v = m
@@ -688,6 +696,7 @@ fn a_disk_yanked_while_another_host_is_down() {
         .collect();
     assert_eq!(failed, [2, 3, 4], "{v:#}");
     let lost = v["recovery"]["lost_shards"].as_array().unwrap();
+    assert_eq!(lost.len(), doomed, "{:#}", v["recovery"]);
     let mut lost_files = std::collections::HashSet::new();
     for l in lost {
         for f in l["files"].as_array().unwrap() {
@@ -700,26 +709,7 @@ fn a_disk_yanked_while_another_host_is_down() {
         lost_files.len(),
     );
     common::drop_caches();
-    for (path, data) in &files {
-        match std::fs::read(path) {
-            Ok(d) => {
-                assert!(
-                    !lost_files.contains(path),
-                    "{} lost but readable",
-                    path.display()
-                );
-                assert!(d == *data, "{} differs", path.display());
-            }
-            Err(e) => {
-                assert!(
-                    lost_files.contains(path),
-                    "{}: {e}, not reported",
-                    path.display()
-                );
-                assert_eq!(e.raw_os_error(), Some(libc::EIO));
-            }
-        }
-    }
+    check_lost(&files, &lost_files);
     // Every surviving extent has two copies on two live disks of distinct hosts.
     let (_, host_of) = shards_and_hosts(&c, &m.pool_id);
     let shards = m.fsp.json(&["shards"]);
@@ -821,6 +811,22 @@ fn the_etcd_leader_killed_during_writes_and_a_recovery() {
     check_audit_logs(&c);
 }
 
+/// Exactly the files reported lost fail to read (EIO); the others read back identical.
+fn check_lost(files: &BTreeMap<PathBuf, Vec<u8>>, lost: &std::collections::HashSet<PathBuf>) {
+    for (path, data) in files {
+        match std::fs::read(path) {
+            Ok(d) => {
+                assert!(!lost.contains(path), "{} lost but readable", path.display());
+                assert!(d == *data, "{} differs", path.display());
+            }
+            Err(e) => {
+                assert!(lost.contains(path), "{}: {e}, not reported", path.display());
+                assert_eq!(e.raw_os_error(), Some(libc::EIO));
+            }
+        }
+    }
+}
+
 /// A smartmon-style textfile with climbing error counters.
 fn failing_prom() -> String {
     [
@@ -901,6 +907,80 @@ fn a_host_whose_smart_goes_bad_is_evacuated_before_it_fails() {
         failed_disks(v) == 2 && v["recovery"]["state"] != "running"
     });
     assert_eq!(v["recovery"]["bytes_done"], 0, "{:#}", v["recovery"]);
+    let log = std::fs::read_to_string(m.fsp.pool.join("foreshard.log")).unwrap();
+    let copied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("recovery done") && !l.contains("bytes=0 "))
+        .collect();
+    assert!(copied.is_empty(), "the failure rebuilt data: {copied:?}");
+    common::drop_caches();
+    check_files(&files);
+    common::assert_fully_replicated(&m.fsp);
+}
+
+/// A storage host whose link keeps dropping (cut off and back four times, each within
+/// its grace): the metadata host counts the outages, its disks' risk rises by the host's
+/// share until they reach the evacuation level, and their replicas move to the other
+/// hosts; the other hosts' disks stay ok.
+#[test]
+fn a_flapping_host_is_scored_and_evacuated() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let args = [
+        "--host-grace-ms",
+        "20000",
+        "--risk-interval-s",
+        "1",
+        "--no-smartctl",
+    ];
+    let args = [
+        &args[..],
+        &["--migration-rate", "64MiB", "--reshard-interval-s", "0"],
+    ]
+    .concat();
+    let (c, m) = mount_over(cluster(&["s1", "s2", "s3", "s4"]), &[], &args);
+    let p = m.fsp.pool.to_str().unwrap().to_string();
+    run_ok(&["risk", &p, "--warn", "0.06", "--evacuate", "0.07"]);
+    let files = fill(&m.mnt, 16);
+    for _ in 0..4 {
+        c.net.cut("s3");
+        m.fsp.wait_status(20, "s3 suspect", |v| {
+            let d = v["disks"].as_array().unwrap();
+            d.iter().filter(|d| d["state"] == "suspect").count() == 2
+        });
+        c.net.heal("s3");
+        m.fsp.wait_status(20, "s3 up", |v| {
+            v["disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["state"] == "up")
+        });
+    }
+    let v = m.fsp.wait_status(60, "s3's disks evacuated", |v| {
+        let ev = v["risk"]["evacuation"]["evacuated"].as_array();
+        let done = |id: u64| ev.is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(id)));
+        done(4) && done(5)
+    });
+    let risk = m.fsp.json(&["risk"]);
+    for d in risk["disks"].as_array().unwrap() {
+        let host_factor = d["factors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "host_outages_per_day");
+        let on_s3 = d["id"] == 4 || d["id"] == 5;
+        assert_eq!(host_factor, on_s3, "{d:#}");
+        assert_eq!(d["level"] == "evacuate", on_s3, "{d:#}");
+    }
+    eprintln!(
+        "s3 dropped out 4 times: its disks at p {} and {}, {} bytes evacuated",
+        risk["disks"][4]["p_fail_30d"],
+        risk["disks"][5]["p_fail_30d"],
+        v["risk"]["evacuation"]["bytes_done"]
+    );
+    assert_spread_without(&c, &m.pool_id, "s3");
     common::drop_caches();
     check_files(&files);
     common::assert_fully_replicated(&m.fsp);
@@ -964,6 +1044,11 @@ fn hosts_are_added_drained_and_removed() {
     check_files(&acked);
     common::assert_fully_replicated(&m.fsp);
     // Bad hosts and a second release are refused, nothing changed.
+    let o = run(&["host", "remove", &p, "s1"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("released already"),
+        "{o:?}"
+    );
     let o = run(&["host", "drain", &p, "s9"]);
     assert!(!o.status.success(), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("no disk in this pool"));
@@ -976,6 +1061,12 @@ fn hosts_are_added_drained_and_removed() {
     let t0 = Instant::now();
     let out = run_ok(&["host", "add", &p, "s1"]);
     assert!(out.contains("[10, 11] added"), "{out}");
+    // Once: the disks are in use again under 10 and 11.
+    let o = run(&["host", "add", &p, "s1"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no free disk"),
+        "{o:?}"
+    );
     wait_moved(&m, "shards back on s1");
     assert!(c.files_per_host()["s1"] > 0);
     eprintln!("host s1 added again in {:.1} s", t0.elapsed().as_secs_f64());

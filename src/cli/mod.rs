@@ -235,6 +235,13 @@ pub fn ask_as<T: serde::de::DeserializeOwned>(
 fn ask_offline(pool: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
     // RocksDB files it creates are private, like the daemon's.
     let _mask = foreshard::pool::Umask::private();
+    if matches!(
+        req,
+        Request::HostAdd { .. } | Request::HostDrain { .. } | Request::HostRelease { .. }
+    ) {
+        // Before opening: opening a cluster pool campaigns for it.
+        anyhow::bail!("the pool is not mounted: mount it to use host add|drain|remove");
+    }
     let p = Pool::open(pool)?;
     let fs = p.fs(FsOptions::default())?;
     if matches!(req, Request::Fsck { repair: true }) {

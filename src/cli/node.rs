@@ -2,11 +2,14 @@
 //! join under a lease, register the disks with host and rack, publish their space, serve
 //! their extents (the extent service, `wire`), leave on SIGINT or SIGTERM.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use parking_lot::Mutex;
 
 use foreshard::remote::StoreBackend;
 use foreshard::util::fmt_bytes;
@@ -69,15 +72,28 @@ pub struct NodeCmd {
 /// device under the disk directory (when it has SMART and `smartctl` is allowed).
 fn health_source(dir: Option<PathBuf>, smartctl: bool) -> HealthFn {
     use foreshard::risk::collect;
+    type Reading = Result<collect::Health, String>;
+    // smartctl wakes the drive and may take seconds: at most once per SMARTCTL_INTERVAL per
+    // disk, its last answer published in between (a health file is read every time).
+    let last: Mutex<HashMap<usize, (Instant, Reading)>> = Mutex::new(HashMap::new());
     Arc::new(move |i, disk| {
-        let snap = match &dir {
+        let file = match &dir {
             Some(d) => collect::read_health_file(d, i as u32).map(|r| r.map_err(|e| e.to_string())),
             None => None,
         };
-        let snap = snap.or_else(|| {
+        let snap = file.or_else(|| {
+            let mut last = last.lock();
+            if let Some((_, r)) = last
+                .get(&i)
+                .filter(|(at, _)| at.elapsed() < SMARTCTL_INTERVAL)
+            {
+                return Some(r.clone());
+            }
             let dev = collect::block_device_of(disk).ok().flatten()?;
-            (smartctl && collect::has_smart(&dev))
-                .then(|| collect::run_smartctl(&dev, SMARTCTL_TIMEOUT))
+            let r = (smartctl && collect::has_smart(&dev))
+                .then(|| collect::run_smartctl(&dev, SMARTCTL_TIMEOUT))?;
+            last.insert(i, (Instant::now(), r.clone()));
+            Some(r)
         });
         match snap {
             Some(Ok(h)) => (serde_json::to_value(&h).ok(), None),
@@ -87,8 +103,11 @@ fn health_source(dir: Option<PathBuf>, smartctl: bool) -> HealthFn {
     })
 }
 
+/// How often the node runs smartctl on a disk.
+const SMARTCTL_INTERVAL: Duration = Duration::from_secs(600);
+
 /// smartctl is killed after this (a hung device must not hold the stats up).
-const SMARTCTL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+const SMARTCTL_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn run(a: NodeCmd) -> anyhow::Result<()> {
     let url = ClusterUrl::parse(&a.cluster)?;
@@ -131,7 +150,7 @@ pub fn run(a: NodeCmd) -> anyhow::Result<()> {
     }
     let stats = (
         health_source(a.health_dir, !a.no_smartctl),
-        std::time::Duration::from_secs(a.stat_interval_s),
+        Duration::from_secs(a.stat_interval_s),
     );
     rt.block_on(serve(url, config, (a.listen, audit), &a.secret_file, stats))
 }
@@ -141,7 +160,7 @@ async fn serve(
     config: NodeConfig,
     (listen, audit): (SocketAddr, Option<Arc<Audit>>),
     secret_file: &Path,
-    (health_fn, stat_interval): (HealthFn, std::time::Duration),
+    (health_fn, stat_interval): (HealthFn, Duration),
 ) -> anyhow::Result<()> {
     // Local mistakes first, before anything waits on the network.
     check_config(&config)?;

@@ -452,9 +452,13 @@ impl RiskService {
         if let Some(m) = t.last_good.as_ref().and_then(|h| h.model_name.clone()) {
             t.model_name = Some(m);
         }
-        let (p, parts) = self
+        let (p, mut parts) = self
             .model
             .score(&t.rows, t.rows.len() - 1, t.model_name.as_ref());
+        let p = match &d.remote {
+            Some(r) => with_host_risk(p, r.host_signals(), &mut parts),
+            None => p,
+        };
         batch.put_raw(
             CF_CONFIG,
             format!("{OWN_KEY_PREFIX}{}", d.id).as_bytes(),
@@ -518,6 +522,22 @@ impl RiskService {
         Ok(v)
     }
 
+    /// A remote disk's SMART, as its storage host published it.
+    fn collect_remote(&self, d: &crate::store::Disk, t: &mut Track) {
+        let Some(src) = self.remote_health.read().clone() else {
+            return;
+        };
+        match src.health(d) {
+            Some(Ok(h)) => {
+                t.source = h.source.clone();
+                t.last_good = Some(h);
+                t.error = None;
+            }
+            Some(Err(e)) => t.error = Some(e),
+            None => {}
+        }
+    }
+
     fn collect_disk(&self, d: &crate::store::Disk, t: &mut Track, s: &RiskSettings) {
         if !t.device_checked {
             t.device_checked = true;
@@ -547,17 +567,8 @@ impl RiskService {
                 None => {}
             }
         }
-        let remote = self.remote_health.read().clone();
-        if let Some(src) = remote.filter(|_| !from_file && d.is_remote()) {
-            match src.health(d) {
-                Some(Ok(h)) => {
-                    t.source = h.source.clone();
-                    t.last_good = Some(h);
-                    t.error = None;
-                }
-                Some(Err(e)) => t.error = Some(e),
-                None => {}
-            }
+        if !from_file && d.is_remote() {
+            self.collect_remote(d, t);
         }
         if !from_file && self.opts.smartctl {
             if let Some(dev) = t.device.clone().filter(collect::has_smart) {
@@ -600,6 +611,29 @@ impl RiskService {
             }
         }
     }
+}
+
+/// Weight of one outage per day of a storage host's link in its hazard. There is no
+/// host-failure data to fit it on (docs/cluster.md, "Open questions"): at 0.02 a host that
+/// drops out 3 times in a day reaches the default warning level (0.06) on its own.
+const HOST_OUTAGE_WEIGHT: f64 = 0.02;
+
+/// A remote disk's risk is that of its disk or its host failing:
+/// `1 - (1 - p_disk)(1 - p_host)`, `p_host = 1 - exp(-w * outages per day)` (at least a
+/// day counted, so a fresh mount's first outage is not a daily rate of hundreds).
+fn with_host_risk(
+    p: f64,
+    s: crate::store::HostSignals,
+    parts: &mut Vec<(&'static str, f64)>,
+) -> f64 {
+    let days = (s.watched_s / 86_400.0).max(1.0);
+    let hazard = HOST_OUTAGE_WEIGHT * s.outages as f64 / days;
+    if hazard <= 0.0 {
+        return p;
+    }
+    parts.push(("host_outages_per_day", hazard));
+    let p_host = 1.0 - (-hazard).exp();
+    1.0 - (1.0 - p) * (1.0 - p_host)
 }
 
 /// The disk's report line: its score, top factors, level and what was collected.
@@ -735,6 +769,30 @@ pub fn load_model(path: Option<&Path>) -> anyhow::Result<(Model, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_outages_add_the_hosts_risk_to_its_disks() {
+        let sig = |outages, days: f64| crate::store::HostSignals {
+            outages,
+            watched_s: days * 86_400.0,
+        };
+        let mut parts = Vec::new();
+        assert_eq!(with_host_risk(0.01, sig(0, 0.1), &mut parts), 0.01);
+        assert!(parts.is_empty());
+        // Three outages within the first day: about the warning level on their own.
+        let p = with_host_risk(0.0, sig(3, 0.01), &mut parts);
+        assert!((p - (1.0 - (-0.06f64).exp())).abs() < 1e-12, "{p}");
+        assert_eq!(parts, [("host_outages_per_day", 0.06000000000000001)]);
+        // Combined with the disk's own: more than either.
+        let both = with_host_risk(0.05, sig(3, 0.5), &mut Vec::new());
+        assert!(both > 0.05 && both > p && both < 0.05 + p, "{both}");
+        // The same outages over ten days weigh a tenth.
+        let spread = with_host_risk(0.0, sig(3, 10.0), &mut Vec::new());
+        assert!(
+            (spread - (1.0 - (-0.006f64).exp())).abs() < 1e-12,
+            "{spread}"
+        );
+    }
 
     #[test]
     fn own_signals_raise_the_model_counters() {

@@ -66,7 +66,7 @@ pub struct DiskStat {
 
 /// A health snapshot bigger than this is not published (an error instead): the map's
 /// values stay small.
-pub const HEALTH_BYTES_MAX: usize = 16 * 1024;
+pub const HEALTH_BYTES_MAX: usize = 4 * 1024;
 
 /// What a node reads for disk number `i` (in `--disk` order) at `dir`: a snapshot, or why
 /// there is none; (None, None) when it has no source.
