@@ -97,8 +97,10 @@ pub struct Cluster {
     /// `host add` and `host release` one at a time (pool disk ids, the map's disk records).
     pub(crate) admin: Mutex<()>,
     /// The map's `diskstat/` records by disk uuid, and when they were read.
-    stats: Mutex<(Option<std::time::Instant>, Arc<HashMap<String, DiskStat>>)>,
+    stats: Mutex<(Option<std::time::Instant>, Arc<StatsByUuid>)>,
 }
+
+type StatsByUuid = HashMap<String, DiskStat>;
 
 /// `diskstat/` is read at most this often (once per risk round, not once per disk).
 const STATS_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -106,7 +108,7 @@ const STATS_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(500)
 impl Cluster {
     /// The hosts' latest disk stats (cached for `STATS_MAX_AGE`; the last good read while
     /// etcd does not answer).
-    fn disk_stats(&self) -> Arc<HashMap<String, DiskStat>> {
+    fn disk_stats(&self) -> Arc<StatsByUuid> {
         let mut g = self.stats.lock();
         if g.0.is_some_and(|t| t.elapsed() < STATS_MAX_AGE) {
             return g.1.clone();

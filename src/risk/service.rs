@@ -546,27 +546,11 @@ impl RiskService {
                 t.device = collect::block_device_of(&d.root).ok().flatten();
             }
         }
-        // Health: the metrics file wins; else smartctl when the device has SMART.
-        let mut from_file = false;
-        if let Some(dir) = &s.health_dir {
-            match collect::read_health_file(dir, d.id) {
-                Some(Ok(h)) => {
-                    t.source = h.source.clone();
-                    t.last_good = Some(h);
-                    t.error = None;
-                    from_file = true;
-                }
-                Some(Err(e)) => {
-                    let msg = e.to_string();
-                    if t.error.as_deref() != Some(msg.as_str()) {
-                        tracing::warn!(disk = d.id, "health file ignored: {msg}");
-                    }
-                    t.error = Some(msg);
-                    from_file = true;
-                }
-                None => {}
-            }
-        }
+        // Health: the metrics file wins; else the storage host's, else smartctl.
+        let from_file = s
+            .health_dir
+            .as_deref()
+            .is_some_and(|dir| read_file(dir, d, t));
         if !from_file && d.is_remote() {
             self.collect_remote(d, t);
         }
@@ -634,6 +618,30 @@ fn with_host_risk(
     parts.push(("host_outages_per_day", hazard));
     let p_host = 1.0 - (-hazard).exp();
     1.0 - (1.0 - p) * (1.0 - p_host)
+}
+
+/// The disk's health file in `dir`, if there is one (a bad one is noted, and still wins
+/// over the other sources: the operator put it there).
+fn read_file(dir: &Path, d: &crate::store::Disk, t: &mut Track) -> bool {
+    let mut from_file = false;
+    match collect::read_health_file(dir, d.id) {
+        Some(Ok(h)) => {
+            t.source = h.source.clone();
+            t.last_good = Some(h);
+            t.error = None;
+            from_file = true;
+        }
+        Some(Err(e)) => {
+            let msg = e.to_string();
+            if t.error.as_deref() != Some(msg.as_str()) {
+                tracing::warn!(disk = d.id, "health file ignored: {msg}");
+            }
+            t.error = Some(msg);
+            from_file = true;
+        }
+        None => {}
+    }
+    from_file
 }
 
 /// The disk's report line: its score, top factors, level and what was collected.
