@@ -20,7 +20,7 @@ use foreshard_cluster::keys::{shard_of_key, ClusterUrl};
 use foreshard_cluster::map::{CasOutcome, Kv, Map};
 use foreshard_cluster::node::{read_secret, DiskStat};
 use foreshard_cluster::records::{decode, encode, HostRec, MetaActive, ShardRecord};
-use foreshard_cluster::wire::{Client, ClientConfig, BLOCK_BYTES_DEFAULT};
+use foreshard_cluster::wire::{Client, ClientConfig};
 
 use crate::meta::{Meta, PoolConfig, ShardRec, CF_CONFIG};
 use crate::remote::{HostLink, RemoteDisk};
@@ -370,13 +370,7 @@ impl Cluster {
         state: crate::meta::DiskState,
     ) -> Arc<Disk> {
         let (link, host_no) = self.link(host);
-        let io = RemoteDisk {
-            link,
-            uuid: uuid.to_string(),
-            host_no,
-            term: self.term.clone(),
-            block_bytes: BLOCK_BYTES_DEFAULT,
-        };
+        let io = RemoteDisk::new(link, uuid, host_no, self.term.clone());
         Arc::new(Disk::remote(
             id,
             remote_path(host, uuid),

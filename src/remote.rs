@@ -43,8 +43,8 @@ pub fn from_wire(id: &wire::ExtentId) -> ExtentId {
 pub type Connect = Box<dyn Fn() -> io::Result<Client> + Send + Sync>;
 
 /// One storage host's extent-service connection, shared by its disks. Made on first use,
-/// so a pool mounts while a host is down; kept once made (the connection's own pool of
-/// sockets reconnects after a reset).
+/// so a pool mounts while a host is down; kept while the host answers (its pool of sockets
+/// reconnects after a reset), made again after an outage.
 pub struct HostLink {
     pub name: String,
     connect: Connect,
@@ -76,6 +76,9 @@ impl HostLink {
                 if !self.down.swap(true, Ordering::Relaxed) {
                     self.outages.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(host = %self.name, "storage host stopped answering: {e}");
+                    // The next use looks the host up again: it may come back elsewhere
+                    // (another address, its disks in another order).
+                    self.client.lock().take();
                 }
             }
             Err(_) => {}
@@ -112,9 +115,54 @@ pub struct RemoteDisk {
     /// this host wins the pool again).
     pub term: Arc<AtomicI64>,
     pub block_bytes: u32,
+    /// Files written (or installed) here and not synced since, with the host incarnation
+    /// they went to: a host that restarted in between may have lost them, and its sync
+    /// cannot tell a lost file from one reaped meanwhile.
+    pub written: parking_lot::Mutex<HashMap<ExtentId, u64>>,
 }
 
+/// Files `RemoteDisk::written` tracks; past it the map is dropped (and said so): the
+/// barrier syncs every file it registered, so only a barrier stuck for long gets there.
+const WRITTEN_TRACKED_MAX: usize = 1 << 20;
+
 impl RemoteDisk {
+    pub fn new(link: Arc<HostLink>, uuid: &str, host_no: u32, term: Arc<AtomicI64>) -> RemoteDisk {
+        RemoteDisk {
+            link,
+            uuid: uuid.to_string(),
+            host_no,
+            term,
+            block_bytes: wire::BLOCK_BYTES_DEFAULT,
+            written: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Remembers that `id` went to the host's incarnation `inc`.
+    fn note_written(&self, id: &ExtentId, inc: u64) {
+        let mut w = self.written.lock();
+        if w.len() >= WRITTEN_TRACKED_MAX {
+            tracing::error!(host = %self.link.name, "{} unsynced files tracked: tracking dropped", w.len());
+            w.clear();
+        }
+        w.insert(*id, inc);
+    }
+
+    /// The ids among `ids` written to an incarnation other than `now` (the host restarted
+    /// since): not durable, whatever its sync said. They leave the tracked set.
+    fn lost_in_restart(&self, ids: &[ExtentId], now: u64) -> Vec<ExtentId> {
+        let mut w = self.written.lock();
+        let lost: Vec<ExtentId> = ids
+            .iter()
+            .filter(|id| w.remove(id).is_some_and(|inc| inc != now))
+            .copied()
+            .collect();
+        if !lost.is_empty() {
+            tracing::error!(host = %self.link.name, disk = %self.uuid, files = lost.len(),
+                "the host restarted after these files were written and before they were synced: not durable there");
+        }
+        lost
+    }
+
     /// The host's connection and the disk's number there.
     fn at(&self) -> io::Result<(Arc<Client>, u32)> {
         let c = self.link.client()?;
@@ -170,6 +218,9 @@ impl RemoteIo for RemoteDisk {
         (shard, epoch): ShardEpoch,
     ) -> io::Result<()> {
         let (c, disk) = self.at()?;
+        // Read before the write: a restart noticed meanwhile makes the sync say "lost"
+        // (safe), never "durable" for a file the old process had.
+        let inc = c.peer().incarnation();
         let w = WriteReq {
             disk,
             id: to_wire(id),
@@ -178,7 +229,9 @@ impl RemoteIo for RemoteDisk {
             block_bytes: self.block_bytes,
             sums: sums.to_vec(),
         };
-        Ok(c.write(self.ctx(), &w, data)?)
+        c.write(self.ctx(), &w, data)?;
+        self.note_written(id, inc);
+        Ok(())
     }
 
     fn read_into(
@@ -204,15 +257,23 @@ impl RemoteIo for RemoteDisk {
     }
 
     fn sync(&self, ids: &[ExtentId]) -> io::Result<Vec<ExtentId>> {
-        let ids: Vec<wire::ExtentId> = ids.iter().map(to_wire).collect();
+        let wire_ids: Vec<wire::ExtentId> = ids.iter().map(to_wire).collect();
         let (c, disk) = self.at()?;
-        let failed = c.sync(self.ctx(), disk, &ids)?;
-        Ok(failed.iter().map(from_wire).collect())
+        let failed = c.sync(self.ctx(), disk, &wire_ids)?;
+        let mut out: Vec<ExtentId> = failed.iter().map(from_wire).collect();
+        for id in self.lost_in_restart(ids, c.peer().incarnation()) {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 
     fn remove(&self, id: &ExtentId) -> io::Result<()> {
         let (c, disk) = self.at()?;
-        Ok(c.remove(self.ctx(), disk, to_wire(id), None)?)
+        c.remove(self.ctx(), disk, to_wire(id), None)?;
+        self.written.lock().remove(id);
+        Ok(())
     }
 
     fn probe(&self) -> io::Result<u64> {
@@ -297,7 +358,10 @@ impl RemoteIo for RemoteDisk {
 
     fn install(&self, id: &ExtentId, tag: u32, fence: ShardEpoch) -> io::Result<()> {
         let (c, disk) = self.at()?;
-        Ok(c.install(self.ctx(), disk, (to_wire(id), tag), fence)?)
+        let inc = c.peer().incarnation();
+        c.install(self.ctx(), disk, (to_wire(id), tag), fence)?;
+        self.note_written(id, inc);
+        Ok(())
     }
 
     fn discard(&self, id: &ExtentId, tag: u32) -> io::Result<()> {
@@ -470,6 +534,7 @@ mod tests {
     use super::*;
     use crate::store::{block_sums, ReadError};
     use foreshard_cluster::wire::{ClientConfig, Server, ServerConfig};
+    use std::net::SocketAddr;
 
     const SECRET: [u8; 32] = [7; 32];
     const BS: usize = 16 * 1024;
@@ -494,22 +559,19 @@ mod tests {
         let dir = host_dir.path().join("d0");
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(dir.join(foreshard_cluster::node::NODE_LABEL), b"{}").unwrap();
-        let backend = StoreBackend::open(&[(0, dir, "uuid-a".into())], BS).unwrap();
-        let addr = "127.0.0.1:0".parse().unwrap();
-        let cfg = ServerConfig::new("t", "h1", SECRET);
-        let server = rt
-            .block_on(Server::bind(addr, cfg, Arc::new(backend)))
-            .unwrap();
+        let server = serve(&rt, &host_dir, "127.0.0.1:0".parse().unwrap());
         let cc = ClientConfig::new("t", "m1", SECRET);
         let (h, addr) = (rt.handle().clone(), server.local_addr());
         let connect: Connect = Box::new(move || Ok(Client::connect(h.clone(), addr, cc.clone())?));
         let term = Arc::new(AtomicI64::new(3));
         let io = RemoteDisk {
-            link: Arc::new(HostLink::new("h1", connect)),
-            uuid: "uuid-a".into(),
-            host_no: 1,
-            term: term.clone(),
             block_bytes: BS as u32,
+            ..RemoteDisk::new(
+                Arc::new(HostLink::new("h1", connect)),
+                "uuid-a",
+                1,
+                term.clone(),
+            )
         };
         let disk = Disk::remote(5, "node://h1/uuid-a".into(), DiskState::Up, Arc::new(io));
         Loop {
@@ -521,11 +583,72 @@ mod tests {
         }
     }
 
+    /// The storage host's process: a new one (a new incarnation) on every call.
+    fn serve(
+        rt: &tokio::runtime::Runtime,
+        host_dir: &tempfile::TempDir,
+        addr: SocketAddr,
+    ) -> Server {
+        let dir = host_dir.path().join("d0");
+        let backend = StoreBackend::open(&[(0, dir, "uuid-a".into())], BS).unwrap();
+        let backend = Arc::new(backend);
+        // A restart's old listener goes when its aborted task is dropped: soon, not at once.
+        for _ in 0..100 {
+            let cfg = ServerConfig::new("t", "h1", SECRET);
+            match rt.block_on(Server::bind(addr, cfg, backend.clone())) {
+                Ok(s) => return s,
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{addr} still in use")
+    }
+
     impl Loop {
+        /// The host's process killed and started again at the same address.
+        fn restart(&mut self) {
+            let addr = self._server.local_addr();
+            self._server.shutdown();
+            self._server = serve(&self.rt, &self.host_dir, addr);
+        }
+
         /// The file the host keeps the extent in (tests damage it there).
         fn host_path(&self, id: &ExtentId) -> PathBuf {
             Disk::new(0, self.host_dir.path().join("d0"), DiskState::Up).extent_path(id)
         }
+    }
+
+    /// Files written before the host restarted and not synced then are reported not
+    /// durable by the next sync (the host's own sync skips missing files: on a host only
+    /// the reaper removes them), files written after it sync normally.
+    #[test]
+    fn a_sync_after_the_host_restarted_reports_earlier_writes_lost() {
+        let mut l = loopback();
+        let disk = l.store.disk(5).unwrap();
+        let id = |version| ExtentId {
+            ino: 3,
+            index: 0,
+            version,
+        };
+        let data = vec![7u8; 20_000];
+        l.store.write_extent(&disk, &id(1), &data, (1, 1)).unwrap();
+        l.store.write_extent(&disk, &id(2), &data, (1, 1)).unwrap();
+        assert!(l.store.sync_extents(&[(5, id(1))]).is_empty());
+        l.restart();
+        // The crash took the unsynced file (the synced one stays).
+        std::fs::remove_file(l.host_path(&id(2))).unwrap();
+        // The first request after the restart finds the old connection dead and opens a
+        // new one: the new incarnation is seen there.
+        let _ = disk.probe();
+        disk.probe().unwrap();
+        l.store.write_extent(&disk, &id(3), &data, (1, 1)).unwrap();
+        let failed = l.store.sync_extents(&[(5, id(2)), (5, id(3))]);
+        assert!(failed.contains_key(&5), "a lost write reported durable");
+        // Reported once: the next sync of what is there now succeeds.
+        assert!(l.store.sync_extents(&[(5, id(3))]).is_empty());
+        assert!(l.store.sync_extents(&[(5, id(1))]).is_empty());
     }
 
     #[test]

@@ -309,6 +309,12 @@ fn a_pool_over_four_hosts_writes_reads_and_remounts() {
         ["s1", "s1", "s2", "s2", "s3", "s3", "s4", "s4"],
         "{st:#}"
     );
+    let text = run_ok(&["status", p]);
+    let s1 = text
+        .lines()
+        .find(|l| l.starts_with("s1 "))
+        .unwrap_or_default();
+    assert!(s1.contains("2 up"), "{text}");
     common::drop_caches();
     check_files(&files);
     // The bytes are on the storage hosts, spread over all four.
@@ -918,7 +924,7 @@ fn a_host_whose_smart_goes_bad_is_evacuated_before_it_fails() {
     common::assert_fully_replicated(&m.fsp);
 }
 
-/// A storage host whose link keeps dropping (cut off and back four times, each within
+/// A storage host whose link keeps dropping (cut off and back five times, each within
 /// its grace): the metadata host counts the outages, its disks' risk rises by the host's
 /// share until they reach the evacuation level, and their replicas move to the other
 /// hosts; the other hosts' disks stay ok.
@@ -943,7 +949,7 @@ fn a_flapping_host_is_scored_and_evacuated() {
     let p = m.fsp.pool.to_str().unwrap().to_string();
     run_ok(&["risk", &p, "--warn", "0.06", "--evacuate", "0.07"]);
     let files = fill(&m.mnt, 16);
-    for _ in 0..4 {
+    for _ in 0..5 {
         c.net.cut("s3");
         m.fsp.wait_status(20, "s3 suspect", |v| {
             let d = v["disks"].as_array().unwrap();
@@ -958,11 +964,29 @@ fn a_flapping_host_is_scored_and_evacuated() {
                 .all(|d| d["state"] == "up")
         });
     }
-    let v = m.fsp.wait_status(60, "s3's disks evacuated", |v| {
+    let log = std::fs::read_to_string(m.fsp.pool.join("foreshard.log")).unwrap();
+    let outages: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("stopped answering"))
+        .collect();
+    assert!(outages.len() >= 4, "{outages:#?}");
+    let t0 = Instant::now();
+    let v = loop {
+        let v = m.fsp.json(&["status"]);
         let ev = v["risk"]["evacuation"]["evacuated"].as_array();
         let done = |id: u64| ev.is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(id)));
-        done(4) && done(5)
-    });
+        if done(4) && done(5) {
+            break v;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let r = m.fsp.json(&["risk"]);
+            panic!(
+                "s3's disks not evacuated: {:#}\n{:#}\n{outages:#?}",
+                r["disks"], v["risk"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let risk = m.fsp.json(&["risk"]);
     for d in risk["disks"].as_array().unwrap() {
         let host_factor = d["factors"]
@@ -975,7 +999,8 @@ fn a_flapping_host_is_scored_and_evacuated() {
         assert_eq!(d["level"] == "evacuate", on_s3, "{d:#}");
     }
     eprintln!(
-        "s3 dropped out 4 times: its disks at p {} and {}, {} bytes evacuated",
+        "s3 dropped out {} times: its disks at p {} and {}, {} bytes evacuated",
+        outages.len(),
         risk["disks"][4]["p_fail_30d"],
         risk["disks"][5]["p_fail_30d"],
         v["risk"]["evacuation"]["bytes_done"]

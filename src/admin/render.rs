@@ -11,6 +11,7 @@ use crate::util::fmt_bytes;
 pub fn status_table(s: &Status) -> String {
     let mut o = status_header(s);
     o += &disk_table(s);
+    o += &host_table(s);
     o += &status_totals(s);
     if let Some(m) = &s.migration {
         o += &migration_line(m);
@@ -100,6 +101,41 @@ fn disk_table(s: &Status) -> String {
             d.io_errors,
             d.checksum_errors,
             d.path
+        );
+    }
+    o
+}
+
+/// A cluster pool's storage hosts: their disks by state, and their space (nothing for a
+/// single-host pool).
+fn host_table(s: &Status) -> String {
+    let mut hosts: std::collections::BTreeMap<&str, Vec<&super::DiskStatus>> = Default::default();
+    for d in &s.disks {
+        if let Some(h) = d.host.as_deref() {
+            hosts.entry(h).or_default().push(d);
+        }
+    }
+    if hosts.is_empty() {
+        return String::new();
+    }
+    let mut o = format!(
+        "\n{:<16} {:>5}  {:<28} {:>10} {:>10}\n",
+        "HOST", "DISKS", "STATES", "USED", "FREE"
+    );
+    for (h, ds) in hosts {
+        let mut states: std::collections::BTreeMap<&str, usize> = Default::default();
+        for d in &ds {
+            *states.entry(d.state.name()).or_default() += 1;
+        }
+        let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let used: u64 = ds.iter().map(|d| d.used_bytes).sum();
+        let free: u64 = ds.iter().map(|d| d.free_bytes).sum();
+        o += &format!(
+            "{h:<16} {:>5}  {:<28} {:>10} {:>10}\n",
+            ds.len(),
+            states.join(", "),
+            fmt_bytes(used),
+            fmt_bytes(free)
         );
     }
     o

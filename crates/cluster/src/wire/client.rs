@@ -308,7 +308,7 @@ async fn handshake(
     rd: &mut Reader,
     wr: &mut Tracked<OwnedWriteHalf>,
     cfg: &ClientConfig,
-) -> Result<(String, Vec<(u32, String)>), Fail> {
+) -> Result<(String, Vec<(u32, String)>, u64), Fail> {
     let (_, ch): (_, Challenge) = read_meta(rd, KIND_CHALLENGE).await?;
     if ch.proto != PROTO {
         let e = WireError::BadRequest(format!("server speaks protocol {}", ch.proto));
@@ -331,12 +331,17 @@ async fn handshake(
     (frame::write_frame(wr, head, &frame::encode_meta(&req), &[], false).await)
         .map_err(transport)?;
     match read_meta(rd, KIND_RESPONSE).await?.1 {
-        Response::HelloOk { host, disks, mac } => {
+        Response::HelloOk {
+            host,
+            disks,
+            mac,
+            incarnation,
+        } => {
             if !macs_equal(&mac, &server_mac(&cfg.secret, &ch.nonce, &nonce, &host)) {
                 let e = WireError::BadRequest("server failed authentication".into());
                 return Err(Fail::Answer(e));
             }
-            Ok((host, disks))
+            Ok((host, disks, incarnation))
         }
         Response::Err(e) => Err(Fail::Answer(e)),
         other => Err(Fail::Transport(unexpected(&other))),
@@ -356,7 +361,8 @@ async fn within<T>(
         .unwrap_or(Err(Fail::Transport(WireError::timed_out())))
 }
 
-type Hello = (Arc<Conn>, String, Vec<(u32, String)>);
+/// A new connection, the server's host name, its disks and its incarnation.
+type Hello = (Arc<Conn>, String, Vec<(u32, String)>, u64);
 
 impl Conn {
     async fn open(addr: SocketAddr, cfg: &ClientConfig, id: u64) -> Result<Hello, Fail> {
@@ -377,7 +383,8 @@ impl Conn {
             inner: wr,
             progress: progress.clone(),
         };
-        let (host, disks) = within(cfg.connect_timeout, handshake(&mut rd, &mut wr, cfg)).await?;
+        let (host, disks, incarnation) =
+            within(cfg.connect_timeout, handshake(&mut rd, &mut wr, cfg)).await?;
         let conn = Arc::new(Conn {
             id,
             writer: tokio::sync::Mutex::new(wr),
@@ -393,7 +400,7 @@ impl Conn {
         let reader = tokio::spawn(read_loop(conn.clone(), rd)).abort_handle();
         *conn.reader.lock().expect("reader lock") = Some(reader);
         tokio::spawn(watchdog(Arc::downgrade(&conn), cfg.stall_timeout));
-        Ok((conn, host, disks))
+        Ok((conn, host, disks, incarnation))
     }
 
     fn is_dead(&self) -> bool {
@@ -550,7 +557,11 @@ pub struct Peer {
     opening: tokio::sync::Mutex<()>,
     next_conn: AtomicU64,
     host: String,
-    disks: Vec<(u32, String)>,
+    /// As the latest connection's `HelloOk` gave them (a restarted host may number its
+    /// disks otherwise).
+    disks: Mutex<Arc<Vec<(u32, String)>>>,
+    /// The server process the latest connection reached (`HelloOk.incarnation`).
+    incarnation: AtomicU64,
 }
 
 impl Drop for Peer {
@@ -571,7 +582,7 @@ fn expect_done(r: Response) -> Result<(), WireError> {
 impl Peer {
     /// Opens the first connection (so a wrong address or secret shows here).
     pub async fn connect(addr: SocketAddr, cfg: ClientConfig) -> Result<Peer, WireError> {
-        let (conn, host, disks) = Conn::open(addr, &cfg, 0).await.map_err(Fail::error)?;
+        let (conn, host, disks, inc) = Conn::open(addr, &cfg, 0).await.map_err(Fail::error)?;
         Ok(Peer {
             addr,
             cfg,
@@ -579,7 +590,8 @@ impl Peer {
             opening: tokio::sync::Mutex::new(()),
             next_conn: AtomicU64::new(1),
             host,
-            disks,
+            disks: Mutex::new(Arc::new(disks)),
+            incarnation: AtomicU64::new(inc),
         })
     }
 
@@ -593,8 +605,14 @@ impl Peer {
     }
 
     /// The server's disks: (pool disk, uuid).
-    pub fn disks(&self) -> &[(u32, String)] {
-        &self.disks
+    pub fn disks(&self) -> Arc<Vec<(u32, String)>> {
+        self.disks.lock().expect("disks lock").clone()
+    }
+
+    /// The server process the latest connection reached: it changes when the host
+    /// restarted (a file written before and not synced since may be gone).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation.load(Ordering::Acquire)
     }
 
     /// The least busy live connection other than `exclude`; None: open another one.
@@ -622,7 +640,12 @@ impl Peer {
             return Ok(l);
         }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (c, _, _) = Conn::open(self.addr, &self.cfg, id).await?;
+        let (c, _, disks, inc) = Conn::open(self.addr, &self.cfg, id).await?;
+        if self.incarnation.load(Ordering::Acquire) != inc {
+            tracing::warn!(host = %self.host, "storage host restarted (a new incarnation)");
+            *self.disks.lock().expect("disks lock") = Arc::new(disks);
+            self.incarnation.store(inc, Ordering::Release);
+        }
         c.assigned.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().expect("conns lock").push(c.clone());
         Ok(Lease(c))

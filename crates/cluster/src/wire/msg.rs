@@ -136,6 +136,9 @@ pub enum Response {
         host: String,
         disks: Vec<(u32, String)>,
         mac: [u8; 32],
+        /// Random per server process: a client that sees it change knows the host
+        /// restarted, and that files written before it and not yet synced may be gone.
+        incarnation: u64,
     },
     Done,
     /// Followed by `len` bytes in data chunks.

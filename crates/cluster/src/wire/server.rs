@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub test_corrupt_sent: bool,
     /// Where each fenced request (write, remove) is logged, accepted or refused.
     pub audit: Option<Arc<Audit>>,
+    /// This server process, told to clients in `HelloOk` (random at start).
+    pub incarnation: u64,
 }
 
 impl ServerConfig {
@@ -66,6 +68,7 @@ impl ServerConfig {
             buffer_bytes_max: SERVER_BUFFER_BYTES_MAX,
             test_corrupt_sent: false,
             audit: None,
+            incarnation: rand::random(),
         }
     }
 }
@@ -448,6 +451,7 @@ async fn hello(sh: &Shared, rd: &mut BufReader<OwnedReadHalf>, tx: &mpsc::Sender
                 host: sh.cfg.host.clone(),
                 disks: sh.disks.clone(),
                 mac: server_mac(&sh.cfg.secret, &nonce, &theirs, &sh.cfg.host),
+                incarnation: sh.cfg.incarnation,
             })
         }
         _ => None,
