@@ -3,7 +3,7 @@
 //! its disks with. Both ends use the store's own extent files, so one code path (buckets,
 //! O_DIRECT, atomic repair, durable syncs) writes every extent file of every host.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::PathBuf;
@@ -53,7 +53,15 @@ pub struct HostLink {
     outages: AtomicU64,
     down: AtomicBool,
     since: std::time::Instant,
+    /// Set at an outage: the next use looks the host up again (it may come back at another
+    /// address, its disks numbered otherwise), at most once per `RELINK_INTERVAL`, keeping
+    /// the old connection while the new one cannot be made (etcd down, host still down).
+    stale: AtomicBool,
+    last_relink: parking_lot::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a stale link tries to connect anew (each try is an etcd read and a connect).
+const RELINK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl HostLink {
     pub fn new(name: &str, connect: Connect) -> HostLink {
@@ -64,6 +72,8 @@ impl HostLink {
             outages: AtomicU64::new(0),
             down: AtomicBool::new(false),
             since: std::time::Instant::now(),
+            stale: AtomicBool::new(false),
+            last_relink: parking_lot::Mutex::new(None),
         }
     }
 
@@ -76,9 +86,7 @@ impl HostLink {
                 if !self.down.swap(true, Ordering::Relaxed) {
                     self.outages.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(host = %self.name, "storage host stopped answering: {e}");
-                    // The next use looks the host up again: it may come back elsewhere
-                    // (another address, its disks in another order).
-                    self.client.lock().take();
+                    self.stale.store(true, Ordering::Relaxed);
                 }
             }
             Err(_) => {}
@@ -92,15 +100,30 @@ impl HostLink {
         }
     }
 
-    /// The connection, made now if there is none (one caller at a time connects).
+    /// The connection, made now if there is none or it went stale (one caller at a time
+    /// connects).
     pub fn client(&self) -> io::Result<Arc<Client>> {
         let mut g = self.client.lock();
-        if let Some(c) = g.as_ref() {
+        let stale = self.stale.load(Ordering::Relaxed);
+        if let Some(c) = g.as_ref().filter(|_| !stale) {
             return Ok(c.clone());
         }
-        let c = Arc::new((self.connect)()?);
-        *g = Some(c.clone());
-        Ok(c)
+        if let Some(c) = g.as_ref() {
+            let mut last = self.last_relink.lock();
+            if last.is_some_and(|t| t.elapsed() < RELINK_INTERVAL) {
+                return Ok(c.clone());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match (self.connect)() {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *g = Some(c.clone());
+                self.stale.store(false, Ordering::Relaxed);
+                Ok(c)
+            }
+            Err(e) => g.clone().ok_or(e),
+        }
     }
 }
 
@@ -118,12 +141,51 @@ pub struct RemoteDisk {
     /// Files written (or installed) here and not synced since, with the host incarnation
     /// they went to: a host that restarted in between may have lost them, and its sync
     /// cannot tell a lost file from one reaped meanwhile.
-    pub written: parking_lot::Mutex<HashMap<ExtentId, u64>>,
+    written: parking_lot::Mutex<Written>,
 }
 
-/// Files `RemoteDisk::written` tracks; past it the map is dropped (and said so): the
-/// barrier syncs every file it registered, so only a barrier stuck for long gets there.
+/// Files `Written` tracks; past it the map is dropped and every untracked file counts as
+/// written to the incarnation of that moment (a restart after it makes them all lost).
 const WRITTEN_TRACKED_MAX: usize = 1 << 20;
+
+#[derive(Default)]
+struct Written {
+    files: HashMap<ExtentId, u64>,
+    /// Staged recovery copies (id, tag): the incarnation they were staged on.
+    staged: HashMap<(ExtentId, u32), u64>,
+    /// The incarnation when the map was last dropped (at its limit).
+    dropped_at: Option<u64>,
+}
+
+impl Written {
+    fn note(&mut self, id: &ExtentId, inc: u64) {
+        if self.files.len() >= WRITTEN_TRACKED_MAX {
+            tracing::error!(
+                "{} unsynced files tracked: tracking dropped",
+                self.files.len()
+            );
+            self.files.clear();
+            self.dropped_at = Some(inc);
+        }
+        self.files.insert(*id, inc);
+    }
+
+    /// After a sync answered by incarnation `now`: the ids not durable there (written to
+    /// another incarnation), which stay tracked so that every later sync says so too,
+    /// until the file is written again or removed. Ids the host itself failed stay tracked.
+    fn settle(&mut self, ids: &[ExtentId], now: u64, failed: &HashSet<ExtentId>) -> Vec<ExtentId> {
+        let mut lost = Vec::new();
+        for id in ids {
+            let inc = self.files.get(id).copied().or(self.dropped_at);
+            if inc.is_some_and(|i| i != now) {
+                lost.push(*id);
+            } else if !failed.contains(id) {
+                self.files.remove(id);
+            }
+        }
+        lost
+    }
+}
 
 impl RemoteDisk {
     pub fn new(link: Arc<HostLink>, uuid: &str, host_no: u32, term: Arc<AtomicI64>) -> RemoteDisk {
@@ -133,34 +195,8 @@ impl RemoteDisk {
             host_no,
             term,
             block_bytes: wire::BLOCK_BYTES_DEFAULT,
-            written: parking_lot::Mutex::new(HashMap::new()),
+            written: parking_lot::Mutex::new(Written::default()),
         }
-    }
-
-    /// Remembers that `id` went to the host's incarnation `inc`.
-    fn note_written(&self, id: &ExtentId, inc: u64) {
-        let mut w = self.written.lock();
-        if w.len() >= WRITTEN_TRACKED_MAX {
-            tracing::error!(host = %self.link.name, "{} unsynced files tracked: tracking dropped", w.len());
-            w.clear();
-        }
-        w.insert(*id, inc);
-    }
-
-    /// The ids among `ids` written to an incarnation other than `now` (the host restarted
-    /// since): not durable, whatever its sync said. They leave the tracked set.
-    fn lost_in_restart(&self, ids: &[ExtentId], now: u64) -> Vec<ExtentId> {
-        let mut w = self.written.lock();
-        let lost: Vec<ExtentId> = ids
-            .iter()
-            .filter(|id| w.remove(id).is_some_and(|inc| inc != now))
-            .copied()
-            .collect();
-        if !lost.is_empty() {
-            tracing::error!(host = %self.link.name, disk = %self.uuid, files = lost.len(),
-                "the host restarted after these files were written and before they were synced: not durable there");
-        }
-        lost
     }
 
     /// The host's connection and the disk's number there.
@@ -230,7 +266,7 @@ impl RemoteIo for RemoteDisk {
             sums: sums.to_vec(),
         };
         c.write(self.ctx(), &w, data)?;
-        self.note_written(id, inc);
+        self.written.lock().note(id, inc);
         Ok(())
     }
 
@@ -259,20 +295,29 @@ impl RemoteIo for RemoteDisk {
     fn sync(&self, ids: &[ExtentId]) -> io::Result<Vec<ExtentId>> {
         let wire_ids: Vec<wire::ExtentId> = ids.iter().map(to_wire).collect();
         let (c, disk) = self.at()?;
-        let failed = c.sync(self.ctx(), disk, &wire_ids)?;
-        let mut out: Vec<ExtentId> = failed.iter().map(from_wire).collect();
-        for id in self.lost_in_restart(ids, c.peer().incarnation()) {
-            if !out.contains(&id) {
-                out.push(id);
-            }
+        let failed: HashSet<ExtentId> = c
+            .sync(self.ctx(), disk, &wire_ids)?
+            .iter()
+            .map(from_wire)
+            .collect();
+        let lost = self
+            .written
+            .lock()
+            .settle(ids, c.peer().incarnation(), &failed);
+        if !lost.is_empty() {
+            tracing::error!(host = %self.link.name, disk = %self.uuid, files = lost.len(),
+                "the host restarted after these files were written and before they were synced: not durable there");
         }
-        Ok(out)
+        let mut out: HashSet<ExtentId> = failed;
+        out.extend(lost);
+        Ok(out.into_iter().collect())
     }
 
     fn remove(&self, id: &ExtentId) -> io::Result<()> {
         let (c, disk) = self.at()?;
+        // Not durable here any more either way: a failed removal leaves it to the reaper.
+        self.written.lock().files.remove(id);
         c.remove(self.ctx(), disk, to_wire(id), None)?;
-        self.written.lock().remove(id);
         Ok(())
     }
 
@@ -353,18 +398,25 @@ impl RemoteIo for RemoteDisk {
             class: Class::Recovery,
             ..self.ctx()
         };
-        Ok(client.copy_from(ctx, &c)?)
+        let inc = client.peer().incarnation();
+        client.copy_from(ctx, &c)?;
+        // Bounded by the copies in flight: each is installed or discarded next.
+        self.written.lock().staged.insert((*id, tag), inc);
+        Ok(())
     }
 
     fn install(&self, id: &ExtentId, tag: u32, fence: ShardEpoch) -> io::Result<()> {
         let (c, disk) = self.at()?;
-        let inc = c.peer().incarnation();
+        // The staged bytes went to the incarnation they were staged on (not synced there).
+        let staged = self.written.lock().staged.remove(&(*id, tag));
+        let inc = staged.unwrap_or_else(|| c.peer().incarnation());
         c.install(self.ctx(), disk, (to_wire(id), tag), fence)?;
-        self.note_written(id, inc);
+        self.written.lock().note(id, inc);
         Ok(())
     }
 
     fn discard(&self, id: &ExtentId, tag: u32) -> io::Result<()> {
+        self.written.lock().staged.remove(&(*id, tag));
         let (c, disk) = self.at()?;
         Ok(c.discard(self.ctx(), disk, to_wire(id), tag)?)
     }
@@ -646,9 +698,15 @@ mod tests {
         l.store.write_extent(&disk, &id(3), &data, (1, 1)).unwrap();
         let failed = l.store.sync_extents(&[(5, id(2)), (5, id(3))]);
         assert!(failed.contains_key(&5), "a lost write reported durable");
-        // Reported once: the next sync of what is there now succeeds.
+        // Every later sync says so too (the barrier retries what failed), until the file
+        // is written again; the files written after the restart sync.
+        assert!(l.store.sync_extents(&[(5, id(2))]).contains_key(&5));
         assert!(l.store.sync_extents(&[(5, id(3))]).is_empty());
         assert!(l.store.sync_extents(&[(5, id(1))]).is_empty());
+        l.store
+            .rewrite_extent(&disk, &id(2), &data, (1, 1))
+            .unwrap();
+        assert!(l.store.sync_extents(&[(5, id(2))]).is_empty());
     }
 
     #[test]

@@ -472,7 +472,8 @@ impl Engine {
             pending.push((e, to, len));
         }
         if pending.is_empty() {
-            self.status.lock().pending_moves = 0;
+            // Not zeroed: moves a `reshard` recorded after the read above are counted
+            // there, and the round it kicked runs them.
             return Ok(());
         }
         let total: u64 = pending.iter().map(|p| p.2).sum();
