@@ -82,14 +82,17 @@ impl HostLink {
     pub fn note<T>(&self, r: &io::Result<T>) {
         match r {
             Ok(_) => self.down.store(false, Ordering::Relaxed),
-            Err(e) if crate::store::is_network_error(e) => {
-                if !self.down.swap(true, Ordering::Relaxed) {
-                    self.outages.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(host = %self.name, "storage host stopped answering: {e}");
-                    self.stale.store(true, Ordering::Relaxed);
-                }
-            }
+            Err(e) if crate::store::is_network_error(e) => self.mark_down(&e.to_string()),
             Err(_) => {}
+        }
+    }
+
+    /// The host does not answer (an error, or the detector saw a probe hang).
+    pub fn mark_down(&self, why: &str) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(host = %self.name, "storage host stopped answering: {why}");
+            self.stale.store(true, Ordering::Relaxed);
         }
     }
 
@@ -199,17 +202,18 @@ impl RemoteDisk {
         }
     }
 
-    /// The host's connection and the disk's number there.
-    fn at(&self) -> io::Result<(Arc<Client>, u32)> {
+    /// The host's connection, the disk's number there, and the host process that number
+    /// is valid for (requests carry it: another process refuses them).
+    fn at(&self) -> io::Result<(Arc<Client>, u32, u64)> {
         let c = self.link.client()?;
-        let n = c
-            .peer()
-            .disks()
+        let view = c.peer().view();
+        let n = view
+            .disks
             .iter()
             .find(|(_, u)| *u == self.uuid)
             .map(|d| d.0);
         match n {
-            Some(n) => Ok((c, n)),
+            Some(n) => Ok((c, n, view.incarnation)),
             None => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("host {} does not serve disk {}", self.link.name, self.uuid),
@@ -217,10 +221,11 @@ impl RemoteDisk {
         }
     }
 
-    fn ctx(&self) -> Ctx {
+    fn ctx(&self, incarnation: u64) -> Ctx {
         Ctx {
             term: self.term.load(Ordering::Acquire).max(0) as u64,
             class: Class::Client,
+            incarnation,
         }
     }
 }
@@ -253,10 +258,8 @@ impl RemoteIo for RemoteDisk {
         sums: &[[u8; 32]],
         (shard, epoch): ShardEpoch,
     ) -> io::Result<()> {
-        let (c, disk) = self.at()?;
-        // Read before the write: a restart noticed meanwhile makes the sync say "lost"
-        // (safe), never "durable" for a file the old process had.
-        let inc = c.peer().incarnation();
+        let (c, disk, inc) = self.at()?;
+        // The server refuses the write unless it is process `inc`: the file went there.
         let w = WriteReq {
             disk,
             id: to_wire(id),
@@ -265,7 +268,7 @@ impl RemoteIo for RemoteDisk {
             block_bytes: self.block_bytes,
             sums: sums.to_vec(),
         };
-        c.write(self.ctx(), &w, data)?;
+        c.write(self.ctx(inc), &w, data)?;
         self.written.lock().note(id, inc);
         Ok(())
     }
@@ -278,9 +281,9 @@ impl RemoteIo for RemoteDisk {
         buf: &mut [u8],
     ) -> Result<(), ReadError> {
         let span = (off as u64, buf.len() as u64);
-        let (c, disk) = self.at().map_err(ReadError::Io)?;
+        let (c, disk, inc) = self.at().map_err(ReadError::Io)?;
         let r = ReadReq::covering(disk, to_wire(id), span, self.block_bytes, sums);
-        let data = c.read(self.ctx(), &r).map_err(read_error)?;
+        let data = c.read(self.ctx(inc), &r).map_err(read_error)?;
         if data.len() != buf.len() {
             return Err(ReadError::Corrupt(format!(
                 "remote read gave {} of {} bytes",
@@ -294,16 +297,13 @@ impl RemoteIo for RemoteDisk {
 
     fn sync(&self, ids: &[ExtentId]) -> io::Result<Vec<ExtentId>> {
         let wire_ids: Vec<wire::ExtentId> = ids.iter().map(to_wire).collect();
-        let (c, disk) = self.at()?;
+        let (c, disk, inc) = self.at()?;
         let failed: HashSet<ExtentId> = c
-            .sync(self.ctx(), disk, &wire_ids)?
+            .sync(self.ctx(inc), disk, &wire_ids)?
             .iter()
             .map(from_wire)
             .collect();
-        let lost = self
-            .written
-            .lock()
-            .settle(ids, c.peer().incarnation(), &failed);
+        let lost = self.written.lock().settle(ids, inc, &failed);
         if !lost.is_empty() {
             tracing::error!(host = %self.link.name, disk = %self.uuid, files = lost.len(),
                 "the host restarted after these files were written and before they were synced: not durable there");
@@ -314,10 +314,10 @@ impl RemoteIo for RemoteDisk {
     }
 
     fn remove(&self, id: &ExtentId) -> io::Result<()> {
-        let (c, disk) = self.at()?;
+        let (c, disk, inc) = self.at()?;
         // Not durable here any more either way: a failed removal leaves it to the reaper.
         self.written.lock().files.remove(id);
-        c.remove(self.ctx(), disk, to_wire(id), None)?;
+        c.remove(self.ctx(inc), disk, to_wire(id), None)?;
         Ok(())
     }
 
@@ -325,7 +325,7 @@ impl RemoteIo for RemoteDisk {
         // Probes run every second on every disk: they see each outage of the host.
         let r = self
             .at()
-            .and_then(|(c, disk)| Ok(c.probe(self.ctx(), disk)?));
+            .and_then(|(c, disk, inc)| Ok(c.probe(self.ctx(inc), disk)?));
         self.link.note(&r);
         r
     }
@@ -334,25 +334,29 @@ impl RemoteIo for RemoteDisk {
         self.link.signals()
     }
 
+    fn host_unreachable(&self) {
+        self.link.mark_down("its probe hung or failed");
+    }
+
     fn space(&self) -> io::Result<(u64, u64)> {
-        let (c, disk) = self.at()?;
-        let s = c.space(self.ctx(), disk)?;
+        let (c, disk, inc) = self.at()?;
+        let s = c.space(self.ctx(inc), disk)?;
         Ok((s.total_bytes, s.free_bytes))
     }
 
     fn scan(&self) -> io::Result<Vec<(ExtentId, u64)>> {
-        let (c, disk) = self.at()?;
-        let all = c.scan(self.ctx(), disk)?;
+        let (c, disk, inc) = self.at()?;
+        let all = c.scan(self.ctx(inc), disk)?;
         Ok(all.iter().map(|(id, len)| (from_wire(id), *len)).collect())
     }
 
     fn remove_temps(&self) -> io::Result<usize> {
-        let (c, disk) = self.at()?;
-        Ok(c.remove_temps(self.ctx(), disk)? as usize)
+        let (c, disk, inc) = self.at()?;
+        Ok(c.remove_temps(self.ctx(inc), disk)? as usize)
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        let (c, _) = self.at()?;
+        let (c, _, _) = self.at()?;
         if c.peer().host() != self.link.name {
             bail!(
                 "host {} answers as {} at {}",
@@ -369,7 +373,7 @@ impl RemoteIo for RemoteDisk {
     }
 
     fn locator(&self) -> io::Result<(String, u32)> {
-        let (c, disk) = self.at()?;
+        let (c, disk, _) = self.at()?;
         Ok((c.peer().addr().to_string(), disk))
     }
 
@@ -381,7 +385,7 @@ impl RemoteIo for RemoteDisk {
         (shard, epoch): ShardEpoch,
     ) -> io::Result<()> {
         let (src, src_disk) = src.locator()?;
-        let (client, dst_disk) = self.at()?;
+        let (client, dst_disk, inc) = self.at()?;
         let c = CopyReq {
             src,
             src_disk,
@@ -396,9 +400,8 @@ impl RemoteIo for RemoteDisk {
         };
         let ctx = Ctx {
             class: Class::Recovery,
-            ..self.ctx()
+            ..self.ctx(inc)
         };
-        let inc = client.peer().incarnation();
         client.copy_from(ctx, &c)?;
         // Bounded by the copies in flight: each is installed or discarded next.
         self.written.lock().staged.insert((*id, tag), inc);
@@ -406,19 +409,20 @@ impl RemoteIo for RemoteDisk {
     }
 
     fn install(&self, id: &ExtentId, tag: u32, fence: ShardEpoch) -> io::Result<()> {
-        let (c, disk) = self.at()?;
+        let (c, disk, inc) = self.at()?;
         // The staged bytes went to the incarnation they were staged on (not synced there).
         let staged = self.written.lock().staged.remove(&(*id, tag));
-        let inc = staged.unwrap_or_else(|| c.peer().incarnation());
-        c.install(self.ctx(), disk, (to_wire(id), tag), fence)?;
+        // Installed only by the process it was staged on (another refuses: Restarted).
+        let inc = staged.unwrap_or(inc);
+        c.install(self.ctx(inc), disk, (to_wire(id), tag), fence)?;
         self.written.lock().note(id, inc);
         Ok(())
     }
 
     fn discard(&self, id: &ExtentId, tag: u32) -> io::Result<()> {
         self.written.lock().staged.remove(&(*id, tag));
-        let (c, disk) = self.at()?;
-        Ok(c.discard(self.ctx(), disk, to_wire(id), tag)?)
+        let (c, disk, inc) = self.at()?;
+        Ok(c.discard(self.ctx(inc), disk, to_wire(id), tag)?)
     }
 }
 

@@ -474,6 +474,9 @@ pub trait RemoteIo: Send + Sync {
     fn host_signals(&self) -> HostSignals {
         HostSignals::default()
     }
+    /// The failure detector found the host not answering (a probe hung or failed on the
+    /// network): one outage of the host, however many of its disks say so.
+    fn host_unreachable(&self) {}
 }
 
 /// What the metadata host saw of a storage host's link since the pool was mounted.

@@ -138,10 +138,7 @@ async fn extents_over_the_network(addr: &str) {
         .unwrap();
     assert_eq!(peer.host(), "s1");
     assert_eq!(peer.disks().len(), 2);
-    let ctx0 = Ctx {
-        term: 1,
-        class: Class::Client,
-    };
+    let ctx0 = Ctx::new(1, Class::Client);
     for disk in 0..2 {
         peer.probe(ctx0, disk).await.unwrap();
     }
@@ -153,10 +150,7 @@ async fn extents_over_the_network(addr: &str) {
         index: 1,
         version: 9,
     };
-    let ctx = Ctx {
-        term: 1,
-        class: Class::Client,
-    };
+    let ctx = Ctx::new(1, Class::Client);
     let w = WriteReq {
         disk: 1,
         id,

@@ -231,6 +231,12 @@ pub(super) fn host_returns(w: std::sync::Weak<Orchestrator>) {
 /// A remote disk whose host does not answer: suspect, failed once `host_grace` has passed
 /// since the host last answered. Returns false when the disk failed.
 fn host_unreachable(o: &Orchestrator, d: &Arc<Disk>, p: &mut Prober, e: &str) -> bool {
+    if p.unreachable_since.is_none() {
+        // A host risk signal: counted once per outage of the host, not per disk or probe.
+        if let Some(r) = &d.remote {
+            r.host_unreachable();
+        }
+    }
     let since = *p.unreachable_since.get_or_insert_with(Instant::now);
     if since.elapsed() >= o.opts.host_grace {
         let why = format!(

@@ -26,10 +26,7 @@ const DISK: u32 = 1;
 const LOCAL: &str = "127.0.0.1:0";
 
 fn ctx(term: u64) -> Ctx {
-    Ctx {
-        term,
-        class: Class::Client,
-    }
+    Ctx::new(term, Class::Client)
 }
 
 fn xid(version: u64) -> ExtentId {
@@ -410,10 +407,7 @@ async fn a_stopped_server_frees_its_callers_within_the_stall_time_out() {
     b.unwrap();
     relay.paused.store(true, Ordering::SeqCst);
     // Recovery class: no whole-request deadline, only the stall time-out frees it.
-    let recovery = Ctx {
-        term: 1,
-        class: Class::Recovery,
-    };
+    let recovery = Ctx::new(1, Class::Recovery);
     let r = ReadReq::covering(DISK, xid(1), (0, data.len() as u64), BS, &w.sums);
     let t = Instant::now();
     let read = timed(t, async { p.read(recovery, &r).await.map(|_| ()) });
@@ -472,10 +466,7 @@ async fn the_rate_cap_holds_within_10_percent() {
     for _ in 0..3 {
         let (p, bytes, sums) = (p.clone(), bytes.clone(), w.sums.clone());
         tasks.push(tokio::spawn(async move {
-            let recovery = Ctx {
-                term: 1,
-                class: Class::Recovery,
-            };
+            let recovery = Ctx::new(1, Class::Recovery);
             let r = ReadReq::covering(DISK, xid(1), (0, 1 << 20), BS, &sums);
             while t.elapsed() < run {
                 let got = p.read(recovery, &r).await.unwrap();
@@ -499,10 +490,7 @@ async fn the_rate_cap_holds_within_10_percent() {
     );
     // Writes are paced as they are received.
     server.set_rate(Class::Migration, rate / 2);
-    let migration = Ctx {
-        term: 1,
-        class: Class::Migration,
-    };
+    let migration = Ctx::new(1, Class::Migration);
     let t = Instant::now();
     let mut written = 0u64;
     while t.elapsed() < Duration::from_secs(2) {
@@ -1037,4 +1025,28 @@ async fn a_target_pulls_a_copy_from_its_source() {
     pb.discard(ctx(1), DISK, xid(1), 11).await.unwrap();
     assert_eq!(pb.remove_temps(ctx(1), DISK).await.unwrap(), 0);
     drop(back_b);
+}
+
+/// A request whose disk numbers came from another server process is refused (the host
+/// restarted and may number its disks otherwise); the current incarnation and 0 pass, and
+/// a restarted server tells the client its new incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_an_earlier_incarnation_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (server, _) = start(d.path(), |_| {}).await;
+    let p = peer(server.local_addr(), |_| {}).await;
+    let inc = p.incarnation();
+    assert_ne!(inc, 0);
+    let at = |incarnation| Ctx {
+        incarnation,
+        ..ctx(1)
+    };
+    p.probe(at(inc), DISK).await.unwrap();
+    p.probe(at(0), DISK).await.unwrap();
+    assert_eq!(
+        p.probe(at(inc ^ 1), DISK).await.err(),
+        Some(WireError::Restarted)
+    );
+    let (again, _) = start(d.path(), |_| {}).await;
+    assert_ne!(peer(again.local_addr(), |_| {}).await.incarnation(), inc);
 }

@@ -75,6 +75,18 @@ impl ClientConfig {
 pub struct Ctx {
     pub term: u64,
     pub class: Class,
+    /// The server process the request's disk numbers come from (0: any).
+    pub incarnation: u64,
+}
+
+impl Ctx {
+    pub fn new(term: u64, class: Class) -> Ctx {
+        Ctx {
+            term,
+            class,
+            incarnation: 0,
+        }
+    }
 }
 
 /// A write of one whole extent version; `sums` are the metadata's, one per block.
@@ -326,6 +338,7 @@ async fn handshake(
         term: 0,
         class: Class::Client,
         op,
+        incarnation: 0,
     };
     let head = Header::new(KIND_REQUEST, 0, 0, 0);
     (frame::write_frame(wr, head, &frame::encode_meta(&req), &[], false).await)
@@ -557,11 +570,18 @@ pub struct Peer {
     opening: tokio::sync::Mutex<()>,
     next_conn: AtomicU64,
     host: String,
-    /// As the latest connection's `HelloOk` gave them (a restarted host may number its
-    /// disks otherwise).
-    disks: Mutex<Arc<Vec<(u32, String)>>>,
-    /// The server process the latest connection reached (`HelloOk.incarnation`).
-    incarnation: AtomicU64,
+    /// The latest connection's `HelloOk`: which process, and its disks (a restarted host
+    /// may number them otherwise). One value, so a disk number and the incarnation it is
+    /// valid for are read together.
+    view: Mutex<Arc<PeerView>>,
+}
+
+/// A storage host process as a connection's `HelloOk` described it.
+#[derive(Debug)]
+pub struct PeerView {
+    pub incarnation: u64,
+    /// (disk number, uuid).
+    pub disks: Vec<(u32, String)>,
 }
 
 impl Drop for Peer {
@@ -590,8 +610,10 @@ impl Peer {
             opening: tokio::sync::Mutex::new(()),
             next_conn: AtomicU64::new(1),
             host,
-            disks: Mutex::new(Arc::new(disks)),
-            incarnation: AtomicU64::new(inc),
+            view: Mutex::new(Arc::new(PeerView {
+                incarnation: inc,
+                disks,
+            })),
         })
     }
 
@@ -605,14 +627,19 @@ impl Peer {
     }
 
     /// The server's disks: (pool disk, uuid).
-    pub fn disks(&self) -> Arc<Vec<(u32, String)>> {
-        self.disks.lock().expect("disks lock").clone()
+    pub fn disks(&self) -> Vec<(u32, String)> {
+        self.view().disks.clone()
     }
 
     /// The server process the latest connection reached: it changes when the host
     /// restarted (a file written before and not synced since may be gone).
     pub fn incarnation(&self) -> u64 {
-        self.incarnation.load(Ordering::Acquire)
+        self.view().incarnation
+    }
+
+    /// Incarnation and disks, read together.
+    pub fn view(&self) -> Arc<PeerView> {
+        self.view.lock().expect("view lock").clone()
     }
 
     /// The least busy live connection other than `exclude`; None: open another one.
@@ -640,12 +667,21 @@ impl Peer {
             return Ok(l);
         }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (c, _, disks, inc) = Conn::open(self.addr, &self.cfg, id).await?;
-        if self.incarnation.load(Ordering::Acquire) != inc {
-            tracing::warn!(host = %self.host, "storage host restarted (a new incarnation)");
-            *self.disks.lock().expect("disks lock") = Arc::new(disks);
-            self.incarnation.store(inc, Ordering::Release);
+        let (c, host, disks, inc) = Conn::open(self.addr, &self.cfg, id).await?;
+        if host != self.host {
+            c.kill(WireError::ShuttingDown);
+            let e = format!("{} answers as host {host}, not {}", self.addr, self.host);
+            return Err(Fail::Answer(WireError::BadRequest(e)));
         }
+        let mut view = self.view.lock().expect("view lock");
+        if view.incarnation != inc {
+            tracing::warn!(host = %self.host, "storage host restarted (a new incarnation)");
+            *view = Arc::new(PeerView {
+                incarnation: inc,
+                disks,
+            });
+        }
+        drop(view);
         c.assigned.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().expect("conns lock").push(c.clone());
         Ok(Lease(c))
@@ -714,6 +750,7 @@ impl Peer {
             term: ctx.term,
             class: ctx.class,
             op,
+            incarnation: ctx.incarnation,
         }
     }
 

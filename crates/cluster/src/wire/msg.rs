@@ -40,6 +40,9 @@ pub struct Request {
     pub term: u64,
     pub class: Class,
     pub op: Op,
+    /// The server process the sender's disk numbers came from (`HelloOk.incarnation`);
+    /// another one refuses with `Restarted` (its disks may be numbered otherwise). 0: any.
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +191,9 @@ pub enum WireError {
     BadRequest(String),
     #[error("server shutting down")]
     ShuttingDown,
+    /// The request named disks by an earlier process's numbering.
+    #[error("the storage host restarted: ask again with its new disk numbers")]
+    Restarted,
 }
 
 impl WireError {
@@ -227,6 +233,8 @@ impl From<WireError> for io::Error {
             WireError::Io { errno } => io::Error::from_raw_os_error(errno),
             WireError::NoSpace => io::Error::from_raw_os_error(libc::ENOSPC),
             WireError::NotFound => io::Error::from_raw_os_error(libc::ENOENT),
+            // The host, not the disk: handled as the network's (not counted on the disk).
+            WireError::Restarted => io::Error::new(io::ErrorKind::ConnectionReset, e),
             other => io::Error::other(other),
         }
     }
@@ -317,6 +325,7 @@ mod tests {
                 id,
                 shard_epoch: Some((5, 6)),
             },
+            incarnation: 11,
         };
         let b = postcard::to_allocvec(&r).unwrap();
         let back: Request = postcard::from_bytes(&b).unwrap();

@@ -678,6 +678,9 @@ async fn serve(
     payload: Option<(Vec<u8>, OwnedSemaphorePermit)>,
 ) -> Result<Served, WireError> {
     let term = req.term;
+    if req.incarnation != 0 && req.incarnation != sh.cfg.incarnation {
+        return Err(WireError::Restarted);
+    }
     match req.op {
         Op::Hello { .. } => Err(WireError::BadRequest("hello twice".into())),
         Op::Write {
@@ -746,10 +749,7 @@ async fn serve_copy(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError>
     // Refused before any byte moves when the fence already knows better.
     sh.check_logged(dst_disk, term, (shard, epoch))?;
     let peer = sh.peer(&src).await?;
-    let ctx = super::Ctx {
-        term,
-        class: Class::Recovery,
-    };
+    let ctx = super::Ctx::new(term, Class::Recovery);
     let read = super::ReadReq::covering(src_disk, id, (0, len), block_bytes, &sums);
     let data = peer.read(ctx, &read).await?;
     let (fence, be) = (sh.fence(dst_disk)?, sh.backend.clone());
