@@ -372,9 +372,9 @@ impl RemoteIo for RemoteDisk {
         self.host_no
     }
 
-    fn locator(&self) -> io::Result<(String, u32)> {
-        let (c, disk, _) = self.at()?;
-        Ok((c.peer().addr().to_string(), disk))
+    fn locator(&self) -> io::Result<(String, u32, u64)> {
+        let (c, disk, inc) = self.at()?;
+        Ok((c.peer().addr().to_string(), disk, inc))
     }
 
     fn stage_from(
@@ -384,11 +384,12 @@ impl RemoteIo for RemoteDisk {
         sums: &[[u8; 32]],
         (shard, epoch): ShardEpoch,
     ) -> io::Result<()> {
-        let (src, src_disk) = src.locator()?;
+        let (src, src_disk, src_incarnation) = src.locator()?;
         let (client, dst_disk, inc) = self.at()?;
         let c = CopyReq {
             src,
             src_disk,
+            src_incarnation,
             dst_disk,
             id: to_wire(id),
             len,

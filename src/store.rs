@@ -454,8 +454,9 @@ pub trait RemoteIo: Send + Sync {
     fn remove_temps(&self) -> io::Result<usize>;
     /// The host still serves this disk (by its cluster-wide uuid).
     fn check(&self) -> anyhow::Result<()>;
-    /// Where the disk is served: its host's extent-service address and its number there.
-    fn locator(&self) -> io::Result<(String, u32)>;
+    /// Where the disk is served: its host's extent-service address, its number there, and
+    /// the host process that numbers it so.
+    fn locator(&self) -> io::Result<(String, u32, u64)>;
     /// Recovery: this disk's host pulls `id` from `src` (another remote disk) and stages it
     /// as copy `tag`, checked against `sums`; no byte passes through this host.
     fn stage_from(

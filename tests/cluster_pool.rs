@@ -833,6 +833,50 @@ fn check_lost(files: &BTreeMap<PathBuf, Vec<u8>>, lost: &std::collections::HashS
     }
 }
 
+/// Four hosts, a pool over them mounted with the risk service every second, migrations
+/// at 64 MiB/s, no re-sharding and the host grace given; risk levels warn 0.06, evacuate
+/// 0.07 (healthy disks here score about 0.002).
+fn mounted_for_risk(grace_ms: &str) -> (Cluster, Mounted) {
+    let args = [
+        "--host-grace-ms",
+        grace_ms,
+        "--risk-interval-s",
+        "1",
+        "--no-smartctl",
+    ];
+    let more = ["--migration-rate", "64MiB", "--reshard-interval-s", "0"];
+    let cm = mount_over(
+        cluster(&["s1", "s2", "s3", "s4"]),
+        &[],
+        &[&args[..], &more].concat(),
+    );
+    let p = cm.1.fsp.pool.to_str().unwrap().to_string();
+    run_ok(&["risk", &p, "--warn", "0.06", "--evacuate", "0.07"]);
+    cm
+}
+
+/// Waits (60 s) until evacuation reports both `ids` evacuated; otherwise fails with the
+/// disks' risk, the evacuation status and `why`.
+fn wait_evacuated(m: &Mounted, ids: [u64; 2], why: &str) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let v = m.fsp.json(&["status"]);
+        let ev = v["risk"]["evacuation"]["evacuated"].as_array();
+        let done = |id: u64| ev.is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(id)));
+        if ids.iter().all(|i| done(*i)) {
+            return v;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let r = m.fsp.json(&["risk"]);
+            panic!(
+                "{ids:?} not evacuated: {:#}\n{:#}\n{why}",
+                r["disks"], v["risk"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A smartmon-style textfile with climbing error counters.
 fn failing_prom() -> String {
     [
@@ -854,21 +898,7 @@ fn a_host_whose_smart_goes_bad_is_evacuated_before_it_fails() {
     if !net::available() || !fuse_available() {
         return;
     }
-    let args = [
-        "--host-grace-ms",
-        "2000",
-        "--risk-interval-s",
-        "1",
-        "--no-smartctl",
-    ];
-    let args = [
-        &args[..],
-        &["--migration-rate", "64MiB", "--reshard-interval-s", "0"],
-    ]
-    .concat();
-    let (mut c, m) = mount_over(cluster(&["s1", "s2", "s3", "s4"]), &[], &args);
-    let p = m.fsp.pool.to_str().unwrap().to_string();
-    run_ok(&["risk", &p, "--warn", "0.06", "--evacuate", "0.12"]);
+    let (mut c, m) = mounted_for_risk("2000");
     let files = fill(&m.mnt, 24);
     for i in 0..2 {
         let f = c.health_dir("s2").join(format!("{i}.prom"));
@@ -876,11 +906,7 @@ fn a_host_whose_smart_goes_bad_is_evacuated_before_it_fails() {
         std::fs::rename(f.with_extension("tmp"), &f).unwrap();
     }
     let t0 = Instant::now();
-    let v = m.fsp.wait_status(120, "s2's disks evacuated", |v| {
-        let ev = v["risk"]["evacuation"]["evacuated"].as_array();
-        let done = |id: u64| ev.is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(id)));
-        done(2) && done(3)
-    });
+    let v = wait_evacuated(&m, [2, 3], "s2's SMART");
     let evac_s = t0.elapsed().as_secs_f64();
     let risk = m.fsp.json(&["risk"]);
     let d2 = risk["disks"]
@@ -933,21 +959,7 @@ fn a_flapping_host_is_scored_and_evacuated() {
     if !net::available() || !fuse_available() {
         return;
     }
-    let args = [
-        "--host-grace-ms",
-        "20000",
-        "--risk-interval-s",
-        "1",
-        "--no-smartctl",
-    ];
-    let args = [
-        &args[..],
-        &["--migration-rate", "64MiB", "--reshard-interval-s", "0"],
-    ]
-    .concat();
-    let (c, m) = mount_over(cluster(&["s1", "s2", "s3", "s4"]), &[], &args);
-    let p = m.fsp.pool.to_str().unwrap().to_string();
-    run_ok(&["risk", &p, "--warn", "0.06", "--evacuate", "0.07"]);
+    let (c, m) = mounted_for_risk("20000");
     let files = fill(&m.mnt, 16);
     let log_path = m.fsp.pool.join("foreshard.log");
     let outages_seen = || {
@@ -983,23 +995,7 @@ fn a_flapping_host_is_scored_and_evacuated() {
         .filter(|l| l.contains("stopped answering"))
         .collect();
     assert!(outages.len() >= 4, "{outages:#?}");
-    let t0 = Instant::now();
-    let v = loop {
-        let v = m.fsp.json(&["status"]);
-        let ev = v["risk"]["evacuation"]["evacuated"].as_array();
-        let done = |id: u64| ev.is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(id)));
-        if done(4) && done(5) {
-            break v;
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            let r = m.fsp.json(&["risk"]);
-            panic!(
-                "s3's disks not evacuated: {:#}\n{:#}\n{outages:#?}",
-                r["disks"], v["risk"]
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let v = wait_evacuated(&m, [4, 5], &format!("{outages:#?}"));
     let risk = m.fsp.json(&["risk"]);
     for d in risk["disks"].as_array().unwrap() {
         let host_factor = d["factors"]

@@ -990,6 +990,7 @@ async fn a_target_pulls_a_copy_from_its_source() {
     let copy = |id: ExtentId, epoch: u64, tag: u32| CopyReq {
         src: a.local_addr().to_string(),
         src_disk: DISK,
+        src_incarnation: pa.incarnation(),
         dst_disk: DISK,
         id,
         len: data.len() as u64,
@@ -1010,6 +1011,15 @@ async fn a_target_pulls_a_copy_from_its_source() {
     assert!(
         matches!(stale, Err(WireError::Fenced { epoch: 3, .. })),
         "{stale:?}"
+    );
+    // A source disk numbered by another process of A (restarted meanwhile): refused.
+    let wrong = CopyReq {
+        src_incarnation: pa.incarnation() ^ 1,
+        ..copy(xid(1), 3, 13)
+    };
+    assert_eq!(
+        pb.copy_from(ctx(1), &wrong).await,
+        Err(WireError::Restarted)
     );
     // A corrupt source: A refuses to send it, nothing is staged on B.
     let p = back_a.extent_path(DISK, xid(1)).unwrap();

@@ -105,6 +105,8 @@ pub struct WriteReq {
 pub struct CopyReq {
     pub src: String,
     pub src_disk: u32,
+    /// The source server process `src_disk` is numbered by (0: any).
+    pub src_incarnation: u64,
     pub dst_disk: u32,
     pub id: ExtentId,
     pub len: u64,
@@ -884,6 +886,7 @@ impl Peer {
         let op = Op::CopyFrom {
             src: c.src.clone(),
             src_disk: c.src_disk,
+            src_incarnation: c.src_incarnation,
             dst_disk: c.dst_disk,
             id: c.id,
             len: c.len,

@@ -30,7 +30,7 @@ pub use pace::Pacer;
 pub use server::{Server, ServerConfig};
 
 /// The protocol version `Hello` carries.
-pub const PROTO: u16 = 3;
+pub const PROTO: u16 = 4;
 /// The pool's checksum block (`block_size`); requests carry theirs, this is the default.
 pub const BLOCK_BYTES_DEFAULT: u32 = 16 * 1024;
 /// Requests in flight on one connection; a caller beyond it waits for a slot.

@@ -102,6 +102,7 @@ pub enum Op {
     CopyFrom {
         src: String,
         src_disk: u32,
+        src_incarnation: u64,
         dst_disk: u32,
         id: ExtentId,
         len: u64,

@@ -733,6 +733,7 @@ async fn serve_copy(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError>
     let Op::CopyFrom {
         src,
         src_disk,
+        src_incarnation,
         dst_disk,
         id,
         len,
@@ -749,7 +750,10 @@ async fn serve_copy(sh: &Shared, term: u64, op: Op) -> Result<Served, WireError>
     // Refused before any byte moves when the fence already knows better.
     sh.check_logged(dst_disk, term, (shard, epoch))?;
     let peer = sh.peer(&src).await?;
-    let ctx = super::Ctx::new(term, Class::Recovery);
+    let ctx = super::Ctx {
+        incarnation: src_incarnation,
+        ..super::Ctx::new(term, Class::Recovery)
+    };
     let read = super::ReadReq::covering(src_disk, id, (0, len), block_bytes, &sums);
     let data = peer.read(ctx, &read).await?;
     let (fence, be) = (sh.fence(dst_disk)?, sh.backend.clone());
