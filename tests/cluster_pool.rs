@@ -1069,6 +1069,20 @@ fn hosts_are_added_drained_and_removed() {
         .collect();
     assert!(free.iter().all(|d| d.pool.is_none()), "{free:?}");
     assert_eq!(c.files_per_host()["s1"], 0, "extent files left on s1");
+    // The node forgets the pool's shard epochs of its released disks (the term stays): a
+    // fence of one 16-byte record.
+    for d in &c.disks["s1"] {
+        let fence = d.join(foreshard_cluster::wire::FENCE_FILE);
+        let t0 = Instant::now();
+        while std::fs::metadata(&fence).unwrap().len() != 16 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{} kept its epochs",
+                fence.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let v = m.fsp.json(&["status"]);
     let removed = v["disks"].as_array().unwrap().iter();
     assert_eq!(removed.filter(|d| d["state"] == "removed").count(), 2);

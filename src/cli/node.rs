@@ -18,8 +18,9 @@ use foreshard_cluster::map::Map;
 use foreshard_cluster::node::{
     check_config, read_secret, HealthFn, Node, NodeConfig, DISKSTAT_INTERVAL,
 };
+use foreshard_cluster::records::{decode, DiskRecord};
 use foreshard_cluster::view::{read_view, ClusterView};
-use foreshard_cluster::wire::{Audit, Server, ServerConfig};
+use foreshard_cluster::wire::{Audit, Fence, Server, ServerConfig};
 
 #[derive(clap::Args)]
 pub struct NodeCmd {
@@ -196,12 +197,46 @@ async fn serve(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let fences: Vec<(String, Arc<Fence>)> = (0u32..)
+        .zip(&node.disks)
+        .filter_map(|(i, (uuid, _))| Some((uuid.clone(), server.fence(i)?)))
+        .collect();
+    let released = tokio::spawn(forget_released(map.clone(), fences, stat_interval));
     let r = node.run(&map, stat_interval, stop_signal()).await;
+    released.abort();
     server.shutdown();
     health.abort();
     r.context("leaving the cluster")?;
     println!("node left the cluster");
     Ok(())
+}
+
+/// Forgets the shard epochs of disks whose record names no pool any more (`host remove`
+/// released them), so that the next pool to claim one starts its shards' epochs low.
+async fn forget_released(map: Map, disks: Vec<(String, Arc<Fence>)>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        for (uuid, fence) in &disks {
+            let key = map.keys().disk(uuid);
+            let Ok(Some(kv)) = map.get(&key).await else {
+                continue;
+            };
+            let free = decode::<DiskRecord>(&key, &kv.value).is_ok_and(|r| r.body.pool.is_none());
+            if !free {
+                continue;
+            }
+            match tokio::task::block_in_place(|| fence.release()) {
+                Ok(true) => {
+                    tracing::info!(disk = %uuid, "released by its pool: shard epochs forgotten")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(disk = %uuid, "cannot clear the fence of a released disk: {e}")
+                }
+            }
+        }
+    }
 }
 
 async fn stop_signal() {

@@ -226,6 +226,20 @@ impl Fence {
         Ok(())
     }
 
+    /// The disk left its pool (its record names none): the pool's shard epochs are
+    /// forgotten, durably, so the next pool's shards start low. The term stays: terms are
+    /// etcd revisions, so every later metadata host's is higher, and a stale one stays
+    /// refused. True when there was something to forget.
+    pub fn release(&self) -> io::Result<bool> {
+        let mut t = self.table.write().expect("fence lock");
+        if t.epochs.is_empty() {
+            return Ok(false);
+        }
+        t.epochs.clear();
+        self.compact(&mut t)?;
+        Ok(true)
+    }
+
     /// Rewrites the live table to a temporary file and renames it over the log.
     fn compact(&self, t: &mut Table) -> io::Result<()> {
         let tmp = self.dir.join(format!("{FENCE_FILE}.tmp"));
@@ -252,6 +266,22 @@ impl Fence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_released_disk_forgets_epochs_not_the_term() {
+        let d = tempfile::tempdir().unwrap();
+        let f = Fence::open(d.path()).unwrap();
+        drop(f.admit(7, Some((3, 9))).unwrap());
+        assert!(f.release().unwrap());
+        assert!(!f.release().unwrap());
+        let f = Fence::open(d.path()).unwrap();
+        assert_eq!((f.term(), f.epoch(3)), (7, 0));
+        drop(f.admit(8, Some((3, 1))).unwrap());
+        assert_eq!(
+            f.admit(6, None).err(),
+            Some(WireError::Fenced { term: 8, epoch: 0 })
+        );
+    }
 
     fn fenced(term: u64, epoch: u64) -> Result<(), WireError> {
         Err(WireError::Fenced { term, epoch })
