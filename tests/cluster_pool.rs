@@ -650,9 +650,22 @@ fn a_paused_host_is_rebuilt_and_fenced_when_it_wakes() {
     m.fsp.wait_status(60, "s4's disks online again", |v| {
         failed_disks(v) == 0 && v["replica_health"]["under_replicated"] == 0
     });
-    let log = std::fs::read_to_string(m.fsp.pool.join("foreshard.log")).unwrap();
-    let back: Vec<&str> = log.lines().filter(|l| l.contains("host back")).collect();
-    assert_eq!(back.len(), 2, "{log}");
+    // A disk is up (in status) a moment before its "host back" line is logged.
+    let t0 = Instant::now();
+    let back = loop {
+        let log = std::fs::read_to_string(m.fsp.pool.join("foreshard.log")).unwrap();
+        let back: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("host back"))
+            .map(String::from)
+            .collect();
+        if back.len() >= 2 {
+            break back;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(back.len(), 2, "{back:#?}");
     eprintln!("s4 continued:\n{}", back.join("\n"));
     common::drop_caches();
     check_files(&files);
