@@ -54,6 +54,11 @@ pub fn parse_remote(path: &str) -> Option<(&str, &str)> {
     path.strip_prefix(REMOTE_SCHEME)?.split_once('/')
 }
 
+/// Whether `d` is a disk of storage host `host`.
+pub fn on_host(d: &Disk, host: &str) -> bool {
+    parse_remote(&d.root.to_string_lossy()).is_some_and(|(h, _)| h == host)
+}
+
 pub fn conf_of(meta: &Meta) -> anyhow::Result<Option<ClusterConf>> {
     match meta.get_raw(CF_CONFIG, CLUSTER_KEY)? {
         None => Ok(None),

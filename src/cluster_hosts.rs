@@ -12,7 +12,7 @@ use foreshard_cluster::batch::{Change, Expect};
 use foreshard_cluster::map::CasOutcome;
 use foreshard_cluster::records::{decode, encode, DiskRecord};
 
-use crate::cluster::{parse_remote, remote_path, Cluster};
+use crate::cluster::{on_host, parse_remote, remote_path, Cluster};
 use crate::cluster_init::{free_disks, FreeDisk};
 use crate::fs::Fs;
 use crate::meta::{DiskRec, DiskState};
@@ -113,7 +113,7 @@ impl Cluster {
             .store
             .disks()
             .into_iter()
-            .filter(|d| parse_remote(&d.root.to_string_lossy()).is_some_and(|(h, _)| h == host))
+            .filter(|d| on_host(d, host))
             .collect();
         if disks.is_empty() {
             bail!("host {host} has no disk in this pool");

@@ -734,12 +734,7 @@ fn a_disk_yanked_while_another_host_is_down() {
     let shards = m.fsp.json(&["shards"]);
     for s in shards["shards"].as_array().unwrap() {
         for e in s["extents"].as_array().unwrap() {
-            let reps: Vec<u32> = e["replicas"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.as_u64().unwrap() as u32)
-                .collect();
+            let reps = disk_ids(&e["replicas"]);
             if reps.iter().all(|r| failed.contains(&(*r as u64))) {
                 continue;
             }
@@ -811,12 +806,7 @@ fn the_etcd_leader_killed_during_writes_and_a_recovery() {
     assert_eq!(local.len(), map_shards.len());
     for l in local {
         let r = &map_shards[&(l["id"].as_u64().unwrap() as u32)];
-        let disks: Vec<u32> = l["disks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap() as u32)
-            .collect();
+        let disks = disk_ids(&l["disks"]);
         assert_eq!(
             (l["epoch"].as_u64().unwrap(), disks),
             (r.epoch, r.disks.clone()),
@@ -1138,6 +1128,12 @@ fn hosts_are_added_drained_and_removed() {
     assert!(ok, "{report}");
 }
 
+/// A JSON array of disk ids (a shard's disks, an extent's replicas).
+fn disk_ids(v: &serde_json::Value) -> Vec<u32> {
+    let ids = v.as_array().unwrap().iter();
+    ids.map(|d| d.as_u64().unwrap() as u32).collect()
+}
+
 /// Waits (up to 60 s) until every extent is on exactly its shard's disks: the moves the
 /// placement changes asked for are copied.
 fn wait_moved(m: &Mounted, what: &str) {
@@ -1145,24 +1141,15 @@ fn wait_moved(m: &Mounted, what: &str) {
     loop {
         let v = m.fsp.json(&["shards"]);
         let shards = v["shards"].as_array().unwrap();
+        let sorted = |v: &serde_json::Value| {
+            let mut ids = disk_ids(v);
+            ids.sort_unstable();
+            ids
+        };
         let off = shards.iter().any(|s| {
-            let mut want: Vec<u64> = s["disks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap())
-                .collect();
-            want.sort_unstable();
-            s["extents"].as_array().unwrap().iter().any(|e| {
-                let mut r: Vec<u64> = e["replicas"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap())
-                    .collect();
-                r.sort_unstable();
-                r != want
-            })
+            let want = sorted(&s["disks"]);
+            let extents = s["extents"].as_array().unwrap();
+            extents.iter().any(|e| sorted(&e["replicas"]) != want)
         });
         if !off {
             return;

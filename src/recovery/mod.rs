@@ -501,9 +501,7 @@ impl Orchestrator {
     /// one: refused while the other hosts could not hold `replicas` copies on distinct
     /// hosts. Returns the disks now draining (failed ones have nothing left to move).
     pub fn drain_host(&self, host: &str) -> anyhow::Result<Vec<u32>> {
-        let on_host = |d: &Disk| {
-            crate::cluster::parse_remote(&d.root.to_string_lossy()).is_some_and(|(h, _)| h == host)
-        };
+        let on_host = |d: &Disk| crate::cluster::on_host(d, host);
         let disks = self.fs.store.disks();
         let mine: Vec<&Arc<Disk>> = disks.iter().filter(|d| on_host(d)).collect();
         if mine.is_empty() {
