@@ -43,6 +43,10 @@ pub struct ClusterConf {
     pub host: String,
     pub secret_file: PathBuf,
     pub lease_ttl_s: i64,
+    /// Set by a standby taking over: the `meta/sync` revision that named it, compared in
+    /// the campaign (cleared once the mount won).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover_sync_rev: Option<i64>,
 }
 
 pub fn remote_path(host: &str, uuid: &str) -> String {
@@ -208,7 +212,10 @@ pub fn open(
         addr: String::new(),
         started_ms: crate::util::now_ms(),
     };
-    let active = rt.block_on(campaign(&map, &conf.pool, &me, conf.lease_ttl_s))?;
+    let takeover = conf
+        .takeover_sync_rev
+        .map(|rev| (map.keys().meta_sync(&conf.pool), rev));
+    let active = rt.block_on(campaign(&map, &conf.pool, &me, conf.lease_ttl_s, takeover))?;
     let term = active.term.clone();
     let (hosts, shards) = rt.block_on(read_hosts_and_shards(&map, &conf.pool))?;
     let shard_revs = reconcile_shards(meta, cfg, &shards)?;
@@ -225,6 +232,18 @@ pub fn open(
         admin: Mutex::new(()),
         stats: Mutex::new((None, Arc::new(HashMap::new()))),
     });
+    if conf.takeover_sync_rev.is_some() {
+        // Won: the revision is spent.
+        let mut c = conf.clone();
+        c.takeover_sync_rev = None;
+        let mut b = meta.batch();
+        b.put_raw(CF_CONFIG, CLUSTER_KEY, &serde_json::to_vec(&c)?);
+        meta.write(b)?;
+        meta.sync_wal()?;
+    } else {
+        // A new term starts without a standby: one is named again once it holds a copy.
+        crate::standby::ship::put_sync(&cluster, None, 0)?;
+    }
     if let Err(e) = cluster.free_stranded_claims(meta) {
         tracing::warn!("cannot check the map's disk claims: {e:#}");
     }
@@ -382,6 +401,10 @@ impl Cluster {
             state,
             Arc::new(io),
         ))
+    }
+
+    pub(crate) fn secret(&self) -> [u8; 32] {
+        self.secret
     }
 
     pub(crate) fn rt(&self) -> &tokio::runtime::Runtime {

@@ -13,9 +13,7 @@ use foreshard_cluster::map::{CasOutcome, Map};
 use foreshard_cluster::node::read_secret;
 use foreshard_cluster::records::{decode, encode, DiskRecord};
 
-use crate::cluster::{
-    remote_path, runtime, shard_record, ClusterConf, CLUSTER_KEY, META_LEASE_TTL_S,
-};
+use crate::cluster::{remote_path, runtime, shard_record, ClusterConf, CLUSTER_KEY};
 use crate::meta::{DiskRec, DiskState, PoolConfig, ShardRec};
 
 /// A registered disk `init` (or `host add`) may claim.
@@ -58,6 +56,8 @@ pub struct ClusterArgs {
     pub secret_file: PathBuf,
     /// This host's name [default: the hostname].
     pub host: String,
+    /// The metadata lease.
+    pub lease_ttl_s: i64,
 }
 
 /// Claims the free disks, writes config and shards to the map, then the pool's metadata.
@@ -65,6 +65,9 @@ pub fn init(a: &crate::pool::InitArgs, c: &ClusterArgs) -> anyhow::Result<PoolCo
     let url = ClusterUrl::parse(&c.url)?;
     read_secret(&c.secret_file)?;
     foreshard_cluster::keys::check_name("host name", &c.host)?;
+    if !(2..=300).contains(&c.lease_ttl_s) {
+        bail!("--lease-ttl-s {}: use 2 to 300 s", c.lease_ttl_s);
+    }
     let secret_file = std::fs::canonicalize(&c.secret_file)
         .with_context(|| format!("--secret-file {}", c.secret_file.display()))?;
     let rt = runtime()?;
@@ -95,7 +98,8 @@ pub fn init(a: &crate::pool::InitArgs, c: &ClusterArgs) -> anyhow::Result<PoolCo
             pool: pool_id.to_string(),
             host: c.host.clone(),
             secret_file: secret_file.clone(),
-            lease_ttl_s: META_LEASE_TTL_S,
+            lease_ttl_s: c.lease_ttl_s,
+            takeover_sync_rev: None,
         };
         let (disks, shards) = layout(&free, &hosts, a.replicas as usize);
         let cfg = crate::pool::pool_config(a, pool_id, shards.len() as u32);

@@ -309,6 +309,14 @@ fn run(
     fs.start_background();
     raise_fd_limit();
     let svc = start_services(&fs, a, pool.cluster.clone())?;
+    let mut shipper = match &pool.cluster {
+        Some(c) => Some(crate::standby::ship::start(
+            pool.meta.clone(),
+            c.clone(),
+            pool_dir,
+        )?),
+        None => None,
+    };
     let control = crate::control::serve(
         Arc::new(crate::control::Services {
             fs: fs.clone(),
@@ -356,6 +364,9 @@ fn run(
     control.stop();
     let _ = fs::remove_file(pool_dir.join(pool::SOCKET_FILE));
     svc.stop(&fs)?;
+    if let Some(s) = shipper.as_mut() {
+        s.stop();
+    }
     if let Some(c) = &pool.cluster {
         c.resign();
     }
@@ -583,6 +594,15 @@ fn start_risk(
 }
 
 /// Unmounts a foreshard mount and waits for its daemon to finish and exit.
+/// A process that has exited but whose parent has not reaped it yet (a daemon run as a
+/// child, as `foreshard standby` runs the mount) counts as gone.
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
 pub fn umount(mp: &Path) -> anyhow::Result<()> {
     let c = fs::canonicalize(mp).or_else(|e| {
         if e.raw_os_error() == Some(libc::ENOTCONN) {
@@ -618,7 +638,7 @@ pub fn umount(mp: &Path) -> anyhow::Result<()> {
     if let Some(pid) = pid {
         let start = Instant::now();
         // SAFETY: kill with signal 0 only checks existence.
-        while unsafe { libc::kill(pid, 0) } == 0 {
+        while unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid) {
             if start.elapsed() > Duration::from_secs(UMOUNT_WAIT_SECS_MAX) {
                 bail!("daemon {pid} still running {UMOUNT_WAIT_SECS_MAX}s after unmount");
             }

@@ -22,6 +22,7 @@ pub mod recovery;
 pub mod remote;
 pub mod risk;
 pub mod sharding;
+pub mod standby;
 pub mod store;
 mod supervise;
 pub mod upgrade;

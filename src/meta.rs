@@ -230,8 +230,13 @@ pub struct Meta {
     ino_durable: AtomicU64,
     version_durable: AtomicU64,
     reserve_lock: Mutex<()>,
-    /// Highest WAL sequence known durable (every batch at or below it survives a power cut).
+    /// Highest WAL sequence known durable (every batch at or below it survives a power cut),
+    /// here and, while one is named, on the standby metadata host.
     synced_seq: AtomicU64,
+    /// Highest WAL sequence durable here (the standby is sent batches up to it).
+    local_synced: AtomicU64,
+    /// Waits until the standby holds a sequence number (see `set_replica`).
+    replica: parking_lot::RwLock<Option<ReplicaWait>>,
     /// Makes the data files named by written batches durable; runs before every WAL sync, so
     /// durable metadata never names an extent file whose bytes are not durable.
     barrier: parking_lot::RwLock<Option<DataBarrier>>,
@@ -245,6 +250,8 @@ pub struct Meta {
 
 /// See `Meta::set_barrier`. Returns how many files it made durable.
 pub type DataBarrier = Box<dyn Fn() -> anyhow::Result<usize> + Send + Sync>;
+/// See `Meta::set_replica`.
+pub type ReplicaWait = Box<dyn Fn(u64) -> anyhow::Result<()> + Send + Sync>;
 
 /// A set of changes applied atomically by `Meta::write`.
 pub struct Batch<'a> {
@@ -341,6 +348,19 @@ fn read_format(db: &DB) -> anyhow::Result<u32> {
     }
 }
 
+/// The metadata database of `dir` opened as it is, with the pool's options and column
+/// families, for a standby's copy (`standby::Follower`): no counters, no writes.
+pub(crate) fn open_raw(dir: &Path) -> anyhow::Result<DB> {
+    let sizes = crate::metaspace::Sizes::of(dir);
+    let mut opts = db_options(&sizes);
+    opts.create_if_missing(false);
+    let cfs = ALL_CFS
+        .iter()
+        .chain([&rocksdb::DEFAULT_COLUMN_FAMILY_NAME])
+        .map(|n| ColumnFamilyDescriptor::new(*n, db_options(&sizes)));
+    DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| open_error(dir, &e))
+}
+
 /// RocksDB's open error in the user's terms: in use, no space, or what it said.
 fn open_error(dir: &Path, e: &rocksdb::Error) -> anyhow::Error {
     let msg = e.to_string();
@@ -427,6 +447,8 @@ impl Meta {
             version_durable: AtomicU64::new(0),
             reserve_lock: Mutex::new(()),
             synced_seq: AtomicU64::new(0),
+            local_synced: AtomicU64::new(0),
+            replica: parking_lot::RwLock::new(None),
             barrier: parking_lot::RwLock::new(None),
             gate: parking_lot::RwLock::new(()),
             space,
@@ -612,15 +634,74 @@ impl Meta {
                 passes += 1;
             }
         }
-        let _w = self.gate.write();
+        let w = self.gate.write();
         if let Some(b) = barrier.as_ref() {
             // Files of batches written since the last pass (few).
             b()?;
         }
         let seq = self.db.latest_sequence_number();
         self.check_space(self.db.flush_wal(true).map_err(anyhow::Error::from))?;
+        self.local_synced.fetch_max(seq, Ordering::SeqCst);
+        // Writers go on while the standby acknowledges (a network round trip).
+        drop(w);
+        if let Some(wait) = self.replica.read().as_ref() {
+            wait(seq)?;
+        }
         self.synced_seq.fetch_max(seq, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Makes every WAL sync wait for `wait(seq)` after its own (the standby's ack, or its
+    /// removal from the cluster map's `meta/sync`); an error fails the sync.
+    pub fn set_replica(&self, wait: ReplicaWait) {
+        *self.replica.write() = Some(wait);
+    }
+
+    /// Every batch at or below this sequence number is durable here (maybe not yet on the
+    /// standby).
+    pub fn local_synced_seq(&self) -> u64 {
+        self.local_synced.load(Ordering::SeqCst)
+    }
+
+    /// A RocksDB checkpoint of the metadata in `dir` (hard links where it can), of a state
+    /// whose batches are durable and whose named data files too (the barrier ran first).
+    pub fn checkpoint(&self, dir: &Path) -> anyhow::Result<()> {
+        let barrier = self.barrier.read();
+        let _w = self.gate.write();
+        if let Some(b) = barrier.as_ref() {
+            b()?;
+        }
+        let seq = self.db.latest_sequence_number();
+        self.db.flush_wal(true)?;
+        self.local_synced.fetch_max(seq, Ordering::SeqCst);
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?
+            .create_checkpoint(dir)
+            .with_context(|| format!("metadata checkpoint in {}", dir.display()))
+    }
+
+    /// Calls `f(seq, batch)` for each batch after sequence number `after` that starts at or
+    /// below `upto`, in order; returns the last sequence number handed over (`after` if
+    /// none). Fails once the WAL holding `after + 1` is gone (the caller starts again
+    /// from a checkpoint).
+    pub fn wal_since(
+        &self,
+        after: u64,
+        upto: u64,
+        mut f: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let mut last = after;
+        for item in self.db.get_updates_since(after)? {
+            let (seq, wb) = item?;
+            if seq > upto {
+                break;
+            }
+            if seq != last + 1 {
+                bail!("metadata WAL: batch at {seq} after {last} (a gap: the WAL was recycled)");
+            }
+            f(seq, wb.data())?;
+            last = seq + wb.len() as u64 - 1;
+        }
+        Ok(last)
     }
 
     /// The sequence number of the last batch written (durable or not).
@@ -791,13 +872,6 @@ impl Meta {
             Ok(true)
         })?;
         Ok(out)
-    }
-
-    /// Makes a consistent copy of the metadata in `dir` (RocksDB checkpoint).
-    pub fn checkpoint(&self, dir: &Path) -> anyhow::Result<()> {
-        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
-        cp.create_checkpoint(dir)?;
-        Ok(())
     }
 }
 

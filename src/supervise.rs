@@ -137,6 +137,7 @@ fn record(thread: &str, message: &str, restarted: bool) {
         );
         r.refused
             .get_or_insert_with(|| format!("thread {thread} died: {message}"));
+        REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     if r.panics.len() >= PANICS_KEPT_MAX {
         r.panics.pop_front();
@@ -147,6 +148,16 @@ fn record(thread: &str, message: &str, restarted: bool) {
         at_ms,
         restarted,
     });
+}
+
+/// Refuses new writes from now on, for `why` (a deposed metadata host: another took over).
+pub fn refuse_writes(why: &str) {
+    let mut r = registry().lock();
+    if r.refused.is_none() {
+        tracing::error!("refusing writes: {why}");
+        r.refused = Some(why.to_string());
+    }
+    REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether new writes are refused (a thread that cannot go on died).

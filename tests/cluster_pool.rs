@@ -1250,3 +1250,193 @@ fn bench_cluster_pool_against_one_host() {
         ratio(&cw, &lw), ratio(&cr, &lr)
     );
 }
+
+/// `foreshard standby` in this process's namespace (host `name`), with its own pool copy
+/// and mount point; killed (and its mount cleared) when dropped.
+struct Standby {
+    child: std::process::Child,
+    pool: PathBuf,
+    mnt: PathBuf,
+    log: PathBuf,
+}
+
+impl Standby {
+    fn start(c: &Cluster, pool_id: &str, name: &str, extra: &[&str]) -> Standby {
+        let pool = c.tmp.path().join(format!("{name}-pool"));
+        let mnt = c.tmp.path().join(format!("{name}-mnt"));
+        std::fs::create_dir(&mnt).unwrap();
+        let log = c.tmp.path().join(format!("{name}.log"));
+        let listen = format!("{}:7300", c.net.root_ip());
+        let (p, m) = (pool.to_str().unwrap(), mnt.to_str().unwrap());
+        let mut args = vec!["standby", p, m, "--cluster", &c.url, "--pool-id", pool_id];
+        args.extend(["--name", name, "--listen", &listen, "--lease-ttl-s", "3"]);
+        args.extend(["--secret-file", &c.secret]);
+        args.extend(extra);
+        let child = std::process::Command::new(BIN)
+            .args(&args)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Standby {
+            child,
+            pool,
+            mnt,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the standby has mounted the pool (it took over); returns the wait.
+    fn wait_mounted(&mut self, secs: u64) -> Duration {
+        let t0 = Instant::now();
+        let want = format!(" {} ", self.mnt.display());
+        loop {
+            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+            if mounts.contains(&want) {
+                return t0.elapsed();
+            }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("standby exited ({st}):\n{}", self.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "no takeover in {secs} s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = run(&["umount", self.mnt.to_str().unwrap()]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mnt)
+            .status();
+    }
+}
+
+/// Waits until `meta/sync` names `standby` (it holds a copy and acks the WAL).
+fn wait_named(c: &Cluster, pool_id: &str, standby: Option<&str>, sb: &Standby) -> Duration {
+    let t0 = Instant::now();
+    let key = c.map.keys().meta_sync(pool_id);
+    loop {
+        let named = c.get(&key).and_then(|kv| {
+            decode::<foreshard_cluster::records::MetaSync>(&key, &kv.value)
+                .unwrap()
+                .body
+                .standby
+        });
+        if named.as_deref() == standby {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "meta/sync names {named:?}, not {standby:?}:\n{}",
+            sb.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A cluster pool over four hosts with a 3 s metadata lease, mounted, and a standby `m2`.
+fn mounted_with_standby(extra: &[&str]) -> (Cluster, Mounted, Standby) {
+    let c = cluster(&["s1", "s2", "s3", "s4"]);
+    let pool = c.tmp.path().join("pool");
+    let mnt = c.tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut args = c.init_args(&pool);
+    args.extend(["--lease-ttl-s".to_string(), "3".to_string()]);
+    let out = run_ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let pool_id = out.split_whitespace().nth(2).unwrap().to_string();
+    let sb = Standby::start(
+        &c,
+        &pool_id,
+        "m2",
+        &[&["--host-grace-ms", "2000"], extra].concat(),
+    );
+    let (p, m) = (pool.to_str().unwrap(), mnt.to_str().unwrap());
+    let o = run(&["mount", p, m, "--host-grace-ms", "2000"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fsp = common::Pool {
+        tmp: tempfile::tempdir().unwrap(),
+        pool,
+        mnt: mnt.clone(),
+        disks: vec![],
+        mounted: false,
+    };
+    (c, Mounted { pool_id, mnt, fsp }, sb)
+}
+
+/// kill -9 of the metadata host under an fsync writer: the standby takes over once the
+/// lease lapses (3 s), and every fsync the old mount acknowledged is on the new one, the
+/// files are identical, fsck is clean, no host accepted a stale epoch or term.
+#[test]
+fn a_standby_takes_over_when_the_metadata_host_is_killed() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let (c, m, mut sb) = mounted_with_standby(&[]);
+    let named = wait_named(&c, &m.pool_id, Some("m2"), &sb);
+    eprintln!(
+        "standby named in meta/sync {:.2} s after the mount",
+        named.as_secs_f64()
+    );
+    let files = fill(&m.mnt, 8);
+    let writer = writer(&m.mnt, 60);
+    std::thread::sleep(Duration::from_millis(800));
+    let pid = m.fsp.daemon_pid().expect("daemon pid");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t_kill = Instant::now();
+    let acked = writer.join().unwrap();
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(&m.mnt)
+        .status();
+    assert!(acked.len() >= 5, "{} writes acknowledged", acked.len());
+    sb.wait_mounted(60);
+    let took = t_kill.elapsed();
+    eprintln!(
+        "metadata host killed after {} acknowledged fsyncs: the standby mounted {:.1} s later (lease 3 s)",
+        acked.len(),
+        took.as_secs_f64()
+    );
+    let moved = |f: &BTreeMap<PathBuf, Vec<u8>>| -> BTreeMap<PathBuf, Vec<u8>> {
+        f.iter()
+            .map(|(p, d)| (sb.mnt.join(p.strip_prefix(&m.mnt).unwrap()), d.clone()))
+            .collect()
+    };
+    common::drop_caches();
+    check_files(&moved(&files));
+    check_files(&moved(&acked));
+    let fsp2 = common::Pool {
+        tmp: tempfile::tempdir().unwrap(),
+        pool: sb.pool.clone(),
+        mnt: sb.mnt.clone(),
+        disks: vec![],
+        mounted: false,
+    };
+    eprintln!("files checked at {:.1} s", t_kill.elapsed().as_secs_f64());
+    let (clean, report) = fsp2.fsck(false);
+    assert!(clean, "{report}");
+    eprintln!("fsck done at {:.1} s", t_kill.elapsed().as_secs_f64());
+    let active = c.get(&c.map.keys().meta_active(&m.pool_id)).unwrap();
+    let rec = decode::<MetaActive>("active", &active.value).unwrap().body;
+    assert_eq!(rec.host, "m2");
+    // The new mount writes under its term.
+    let extra = sb.mnt.join("after-takeover");
+    std::fs::write(&extra, b"new term").unwrap();
+    std::fs::File::open(&extra).unwrap().sync_all().unwrap();
+    check_audit_logs(&c);
+    eprintln!("done at {:.1} s", t_kill.elapsed().as_secs_f64());
+    drop(sb);
+    eprintln!("standby stopped at {:.1} s", t_kill.elapsed().as_secs_f64());
+}

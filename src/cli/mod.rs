@@ -9,6 +9,7 @@ mod pool;
 mod report;
 mod risk;
 mod risk_model;
+mod standby;
 mod trace;
 
 use std::path::{Path, PathBuf};
@@ -122,6 +123,9 @@ enum Cmd {
     },
     /// Run this machine as a storage host of a cluster: join etcd, register and serve disks.
     Node(node::NodeCmd),
+    /// Keep a copy of a cluster pool's metadata here; mount the pool here when its active
+    /// metadata host goes away (runs in the foreground until then, and mounted after).
+    Standby(standby::StandbyCmd),
     /// The cluster's hosts and disks, from the cluster map in etcd.
     Hosts(node::HostsCmd),
     /// A cluster pool's storage hosts: add (claim its disks), drain, remove (drain, release).
@@ -170,6 +174,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Trace { cmd } => code(trace::run(cmd)?),
         Cmd::Node(a) => ok(node::run(a)),
         Cmd::Hosts(a) => ok(node::hosts(a)),
+        Cmd::Standby(a) => ok(standby::standby(a)),
         Cmd::Host { cmd } => ok(host::run(cmd)),
         Cmd::Debug { cmd } => ok(debug::run(cmd)),
     }

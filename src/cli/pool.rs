@@ -38,6 +38,10 @@ pub struct InitCmd {
     /// This host's name in the cluster [default: the hostname].
     #[arg(long, requires = "cluster")]
     pub name: Option<String>,
+    /// The metadata host's lease (2 to 300 s): a standby takes over this long after the
+    /// mount's host stops answering.
+    #[arg(long, requires = "cluster", default_value_t = foreshard::cluster::META_LEASE_TTL_S)]
+    pub lease_ttl_s: i64,
     #[arg(long, default_value_t = 2)]
     pub replicas: u32,
     #[arg(long, default_value = "1MiB", value_parser = util::parse_size)]
@@ -58,6 +62,7 @@ pub fn init(a: InitCmd) -> anyhow::Result<()> {
         cluster,
         secret_file,
         name,
+        lease_ttl_s,
     } = a;
     let health_dir = health_dir
         .map(|d| foreshard::risk::report::check_health_dir(&d))
@@ -79,6 +84,7 @@ pub fn init(a: InitCmd) -> anyhow::Result<()> {
                     Some(n) => n,
                     None => super::node::hostname()?,
                 },
+                lease_ttl_s,
             };
             let cfg = foreshard::cluster_init::init(&args, &c)?;
             let meta = foreshard::meta::Meta::open(&p.join(pool::META_DIR), false)?;
@@ -97,7 +103,7 @@ pub fn init(a: InitCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct MountCmd {
     pub pool: PathBuf,
     pub mountpoint: PathBuf,

@@ -14,7 +14,7 @@ use anyhow::bail;
 use crate::batch::{Change, Expect, Term};
 use crate::map::{CasOutcome, Map};
 use crate::member::{keep_alive, LeaseState, LEASE_TTL_S_MAX, LEASE_TTL_S_MIN};
-use crate::records::{decode, encode, MetaActive};
+use crate::records::{decode, encode, MetaActive, MetaSync};
 
 /// How often a host waiting for its own earlier incarnation's record looks again.
 const HELD_POLL: Duration = Duration::from_millis(250);
@@ -53,17 +53,20 @@ impl Drop for Active {
 
 /// Becomes the active metadata host of `pool`, or says who is. A record held by this same
 /// host name (a crashed mount whose lease has not lapsed) is waited for, at most one TTL.
+/// `takeover` (a standby's) goes in the winning transaction: the `meta/sync` change that
+/// compares the revision at which it named this standby, so only that standby can win.
 pub async fn campaign(
     map: &Map,
     pool: &str,
     me: &MetaActive,
     ttl_s: i64,
+    takeover: Option<(String, i64)>,
 ) -> anyhow::Result<Active> {
     if !(LEASE_TTL_S_MIN..=LEASE_TTL_S_MAX).contains(&ttl_s) {
         bail!("lease TTL {ttl_s} s: use {LEASE_TTL_S_MIN} to {LEASE_TTL_S_MAX} s");
     }
     let key = map.keys().meta_active(pool);
-    let (term, lease, until) = win(map, &key, me, ttl_s).await?;
+    let (term, lease, until) = win(map, &key, me, ttl_s, takeover).await?;
     let state = Arc::new(LeaseState {
         lease: AtomicI64::new(lease),
         flaps: AtomicU32::new(0),
@@ -93,6 +96,7 @@ async fn win(
     key: &str,
     me: &MetaActive,
     ttl_s: i64,
+    takeover: Option<(String, i64)>,
 ) -> anyhow::Result<(i64, i64, Instant)> {
     let deadline = Instant::now() + Duration::from_secs(ttl_s as u64 + 2);
     loop {
@@ -101,14 +105,30 @@ async fn win(
         let op = rand::random();
         let mut change = Change::put(key.to_string(), Expect::Absent, encode(op, me));
         change.lease = lease;
-        match map.cas(op, &[change], None).await? {
+        let mut batch = vec![change];
+        if let Some((sync_key, rev)) = &takeover {
+            // The takeover resets meta/sync: the new active has no standby yet.
+            let none = MetaSync {
+                standby: None,
+                seq: 0,
+                term: 0,
+            };
+            let expect = Expect::Revision(*rev);
+            batch.push(Change::put(sync_key.clone(), expect, encode(op, &none)));
+        }
+        match map.cas(op, &batch, None).await? {
             CasOutcome::Applied { revision } => {
                 return Ok((revision, lease, sent + Duration::from_secs(ttl_s as u64)))
             }
             CasOutcome::Deposed => unreachable!("no term compared"),
             CasOutcome::Conflict { current } => {
                 let _ = map.revoke(lease).await;
-                let Some(kv) = current.first() else { continue };
+                let Some(kv) = current.iter().find(|kv| kv.key == key) else {
+                    if takeover.is_some() {
+                        bail!("{key} is free but meta/sync changed since it named this standby: the active host dropped it (a standby that fell behind) or the pool was mounted meanwhile");
+                    }
+                    continue;
+                };
                 let them = decode::<MetaActive>(key, &kv.value)?.body;
                 if them.host != me.host {
                     bail!(
@@ -147,7 +167,7 @@ async fn hold(
             Err(e) => tracing::error!(key, lease, "metadata lease lost: {e:#}"),
         }
         loop {
-            match win(&map, &key, &me, ttl_s).await {
+            match win(&map, &key, &me, ttl_s, None).await {
                 Ok((t, lease, until)) => {
                     state.lease.store(lease, Ordering::Release);
                     *state.valid_until.lock() = until;

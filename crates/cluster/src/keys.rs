@@ -136,6 +136,13 @@ impl Keys {
     pub fn meta_sync(&self, pool: &str) -> String {
         format!("{}pools/{pool}/meta/sync", self.prefix)
     }
+    /// A standby metadata host's address, under its lease.
+    pub fn meta_standby(&self, pool: &str, host: &str) -> String {
+        format!("{}pools/{pool}/meta/standby/{host}", self.prefix)
+    }
+    pub fn meta_standbys(&self, pool: &str) -> String {
+        format!("{}pools/{pool}/meta/standby/", self.prefix)
+    }
     pub fn drain(&self, pool: &str, host: &str) -> String {
         format!("{}pools/{pool}/drains/{host}", self.prefix)
     }

@@ -201,7 +201,7 @@ async fn keep_alive_loop(
 }
 
 /// Keeps `lease` alive until it lapses (Ok) or cannot be reached before its deadline (Err).
-pub(crate) async fn keep_alive(
+pub async fn keep_alive(
     map: &Map,
     lease: i64,
     ttl_s: i64,

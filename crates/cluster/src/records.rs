@@ -112,6 +112,14 @@ pub struct MetaActive {
     pub started_ms: u64,
 }
 
+/// `pools/<pool>/meta/standby/<host>`, under the standby's lease: where the active metadata
+/// host sends it the pool's metadata.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MetaStandby {
+    pub addr: String,
+    pub started_ms: u64,
+}
+
 /// `pools/<pool>/meta/sync`: the standby that may take over, and up to where it holds.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MetaSync {

@@ -10,7 +10,7 @@
 //! Skipped here (later steps): Label, Fault, the WAL stream.
 
 mod audit;
-mod auth;
+pub mod auth;
 mod backend;
 mod client;
 mod fence;

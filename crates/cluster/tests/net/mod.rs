@@ -155,6 +155,11 @@ impl Net {
         format!("{}.{}", self.subnet, i + 1)
     }
 
+    /// The test process's own address on the bridge.
+    pub fn root_ip(&self) -> String {
+        format!("{}.254", self.subnet)
+    }
+
     fn make_bridge(&self) {
         let b = self.bridge_ns();
         must(&["ip", "netns", "add", &b]);
