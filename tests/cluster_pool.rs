@@ -1320,6 +1320,7 @@ impl Drop for Standby {
         let _ = std::process::Command::new("fusermount3")
             .arg("-uz")
             .arg(&self.mnt)
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }
@@ -1439,4 +1440,120 @@ fn a_standby_takes_over_when_the_metadata_host_is_killed() {
     eprintln!("done at {:.1} s", t_kill.elapsed().as_secs_f64());
     drop(sb);
     eprintln!("standby stopped at {:.1} s", t_kill.elapsed().as_secs_f64());
+}
+
+/// Writes and fsyncs `path`; returns how long the fsync took, or the error.
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<Duration> {
+    std::fs::write(path, data)?;
+    let t0 = Instant::now();
+    std::fs::File::open(path)?.sync_all()?;
+    Ok(t0.elapsed())
+}
+
+fn meta_sync_names(c: &Cluster, pool_id: &str) -> Option<String> {
+    let key = c.map.keys().meta_sync(pool_id);
+    let kv = c.get(&key)?;
+    decode::<foreshard_cluster::records::MetaSync>(&key, &kv.value)
+        .unwrap()
+        .body
+        .standby
+}
+
+/// A standby paused (SIGSTOP) for 2 s: the next fsync waits for its ack for the ack
+/// time-out (1 s), drops it from meta/sync, and only then returns; later fsyncs do not
+/// wait. Continued, it is named again, and a takeover after that holds the files written
+/// while it was dropped.
+#[test]
+fn a_paused_standby_is_dropped_from_meta_sync_and_named_again() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let (c, m, mut sb) = mounted_with_standby(&[]);
+    wait_named(&c, &m.pool_id, Some("m2"), &sb);
+    let mut files = fill(&m.mnt, 3);
+    let quick = write_synced(&m.mnt.join("named"), b"while named").unwrap();
+    files.insert(m.mnt.join("named"), b"while named".to_vec());
+    let spid = sb.child.id();
+    c.net.signal(spid, libc::SIGSTOP);
+    let data = pattern(300_000, 41);
+    let slow = write_synced(&m.mnt.join("paused1"), &data).unwrap();
+    // Removed from meta/sync before the fsync returned.
+    assert_eq!(meta_sync_names(&c, &m.pool_id), None);
+    files.insert(m.mnt.join("paused1"), data);
+    let data = pattern(200_000, 42);
+    let after = write_synced(&m.mnt.join("paused2"), &data).unwrap();
+    files.insert(m.mnt.join("paused2"), data);
+    eprintln!(
+        "fsync with the standby named {:.0} ms; the first with it paused {:.0} ms; the next {:.0} ms",
+        quick.as_secs_f64() * 1e3,
+        slow.as_secs_f64() * 1e3,
+        after.as_secs_f64() * 1e3
+    );
+    assert!(slow >= Duration::from_millis(900), "{slow:?}");
+    assert!(after < Duration::from_millis(900), "{after:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.net.signal(spid, libc::SIGCONT);
+    let back = wait_named(&c, &m.pool_id, Some("m2"), &sb);
+    eprintln!("named again {:.2} s after SIGCONT", back.as_secs_f64());
+    let data = pattern(100_000, 43);
+    write_synced(&m.mnt.join("named-again"), &data).unwrap();
+    files.insert(m.mnt.join("named-again"), data);
+    let pid = m.fsp.daemon_pid().expect("daemon pid");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(&m.mnt)
+        .status();
+    sb.wait_mounted(60);
+    let moved: BTreeMap<PathBuf, Vec<u8>> = files
+        .iter()
+        .map(|(p, d)| (sb.mnt.join(p.strip_prefix(&m.mnt).unwrap()), d.clone()))
+        .collect();
+    common::drop_caches();
+    check_files(&moved);
+}
+
+/// The metadata host paused (SIGSTOP) past its 3 s lease: the standby takes over. The old
+/// host, continued, acknowledges no fsync (the standby no longer acks, and its meta/sync
+/// change fails the term compare), refuses writes from then on, and no storage host
+/// accepts its writes (fenced by term); the new mount has every earlier file and none of
+/// the old host's later ones.
+#[test]
+fn a_deposed_metadata_host_is_fenced_and_goes_read_only() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let (c, m, mut sb) = mounted_with_standby(&[]);
+    wait_named(&c, &m.pool_id, Some("m2"), &sb);
+    let files = fill(&m.mnt, 4);
+    let pid = m.fsp.daemon_pid().expect("daemon pid");
+    c.net.signal(pid as u32, libc::SIGSTOP);
+    sb.wait_mounted(60);
+    let data = pattern(500_000, 77);
+    write_synced(&sb.mnt.join("new"), &data).unwrap();
+    c.net.signal(pid as u32, libc::SIGCONT);
+    let mut refused = 0;
+    let mut errors = Vec::new();
+    for i in 0..8 {
+        let p = m.mnt.join(format!("late{i}"));
+        match write_synced(&p, &pattern(100_000, i)) {
+            Ok(t) => panic!("the deposed host acknowledged an fsync ({t:?})"),
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => refused += 1,
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    eprintln!("deposed host: {refused} of 8 writes refused (EROFS), the others failed: {errors:?}");
+    assert!(refused > 0, "the deposed host never refused writes (EROFS)");
+    let moved: BTreeMap<PathBuf, Vec<u8>> = files
+        .iter()
+        .map(|(p, d)| (sb.mnt.join(p.strip_prefix(&m.mnt).unwrap()), d.clone()))
+        .collect();
+    common::drop_caches();
+    check_files(&moved);
+    assert_eq!(std::fs::read(sb.mnt.join("new")).unwrap(), data);
+    for i in 0..8 {
+        assert!(!sb.mnt.join(format!("late{i}")).exists(), "late{i}");
+    }
+    check_audit_logs(&c);
+    drop(m);
 }
