@@ -1557,3 +1557,48 @@ fn a_deposed_metadata_host_is_fenced_and_goes_read_only() {
     check_audit_logs(&c);
     drop(m);
 }
+
+/// `foreshard promote` on the standby's copy while a writer fsyncs on the active: the
+/// active host syncs, unmounts keeping the standby named, and the standby mounts; every
+/// acknowledged fsync is there.
+#[test]
+fn promote_hands_the_pool_over_to_the_standby() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let (c, m, sb) = mounted_with_standby(&[]);
+    wait_named(&c, &m.pool_id, Some("m2"), &sb);
+    let files = fill(&m.mnt, 4);
+    let pid = m.fsp.daemon_pid().expect("daemon pid");
+    // In a directory of the pool: once the old mount is detached, a write to the bare
+    // mount point's directory would succeed and be counted.
+    let dir = m.mnt.join("w");
+    std::fs::create_dir(&dir).unwrap();
+    let writer = writer(&dir, 30);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run_ok(&["promote", sb.pool.to_str().unwrap()]);
+    eprintln!("{}", out.trim());
+    let acked = writer.join().unwrap();
+    assert!(acked.len() >= 3, "{} acknowledged", acked.len());
+    // The old daemon is gone (it unmounted).
+    let t0 = Instant::now();
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "old daemon still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let moved = |f: &BTreeMap<PathBuf, Vec<u8>>| -> BTreeMap<PathBuf, Vec<u8>> {
+        f.iter()
+            .map(|(p, d)| (sb.mnt.join(p.strip_prefix(&m.mnt).unwrap()), d.clone()))
+            .collect()
+    };
+    common::drop_caches();
+    check_files(&moved(&files));
+    check_files(&moved(&acked));
+    // Nothing to promote a second time: it is mounted.
+    let o = run(&["promote", sb.pool.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mounted here already"));
+}

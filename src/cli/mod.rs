@@ -126,6 +126,9 @@ enum Cmd {
     /// Keep a copy of a cluster pool's metadata here; mount the pool here when its active
     /// metadata host goes away (runs in the foreground until then, and mounted after).
     Standby(standby::StandbyCmd),
+    /// Make the standby running on POOL the active metadata host now: the active one
+    /// syncs, unmounts and hands over (clean; no acknowledged fsync is lost).
+    Promote(standby::PromoteCmd),
     /// The cluster's hosts and disks, from the cluster map in etcd.
     Hosts(node::HostsCmd),
     /// A cluster pool's storage hosts: add (claim its disks), drain, remove (drain, release).
@@ -175,6 +178,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Node(a) => ok(node::run(a)),
         Cmd::Hosts(a) => ok(node::hosts(a)),
         Cmd::Standby(a) => ok(standby::standby(a)),
+        Cmd::Promote(a) => ok(standby::promote(a)),
         Cmd::Host { cmd } => ok(host::run(cmd)),
         Cmd::Debug { cmd } => ok(debug::run(cmd)),
     }

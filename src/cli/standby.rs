@@ -59,3 +59,56 @@ pub fn standby(a: StandbyCmd) -> anyhow::Result<()> {
     m.foreground = true;
     run(args, move || super::pool::mount(m.clone()))
 }
+
+#[derive(clap::Args)]
+pub struct PromoteCmd {
+    /// The standby's copy of the pool (the POOL `foreshard standby` runs with).
+    pool: PathBuf,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 60)]
+    timeout_s: u64,
+}
+
+/// Asks the standby running on `pool` to take over: it tells the active host, which
+/// unmounts keeping it named; then it mounts. Waits until it has.
+pub fn promote(a: PromoteCmd) -> anyhow::Result<()> {
+    use foreshard::standby::follow::PROMOTE_FILE;
+    let pid_file = a.pool.join(foreshard::daemon::PID_FILE);
+    if daemon_alive(&pid_file) {
+        anyhow::bail!("{}: mounted here already", a.pool.display());
+    }
+    match foreshard::pool::PoolLock::take(&a.pool) {
+        Ok(_free) => anyhow::bail!(
+            "{}: no standby runs on it (start `foreshard standby` first)",
+            a.pool.display()
+        ),
+        Err(e) if e.is::<foreshard::pool::PoolBusy>() => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::write(a.pool.join(PROMOTE_FILE), b"")?;
+    let t0 = std::time::Instant::now();
+    while !daemon_alive(&pid_file) {
+        if t0.elapsed().as_secs() >= a.timeout_s {
+            let _ = std::fs::remove_file(a.pool.join(PROMOTE_FILE));
+            anyhow::bail!(
+                "no takeover within {} s (is the standby named in meta/sync? see its log)",
+                a.timeout_s
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    println!(
+        "{}: taken over in {:.1} s",
+        a.pool.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn daemon_alive(pid_file: &std::path::Path) -> bool {
+    let pid = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+    // SAFETY: signal 0 only checks that the process exists.
+    pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0)
+}

@@ -31,6 +31,8 @@ use crate::pool::{PoolLock, META_DIR};
 
 const INCOMING_DIR: &str = "meta.incoming";
 const OLD_DIR: &str = "meta.old";
+/// `foreshard promote` makes it: the standby asks the active to hand over.
+pub const PROMOTE_FILE: &str = "promote.request";
 /// How often the standby looks at `meta/active` and `meta/sync`.
 const WATCH_POLL: Duration = Duration::from_millis(250);
 
@@ -118,6 +120,8 @@ struct Shared {
     follower: Mutex<Option<Follower>>,
     /// A takeover began: nothing more is acked or accepted.
     stop: AtomicBool,
+    /// `foreshard promote` asked for a handover (told to the active in every ack).
+    handover: AtomicBool,
 }
 
 /// Runs the standby until it has taken over and `mount` (the takeover's mount, in the
@@ -130,6 +134,8 @@ pub fn run(a: StandbyArgs, mount: impl Fn() -> anyhow::Result<()>) -> anyhow::Re
         .with_context(|| format!("{}: cannot create", a.pool_dir.display()))?;
     let mut lock = Some(PoolLock::take(&a.pool_dir)?);
     restore_interrupted_swap(&a.pool_dir)?;
+    // A request of an earlier run is not this one's.
+    let _ = std::fs::remove_file(a.pool_dir.join(PROMOTE_FILE));
     let rt = crate::cluster::runtime()?;
     let map = rt.block_on(Map::connect(&url))?;
     let listener =
@@ -146,6 +152,7 @@ pub fn run(a: StandbyArgs, mount: impl Fn() -> anyhow::Result<()>) -> anyhow::Re
         map,
         follower: Mutex::new(follower),
         stop: AtomicBool::new(false),
+        handover: AtomicBool::new(false),
     });
     let reg = register(&sh)?;
     let s2 = sh.clone();
@@ -160,6 +167,9 @@ pub fn run(a: StandbyArgs, mount: impl Fn() -> anyhow::Result<()>) -> anyhow::Re
     );
     loop {
         std::thread::sleep(WATCH_POLL);
+        if sh.a.pool_dir.join(PROMOTE_FILE).exists() && !sh.handover.swap(true, Ordering::SeqCst) {
+            tracing::warn!("promote: asking the active metadata host to hand over");
+        }
         let rev = match may_take_over(&sh) {
             Ok(Some(rev)) => rev,
             Ok(None) => continue,
@@ -170,6 +180,7 @@ pub fn run(a: StandbyArgs, mount: impl Fn() -> anyhow::Result<()>) -> anyhow::Re
         };
         sh.stop.store(true, Ordering::SeqCst);
         prepare_takeover(&sh, rev)?;
+        let _ = std::fs::remove_file(sh.a.pool_dir.join(PROMOTE_FILE));
         reg.0.abort();
         let _ = sh
             .rt
@@ -332,7 +343,8 @@ fn serve(sh: &Shared, s: TcpStream) -> anyhow::Result<()> {
                 }
                 f.sync()?;
                 drop(g);
-                send(&mut wr, &Msg::Ack { seq }, &[])?;
+                let handover = sh.handover.load(Ordering::SeqCst);
+                send(&mut wr, &Msg::Ack { seq, handover }, &[])?;
             }
             m => bail!("unexpected {m:?}"),
         }

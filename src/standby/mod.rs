@@ -77,8 +77,12 @@ pub enum Msg {
     Sync {
         seq: u64,
     },
+    /// `handover`: the standby was asked to take over (`foreshard promote`): the active
+    /// unmounts, keeping it named, so it takes over as soon as the lease is revoked.
     Ack {
         seq: u64,
+        #[serde(default)]
+        handover: bool,
     },
     Refused {
         why: String,
@@ -147,12 +151,16 @@ mod tests {
     fn frames_round_trip_and_oversize_or_foreign_ones_are_refused() {
         let mut wire = Vec::new();
         send(&mut wire, &Msg::Batch { seq: 7 }, b"abc").unwrap();
-        send(&mut wire, &Msg::Ack { seq: 9 }, b"").unwrap();
+        let ack = Msg::Ack {
+            seq: 9,
+            handover: false,
+        };
+        send(&mut wire, &ack, b"").unwrap();
         let mut r = &wire[..];
         let mut buf = Vec::new();
         assert_eq!(recv(&mut r, &mut buf).unwrap(), Msg::Batch { seq: 7 });
         assert_eq!(buf, b"abc");
-        assert_eq!(recv(&mut r, &mut buf).unwrap(), Msg::Ack { seq: 9 });
+        assert_eq!(recv(&mut r, &mut buf).unwrap(), ack);
         assert!(recv(&mut r, &mut buf).is_err(), "end of stream");
 
         let mut big = wire.clone();

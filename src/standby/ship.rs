@@ -46,6 +46,8 @@ struct St {
     /// The highest sequence number a sync waits for (the shipper's cue).
     target: u64,
     stop: bool,
+    /// The standby asked to take over: the unmount keeps it named.
+    handover: bool,
 }
 
 /// What the WAL syncs and the shipper share.
@@ -88,6 +90,7 @@ pub fn start(meta: Arc<Meta>, cluster: Arc<Cluster>, pool_dir: &Path) -> anyhow:
             acked: 0,
             target: 0,
             stop: false,
+            handover: false,
         }),
         cv: Condvar::new(),
         etcd: Mutex::new(()),
@@ -148,6 +151,16 @@ impl Replica {
 
     fn stopped(&self) -> bool {
         self.st.lock().stop
+    }
+
+    fn named(&self) -> bool {
+        matches!(self.st.lock().naming, Naming::Named { .. })
+    }
+
+    /// Unmounting for a handover: the standby stays named, to take over.
+    fn handing_over(&self) -> bool {
+        let g = self.st.lock();
+        g.stop && g.handover
     }
 
     /// After an ack of `acked`: starts naming the standby, or names it once its acks cover
@@ -247,6 +260,9 @@ fn run(meta: Arc<Meta>, r: Arc<Replica>, dir: PathBuf) {
                 if let Err(e) = session(&meta, &r, &dir, (&host, &addr)) {
                     tracing::warn!("standby {host} ({addr}): {e:#}");
                 }
+                if r.handing_over() {
+                    break;
+                }
                 if let Err(e) = r.unname("its link ended") {
                     tracing::error!("{e:#}");
                 }
@@ -259,7 +275,9 @@ fn run(meta: Arc<Meta>, r: Arc<Replica>, dir: PathBuf) {
             r.cv.wait_for(&mut g, RETRY);
         }
     }
-    if let Err(e) = r.unname("unmounted") {
+    if r.handing_over() {
+        tracing::info!("handed over: the standby stays named in meta/sync");
+    } else if let Err(e) = r.unname("unmounted") {
         tracing::warn!("{e:#}");
     }
 }
@@ -391,7 +409,16 @@ fn stream(
         send(wr, &Msg::Sync { seq: sent }, &[])?;
         wr.flush()?;
         match recv(rd, &mut buf)? {
-            Msg::Ack { seq } if seq == sent => {}
+            Msg::Ack { seq, handover } if seq == sent => {
+                if handover && r.named() && !std::mem::replace(&mut r.st.lock().handover, true) {
+                    tracing::warn!(
+                        "standby {host} asks to take over (foreshard promote): unmounting"
+                    );
+                    // The signal thread unmounts; syncs until then still wait for acks.
+                    // SAFETY: plain kill of this process.
+                    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                }
+            }
             Msg::Refused { why } => bail!("stopped: {why}"),
             m => bail!("unexpected {m:?} for the sync at {sent}"),
         }
