@@ -1602,3 +1602,77 @@ fn promote_hands_the_pool_over_to_the_standby() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("mounted here already"));
 }
+
+/// (4 KiB overwrite + fsync per second, 4 KiB create + fsync per second) on `dir`.
+fn fsync_round(dir: &Path, n: usize, round: usize) -> (f64, f64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join(format!("fsync4k-{round}"))).unwrap();
+    let block = pattern(4096, round as u64);
+    let t0 = Instant::now();
+    for _ in 0..n {
+        f.write_all(&block).unwrap();
+        f.sync_data().unwrap();
+    }
+    let overwrite = n as f64 / t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for i in 0..n / 2 {
+        let p = dir.join(format!("c{round}-{i}"));
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(&block).unwrap();
+        f.sync_all().unwrap();
+    }
+    (overwrite, (n / 2) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// What a standby costs each fsync: one pool over four hosts, rounds with the standby
+/// named and acking, and rounds with it paused (dropped from meta/sync after the first
+/// fsync's 1 s wait, which is not measured), interleaved. `scripts/bench-fsync --standby`
+/// runs it (FSX_ROUNDS, FSX_OPS).
+#[test]
+#[ignore = "a measurement, not a test: run by hand in release"]
+fn bench_fsync_with_and_without_a_standby() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let rounds: usize = std::env::var("FSX_ROUNDS").map_or(5, |v| v.parse().unwrap());
+    let n: usize = std::env::var("FSX_OPS").map_or(400, |v| v.parse().unwrap());
+    let (c, m, sb) = mounted_with_standby(&[]);
+    let spid = sb.child.id();
+    let (mut on, mut off) = (vec![], vec![]);
+    for round in 0..rounds {
+        let mut pair = [(0.0, 0.0); 2];
+        // The order alternates: neither side always runs second.
+        for k in [round % 2, 1 - round % 2] {
+            if k == 0 {
+                wait_named(&c, &m.pool_id, Some("m2"), &sb);
+                pair[0] = fsync_round(&m.mnt, n, 2 * round);
+            } else {
+                c.net.signal(spid, libc::SIGSTOP);
+                write_synced(&m.mnt.join("drop"), b"x").unwrap(); // waits 1 s, drops it
+                assert_eq!(meta_sync_names(&c, &m.pool_id), None);
+                pair[1] = fsync_round(&m.mnt, n, 2 * round + 1);
+                c.net.signal(spid, libc::SIGCONT);
+            }
+        }
+        eprintln!(
+            "round {round}: with standby overwrite+fsync {:.0}/s create+fsync {:.0}/s; without {:.0}/s {:.0}/s; ratios {:.2} {:.2}",
+            pair[0].0, pair[0].1, pair[1].0, pair[1].1, pair[0].0 / pair[1].0, pair[0].1 / pair[1].1
+        );
+        on.push(pair[0]);
+        off.push(pair[1]);
+    }
+    let col = |v: &[(f64, f64)], i: usize| -> Vec<f64> {
+        v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect()
+    };
+    for (i, what) in ["overwrite 4 KiB + fsync", "create 4 KiB + fsync"].iter().enumerate() {
+        let (a, b) = (col(&on, i), col(&off, i));
+        let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+        let (lo, hi) = ratios.iter().fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+        eprintln!(
+            "{what}: median with standby {:.0}/s, without {:.0}/s; per-round ratio median {:.2} (spread {lo:.2}-{hi:.2}), {rounds} rounds of {n}",
+            median(a.clone()),
+            median(b.clone()),
+            median(ratios.clone())
+        );
+    }
+}
