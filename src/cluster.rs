@@ -19,7 +19,7 @@ use foreshard_cluster::campaign::{campaign, Active};
 use foreshard_cluster::keys::{shard_of_key, ClusterUrl};
 use foreshard_cluster::map::{CasOutcome, Kv, Map};
 use foreshard_cluster::node::{read_secret, DiskStat};
-use foreshard_cluster::records::{decode, encode, HostRec, MetaActive, ShardRecord};
+use foreshard_cluster::records::{decode, encode, HostRec, MetaActive, MetaSync, ShardRecord};
 use foreshard_cluster::wire::{Client, ClientConfig};
 
 use crate::meta::{Meta, PoolConfig, ShardRec, CF_CONFIG};
@@ -97,6 +97,9 @@ pub struct Cluster {
     pub conf: ClusterConf,
     active: Mutex<Option<Active>>,
     term: Arc<std::sync::atomic::AtomicI64>,
+    /// The term won at open: the one `meta/sync` names this copy's lineage with (a lease
+    /// that lapsed and was won again raises `term`, not this).
+    lineage: i64,
     /// Each shard record's mod_revision as last written or read (the CAS compare).
     shard_revs: Mutex<HashMap<u32, i64>>,
     health: tokio::task::JoinHandle<()>,
@@ -193,10 +196,12 @@ impl Drop for Cluster {
 
 /// Opens the cluster side of a pool: campaign, the map's placements copied over `meta`'s,
 /// one extent-service connection per host. Returns the disks for the store.
+/// `after_win` runs once the campaign is won, before the disks are reached (the copy's
+/// lineage check: `standby::lineage::after_win`).
 pub fn open(
     conf: &ClusterConf,
-    meta: &Meta,
-    cfg: &PoolConfig,
+    (meta, cfg): (&Meta, &PoolConfig),
+    after_win: impl FnOnce(&Cluster) -> anyhow::Result<()>,
 ) -> anyhow::Result<(Arc<Cluster>, Vec<Arc<Disk>>)> {
     let url = ClusterUrl::parse(&conf.url)?;
     let secret = read_secret(&conf.secret_file)?;
@@ -212,11 +217,10 @@ pub fn open(
         addr: String::new(),
         started_ms: crate::util::now_ms(),
     };
-    let takeover = conf
-        .takeover_sync_rev
-        .map(|rev| (map.keys().meta_sync(&conf.pool), rev));
+    let takeover = takeover_compare(&rt, &map, conf)?;
     let active = rt.block_on(campaign(&map, &conf.pool, &me, conf.lease_ttl_s, takeover))?;
     let term = active.term.clone();
+    let lineage = term.load(Ordering::Acquire);
     let (hosts, shards) = rt.block_on(read_hosts_and_shards(&map, &conf.pool))?;
     let shard_revs = reconcile_shards(meta, cfg, &shards)?;
     let cluster = Arc::new(Cluster {
@@ -225,6 +229,7 @@ pub fn open(
         conf: conf.clone(),
         active: Mutex::new(Some(active)),
         term,
+        lineage,
         shard_revs: Mutex::new(shard_revs),
         health,
         secret,
@@ -232,23 +237,36 @@ pub fn open(
         admin: Mutex::new(()),
         stats: Mutex::new((None, Arc::new(HashMap::new()))),
     });
-    if conf.takeover_sync_rev.is_some() {
-        // Won: the revision is spent.
-        let mut c = conf.clone();
-        c.takeover_sync_rev = None;
-        let mut b = meta.batch();
-        b.put_raw(CF_CONFIG, CLUSTER_KEY, &serde_json::to_vec(&c)?);
-        meta.write(b)?;
-        meta.sync_wal()?;
-    } else {
-        // A new term starts without a standby: one is named again once it holds a copy.
-        crate::standby::ship::put_sync(&cluster, None, 0)?;
+    if let Err(e) = after_win(&cluster) {
+        cluster.resign();
+        return Err(e);
     }
     if let Err(e) = cluster.free_stranded_claims(meta) {
         tracing::warn!("cannot check the map's disk claims: {e:#}");
     }
     let disks = remote_disks(&cluster, meta, &hosts)?;
     Ok((cluster, disks))
+}
+
+/// The `meta/sync` revision a standby's takeover compares, unless that takeover already
+/// won (a crash after the win: `meta/sync` names this host, and a plain campaign is right).
+fn takeover_compare(
+    rt: &tokio::runtime::Runtime,
+    map: &Map,
+    conf: &ClusterConf,
+) -> anyhow::Result<Option<(String, i64)>> {
+    let Some(rev) = conf.takeover_sync_rev else {
+        return Ok(None);
+    };
+    let key = map.keys().meta_sync(&conf.pool);
+    let cur = match rt.block_on(map.get(&key))? {
+        Some(kv) => Some(decode::<MetaSync>(&key, &kv.value)?.body),
+        None => None,
+    };
+    if cur.is_some_and(|s| s.host.as_deref() == Some(conf.host.as_str())) {
+        return Ok(None);
+    }
+    Ok(Some((map.keys().meta_sync(&conf.pool), rev)))
 }
 
 /// Live hosts' addresses, and the pool's shard records.
@@ -401,6 +419,10 @@ impl Cluster {
             state,
             Arc::new(io),
         ))
+    }
+
+    pub(crate) fn lineage_term(&self) -> i64 {
+        self.lineage
     }
 
     pub(crate) fn secret(&self) -> [u8; 32] {

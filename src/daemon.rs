@@ -309,14 +309,11 @@ fn run(
     fs.start_background();
     raise_fd_limit();
     let svc = start_services(&fs, a, pool.cluster.clone())?;
-    let mut shipper = match &pool.cluster {
-        Some(c) => Some(crate::standby::ship::start(
-            pool.meta.clone(),
-            c.clone(),
-            pool_dir,
-        )?),
-        None => None,
-    };
+    let mut shipper = pool
+        .cluster
+        .as_ref()
+        .map(|c| crate::standby::ship::start(pool.meta.clone(), c.clone(), pool_dir))
+        .transpose()?;
     let control = crate::control::serve(
         Arc::new(crate::control::Services {
             fs: fs.clone(),
@@ -344,29 +341,14 @@ fn run(
     spawn_signal_thread(sigs, session.unmount_callable(), mp.to_path_buf())?;
     // The parent returns (and scripts go on) once every FUSE worker and ring queue serves.
     let mut notify = notify;
-    let res = session.run_with(|| {
-        let ring = fuser::io_uring_threads();
-        let via = if ring > 0 {
-            format!("io_uring, {ring} threads")
-        } else {
-            "/dev/fuse".into()
-        };
-        let (pd, m) = (pool_dir.display(), mp.display());
-        tracing::info!("mounted {pd} on {m} (fuse requests via {via})");
-        if let Some(w) = notify.take() {
-            if let Err(e) = w.write_all(b"ok") {
-                tracing::warn!("cannot tell the parent we are mounted: {e}");
-            }
-        }
-    });
+    let res = session.run_with(|| serving(pool_dir, mp, notify.take()));
     // Shutting down: control requests are answered "shutting down" (the CLI waits for the
     // pool's lock, which this process holds until it exits) once those running are done.
     control.stop();
     let _ = fs::remove_file(pool_dir.join(pool::SOCKET_FILE));
     svc.stop(&fs)?;
-    if let Some(s) = shipper.as_mut() {
-        s.stop();
-    }
+    // Before the lease goes: the standby is dropped from meta/sync (or kept for a handover).
+    shipper.as_mut().map(crate::standby::ship::Shipper::stop);
     if let Some(c) = &pool.cluster {
         c.resign();
     }
@@ -496,6 +478,23 @@ impl Services {
 }
 
 /// SIGINT, SIGTERM and SIGHUP (blocked in every thread) unmount; a busy mount is detached.
+/// Once every FUSE worker and ring queue serves: logged, and the parent told.
+fn serving(pool_dir: &Path, mp: &Path, notify: Option<&mut fs::File>) {
+    let ring = fuser::io_uring_threads();
+    let via = if ring > 0 {
+        format!("io_uring, {ring} threads")
+    } else {
+        "/dev/fuse".into()
+    };
+    let (pd, m) = (pool_dir.display(), mp.display());
+    tracing::info!("mounted {pd} on {m} (fuse requests via {via})");
+    if let Some(w) = notify {
+        if let Err(e) = w.write_all(b"ok") {
+            tracing::warn!("cannot tell the parent we are mounted: {e}");
+        }
+    }
+}
+
 fn spawn_signal_thread(
     sigs: libc::sigset_t,
     mut unmounter: fuser::SessionUnmounter,

@@ -23,6 +23,7 @@ pub mod remote;
 pub mod risk;
 pub mod sharding;
 pub mod standby;
+pub mod standby_host;
 pub mod store;
 mod supervise;
 pub mod upgrade;

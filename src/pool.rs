@@ -446,8 +446,10 @@ impl Pool {
             .context("pool metadata has no configuration record")?;
         let (cluster, disks) = match crate::cluster::conf_of(&meta)? {
             Some(conf) => {
-                let (c, disks) = crate::cluster::open(&conf, &meta, &cfg)
-                    .with_context(|| format!("cluster {}", conf.url))?;
+                let (c, disks) = crate::cluster::open(&conf, (&meta, &cfg), |c| {
+                    crate::standby::lineage::after_win(c, &meta)
+                })
+                .with_context(|| format!("cluster {}", conf.url))?;
                 (Some(c), disks)
             }
             None => (None, local_disks(&meta, &cfg)?),

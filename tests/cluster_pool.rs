@@ -1601,6 +1601,17 @@ fn promote_hands_the_pool_over_to_the_standby() {
     let o = run(&["promote", sb.pool.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("mounted here already"));
+    // The old host's copy is behind now: with m2 unmounted, it must not mount (a forked
+    // history), and nothing it holds changes the pool.
+    run_ok(&["umount", sb.mnt.to_str().unwrap()]);
+    let o = run(&[
+        "mount",
+        m.fsp.pool.to_str().unwrap(),
+        m.mnt.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("out of date"), "{err}");
+    assert!(c.get(&c.map.keys().meta_active(&m.pool_id)).is_none());
 }
 
 /// (4 KiB overwrite + fsync per second, 4 KiB create + fsync per second) on `dir`.
@@ -1664,10 +1675,15 @@ fn bench_fsync_with_and_without_a_standby() {
     let col = |v: &[(f64, f64)], i: usize| -> Vec<f64> {
         v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect()
     };
-    for (i, what) in ["overwrite 4 KiB + fsync", "create 4 KiB + fsync"].iter().enumerate() {
+    for (i, what) in ["overwrite 4 KiB + fsync", "create 4 KiB + fsync"]
+        .iter()
+        .enumerate()
+    {
         let (a, b) = (col(&on, i), col(&off, i));
         let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
-        let (lo, hi) = ratios.iter().fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
         eprintln!(
             "{what}: median with standby {:.0}/s, without {:.0}/s; per-round ratio median {:.2} (spread {lo:.2}-{hi:.2}), {rounds} rounds of {n}",
             median(a.clone()),

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use foreshard::standby::follow::{run, StandbyArgs};
+use foreshard::standby_host::{run, StandbyArgs};
 
 use super::pool::MountCmd;
 
@@ -72,7 +72,7 @@ pub struct PromoteCmd {
 /// Asks the standby running on `pool` to take over: it tells the active host, which
 /// unmounts keeping it named; then it mounts. Waits until it has.
 pub fn promote(a: PromoteCmd) -> anyhow::Result<()> {
-    use foreshard::standby::follow::PROMOTE_FILE;
+    use foreshard::standby_host::PROMOTE_FILE;
     let pid_file = a.pool.join(foreshard::daemon::PID_FILE);
     if daemon_alive(&pid_file) {
         anyhow::bail!("{}: mounted here already", a.pool.display());

@@ -14,7 +14,7 @@
 //! active connects (it learns the standby's address from `meta/standby/<host>`), and both
 //! sides prove the pool secret with the extent service's challenge-response.
 
-pub mod follow;
+pub mod lineage;
 pub mod ship;
 
 use std::io::{Read, Write};

@@ -166,24 +166,29 @@ impl Replica {
     /// After an ack of `acked`: starts naming the standby, or names it once its acks cover
     /// everything synced when naming started (syncs returned before then did not wait).
     fn after_ack(&self, meta: &Meta, host: &str, acked: u64) -> anyhow::Result<()> {
-        let naming = self.st.lock().naming.clone();
-        match naming {
+        let mut g = self.st.lock();
+        match g.naming.clone() {
             Naming::None => {
-                // Not reachable until `need` is read below.
-                self.st.lock().naming = Naming::Pending { need: u64::MAX };
-                // Read after Pending is visible: a sync that did not wait is covered.
-                let need = meta.local_synced_seq();
-                self.st.lock().naming = Naming::Pending { need };
+                // Read under the lock that makes Pending visible: a sync that saw None
+                // (and did not wait) published its sequence number before.
+                g.naming = Naming::Pending {
+                    need: meta.local_synced_seq(),
+                };
             }
             Naming::Pending { need } if acked >= need => {
+                drop(g);
                 let _e = self.etcd.lock();
-                if self.st.lock().naming != (Naming::Pending { need }) {
+                let mut g = self.st.lock();
+                if g.naming != (Naming::Pending { need }) {
                     return Ok(()); // dropped meanwhile: start again at the next ack
                 }
-                put_sync(&self.cluster, Some(host), acked)?;
-                self.st.lock().naming = Naming::Named {
+                // Named before the write: a write that applied but did not answer must
+                // be undone by `unname` (it writes None only for a named standby).
+                g.naming = Naming::Named {
                     host: host.to_string(),
                 };
+                drop(g);
+                put_sync(&self.cluster, Some(host), acked)?;
                 tracing::info!("standby {host} named in meta/sync at sequence {acked}");
             }
             _ => {}
@@ -236,7 +241,8 @@ pub fn put_sync(c: &Cluster, standby: Option<&str>, seq: u64) -> anyhow::Result<
         let rec = MetaSync {
             standby: standby.map(str::to_string),
             seq,
-            term: term.create_revision,
+            term: c.lineage_term(),
+            host: Some(c.conf.host.clone()),
         };
         let change = Change::put(key.clone(), expect, encode(op, &rec));
         match c.rt().block_on(c.map.cas(op, &[change], Some(&term)))? {

@@ -112,6 +112,7 @@ async fn win(
                 standby: None,
                 seq: 0,
                 term: 0,
+                host: Some(me.host.clone()),
             };
             let expect = Expect::Revision(*rev);
             batch.push(Change::put(sync_key.clone(), expect, encode(op, &none)));

@@ -125,7 +125,11 @@ pub struct MetaStandby {
 pub struct MetaSync {
     pub standby: Option<String>,
     pub seq: u64,
+    /// The term `host` won at (0: written by a takeover's campaign, its own revision).
     pub term: i64,
+    /// The metadata host whose copy is current (None in records of older versions).
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 #[cfg(test)]

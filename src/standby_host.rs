@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,17 +22,19 @@ use foreshard_cluster::member::{keep_alive, LeaseState};
 use foreshard_cluster::records::{decode, encode, MetaActive, MetaStandby, MetaSync};
 use foreshard_cluster::wire::auth;
 
-use super::{
-    check_file_name, recv, send, Msg, CHECKPOINT_FILES_MAX, CHECKPOINT_FILE_BYTES_MAX, IDLE_TIMEOUT,
-};
 use crate::cluster::{ClusterConf, CLUSTER_KEY};
 use crate::meta::CF_CONFIG;
 use crate::pool::{PoolLock, META_DIR};
+use crate::standby::{
+    check_file_name, recv, send, Msg, CHECKPOINT_FILES_MAX, CHECKPOINT_FILE_BYTES_MAX, IDLE_TIMEOUT,
+};
 
 const INCOMING_DIR: &str = "meta.incoming";
 const OLD_DIR: &str = "meta.old";
 /// `foreshard promote` makes it: the standby asks the active to hand over.
 pub const PROMOTE_FILE: &str = "promote.request";
+/// Metadata links at once (handshakes included).
+const CONNECTIONS_MAX: usize = 4;
 /// How often the standby looks at `meta/active` and `meta/sync`.
 const WATCH_POLL: Duration = Duration::from_millis(250);
 
@@ -73,7 +75,7 @@ impl Follower {
         let wb = WriteBatch::from_data(data);
         let n = wb.len() as u64;
         if n == 0 {
-            bail!("empty batch at sequence {seq}");
+            return Ok(()); // takes no sequence number on the active either
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
@@ -122,6 +124,8 @@ struct Shared {
     stop: AtomicBool,
     /// `foreshard promote` asked for a handover (told to the active in every ack).
     handover: AtomicBool,
+    conns: AtomicUsize,
+    session: Mutex<()>,
 }
 
 /// Runs the standby until it has taken over and `mount` (the takeover's mount, in the
@@ -153,6 +157,8 @@ pub fn run(a: StandbyArgs, mount: impl Fn() -> anyhow::Result<()>) -> anyhow::Re
         follower: Mutex::new(follower),
         stop: AtomicBool::new(false),
         handover: AtomicBool::new(false),
+        conns: AtomicUsize::new(0),
+        session: Mutex::new(()),
     });
     let reg = register(&sh)?;
     let s2 = sh.clone();
@@ -296,16 +302,30 @@ fn restore_interrupted_swap(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn accept(sh: &Shared, listener: TcpListener) {
+fn accept(sh: &Arc<Shared>, listener: TcpListener) {
     for conn in listener.incoming() {
         if sh.stop.load(Ordering::SeqCst) {
             return;
         }
         let Ok(s) = conn else { continue };
-        let peer = s.peer_addr().map_or("?".into(), |a| a.to_string());
-        // One active at a time; a new one waits until this link ends (idle time-out).
-        if let Err(e) = serve(sh, s) {
-            tracing::warn!("metadata link from {peer}: {e:#}");
+        // A thread per connection (a few at most), so one that never says hello cannot
+        // keep the active out.
+        if sh.conns.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
+            sh.conns.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let sh = sh.clone();
+        let spawned = std::thread::Builder::new()
+            .name("standby-link".into())
+            .spawn(move || {
+                let peer = s.peer_addr().map_or("?".into(), |a| a.to_string());
+                if let Err(e) = serve(&sh, s) {
+                    tracing::warn!("metadata link from {peer}: {e:#}");
+                }
+                sh.conns.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            tracing::error!("cannot start a thread for a metadata link");
         }
     }
 }
@@ -317,6 +337,9 @@ fn serve(sh: &Shared, s: TcpStream) -> anyhow::Result<()> {
     let mut rd = std::io::BufReader::with_capacity(256 << 10, s.try_clone()?);
     let mut wr = s;
     let active = hello(sh, &mut rd, &mut wr)?;
+    // One active's session at a time (a newer one waits for the idle time-out of an
+    // older, dead one).
+    let _session = sh.session.lock();
     let files = receive_checkpoint(sh, &mut rd)?;
     let seq = swap_in(sh)?;
     tracing::info!("checkpoint from {active}: {files} files, at sequence {seq}");
@@ -466,10 +489,21 @@ fn swap_in(sh: &Shared) -> anyhow::Result<u64> {
     }
     std::fs::rename(&inc, &meta)?;
     sync_dir(dir)?;
+    let f = match Follower::open(&meta) {
+        Ok(f) => f,
+        Err(e) => {
+            // The old copy back: it may still be the one meta/sync names.
+            let _ = std::fs::rename(&meta, dir.join(INCOMING_DIR));
+            if old.exists() {
+                std::fs::rename(&old, &meta)?;
+                *g = Follower::open(&meta).ok();
+            }
+            return Err(e.context("the received checkpoint does not open"));
+        }
+    };
     if old.exists() {
         std::fs::remove_dir_all(&old)?;
     }
-    let f = Follower::open(&meta)?;
     let seq = f.latest();
     *g = Some(f);
     Ok(seq)
