@@ -28,6 +28,7 @@ pub mod store;
 mod supervise;
 pub mod upgrade;
 mod wake;
+mod waltap;
 
 // Plain computation lives in the foreshard-model crate (no RocksDB, no FUSE); the same paths
 // as before work here.

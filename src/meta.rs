@@ -237,6 +237,8 @@ pub struct Meta {
     local_synced: AtomicU64,
     /// Waits until the standby holds a sequence number (see `set_replica`).
     replica: parking_lot::RwLock<Option<ReplicaWait>>,
+    /// Written batches kept for the standby's shipper (from `start_tap`).
+    tap: std::sync::OnceLock<crate::waltap::WalTap>,
     /// Makes the data files named by written batches durable; runs before every WAL sync, so
     /// durable metadata never names an extent file whose bytes are not durable.
     barrier: parking_lot::RwLock<Option<DataBarrier>>,
@@ -449,6 +451,7 @@ impl Meta {
             synced_seq: AtomicU64::new(0),
             local_synced: AtomicU64::new(0),
             replica: parking_lot::RwLock::new(None),
+            tap: std::sync::OnceLock::new(),
             barrier: parking_lot::RwLock::new(None),
             gate: parking_lot::RwLock::new(()),
             space,
@@ -590,8 +593,44 @@ impl Meta {
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
         let _g = self.gate.read();
+        let Some(tap) = self.tap.get() else {
+            let r = self.db.write_opt(wb, &wo);
+            return self.check_space(r.map_err(anyhow::Error::from));
+        };
+        let (data, records) = (wb.data().to_vec(), wb.len() as u64);
+        // One writer at a time: the last sequence number after the write is this batch's.
+        let _one = tap.order.lock();
         let r = self.db.write_opt(wb, &wo);
+        if r.is_ok() && records > 0 {
+            let last = self.db.latest_sequence_number();
+            tap.push(last + 1 - records, records, data);
+        }
         self.check_space(r.map_err(anyhow::Error::from))
+    }
+
+    /// Keeps written batches in memory (at most `bytes_max`) for `batches_since`.
+    pub fn start_tap(&self, bytes_max: usize) {
+        let _ = self.tap.set(crate::waltap::WalTap::new(bytes_max));
+    }
+
+    /// `wal_since`, served from the batches kept in memory where it can.
+    pub fn batches_since(
+        &self,
+        after: u64,
+        upto: u64,
+        mut f: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let mut last = after;
+        if let Some(tap) = self.tap.get() {
+            for (first, records, data) in tap.since(after, upto) {
+                f(first, &data)?;
+                last = first + records - 1;
+            }
+        }
+        if last < upto {
+            last = self.wal_since(last, upto, f)?;
+        }
+        Ok(last)
     }
 
     /// Notes a full metadata filesystem behind a failed write (releases the reserve).

@@ -1254,6 +1254,7 @@ fn bench_cluster_pool_against_one_host() {
 /// `foreshard standby` in this process's namespace (host `name`), with its own pool copy
 /// and mount point; killed (and its mount cleared) when dropped.
 struct Standby {
+    name: String,
     child: std::process::Child,
     pool: PathBuf,
     mnt: PathBuf,
@@ -1262,11 +1263,22 @@ struct Standby {
 
 impl Standby {
     fn start(c: &Cluster, pool_id: &str, name: &str, extra: &[&str]) -> Standby {
-        let pool = c.tmp.path().join(format!("{name}-pool"));
-        let mnt = c.tmp.path().join(format!("{name}-mnt"));
+        Standby::start_as(c, pool_id, name, 0, extra)
+    }
+
+    /// The `generation`-th standby run of `name`: its own directories and port.
+    fn start_as(
+        c: &Cluster,
+        pool_id: &str,
+        name: &str,
+        generation: usize,
+        extra: &[&str],
+    ) -> Standby {
+        let pool = c.tmp.path().join(format!("{name}-pool{generation}"));
+        let mnt = c.tmp.path().join(format!("{name}-mnt{generation}"));
         std::fs::create_dir(&mnt).unwrap();
-        let log = c.tmp.path().join(format!("{name}.log"));
-        let listen = format!("{}:7300", c.net.root_ip());
+        let log = c.tmp.path().join(format!("{name}-{generation}.log"));
+        let listen = format!("{}:{}", c.net.root_ip(), 7300 + generation);
         let (p, m) = (pool.to_str().unwrap(), mnt.to_str().unwrap());
         let mut args = vec!["standby", p, m, "--cluster", &c.url, "--pool-id", pool_id];
         args.extend(["--name", name, "--listen", &listen, "--lease-ttl-s", "3"]);
@@ -1279,6 +1291,7 @@ impl Standby {
             .spawn()
             .unwrap();
         Standby {
+            name: name.to_string(),
             child,
             pool,
             mnt,
@@ -1288,6 +1301,10 @@ impl Standby {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 
     /// Waits until the standby has mounted the pool (it took over); returns the wait.
@@ -1691,4 +1708,92 @@ fn bench_fsync_with_and_without_a_standby() {
             median(ratios.clone())
         );
     }
+}
+
+/// The daemon pid a pool directory's pid file names.
+fn pid_of(pool: &Path) -> i32 {
+    let s = std::fs::read_to_string(pool.join("daemon.pid")).expect("daemon pid file");
+    s.lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// Soak (`scripts/test --soak`; FSX_SOAK_CYCLES, default 6): the metadata host killed over
+/// and over under an fsync writer, each time taken over by the standby, and a new standby
+/// started (with a fresh copy) on the host that died. After every takeover every fsync
+/// acknowledged in any earlier cycle is on the new mount, identical; at the end fsck is
+/// clean and no storage host accepted a stale epoch or term.
+#[test]
+#[ignore = "a soak: scripts/test --soak"]
+fn soak_metadata_host_killed_again_and_again() {
+    if !net::available() || !fuse_available() {
+        return;
+    }
+    let cycles: usize = std::env::var("FSX_SOAK_CYCLES").map_or(6, |v| v.parse().unwrap());
+    let (c, m, sb) = mounted_with_standby(&[]);
+    // (pool dir, mount point) of the active; relative path -> bytes of every acked file.
+    let (mut active_pool, mut active_mnt) = (m.fsp.pool.clone(), m.mnt.clone());
+    let mut acked: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
+    let mut standby = sb;
+    let mut old: Vec<Standby> = Vec::new();
+    let mut took = Vec::new();
+    for cycle in 0..cycles {
+        wait_named(&c, &m.pool_id, Some(standby.name()), &standby);
+        let dir = active_mnt.join(format!("c{cycle}"));
+        std::fs::create_dir(&dir).unwrap();
+        let w = writer(&dir, 40);
+        std::thread::sleep(Duration::from_millis(300 + 150 * (cycle as u64 % 4)));
+        unsafe { libc::kill(pid_of(&active_pool), libc::SIGKILL) };
+        let t_kill = Instant::now();
+        for (p, d) in w.join().unwrap() {
+            acked.insert(p.strip_prefix(&active_mnt).unwrap().to_path_buf(), d);
+        }
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&active_mnt)
+            .status();
+        standby.wait_mounted(60);
+        took.push(t_kill.elapsed().as_secs_f64());
+        let files: BTreeMap<PathBuf, Vec<u8>> = acked
+            .iter()
+            .map(|(p, d)| (standby.mnt.join(p), d.clone()))
+            .collect();
+        common::drop_caches();
+        check_files(&files);
+        eprintln!(
+            "cycle {cycle}: {} acknowledged files in all, taken over by {} in {:.1} s",
+            acked.len(),
+            standby.name(),
+            took[cycle]
+        );
+        // The host that died comes back as the standby, with a fresh copy.
+        let dead = if standby.name() == "m2" { "m1" } else { "m2" };
+        let next = Standby::start_as(
+            &c,
+            &m.pool_id,
+            dead,
+            cycle + 1,
+            &["--host-grace-ms", "2000"],
+        );
+        active_pool = standby.pool.clone();
+        active_mnt = standby.mnt.clone();
+        old.push(std::mem::replace(&mut standby, next));
+    }
+    let fsp = common::Pool {
+        tmp: tempfile::tempdir().unwrap(),
+        pool: active_pool,
+        mnt: active_mnt,
+        disks: vec![],
+        mounted: false,
+    };
+    let (clean, report) = fsp.fsck(false);
+    assert!(clean, "{report}");
+    check_audit_logs(&c);
+    took.sort_by(f64::total_cmp);
+    eprintln!(
+        "{cycles} takeovers: median {:.1} s, max {:.1} s (lease 3 s), {} files intact",
+        took[cycles / 2],
+        took[cycles - 1],
+        acked.len()
+    );
+    drop(standby);
+    drop(old);
 }

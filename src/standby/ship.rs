@@ -25,6 +25,9 @@ use crate::meta::Meta;
 /// Pause between sessions (a standby that is down, refuses, or fell behind).
 const RETRY: Duration = Duration::from_secs(1);
 const CHUNK_BYTES: usize = 1 << 20;
+/// Written batches kept in memory for the standby; one that falls further behind reads
+/// them from the WAL.
+const TAP_BYTES_MAX: usize = 32 << 20;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Naming {
@@ -97,6 +100,7 @@ pub fn start(meta: Arc<Meta>, cluster: Arc<Cluster>, pool_dir: &Path) -> anyhow:
         cluster,
     });
     let r = replica.clone();
+    meta.start_tap(TAP_BYTES_MAX);
     meta.set_replica(Box::new(move |seq| r.wait(seq)));
     let r = replica.clone();
     let dir = pool_dir.to_path_buf();
@@ -410,7 +414,8 @@ fn stream(
     loop {
         let upto = meta.local_synced_seq();
         if upto > sent {
-            sent = meta.wal_since(sent, upto, |seq, data| send(wr, &Msg::Batch { seq }, data))?;
+            sent =
+                meta.batches_since(sent, upto, |seq, data| send(wr, &Msg::Batch { seq }, data))?;
         }
         send(wr, &Msg::Sync { seq: sent }, &[])?;
         wr.flush()?;
