@@ -90,6 +90,17 @@ pub fn shard_record(s: &ShardRec) -> ShardRecord {
     }
 }
 
+/// A cluster pool's standby metadata host as the active sees it (`status`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StandbyStatus {
+    pub host: String,
+    /// "copying" (the checkpoint), "catching up" (acking, not named yet) or "named" (in
+    /// `meta/sync`: every fsync waits for its ack, and it takes over if this host goes).
+    pub state: String,
+    /// The last WAL sequence number it acknowledged.
+    pub acked_seq: u64,
+}
+
 /// The open side: this host is the pool's active metadata host while this lives.
 pub struct Cluster {
     rt: tokio::runtime::Runtime,
@@ -106,6 +117,8 @@ pub struct Cluster {
     secret: [u8; 32],
     /// One link per storage host the pool has disks on, and the host's number in the pool.
     links: Mutex<BTreeMap<String, (Arc<HostLink>, u32)>>,
+    /// The standby, while one is connected (set by `standby::ship`).
+    pub(crate) standby: Mutex<Option<StandbyStatus>>,
     /// `host add` and `host release` one at a time (pool disk ids, the map's disk records).
     pub(crate) admin: Mutex<()>,
     /// The map's `diskstat/` records by disk uuid, and when they were read.
@@ -235,6 +248,7 @@ pub fn open(
         secret,
         links: Mutex::new(BTreeMap::new()),
         admin: Mutex::new(()),
+        standby: Mutex::new(None),
         stats: Mutex::new((None, Arc::new(HashMap::new()))),
     });
     if let Err(e) = after_win(&cluster) {

@@ -146,6 +146,7 @@ fn status(svc: &Services) -> anyhow::Result<admin::Status> {
     s.risk = svc.risk.as_ref().map(|r| risk_report(svc, r));
     s.fuse = mounted.then(admin::FuseTransport::current);
     s.health = mounted.then(crate::supervise::health);
+    s.standby = svc.cluster.as_ref().and_then(|c| c.standby.lock().clone());
     Ok(s)
 }
 

@@ -1408,6 +1408,12 @@ fn a_standby_takes_over_when_the_metadata_host_is_killed() {
         "standby named in meta/sync {:.2} s after the mount",
         named.as_secs_f64()
     );
+    let v = m.fsp.wait_status(10, "the standby in status", |v| {
+        v["standby"]["state"] == "named"
+    });
+    assert_eq!(v["standby"]["host"], "m2", "{v}");
+    let text = run_ok(&["status", m.fsp.pool.to_str().unwrap()]);
+    assert!(text.contains("standby m2: named"), "{text}");
     let files = fill(&m.mnt, 8);
     let writer = writer(&m.mnt, 60);
     std::thread::sleep(Duration::from_millis(800));

@@ -94,6 +94,9 @@ pub struct Status {
     /// The metadata filesystem's free space, its reserve, and whether it is full.
     #[serde(default)]
     pub metadata: Option<crate::metaspace::SpaceStatus>,
+    /// A mounted cluster pool's standby metadata host, while one is connected.
+    #[serde(default)]
+    pub standby: Option<crate::cluster::StandbyStatus>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -171,6 +174,7 @@ pub fn status(fs: &Fs, mounted: bool) -> anyhow::Result<Status> {
         risk: None,
         fuse: None,
         health: None,
+        standby: None,
         metadata: Some(fs.meta.space_status()),
     })
 }

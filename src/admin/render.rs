@@ -58,6 +58,13 @@ fn status_header(s: &Status) -> String {
         }
         o += "\n";
     }
+    if let Some(sb) = &s.standby {
+        o.pop();
+        o += &format!(
+            "standby {}: {} (acknowledged WAL sequence {})\n\n",
+            sb.host, sb.state, sb.acked_seq
+        );
+    }
     if let Some(m) = s.metadata.as_ref().filter(|m| m.full) {
         o.pop();
         o += &format!(

@@ -136,6 +136,16 @@ impl Replica {
         }
     }
 
+    /// What `status` shows of the standby (None: no link).
+    fn show(&self, view: Option<(&str, &str, u64)>) {
+        *self.cluster.standby.lock() =
+            view.map(|(host, state, acked_seq)| crate::cluster::StandbyStatus {
+                host: host.to_string(),
+                state: state.to_string(),
+                acked_seq,
+            });
+    }
+
     fn acked(&self, seq: u64) {
         self.st.lock().acked = seq;
         self.cv.notify_all();
@@ -270,6 +280,7 @@ fn run(meta: Arc<Meta>, r: Arc<Replica>, dir: PathBuf) {
                 if let Err(e) = session(&meta, &r, &dir, (&host, &addr)) {
                     tracing::warn!("standby {host} ({addr}): {e:#}");
                 }
+                r.show(None);
                 if r.handing_over() {
                     break;
                 }
@@ -305,6 +316,7 @@ fn session(meta: &Meta, r: &Replica, dir: &Path, (host, addr): (&str, &str)) -> 
     let mut wr = BufWriter::with_capacity(256 << 10, s);
     hello(&mut rd, &mut wr, r, host)?;
     let t0 = Instant::now();
+    r.show(Some((host, "copying", 0)));
     let (files, bytes) = send_checkpoint(&mut wr, meta, dir)?;
     let mut buf = Vec::new();
     let seq = match recv(&mut rd, &mut buf)? {
@@ -435,6 +447,8 @@ fn stream(
         }
         r.acked(sent);
         r.after_ack(meta, host, sent)?;
+        let state = if r.named() { "named" } else { "catching up" };
+        r.show(Some((host, state, sent)));
         if !r.wait_work(sent) {
             return Ok(());
         }
