@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use foreshard_cluster::batch::{Change, Expect};
-use foreshard_cluster::campaign::{campaign, Active};
+use foreshard_cluster::campaign::{campaign, Active, Lineage};
 use foreshard_cluster::keys::{shard_of_key, ClusterUrl};
 use foreshard_cluster::map::{CasOutcome, Kv, Map};
 use foreshard_cluster::node::{read_secret, DiskStat};
@@ -214,7 +214,7 @@ impl Drop for Cluster {
 pub fn open(
     conf: &ClusterConf,
     (meta, cfg): (&Meta, &PoolConfig),
-    after_win: impl FnOnce(&Cluster) -> anyhow::Result<()>,
+    (terms, after_win): (Vec<i64>, impl FnOnce(&Cluster) -> anyhow::Result<()>),
 ) -> anyhow::Result<(Arc<Cluster>, Vec<Arc<Disk>>)> {
     let url = ClusterUrl::parse(&conf.url)?;
     let secret = read_secret(&conf.secret_file)?;
@@ -230,8 +230,13 @@ pub fn open(
         addr: String::new(),
         started_ms: crate::util::now_ms(),
     };
-    let takeover = takeover_compare(&rt, &map, conf)?;
-    let active = rt.block_on(campaign(&map, &conf.pool, &me, conf.lease_ttl_s, takeover))?;
+    let takeover = takeover_compare(&rt, &map, conf, &terms)?;
+    let lineage = Lineage {
+        terms,
+        on_deposed: Arc::new(crate::supervise::refuse_writes),
+    };
+    let ttl = conf.lease_ttl_s;
+    let active = rt.block_on(campaign(&map, &conf.pool, &me, ttl, (takeover, lineage)))?;
     let term = active.term.clone();
     let lineage = term.load(Ordering::Acquire);
     let (hosts, shards) = rt.block_on(read_hosts_and_shards(&map, &conf.pool))?;
@@ -264,18 +269,28 @@ pub fn open(
 
 /// The `meta/sync` revision a standby's takeover compares, unless that takeover already
 /// won (a crash after the win: `meta/sync` names this host, and a plain campaign is right).
+/// Also refuses a plain mount of a copy that is behind before it campaigns (so it never
+/// holds `meta/active`; `standby::lineage::check` checks again after the win).
 fn takeover_compare(
     rt: &tokio::runtime::Runtime,
     map: &Map,
     conf: &ClusterConf,
+    terms: &[i64],
 ) -> anyhow::Result<Option<(String, i64)>> {
-    let Some(rev) = conf.takeover_sync_rev else {
-        return Ok(None);
-    };
     let key = map.keys().meta_sync(&conf.pool);
     let cur = match rt.block_on(map.get(&key))? {
         Some(kv) => Some(decode::<MetaSync>(&key, &kv.value)?.body),
         None => None,
+    };
+    let Some(rev) = conf.takeover_sync_rev else {
+        if let Some(s) = cur.filter(|s| !s.allows(&conf.host, terms)) {
+            bail!(
+                "this copy of the pool's metadata is out of date: host {} has held the pool since (term {}), a standby that took over. Mount it there, or run `foreshard standby` here for a fresh copy",
+                s.host.as_deref().unwrap_or("?"),
+                s.term
+            );
+        }
+        return Ok(None);
     };
     if cur.is_some_and(|s| s.host.as_deref() == Some(conf.host.as_str())) {
         return Ok(None);

@@ -600,10 +600,12 @@ impl Meta {
         let (data, records) = (wb.data().to_vec(), wb.len() as u64);
         // One writer at a time: the last sequence number after the write is this batch's.
         let _one = tap.order.lock();
+        let before = self.db.latest_sequence_number();
         let r = self.db.write_opt(wb, &wo);
-        if r.is_ok() && records > 0 {
-            let last = self.db.latest_sequence_number();
-            tap.push(last + 1 - records, records, data);
+        let last = self.db.latest_sequence_number();
+        // Anything else that took sequence numbers: leave it to the WAL.
+        if r.is_ok() && records > 0 && last - before == records {
+            tap.push(before + 1, records, data);
         }
         self.check_space(r.map_err(anyhow::Error::from))
     }

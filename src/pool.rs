@@ -446,9 +446,13 @@ impl Pool {
             .context("pool metadata has no configuration record")?;
         let (cluster, disks) = match crate::cluster::conf_of(&meta)? {
             Some(conf) => {
-                let (c, disks) = crate::cluster::open(&conf, (&meta, &cfg), |c| {
-                    crate::standby::lineage::after_win(c, &meta)
-                })
+                let (c, disks) = crate::cluster::open(
+                    &conf,
+                    (&meta, &cfg),
+                    (crate::standby::lineage::held_terms(&meta)?, |c| {
+                        crate::standby::lineage::after_win(c, &meta)
+                    }),
+                )
                 .with_context(|| format!("cluster {}", conf.url))?;
                 (Some(c), disks)
             }

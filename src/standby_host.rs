@@ -160,7 +160,7 @@ pub fn run(a: StandbyArgs, mount: impl Fn() -> anyhow::Result<()>) -> anyhow::Re
         conns: AtomicUsize::new(0),
         session: Mutex::new(()),
     });
-    let reg = register(&sh)?;
+    let mut reg = register(&sh)?;
     let s2 = sh.clone();
     std::thread::Builder::new()
         .name("standby-accept".into())
@@ -172,18 +172,7 @@ pub fn run(a: StandbyArgs, mount: impl Fn() -> anyhow::Result<()>) -> anyhow::Re
         sh.a.listen
     );
     loop {
-        std::thread::sleep(WATCH_POLL);
-        if sh.a.pool_dir.join(PROMOTE_FILE).exists() && !sh.handover.swap(true, Ordering::SeqCst) {
-            tracing::warn!("promote: asking the active metadata host to hand over");
-        }
-        let rev = match may_take_over(&sh) {
-            Ok(Some(rev)) => rev,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!("cannot read the pool's metadata records: {e:#}");
-                continue;
-            }
-        };
+        let rev = wait_for_takeover(&sh);
         sh.stop.store(true, Ordering::SeqCst);
         prepare_takeover(&sh, rev)?;
         let _ = std::fs::remove_file(sh.a.pool_dir.join(PROMOTE_FILE));
@@ -195,7 +184,30 @@ pub fn run(a: StandbyArgs, mount: impl Fn() -> anyhow::Result<()>) -> anyhow::Re
         tracing::warn!(
             "the active metadata host is gone and meta/sync names this standby: taking over"
         );
-        return mount();
+        let Err(e) = mount() else { return Ok(()) };
+        // Lost the race (the active won its lease again, say): a standby again.
+        tracing::error!("takeover failed: {e:#}; standing by again");
+        lock = Some(PoolLock::take(&sh.a.pool_dir)?);
+        *sh.follower.lock() = Some(Follower::open(&meta)?);
+        sh.handover.store(false, Ordering::SeqCst);
+        sh.stop.store(false, Ordering::SeqCst);
+        reg = register(&sh)?;
+    }
+}
+
+/// Polls until this standby may take over; returns the `meta/sync` revision to compare.
+fn wait_for_takeover(sh: &Shared) -> i64 {
+    loop {
+        std::thread::sleep(WATCH_POLL);
+        let promote = sh.a.pool_dir.join(PROMOTE_FILE).exists();
+        if promote && !sh.handover.swap(true, Ordering::SeqCst) {
+            tracing::warn!("promote: asking the active metadata host to hand over");
+        }
+        match may_take_over(sh) {
+            Ok(Some(rev)) => return rev,
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot read the pool's metadata records: {e:#}"),
+        }
     }
 }
 
@@ -304,10 +316,11 @@ fn restore_interrupted_swap(dir: &Path) -> anyhow::Result<()> {
 
 fn accept(sh: &Arc<Shared>, listener: TcpListener) {
     for conn in listener.incoming() {
-        if sh.stop.load(Ordering::SeqCst) {
-            return;
-        }
+        // Taking over (or mounted): no links; a failed takeover stands by again.
         let Ok(s) = conn else { continue };
+        if sh.stop.load(Ordering::SeqCst) {
+            continue;
+        }
         // A thread per connection (a few at most), so one that never says hello cannot
         // keep the active out.
         if sh.conns.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {

@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+/// What an entry costs besides its bytes (the tuple, the Arc, the deque slot).
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
 /// (first sequence number, records, the batch's bytes).
 pub type Tapped = (u64, u64, Arc<Vec<u8>>);
 
@@ -29,13 +32,13 @@ impl WalTap {
 
     pub fn push(&self, first: u64, records: u64, data: Vec<u8>) {
         let mut g = self.ring.lock();
-        g.1 += data.len();
+        g.1 += data.len() + ENTRY_OVERHEAD_BYTES;
         g.0.push_back((first, records, Arc::new(data)));
         while g.1 > self.bytes_max {
             let Some((_, _, d)) = g.0.pop_front() else {
                 break;
             };
-            g.1 -= d.len();
+            g.1 -= d.len() + ENTRY_OVERHEAD_BYTES;
         }
     }
 
@@ -45,7 +48,7 @@ impl WalTap {
         let mut g = self.ring.lock();
         while g.0.front().is_some_and(|b| b.0 + b.1 - 1 <= after) {
             let (_, _, d) = g.0.pop_front().expect("front checked");
-            g.1 -= d.len();
+            g.1 -= d.len() + ENTRY_OVERHEAD_BYTES;
         }
         let mut out = Vec::new();
         let mut next = after + 1;
@@ -66,7 +69,7 @@ mod tests {
 
     #[test]
     fn batches_come_back_in_order_until_a_gap_and_the_ring_stays_bounded() {
-        let t = WalTap::new(10);
+        let t = WalTap::new(10 + 3 * ENTRY_OVERHEAD_BYTES);
         t.push(1, 2, vec![0; 4]); // 1..=2
         t.push(3, 1, vec![0; 4]); // 3
         t.push(5, 1, vec![0; 1]); // 5: 4 went around the tap
@@ -83,8 +86,8 @@ mod tests {
             "4 is missing: the caller reads the WAL"
         );
         assert_eq!(firsts(t.since(4, 10)), [5]);
-        t.push(6, 1, vec![0; 10]);
-        // Over 10 bytes: the oldest go.
+        t.push(6, 1, vec![0; 80]); // with 5 still kept: over the limit
+                                   // Over 10 bytes: the oldest go.
         assert!(t.since(4, 10).is_empty());
         assert_eq!(firsts(t.since(5, 10)), [6]);
     }

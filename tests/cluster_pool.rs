@@ -1578,6 +1578,15 @@ fn a_deposed_metadata_host_is_fenced_and_goes_read_only() {
         assert!(!sb.mnt.join(format!("late{i}")).exists(), "late{i}");
     }
     check_audit_logs(&c);
+    // The new host unmounts: the old one, still running, must not win the pool back with
+    // its stale copy (its lease task sees meta/sync name m2 and gives up).
+    run_ok(&["umount", sb.mnt.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(3));
+    let active = c.get(&c.map.keys().meta_active(&m.pool_id));
+    assert!(
+        active.is_none(),
+        "the deposed host won the pool back: {active:?}"
+    );
     drop(m);
 }
 

@@ -41,11 +41,9 @@ pub fn check(c: &Cluster, meta: &Meta) -> anyhow::Result<()> {
     let Some(s) = read_sync(c.rt(), &c.map, &c.conf.pool)? else {
         return Ok(()); // a new pool
     };
-    let Some(host) = s.host.as_deref() else {
-        return Ok(()); // written before records named their host
-    };
+    let host = s.host.as_deref().unwrap_or("?");
     // Term 0: the takeover's own transaction (its term is that transaction's revision).
-    if host == c.conf.host && (s.term == 0 || held_terms(meta)?.contains(&s.term)) {
+    if s.allows(&c.conf.host, &held_terms(meta)?) {
         return Ok(());
     }
     bail!(
@@ -60,7 +58,8 @@ pub fn check(c: &Cluster, meta: &Meta) -> anyhow::Result<()> {
 pub fn after_win(c: &Cluster, meta: &Meta) -> anyhow::Result<()> {
     check(c, meta)?;
     let mut terms = held_terms(meta)?;
-    terms.push(c.term());
+    // The term meta/sync names this copy with (not a later re-win's).
+    terms.push(c.lineage_term());
     let drop_n = terms.len().saturating_sub(TERMS_KEPT);
     terms.drain(..drop_n);
     let mut b = meta.batch();

@@ -100,7 +100,6 @@ pub fn start(meta: Arc<Meta>, cluster: Arc<Cluster>, pool_dir: &Path) -> anyhow:
         cluster,
     });
     let r = replica.clone();
-    meta.start_tap(TAP_BYTES_MAX);
     meta.set_replica(Box::new(move |seq| r.wait(seq)));
     let r = replica.clone();
     let dir = pool_dir.to_path_buf();
@@ -212,6 +211,11 @@ impl Replica {
 
     /// Removes the standby from `meta/sync` (before any sync returns without its ack).
     fn unname(&self, why: &str) -> anyhow::Result<()> {
+        if self.handing_over() {
+            // A sync after the shipper stopped: dropping the standby now would cancel the
+            // handover (it takes over only while named). The mount is going anyway.
+            bail!("handing over to the standby: no more syncs ({why})");
+        }
         let _e = self.etcd.lock();
         let naming = self.st.lock().naming.clone();
         match naming {
@@ -317,6 +321,8 @@ fn session(meta: &Meta, r: &Replica, dir: &Path, (host, addr): (&str, &str)) -> 
     hello(&mut rd, &mut wr, r, host)?;
     let t0 = Instant::now();
     r.show(Some((host, "copying", 0)));
+    // From before the checkpoint: every batch after it is kept.
+    meta.start_tap(TAP_BYTES_MAX);
     let (files, bytes) = send_checkpoint(&mut wr, meta, dir)?;
     let mut buf = Vec::new();
     let seq = match recv(&mut rd, &mut buf)? {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use crate::batch::{Change, Expect, Term};
-use crate::map::{CasOutcome, Map};
+use crate::map::{CasOutcome, Kv, Map};
 use crate::member::{keep_alive, LeaseState, LEASE_TTL_S_MAX, LEASE_TTL_S_MIN};
 use crate::records::{decode, encode, MetaActive, MetaSync};
 
@@ -51,6 +51,23 @@ impl Drop for Active {
     }
 }
 
+/// What the metadata host's copy is: the terms it held (`MetaSync::allows`), and what to do
+/// when it turns out deposed (another host's copy became current while its lease lapsed).
+#[derive(Clone)]
+pub struct Lineage {
+    pub terms: Vec<i64>,
+    pub on_deposed: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+/// What a win compares of `meta/sync` besides `meta/active` being free.
+#[derive(Clone)]
+enum Guard {
+    /// A standby's takeover: the revision that named it; the record is reset.
+    Takeover { key: String, rev: i64 },
+    /// A lease won again: the record as read (checked to name this copy), left as it is.
+    Unchanged(Kv),
+}
+
 /// Becomes the active metadata host of `pool`, or says who is. A record held by this same
 /// host name (a crashed mount whose lease has not lapsed) is waited for, at most one TTL.
 /// `takeover` (a standby's) goes in the winning transaction: the `meta/sync` change that
@@ -60,13 +77,16 @@ pub async fn campaign(
     pool: &str,
     me: &MetaActive,
     ttl_s: i64,
-    takeover: Option<(String, i64)>,
+    (takeover, lineage): (Option<(String, i64)>, Lineage),
 ) -> anyhow::Result<Active> {
     if !(LEASE_TTL_S_MIN..=LEASE_TTL_S_MAX).contains(&ttl_s) {
         bail!("lease TTL {ttl_s} s: use {LEASE_TTL_S_MIN} to {LEASE_TTL_S_MAX} s");
     }
     let key = map.keys().meta_active(pool);
-    let (term, lease, until) = win(map, &key, me, ttl_s, takeover).await?;
+    let guard = takeover.map(|(key, rev)| Guard::Takeover { key, rev });
+    let (term, lease, until) = win(map, &key, me, ttl_s, guard).await?;
+    let mut lineage = lineage;
+    lineage.terms.push(term);
     let state = Arc::new(LeaseState {
         lease: AtomicI64::new(lease),
         flaps: AtomicU32::new(0),
@@ -76,7 +96,8 @@ pub async fn campaign(
     let rewins = Arc::new(AtomicU32::new(0));
     let task = tokio::spawn(hold(
         map.clone(),
-        (key.clone(), me.clone(), ttl_s),
+        (key.clone(), map.keys().meta_sync(pool), me.clone(), ttl_s),
+        lineage,
         state.clone(),
         term.clone(),
         rewins.clone(),
@@ -96,7 +117,7 @@ async fn win(
     key: &str,
     me: &MetaActive,
     ttl_s: i64,
-    takeover: Option<(String, i64)>,
+    guard: Option<Guard>,
 ) -> anyhow::Result<(i64, i64, Instant)> {
     let deadline = Instant::now() + Duration::from_secs(ttl_s as u64 + 2);
     loop {
@@ -106,16 +127,23 @@ async fn win(
         let mut change = Change::put(key.to_string(), Expect::Absent, encode(op, me));
         change.lease = lease;
         let mut batch = vec![change];
-        if let Some((sync_key, rev)) = &takeover {
-            // The takeover resets meta/sync: the new active has no standby yet.
-            let none = MetaSync {
-                standby: None,
-                seq: 0,
-                term: 0,
-                host: Some(me.host.clone()),
-            };
-            let expect = Expect::Revision(*rev);
-            batch.push(Change::put(sync_key.clone(), expect, encode(op, &none)));
+        match &guard {
+            Some(Guard::Takeover { key, rev }) => {
+                // The takeover resets meta/sync: the new active has no standby yet.
+                let none = MetaSync {
+                    standby: None,
+                    seq: 0,
+                    term: 0,
+                    host: Some(me.host.clone()),
+                };
+                let expect = Expect::Revision(*rev);
+                batch.push(Change::put(key.clone(), expect, encode(op, &none)));
+            }
+            Some(Guard::Unchanged(kv)) => {
+                let expect = Expect::Revision(kv.mod_revision);
+                batch.push(Change::put(kv.key.clone(), expect, kv.value.clone()));
+            }
+            None => {}
         }
         match map.cas(op, &batch, None).await? {
             CasOutcome::Applied { revision } => {
@@ -125,8 +153,10 @@ async fn win(
             CasOutcome::Conflict { current } => {
                 let _ = map.revoke(lease).await;
                 let Some(kv) = current.iter().find(|kv| kv.key == key) else {
-                    if takeover.is_some() {
-                        bail!("{key} is free but meta/sync changed since it named this standby: the active host dropped it (a standby that fell behind) or the pool was mounted meanwhile");
+                    match guard {
+                        Some(Guard::Takeover { .. }) => bail!("{key} is free but meta/sync changed since it named this standby: the active host dropped it (a standby that fell behind) or the pool was mounted meanwhile"),
+                        Some(Guard::Unchanged(_)) => bail!("meta/sync changed while this host's lease was lapsed"),
+                        None => {}
                     }
                     continue;
                 };
@@ -156,7 +186,8 @@ async fn win(
 /// storage hosts then refuse anything sent under the old one).
 async fn hold(
     map: Map,
-    (key, me, ttl_s): (String, MetaActive, i64),
+    (key, sync_key, me, ttl_s): (String, String, MetaActive, i64),
+    lineage: Lineage,
     state: Arc<LeaseState>,
     term: Arc<AtomicI64>,
     rewins: Arc<AtomicU32>,
@@ -168,7 +199,16 @@ async fn hold(
             Err(e) => tracing::error!(key, lease, "metadata lease lost: {e:#}"),
         }
         loop {
-            match win(&map, &key, &me, ttl_s, None).await {
+            let guard = match rewin_guard(&map, &sync_key, &me.host, &lineage).await {
+                Ok(Some(g)) => g,
+                Ok(None) => return, // deposed: another copy is current
+                Err(e) => {
+                    tracing::error!(key, "cannot read meta/sync: {e:#}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match win(&map, &key, &me, ttl_s, guard).await {
                 Ok((t, lease, until)) => {
                     state.lease.store(lease, Ordering::Release);
                     *state.valid_until.lock() = until;
@@ -184,4 +224,30 @@ async fn hold(
             }
         }
     }
+}
+
+/// What a lease won again compares: `meta/sync` as it is, when it still names this copy.
+/// None (and `on_deposed`) when another host's copy became current meanwhile: winning
+/// again would make this one's stale metadata the pool's.
+async fn rewin_guard(
+    map: &Map,
+    sync_key: &str,
+    host: &str,
+    lineage: &Lineage,
+) -> anyhow::Result<Option<Option<Guard>>> {
+    let Some(kv) = map.get(sync_key).await? else {
+        return Ok(Some(None));
+    };
+    let rec = decode::<MetaSync>(sync_key, &kv.value)?.body;
+    if !rec.allows(host, &lineage.terms) {
+        let why = format!(
+            "host {} holds the pool's current metadata (term {}): this host was deposed",
+            rec.host.as_deref().unwrap_or("?"),
+            rec.term
+        );
+        tracing::error!("{why}; not campaigning again");
+        (lineage.on_deposed)(&why);
+        return Ok(None);
+    }
+    Ok(Some(Some(Guard::Unchanged(kv))))
 }

@@ -132,6 +132,17 @@ pub struct MetaSync {
     pub host: Option<String>,
 }
 
+impl MetaSync {
+    /// Whether `host`, whose copy of the metadata held `terms`, holds the current copy
+    /// (term 0: a takeover's own transaction, whose term is that transaction's revision).
+    pub fn allows(&self, host: &str, terms: &[i64]) -> bool {
+        match self.host.as_deref() {
+            None => true,
+            Some(h) => h == host && (self.term == 0 || terms.contains(&self.term)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
