@@ -1342,6 +1342,16 @@ impl Drop for Standby {
     }
 }
 
+/// `files` (written under `from`) read back identical under `to`, caches dropped first.
+fn check_moved(files: &BTreeMap<PathBuf, Vec<u8>>, from: &Path, to: &Path) {
+    common::drop_caches();
+    let moved: BTreeMap<PathBuf, Vec<u8>> = files
+        .iter()
+        .map(|(p, d)| (to.join(p.strip_prefix(from).unwrap()), d.clone()))
+        .collect();
+    check_files(&moved);
+}
+
 /// Waits until `meta/sync` names `standby` (it holds a copy and acks the WAL).
 fn wait_named(c: &Cluster, pool_id: &str, standby: Option<&str>, sb: &Standby) -> Duration {
     let t0 = Instant::now();
@@ -1433,14 +1443,8 @@ fn a_standby_takes_over_when_the_metadata_host_is_killed() {
         acked.len(),
         took.as_secs_f64()
     );
-    let moved = |f: &BTreeMap<PathBuf, Vec<u8>>| -> BTreeMap<PathBuf, Vec<u8>> {
-        f.iter()
-            .map(|(p, d)| (sb.mnt.join(p.strip_prefix(&m.mnt).unwrap()), d.clone()))
-            .collect()
-    };
-    common::drop_caches();
-    check_files(&moved(&files));
-    check_files(&moved(&acked));
+    check_moved(&files, &m.mnt, &sb.mnt);
+    check_moved(&acked, &m.mnt, &sb.mnt);
     let fsp2 = common::Pool {
         tmp: tempfile::tempdir().unwrap(),
         pool: sb.pool.clone(),
@@ -1528,12 +1532,7 @@ fn a_paused_standby_is_dropped_from_meta_sync_and_named_again() {
         .arg(&m.mnt)
         .status();
     sb.wait_mounted(60);
-    let moved: BTreeMap<PathBuf, Vec<u8>> = files
-        .iter()
-        .map(|(p, d)| (sb.mnt.join(p.strip_prefix(&m.mnt).unwrap()), d.clone()))
-        .collect();
-    common::drop_caches();
-    check_files(&moved);
+    check_moved(&files, &m.mnt, &sb.mnt);
 }
 
 /// The metadata host paused (SIGSTOP) past its 3 s lease: the standby takes over. The old
@@ -1567,12 +1566,7 @@ fn a_deposed_metadata_host_is_fenced_and_goes_read_only() {
     }
     eprintln!("deposed host: {refused} of 8 writes refused (EROFS), the others failed: {errors:?}");
     assert!(refused > 0, "the deposed host never refused writes (EROFS)");
-    let moved: BTreeMap<PathBuf, Vec<u8>> = files
-        .iter()
-        .map(|(p, d)| (sb.mnt.join(p.strip_prefix(&m.mnt).unwrap()), d.clone()))
-        .collect();
-    common::drop_caches();
-    check_files(&moved);
+    check_moved(&files, &m.mnt, &sb.mnt);
     assert_eq!(std::fs::read(sb.mnt.join("new")).unwrap(), data);
     for i in 0..8 {
         assert!(!sb.mnt.join(format!("late{i}")).exists(), "late{i}");
@@ -1621,14 +1615,8 @@ fn promote_hands_the_pool_over_to_the_standby() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let moved = |f: &BTreeMap<PathBuf, Vec<u8>>| -> BTreeMap<PathBuf, Vec<u8>> {
-        f.iter()
-            .map(|(p, d)| (sb.mnt.join(p.strip_prefix(&m.mnt).unwrap()), d.clone()))
-            .collect()
-    };
-    common::drop_caches();
-    check_files(&moved(&files));
-    check_files(&moved(&acked));
+    check_moved(&files, &m.mnt, &sb.mnt);
+    check_moved(&acked, &m.mnt, &sb.mnt);
     // Nothing to promote a second time: it is mounted.
     let o = run(&["promote", sb.pool.to_str().unwrap()]);
     assert!(!o.status.success());
