@@ -277,25 +277,40 @@ fn takeover_compare(
     conf: &ClusterConf,
     terms: &[i64],
 ) -> anyhow::Result<Option<(String, i64)>> {
-    let key = map.keys().meta_sync(&conf.pool);
-    let cur = match rt.block_on(map.get(&key))? {
-        Some(kv) => Some(decode::<MetaSync>(&key, &kv.value)?.body),
-        None => None,
-    };
+    let cur = read_meta_sync(rt, map, &conf.pool)?;
     let Some(rev) = conf.takeover_sync_rev else {
-        if let Some(s) = cur.filter(|s| !s.allows(&conf.host, terms)) {
-            bail!(
-                "this copy of the pool's metadata is out of date: host {} has held the pool since (term {}), a standby that took over. Mount it there, or run `foreshard standby` here for a fresh copy",
-                s.host.as_deref().unwrap_or("?"),
-                s.term
-            );
-        }
+        check_copy(cur.as_ref(), &conf.host, terms)?;
         return Ok(None);
     };
     if cur.is_some_and(|s| s.host.as_deref() == Some(conf.host.as_str())) {
         return Ok(None);
     }
     Ok(Some((map.keys().meta_sync(&conf.pool), rev)))
+}
+
+pub(crate) fn read_meta_sync(
+    rt: &tokio::runtime::Runtime,
+    map: &Map,
+    pool: &str,
+) -> anyhow::Result<Option<MetaSync>> {
+    let key = map.keys().meta_sync(pool);
+    match rt.block_on(map.get(&key))? {
+        None => Ok(None),
+        Some(kv) => Ok(Some(decode::<MetaSync>(&key, &kv.value)?.body)),
+    }
+}
+
+/// Refuses a copy of the metadata (of `host`, which held `terms`) that `meta/sync` says is
+/// not the current one.
+pub(crate) fn check_copy(s: Option<&MetaSync>, host: &str, terms: &[i64]) -> anyhow::Result<()> {
+    match s.filter(|s| !s.allows(host, terms)) {
+        None => Ok(()),
+        Some(s) => bail!(
+            "this copy of the pool's metadata is out of date: host {} has held the pool since (term {}), a standby that took over. Mount it there, or run `foreshard standby` here for a fresh copy",
+            s.host.as_deref().unwrap_or("?"),
+            s.term
+        ),
+    }
 }
 
 /// Live hosts' addresses, and the pool's shard records.

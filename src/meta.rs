@@ -676,13 +676,7 @@ impl Meta {
             }
         }
         let w = self.gate.write();
-        if let Some(b) = barrier.as_ref() {
-            // Files of batches written since the last pass (few).
-            b()?;
-        }
-        let seq = self.db.latest_sequence_number();
-        self.check_space(self.db.flush_wal(true).map_err(anyhow::Error::from))?;
-        self.local_synced.fetch_max(seq, Ordering::SeqCst);
+        let seq = self.sync_gated(barrier.as_ref())?;
         // Writers go on while the standby acknowledges (a network round trip).
         drop(w);
         if let Some(wait) = self.replica.read().as_ref() {
@@ -690,6 +684,18 @@ impl Meta {
         }
         self.synced_seq.fetch_max(seq, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Under the gate (no batch in flight): the files of batches written since the last
+    /// barrier pass (few), then the WAL; returns the sequence number now durable here.
+    fn sync_gated(&self, barrier: Option<&DataBarrier>) -> anyhow::Result<u64> {
+        if let Some(b) = barrier {
+            b()?;
+        }
+        let seq = self.db.latest_sequence_number();
+        self.check_space(self.db.flush_wal(true).map_err(anyhow::Error::from))?;
+        self.local_synced.fetch_max(seq, Ordering::SeqCst);
+        Ok(seq)
     }
 
     /// Makes every WAL sync wait for `wait(seq)` after its own (the standby's ack, or its
@@ -709,12 +715,7 @@ impl Meta {
     pub fn checkpoint(&self, dir: &Path) -> anyhow::Result<()> {
         let barrier = self.barrier.read();
         let _w = self.gate.write();
-        if let Some(b) = barrier.as_ref() {
-            b()?;
-        }
-        let seq = self.db.latest_sequence_number();
-        self.db.flush_wal(true)?;
-        self.local_synced.fetch_max(seq, Ordering::SeqCst);
+        self.sync_gated(barrier.as_ref())?;
         rocksdb::checkpoint::Checkpoint::new(&self.db)?
             .create_checkpoint(dir)
             .with_context(|| format!("metadata checkpoint in {}", dir.display()))
@@ -724,7 +725,7 @@ impl Meta {
     /// below `upto`, in order; returns the last sequence number handed over (`after` if
     /// none). Fails once the WAL holding `after + 1` is gone (the caller starts again
     /// from a checkpoint).
-    pub fn wal_since(
+    fn wal_since(
         &self,
         after: u64,
         upto: u64,

@@ -135,9 +135,7 @@ fn record(thread: &str, message: &str, restarted: bool) {
             thread,
             "thread panicked: {message}; not restarted: refusing writes"
         );
-        r.refused
-            .get_or_insert_with(|| format!("thread {thread} died: {message}"));
-        REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+        refuse(&mut r, || format!("thread {thread} died: {message}"));
     }
     if r.panics.len() >= PANICS_KEPT_MAX {
         r.panics.pop_front();
@@ -152,12 +150,18 @@ fn record(thread: &str, message: &str, restarted: bool) {
 
 /// Refuses new writes from now on, for `why` (a deposed metadata host: another took over).
 pub fn refuse_writes(why: &str) {
-    let mut r = registry().lock();
-    if r.refused.is_none() {
+    if refuse(&mut registry().lock(), || why.to_string()) {
         tracing::error!("refusing writes: {why}");
-        r.refused = Some(why.to_string());
     }
+}
+
+/// The first reason is kept (returns whether this was it); the flag is what the write
+/// path reads.
+fn refuse(r: &mut Registry, why: impl FnOnce() -> String) -> bool {
+    let first = r.refused.is_none();
+    r.refused.get_or_insert_with(why);
     REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    first
 }
 
 /// Whether new writes are refused (a thread that cannot go on died).

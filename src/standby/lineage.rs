@@ -5,10 +5,7 @@
 //! it held (its own and, through checkpoints, those of the copies it came from). A mount
 //! goes ahead only when `meta/sync` names this host under one of them.
 
-use anyhow::{bail, Context};
-
-use foreshard_cluster::map::Map;
-use foreshard_cluster::records::{decode, MetaSync};
+use anyhow::Context;
 
 use crate::cluster::{Cluster, CLUSTER_KEY};
 use crate::meta::{Meta, CF_CONFIG};
@@ -16,18 +13,6 @@ use crate::meta::{Meta, CF_CONFIG};
 const TERMS_KEY: &[u8] = b"cluster_terms";
 /// Terms kept per copy (older ones cannot be current any more: each open notes its own).
 const TERMS_KEPT: usize = 32;
-
-fn read_sync(
-    rt: &tokio::runtime::Runtime,
-    map: &Map,
-    pool: &str,
-) -> anyhow::Result<Option<MetaSync>> {
-    let key = map.keys().meta_sync(pool);
-    match rt.block_on(map.get(&key))? {
-        None => Ok(None),
-        Some(kv) => Ok(Some(decode::<MetaSync>(&key, &kv.value)?.body)),
-    }
-}
 
 pub fn held_terms(meta: &Meta) -> anyhow::Result<Vec<i64>> {
     match meta.get_raw(CF_CONFIG, TERMS_KEY)? {
@@ -38,18 +23,8 @@ pub fn held_terms(meta: &Meta) -> anyhow::Result<Vec<i64>> {
 
 /// Refuses a copy that is not the current one (see the module doc).
 pub fn check(c: &Cluster, meta: &Meta) -> anyhow::Result<()> {
-    let Some(s) = read_sync(c.rt(), &c.map, &c.conf.pool)? else {
-        return Ok(()); // a new pool
-    };
-    let host = s.host.as_deref().unwrap_or("?");
-    // Term 0: the takeover's own transaction (its term is that transaction's revision).
-    if s.allows(&c.conf.host, &held_terms(meta)?) {
-        return Ok(());
-    }
-    bail!(
-        "this copy of the pool's metadata is out of date: host {host} has held the pool since (term {}), a standby that took over. Mount it there, or run `foreshard standby` here for a fresh copy",
-        s.term
-    )
+    let s = crate::cluster::read_meta_sync(c.rt(), &c.map, &c.conf.pool)?;
+    crate::cluster::check_copy(s.as_ref(), &c.conf.host, &held_terms(meta)?)
 }
 
 /// After the campaign: checks the copy, notes the term in it (durably, before the map
