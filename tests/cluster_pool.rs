@@ -7,6 +7,11 @@ mod net;
 
 mod common;
 
+#[path = "cluster_pool/bench.rs"]
+mod bench;
+#[path = "cluster_pool/soak.rs"]
+mod soak;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -87,31 +92,32 @@ impl Cluster {
         let ds: Vec<PathBuf> = (0..2)
             .map(|i| self.tmp.path().join(format!("{h}-d{i}")))
             .collect();
+        for d in &ds {
+            std::fs::create_dir(d).unwrap();
+        }
+        // SMART from health files (N.prom for the N-th disk), published every second.
+        std::fs::create_dir(self.health_dir(h)).unwrap();
+        self.disks.insert(h.to_string(), ds);
+        self.spawn_node(h, &format!("{h}.log"));
+    }
+
+    /// `foreshard node` on `h` again (after a kill), with the disks it had; logs to `log`.
+    fn spawn_node(&mut self, h: &str, log: &str) -> u32 {
         let mut a: Vec<String> = ["node", "--cluster", &self.url, "--name", h]
             .map(String::from)
             .to_vec();
         a.extend(["--listen".into(), format!("{}:7070", self.net.ip(h))]);
         a.extend(["--lease-ttl-s".into(), "3".into(), "--secret-file".into()]);
         a.push(self.secret.clone());
-        a.extend([
-            "--audit-log".into(),
-            self.tmp
-                .path()
-                .join(format!("{h}.audit"))
-                .display()
-                .to_string(),
-        ]);
-        for d in &ds {
-            std::fs::create_dir(d).unwrap();
+        let audit = self.tmp.path().join(format!("{h}.audit"));
+        a.extend(["--audit-log".into(), audit.display().to_string()]);
+        for d in &self.disks[h] {
             a.extend(["--disk".into(), d.display().to_string()]);
         }
-        // SMART from health files (N.prom for the N-th disk), published every second.
         let health = self.health_dir(h);
-        std::fs::create_dir(&health).unwrap();
         a.extend(["--health-dir".into(), health.display().to_string()]);
         a.extend(["--no-smartctl", "--stat-interval-s", "1"].map(String::from));
-        self.net.spawn(h, BIN, &a, &format!("{h}.log"));
-        self.disks.insert(h.to_string(), ds);
+        self.net.spawn(h, BIN, &a, log)
     }
 }
 
@@ -1172,85 +1178,6 @@ fn disk_records(c: &Cluster) -> Vec<DiskRecord> {
 
 /// One round's MiB/s: a `mib` MiB file written in 1 MiB writes then fsynced, and read back
 /// cold (caches dropped) in 1 MiB reads.
-fn seq_round(mnt: &Path, mib: usize) -> (f64, f64) {
-    use std::io::{Read, Write};
-    let path = mnt.join("bench.dat");
-    let chunk = pattern(1 << 20, 99);
-    let t = Instant::now();
-    let mut f = std::fs::File::create(&path).unwrap();
-    for _ in 0..mib {
-        f.write_all(&chunk).unwrap();
-    }
-    f.sync_all().unwrap();
-    drop(f);
-    let w = mib as f64 / t.elapsed().as_secs_f64();
-    common::drop_caches();
-    let t = Instant::now();
-    let mut f = std::fs::File::open(&path).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0;
-    loop {
-        let k = f.read(&mut buf).unwrap();
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
-    assert_eq!(n, mib << 20);
-    let r = mib as f64 / t.elapsed().as_secs_f64();
-    std::fs::remove_file(&path).unwrap();
-    (w, r)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// docs/benchmarks.md, "A pool over four hosts": sequential write and cold read of a 1 GiB
-/// file on a 2-replica pool over 4 storage hosts (namespaces, veth, 2 disks each) against
-/// the same 8 disk directories as one single-host pool, in interleaved rounds. A
-/// measurement, run by hand: `cargo test --release --test cluster_pool bench -- --ignored
-/// --nocapture`.
-#[test]
-#[ignore = "a measurement, not a test: run by hand in release"]
-fn bench_cluster_pool_against_one_host() {
-    if !net::available() || !fuse_available() {
-        return;
-    }
-    let rounds: usize = std::env::var("FSX_ROUNDS").map_or(3, |v| v.parse().unwrap());
-    let mib: usize = std::env::var("FSX_MIB").map_or(1024, |v| v.parse().unwrap());
-    let (_c, m) = mounted_cluster(60_000);
-    let local = common::Pool::new(8, 2, "1MiB");
-    let mut local = local;
-    local.mount();
-    let (mut cw, mut cr, mut lw, mut lr) = (vec![], vec![], vec![], vec![]);
-    for round in 0..rounds {
-        // Interleaved, the order alternating: neither side always runs on a warmer machine.
-        let (a, b) = if round % 2 == 0 {
-            let a = seq_round(&m.mnt, mib);
-            (a, seq_round(&local.mnt, mib))
-        } else {
-            let b = seq_round(&local.mnt, mib);
-            (seq_round(&m.mnt, mib), b)
-        };
-        eprintln!(
-            "round {round}: cluster write {:.0} read {:.0} MiB/s; one host write {:.0} read {:.0}; ratios write {:.2} read {:.2}",
-            a.0, a.1, b.0, b.1, a.0 / b.0, a.1 / b.1
-        );
-        cw.push(a.0);
-        cr.push(a.1);
-        lw.push(b.0);
-        lr.push(b.1);
-    }
-    let ratio = |x: &[f64], y: &[f64]| median(x.iter().zip(y).map(|(a, b)| a / b).collect());
-    eprintln!(
-        "medians of {rounds} rounds, {mib} MiB: cluster write {:.0} read {:.0} MiB/s; one host write {:.0} read {:.0}; per-round ratio medians write {:.2} read {:.2}",
-        median(cw.clone()), median(cr.clone()), median(lw.clone()), median(lr.clone()),
-        ratio(&cw, &lw), ratio(&cr, &lr)
-    );
-}
-
 /// `foreshard standby` in this process's namespace (host `name`), with its own pool copy
 /// and mount point; killed (and its mount cleared) when dropped.
 struct Standby {
@@ -1634,169 +1561,8 @@ fn promote_hands_the_pool_over_to_the_standby() {
     assert!(c.get(&c.map.keys().meta_active(&m.pool_id)).is_none());
 }
 
-/// (4 KiB overwrite + fsync per second, 4 KiB create + fsync per second) on `dir`.
-fn fsync_round(dir: &Path, n: usize, round: usize) -> (f64, f64) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(dir.join(format!("fsync4k-{round}"))).unwrap();
-    let block = pattern(4096, round as u64);
-    let t0 = Instant::now();
-    for _ in 0..n {
-        f.write_all(&block).unwrap();
-        f.sync_data().unwrap();
-    }
-    let overwrite = n as f64 / t0.elapsed().as_secs_f64();
-    let t0 = Instant::now();
-    for i in 0..n / 2 {
-        let p = dir.join(format!("c{round}-{i}"));
-        let mut f = std::fs::File::create(&p).unwrap();
-        f.write_all(&block).unwrap();
-        f.sync_all().unwrap();
-    }
-    (overwrite, (n / 2) as f64 / t0.elapsed().as_secs_f64())
-}
-
-/// What a standby costs each fsync: one pool over four hosts, rounds with the standby
-/// named and acking, and rounds with it paused (dropped from meta/sync after the first
-/// fsync's 1 s wait, which is not measured), interleaved. `scripts/bench-fsync --standby`
-/// runs it (FSX_ROUNDS, FSX_OPS).
-#[test]
-#[ignore = "a measurement, not a test: run by hand in release"]
-fn bench_fsync_with_and_without_a_standby() {
-    if !net::available() || !fuse_available() {
-        return;
-    }
-    let rounds: usize = std::env::var("FSX_ROUNDS").map_or(5, |v| v.parse().unwrap());
-    let n: usize = std::env::var("FSX_OPS").map_or(400, |v| v.parse().unwrap());
-    let (c, m, sb) = mounted_with_standby(&[]);
-    let spid = sb.child.id();
-    let (mut on, mut off) = (vec![], vec![]);
-    for round in 0..rounds {
-        let mut pair = [(0.0, 0.0); 2];
-        // The order alternates: neither side always runs second.
-        for k in [round % 2, 1 - round % 2] {
-            if k == 0 {
-                wait_named(&c, &m.pool_id, Some("m2"), &sb);
-                pair[0] = fsync_round(&m.mnt, n, 2 * round);
-            } else {
-                c.net.signal(spid, libc::SIGSTOP);
-                write_synced(&m.mnt.join("drop"), b"x").unwrap(); // waits 1 s, drops it
-                assert_eq!(meta_sync_names(&c, &m.pool_id), None);
-                pair[1] = fsync_round(&m.mnt, n, 2 * round + 1);
-                c.net.signal(spid, libc::SIGCONT);
-            }
-        }
-        eprintln!(
-            "round {round}: with standby overwrite+fsync {:.0}/s create+fsync {:.0}/s; without {:.0}/s {:.0}/s; ratios {:.2} {:.2}",
-            pair[0].0, pair[0].1, pair[1].0, pair[1].1, pair[0].0 / pair[1].0, pair[0].1 / pair[1].1
-        );
-        on.push(pair[0]);
-        off.push(pair[1]);
-    }
-    let col = |v: &[(f64, f64)], i: usize| -> Vec<f64> {
-        v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect()
-    };
-    for (i, what) in ["overwrite 4 KiB + fsync", "create 4 KiB + fsync"]
-        .iter()
-        .enumerate()
-    {
-        let (a, b) = (col(&on, i), col(&off, i));
-        let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
-        eprintln!(
-            "{what}: median with standby {:.0}/s, without {:.0}/s; per-round ratio median {:.2} (spread {lo:.2}-{hi:.2}), {rounds} rounds of {n}",
-            median(a.clone()),
-            median(b.clone()),
-            median(ratios.clone())
-        );
-    }
-}
-
 /// The daemon pid a pool directory's pid file names.
 fn pid_of(pool: &Path) -> i32 {
     let s = std::fs::read_to_string(pool.join("daemon.pid")).expect("daemon pid file");
     s.lines().next().unwrap().trim().parse().unwrap()
-}
-
-/// Soak (`scripts/test --soak`; FSX_SOAK_CYCLES, default 6): the metadata host killed over
-/// and over under an fsync writer, each time taken over by the standby, and a new standby
-/// started (with a fresh copy) on the host that died. After every takeover every fsync
-/// acknowledged in any earlier cycle is on the new mount, identical; at the end fsck is
-/// clean and no storage host accepted a stale epoch or term.
-#[test]
-#[ignore = "a soak: scripts/test --soak"]
-fn soak_metadata_host_killed_again_and_again() {
-    if !net::available() || !fuse_available() {
-        return;
-    }
-    let cycles: usize = std::env::var("FSX_SOAK_CYCLES").map_or(6, |v| v.parse().unwrap());
-    let (c, m, sb) = mounted_with_standby(&[]);
-    // (pool dir, mount point) of the active; relative path -> bytes of every acked file.
-    let (mut active_pool, mut active_mnt) = (m.fsp.pool.clone(), m.mnt.clone());
-    let mut acked: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
-    let mut standby = sb;
-    let mut old: Vec<Standby> = Vec::new();
-    let mut took = Vec::new();
-    for cycle in 0..cycles {
-        wait_named(&c, &m.pool_id, Some(standby.name()), &standby);
-        let dir = active_mnt.join(format!("c{cycle}"));
-        std::fs::create_dir(&dir).unwrap();
-        let w = writer(&dir, 40);
-        std::thread::sleep(Duration::from_millis(300 + 150 * (cycle as u64 % 4)));
-        unsafe { libc::kill(pid_of(&active_pool), libc::SIGKILL) };
-        let t_kill = Instant::now();
-        for (p, d) in w.join().unwrap() {
-            acked.insert(p.strip_prefix(&active_mnt).unwrap().to_path_buf(), d);
-        }
-        let _ = std::process::Command::new("fusermount3")
-            .arg("-uz")
-            .arg(&active_mnt)
-            .status();
-        standby.wait_mounted(60);
-        took.push(t_kill.elapsed().as_secs_f64());
-        let files: BTreeMap<PathBuf, Vec<u8>> = acked
-            .iter()
-            .map(|(p, d)| (standby.mnt.join(p), d.clone()))
-            .collect();
-        common::drop_caches();
-        check_files(&files);
-        eprintln!(
-            "cycle {cycle}: {} acknowledged files in all, taken over by {} in {:.1} s",
-            acked.len(),
-            standby.name(),
-            took[cycle]
-        );
-        // The host that died comes back as the standby, with a fresh copy.
-        let dead = if standby.name() == "m2" { "m1" } else { "m2" };
-        let next = Standby::start_as(
-            &c,
-            &m.pool_id,
-            dead,
-            cycle + 1,
-            &["--host-grace-ms", "2000"],
-        );
-        active_pool = standby.pool.clone();
-        active_mnt = standby.mnt.clone();
-        old.push(std::mem::replace(&mut standby, next));
-    }
-    let fsp = common::Pool {
-        tmp: tempfile::tempdir().unwrap(),
-        pool: active_pool,
-        mnt: active_mnt,
-        disks: vec![],
-        mounted: false,
-    };
-    let (clean, report) = fsp.fsck(false);
-    assert!(clean, "{report}");
-    check_audit_logs(&c);
-    took.sort_by(f64::total_cmp);
-    eprintln!(
-        "{cycles} takeovers: median {:.1} s, max {:.1} s (lease 3 s), {} files intact",
-        took[cycles / 2],
-        took[cycles - 1],
-        acked.len()
-    );
-    drop(standby);
-    drop(old);
 }

@@ -20,7 +20,7 @@ use foreshard_cluster::node::{
 };
 use foreshard_cluster::records::{decode, DiskRecord};
 use foreshard_cluster::view::{read_view, ClusterView};
-use foreshard_cluster::wire::{Audit, Fence, Server, ServerConfig};
+use foreshard_cluster::wire::{Audit, Class, Fence, Server, ServerConfig};
 
 #[derive(clap::Args)]
 pub struct NodeCmd {
@@ -67,6 +67,13 @@ pub struct NodeCmd {
     /// Seconds between publishing each disk's space and health to the cluster map.
     #[arg(long, default_value_t = DISKSTAT_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     stat_interval_s: u64,
+    /// Caps the recovery copies this host serves and receives, MiB/s (0: no cap). Client
+    /// reads and writes are never capped.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    recovery_mib_s: u64,
+    /// Caps migration copies (evacuation, re-sharding, drains), MiB/s (0: no cap).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    migration_mib_s: u64,
 }
 
 /// The node's health source: the N-th disk's file in `dir`, else smartctl on the block
@@ -153,13 +160,20 @@ pub fn run(a: NodeCmd) -> anyhow::Result<()> {
         health_source(a.health_dir, !a.no_smartctl),
         Duration::from_secs(a.stat_interval_s),
     );
-    rt.block_on(serve(url, config, (a.listen, audit), &a.secret_file, stats))
+    let rates_mib_s = [a.recovery_mib_s, a.migration_mib_s];
+    rt.block_on(serve(
+        url,
+        config,
+        (a.listen, audit, rates_mib_s),
+        &a.secret_file,
+        stats,
+    ))
 }
 
 async fn serve(
     url: ClusterUrl,
     config: NodeConfig,
-    (listen, audit): (SocketAddr, Option<Arc<Audit>>),
+    (listen, audit, [recovery_mib_s, migration_mib_s]): (SocketAddr, Option<Arc<Audit>>, [u64; 2]),
     secret_file: &Path,
     (health_fn, stat_interval): (HealthFn, Duration),
 ) -> anyhow::Result<()> {
@@ -186,6 +200,8 @@ async fn serve(
     let mut scfg = ServerConfig::new(&url.cluster, &node.config.name, secret);
     scfg.audit = audit;
     let server = Server::serve(listener, scfg, backend)?;
+    server.set_rate(Class::Recovery, recovery_mib_s << 20);
+    server.set_rate(Class::Migration, migration_mib_s << 20);
     println!(
         "node {} joined cluster {} (lease {}): {}",
         node.config.name,

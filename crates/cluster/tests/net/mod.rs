@@ -55,6 +55,8 @@ pub struct Net {
     hosts: Vec<String>,
     children: Vec<(String, Child)>,
     members: Vec<String>,
+    /// Each member's etcd arguments, to start it again over its data directory.
+    etcd_args: Vec<(String, Vec<String>)>,
 }
 
 fn run(args: &[&str]) -> Result<(), String> {
@@ -129,6 +131,7 @@ impl Net {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             children: Vec::new(),
             members: Vec::new(),
+            etcd_args: Vec::new(),
         };
         std::fs::create_dir_all(&net.dir).unwrap();
         net.make_bridge();
@@ -259,6 +262,7 @@ impl Net {
             .collect();
             self.spawn(m, "etcd", &args, &format!("{m}.log"));
             self.members.push(m.to_string());
+            self.etcd_args.push((m.to_string(), args));
         }
         self.wait_healthy(members);
         let eps: Vec<String> = members
@@ -266,6 +270,18 @@ impl Net {
             .map(|m| format!("{}:2379", self.ip(m)))
             .collect();
         format!("etcd://{}/{cluster}", eps.join(","))
+    }
+
+    /// Starts member `m` again (after a kill) over its data directory: it rejoins the
+    /// cluster it was in. Logs to `log`.
+    pub fn restart_etcd(&mut self, m: &str, log: &str) {
+        let args = self
+            .etcd_args
+            .iter()
+            .find(|(n, _)| n == m)
+            .expect("no such member");
+        let args = args.1.clone();
+        self.spawn(m, "etcd", &args, log);
     }
 
     pub fn wait_healthy(&self, members: &[&str]) {
@@ -318,12 +334,12 @@ impl Net {
         None
     }
 
-    /// The pid of the first process started on `host`.
+    /// The pid of the latest process started on `host`.
     pub fn pid(&self, host: &str) -> u32 {
         let c = self
             .children
             .iter()
-            .find(|(h, _)| h == host)
+            .rfind(|(h, _)| h == host)
             .expect("nothing runs there");
         // `ip netns exec` execs the command, so the child's pid is the command's.
         c.1.id()
@@ -389,6 +405,19 @@ impl Drop for Net {
             let _ = c.wait();
         }
         for h in self.hosts.clone() {
+            // What the children forked (daemons that detach, e.g. glusterd's bricks).
+            let pids = Command::new("ip")
+                .args(["netns", "pids", &self.ns(&h)])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) of a process inside this net's own namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
             let _ = run(&["ip", "netns", "del", &self.ns(&h)]);
         }
         // Deleting the bridge's namespace destroys v-root, and with it our end of the veth.
