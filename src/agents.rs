@@ -158,6 +158,17 @@ pub struct Plan {
     pub fds: HashMap<(u32, ExtentId), Arc<File>>,
 }
 
+impl Plan {
+    /// No shard's placement changed since the plan was made.
+    pub fn placement_current(&self, fs: &Fs) -> bool {
+        let table = fs.shard_table();
+        table
+            .iter()
+            .map(|s| s.epoch)
+            .eq(self.epochs.iter().copied())
+    }
+}
+
 /// The item's block sums: carried, or looked up (Stale when the extent moved on).
 fn item_sums(fs: &Fs, it: &CopyItem) -> Result<Arc<Vec<[u8; 32]>>, CopyFail> {
     match &it.sums {
@@ -701,11 +712,15 @@ impl AgentPool {
         let Some(p) = self.plan() else { return true };
         p.committed_seen != data_changes(fs)
             || p.risk_gen != self.risk_gen.load(Ordering::Relaxed)
-            || fs
-                .shard_table()
-                .iter()
-                .map(|s| s.epoch)
-                .ne(p.epochs.iter().copied())
+            || !p.placement_current(fs)
+    }
+
+    /// The plan while its replica lists can still be trusted: no shard's placement changed
+    /// since it was made. (A plan from before the last recovery's placements would copy
+    /// every extent that recovery already restored again.) Writes after the plan are found
+    /// by the catch-up scan.
+    pub fn plan_for_recovery(&self, fs: &Fs) -> Option<Arc<Plan>> {
+        self.plan().filter(|p| p.placement_current(fs))
     }
 
     /// Rebuilds the plan from the metadata (pool mode), then reserves target space.

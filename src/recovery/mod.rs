@@ -622,7 +622,7 @@ impl Orchestrator {
     /// One recovery run: new placements, then copy passes until nothing is missing.
     fn run(&self, startup: bool) -> anyhow::Result<()> {
         let fs = &self.fs;
-        let plan = self.agents.plan();
+        let plan = self.agents.plan_for_recovery(fs);
         let t_act = Instant::now();
         // First pass: the pre-provisioned plan when there is one, else a scan (and at start-up,
         // when the plan may predate what an earlier daemon left).

@@ -455,3 +455,29 @@ fn a_stall_under_every_disk_fails_none_but_one_hung_disk_fails() {
     assert!(o.wait_idle(Duration::from_secs(60)));
     check_full(&fs, &files);
 }
+
+/// Two disks failing together: the run after the first recovery (kicked by the second
+/// failure) must not take the pre-failure plan again, whose replica lists predate the
+/// first run's copies: it copied every extent a second time and reported 0 bytes done.
+#[test]
+fn a_second_run_does_not_copy_again_from_the_old_plan() {
+    let t = tempfile::tempdir().unwrap();
+    // Three replicas: two failed disks lose nothing.
+    let (_p, fs) = create_temp(t.path(), 6, 3, ES).unwrap();
+    let files = fill(&fs, 6, 5);
+    let o = orchestrator(&fs, AgentMode::Pool);
+    o.agents.refresh(&fs).unwrap();
+    o.fail_disk(1, "test");
+    o.fail_disk(2, "test");
+    assert!(o.wait_idle(Duration::from_secs(60)));
+    // A run kicked right after (as a second failure's detection does).
+    o.kick();
+    assert!(o.wait_idle(Duration::from_secs(60)));
+    let st = o.status();
+    assert_eq!(st.state, RecoveryState::Done);
+    assert!(
+        st.bytes_done > 0 && st.bytes_done == st.bytes_total,
+        "{st:?}"
+    );
+    check_full(&fs, &files);
+}

@@ -274,17 +274,27 @@ fn bench_cluster_pool_against_one_host_and_glusterfs() {
     let rand_s = env_or("FSX_RAND_S", 8) as f64;
     let hosts = ["s1", "s2", "s3", "s4"];
     let (mut c, m) = mounted_cluster(60_000);
-    let g = Gluster::start(&mut c, &hosts);
+    // FSX_ONLY=1 measures the 4-host pool alone (for profiling it); its numbers are
+    // copied into the other columns.
+    let only = std::env::var("FSX_ONLY").is_ok_and(|v| v == "1");
+    let g = (!only).then(|| Gluster::start(&mut c, &hosts));
     let mut local = common::Pool::new(8, 2, "1MiB");
     local.mount();
     let names = ["4 hosts", "one host", "GlusterFS"];
-    let mnts = [m.mnt.clone(), local.mnt.clone(), g.mnt.clone()];
+    let g_mnt = g.as_ref().map_or(m.mnt.clone(), |g| g.mnt.clone());
+    let mnts = [m.mnt.clone(), local.mnt.clone(), g_mnt];
     let mut res = vec![vec![]; 3];
     for round in 0..rounds {
         // Interleaved, the order rotating: no system always runs on a warmer machine.
         for k in 0..3 {
             let i = (round + k) % 3;
+            if only && i > 0 {
+                continue;
+            }
             res[i].push(io_round(&mnts[i], mib, rand_s, 2));
+        }
+        if only {
+            (res[1], res[2]) = (res[0].clone(), res[0].clone());
         }
         let line: Vec<String> = (0..3)
             .map(|i| {
@@ -451,7 +461,18 @@ fn bench_host_rebuild_against_plain_copy() {
         let r = &v["recovery"];
         let ms = r["done_at_ms"].as_u64().unwrap() - r["detected_at_ms"].as_u64().unwrap();
         let copied = r["bytes_done"].as_u64().unwrap();
-        assert!(copied >= lost * 9 / 10, "{copied} copied of {lost} lost");
+        if copied < lost * 9 / 10 {
+            let log = std::fs::read_to_string(m.fsp.pool.join("foreshard.log")).unwrap();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            std::thread::sleep(Duration::from_secs(3));
+            let v = m.fsp.json(&["status"]);
+            panic!(
+                "{copied} copied of {lost} lost: {}\n{:#}\n{}",
+                r["state"],
+                v["replica_health"],
+                tail.join("\n")
+            );
+        }
         let secs = before.unwrap_or_else(|| plain_copy(&c, &others, lost));
         rebuild.push(copied as f64 / (ms as f64 / 1e3) / 1e6);
         plain.push(lost as f64 / secs / 1e6);
