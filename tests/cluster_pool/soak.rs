@@ -18,7 +18,10 @@ fn wait_rebuilt(m: &Mounted, host: &str, since_ms: u64) -> (u64, u64) {
     let v = m.fsp.wait_status(120, &format!("{host} rebuilt"), |v| {
         let r = &v["recovery"];
         let failed = disks_of(v, host).iter().all(|d| d["state"] == "failed");
-        failed && r["state"] == "done" && r["detected_at_ms"].as_u64() >= Some(since_ms)
+        // A new failure sets detected_at_ms (and clears done_at_ms) before its run starts.
+        let detected = r["detected_at_ms"].as_u64().filter(|d| *d >= since_ms);
+        let done = r["done_at_ms"].as_u64();
+        failed && r["state"] == "done" && detected.is_some() && done >= detected
     });
     let r = &v["recovery"];
     let ms = r["done_at_ms"].as_u64().unwrap() - r["detected_at_ms"].as_u64().unwrap();
