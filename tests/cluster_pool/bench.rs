@@ -258,6 +258,9 @@ fn wait_cli(pid: u32) {
     }
 }
 
+/// One measurement out of an `io_round`'s (write, read, random read).
+type Pick = fn(&(f64, f64, f64)) -> f64;
+
 /// docs/benchmarks.md, "A pool over four hosts": sequential write + fsync, cold sequential
 /// read and cold 4 KiB random reads (2 readers) of a 1 GiB file on a 2-replica pool over 4
 /// storage hosts (namespaces, veth, 2 disks each), against the same 8 disk directories as
@@ -304,9 +307,8 @@ fn bench_cluster_pool_against_one_host_and_glusterfs() {
             .collect();
         eprintln!("round {round}: {}", line.join("; "));
     }
-    let col =
-        |i: usize, f: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> { res[i].iter().map(f).collect() };
-    let tests: [(&str, fn(&(f64, f64, f64)) -> f64); 3] = [
+    let col = |i: usize, f: Pick| -> Vec<f64> { res[i].iter().map(f).collect() };
+    let tests: [(&str, Pick); 3] = [
         ("sequential write + fsync, MiB/s", |x| x.0),
         ("cold sequential read, MiB/s", |x| x.1),
         ("cold 4 KiB random read, 2 readers, IOPS", |x| x.2),
