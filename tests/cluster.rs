@@ -169,10 +169,14 @@ fn bad_node_arguments_fail_clearly() {
     let d = tempfile::tempdir().unwrap();
     let disk = d.path().display().to_string();
     let secret = secret_file(d.path());
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--cluster", "http://x:1", "--disk", &disk, "--name", "a"],
             "etcd://",
+        ),
+        (
+            &["--cluster", "etcd://127.0.0.1:1", "--disk", &disk],
+            "--recovery-mib-s",
         ),
         (
             &["--cluster", "etcd://127.0.0.1:1", "--disk", &disk],
@@ -219,11 +223,18 @@ fn bad_node_arguments_fail_clearly() {
             "etcd",
         ),
     ];
-    for (args, want) in cases {
+    for (i, (args, want)) in cases.into_iter().enumerate() {
         let t0 = Instant::now();
+        // The second case: a rate cap out of range.
+        let cap: &[&str] = if i == 1 {
+            &["--recovery-mib-s", "100001"]
+        } else {
+            &[]
+        };
         let o = Command::new(BIN)
             .arg("node")
             .args(args)
+            .args(cap)
             .args(["--secret-file", &secret])
             .output()
             .unwrap();
