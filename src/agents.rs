@@ -614,6 +614,10 @@ pub struct AgentStatus {
     pub plan_age_ms: u64,
     pub plan_build_ms: f64,
     pub reserved_bytes: u64,
+    /// A cluster pool: (target host, source host) pairs the plan's copies would use, and
+    /// the connections the target hosts said they hold for them.
+    pub source_links_wanted: u64,
+    pub source_links_ready: u64,
 }
 
 pub struct AgentPool {
@@ -628,6 +632,8 @@ pub struct AgentPool {
     risk: RwLock<Arc<dyn Fn(u32) -> f64 + Send + Sync>>,
     /// Raised by each `set_risk`: the plan is re-sized when it moves.
     risk_gen: std::sync::atomic::AtomicU64,
+    /// A cluster pool's connections from target hosts to their sources.
+    links: crate::source_links::SourceLinks,
 }
 
 impl AgentPool {
@@ -642,6 +648,7 @@ impl AgentPool {
             ready: AtomicBool::new(mode == AgentMode::Reactive),
             risk: RwLock::new(Arc::new(|_| 1.0)),
             risk_gen: std::sync::atomic::AtomicU64::new(0),
+            links: Default::default(),
         }
     }
 
@@ -744,6 +751,7 @@ impl AgentPool {
         let (targets, reserved) = plan_targets(fs, &table, fail_disks, &shard_bytes);
         let fds = open_replicas(fs, &extents, self.limits.fds_max);
         let reserved = self.reserve(fs, reserved);
+        self.links.prepare(fs, &targets);
         let plan = Plan {
             built_at: Instant::now(),
             build_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -851,6 +859,8 @@ impl AgentPool {
                 .map_or(0, |p| p.built_at.elapsed().as_millis() as u64),
             plan_build_ms: plan.as_ref().map_or(0.0, |p| p.build_ms),
             reserved_bytes: plan.as_ref().map_or(0, |p| p.reserved.values().sum()),
+            source_links_wanted: self.links.wanted(),
+            source_links_ready: self.links.ready(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod recovery;
 pub mod remote;
 pub mod risk;
 pub mod sharding;
+pub mod source_links;
 pub mod standby;
 pub mod standby_host;
 pub mod store;

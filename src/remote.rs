@@ -409,6 +409,23 @@ impl RemoteIo for RemoteDisk {
         Ok(())
     }
 
+    fn prepare_pulls(&self, srcs: &[Arc<dyn RemoteIo>]) -> io::Result<u32> {
+        let mut addrs: Vec<String> = srcs
+            .iter()
+            .filter_map(|s| s.locator().ok())
+            .map(|l| l.0)
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs.truncate(wire::CONNECT_SOURCES_MAX);
+        let (c, _, inc) = self.at()?;
+        let ctx = Ctx {
+            class: Class::Recovery,
+            ..self.ctx(inc)
+        };
+        Ok(c.connect_sources(ctx, &addrs)?)
+    }
+
     fn install(&self, id: &ExtentId, tag: u32, fence: ShardEpoch) -> io::Result<()> {
         let (c, disk, inc) = self.at()?;
         // The staged bytes went to the incarnation they were staged on (not synced there).

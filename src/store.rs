@@ -466,6 +466,9 @@ pub trait RemoteIo: Send + Sync {
         sums: &[[u8; 32]],
         fence: ShardEpoch,
     ) -> io::Result<()>;
+    /// Recovery, prepared: this disk's host connects now to the hosts of `srcs` (the disks
+    /// its copies would pull from); how many hosts it holds connections to.
+    fn prepare_pulls(&self, srcs: &[Arc<dyn RemoteIo>]) -> io::Result<u32>;
     /// Moves staged copy `tag` into place.
     fn install(&self, id: &ExtentId, tag: u32, fence: ShardEpoch) -> io::Result<()>;
     fn discard(&self, id: &ExtentId, tag: u32) -> io::Result<()>;

@@ -446,6 +446,17 @@ fn a_host_killed_during_writes_is_rebuilt_on_the_others() {
     }
     let (mut c, m) = mounted_cluster(2000);
     let files = fill(&m.mnt, 24);
+    // The agents' connections, made before the failure: every target host holds one to
+    // each host it would pull from.
+    let v = m.fsp.wait_status(30, "recovery links ready", |v| {
+        let a = &v["agents"];
+        a["source_links_wanted"].as_u64() > Some(0)
+            && a["source_links_ready"] == a["source_links_wanted"]
+    });
+    eprintln!(
+        "recovery links before the kill: {}",
+        v["agents"]["source_links_ready"]
+    );
     let writer = writer(&m.mnt, 40);
     std::thread::sleep(Duration::from_millis(400));
     let t_kill = Instant::now();

@@ -14,7 +14,7 @@ use foreshard_cluster::wire::frame::{self, Header, KIND_DATA, KIND_REQUEST};
 use foreshard_cluster::wire::msg::Response;
 use foreshard_cluster::wire::{
     block_sums, Class, Client, ClientConfig, CopyReq, Ctx, DirBackend, DiskBackend, DiskInfo,
-    ExtentId, Peer, ReadReq, Server, ServerConfig, Space, WireError, WriteReq,
+    ExtentId, Peer, ReadReq, Server, ServerConfig, Space, WireError, WriteReq, CONNECT_SOURCES_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1059,4 +1059,29 @@ async fn a_request_for_an_earlier_incarnation_is_refused() {
     );
     let (again, _) = start(d.path(), |_| {}).await;
     assert_ne!(peer(again.local_addr(), |_| {}).await.incarnation(), inc);
+}
+
+/// Recovery's connections made before a failure: host B connects to A when asked (and
+/// says so), skips an address where nothing listens, and refuses an oversized list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_connects_to_its_recovery_sources_when_asked() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, _) = start(da.path(), |_| {}).await;
+    let (b, _) = start(db.path(), |c| c.host = "store-b".into()).await;
+    let pb = peer(b.local_addr(), |_| {}).await;
+    // A port nothing listens on: bound, then closed.
+    let dead = std::net::TcpListener::bind(LOCAL)
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let srcs = [a.local_addr().to_string(), dead.to_string()];
+    let rctx = || Ctx::new(1, Class::Recovery);
+    assert_eq!(pb.connect_sources(rctx(), &srcs).await.unwrap(), 1);
+    // Asked again: the connection is kept, the answer the same.
+    assert_eq!(pb.connect_sources(rctx(), &srcs[..1]).await.unwrap(), 1);
+    let many: Vec<String> = (0..=CONNECT_SOURCES_MAX)
+        .map(|i| format!("127.0.0.1:{}", 1 + i))
+        .collect();
+    let e = pb.connect_sources(rctx(), &many).await.unwrap_err();
+    assert!(matches!(e, WireError::BadRequest(_)), "{e:?}");
 }

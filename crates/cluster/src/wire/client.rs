@@ -937,6 +937,21 @@ impl Peer {
         }
     }
 
+    /// Asks the host to connect now to the extent services at `srcs` (its recovery copies'
+    /// sources); how many it holds connections to.
+    pub async fn connect_sources(&self, ctx: Ctx, srcs: &[String]) -> Result<u32, WireError> {
+        let req = Self::request(
+            ctx,
+            Op::Connect {
+                srcs: srcs.to_vec(),
+            },
+        );
+        match self.call(req, &[], 0, 0).await?.0 {
+            Response::Connected { count } => Ok(count),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The disk's answer time for a small read, in microseconds (measured by the server).
     pub async fn probe(&self, ctx: Ctx, disk: u32) -> Result<u64, WireError> {
         let retries = self.cfg.retry_delays.len();
@@ -1017,6 +1032,10 @@ impl Client {
 
     pub fn copy_from(&self, ctx: Ctx, c: &CopyReq) -> Result<(), WireError> {
         self.rt.block_on(self.peer.copy_from(ctx, c))
+    }
+
+    pub fn connect_sources(&self, ctx: Ctx, srcs: &[String]) -> Result<u32, WireError> {
+        self.rt.block_on(self.peer.connect_sources(ctx, srcs))
     }
 
     pub fn install(

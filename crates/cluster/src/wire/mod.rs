@@ -25,12 +25,14 @@ pub use audit::{Audit, AuditLine, AUDIT_BYTES_MAX};
 pub use backend::{scan_page, DirBackend, DiskBackend, DiskInfo, Space};
 pub use client::{Client, ClientConfig, CopyReq, Ctx, Peer, ReadReq, WriteReq};
 pub use fence::{Fence, FenceGuard, FENCE_FILE};
-pub use msg::{block_sums, verify_blocks, Class, ExtentId, Sum, WireError, SCAN_PAGE_MAX};
+pub use msg::{
+    block_sums, verify_blocks, Class, ExtentId, Sum, WireError, CONNECT_SOURCES_MAX, SCAN_PAGE_MAX,
+};
 pub use pace::Pacer;
 pub use server::{Server, ServerConfig};
 
 /// The protocol version `Hello` carries.
-pub const PROTO: u16 = 4;
+pub const PROTO: u16 = 5;
 /// The pool's checksum block (`block_size`); requests carry theirs, this is the default.
 pub const BLOCK_BYTES_DEFAULT: u32 = 16 * 1024;
 /// Requests in flight on one connection; a caller beyond it waits for a slot.

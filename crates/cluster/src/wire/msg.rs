@@ -132,7 +132,16 @@ pub enum Op {
     Space {
         disk: u32,
     },
+    /// Recovery, prepared before a failure: connect now (handshake included) to the
+    /// extent services at `srcs`, the hosts this host's recovery copies would pull from,
+    /// and keep the connections; at most [`CONNECT_SOURCES_MAX`] addresses.
+    Connect {
+        srcs: Vec<String>,
+    },
 }
+
+/// Addresses one `Connect` may name (a host keeps at most 64 peer connections).
+pub const CONNECT_SOURCES_MAX: usize = 32;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
@@ -168,6 +177,10 @@ pub enum Response {
         count: u64,
     },
     Err(WireError),
+    /// Of a `Connect`'s addresses, those this host now holds a connection to.
+    Connected {
+        count: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

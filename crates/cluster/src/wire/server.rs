@@ -723,8 +723,26 @@ async fn serve(
             serve_read(sh, read).await
         }
         op @ Op::CopyFrom { .. } => serve_copy(sh, term, op).await,
+        Op::Connect { srcs } => serve_connect(sh, srcs).await,
         op => serve_small(sh, term, op).await,
     }
+}
+
+/// Connect: makes (or keeps) the connections to the hosts recovery would pull from, one
+/// after the other (each within the connect time-out); one that does not answer is
+/// skipped, and its copies connect when they need it.
+async fn serve_connect(sh: &Shared, srcs: Vec<String>) -> Result<Served, WireError> {
+    if srcs.len() > super::CONNECT_SOURCES_MAX {
+        return Err(WireError::BadRequest(format!("{} addresses", srcs.len())));
+    }
+    let mut count = 0;
+    for a in srcs.iter().collect::<std::collections::BTreeSet<_>>() {
+        match sh.peer(a).await {
+            Ok(_) => count += 1,
+            Err(e) => tracing::debug!("recovery source {a} not connected: {e}"),
+        }
+    }
+    Ok((Response::Connected { count }, Vec::new(), None))
 }
 
 /// CopyFrom: pulls the extent from its source host (checked there and here against the
