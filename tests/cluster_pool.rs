@@ -37,6 +37,11 @@ struct Cluster {
     map: Map,
 }
 
+/// A size from the environment (the benches' and soaks' FSX_* knobs), else `default`.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).map_or(default, |v| v.parse().expect(name))
+}
+
 fn secret_file(dir: &Path) -> String {
     use std::os::unix::fs::PermissionsExt;
     let p = dir.join("secret");
@@ -181,22 +186,23 @@ impl Cluster {
 
     /// Extent files (not temporaries) on each host's disks.
     fn files_per_host(&self) -> BTreeMap<String, usize> {
-        let mut out = BTreeMap::new();
-        for (h, ds) in &self.disks {
-            let mut n = 0;
-            for d in ds {
-                let top = d.join("extents");
-                for b in std::fs::read_dir(&top).unwrap().flatten() {
-                    n += std::fs::read_dir(b.path())
-                        .map(|r| {
-                            r.flatten()
-                                .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
-                                .count()
-                        })
-                        .unwrap_or(0);
+        let hosts = self.disks.keys();
+        hosts
+            .map(|h| (h.clone(), self.extent_sizes(h).len()))
+            .collect()
+    }
+
+    /// The sizes of the extent files (not temporaries) on `h`'s disks.
+    fn extent_sizes(&self, h: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        for d in &self.disks[h] {
+            for b in std::fs::read_dir(d.join("extents")).unwrap().flatten() {
+                for e in std::fs::read_dir(b.path()).into_iter().flatten().flatten() {
+                    if !e.file_name().to_string_lossy().ends_with(".tmp") {
+                        out.push(e.metadata().map_or(0, |m| m.len()));
+                    }
                 }
             }
-            out.insert(h.clone(), n);
         }
         out
     }

@@ -30,10 +30,6 @@ fn ratio_line(a: &[f64], b: &[f64]) -> String {
     )
 }
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).map_or(default, |v| v.parse().expect(name))
-}
-
 /// One round on `mnt`: (sequential write + fsync MiB/s, cold sequential read MiB/s, cold
 /// 4 KiB random read IOPS with `threads` readers for `rand_s`) over a `mib` MiB file.
 fn io_round(mnt: &Path, mib: usize, rand_s: f64, threads: usize) -> (f64, f64, f64) {
@@ -328,21 +324,6 @@ fn bench_cluster_pool_against_one_host_and_glusterfs() {
     drop(g);
 }
 
-/// Bytes of extent files (not temporaries) on `h`'s disks.
-fn extent_bytes(c: &Cluster, h: &str) -> u64 {
-    let mut n = 0;
-    for d in &c.disks[h] {
-        for b in std::fs::read_dir(d.join("extents")).unwrap().flatten() {
-            for e in std::fs::read_dir(b.path()).unwrap().flatten() {
-                if !e.file_name().to_string_lossy().ends_with(".tmp") {
-                    n += e.metadata().unwrap().len();
-                }
-            }
-        }
-    }
-    n
-}
-
 /// A plain copy's two ends, in Python (what a user would write with sockets and
 /// sendfile): `recv IP PORT FILE` writes what it receives to FILE and fsyncs it;
 /// `send IP PORT BYTES DIR...` sends the first BYTES of the files under the DIRs.
@@ -452,7 +433,7 @@ fn bench_host_rebuild_against_plain_copy() {
             f.write_all(&chunk).unwrap();
             f.sync_all().unwrap();
         }
-        let lost = extent_bytes(&c, "s2");
+        let lost: u64 = c.extent_sizes("s2").iter().sum();
         let others = ["s1", "s3", "s4"];
         let before = (round % 2 == 1).then(|| plain_copy(&c, &others, lost));
         common::drop_caches();
@@ -528,8 +509,7 @@ fn bench_fsync_with_and_without_a_standby() {
     if !net::available() || !fuse_available() {
         return;
     }
-    let rounds: usize = std::env::var("FSX_ROUNDS").map_or(5, |v| v.parse().unwrap());
-    let n: usize = std::env::var("FSX_OPS").map_or(400, |v| v.parse().unwrap());
+    let (rounds, n) = (env_or("FSX_ROUNDS", 5), env_or("FSX_OPS", 400));
     let (c, m, sb) = mounted_with_standby(&[]);
     let spid = sb.child.id();
     let (mut on, mut off) = (vec![], vec![]);

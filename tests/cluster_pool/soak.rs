@@ -86,7 +86,7 @@ fn soak_storage_host_and_etcd_faults_again_and_again() {
     if !net::available() || !fuse_available() {
         return;
     }
-    let cycles: usize = std::env::var("FSX_SOAK_CYCLES").map_or(10, |v| v.parse().unwrap());
+    let cycles = env_or("FSX_SOAK_CYCLES", 10);
     let (mut c, m) = mounted_cluster(2000);
     let hosts = ["s1", "s2", "s3", "s4"];
     let mut acked: BTreeMap<PathBuf, Vec<u8>> = fill(&m.mnt, 8);
@@ -142,7 +142,7 @@ fn soak_metadata_host_killed_again_and_again() {
     if !net::available() || !fuse_available() {
         return;
     }
-    let cycles: usize = std::env::var("FSX_SOAK_CYCLES").map_or(6, |v| v.parse().unwrap());
+    let cycles = env_or("FSX_SOAK_CYCLES", 6);
     let (c, m, sb) = mounted_with_standby(&[]);
     // (pool dir, mount point) of the active; relative path -> bytes of every acked file.
     let (mut active_pool, mut active_mnt) = (m.fsp.pool.clone(), m.mnt.clone());
