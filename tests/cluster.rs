@@ -97,6 +97,9 @@ fn a_node_joins_dies_and_comes_back() {
         // SIGTERM: it leaves at once (the lease revoked, not left to lapse) and exits 0.
         net.signal(pid2, libc::SIGTERM);
         wait_for(&map, &k.host("s1"), false, Duration::from_millis(1500)).await;
+        // The key goes with the lease; the process finishes its shut-down just after.
+        let st = net.wait_exit(pid2, Duration::from_secs(10));
+        assert!(st.is_some_and(|s| s.success()), "{st:?}");
     });
     let audit = std::fs::read_to_string(net.dir.join("audit.log")).unwrap();
     assert!(

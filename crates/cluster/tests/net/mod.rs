@@ -371,6 +371,18 @@ impl Net {
     pub fn signal(&self, pid: u32, sig: i32) {
         assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid}");
     }
+    /// Waits up to `timeout` for the process `pid` (started by `spawn`) to exit; its status.
+    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.children.iter_mut().find(|(_, c)| c.id() == pid)?;
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < timeout {
+            if let Ok(Some(st)) = c.1.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
     /// SIGKILLs the processes of `host` and reaps them.
     pub fn kill(&mut self, host: &str) {
         for (h, c) in self.children.iter_mut() {
