@@ -667,6 +667,81 @@ fn the_blocking_client_works_from_a_plain_thread() {
     drop(server);
 }
 
+/// Small reads from a plain thread take the blocking lane (a connection of their own,
+/// answered straight from the server's blocking thread); large ones the multiplexed
+/// connections. Through the lane a fence and a stale incarnation are refused as through
+/// the peer, a flipped byte is caught, and a lane whose server went away is replaced: the
+/// read goes on through the peer, which reconnects.
+#[test]
+fn small_reads_take_the_blocking_lane_and_survive_its_loss() {
+    let rt = net::rt();
+    let d = tempfile::tempdir().unwrap();
+    let (server, backend) = rt.block_on(start(d.path(), |_| {}));
+    let addr = server.local_addr();
+    let cfg = ClientConfig::new(POOL, "meta-a", SECRET);
+    let c = Client::connect(rt.handle().clone(), addr, cfg).unwrap();
+    let data = pattern(1 << 20, 12);
+    let w = write_req(xid(1), (1, 1), &data);
+    let w2 = write_req(xid(2), (1, 1), &data);
+    let small = ReadReq::covering(DISK, xid(1), (20_000, 4096), BS, &w.sums);
+    let large = ReadReq::covering(DISK, xid(1), (0, 1 << 20), BS, &w.sums);
+    let std = std::thread::scope(|t| {
+        t.spawn(|| {
+            c.write(ctx(1), &w, &data).unwrap();
+            c.write(ctx(1), &w2, &data).unwrap();
+            assert!(c.read(ctx(1), &large).unwrap() == data);
+            assert_eq!(c.lane_connections(), 0);
+            assert!(c.read(ctx(1), &small).unwrap() == data[20_000..24_096]);
+            assert_eq!(c.lane_connections(), 1);
+            let e = c.read(ctx(0), &small).unwrap_err();
+            assert_eq!(e, WireError::Fenced { term: 1, epoch: 0 });
+            let stale = Ctx {
+                incarnation: c.peer().incarnation() ^ 1,
+                ..ctx(1)
+            };
+            assert_eq!(c.read(stale, &small).err(), Some(WireError::Restarted));
+            assert_eq!(c.lane_connections(), 1);
+            c.peer().incarnation()
+        })
+        .join()
+        .unwrap()
+    });
+    // A byte flipped on the disk: the server's check refuses it.
+    let f = backend.extent_path(DISK, xid(2)).unwrap();
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[20_001] ^= 1;
+    std::fs::write(&f, &bytes).unwrap();
+    let small2 = ReadReq::covering(DISK, xid(2), (20_000, 4096), BS, &w2.sums);
+    assert!(matches!(
+        c.read(ctx(1), &small2),
+        Err(WireError::Checksum { .. })
+    ));
+    // The server goes and another one takes its address: the lane's connection is dead.
+    server.shutdown();
+    drop(server);
+    let again = rt.block_on(async {
+        let be = Arc::new(DirBackend::open(&[(DISK, d.path().join("d1"))]).unwrap());
+        // The old listener goes once its aborted task is dropped.
+        for _ in 0..100 {
+            let cfg = ServerConfig::new(POOL, "store-a", SECRET);
+            match Server::bind(addr, cfg, be.clone()).await {
+                Ok(s) => return s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        panic!("{addr} still taken");
+    });
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            assert!(c.read(ctx(1), &small).unwrap() == data[20_000..24_096]);
+            assert_ne!(c.peer().incarnation(), std);
+            assert!(c.read(ctx(1), &small).unwrap() == data[20_000..24_096]);
+            assert_eq!(c.lane_connections(), 1);
+        });
+    });
+    drop(again);
+}
+
 /// Keeps nothing: the benchmark measures the service, not a disk.
 struct NullBackend {
     extent: Vec<u8>,
@@ -1087,4 +1162,130 @@ async fn a_host_connects_to_its_recovery_sources_when_asked() {
         .collect();
     let e = pb.connect_sources(rctx(), &many).await.unwrap_err();
     assert!(matches!(e, WireError::BadRequest(_)), "{e:?}");
+}
+
+const SMALL_READS: usize = 4000;
+
+/// Median and 90th percentile of `n` timed calls of `f`, in microseconds.
+fn latency_us(n: usize, mut f: impl FnMut()) -> (f64, f64) {
+    let mut v: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    (v[n / 2], v[n * 9 / 10])
+}
+
+/// A plain TCP ping-pong from a thread outside any runtime (what a FUSE thread is): 64
+/// bytes out, one 16 KiB block back, the floor a small remote read is measured against.
+fn ping_pong_us(side: &Side) -> (f64, f64) {
+    use std::io::{Read, Write};
+    let bind = format!("{}:0", side.ip);
+    let listener = side.rt.block_on(async move {
+        tokio::task::spawn(async move { TcpListener::bind(bind).await.unwrap() })
+            .await
+            .unwrap()
+    });
+    let addr = listener.local_addr().unwrap();
+    side.rt.spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let block = vec![5u8; BS as usize];
+        let mut req = [0u8; 64];
+        while s.read_exact(&mut req).await.is_ok() {
+            s.write_all(&block).await.unwrap();
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut block = vec![0u8; BS as usize];
+    latency_us(SMALL_READS, || {
+        s.write_all(&[1u8; 64]).unwrap();
+        s.read_exact(&mut block).unwrap();
+    })
+}
+
+/// The latency of one small read (4 KiB of one 16 KiB block) through the service, from a
+/// thread outside the runtime (`Client`, as the daemon's FUSE threads call it), against a
+/// plain TCP ping-pong of the same bytes.
+/// `FSX_BENCH_VETH=1 cargo test --release -p foreshard-cluster --test wire -- --ignored
+/// --nocapture bench_small`
+#[test]
+#[ignore = "a measurement, not a test: run by hand in release"]
+fn bench_small_read_latency_against_tcp_ping_pong() {
+    let rt = net::rt();
+    let _g = rt.enter();
+    let mut _net = None;
+    let side = if std::env::var_os("FSX_BENCH_VETH").is_some() && net::available() {
+        let n = net::Net::new(&["s1"]);
+        let side = Side::netns(&n.ns("s1"), &n.ip("s1"));
+        _net = Some(n);
+        side
+    } else {
+        Side::here()
+    };
+    let data = pattern(FRAME_BYTES, 7);
+    let sums = block_sums(&data, BS);
+    let backend = Arc::new(NullBackend { extent: data });
+    let cfg = ServerConfig::new(POOL, "store-a", SECRET);
+    let bind: SocketAddr = format!("{}:0", side.ip).parse().unwrap();
+    let server = rt.block_on(async {
+        let s = side
+            .rt
+            .spawn(async move { Server::bind(bind, cfg, backend).await.unwrap() });
+        s.await.unwrap()
+    });
+    let addr = server.local_addr();
+    let ccfg = ClientConfig::new(POOL, "meta-a", SECRET);
+    let c = Arc::new(Client::connect(rt.handle().clone(), addr, ccfg).unwrap());
+    let sums = Arc::new(sums);
+    let handle = rt.handle().clone();
+    // lane: Client::read (the blocking lane); else the same read through the Peer.
+    let reads = |seed: u64, lane: bool| {
+        let (c, sums, rt) = (c.clone(), sums.clone(), handle.clone());
+        std::thread::spawn(move || {
+            let mut i = seed;
+            let blocks = FRAME_BYTES as u64 / BS as u64;
+            latency_us(SMALL_READS, || {
+                i = (i + 7) % blocks;
+                let r = ReadReq::covering(DISK, xid(1), (i * BS as u64, 4096), BS, &sums);
+                let got = match lane {
+                    true => c.read(ctx(1), &r).unwrap(),
+                    false => rt.block_on(c.peer().read(ctx(1), &r)).unwrap(),
+                };
+                assert_eq!(got.len(), 4096);
+            })
+        })
+    };
+    let mut ratios = [vec![], vec![]];
+    for round in 0..5 {
+        let (tp50, _) = ping_pong_us(&side);
+        let mut p50 = [[0f64; 2]; 2]; // [lane, peer] x [1 caller, 2 callers]
+        for (k, lane) in [(1, false), (0, true)] {
+            p50[k][0] = reads(0, lane).join().unwrap().0;
+            let two = [reads(1, lane), reads(2, lane)].map(|t| t.join().unwrap().0);
+            p50[k][1] = (two[0] + two[1]) / 2.0;
+        }
+        println!(
+            "round {round} p50 us: TCP ping-pong {tp50:.0}; 1 caller: lane {:.0}, peer {:.0}; \
+             2 callers: lane {:.0}, peer {:.0}",
+            p50[0][0], p50[1][0], p50[0][1], p50[1][1]
+        );
+        ratios[0].push(p50[0][0] / p50[1][0]);
+        ratios[1].push(p50[0][1] / p50[1][1]);
+    }
+    for (what, mut r) in ["1 caller", "2 callers"].into_iter().zip(ratios) {
+        r.sort_by(f64::total_cmp);
+        let all: Vec<String> = r.iter().map(|v| format!("{v:.2}")).collect();
+        println!(
+            "{what}: lane / peer latency median {:.2}x ({})",
+            r[2],
+            all.join(", ")
+        );
+    }
+    assert!(c.lane_connections() <= foreshard_cluster::wire::LANE_CONNS_MAX);
+    drop(server);
 }

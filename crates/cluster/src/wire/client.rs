@@ -24,6 +24,7 @@ use tokio::task::AbortHandle;
 use super::auth::{hello_mac, macs_equal, server_mac};
 use super::backend::Space;
 use super::frame::{self, Header, KIND_CHALLENGE, KIND_DATA, KIND_REQUEST, KIND_RESPONSE};
+use super::lane::{Lane, Tried, LANE_READ_BYTES_MAX};
 use super::msg::{verify_blocks, Challenge, Class, ExtentId, Op, Request, Response, Sum};
 use super::msg::{WireError, SCAN_PAGE_MAX};
 use super::{CONNECT_TIMEOUT, CONN_REQUESTS_MAX, PEER_CONNECTIONS_MAX, PROTO};
@@ -297,8 +298,8 @@ impl Drop for Unlist<'_> {
     }
 }
 
-async fn read_meta<T: serde::de::DeserializeOwned>(
-    rd: &mut Reader,
+async fn read_meta<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
+    rd: &mut R,
     kind: u8,
 ) -> Result<(Header, T), Fail> {
     let b = frame::read_header_bytes(rd)
@@ -318,9 +319,9 @@ async fn read_meta<T: serde::de::DeserializeOwned>(
 }
 
 /// Answers the server's challenge and checks its answer: both ends prove the secret.
-async fn handshake(
-    rd: &mut Reader,
-    wr: &mut Tracked<OwnedWriteHalf>,
+async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    rd: &mut R,
+    wr: &mut W,
     cfg: &ClientConfig,
 ) -> Result<(String, Vec<(u32, String)>, u64), Fail> {
     let (_, ch): (_, Challenge) = read_meta(rd, KIND_CHALLENGE).await?;
@@ -670,8 +671,18 @@ impl Peer {
         }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (c, host, disks, inc) = Conn::open(self.addr, &self.cfg, id).await?;
-        if host != self.host {
+        if let Err(e) = self.note_hello(host, disks, inc) {
             c.kill(WireError::ShuttingDown);
+            return Err(e);
+        }
+        c.assigned.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().expect("conns lock").push(c.clone());
+        Ok(Lease(c))
+    }
+
+    /// A new connection's `HelloOk`: the same host (else refused), perhaps a new process.
+    fn note_hello(&self, host: String, disks: Vec<(u32, String)>, inc: u64) -> Result<(), Fail> {
+        if host != self.host {
             let e = format!("{} answers as host {host}, not {}", self.addr, self.host);
             return Err(Fail::Answer(WireError::BadRequest(e)));
         }
@@ -683,13 +694,44 @@ impl Peer {
                 disks,
             });
         }
-        drop(view);
-        c.assigned.fetch_add(1, Ordering::Relaxed);
-        self.conns.lock().expect("conns lock").push(c.clone());
-        Ok(Lease(c))
+        Ok(())
     }
 
-    fn deadline(&self, class: Class, bytes: u64) -> Option<Duration> {
+    /// A connection for a thread to use by itself, blocking ([`super::lane`]): connected
+    /// and authenticated here, then handed over as a blocking socket.
+    pub(super) async fn dial_blocking(&self) -> Result<std::net::TcpStream, WireError> {
+        let mut stream = within(self.cfg.connect_timeout, async {
+            TcpStream::connect(self.addr).await.map_err(transport)
+        })
+        .await
+        .map_err(Fail::error)?;
+        frame::tune_socket(&stream);
+        let (rd, mut wr) = stream.split();
+        let mut rd = BufReader::with_capacity(4096, rd);
+        let hello = within(
+            self.cfg.connect_timeout,
+            handshake(&mut rd, &mut wr, &self.cfg),
+        );
+        let (host, disks, inc) = hello.await.map_err(Fail::error)?;
+        // The server sends nothing unasked after its HelloOk: nothing can be left buffered.
+        if !rd.buffer().is_empty() {
+            return Err(WireError::BadRequest("bytes after the hello".into()));
+        }
+        drop(rd);
+        self.note_hello(host, disks, inc).map_err(Fail::error)?;
+        let std = stream
+            .into_std()
+            .map_err(|e| WireError::from_transport(&e))?;
+        std.set_nonblocking(false)
+            .map_err(|e| WireError::from_transport(&e))?;
+        Ok(std)
+    }
+
+    pub(super) fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    pub(super) fn deadline(&self, class: Class, bytes: u64) -> Option<Duration> {
         let rate = self.cfg.deadline_bytes_per_s.max(1);
         (class == Class::Client)
             .then(|| self.cfg.deadline_base + Duration::from_secs_f64(bytes as f64 / rate as f64))
@@ -704,9 +746,20 @@ impl Peer {
         data_bytes_max: u64,
         retries: usize,
     ) -> Result<(Response, Vec<u8>), WireError> {
+        self.call_from(req, (data, data_bytes_max), (0, retries))
+            .await
+    }
+
+    /// `call` whose tries `0..first` were made elsewhere (the blocking lane's).
+    async fn call_from(
+        &self,
+        req: Request,
+        (data, data_bytes_max): (&[u8], u64),
+        (first, retries): (usize, usize),
+    ) -> Result<(Response, Vec<u8>), WireError> {
         let deadline = self.deadline(req.class, data.len() as u64 + data_bytes_max);
         let (mut exclude, mut last) = (None, reset());
-        for attempt in 0..=retries {
+        for attempt in first..=retries {
             if attempt > 0 {
                 let delays = &self.cfg.retry_delays;
                 let pause = delays.get(attempt - 1).or(delays.last());
@@ -773,6 +826,24 @@ impl Peer {
 
     /// Reads `r.offset..r.offset + r.len`, verified against `r.sums` here too.
     pub async fn read(&self, ctx: Ctx, r: &ReadReq) -> Result<Vec<u8>, WireError> {
+        self.read_from(ctx, r, 0).await
+    }
+
+    /// `read` whose tries `0..first` were made elsewhere (the blocking lane's).
+    pub(super) async fn read_from(
+        &self,
+        ctx: Ctx,
+        r: &ReadReq,
+        first: usize,
+    ) -> Result<Vec<u8>, WireError> {
+        let (req, span) = Self::read_request(ctx, r)?;
+        let retries = self.cfg.retry_delays.len();
+        let answer = self.call_from(req, (&[], span), (first, retries)).await?;
+        Self::read_answer(r, answer)
+    }
+
+    /// The request of a read, and the bytes its answer may carry (its whole blocks).
+    pub(super) fn read_request(ctx: Ctx, r: &ReadReq) -> Result<(Request, u64), WireError> {
         let bs = r.block_bytes as u64;
         if bs == 0 || r.len == 0 {
             return Err(WireError::BadRequest("empty read or block size 0".into()));
@@ -787,10 +858,16 @@ impl Peer {
             block_bytes: r.block_bytes,
             sums: r.sums.clone(),
         };
-        let retries = self.cfg.retry_delays.len();
-        let (resp, mut data) = self
-            .call(Self::request(ctx, op), &[], span, retries)
-            .await?;
+        Ok((Self::request(ctx, op), span))
+    }
+
+    /// A read's answer, its blocks verified, cut to the bytes asked for.
+    pub(super) fn read_answer(
+        r: &ReadReq,
+        (resp, mut data): (Response, Vec<u8>),
+    ) -> Result<Vec<u8>, WireError> {
+        let bs = r.block_bytes as u64;
+        let first = r.offset / bs;
         let Response::Data { .. } = resp else {
             return Err(unexpected(&resp));
         };
@@ -983,6 +1060,7 @@ impl Peer {
 pub struct Client {
     rt: tokio::runtime::Handle,
     peer: Arc<Peer>,
+    lane: Lane,
 }
 
 impl Client {
@@ -992,7 +1070,16 @@ impl Client {
         cfg: ClientConfig,
     ) -> Result<Client, WireError> {
         let peer = Arc::new(rt.block_on(Peer::connect(addr, cfg))?);
-        Ok(Client { rt, peer })
+        Ok(Client {
+            rt,
+            peer,
+            lane: Lane::new(),
+        })
+    }
+
+    /// Lane connections open now ([`super::lane`]).
+    pub fn lane_connections(&self) -> usize {
+        self.lane.open()
     }
 
     pub fn peer(&self) -> &Arc<Peer> {
@@ -1003,8 +1090,31 @@ impl Client {
         self.rt.block_on(self.peer.write(ctx, w, data))
     }
 
+    /// A small client read takes the blocking lane first ([`super::lane`]).
     pub fn read(&self, ctx: Ctx, r: &ReadReq) -> Result<Vec<u8>, WireError> {
-        self.rt.block_on(self.peer.read(ctx, r))
+        let (req, span) = Peer::read_request(ctx, r)?;
+        let deadline = self.peer.deadline(ctx.class, span);
+        let tried = match deadline {
+            Some(d) if span <= LANE_READ_BYTES_MAX => {
+                self.lane.call((&self.peer, &self.rt), &req, span, d)
+            }
+            _ => Tried::Not,
+        };
+        match tried {
+            Tried::Answer(Response::Err(WireError::Busy), _) | Tried::Transport(_) => {
+                let delays = &self.peer.config().retry_delays;
+                if delays.is_empty() {
+                    return Err(match tried {
+                        Tried::Transport(e) => e,
+                        _ => WireError::Busy,
+                    });
+                }
+                self.rt.block_on(self.peer.read_from(ctx, r, 1))
+            }
+            Tried::Answer(Response::Err(e), _) => Err(e),
+            Tried::Answer(resp, data) => Peer::read_answer(r, (resp, data)),
+            Tried::Not => self.rt.block_on(self.peer.read(ctx, r)),
+        }
     }
 
     pub fn sync(&self, ctx: Ctx, disk: u32, ids: &[ExtentId]) -> Result<Vec<ExtentId>, WireError> {

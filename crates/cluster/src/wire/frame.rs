@@ -110,20 +110,40 @@ pub fn decode_meta<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
 /// slice (no copy), both in vectored writes.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
-    mut header: Header,
+    header: Header,
     meta: &[u8],
     payload: &[u8],
     last: bool,
 ) -> io::Result<()> {
+    let mut head = Vec::with_capacity(HEADER_BYTES + meta.len());
+    push_head(&mut head, header, meta, payload.len(), last);
+    write_parts(w, &head, payload).await
+}
+
+/// Appends a frame's header and meta to `buf` (its payload of `payload_len` follows).
+pub fn push_head(
+    buf: &mut Vec<u8>,
+    mut header: Header,
+    meta: &[u8],
+    payload_len: usize,
+    last: bool,
+) {
     header.meta_len = meta.len() as u32;
-    header.payload_len = payload.len() as u32;
+    header.payload_len = payload_len as u32;
     if last {
         header.flags |= FLAG_LAST;
     }
-    let mut head = Vec::with_capacity(HEADER_BYTES + meta.len());
-    head.extend_from_slice(&header.encode());
-    head.extend_from_slice(meta);
-    let (mut a, mut b) = (&head[..], payload);
+    buf.extend_from_slice(&header.encode());
+    buf.extend_from_slice(meta);
+}
+
+/// Writes `head` then `payload` (no copy of it), in vectored writes.
+pub async fn write_parts<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    head: &[u8],
+    payload: &[u8],
+) -> io::Result<()> {
+    let (mut a, mut b) = (head, payload);
     while !a.is_empty() {
         let n = w
             .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])

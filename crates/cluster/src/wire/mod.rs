@@ -15,6 +15,7 @@ mod backend;
 mod client;
 mod fence;
 pub mod frame;
+mod lane;
 pub mod msg;
 mod pace;
 mod server;
@@ -25,6 +26,7 @@ pub use audit::{Audit, AuditLine, AUDIT_BYTES_MAX};
 pub use backend::{scan_page, DirBackend, DiskBackend, DiskInfo, Space};
 pub use client::{Client, ClientConfig, CopyReq, Ctx, Peer, ReadReq, WriteReq};
 pub use fence::{Fence, FenceGuard, FENCE_FILE};
+pub use lane::{LANE_CONNS_MAX, LANE_READ_BYTES_MAX};
 pub use msg::{
     block_sums, verify_blocks, Class, ExtentId, Sum, WireError, CONNECT_SOURCES_MAX, SCAN_PAGE_MAX,
 };

@@ -382,11 +382,12 @@ async fn serve_conn(sh: Arc<Shared>, stream: TcpStream) {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(READ_BUFFER_BYTES, rd);
     let (tx, rx) = mpsc::channel(CONN_REQUESTS_MAX + 1);
-    let writer = AbortOnDrop(tokio::spawn(write_loop(sh.clone(), wr, rx)));
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let writer = AbortOnDrop(tokio::spawn(write_loop(sh.clone(), wr.clone(), rx)));
     let mut writer = writer;
     if hello(&sh, &mut rd, &tx).await {
         tokio::select! {
-            () = read_loop(&sh, &mut rd, &tx) => {}
+            () = read_loop(&sh, &mut rd, (&tx, &wr)) => {}
             // The writer failed (a caller that stopped reading) or closed: stop reading too.
             _ = &mut writer.0 => return,
         }
@@ -463,7 +464,11 @@ async fn hello(sh: &Shared, rd: &mut BufReader<OwnedReadHalf>, tx: &mpsc::Sender
     ok && sent.is_ok()
 }
 
-async fn read_loop(sh: &Arc<Shared>, rd: &mut BufReader<OwnedReadHalf>, tx: &mpsc::Sender<Out>) {
+async fn read_loop(
+    sh: &Arc<Shared>,
+    rd: &mut BufReader<OwnedReadHalf>,
+    (tx, wr): (&mpsc::Sender<Out>, &Writer),
+) {
     let slots = Arc::new(Semaphore::new(CONN_REQUESTS_MAX));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -499,6 +504,9 @@ async fn read_loop(sh: &Arc<Shared>, rd: &mut BufReader<OwnedReadHalf>, tx: &mps
                 .await;
             return;
         }
+        let Some((req, slot)) = direct_read(sh, id, req, slot, (tx, wr)) else {
+            continue;
+        };
         tokio::spawn(handle(sh.clone(), id, req, payload, slot, tx.clone()));
     }
 }
@@ -873,26 +881,10 @@ struct Read {
 
 /// Reads the whole blocks `offset..offset + len` covers and verifies them before sending.
 async fn serve_read(sh: &Shared, r: Read) -> Result<Served, WireError> {
-    if r.len == 0 {
-        return Err(WireError::BadRequest("empty read".into()));
-    }
-    let bs = r.block_bytes as u64;
-    let first = r.offset / r.block_bytes.max(1) as u64;
-    let end = r.offset.saturating_add(r.len).div_ceil(bs.max(1));
-    check_blocks((end - first) * bs, r.block_bytes, r.sums.len())?;
-    let permit = sh.buffers((end - first) * bs)?;
+    let (span, permit) = read_admit(sh, &r)?;
     let (fence, be) = (sh.fence(r.disk)?, sh.backend.clone());
-    let data = blocking(move || {
-        let _seen = fence.admit(r.term, None)?;
-        let data = (be.read(r.disk, r.id, first * bs, (end - first) * bs))
-            .map_err(|e| WireError::from_disk(&e))?;
-        if (data.len() as u64) < r.offset.saturating_add(r.len) - first * bs {
-            return Err(WireError::BadRequest("read past the extent's end".into()));
-        }
-        verify_blocks(&data, r.block_bytes, &r.sums, first)?;
-        Ok(data)
-    })
-    .await?;
+    let data = blocking(move || read_blocks(&fence, &*be, &r)).await?;
+    debug_assert!(data.len() as u64 <= span);
     Ok((
         Response::Data {
             len: data.len() as u64,
@@ -902,19 +894,137 @@ async fn serve_read(sh: &Shared, r: Read) -> Result<Served, WireError> {
     ))
 }
 
-async fn write_loop(sh: Arc<Shared>, mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>) {
+/// A read's checks before any disk work: its whole blocks' bytes and the buffers for them.
+fn read_admit(sh: &Shared, r: &Read) -> Result<(u64, OwnedSemaphorePermit), WireError> {
+    if r.len == 0 {
+        return Err(WireError::BadRequest("empty read".into()));
+    }
+    let bs = r.block_bytes.max(1) as u64;
+    let (first, end) = (r.offset / bs, r.offset.saturating_add(r.len).div_ceil(bs));
+    let span = (end - first) * bs;
+    check_blocks(span, r.block_bytes, r.sums.len())?;
+    Ok((span, sh.buffers(span)?))
+}
+
+/// On a blocking thread: the fence, then the blocks from the disk, verified.
+fn read_blocks(fence: &Fence, be: &dyn DiskBackend, r: &Read) -> Result<Vec<u8>, WireError> {
+    let bs = r.block_bytes.max(1) as u64;
+    let (first, end) = (r.offset / bs, r.offset.saturating_add(r.len).div_ceil(bs));
+    let _seen = fence.admit(r.term, None)?;
+    let data = (be.read(r.disk, r.id, first * bs, (end - first) * bs))
+        .map_err(|e| WireError::from_disk(&e))?;
+    if (data.len() as u64) < r.offset.saturating_add(r.len) - first * bs {
+        return Err(WireError::BadRequest("read past the extent's end".into()));
+    }
+    verify_blocks(&data, r.block_bytes, &r.sums, first)?;
+    Ok(data)
+}
+
+/// A connection's write half: the writer task's, and a direct read's while it answers.
+type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+
+async fn write_loop(sh: Arc<Shared>, wr: Writer, mut rx: mpsc::Receiver<Out>) {
     while let Some(out) = rx.recv().await {
-        if send_out(&sh, &mut wr, &out).await.is_err() || out.close {
+        let mut w = wr.lock().await;
+        if send_out(&sh, &mut w, &out).await.is_err() || out.close {
             break;
         }
     }
-    let _ = wr.shutdown().await;
+    let _ = wr.lock().await.shutdown().await;
+}
+
+/// Client reads up to this size are answered from the blocking thread that read them.
+const DIRECT_READ_BYTES_MAX: u64 = 64 << 10;
+
+/// A small client read, answered by the blocking thread that reads it: it writes its own
+/// answer, so neither a worker nor the writer task is woken for it (on 2 CPUs those
+/// wake-ups were most of a small read's time on the server: docs/benchmarks.md, "Small
+/// remote reads"). Anything else comes back to go through `handle`.
+fn direct_read(
+    sh: &Arc<Shared>,
+    id: u64,
+    req: Request,
+    slot: OwnedSemaphorePermit,
+    (tx, wr): (&mpsc::Sender<Out>, &Writer),
+) -> Option<(Request, OwnedSemaphorePermit)> {
+    let small = match &req.op {
+        Op::Read {
+            offset,
+            len,
+            block_bytes,
+            ..
+        } => {
+            let bs = (*block_bytes).max(1) as u64;
+            let span = (offset.saturating_add(*len).div_ceil(bs) - offset / bs) * bs;
+            span <= DIRECT_READ_BYTES_MAX
+        }
+        _ => false,
+    };
+    let current = req.incarnation == 0 || req.incarnation == sh.cfg.incarnation;
+    if !small || req.class != Class::Client || !current {
+        return Some((req, slot));
+    }
+    let Op::Read {
+        disk,
+        id: xid,
+        offset,
+        len,
+        block_bytes,
+        sums,
+    } = req.op
+    else {
+        unreachable!("matched above")
+    };
+    let r = Read {
+        term: req.term,
+        disk,
+        id: xid,
+        offset,
+        len,
+        block_bytes,
+        sums,
+    };
+    let (sh, tx, wr) = (sh.clone(), tx.clone(), wr.clone());
+    let rt = tokio::runtime::Handle::current();
+    // Not awaited: the thread answers, and nothing waits on its end.
+    drop(tokio::task::spawn_blocking(move || {
+        let served = read_admit(&sh, &r).and_then(|(_, permit)| {
+            let data = read_blocks(&*sh.fence(r.disk)?, &*sh.backend, &r)?;
+            Ok((data, permit))
+        });
+        let mut out = match served {
+            Ok((data, permit)) => {
+                let len = data.len() as u64;
+                let mut out = Out::answer(id, &Response::Data { len });
+                out.payload = data;
+                out._hold.push(permit);
+                out
+            }
+            Err(e) => Out::refuse(id, e),
+        };
+        out._hold.push(slot);
+        let mut w = wr.blocking_lock();
+        if rt.block_on(send_out(&sh, &mut w, &out)).is_err() {
+            drop(w);
+            // Broken or out of step: the writer task closes the connection.
+            let _ = tx.try_send(Out::refuse(id, WireError::ShuttingDown).closing());
+        }
+    }));
+    None
 }
 
 async fn send_out(sh: &Shared, wr: &mut OwnedWriteHalf, out: &Out) -> io::Result<()> {
     let stall = sh.cfg.stall_timeout;
-    let head = Header::new(out.kind, out.id, 0, 0);
-    within(stall, frame::write_frame(wr, head, &out.meta, &[], false)).await?;
+    // The answer's frame goes out with the first data chunk's: one write, one segment, for
+    // a small read's whole answer.
+    let mut head = Vec::with_capacity(2 * frame::HEADER_BYTES + out.meta.len());
+    frame::push_head(
+        &mut head,
+        Header::new(out.kind, out.id, 0, 0),
+        &out.meta,
+        0,
+        false,
+    );
     let pacer = sh.pacer(out.class);
     let chunk = pacer.map_or(frame::PAYLOAD_BYTES_MAX as usize, Pacer::chunk_bytes);
     let n = out.payload.len().div_ceil(chunk);
@@ -928,8 +1038,13 @@ async fn send_out(sh: &Shared, wr: &mut OwnedWriteHalf, out: &Out) -> io::Result
             flipped[0] ^= 1;
             c = &flipped;
         }
-        let head = Header::new(KIND_DATA, out.id, 0, 0);
-        within(stall, frame::write_frame(wr, head, &[], c, i + 1 == n)).await?;
+        let h = Header::new(KIND_DATA, out.id, 0, 0);
+        frame::push_head(&mut head, h, &[], c.len(), i + 1 == n);
+        within(stall, frame::write_parts(wr, &head, c)).await?;
+        head.clear();
+    }
+    if !head.is_empty() {
+        within(stall, frame::write_parts(wr, &head, &[])).await?;
     }
     Ok(())
 }
