@@ -226,6 +226,40 @@ async fn refusal(s: &mut TcpStream) -> WireError {
         .unwrap()
 }
 
+/// Beyond `connections_max` a connection is closed before the challenge; once one of
+/// the others goes, a new one is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed() {
+    let d = tempfile::tempdir().unwrap();
+    let (server, _) = start(d.path(), |c| c.connections_max = 3).await;
+    let addr = server.local_addr();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(raw_connect(addr).await);
+    }
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), extra.read_to_end(&mut rest));
+    assert!(
+        closed.await.is_ok() && rest.is_empty(),
+        "served beyond the limit"
+    );
+    drop(held.pop());
+    // The server sees the close when its reader does: retried for a moment.
+    let t0 = Instant::now();
+    loop {
+        let c = ClientConfig::new(POOL, "meta-a", SECRET);
+        match Peer::connect(addr, c).await {
+            Ok(_) => break,
+            Err(e) if t0.elapsed() < Duration::from_secs(3) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("no connection after one went: {e:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_headers_are_refused_before_allocation() {
     let d = tempfile::tempdir().unwrap();

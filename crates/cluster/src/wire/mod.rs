@@ -41,6 +41,9 @@ pub const BLOCK_BYTES_DEFAULT: u32 = 16 * 1024;
 pub const CONN_REQUESTS_MAX: usize = 16;
 /// Data connections a client opens to one peer.
 pub const PEER_CONNECTIONS_MAX: usize = 4;
+/// Connections one server serves at once (4 hosts' metadata, recovery and lane
+/// connections to it are a few dozen).
+pub const SERVER_CONNECTIONS_MAX: usize = 256;
 /// Receive (and read) buffers one server holds at once; `Busy` beyond it.
 pub const SERVER_BUFFER_BYTES_MAX: usize = 256 << 20;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

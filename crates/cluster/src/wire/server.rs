@@ -28,7 +28,8 @@ use super::msg::{
     SCAN_PAGE_MAX,
 };
 use super::pace::Pacer;
-use super::{CONN_REQUESTS_MAX, PROTO, SERVER_BUFFER_BYTES_MAX, STALL_TIMEOUT};
+use super::STALL_TIMEOUT;
+use super::{CONN_REQUESTS_MAX, PROTO, SERVER_BUFFER_BYTES_MAX, SERVER_CONNECTIONS_MAX};
 
 use foreshard_model::util::now_ms;
 
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub audit: Option<Arc<Audit>>,
     /// This server process, told to clients in `HelloOk` (random at start).
     pub incarnation: u64,
+    /// Connections served at once; one beyond it is closed at once.
+    pub connections_max: usize,
 }
 
 impl ServerConfig {
@@ -69,6 +72,7 @@ impl ServerConfig {
             test_corrupt_sent: false,
             audit: None,
             incarnation: rand::random(),
+            connections_max: SERVER_CONNECTIONS_MAX,
         }
     }
 }
@@ -370,10 +374,14 @@ async fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let h = tokio::spawn(serve_conn(sh.clone(), stream)).abort_handle();
         let mut conns = sh.conns.lock().expect("conns lock");
         conns.retain(|h| !h.is_finished());
-        conns.push(h);
+        if conns.len() >= sh.cfg.connections_max {
+            // Closed before the challenge: the client's connect fails and it retries.
+            tracing::warn!("extent service: {} connections, refusing one", conns.len());
+            continue;
+        }
+        conns.push(tokio::spawn(serve_conn(sh.clone(), stream)).abort_handle());
     }
 }
 
@@ -988,20 +996,7 @@ fn direct_read(
     let rt = tokio::runtime::Handle::current();
     // Not awaited: the thread answers, and nothing waits on its end.
     drop(tokio::task::spawn_blocking(move || {
-        let served = read_admit(&sh, &r).and_then(|(_, permit)| {
-            let data = read_blocks(&*sh.fence(r.disk)?, &*sh.backend, &r)?;
-            Ok((data, permit))
-        });
-        let mut out = match served {
-            Ok((data, permit)) => {
-                let len = data.len() as u64;
-                let mut out = Out::answer(id, &Response::Data { len });
-                out.payload = data;
-                out._hold.push(permit);
-                out
-            }
-            Err(e) => Out::refuse(id, e),
-        };
+        let mut out = read_out(&sh, id, &r);
         out._hold.push(slot);
         let mut w = wr.blocking_lock();
         if rt.block_on(send_out(&sh, &mut w, &out)).is_err() {
@@ -1011,6 +1006,24 @@ fn direct_read(
         }
     }));
     None
+}
+
+/// On a blocking thread: the answer to read `id`, its data and buffer permit in it.
+fn read_out(sh: &Shared, id: u64, r: &Read) -> Out {
+    let served = read_admit(sh, r).and_then(|(_, permit)| {
+        let data = read_blocks(&*sh.fence(r.disk)?, &*sh.backend, r)?;
+        Ok((data, permit))
+    });
+    match served {
+        Ok((data, permit)) => {
+            let len = data.len() as u64;
+            let mut out = Out::answer(id, &Response::Data { len });
+            out.payload = data;
+            out._hold.push(permit);
+            out
+        }
+        Err(e) => Out::refuse(id, e),
+    }
 }
 
 async fn send_out(sh: &Shared, wr: &mut OwnedWriteHalf, out: &Out) -> io::Result<()> {
