@@ -880,6 +880,18 @@ impl Drop for Side {
     }
 }
 
+/// FSX_BENCH_VETH=1: the server side runs in a network namespace, so every byte crosses
+/// two veth pairs and a bridge (as between hosts of the cluster tests), not loopback.
+/// Called inside a runtime (`Side::here` takes its handle).
+fn bench_side() -> (Side, Option<net::Net>) {
+    if std::env::var_os("FSX_BENCH_VETH").is_some() && net::available() {
+        let n = net::Net::new(&["s1"]);
+        (Side::netns(&n.ns("s1"), &n.ip("s1")), Some(n))
+    } else {
+        (Side::here(), None)
+    }
+}
+
 const BENCH_BYTES: u64 = 1 << 30;
 const FRAME_BYTES: usize = 1 << 20;
 
@@ -949,17 +961,7 @@ async fn service_mib_s(p: &Arc<Peer>, data: &Arc<Vec<u8>>, callers: u64, read: b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test: run by hand in release"]
 async fn bench_service_against_plain_tcp() {
-    // FSX_BENCH_VETH=1: the server side runs in a network namespace, so every byte crosses
-    // two veth pairs and a bridge (as between hosts of the cluster tests), not loopback.
-    let mut _net = None;
-    let side = if std::env::var_os("FSX_BENCH_VETH").is_some() && net::available() {
-        let n = net::Net::new(&["s1"]);
-        let side = Side::netns(&n.ns("s1"), &n.ip("s1"));
-        _net = Some(n);
-        side
-    } else {
-        Side::here()
-    };
+    let (side, _net) = bench_side();
     println!(
         "server side: {} ({})",
         side.ip,
@@ -1252,15 +1254,7 @@ fn ping_pong_us(side: &Side) -> (f64, f64) {
 fn bench_small_read_latency_against_tcp_ping_pong() {
     let rt = net::rt();
     let _g = rt.enter();
-    let mut _net = None;
-    let side = if std::env::var_os("FSX_BENCH_VETH").is_some() && net::available() {
-        let n = net::Net::new(&["s1"]);
-        let side = Side::netns(&n.ns("s1"), &n.ip("s1"));
-        _net = Some(n);
-        side
-    } else {
-        Side::here()
-    };
+    let (side, _net) = bench_side();
     let data = pattern(FRAME_BYTES, 7);
     let sums = block_sums(&data, BS);
     let backend = Arc::new(NullBackend { extent: data });

@@ -719,25 +719,7 @@ async fn serve(
             })
             .await
         }
-        Op::Read {
-            disk,
-            id,
-            offset,
-            len,
-            block_bytes,
-            sums,
-        } => {
-            let read = Read {
-                term,
-                disk,
-                id,
-                offset,
-                len,
-                block_bytes,
-                sums,
-            };
-            serve_read(sh, read).await
-        }
+        op @ Op::Read { .. } => serve_read(sh, Read::of(term, op).expect("a read")).await,
         op @ Op::CopyFrom { .. } => serve_copy(sh, term, op).await,
         Op::Connect { srcs } => serve_connect(sh, srcs).await,
         op => serve_small(sh, term, op).await,
@@ -887,6 +869,32 @@ struct Read {
     sums: Vec<super::msg::Sum>,
 }
 
+impl Read {
+    /// The read `op` asks for under `term`; None for any other op.
+    fn of(term: u64, op: Op) -> Option<Read> {
+        let Op::Read {
+            disk,
+            id,
+            offset,
+            len,
+            block_bytes,
+            sums,
+        } = op
+        else {
+            return None;
+        };
+        Some(Read {
+            term,
+            disk,
+            id,
+            offset,
+            len,
+            block_bytes,
+            sums,
+        })
+    }
+}
+
 /// Reads the whole blocks `offset..offset + len` covers and verifies them before sending.
 async fn serve_read(sh: &Shared, r: Read) -> Result<Served, WireError> {
     let (span, permit) = read_admit(sh, &r)?;
@@ -972,26 +980,7 @@ fn direct_read(
     if !small || req.class != Class::Client || !current {
         return Some((req, slot));
     }
-    let Op::Read {
-        disk,
-        id: xid,
-        offset,
-        len,
-        block_bytes,
-        sums,
-    } = req.op
-    else {
-        unreachable!("matched above")
-    };
-    let r = Read {
-        term: req.term,
-        disk,
-        id: xid,
-        offset,
-        len,
-        block_bytes,
-        sums,
-    };
+    let r = Read::of(req.term, req.op).expect("matched above");
     let (sh, tx, wr) = (sh.clone(), tx.clone(), wr.clone());
     let rt = tokio::runtime::Handle::current();
     // Not awaited: the thread answers, and nothing waits on its end.
