@@ -719,12 +719,12 @@ impl Peer {
         }
         drop(rd);
         self.note_hello(host, disks, inc).map_err(Fail::error)?;
-        let std = stream
+        let sock = stream
             .into_std()
             .map_err(|e| WireError::from_transport(&e))?;
-        std.set_nonblocking(false)
+        sock.set_nonblocking(false)
             .map_err(|e| WireError::from_transport(&e))?;
-        Ok(std)
+        Ok(sock)
     }
 
     pub(super) fn config(&self) -> &ClientConfig {
@@ -746,19 +746,21 @@ impl Peer {
         data_bytes_max: u64,
         retries: usize,
     ) -> Result<(Response, Vec<u8>), WireError> {
-        self.call_from(req, (data, data_bytes_max), (0, retries))
+        self.call_from(req, (data, data_bytes_max), retries, None)
             .await
     }
 
-    /// `call` whose tries `0..first` were made elsewhere (the blocking lane's).
+    /// `call` after `tried`: the error of a first try made elsewhere (the blocking lane's).
     async fn call_from(
         &self,
         req: Request,
         (data, data_bytes_max): (&[u8], u64),
-        (first, retries): (usize, usize),
+        retries: usize,
+        tried: Option<WireError>,
     ) -> Result<(Response, Vec<u8>), WireError> {
         let deadline = self.deadline(req.class, data.len() as u64 + data_bytes_max);
-        let (mut exclude, mut last) = (None, reset());
+        let first = usize::from(tried.is_some());
+        let (mut exclude, mut last) = (None, tried.unwrap_or_else(reset));
         for attempt in first..=retries {
             if attempt > 0 {
                 let delays = &self.cfg.retry_delays;
@@ -826,19 +828,19 @@ impl Peer {
 
     /// Reads `r.offset..r.offset + r.len`, verified against `r.sums` here too.
     pub async fn read(&self, ctx: Ctx, r: &ReadReq) -> Result<Vec<u8>, WireError> {
-        self.read_from(ctx, r, 0).await
+        self.read_from(Self::read_request(ctx, r)?, r, None).await
     }
 
-    /// `read` whose tries `0..first` were made elsewhere (the blocking lane's).
+    /// `read` of `r`'s request (from `read_request`) after `tried`: the error of a first
+    /// try made elsewhere (the blocking lane's).
     pub(super) async fn read_from(
         &self,
-        ctx: Ctx,
+        (req, span): (Request, u64),
         r: &ReadReq,
-        first: usize,
+        tried: Option<WireError>,
     ) -> Result<Vec<u8>, WireError> {
-        let (req, span) = Self::read_request(ctx, r)?;
         let retries = self.cfg.retry_delays.len();
-        let answer = self.call_from(req, (&[], span), (first, retries)).await?;
+        let answer = self.call_from(req, (&[], span), retries, tried).await?;
         Self::read_answer(r, answer)
     }
 
@@ -1100,21 +1102,15 @@ impl Client {
             }
             _ => Tried::Not,
         };
-        match tried {
-            Tried::Answer(Response::Err(WireError::Busy), _) | Tried::Transport(_) => {
-                let delays = &self.peer.config().retry_delays;
-                if delays.is_empty() {
-                    return Err(match tried {
-                        Tried::Transport(e) => e,
-                        _ => WireError::Busy,
-                    });
-                }
-                self.rt.block_on(self.peer.read_from(ctx, r, 1))
-            }
-            Tried::Answer(Response::Err(e), _) => Err(e),
-            Tried::Answer(resp, data) => Peer::read_answer(r, (resp, data)),
-            Tried::Not => self.rt.block_on(self.peer.read(ctx, r)),
-        }
+        // Busy and a failed connection go on through the peer, with the tries left.
+        let tried = match tried {
+            Tried::Transport(e) | Tried::Answer(Response::Err(e @ WireError::Busy), _) => Some(e),
+            Tried::Answer(Response::Err(e), _) => return Err(e),
+            Tried::Answer(resp, data) => return Peer::read_answer(r, (resp, data)),
+            Tried::Not => None,
+        };
+        let sent = self.peer.read_from((req, span), r, tried);
+        self.rt.block_on(sent)
     }
 
     pub fn sync(&self, ctx: Ctx, disk: u32, ids: &[ExtentId]) -> Result<Vec<ExtentId>, WireError> {

@@ -910,13 +910,19 @@ async fn serve_read(sh: &Shared, r: Read) -> Result<Served, WireError> {
     ))
 }
 
+/// The blocks `first..end` of `block_bytes` (as u64, at least 1) that `offset..offset + len`
+/// covers.
+fn blocks_of(offset: u64, len: u64, block_bytes: u32) -> (u64, u64, u64) {
+    let bs = block_bytes.max(1) as u64;
+    (offset / bs, offset.saturating_add(len).div_ceil(bs), bs)
+}
+
 /// A read's checks before any disk work: its whole blocks' bytes and the buffers for them.
 fn read_admit(sh: &Shared, r: &Read) -> Result<(u64, OwnedSemaphorePermit), WireError> {
     if r.len == 0 {
         return Err(WireError::BadRequest("empty read".into()));
     }
-    let bs = r.block_bytes.max(1) as u64;
-    let (first, end) = (r.offset / bs, r.offset.saturating_add(r.len).div_ceil(bs));
+    let (first, end, bs) = blocks_of(r.offset, r.len, r.block_bytes);
     let span = (end - first) * bs;
     check_blocks(span, r.block_bytes, r.sums.len())?;
     Ok((span, sh.buffers(span)?))
@@ -924,8 +930,7 @@ fn read_admit(sh: &Shared, r: &Read) -> Result<(u64, OwnedSemaphorePermit), Wire
 
 /// On a blocking thread: the fence, then the blocks from the disk, verified.
 fn read_blocks(fence: &Fence, be: &dyn DiskBackend, r: &Read) -> Result<Vec<u8>, WireError> {
-    let bs = r.block_bytes.max(1) as u64;
-    let (first, end) = (r.offset / bs, r.offset.saturating_add(r.len).div_ceil(bs));
+    let (first, end, bs) = blocks_of(r.offset, r.len, r.block_bytes);
     let _seen = fence.admit(r.term, None)?;
     let data = (be.read(r.disk, r.id, first * bs, (end - first) * bs))
         .map_err(|e| WireError::from_disk(&e))?;
@@ -970,9 +975,8 @@ fn direct_read(
             block_bytes,
             ..
         } => {
-            let bs = (*block_bytes).max(1) as u64;
-            let span = (offset.saturating_add(*len).div_ceil(bs) - offset / bs) * bs;
-            span <= DIRECT_READ_BYTES_MAX
+            let (first, end, bs) = blocks_of(*offset, *len, *block_bytes);
+            (end - first) * bs <= DIRECT_READ_BYTES_MAX
         }
         _ => false,
     };
